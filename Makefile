@@ -1,0 +1,22 @@
+# The one command that runs every test: make test
+GO ?= go
+
+.PHONY: build test bench demo fmt vet
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# Builds once (cgo SQLite is the slow part), then runs every package's tests,
+# the end-to-end ones against real PostgreSQL 15 clusters included.
+test:
+	$(GO) build ./...
+	$(GO) test -count=1 -timeout 45m ./...
+
+bench:
+	$(GO) test -run XXX -bench . -benchtime 2000x ./catalog
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

@@ -1,0 +1,107 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// Commands whose mechanisms are not built yet. Each keeps its final name and
+// help, and fails with a clear message until it is built.
+
+func (a *app) serveCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "serve",
+		Short:   "Run the daemon: receive WAL from every configured server and serve the hub",
+		Example: "  walhub serve --config /etc/walhub/walhub.toml",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub serve") },
+	}
+}
+
+func (a *app) backupCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "backup",
+		Short:   "Take a base backup over the replication protocol",
+		Example: "  walhub backup --server main",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub backup") },
+	}
+}
+
+func (a *app) listBackupsCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list-backups",
+		Short:   "List the backups in the repository",
+		Example: "  walhub list-backups --server main --output=json",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub list-backups") },
+	}
+}
+
+func (a *app) verifyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "verify",
+		Short:   "Check stored backups against their manifests",
+		Example: "  walhub verify --server main --backup latest",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub verify") },
+	}
+}
+
+func (a *app) restoreCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "restore",
+		Short:   "Restore a backup into an empty directory, with recovery settings",
+		Example: "  walhub restore --server main --target-dir /var/lib/postgresql/15/main",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub restore") },
+	}
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "status [SERVER|all]",
+		Short:   "Show receivers, slots, standbys, backups and running work",
+		Example: "  walhub status\n  walhub status main --output=json",
+		Args:    cobra.MaximumNArgs(1),
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub status") },
+	}
+}
+
+func (a *app) checkCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "check [SERVER|all]",
+		Short:   "Run health checks (OK/WARNING/CRITICAL), optionally as a Nagios plugin",
+		Example: "  walhub check --nagios",
+		Args:    cobra.MaximumNArgs(1),
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub check") },
+	}
+}
+
+func (a *app) expireCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "expire",
+		Short:   "Remove backups and WAL that the retention policy no longer needs",
+		Example: "  walhub expire --server main --dry-run",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub expire") },
+	}
+}
+
+func (a *app) snapshotCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "snapshot",
+		Short: "Bracket an external file-system snapshot with pg_backup_start/stop",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:     "start",
+		Short:   "Ask the daemon to run pg_backup_start and hold the session",
+		Example: "  walhub snapshot start --server main --fast",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub snapshot start") },
+	}, &cobra.Command{
+		Use:     "stop",
+		Short:   "Ask the daemon to run pg_backup_stop and write backup_label",
+		Example: "  walhub snapshot stop --server main --write-to /snap/pgdata",
+		Args:    cobra.NoArgs,
+		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub snapshot stop") },
+	})
+	return cmd
+}
