@@ -16,6 +16,19 @@ type LSN uint64
 // String formats the LSN as PostgreSQL does ("16/B374D848").
 func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint32(l>>32), uint32(l)) }
 
+// MarshalText formats the LSN as "X/Y", so JSON shows what PostgreSQL shows.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses the "X/Y" form.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
 // ParseLSN parses the "X/Y" form PostgreSQL prints.
 func ParseLSN(s string) (LSN, error) {
 	hi, lo, ok := strings.Cut(s, "/")

@@ -1,6 +1,7 @@
 package walname
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 )
@@ -123,6 +124,13 @@ func TestParseLSN(t *testing.T) {
 		got, err := ParseLSN(tt.in)
 		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
 			t.Errorf("ParseLSN(%q) = %v, %v; want %v ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+		if tt.ok {
+			b, _ := json.Marshal(got)
+			var back LSN
+			if err := json.Unmarshal(b, &back); err != nil || back != got || string(b) != `"`+tt.in+`"` {
+				t.Errorf("JSON of %s = %s, back %v, %v", tt.in, b, back, err)
+			}
 		}
 		if tt.ok && got.String() != tt.in {
 			t.Errorf("LSN(%q).String() = %s", tt.in, got)
