@@ -27,9 +27,9 @@ import (
 
 // ArchiveCommand is an archive_command that copies each completed WAL file
 // into dir atomically (copy to a temporary name, then rename), so a reader of
-// dir never sees a half-copied file.
+// dir never sees a half-copied file. dir must not contain spaces or quotes.
 func ArchiveCommand(dir string) string {
-	return fmt.Sprintf(`test ! -f '%[1]s/%%f' && cp %%p '%[1]s/.%%f.tmp' && mv '%[1]s/.%%f.tmp' '%[1]s/%%f'`, dir)
+	return fmt.Sprintf(`test ! -f %[1]s/%%f && cp %%p %[1]s/.%%f.tmp && mv %[1]s/.%%f.tmp %[1]s/%%f`, dir)
 }
 
 // Feeder stores WAL files into one server's part of a repository.
