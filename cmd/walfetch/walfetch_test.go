@@ -316,7 +316,7 @@ func TestSegmentOfAnotherClusterRefused(t *testing.T) {
 
 func TestSignalRemovesTemporaryFileAndExitsOne(t *testing.T) {
 	h := newTestHub(t, 2)
-	h.delay = 30 * time.Second
+	h.delay = 3 * time.Second
 	dir := dataDir(t, "standby.signal", false)
 	cmd := exec.Command(walfetchBin, hubArgs(h, walname.SegmentName(1, 1, testSegSize), "pg_wal/RECOVERYXLOG")...)
 	cmd.Dir = dir
