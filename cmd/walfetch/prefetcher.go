@@ -44,7 +44,12 @@ type prefetcher struct {
 	segno    walname.SegNo
 	lastPoke time.Time
 	lastPeek time.Time
-	needPeek bool
+	// known holds what peeks said the hub has after the current segment, on
+	// its timeline, up to horizon; peekShort says the last peek found fewer
+	// than asked for (the hub's end: ask again only after a pause).
+	known     map[walname.SegNo]api.PeekSegment
+	horizon   walname.SegNo
+	peekShort bool
 	// inflightMu guards inflight and failed, shared with the download workers.
 	inflightMu sync.Mutex
 	inflight   map[string]bool
@@ -99,7 +104,7 @@ func runPrefetcher() int {
 	}
 	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log,
 		served: make(chan string, 64), finished: make(chan struct{}, 64),
-		failed: map[string]time.Time{}, inflight: map[string]bool{}}
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 	p.removeOtherSpools()
 	p.removeParts()
 	sock := shortPath(sp.sockPath())
@@ -198,9 +203,21 @@ func (p *prefetcher) loop() {
 		case name := <-p.served:
 			p.onServed(name)
 		case <-p.finished:
-			p.trim()
 		case <-tick.C:
 		}
+		// Catch up with everything that happened meanwhile before deciding:
+		// recovery may have moved several segments while a peek was under way.
+	drain:
+		for {
+			select {
+			case name := <-p.served:
+				p.onServed(name)
+			case <-p.finished:
+			default:
+				break drain
+			}
+		}
+		p.trim()
 		if time.Since(p.lastPoke) > p.s.IdleExit && p.inflightCount() == 0 {
 			return
 		}
@@ -222,10 +239,26 @@ func (p *prefetcher) onServed(name string) {
 	}
 	p.lastPoke = time.Now()
 	p.current = name
-	p.needPeek = true
 	if p.segSize != 0 {
-		p.tli, p.segno, _ = walname.ParseSegment(name, p.segSize)
-		p.trim()
+		p.setCurrent()
+	}
+}
+
+// setCurrent derives the window's position from the current name; a new
+// timeline forgets what was known about the old one.
+func (p *prefetcher) setCurrent() {
+	tli, segno, err := walname.ParseSegment(p.current, p.segSize)
+	if err != nil {
+		return
+	}
+	if tli != p.tli {
+		p.known, p.horizon, p.peekShort = map[walname.SegNo]api.PeekSegment{}, 0, false
+	}
+	p.tli, p.segno = tli, segno
+	for k := range p.known {
+		if k <= segno {
+			delete(p.known, k)
+		}
 	}
 }
 
@@ -254,26 +287,71 @@ func (p *prefetcher) trim() {
 	}
 }
 
-// plan asks the hub what exists after the current segment and queues the
-// downloads of what the spool lacks.
+// plan peeks when what is known about the hub does not reach far enough
+// ahead, and queues the downloads the spool lacks, nearest first.
 func (p *prefetcher) plan(jobs chan<- download) {
 	if p.current == "" {
 		return
 	}
-	// Without a new request, ask the hub at most once a second: it is what
-	// a standby waiting for new WAL costs.
-	if !p.needPeek && time.Since(p.lastPeek) < time.Second {
+	if p.needPeek() {
+		p.peek()
+	}
+	if p.segSize == 0 {
 		return
+	}
+	last := min(p.horizon, p.segno+walname.SegNo(p.window()))
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	for segno := p.segno + 1; segno <= last; segno++ {
+		seg, ok := p.known[segno]
+		if !ok || p.inflight[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
+			continue
+		}
+		if _, err := os.Stat(p.sp.path(seg.Name)); err == nil {
+			continue
+		}
+		p.inflight[seg.Name] = true
+		jobs <- download{seg: seg, segSize: p.segSize}
+	}
+}
+
+// needPeek decides whether to ask the hub now. Peeks are few: one per quarter
+// window while the hub is ahead, at most one a second while recovery waits at
+// the hub's end (what a standby following a live primary costs).
+func (p *prefetcher) needPeek() bool {
+	if p.segSize == 0 {
+		return time.Since(p.lastPeek) >= time.Second || p.lastPeek.IsZero()
+	}
+	want := p.segno + walname.SegNo(p.window())
+	switch {
+	case p.horizon >= want:
+		return false
+	case p.peekShort:
+		return time.Since(p.lastPeek) >= time.Second
+	case p.horizon > p.segno && want-p.horizon < walname.SegNo(max(1, p.window()/4)):
+		return false
+	}
+	return true
+}
+
+// peek asks the hub what exists from the first segment not known yet to
+// the end of the window.
+func (p *prefetcher) peek() {
+	from, count := p.current, p.window()+1
+	if p.segSize != 0 {
+		start := max(p.horizon, p.segno) + 1
+		from = walname.SegmentName(p.tli, start, p.segSize)
+		count = int(p.segno+walname.SegNo(p.window())-start) + 1
 	}
 	p.lastPeek = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)
-	peek, err := p.c.Peek(ctx, p.current, p.window()+1)
+	peek, err := p.c.Peek(ctx, from, count)
 	cancel()
 	if err != nil {
-		p.log.Warn("peek failed; retrying", "from", p.current, "err", err)
+		p.peekShort = true
+		p.log.Warn("peek failed; retrying", "from", from, "err", err)
 		return
 	}
-	p.needPeek = false
 	if peek.SystemID != p.systemID {
 		p.log.Error("the hub's server is another database system than this data directory: not prefetching",
 			"hub_system_id", peek.SystemID, "data_directory_system_id", p.systemID)
@@ -286,20 +364,16 @@ func (p *prefetcher) plan(jobs chan<- download) {
 			return
 		}
 		p.segSize = peek.SegmentSize
-		p.tli, p.segno, _ = walname.ParseSegment(p.current, p.segSize)
-		p.trim()
+		p.setCurrent()
 	}
-	p.inflightMu.Lock()
-	defer p.inflightMu.Unlock()
+	p.peekShort = len(peek.Segments) < count
 	for _, seg := range peek.Segments {
-		if seg.Name == p.current || p.inflight[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
+		tli, segno, err := walname.ParseSegment(seg.Name, p.segSize)
+		if err != nil || tli != p.tli || segno <= p.segno {
 			continue
 		}
-		if _, err := os.Stat(p.sp.path(seg.Name)); err == nil {
-			continue
-		}
-		p.inflight[seg.Name] = true
-		jobs <- download{seg: seg, segSize: p.segSize}
+		p.known[segno] = seg
+		p.horizon = max(p.horizon, segno)
 	}
 }
 

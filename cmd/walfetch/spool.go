@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,13 +123,15 @@ func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
 // poke tells the running prefetcher that name was served; when none runs, it
 // starts one. It never fails the caller: prefetching is an optimisation.
 func (sp *spoolDir) poke(s settings, name string, stderr *os.File) {
-	sock := shortPath(sp.sockPath())
-	if conn, err := net.Dial("unixgram", sock); err == nil {
-		_, werr := conn.Write([]byte(name))
-		conn.Close()
-		if werr == nil {
-			return
-		}
+	// One datagram, without the net package's machinery: this is on the path
+	// of every restore_command call.
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: shortPath(sp.sockPath())})
+		syscall.Close(fd)
+	}
+	if err == nil || errors.Is(err, syscall.EAGAIN) {
+		return // delivered, or the prefetcher is alive and busy
 	}
 	if err := sp.startPrefetcher(s, name); err != nil {
 		fmt.Fprintf(stderr, "walfetch: prefetching disabled for this call: %v\n", err)
