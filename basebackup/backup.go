@@ -208,10 +208,7 @@ func removeBackupDir(repo storage.Local, rel string) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	return storage.SyncDir(filepath.Dir(dir))
+	return repo.RemoveAll(rel)
 }
 
 // take streams, stores, verifies and waits for the WAL.

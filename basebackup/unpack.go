@@ -326,9 +326,9 @@ func writeDurable(path string, data []byte) error {
 
 // VerifyDir checks the data directory dir against dir/backup_manifest, as
 // pg_verifybackup does without WAL: every file of the manifest is there with
-// its size and checksum, and no other file is, apart from those PostgreSQL or
-// a restore adds (pg_wal, postgresql.auto.conf, recovery.signal,
-// standby.signal) and the paths in ignore.
+// its size and checksum, and no other file is. Like pg_verifybackup it
+// ignores what a restore changes (pg_wal, postgresql.auto.conf,
+// recovery.signal, standby.signal) and the paths in ignore.
 func VerifyDir(ctx context.Context, dir string, ignore ...string) error {
 	data, err := os.ReadFile(filepath.Join(dir, ManifestName))
 	if err != nil {
@@ -338,9 +338,9 @@ func VerifyDir(ctx context.Context, dir string, ignore ...string) error {
 	if err != nil {
 		return err
 	}
+	ignore = append([]string{ManifestName, "pg_wal", "postgresql.auto.conf", "recovery.signal", "standby.signal"}, ignore...)
 	check := newFileCheck(m, ignore)
-	skip := map[string]bool{ManifestName: true, "pg_wal": true, "postgresql.auto.conf": true,
-		"recovery.signal": true, "standby.signal": true}
+	skip := map[string]bool{}
 	for _, p := range ignore {
 		skip[p] = true
 	}

@@ -33,7 +33,7 @@ type WALWait struct {
 }
 
 // switchAfter is how long WaitWAL waits before asking the server to switch WAL.
-const switchAfter = 5 * time.Second
+const switchAfter = time.Second
 
 // NeededSegments returns the range of segments [from, to) that hold the WAL
 // from start to stop (the stop position is the end of the last record needed).

@@ -1,0 +1,256 @@
+package basebackup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/walname"
+)
+
+// env is a repository and catalog for one test, and the primary it backs up.
+type env struct {
+	t       *testing.T
+	primary *pgtest.Cluster
+	repo    storage.Local
+	cat     *catalog.Catalog
+	server  string
+}
+
+func newEnv(t *testing.T, opts pgtest.Options) *env {
+	t.Helper()
+	if opts.SegmentSizeMB == 0 {
+		opts.SegmentSizeMB = 1
+	}
+	p := pgtest.NewPrimary(t, "primary", opts)
+	// The repository must be readable by the postgres user: restored copies
+	// fetch WAL from it.
+	root := pgtest.TempDir(t, "repo")
+	cat, err := catalog.Open(context.Background(), filepath.Join(root, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	return &env{t: t, primary: p, repo: storage.Local{Root: root}, cat: cat, server: "main"}
+}
+
+func (e *env) options() Options {
+	return Options{
+		Server: e.server, Conninfo: e.primary.ConnString(""), Repo: e.repo, Catalog: e.cat,
+		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, WALTimeout: 2 * time.Minute,
+	}
+}
+
+// feedWAL stands in for the receiver: it copies each completed segment from
+// the primary's pg_wal into the repository and the catalog, until the test
+// ends. A slot keeps the primary from recycling WAL before it is copied.
+func (e *env) feedWAL() {
+	e.t.Helper()
+	e.primary.CreateSlot("feed")
+	segSize, err := parseSize(e.primary.Query("SHOW wal_segment_size"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	srv, err := e.cat.EnsureServer(context.Background(), e.server)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	e.t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		added := map[string]bool{}
+		for ctx.Err() == nil {
+			time.Sleep(200 * time.Millisecond)
+			cur, err := e.primary.TryQuery("SELECT pg_walfile_name(pg_current_wal_lsn() + 1)")
+			if err != nil {
+				continue
+			}
+			entries, _ := os.ReadDir(filepath.Join(e.primary.DataDir, "pg_wal"))
+			for _, de := range entries {
+				name := de.Name()
+				if len(name) != 24 || name >= cur || added[name] {
+					continue
+				}
+				tli, segno, err := walname.ParseSegment(name, segSize)
+				if err != nil {
+					continue
+				}
+				data, err := os.ReadFile(filepath.Join(e.primary.DataDir, "pg_wal", name))
+				if err != nil || uint64(len(data)) != segSize {
+					continue
+				}
+				rel := storage.SegmentPath(e.server, name, "none")
+				n, err := e.repo.Put(ctx, rel, func(w io.Writer) error {
+					_, err := w.Write(data)
+					return err
+				})
+				if err != nil {
+					continue
+				}
+				err = e.cat.AddSegment(ctx, catalog.Segment{ServerID: srv.ID, TimeLine: tli, SegNo: segno, Name: name,
+					Size: n, StoredSize: n, Compression: "none", Checksum: checksum.Of(data), StoredPath: rel,
+					ReceivedAt: time.Now()})
+				if err == nil {
+					added[name] = true
+				}
+			}
+		}
+	}()
+}
+
+// runBackup takes a backup with opts and fails the test on an unexpected error.
+func (e *env) runBackup(opts Options) catalog.Backup {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := Run(ctx, opts)
+	if err != nil {
+		e.t.Fatalf("backup: %v", err)
+	}
+	return b
+}
+
+func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.feedWAL()
+	tsDir := pgtest.TempDir(t, "ts")
+	e.primary.Query(fmt.Sprintf("CREATE TABLESPACE ts LOCATION '%s'", tsDir))
+	e.primary.PgbenchInit(2)
+	e.primary.Query("CREATE TABLE in_ts TABLESPACE ts AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g")
+	e.primary.Pgbench(2, 200)
+	wantAccounts := e.primary.Query("SELECT sum(abalance) FROM pgbench_accounts")
+	wantTS := e.primary.Query("SELECT count(*), sum(g) FROM in_ts")
+
+	b := e.runBackup(e.options())
+	if b.State != catalog.StateDone {
+		t.Fatalf("backup state %s (%s), want done", b.State, b.Reason)
+	}
+	if b.StartLSN == 0 || b.StopLSN <= b.StartLSN || b.StartTLI != 1 || b.StopTLI != 1 {
+		t.Errorf("positions: start %s/%d stop %s/%d", b.StartLSN, b.StartTLI, b.StopLSN, b.StopTLI)
+	}
+	if !strings.Contains(b.BackupLabel, "START WAL LOCATION: "+b.StartLSN.String()) ||
+		!strings.Contains(b.BackupLabel, "LABEL: walhub main "+b.ID) {
+		t.Errorf("backup_label:\n%s", b.BackupLabel)
+	}
+	if !strings.Contains(b.TablespaceMap, " "+tsDir) {
+		t.Errorf("tablespace_map %q does not name %s", b.TablespaceMap, tsDir)
+	}
+	var tsArchive catalog.BackupFile
+	names := map[string]bool{}
+	for _, f := range b.Files {
+		names[f.Name] = true
+		if f.Tablespace != 0 {
+			tsArchive = f
+		}
+	}
+	if !names["base.tar.zst"] || !names[ManifestName] || tsArchive.Name == "" || tsArchive.Location != tsDir {
+		t.Fatalf("files %+v", b.Files)
+	}
+	if b.StoredSize <= 0 || b.StoredSize >= b.OriginalSize {
+		t.Errorf("stored %d of %d bytes: zstd should shrink a pgbench database", b.StoredSize, b.OriginalSize)
+	}
+	got, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil || got.State != catalog.StateDone || got.StopLSN != b.StopLSN || len(got.Files) != len(b.Files) {
+		t.Fatalf("catalog row %+v, %v", got, err)
+	}
+	if err := Verify(context.Background(), StoreOpener(e.repo, b), b); err != nil {
+		t.Fatalf("verify stored backup: %v", err)
+	}
+
+	// Unpack with the tablespace moved; pg_verifybackup accepts the copy.
+	copyRoot := pgtest.TempDir(t, "copy")
+	target := filepath.Join(copyRoot, "data")
+	newTS := pgtest.TempDir(t, "ts-copy")
+	var progressed int64
+	err = Unpack(context.Background(), e.repo, b, target, map[uint32]string{tsArchive.Tablespace: newTS},
+		func(done int64) { progressed = done })
+	if err != nil {
+		t.Fatalf("unpack: %v", err)
+	}
+	if progressed < b.OriginalSize/2 {
+		t.Errorf("progress reported %d of about %d bytes", progressed, b.OriginalSize)
+	}
+	if link, err := os.Readlink(filepath.Join(target, "pg_tblspc", fmt.Sprint(tsArchive.Tablespace))); err != nil || link != newTS {
+		t.Errorf("pg_tblspc link -> %q (%v), want %s", link, err, newTS)
+	}
+	if err := VerifyDir(context.Background(), target, "tablespace_map"); err != nil {
+		t.Errorf("VerifyDir: %v", err)
+	}
+	pgtest.Run(t, exec.Command(pgtest.Bin(t, "pg_verifybackup"), "-n", "-i", "tablespace_map", target))
+
+	// The copy recovers with WAL from the repository and holds the same data.
+	script := filepath.Join(copyRoot, "fetch.sh")
+	fetch := fmt.Sprintf(`#!/bin/sh
+f=$1; d=%s
+case $f in *.history) src=$d/$f ;; *) src=$d/$(echo "$f" | cut -c1-16)/$f ;; esac
+if [ -f "$src.zst" ]; then exec zstd -q -d -f -o "$2" "$src.zst"; fi
+if [ -f "$src" ]; then exec cp "$src" "$2"; fi
+exit 1
+`, filepath.Join(e.repo.Root, storage.WALDir(e.server)))
+	if err := os.WriteFile(script, []byte(fetch), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, newTS)
+	pgtest.Chown(t, e.repo.Root)
+	c := pgtest.AdoptDataDir(t, "copy", target)
+	c.AppendConf(fmt.Sprintf("restore_command = '%s %%f %%p'", script), "recovery_target_action = 'promote'")
+	if err := os.WriteFile(filepath.Join(target, "recovery.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, target)
+	c.Start()
+	c.WaitFor(3*time.Minute, "the copy to finish recovery", func() bool {
+		s, err := c.TryQuery("SELECT pg_is_in_recovery()")
+		return err == nil && s == "f"
+	})
+	if got := c.Query("SELECT sum(abalance) FROM pgbench_accounts"); got != wantAccounts {
+		t.Errorf("copy: sum(abalance) = %s, primary had %s", got, wantAccounts)
+	}
+	if got := c.Query("SELECT count(*), sum(g) FROM in_ts"); got != wantTS {
+		t.Errorf("copy: tablespace table %s, primary had %s", got, wantTS)
+	}
+}
+
+func TestBackupFailsWhenWALDoesNotArriveInTime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	opts := e.options()
+	opts.WALTimeout = 3 * time.Second
+	b, err := Run(context.Background(), opts)
+	if err == nil || b.State != catalog.StateFailed {
+		t.Fatalf("backup without a receiver: state %s, err %v; want failed", b.State, err)
+	}
+	if !strings.Contains(b.Reason, "not received within 3s") || !strings.Contains(b.Reason, "WAL "+b.StartLSN.String()) {
+		t.Errorf("reason %q does not say which WAL is missing", b.Reason)
+	}
+	row, _ := e.cat.Backup(context.Background(), b.ID)
+	if row.State != catalog.StateFailed || row.Reason != b.Reason {
+		t.Errorf("catalog row: %s %q", row.State, row.Reason)
+	}
+	assertNoFiles(t, e, b)
+}
+
+func assertNoFiles(t *testing.T, e *env, b catalog.Backup) {
+	t.Helper()
+	dir, _ := e.repo.Path(b.StoredPath)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		entries, _ := os.ReadDir(dir)
+		t.Errorf("failed backup left %s with %d entries", dir, len(entries))
+	}
+}
