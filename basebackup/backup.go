@@ -95,11 +95,7 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	id, err := newBackupID(ctx, opts.Catalog, time.Now())
-	if err != nil {
-		return catalog.Backup{}, err
-	}
-	lk, err := lock.Acquire(filepath.Join(opts.Repo.Root, storage.LockPath(opts.Server)), "backup", id)
+	lk, err := lock.Acquire(filepath.Join(opts.Repo.Root, storage.LockPath(opts.Server)), "backup", "")
 	if err != nil {
 		var held *lock.HeldError
 		if errors.As(err, &held) {
@@ -111,15 +107,12 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	if _, err := ReapInterrupted(ctx, opts.Catalog, opts.Repo, opts.Server); err != nil {
 		return catalog.Backup{}, err
 	}
-
-	host, _ := os.Hostname()
-	b := catalog.Backup{
-		ID: id, ServerID: srv.ID, Kind: catalog.KindBase, State: catalog.StateRunning,
-		Label: "walhub " + opts.Server + " " + id, StartedAt: time.Now().UTC(),
-		Compression: opts.Compression.Method, StoredPath: storage.BackupDir(opts.Server, id),
-		PID: os.Getpid(), Host: host,
+	b, err := addRunningBackup(ctx, opts, srv)
+	if err != nil {
+		return catalog.Backup{}, err
 	}
-	if err := opts.Catalog.AddBackup(ctx, b); err != nil {
+	id := b.ID
+	if err := lk.Update(-1, "backup "+id); err != nil {
 		return catalog.Backup{}, err
 	}
 	log = log.With("backup", id)
@@ -147,6 +140,33 @@ func checkpointName(fast bool) string {
 		return "fast"
 	}
 	return "spread"
+}
+
+// addRunningBackup records a new running backup under a fresh id. Another
+// server's backup may take the same id at the same instant: then it tries the
+// next one.
+func addRunningBackup(ctx context.Context, opts Options, srv catalog.Server) (catalog.Backup, error) {
+	host, _ := os.Hostname()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var id string
+		if id, err = newBackupID(ctx, opts.Catalog, time.Now()); err != nil {
+			return catalog.Backup{}, err
+		}
+		b := catalog.Backup{
+			ID: id, ServerID: srv.ID, Kind: catalog.KindBase, State: catalog.StateRunning,
+			Label: "walhub " + opts.Server + " " + id, StartedAt: time.Now().UTC(),
+			Compression: opts.Compression.Method, StoredPath: storage.BackupDir(opts.Server, id),
+			PID: os.Getpid(), Host: host,
+		}
+		if err = opts.Catalog.AddBackup(ctx, b); err == nil {
+			return b, nil
+		}
+		if _, lookErr := opts.Catalog.Backup(ctx, id); lookErr != nil {
+			break // not a clash of ids
+		}
+	}
+	return catalog.Backup{}, err
 }
 
 // newBackupID returns a UTC timestamp id ("20261121T104500Z") that no backup

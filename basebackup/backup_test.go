@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,4 +254,171 @@ func assertNoFiles(t *testing.T, e *env, b catalog.Backup) {
 		entries, _ := os.ReadDir(dir)
 		t.Errorf("failed backup left %s with %d entries", dir, len(entries))
 	}
+}
+
+// waitFor polls cond every 100 ms, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// runningBackup returns the running backup of the env's server, if any.
+func (e *env) runningBackup() (catalog.Backup, bool) {
+	srv, err := e.cat.ServerByName(context.Background(), e.server)
+	if err != nil {
+		return catalog.Backup{}, false
+	}
+	bs, _ := e.cat.Backups(context.Background(), srv.ID)
+	for _, b := range bs {
+		if b.State == catalog.StateRunning && b.StartLSN != 0 {
+			return b, true
+		}
+	}
+	return catalog.Backup{}, false
+}
+
+func TestSecondBackupIsRefusedNamingTheHolderAndACancelledBackupFails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.PgbenchInit(1)
+	slow := e.options()
+	slow.MaxRate = 32 // kB/s: the backup takes minutes
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		b   catalog.Backup
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := Run(ctx, slow)
+		done <- result{b, err}
+	}()
+	waitFor(t, 60*time.Second, "the first backup to start streaming", func() bool {
+		_, ok := e.runningBackup()
+		return ok
+	})
+
+	_, err := Run(context.Background(), e.options())
+	var locked *LockedError
+	if !errors.As(err, &locked) {
+		t.Fatalf("second backup: err = %v, want a LockedError", err)
+	}
+	want := fmt.Sprintf("locked by backup (pid %d on ", os.Getpid())
+	if !strings.Contains(err.Error(), want) || locked.Holder.PID != os.Getpid() {
+		t.Errorf("refusal %q does not name the holder (%q)", err, want)
+	}
+
+	cancel()
+	r := <-done
+	if r.err == nil || r.b.State != catalog.StateFailed || !strings.Contains(r.b.Reason, "interrupted") {
+		t.Fatalf("cancelled backup: state %s reason %q err %v", r.b.State, r.b.Reason, r.err)
+	}
+	assertNoFiles(t, e, r.b)
+	if _, ok := e.runningBackup(); ok {
+		t.Error("a backup is still recorded as running")
+	}
+}
+
+// TestMain lets the test binary act as a backup process that a test kills.
+func TestMain(m *testing.M) {
+	if root := os.Getenv("WALHUB_TEST_BACKUP_CHILD_REPO"); root != "" {
+		os.Exit(backupChild(root, os.Getenv("WALHUB_TEST_BACKUP_CHILD_CONNINFO")))
+	}
+	os.Exit(m.Run())
+}
+
+func backupChild(root, conninfo string) int {
+	ctx := context.Background()
+	cat, err := catalog.Open(ctx, filepath.Join(root, storage.CatalogFile))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_, err = Run(ctx, Options{Server: "main", Conninfo: conninfo, Repo: storage.Local{Root: root}, Catalog: cat,
+		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, MaxRate: 32, WALTimeout: time.Minute})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func TestKilledBackupIsMarkedFailedByTheNextCommand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.PgbenchInit(1)
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "WALHUB_TEST_BACKUP_CHILD_REPO="+e.repo.Root,
+		"WALHUB_TEST_BACKUP_CHILD_CONNINFO="+e.primary.ConnString(""))
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	var b catalog.Backup
+	waitFor(t, 60*time.Second, "the child's backup to write its first archive", func() bool {
+		var ok bool
+		if b, ok = e.runningBackup(); !ok {
+			return false
+		}
+		dir, _ := e.repo.Path(b.StoredPath)
+		entries, _ := os.ReadDir(dir)
+		return len(entries) > 0
+	})
+	if b.PID != child.Process.Pid {
+		t.Fatalf("running backup pid %d, child is %d", b.PID, child.Process.Pid)
+	}
+	// While the child lives, its backup is not reaped.
+	if reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server); err != nil || len(reaped) != 0 {
+		t.Fatalf("reaped a live backup: %v %v", reaped, err)
+	}
+	child.Process.Signal(syscall.SIGKILL)
+	child.Wait()
+
+	reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server)
+	if err != nil || len(reaped) != 1 || reaped[0] != b.ID {
+		t.Fatalf("reaped %v, %v; want [%s]", reaped, err, b.ID)
+	}
+	row, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil || row.State != catalog.StateFailed || !strings.Contains(row.Reason, "interrupted") {
+		t.Fatalf("killed backup: %s %q %v", row.State, row.Reason, err)
+	}
+	assertNoFiles(t, e, row)
+}
+
+func TestCorruptPageFailsTheBackupWithAChecksumMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.Query("CREATE TABLE victim AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+	e.primary.Query("CHECKPOINT")
+	rel := e.primary.Query("SELECT pg_relation_filepath('victim')")
+	e.primary.Stop("fast")
+	f, err := os.OpenFile(filepath.Join(e.primary.DataDir, rel), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The middle of the third page: the page header (and its LSN) stay intact.
+	if _, err := f.WriteAt([]byte("corrupted by walhub's test!"), 2*8192+4000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	e.primary.Start()
+
+	opts := e.options()
+	opts.WALTimeout = 5 * time.Second
+	b, err := Run(context.Background(), opts)
+	if !errors.Is(err, ErrChecksumFailure) || b.State != catalog.StateFailed {
+		t.Fatalf("backup of a corrupt cluster: state %s, err %v; want failed with a checksum failure", b.State, err)
+	}
+	if !strings.Contains(b.Reason, "invalid page checksums") {
+		t.Errorf("reason %q does not say checksums failed", b.Reason)
+	}
+	assertNoFiles(t, e, b)
 }
