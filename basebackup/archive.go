@@ -217,13 +217,21 @@ func walkArchive(ctx context.Context, open Opener, f catalog.BackupFile, fn func
 	}
 }
 
+// Checked says what a verification read.
+type Checked struct {
+	// Files is how many files of the manifest were checked, Bytes their size.
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
+}
+
 // Verify reads every stored archive of backup b through open, decompresses
 // it, and checks each file against the stored manifest (size and checksum),
-// and that every file of the manifest is there.
-func Verify(ctx context.Context, open Opener, b catalog.Backup) error {
+// and that every file of the manifest is there. A mismatch is a *VerifyError
+// listing every problem.
+func Verify(ctx context.Context, open Opener, b catalog.Backup) (Checked, error) {
 	m, _, err := readManifest(ctx, open)
 	if err != nil {
-		return err
+		return Checked{}, err
 	}
 	check := newFileCheck(m, nil)
 	buf := make([]byte, 256<<10)
@@ -239,8 +247,8 @@ func Verify(ctx context.Context, open Opener, b catalog.Backup) error {
 			return check.file(prefix+strings.TrimPrefix(h.Name, "./"), r, buf)
 		})
 		if err != nil {
-			return err
+			return check.checked, err
 		}
 	}
-	return check.result()
+	return check.checked, check.result()
 }

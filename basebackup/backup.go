@@ -269,7 +269,7 @@ func (r *run) take(ctx context.Context) error {
 
 	started = time.Now()
 	r.report(Progress{Phase: PhaseVerifying})
-	if err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup); err != nil {
+	if _, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup); err != nil {
 		return fmt.Errorf("verification against the manifest: %w", err)
 	}
 	r.verifyTime = time.Since(started)

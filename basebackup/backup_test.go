@@ -170,8 +170,12 @@ func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	if err != nil || got.State != catalog.StateDone || got.StopLSN != b.StopLSN || len(got.Files) != len(b.Files) {
 		t.Fatalf("catalog row %+v, %v", got, err)
 	}
-	if err := Verify(context.Background(), StoreOpener(e.repo, b), b); err != nil {
+	checked, err := Verify(context.Background(), StoreOpener(e.repo, b), b)
+	if err != nil {
 		t.Fatalf("verify stored backup: %v", err)
+	}
+	if checked.Files < 900 || checked.Bytes < b.OriginalSize/2 {
+		t.Errorf("verify checked only %d files, %d bytes", checked.Files, checked.Bytes)
 	}
 
 	// Unpack with the tablespace moved; pg_verifybackup accepts the copy.

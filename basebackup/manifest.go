@@ -175,7 +175,8 @@ type fileCheck struct {
 	seen     map[string]bool
 	problems []string
 	// ignore lists paths not to check (e.g. a rewritten tablespace_map).
-	ignore map[string]bool
+	ignore  map[string]bool
+	checked Checked
 }
 
 func newFileCheck(m *Manifest, ignore []string) *fileCheck {
@@ -224,6 +225,8 @@ func (c *fileCheck) file(path string, r io.Reader, buf []byte) error {
 			return fmt.Errorf("read %s: %w", path, err)
 		}
 	}
+	c.checked.Files++
+	c.checked.Bytes += size
 	if size != mf.Size {
 		c.problem("%s has size %d, the manifest says %d", path, size, mf.Size)
 		return nil
