@@ -269,10 +269,13 @@ func (r *run) take(ctx context.Context) error {
 
 	started = time.Now()
 	r.report(Progress{Phase: PhaseVerifying})
-	if _, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup); err != nil {
+	checked, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup)
+	if err != nil {
 		return fmt.Errorf("verification against the manifest: %w", err)
 	}
 	r.verifyTime = time.Since(started)
+	r.log.Info("backup verified against its manifest", "files", checked.Files, "bytes", checked.Bytes,
+		"duration", r.verifyTime.Round(time.Millisecond))
 
 	started = time.Now()
 	r.report(Progress{Phase: PhaseWAL})

@@ -7,11 +7,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -169,5 +173,64 @@ func TestParseSize(t *testing.T) {
 	}
 	if _, err := parseSize("big"); err == nil {
 		t.Error("accepted nonsense")
+	}
+}
+
+// storeFakeBackup stores a base archive holding files and a manifest that
+// describes manifestFiles, and returns its catalog row.
+func storeFakeBackup(t *testing.T, repo storage.Local, id string, files, manifestFiles map[string]string) catalog.Backup {
+	t.Helper()
+	var tarBuf bytes.Buffer
+	tw := tar.NewWriter(&tarBuf)
+	for name, content := range files {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(content))})
+		tw.Write([]byte(content))
+	}
+	tw.Close()
+	var entries []string
+	for name, content := range manifestFiles {
+		h, _ := newManifestHash("CRC32C")
+		h.Write([]byte(content))
+		entries = append(entries, fmt.Sprintf(`{ "Path": %q, "Size": %d, "Checksum-Algorithm": "CRC32C", "Checksum": %q }`,
+			name, len(content), h.Hex()))
+	}
+	b := catalog.Backup{ID: id, StoredPath: storage.BackupDir("main", id)}
+	w := newArchiveWriter(context.Background(), repo, b.StoredPath+"/base.tar.zst", Compression{Method: "zstd", Level: 1})
+	w.Write(tarBuf.Bytes())
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m := manifestFor(strings.Join(entries, ",\n"))
+	if _, err := repo.Put(context.Background(), b.StoredPath+"/"+ManifestName, func(w io.Writer) error {
+		_, err := w.Write(m)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b.Files = []catalog.BackupFile{{Name: "base.tar.zst", Compression: "zstd"}, {Name: ManifestName, Compression: "none"}}
+	return b
+}
+
+func TestVerifyFindsDamageInAStoredArchive(t *testing.T) {
+	repo := storage.Local{Root: t.TempDir()}
+	good := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096)}
+	b := storeFakeBackup(t, repo, "good", good, good)
+	checked, err := Verify(context.Background(), StoreOpener(repo, b), b)
+	if err != nil || checked.Files != 2 || checked.Bytes != 3+4*4096 {
+		t.Fatalf("intact backup: %+v %v", checked, err)
+	}
+
+	damaged := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4095) + "PAGE"}
+	b = storeFakeBackup(t, repo, "damaged", damaged, good)
+	_, err = Verify(context.Background(), StoreOpener(repo, b), b)
+	if err == nil || !strings.Contains(err.Error(), "base/1/1259 has CRC32C checksum") {
+		t.Fatalf("damaged file: err = %v", err)
+	}
+
+	short := map[string]string{"PG_VERSION": "15\n"}
+	b = storeFakeBackup(t, repo, "short", short, good)
+	_, err = Verify(context.Background(), StoreOpener(repo, b), b)
+	if err == nil || !strings.Contains(err.Error(), "base/1/1259 is in the manifest but not in the backup") {
+		t.Fatalf("missing file: err = %v", err)
 	}
 }
