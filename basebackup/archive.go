@@ -2,6 +2,7 @@ package basebackup
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,8 +35,15 @@ type Compression struct {
 // archiveWriter streams one archive into the repository: the bytes given to
 // Write are compressed (or not) and written to a temporary file, which Close
 // makes durable under its final name. Abort leaves nothing behind.
+//
+// Store.Put runs in a goroutine and hands its writer over; Write then writes
+// into it directly from the caller's goroutine (the zstd encoder copies the
+// bytes and compresses them on its own goroutines), so no copy or goroutine
+// switch is paid per message.
 type archiveWriter struct {
-	pw       *io.PipeWriter
+	w        io.Writer // set before ready is closed
+	ready    chan struct{}
+	finish   chan error
 	done     chan struct{}
 	err      error
 	stored   int64
@@ -45,16 +53,20 @@ type archiveWriter struct {
 
 // newArchiveWriter starts the writer of rel in store.
 func newArchiveWriter(ctx context.Context, store storage.Store, rel string, c Compression) *archiveWriter {
-	pr, pw := io.Pipe()
-	a := &archiveWriter{pw: pw, done: make(chan struct{})}
+	a := &archiveWriter{ready: make(chan struct{}), finish: make(chan error, 1), done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
 		sum := sha256.New()
 		n, err := store.Put(ctx, rel, func(w io.Writer) error {
 			out := io.MultiWriter(w, sum)
 			if c.Method != "zstd" {
-				_, err := io.Copy(out, pr)
-				return err
+				buf := bufio.NewWriterSize(out, 1<<20)
+				a.w = buf
+				close(a.ready)
+				if err := <-a.finish; err != nil {
+					return err
+				}
+				return buf.Flush()
 			}
 			workers := c.Workers
 			if workers <= 0 {
@@ -65,14 +77,14 @@ func newArchiveWriter(ctx context.Context, store storage.Store, rel string, c Co
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(enc, pr); err != nil {
+			a.w = enc
+			close(a.ready)
+			if err := <-a.finish; err != nil {
 				enc.Close()
 				return err
 			}
 			return enc.Close()
 		})
-		// Unblock a writer still writing when Put failed early.
-		pr.CloseWithError(errors.Join(err, errors.New("archive writer stopped")))
 		a.err, a.stored, a.sha = err, n, hex.EncodeToString(sum.Sum(nil))
 	}()
 	return a
@@ -80,27 +92,26 @@ func newArchiveWriter(ctx context.Context, store storage.Store, rel string, c Co
 
 // Write passes p on; p may be reused once Write returns.
 func (a *archiveWriter) Write(p []byte) (int, error) {
-	n, err := a.pw.Write(p)
-	a.original += int64(n)
-	if err != nil {
-		<-a.done
-		if a.err != nil {
-			return n, a.err
-		}
+	select {
+	case <-a.ready:
+	case <-a.done: // Put failed before it could write
+		return 0, a.err
 	}
+	n, err := a.w.Write(p)
+	a.original += int64(n)
 	return n, err
 }
 
 // Close finishes the archive and waits until it is durable.
 func (a *archiveWriter) Close() error {
-	a.pw.Close()
+	a.finish <- nil
 	<-a.done
 	return a.err
 }
 
 // Abort stops the archive; its temporary file is removed.
 func (a *archiveWriter) Abort(cause error) {
-	a.pw.CloseWithError(cause)
+	a.finish <- cause
 	<-a.done
 }
 

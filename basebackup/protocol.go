@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -167,8 +168,12 @@ func stream(ctx context.Context, conn *pgconn.PgConn, cmd command, h handler) er
 	// RowDescription or the COPY also closes an open one.
 	d := decoder{h: h}
 	var serverErr error
+	// Receive without a context: pgconn would watch it anew for each of the
+	// many small messages. Cancellation instead ends the read by a deadline.
+	stop := context.AfterFunc(ctx, func() { conn.Conn().SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	for {
-		msg, err := conn.ReceiveMessage(ctx)
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
 				return fmt.Errorf("BASE_BACKUP interrupted: %w", ctxErr)
