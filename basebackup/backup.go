@@ -120,6 +120,9 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 
 	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv}
 	if err := r.take(ctx); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
 		return r.fail(err)
 	}
 	r.backup.State = catalog.StateDone

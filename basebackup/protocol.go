@@ -176,7 +176,7 @@ func stream(ctx context.Context, conn *pgconn.PgConn, cmd command, h handler) er
 		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctxErr := ctx.Err(); ctxErr != nil {
-				return fmt.Errorf("BASE_BACKUP interrupted: %w", ctxErr)
+				return fmt.Errorf("BASE_BACKUP: %w", ctxErr)
 			}
 			return fmt.Errorf("BASE_BACKUP: connection lost: %w", err)
 		}
