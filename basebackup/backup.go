@@ -240,7 +240,11 @@ func (r *run) take(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(closeCtx)
+	}()
 	id, err := identify(ctx, conn)
 	if err != nil {
 		return err
