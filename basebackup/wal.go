@@ -76,8 +76,6 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 	started := time.Now()
 	deadline := started.Add(w.Timeout)
 	switched := w.SwitchWAL == nil
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
 	lastLog := started
 	for {
 		missing, err := w.MissingWAL(ctx)
@@ -104,10 +102,12 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 			w.Log.Info("waiting for the backup's WAL to reach the hub", "missing", describeMissing(missing, w.StopTLI, w.SegmentSize),
 				"timeout_in", time.Until(deadline).Round(time.Second))
 		}
+		t := time.NewTimer(min(500*time.Millisecond, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return fmt.Errorf("waiting for WAL: %w", ctx.Err())
-		case <-tick.C:
+		case <-t.C:
 		}
 	}
 }

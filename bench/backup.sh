@@ -5,19 +5,21 @@
 #   bash bench/backup.sh              # SCALE=60 (about 900 MB); SCALE=100 for about 1.5 GB
 #   RUNS=3 SCALE=100 bash bench/backup.sh
 #
-# Each tool runs RUNS times (default 2, after one warm-up read of the cluster)
-# and its fastest run counts. Every tool fsyncs what it writes.
+# RUNS rounds (default 3, after one warm-up read of the cluster) run each tool
+# once in turn, so load from elsewhere on the machine hits them alike; each
+# tool's fastest run counts. Every tool fsyncs what it writes.
 #
-# What is timed for walhub: the whole command less its read-back verification
-# (the archives and the manifest are then durable in the repository), and the
-# whole command with the verification. The wait for the backup's WAL is not timed: it needs the receiver
+# What is timed for walhub: from the start of the command until the archives
+# and the manifest are durable in the repository (its "backup streamed" log
+# line), and the whole command, which adds the read-back verification against
+# the manifest. The wait for the backup's WAL is not timed: it needs the receiver
 # (`walhub serve`), which this script does not run, so each walhub backup ends
 # "failed: WAL ... not received" after a 1 ms wal_timeout, by design.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-60}
-RUNS=${RUNS:-2}
+RUNS=${RUNS:-3}
 BIN=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
 
 ROOT=$(mktemp -d /tmp/walhub-bench-XXXXXX)
@@ -78,64 +80,54 @@ seconds() {
 as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/warm" -Ft -X none -c fast >/dev/null
 rm -rf "$ROOT/warm"
 
-pgbb() { # $1 = label, rest = extra pg_basebackup options
-  local label=$1; shift
-  local times=()
-  for _ in $(seq "$RUNS"); do
-    rm -rf "$ROOT/pgbb"
-    local t0; t0=$(now)
-    as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/pgbb" -Ft -X none -c fast "$@" >/dev/null
-    times+=("$(calc "$(now) - $t0")")
-  done
-  local stored; stored=$(du -sb "$ROOT/pgbb" | cut -f1)
+pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes"
   rm -rf "$ROOT/pgbb"
-  printf '%s\n' "${times[@]}" | best | sed "s/^/$label /;s/\$/ $stored/"
+  local t0; t0=$(now)
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/pgbb" -Ft -X none -c fast "$@" 2>/dev/null
+  local t; t=$(calc "$(now) - $t0")
+  echo "$t $(du -sb "$ROOT/pgbb" | cut -f1)"
+  rm -rf "$ROOT/pgbb"
 }
 
-walhub_runs() {
-  local stream_times=() total_times=() stored=0 size=0
-  for _ in $(seq "$RUNS"); do
-    local t0; t0=$(now)
-    "$ROOT/walhub" --config "$ROOT/walhub.toml" backup --server bench --output=json \
-      >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || true
-    local total; total=$(calc "$(now) - $t0")
-    local streamed verified
-    streamed=$(grep "backup streamed" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
-    verified=$(grep "backup verified" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
-    stored=$(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed")
-    size=$(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")
-    local verify; verify=$(seconds "$(sed -E 's/.* duration=([^ ]+).*/\1/' <<<"$verified")")
-    # Durable in the repository: the whole command less the read-back verification
-    # (the WAL check after it fails within 1 ms without a receiver).
-    stream_times+=("$(calc "$total - $verify")")
-    total_times+=("$total")
-  done
-  echo "walhub-stream $(printf '%s\n' "${stream_times[@]}" | best) $stored $size"
-  echo "walhub-total $(printf '%s\n' "${total_times[@]}" | best) $stored $size"
+walhub_run() { # prints "durable-seconds total-seconds stored-bytes sent-bytes"
+  local t0; t0=$(now)
+  "$ROOT/walhub" --config "$ROOT/walhub.toml" backup --server bench --output=json \
+    >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || true
+  local total; total=$(calc "$(now) - $t0")
+  local streamed
+  streamed=$(grep "backup streamed" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
+  # Durable: the "backup streamed" line is logged once the archives and the
+  # manifest are fsynced and renamed in the repository.
+  local ts; ts=$(sed -E 's/^time=([^ ]+) .*/\1/' <<<"$streamed")
+  local durable; durable=$(calc "$(date -d "$ts" +%s.%N) - $t0")
+  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")"
 }
 
-echo "== running ($RUNS runs each, fastest counts)"
-R_PLAIN=$(pgbb pg_basebackup)
-R_ZSTD=$(pgbb pg_basebackup-client-zstd --compress=client-zstd)
-R_WALHUB=$(walhub_runs)
+echo "== running $RUNS rounds (each round runs every tool once, in turn; the fastest run counts)"
+: >"$ROOT/times"
+for r in $(seq "$RUNS"); do
+  echo "plain $(pgbb)" >>"$ROOT/times"
+  echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
+  echo "walhub $(walhub_run)" >>"$ROOT/times"
+  echo "round $r: $(tail -3 "$ROOT/times" | awk '{printf "%s %.2fs  ", $1, $2}')"
+done
+fastest() { awk -v k="$1" '$1 == k' "$ROOT/times" | sort -k2 -g | head -1; }
+read -r _ T_PLAIN S_PLAIN <<<"$(fastest plain)"
+read -r _ T_ZSTD S_ZSTD <<<"$(fastest zstd)"
+read -r _ T_STREAM _ S_WALHUB SIZE <<<"$(fastest walhub)"
+T_TOTAL=$(awk '$1 == "walhub" {print $3}' "$ROOT/times" | sort -g | head -1)
 
-SIZE=$(awk '/walhub-total/ {print $4}' <<<"$R_WALHUB")
 mbps() { calc "$SIZE / 1048576 / $1"; }
 row() { # label seconds stored
   printf '%-34s %8.2f s %9.1f MB/s   stored %8.1f MB (%.1fx smaller)\n' "$1" "$2" "$(mbps "$2")" \
     "$(calc "$3 / 1048576")" "$(calc "$SIZE / $3")"
 }
-read -r _ T_PLAIN S_PLAIN <<<"$R_PLAIN"
-read -r _ T_ZSTD S_ZSTD <<<"$R_ZSTD"
-read -r _ T_STREAM S_WALHUB _ < <(grep walhub-stream <<<"$R_WALHUB")
-read -r _ T_TOTAL _ _ < <(grep walhub-total <<<"$R_WALHUB")
-
 echo
 echo "== results: $((SIZE / 1048576)) MB sent by the server, $(nproc) cores"
 row "pg_basebackup -Ft -X none" "$T_PLAIN" "$S_PLAIN"
 row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
-row "walhub backup (+ verify, whole cmd)" "$T_TOTAL" "$S_WALHUB"
+row "walhub backup (whole cmd, + verify)" "$T_TOTAL" "$S_WALHUB"
 echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.5x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
