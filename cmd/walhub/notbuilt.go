@@ -5,16 +5,6 @@ import "github.com/spf13/cobra"
 // Commands whose mechanisms are not built yet. Each keeps its final name and
 // help, and fails with a clear message until it is built.
 
-func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "serve",
-		Short:   "Run the daemon: receive WAL from every configured server and serve the hub",
-		Example: "  walhub serve --config /etc/walhub/walhub.toml",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub serve") },
-	}
-}
-
 func (a *app) restoreCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "restore",
