@@ -165,7 +165,7 @@ func (p *progressReporter) report(pr basebackup.Progress) {
 	if p.bar == nil {
 		p.bar = progressbar.NewOptions64(pr.Total,
 			progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionSetDescription(p.server+": streaming"),
+			progressbar.OptionSetDescription(p.server+": "+pr.Phase),
 			progressbar.OptionShowBytes(true),
 			progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true),

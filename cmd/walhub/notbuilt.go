@@ -5,16 +5,6 @@ import "github.com/spf13/cobra"
 // Commands whose mechanisms are not built yet. Each keeps its final name and
 // help, and fails with a clear message until it is built.
 
-func (a *app) restoreCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "restore",
-		Short:   "Restore a backup into an empty directory, with recovery settings",
-		Example: "  walhub restore --server main --target-dir /var/lib/postgresql/15/main",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub restore") },
-	}
-}
-
 func (a *app) statusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "status [SERVER|all]",
