@@ -79,3 +79,79 @@ func TestRestoreToEndAndToEachKindOfTarget(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoredStandbyCatchesUpThroughWalfetchThenStreams restores a standby
+// that must first replay WAL written after the backup from the hub, then
+// switches to streaming from the primary.
+func TestRestoredStandbyCatchesUpThroughWalfetchThenStreams(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, pgtest.Options{})
+	p := s.primary
+	p.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+	p.Pgbench(2, 300)
+	s.waitArchived()
+	p.CreateSlot("standby1")
+	dir := filepath.Join(pgtest.TempDir(t, "standby"), "data")
+	s.walhub("restore", "--server", "main", "--target-dir", dir, "--standby", "--walfetch-token-file", s.tokenFile,
+		"--primary-conninfo", p.ConnString("")+" application_name=standby1", "--primary-slot", "standby1")
+	c := startRestored(t, "standby1", dir)
+	p.Pgbench(2, 100)
+	c.WaitReplay(p.CurrentLSN(), 180*time.Second)
+	if got, want := c.Query(checksum), p.Query(checksum); got != want {
+		t.Fatal("standby data differs from the primary's")
+	}
+	c.WaitFor(60*time.Second, "the standby to stream", func() bool {
+		out, err := c.TryQuery("SELECT status FROM pg_stat_wal_receiver")
+		return err == nil && out == "streaming"
+	})
+	log, _ := os.ReadFile(c.LogFile)
+	if !strings.Contains(string(log), "restored log file") {
+		t.Fatalf("the standby did not replay anything through walfetch:\n%s", log)
+	}
+}
+
+// TestRestoreRefusesBadInputAndWritesNothing checks every input error is
+// caught before anything is written.
+func TestRestoreRefusesBadInputAndWritesNothing(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, pgtest.Options{})
+	s.primary.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+	backupEnd := s.primary.Query("SELECT now() - interval '1 hour'")
+	scratch := pgtest.TempDir(t, "bad")
+	full := filepath.Join(scratch, "full")
+	os.Mkdir(full, 0o700)
+	os.WriteFile(filepath.Join(full, "keep"), []byte("x"), 0o600)
+	empty := filepath.Join(scratch, "new")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"non-empty target", []string{"--target-dir", full}, "is not empty"},
+		{"unknown backup", []string{"--target-dir", empty, "--backup", "19990101T000000Z"}, "no backup 19990101T000000Z"},
+		{"target before every backup", []string{"--target-dir", empty, "--target-time", backupEnd}, "before the end of every backup"},
+		{"two targets", []string{"--target-dir", empty, "--target-name", "x", "--target-immediate"}, "at most one"},
+		{"bad lsn", []string{"--target-dir", empty, "--target-lsn", "zz"}, "--target-lsn"},
+		{"bad tablespace flag", []string{"--target-dir", empty, "--tablespace", "x=/y"}, "want OID=DIR"},
+		{"unknown server", []string{"--target-dir", empty}, "no server"},
+		{"standby with target", []string{"--target-dir", empty, "--standby", "--target-immediate"}, "does not go with"},
+	}
+	for _, tt := range tests {
+		server := "main"
+		if tt.name == "unknown server" {
+			server = "other"
+		}
+		out, err := s.tryWalhub(append([]string{"restore", "--server", server}, tt.args...)...)
+		if err == nil || !strings.Contains(out, tt.want) {
+			t.Errorf("%s: err %v, output %q; want an error saying %q", tt.name, err, out, tt.want)
+		}
+		if _, err := os.Stat(empty); !os.IsNotExist(err) {
+			t.Fatalf("%s: %s was created", tt.name, empty)
+		}
+		if entries, _ := os.ReadDir(full); len(entries) != 1 {
+			t.Fatalf("%s: the non-empty target was touched", tt.name)
+		}
+	}
+}
