@@ -246,11 +246,11 @@ func finishCopy(ctx context.Context, conn *pgconn.PgConn) (*timelineEnd, error) 
 // pgEpoch is PostgreSQL's epoch for timestamps in the replication protocol.
 var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// sendStatus sends a standby status update. It is built here rather than with
-// pglogrepl, which would replace a zero flush position with the write
+// statusMessage builds a standby status update. It is built here rather than
+// with pglogrepl, which would replace a zero flush position with the write
 // position: flush must only ever be what is fsynced. Apply is always zero
 // (the hub applies nothing), as pg_receivewal reports it.
-func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN, replyRequested bool) error {
+func statusMessage(write, flush walname.LSN, replyRequested bool) []byte {
 	msg := make([]byte, 34)
 	msg[0] = 'r'
 	binary.BigEndian.PutUint64(msg[1:], uint64(write))
@@ -260,7 +260,12 @@ func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN, replyRequested bo
 	if replyRequested {
 		msg[33] = 1
 	}
-	buf, err := (&pgproto3.CopyData{Data: msg}).Encode(nil)
+	return msg
+}
+
+// sendStatus sends a standby status update: written up to write, fsynced up to flush.
+func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN) error {
+	buf, err := (&pgproto3.CopyData{Data: statusMessage(write, flush, false)}).Encode(nil)
 	if err != nil {
 		return fmt.Errorf("encode status update: %w", err)
 	}

@@ -429,7 +429,7 @@ func (s *session) flushAndReport() error {
 
 // report sends a status update: written up to pos, flushed up to synced.
 func (s *session) report() error {
-	if err := sendStatus(s.conn, s.w.pos, s.w.synced, false); err != nil {
+	if err := sendStatus(s.conn, s.w.pos, s.w.synced); err != nil {
 		return err
 	}
 	s.reported = s.w.synced
