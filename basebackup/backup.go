@@ -256,7 +256,7 @@ func (r *run) take(ctx context.Context) error {
 
 	started := time.Now()
 	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}
-	err = stream(ctx, conn, command{
+	err = streamBackup(ctx, conn, command{
 		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
 		ManifestChecksums: r.opts.ManifestChecksums,
 	}, sink)

@@ -155,10 +155,10 @@ type handler interface {
 	End(lsn walname.LSN, tli walname.TimeLine) error
 }
 
-// stream sends cmd and decodes the single typed COPY stream of PostgreSQL 15+
+// streamBackup sends cmd and decodes the single typed COPY stream of PostgreSQL 15+
 // into h, until ReadyForQuery. It returns ErrChecksumFailure (wrapped) when the
 // server ended with SQLSTATE XX001 after sending everything.
-func stream(ctx context.Context, conn *pgconn.PgConn, cmd command, h handler) error {
+func streamBackup(ctx context.Context, conn *pgconn.PgConn, cmd command, h handler) error {
 	conn.Frontend().SendQuery(&pgproto3.Query{String: cmd.String()})
 	if err := conn.Frontend().Flush(); err != nil {
 		return fmt.Errorf("send BASE_BACKUP: %w", err)
