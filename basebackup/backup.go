@@ -256,7 +256,7 @@ func (r *run) take(ctx context.Context) error {
 
 	started := time.Now()
 	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}
-	err = stream(ctx, conn, command{
+	err = streamBackup(ctx, conn, command{
 		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
 		ManifestChecksums: r.opts.ManifestChecksums,
 	}, sink)
@@ -274,23 +274,31 @@ func (r *run) take(ctx context.Context) error {
 	r.log.Info("backup streamed", "start_lsn", r.backup.StartLSN, "stop_lsn", r.backup.StopLSN,
 		"size", r.backup.OriginalSize, "stored", r.backup.StoredSize, "duration", r.streamTime.Round(time.Millisecond))
 
+	// The read-back verification and the wait for the WAL overlap: the
+	// receiver stores the last segment while the archives are read.
+	walCtx, cancelWAL := context.WithCancel(ctx)
+	defer cancelWAL()
+	walDone := make(chan error, 1)
 	started = time.Now()
+	go func() {
+		walDone <- WaitWAL(walCtx, WALWait{
+			Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
+			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
+			Timeout: r.opts.WALTimeout, SwitchWAL: r.switchWAL, Log: r.log,
+		})
+	}()
 	r.report(Progress{Phase: PhaseVerifying})
 	checked, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup)
+	r.verifyTime = time.Since(started)
 	if err != nil {
+		cancelWAL()
+		<-walDone
 		return fmt.Errorf("verification against the manifest: %w", err)
 	}
-	r.verifyTime = time.Since(started)
 	r.log.Info("backup verified against its manifest", "files", checked.Files, "bytes", checked.Bytes,
 		"duration", r.verifyTime.Round(time.Millisecond))
-
-	started = time.Now()
 	r.report(Progress{Phase: PhaseWAL})
-	err = WaitWAL(ctx, WALWait{
-		Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
-		StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
-		Timeout: r.opts.WALTimeout, SwitchWAL: r.switchWAL, Log: r.log,
-	})
+	err = <-walDone
 	r.walTime = time.Since(started)
 	return err
 }
