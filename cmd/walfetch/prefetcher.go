@@ -388,7 +388,7 @@ func (p *prefetcher) peek() {
 		p.segSize = peek.SegmentSize
 		p.setCurrent()
 	}
-	p.peekShort = len(peek.Segments) < count
+	p.peekShort = len(peek.Segments) < min(count, max(peek.Limit, 1))
 	for _, seg := range peek.Segments {
 		tli, segno, err := walname.ParseSegment(seg.Name, p.segSize)
 		if err != nil || tli != p.tli || segno <= p.segno {
