@@ -66,6 +66,9 @@ type download struct {
 	segSize uint64
 }
 
+// errPartTaken: a .part file exists that this prefetcher did not create.
+var errPartTaken = errors.New("being written by another process")
+
 var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
 func runPrefetcher() int {
@@ -127,9 +130,10 @@ func runPrefetcher() int {
 	conn.Close()
 	os.Remove(sock)
 	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit, "served", p.servedCount, "from_spool", p.hits)
-	// Whatever is left will not be asked for soon (recovery ended or stopped):
-	// leave no spool behind.
-	os.RemoveAll(sp.dir)
+	// Whatever is left will not be asked for soon (recovery ended or
+	// stopped): leave no segments behind. The lock file stays, so a
+	// prefetcher started meanwhile waits for this one to be gone.
+	p.removeSegments()
 	return 0
 }
 
@@ -173,6 +177,16 @@ func (p *prefetcher) removeParts() {
 	entries, _ := os.ReadDir(p.sp.dir)
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".part") {
+			os.Remove(p.sp.path(e.Name()))
+		}
+	}
+}
+
+// removeSegments empties the spool of segments, finished or not.
+func (p *prefetcher) removeSegments() {
+	entries, _ := os.ReadDir(p.sp.dir)
+	for _, e := range entries {
+		if _, err := walname.Parse(strings.TrimSuffix(e.Name(), ".part")); err == nil {
 			os.Remove(p.sp.path(e.Name()))
 		}
 	}
@@ -411,7 +425,11 @@ func (p *prefetcher) fetch(d download) {
 	start := time.Now()
 	part := p.sp.path(name + ".part")
 	err := func() error {
-		f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		// O_EXCL: this process is the only writer of the file it verifies.
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: %s", errPartTaken, part)
+		}
 		if err != nil {
 			return err
 		}
@@ -440,7 +458,9 @@ func (p *prefetcher) fetch(d download) {
 		return nil
 	}()
 	if err != nil {
-		os.Remove(part)
+		if !errors.Is(err, errPartTaken) {
+			os.Remove(part)
+		}
 		p.inflightMu.Lock()
 		p.failed[name] = time.Now().Add(2 * time.Second)
 		p.inflightMu.Unlock()

@@ -440,3 +440,35 @@ func TestSettingsPrecedence(t *testing.T) {
 		t.Errorf("unknown key: %v", err)
 	}
 }
+
+func TestSpoolOfAnotherRestoreIsNeitherUsedNorKept(t *testing.T) {
+	h := newTestHub(t, 4)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 2, testSegSize)
+	// A spool left by an unrelated restore: same segment name, other bytes.
+	stale := filepath.Join(dir, "pg_wal", "walfetch-spool", "0123456789abcdef")
+	os.MkdirAll(stale, 0o700)
+	if err := os.WriteFile(filepath.Join(stale, name), fakeSegment(1, 99), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runWalfetch(t, dir, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+	if !bytes.Equal(got, h.segs[name]) {
+		t.Fatal("served the stale spool's segment instead of the hub's")
+	}
+	waitFor(t, 20*time.Second, "the prefetcher to remove the stale spool", func() bool {
+		_, err := os.Stat(stale)
+		return os.IsNotExist(err)
+	})
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+}
