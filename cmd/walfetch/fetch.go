@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/walname"
@@ -134,4 +135,13 @@ func install(tmp, dst string, reg *tempFiles) error {
 	return nil
 }
 
-func dirOf(p string) string { return filepath.Dir(p) }
+// removeStaleTemps removes temporary files that a walfetch killed with
+// SIGKILL left in dir more than an hour ago.
+func removeStaleTemps(dir string) {
+	old, _ := filepath.Glob(filepath.Join(dir, ".walfetch-*.tmp"))
+	for _, p := range old {
+		if fi, err := os.Stat(p); err == nil && time.Since(fi.ModTime()) > time.Hour {
+			os.Remove(p)
+		}
+	}
+}

@@ -55,10 +55,13 @@ type PeekSegment struct {
 // on the same timeline that the hub holds now, at most the n asked for (capped
 // by the hub's max_peek). Segments is empty when the requested one is missing.
 type Peek struct {
-	Server      string        `json:"server"`
-	SystemID    string        `json:"system_id"`
-	SegmentSize uint64        `json:"segment_size"`
-	Segments    []PeekSegment `json:"segments"`
+	Server      string `json:"server"`
+	SystemID    string `json:"system_id"`
+	SegmentSize uint64 `json:"segment_size"`
+	// Limit is the n the hub applied (the n asked for, capped by max_peek):
+	// fewer segments than Limit means the hub holds no more now.
+	Limit    int           `json:"limit"`
+	Segments []PeekSegment `json:"segments"`
 }
 
 // BackupFile is one stored file of a backup.

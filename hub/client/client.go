@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -219,11 +220,11 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 	switch enc := resp.Header.Get("Content-Encoding"); enc {
 	case "", "identity":
 	case "zstd":
-		dec, err := zstd.NewReader(transport, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
-		if err != nil {
+		dec := getDecoder()
+		defer putDecoder(dec)
+		if err := dec.Reset(transport); err != nil {
 			return info, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 		}
-		defer dec.Close()
 		body = dec
 	default:
 		return info, fmt.Errorf("%w: %s: unexpected Content-Encoding %q", ErrCorrupt, name, enc)
@@ -250,6 +251,27 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 		return info, fmt.Errorf("%w: %s: checksum %s, the hub recorded %s", ErrCorrupt, name, checksum.Format(got), info.Checksum)
 	}
 	return info, nil
+}
+
+// decoders are reused: a zstd decoder's buffers are as large as a segment's
+// window, and a prefetcher decodes segment after segment.
+var decoders sync.Pool
+
+func getDecoder() *zstd.Decoder {
+	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+		return d
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
+	}
+	return d
+}
+
+func putDecoder(d *zstd.Decoder) {
+	if d.Reset(nil) == nil {
+		decoders.Put(d)
+	}
 }
 
 // errorReader remembers the transport's read error, to tell "the bytes
