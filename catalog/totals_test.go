@@ -180,3 +180,20 @@ func BenchmarkMissingSegmentsThreeHoles(b *testing.B) {
 		}
 	}
 }
+
+func TestAddSegmentsRecordsABatch(t *testing.T) {
+	ctx := context.Background()
+	c, s := openTest(t)
+	batch := []Segment{seg(s.ID, 1, 1), seg(s.ID, 1, 2), seg(s.ID, 1, 4), seg(s.ID, 1, 2)}
+	if err := c.AddSegments(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.SegmentRanges(ctx, s.ID)
+	want := []TimeLineRange{{TimeLine: 1, First: 1, Last: 4, Count: 3, StoredBytes: 3000, Bytes: 3 * segSize}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("SegmentRanges = %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := c.Segment(ctx, s.ID, walname.SegmentName(1, 4, segSize)); err != nil {
+		t.Fatal(err)
+	}
+}

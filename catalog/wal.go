@@ -28,20 +28,47 @@ type Segment struct {
 	ReceivedAt time.Time
 }
 
-// AddSegment records a stored segment. Adding the same segment again (a
-// restart that received it twice) replaces the row.
-func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
-	_, err := c.db.ExecContext(ctx, `INSERT INTO segments
+const addSegmentSQL = `INSERT INTO segments
 		(server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (server_id, tli, segno) DO UPDATE SET
 		  name = excluded.name, size = excluded.size, stored_size = excluded.stored_size,
 		  compression = excluded.compression, checksum = excluded.checksum,
-		  stored_path = excluded.stored_path, received_at = excluded.received_at`,
-		s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
+		  stored_path = excluded.stored_path, received_at = excluded.received_at`
+
+// AddSegment records a stored segment. Adding the same segment again (a
+// restart that received it twice) replaces the row.
+func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
+	_, err := c.db.ExecContext(ctx, addSegmentSQL, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
 		s.StoredPath, unixNano(s.ReceivedAt))
 	if err != nil {
 		return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// AddSegments records many stored segments in one transaction, as AddSegment
+// does each: for importing an existing archive, where one commit per segment
+// would cost a million fsyncs.
+func (c *Catalog) AddSegments(ctx context.Context, segs []Segment) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, addSegmentSQL)
+	if err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
+	}
+	defer stmt.Close()
+	for _, s := range segs {
+		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize,
+			s.Compression, s.Checksum, s.StoredPath, unixNano(s.ReceivedAt)); err != nil {
+			return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
 	}
 	return nil
 }
