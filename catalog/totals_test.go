@@ -24,7 +24,7 @@ func TestSegmentTotalsFollowInsertReplaceDelete(t *testing.T) {
 	if err := c.AddSegment(ctx, again); err != nil { // a replaced segment is counted once, with its new size
 		t.Fatal(err)
 	}
-	if err := c.DeleteSegment(ctx, s.ID, 1, 19); err != nil {
+	if err := c.DeleteSegments(ctx, []Segment{seg(s.ID, 1, 19)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.AddSegment(ctx, seg(s.ID, 2, 18)); err != nil {
@@ -41,7 +41,7 @@ func TestSegmentTotalsFollowInsertReplaceDelete(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("SegmentRanges = %+v\nwant %+v", got, want)
 	}
-	if err := c.DeleteSegment(ctx, s.ID, 2, 18); err != nil {
+	if err := c.DeleteSegments(ctx, []Segment{seg(s.ID, 2, 18)}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := c.SegmentRanges(ctx, s.ID); len(got) != 1 {
@@ -169,7 +169,7 @@ func BenchmarkMissingSegmentsThreeHoles(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, n := range []walname.SegNo{1000, 500000, 999000} {
-		if err := c.DeleteSegment(ctx, s.ID, 1, n); err != nil {
+		if err := c.DeleteSegments(ctx, []Segment{seg(s.ID, 1, n)}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -332,16 +332,6 @@ func (m *missingFinder) scan(from, to walname.SegNo) error {
 	return nil
 }
 
-// DeleteSegment removes a segment's row. Callers delete the row first and the
-// file after, so the catalog never points at a missing file.
-func (c *Catalog) DeleteSegment(ctx context.Context, serverID int64, tli walname.TimeLine, segno walname.SegNo) error {
-	if _, err := c.db.ExecContext(ctx, `DELETE FROM segments WHERE server_id = ? AND tli = ? AND segno = ?`,
-		serverID, tli, int64(segno)); err != nil {
-		return fmt.Errorf("delete segment: %w", err)
-	}
-	return nil
-}
-
 // SegmentsBefore lists, oldest first, at most limit segments of any timeline
 // whose number is below segno: what expire may remove.
 func (c *Catalog) SegmentsBefore(ctx context.Context, serverID int64, segno walname.SegNo, limit int) ([]Segment, error) {
@@ -461,4 +451,26 @@ func (c *Catalog) Gaps(ctx context.Context, serverID int64) ([]Gap, error) {
 		out = append(out, g)
 	}
 	return out, rows.Err()
+}
+
+// DeleteSegments removes the rows of the given segments in one transaction.
+// Callers delete rows first and files after, so the catalog never points at a
+// missing file; a crash in between leaves only orphan files, which expire sweeps.
+func (c *Catalog) DeleteSegments(ctx context.Context, segs []Segment) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("delete segments: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, `DELETE FROM segments WHERE server_id = ? AND tli = ? AND segno = ?`)
+	if err != nil {
+		return fmt.Errorf("delete segments: %w", err)
+	}
+	defer stmt.Close()
+	for _, s := range segs {
+		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo)); err != nil {
+			return fmt.Errorf("delete segment %s: %w", s.Name, err)
+		}
+	}
+	return tx.Commit()
 }

@@ -55,16 +55,6 @@ func (a *app) restoreCommand() *cobra.Command {
 	}
 }
 
-func (a *app) expireCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "expire",
-		Short:   "Remove backups and WAL that the retention policy no longer needs",
-		Example: "  walhub expire --server main --dry-run",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub expire") },
-	}
-}
-
 func (a *app) snapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
