@@ -143,7 +143,7 @@ func bad(name string, l Level, msg, hint string) Result {
 
 // unreachable is the result of a check that needs the server when it cannot be asked.
 func unreachable(name string, doc *Document) Result {
-	return bad(name, Unknown, "cannot tell: PostgreSQL did not answer ("+doc.Postgres.Error+")",
+	return bad(name, Unknown, "cannot tell: PostgreSQL did not answer (see the connection check)",
 		"fix the connection check first")
 }
 
@@ -165,19 +165,21 @@ func checkConnection(doc *Document, srv *config.Server, _ Probe, _ Thresholds) R
 	return ok(name, fmt.Sprintf("PostgreSQL %s, %s, timeline %d, at %s", pg.Version, role, pg.TimeLine, pg.CurrentLSN))
 }
 
-func checkReplicationConnection(_ *Document, srv *config.Server, p Probe, _ Thresholds) Result {
+func checkReplicationConnection(doc *Document, srv *config.Server, p Probe, _ Thresholds) Result {
 	const name = "replication connection"
 	if p.Err != nil {
 		msg := p.Err.Error()
 		hint := "allow a physical replication connection: a pg_hba.conf line with database 'replication' for walhub's user, " +
 			"and the REPLICATION attribute (ALTER ROLE <user> REPLICATION)"
 		switch {
+		case !doc.Postgres.Reachable:
+			hint = "the server does not answer at all: fix the connection check first"
 		case strings.Contains(msg, "max_wal_senders"), strings.Contains(msg, "too many"):
 			hint = "all wal senders are busy: raise max_wal_senders (restart needed) or stop an unused client"
 		case strings.Contains(msg, "must be superuser or replication role"), strings.Contains(msg, "permission denied"):
 			hint = "ALTER ROLE <user> REPLICATION for the user in conninfo of server " + srv.Name
 		}
-		return bad(name, Critical, msg, hint)
+		return bad(name, Critical, oneLine(msg), hint)
 	}
 	return ok(name, fmt.Sprintf("IDENTIFY_SYSTEM: system %s, timeline %d, at %s", p.Identity.SystemID, p.Identity.TimeLine, p.Identity.XLogPos))
 }

@@ -112,7 +112,7 @@ func queryPostgres(ctx context.Context, srv *config.Server, timeout time.Duratio
 	defer cancel()
 	conn, err := connect(ctx, srv.Conninfo, timeout)
 	if err != nil {
-		doc.Postgres.Error = fmt.Sprintf("cannot connect: %v", err)
+		doc.Postgres.Error = "cannot connect: " + oneLine(err.Error())
 		return
 	}
 	defer conn.Close(context.WithoutCancel(ctx))

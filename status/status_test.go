@@ -283,7 +283,9 @@ func TestNagiosLineCarriesWorstLevelAndPerfdata(t *testing.T) {
 	if err := WriteNagios(&out, results, false); err != nil {
 		t.Fatal(err)
 	}
-	want := "WALHUB CRITICAL - main receiver CRITICAL: not running / really; main last wal age WARNING: old | 'receiver_lag'=12B;10;20 'wal_age'=1.5s;;\n"
+	want := "WALHUB CRITICAL - main receiver CRITICAL; main last wal age WARNING | 'receiver_lag'=12B;10;20 'wal_age'=1.5s;;\n" +
+		"main receiver CRITICAL: not running / really\n" +
+		"main last wal age WARNING: old\n"
 	if out.String() != want {
 		t.Fatalf("nagios line:\n%q\nwant\n%q", out.String(), want)
 	}

@@ -220,16 +220,24 @@ func WriteChecks(w io.Writer, results []Result) error {
 	return p.err
 }
 
-// WriteNagios prints one Nagios plugin line: "WALHUB CRITICAL - main: receiver:
-// not running ...; ... | perfdata", the checks that are not OK first.
+// WriteNagios prints Nagios plugin output: a first line with the overall
+// level, the names of the checks that are not OK and the perfdata
+// ("WALHUB CRITICAL - main: receiver, replication slot CRITICAL | 'wal_age'=12s;300;900 ..."),
+// then one line per check that is not OK with its message and hint.
 func WriteNagios(w io.Writer, results []Result, multiServer bool) error {
 	var levels []Level
-	var problems []string
 	var perf []string
+	byLevel := map[Level][]string{}
+	var details []string
 	for _, r := range results {
 		levels = append(levels, r.Level)
 		if r.Level != OK {
-			problems = append(problems, fmt.Sprintf("%s %s %s: %s", r.Server, r.Name, r.Level, r.Message))
+			byLevel[r.Level] = append(byLevel[r.Level], r.Server+" "+r.Name)
+			line := fmt.Sprintf("%s %s %s: %s", r.Server, r.Name, r.Level, oneLine(r.Message))
+			if r.Hint != "" {
+				line += " (hint: " + oneLine(r.Hint) + ")"
+			}
+			details = append(details, strings.ReplaceAll(line, "|", "/"))
 		}
 		for _, pd := range r.Perf {
 			label := pd.Label
@@ -239,14 +247,26 @@ func WriteNagios(w io.Writer, results []Result, multiServer bool) error {
 			perf = append(perf, fmt.Sprintf("'%s'=%s%s;%s;%s", label, trimFloat(pd.Value), pd.Unit, pd.Warn, pd.Crit))
 		}
 	}
-	level := Worst(levels...)
-	summary := fmt.Sprintf("%d checks OK", len(results))
-	if len(problems) > 0 {
-		summary = strings.Join(problems, "; ")
+	var parts []string
+	for _, l := range []Level{Critical, Unknown, Warning} {
+		if names := byLevel[l]; len(names) > 0 {
+			parts = append(parts, strings.Join(names, ", ")+" "+l.String())
+		}
 	}
-	_, err := fmt.Fprintf(w, "WALHUB %s - %s | %s\n", level, strings.ReplaceAll(summary, "|", "/"), strings.Join(perf, " "))
-	return err
+	summary := fmt.Sprintf("%d checks OK", len(results))
+	if len(parts) > 0 {
+		summary = strings.Join(parts, "; ")
+	}
+	p := &printer{w: w}
+	p.f("WALHUB %s - %s | %s\n", Worst(levels...), summary, strings.Join(perf, " "))
+	for _, d := range details {
+		p.f("%s\n", d)
+	}
+	return p.err
 }
+
+// oneLine folds a multi-line message (pgx lists each address it tried) into one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func trimFloat(v float64) string {
 	s := fmt.Sprintf("%.3f", v)
