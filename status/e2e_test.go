@@ -110,6 +110,12 @@ func TestReplicationClientsShowSyncStateStageAndReplayLag(t *testing.T) {
 		}
 	}
 
+	// Status of a standby: read from pg_last_wal_receive_lsn and the checkpoint's timeline.
+	standbyDoc := build(t, newSource(t, t.TempDir(), syncStandby.ConnString("")))
+	if pg := standbyDoc.Postgres; !pg.Reachable || pg.Error != "" || !pg.InRecovery || pg.TimeLine != 1 || pg.CurrentLSN < lsn {
+		t.Errorf("status of the standby: postgres = %+v", pg)
+	}
+
 	// Paused replay: async1 keeps receiving and flushing but its replay lag grows.
 	asyncStandby.Query("SELECT pg_wal_replay_pause()")
 	p.GenerateWAL(2)
