@@ -143,8 +143,11 @@ func bad(name string, l Level, msg, hint string) Result {
 
 // unreachable is the result of a check that needs the server when it cannot be asked.
 func unreachable(name string, doc *Document) Result {
-	return bad(name, Unknown, "cannot tell: PostgreSQL did not answer (see the connection check)",
-		"fix the connection check first")
+	msg := "cannot tell: PostgreSQL did not answer (see the connection check)"
+	if doc.Postgres.Reachable {
+		msg = "cannot tell: a status query failed (see the connection check)"
+	}
+	return bad(name, Unknown, msg, "fix the connection check first")
 }
 
 func checkConnection(doc *Document, srv *config.Server, _ Probe, _ Thresholds) Result {
@@ -270,11 +273,16 @@ func checkReceiver(doc *Document, srv *config.Server, _ Probe, th Thresholds) Re
 		if rc.LastError != "" {
 			msg += ": " + rc.LastError
 		}
-		hint := "the receiver retries by itself; if this lasts, fix the cause shown (journalctl -u walhub)"
-		if rc.State == "failed" {
-			hint = "the receiver gave up on a condition that needs a person: fix the cause shown, then restart walhub serve"
+		// A reconnect after a blip is a warning while the last word from the
+		// server is recent; a receiver cut off for longer, or failed, is critical.
+		level, hint := Warning, "the receiver retries by itself; if this lasts, fix the cause shown (journalctl -u walhub)"
+		if rc.LastMessageAt.IsZero() || doc.GeneratedAt.Sub(rc.LastMessageAt) >= th.WALAgeCritical {
+			level = Critical
 		}
-		r = bad(name, Critical, msg, hint)
+		if rc.State == "failed" {
+			level, hint = Critical, "the receiver gave up on a condition that needs a person: fix the cause shown, then restart walhub serve"
+		}
+		r = bad(name, level, msg, hint)
 	case rc.LagBytes >= th.LagCritical:
 		r = bad(name, Critical, fmt.Sprintf("streaming but %s behind the server", bytesText(rc.LagBytes)),
 			"the hub cannot keep up: look at its disk and network, and at compression_level")

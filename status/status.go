@@ -119,14 +119,9 @@ func Provider(cfg *config.Config, cat *catalog.Catalog, repoRoot string) func(ct
 // server is not configured or the catalog cannot be read; PostgreSQL being
 // unreachable is part of the document.
 func (s Source) Build(ctx context.Context, server string) (*Document, error) {
-	var srv *config.Server
-	for i := range s.Config.Servers {
-		if s.Config.Servers[i].Name == server {
-			srv = &s.Config.Servers[i]
-		}
-	}
-	if srv == nil {
-		return nil, fmt.Errorf("status of %q: %w", server, ErrUnknownServer)
+	srv, err := s.Config.Server(server)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnknownServer, err)
 	}
 	now := time.Now().UTC()
 	doc := &Document{Schema: Schema, Server: srv.Name, GeneratedAt: now, SlotName: srv.Slot,

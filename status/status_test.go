@@ -293,3 +293,26 @@ func TestNagiosLineCarriesWorstLevelAndPerfdata(t *testing.T) {
 		t.Fatal("Worst ranks OK < WARNING < UNKNOWN < CRITICAL")
 	}
 }
+
+func TestReceiverReconnectingWarnsThenTurnsCritical(t *testing.T) {
+	srv := &config.Server{Name: "main"}
+	now := time.Now()
+	cases := []struct {
+		state       string
+		lastMessage time.Time
+		want        Level
+	}{
+		{"streaming", now, OK},
+		{"waiting", now.Add(-10 * time.Second), Warning},
+		{"connecting", now.Add(-time.Hour), Critical},
+		{"waiting", time.Time{}, Critical},
+		{"failed", now, Critical},
+	}
+	for _, c := range cases {
+		doc := &Document{Server: "main", GeneratedAt: now, Receiver: Receiver{Running: true, State: c.state,
+			LastMessageAt: c.lastMessage, LastError: "connection refused"}}
+		if r := checkReceiver(doc, srv, Probe{}, DefaultThresholds); r.Level != c.want || r.Hint == "" && c.want != OK {
+			t.Errorf("%s, last message %v ago: %s %q, want %s", c.state, now.Sub(c.lastMessage).Round(time.Second), r.Level, r.Message, c.want)
+		}
+	}
+}
