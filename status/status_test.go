@@ -253,6 +253,11 @@ func TestGapsAfterTheOldestBackupAreCritical(t *testing.T) {
 	if doc.WAL.Timelines[0].MissingSegments != 2 || doc.Backups.Count != 1 || doc.Backups.FailedSinceLast != 1 {
 		t.Fatalf("timelines %+v, backups %+v", doc.WAL.Timelines, doc.Backups)
 	}
+	var text bytes.Buffer
+	if err := WriteText(&text, doc); err != nil || !strings.Contains(text.String(), "2 MISSING") ||
+		!strings.Contains(text.String(), "AFTER the oldest backup's start") {
+		t.Errorf("text: %v\n%s", err, text.String())
+	}
 	results := Evaluate(doc, &src.Config.Servers[0], Probe{}, DefaultThresholds)
 	if r := result(t, results, "wal continuity"); r.Level != Critical || !strings.Contains(r.Hint, "walhub backup --server main") {
 		t.Fatalf("wal continuity = %+v", r)

@@ -106,7 +106,15 @@ func WriteText(w io.Writer, doc *Document) error {
 		if g.AfterOldestBackup {
 			where = "AFTER the oldest backup's start"
 		}
-		p.f("  %-18s: %s %s .. %s (%d segments, %s), %s\n", label, g.Source, g.StartLSN, g.EndLSN, g.Segments, gapText(g), where)
+		what, reason := "missing", ""
+		if g.Source == "recorded" {
+			what = "lost"
+		}
+		if g.Reason != "" {
+			reason = ": " + g.Reason
+		}
+		p.f("  %-18s: %s..%s, %d segments %s%s (%s .. %s), %s\n", label, g.FirstSegment, g.LastSegment, g.Segments,
+			what, reason, g.StartLSN, g.EndLSN, where)
 	}
 
 	b := doc.Backups
