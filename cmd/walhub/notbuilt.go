@@ -5,26 +5,6 @@ import "github.com/spf13/cobra"
 // Commands whose mechanisms are not built yet. Each keeps its final name and
 // help, and fails with a clear message until it is built.
 
-func (a *app) statusCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "status [SERVER|all]",
-		Short:   "Show receivers, slots, standbys, backups and running work",
-		Example: "  walhub status\n  walhub status main --output=json",
-		Args:    cobra.MaximumNArgs(1),
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub status") },
-	}
-}
-
-func (a *app) checkCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "check [SERVER|all]",
-		Short:   "Run health checks (OK/WARNING/CRITICAL), optionally as a Nagios plugin",
-		Example: "  walhub check --nagios",
-		Args:    cobra.MaximumNArgs(1),
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub check") },
-	}
-}
-
 func (a *app) snapshotCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "snapshot",
