@@ -23,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
@@ -284,7 +283,7 @@ func (r *run) take(ctx context.Context) error {
 		walDone <- WaitWAL(walCtx, WALWait{
 			Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
 			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
-			Timeout: r.opts.WALTimeout, SwitchWAL: r.switchWAL, Log: r.log,
+			Timeout: r.opts.WALTimeout, SwitchWAL: SwitchWALOn(r.opts.Conninfo), Log: r.log,
 		})
 	}()
 	r.report(Progress{Phase: PhaseVerifying})
@@ -301,20 +300,6 @@ func (r *run) take(ctx context.Context) error {
 	err = <-walDone
 	r.walTime = time.Since(started)
 	return err
-}
-
-// switchWAL runs pg_switch_wal() on a normal connection, so the segment that
-// holds the stop position is completed and streamed.
-func (r *run) switchWAL(ctx context.Context) error {
-	conn, err := pgconn.Connect(ctx, r.opts.Conninfo)
-	if err != nil {
-		return fmt.Errorf("connect to switch WAL: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
-		return fmt.Errorf("pg_switch_wal(): %w", err)
-	}
-	return nil
 }
 
 // report passes progress on to the caller and to the lock, for status.

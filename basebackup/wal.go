@@ -2,7 +2,9 @@ package basebackup
 
 import (
 	"context"
+
 	"fmt"
+	"github.com/jackc/pgx/v5/pgconn"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -170,4 +172,21 @@ func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Loc
 		reaped = append(reaped, b.ID)
 	}
 	return reaped, nil
+}
+
+// SwitchWALOn returns a WALWait.SwitchWAL that runs pg_switch_wal() on a normal
+// connection to conninfo, so the segment holding the stop position is
+// completed and streamed.
+func SwitchWALOn(conninfo string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		conn, err := pgconn.Connect(ctx, conninfo)
+		if err != nil {
+			return fmt.Errorf("connect to switch WAL: %w", err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
+			return fmt.Errorf("pg_switch_wal(): %w", err)
+		}
+		return nil
+	}
 }

@@ -38,12 +38,6 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-// errNotBuilt is what a command that does not exist yet returns: it says so and
-// fails, rather than pretend.
-func errNotBuilt(what string) error {
-	return &exitError{code: 3, err: fmt.Errorf("%s is not built yet in this version of walhub", what)}
-}
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -132,7 +132,12 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends a GET and returns the response when it is 200; any other answer is
 // turned into an error of the right kind and the body closed.
 func (c *Client) do(ctx context.Context, path string, header http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	return c.send(ctx, http.MethodGet, path, header, nil)
+}
+
+// send is do for any method, with an optional body.
+func (c *Client) send(ctx context.Context, method, path string, header http.Header, reqBody io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, reqBody)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
@@ -146,9 +151,9 @@ func (c *Client) do(ctx context.Context, path string, header http.Header) (*http
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: GET %s: %w", ErrUnreachable, path, ctx.Err())
+			return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, path, ctx.Err())
 		}
-		return nil, fmt.Errorf("%w: GET %s%s: %w", ErrUnreachable, c.base, path, unwrapURLError(err))
+		return nil, fmt.Errorf("%w: %s %s%s: %w", ErrUnreachable, method, c.base, path, unwrapURLError(err))
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
@@ -162,7 +167,7 @@ func (c *Client) do(ctx context.Context, path string, header http.Header) (*http
 			body.Error = body.Error[:200]
 		}
 	}
-	msg := fmt.Sprintf("GET %s%s: %s: %s", c.base, path, resp.Status, body.Error)
+	msg := fmt.Sprintf("%s %s%s: %s: %s", method, c.base, path, resp.Status, body.Error)
 	switch {
 	case resp.StatusCode == http.StatusNotFound && body.Code == api.CodeUnknownServer:
 		return nil, fmt.Errorf("%w: %s", ErrUnknownServer, msg)
