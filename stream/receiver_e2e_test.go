@@ -3,11 +3,15 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -192,4 +196,46 @@ func TestReceiverRecordsGapWhenSlotIsLost(t *testing.T) {
 	if _, err := tr.cat.LastSegment(context.Background(), id); errors.Is(err, catalog.ErrNotFound) {
 		t.Fatal("nothing stored after the gap")
 	}
+}
+
+// TestReceiverStopsAcknowledgingWhenDiskIsFull puts the repository on a tiny
+// tmpfs: when it fills, the receiver says why and never reports as flushed
+// what it could not store; given room, it carries on by itself, with no gap.
+func TestReceiverStopsAcknowledgingWhenDiskIsFull(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs for the repository needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v): %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	cat, err := catalog.Open(context.Background(), filepath.Join(dir, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	tr := &testRepo{repo: storage.Local{Root: dir}, cat: cat}
+
+	pg := pgtest.NewPrimary(t, "diskfull", pgtest.Options{SegmentSizeMB: 1})
+	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)
+	r, stop := runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	pg.GenerateWAL(12)
+	pg.SwitchWAL()
+	pgtest.WaitFor(t, 120*time.Second, "the receiver to report the full disk", func() bool {
+		e := r.State().LastError
+		return strings.Contains(e, "no space left on device") || strings.Contains(e, "disk is full")
+	})
+	t.Logf("receiver says: %s", r.State().LastError)
+	if restart, held := pg.SlotRestartLSN(srv.Slot), heldEnd(t, tr, "main", 1); restart > held {
+		t.Fatalf("slot restart_lsn %s is beyond what the hub holds (%s)", restart, held)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=200m", dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v: %s", err, out)
+	}
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	stop()
+	checkTimeLine(t, tr, "main", 1)
 }

@@ -104,7 +104,7 @@ func (w *walWriter) write(data []byte) error {
 			n = room
 		}
 		if _, err := w.file.Write(data[:n]); err != nil {
-			return fmt.Errorf("write %s.partial: %w", w.name, err)
+			return fmt.Errorf("store WAL at %s: %w", w.pos, err)
 		}
 		w.pos += walname.LSN(n)
 		data = data[n:]
