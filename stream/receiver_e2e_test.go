@@ -239,3 +239,36 @@ func TestReceiverStopsAcknowledgingWhenDiskIsFull(t *testing.T) {
 	stop()
 	checkTimeLine(t, tr, "main", 1)
 }
+
+// TestReceiverCatchesUpAcrossTimelineSwitchAfterDowntime stops the hub, then
+// promotes the standby it streams from: on restart the hub finds its resume
+// point on timeline 1, streams the rest of it, then follows to timeline 2.
+func TestReceiverCatchesUpAcrossTimelineSwitchAfterDowntime(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "tl2-primary", pgtest.Options{SegmentSizeMB: 1})
+	pg.PgbenchInit(2)
+	sb := pg.NewStandby("tl2-standby", pgtest.StandbyOptions{})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, sb, "main", "")
+	_, stop := runReceiver(t, tr, srv)
+	lsn := pg.SwitchWAL()
+	sb.WaitReplay(lsn, 120*time.Second)
+	waitStored(t, tr, "main", 1, lsn)
+	stop()
+
+	pg.Pgbench(2, 300)
+	lsn = pg.SwitchWAL()
+	sb.WaitReplay(lsn, 120*time.Second)
+	sb.Promote()
+	sb.Pgbench(2, 300)
+	lsn = sb.SwitchWAL()
+
+	_, stop = runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 2, lsn)
+	stop()
+	_, last1 := checkTimeLine(t, tr, "main", 1)
+	first2, _ := checkTimeLine(t, tr, "main", 2)
+	if last1+1 < first2 {
+		t.Errorf("timeline 1 ends at segment %d, timeline 2 starts at %d: a gap", last1, first2)
+	}
+}
