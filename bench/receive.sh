@@ -2,19 +2,21 @@
 # Catch-up throughput of walhub's receiver against pg_receivewal, on the same
 # retained WAL in the same run.
 #
-# A PostgreSQL 15 primary gets three physical slots at the same LSN, then about
+# A PostgreSQL 15 primary gets physical slots at the same LSN, then about
 # WAL_MB megabytes of WAL while nothing receives. Then, one after the other:
 # pg_receivewal (fsync per segment, as by default) and walhub serve with zstd
 # and with no compression each catch up from their own slot to the same target
 # LSN; each is timed until the last segment before the target is complete
 # (pg_receivewal: renamed from .partial; walhub: stored and cataloged).
+# Each runs TRIALS times from its own slot, interleaved, and the median counts:
+# on a shared machine single runs are noisy. Times include process start.
 #
 # Usage: bench/receive.sh            (as root or as a user that can run initdb)
-#   WAL_MB=1024 PGBIN=/usr/lib/postgresql/15/bin ROUNDS=1 bench/receive.sh
+#   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-1024}
-ROUNDS=${ROUNDS:-1}
+TRIALS=${TRIALS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
@@ -54,70 +56,86 @@ fsync = on
 CONF
 as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 
-run_round() {
-	local round=$1
-	psql_ "DROP TABLE IF EXISTS fill; SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null
-	psql_ "CHECKPOINT" >/dev/null
-	for s in bench_rw bench_zstd bench_none; do
-		psql_ "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null
-	done
-	local start
-	start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
-	[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
-	echo "round $round: generating ${WAL_MB} MB of WAL while nothing receives"
-	psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
-	local target last
-	target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
-	last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
-	local bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
-	echo "  WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last"
+# median of the numbers on stdin
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
-	# pg_receivewal
+psql_ "CHECKPOINT" >/dev/null
+for i in $(seq 1 "$TRIALS"); do
+	for s in rw zstd none; do
+		psql_ "SELECT pg_create_physical_replication_slot('bench_${s}_$i', true)" >/dev/null
+	done
+done
+start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
+[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
+echo "generating ${WAL_MB} MB of WAL while nothing receives"
+psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
+target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
+last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
+bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
+echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last; $TRIALS trials each, interleaved"
+
+# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds.
+run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
 	local t0 t1
 	t0=$(date +%s.%N)
-	"$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S bench_rw --no-loop 2>"$work/rw.log" &
+	"$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
 	rw_pid=$!
 	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
 	t1=$(date +%s.%N)
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
-	local rw_s rw_mbs
-	rw_s=$(echo "$t1 - $t0" | bc -l)
-	rw_mbs=$(echo "$bytes / 1048576 / $rw_s" | bc -l)
-	printf "  pg_receivewal:      %6.2f s  %7.1f MB/s\n" "$rw_s" "$rw_mbs"
 	rm -rf "$work/rw"
+	echo "$t1 - $t0" | bc -l
+}
 
-	for comp in zstd none; do
-		rm -rf "$work/repo-$comp"
-		cat > "$work/walhub-$comp.toml" <<TOML
-repository = "$work/repo-$comp"
+# run_hub COMPRESSION TRIAL: walhub serve catches up; prints seconds and peak RSS in kB.
+run_hub() {
+	local comp=$1 repo="$work/repo-$1"
+	rm -rf "$repo"
+	cat > "$work/walhub.toml" <<TOML
+repository = "$repo"
 [[server]]
 name = "bench"
 conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
-slot = "bench_$comp"
+slot = "bench_${comp}_$2"
 create_slot = false
 compression = "$comp"
-status_interval = "1s"
 TOML
-		t0=$(date +%s.%N)
-		"$work/walhub" serve --config "$work/walhub-$comp.toml" 2>"$work/hub-$comp.log" &
-		hub_pid=$!
-		until grep -q "\"last_segment\": \"$last\"" "$work/repo-$comp/bench/receiver.json" 2>/dev/null; do
-			if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub-$comp.log"; exit 1; fi
-			sleep 0.02
-		done
-		t1=$(date +%s.%N)
-		local hwm
-		hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
-		kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
-		local s mbs stored
-		s=$(echo "$t1 - $t0" | bc -l)
-		mbs=$(echo "$bytes / 1048576 / $s" | bc -l)
-		stored=$(du -sm "$work/repo-$comp/bench/wal" | cut -f1)
-		printf "  walhub %-4s:        %6.2f s  %7.1f MB/s  ratio %.2f  peak RSS %d MB  stored %d MB\n" \
-			"$comp" "$s" "$mbs" "$(echo "$mbs / $rw_mbs" | bc -l)" $((hwm / 1024)) "$stored"
-		rm -rf "$work/repo-$comp"
+	local t0 t1 hwm
+	t0=$(date +%s.%N)
+	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	hub_pid=$!
+	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
+		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
+		sleep 0.02
 	done
+	t1=$(date +%s.%N)
+	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
+	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+	stored_mb=$(du -sm "$repo/bench/wal" | cut -f1)
+	rm -rf "$repo"
+	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb"
 }
 
-for r in $(seq 1 "$ROUNDS"); do run_round "$r"; done
+declare -A secs
+peak=0
+for i in $(seq 1 "$TRIALS"); do
+	t=$(run_rw "$i"); secs[rw]+="$t "
+	printf "  trial %d  pg_receivewal %6.2f s\n" "$i" "$t"
+	for comp in zstd none; do
+		read -r t hwm stored <<<"$(run_hub "$comp" "$i")"
+		secs[$comp]+="$t "
+		[ "$hwm" -gt "$peak" ] && peak=$hwm
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB)\n" "$i" "$comp" "$t" $((hwm / 1024)) "$stored"
+	done
+done
+rw_med=$(tr ' ' '\n' <<<"${secs[rw]}" | grep . | median)
+rw_mbs=$(echo "$bytes / 1048576 / $rw_med" | bc -l)
+echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL:"
+printf "  pg_receivewal      %6.2f s  %7.1f MB/s\n" "$rw_med" "$rw_mbs"
+for comp in zstd none; do
+	med=$(tr ' ' '\n' <<<"${secs[$comp]}" | grep . | median)
+	mbs=$(echo "$bytes / 1048576 / $med" | bc -l)
+	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f\n" "$comp" "$med" "$mbs" "$(echo "$mbs / $rw_mbs" | bc -l)"
+done
+echo "walhub peak RSS (VmHWM, any trial): $((peak / 1024)) MB"
