@@ -319,18 +319,16 @@ func (r *run) report(p Progress) {
 // sink receives the BASE_BACKUP stream and writes each archive into the
 // repository as it arrives.
 type sink struct {
-	ctx         context.Context
-	run         *run
-	tablespaces []Tablespace
-	total       int64
-	cur         *archiveWriter
-	curFile     catalog.BackupFile
+	ctx     context.Context
+	run     *run
+	total   int64
+	cur     *archiveWriter
+	curFile catalog.BackupFile
 	// head keeps the start of base.tar, where backup_label and tablespace_map are.
 	head       bytes.Buffer
 	inBase     bool
 	manifest   bytes.Buffer
 	lastReport time.Time
-	done       int64
 }
 
 // headLimit bounds how much of base.tar is kept to read backup_label and tablespace_map.
@@ -339,7 +337,6 @@ const headLimit = 1 << 20
 func (s *sink) Start(lsn walname.LSN, tli walname.TimeLine, tablespaces []Tablespace) error {
 	b := &s.run.backup
 	b.StartLSN, b.StartTLI = lsn, tli
-	s.tablespaces = tablespaces
 	for _, ts := range tablespaces {
 		s.total += ts.Size
 	}
@@ -407,7 +404,6 @@ func (s *sink) ManifestData(p []byte) error {
 }
 
 func (s *sink) Progress(done int64) {
-	s.done = done
 	if time.Since(s.lastReport) < 500*time.Millisecond {
 		return
 	}

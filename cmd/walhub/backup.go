@@ -124,8 +124,8 @@ func backupOptions(s *config.Server, repo storage.Local, cat *catalog.Catalog, l
 	}
 }
 
-// progressReporter shows a backup's progress: a bar (bytes, rate, ETA) when
-// stderr is a terminal, a log line every 10 seconds otherwise.
+// progressReporter shows the progress of a backup or a restore: a bar (bytes,
+// rate, ETA) when stderr is a terminal, a log line every 10 seconds otherwise.
 type progressReporter struct {
 	server  string
 	log     *slog.Logger
@@ -144,11 +144,11 @@ func (p *progressReporter) report(pr basebackup.Progress) {
 		p.finish()
 		p.phase = pr.Phase
 		if !p.tty {
-			p.log.Info("backup phase", "server", p.server, "phase", pr.Phase)
+			p.log.Info("phase", "server", p.server, "phase", pr.Phase)
 		}
 	}
-	if pr.Phase != basebackup.PhaseStreaming {
-		return
+	if pr.Total <= 0 {
+		return // a phase without a measure of progress (verifying, waiting for WAL)
 	}
 	if !p.tty {
 		if time.Since(p.lastLog) >= 10*time.Second {
@@ -157,8 +157,8 @@ func (p *progressReporter) report(pr basebackup.Progress) {
 			if pr.Total > 0 {
 				pct = 100 * float64(pr.Done) / float64(pr.Total)
 			}
-			p.log.Info("backup progress", "server", p.server, "done", humanBytes(pr.Done), "of", humanBytes(pr.Total),
-				"percent", fmt.Sprintf("%.0f", pct))
+			p.log.Info("progress", "server", p.server, "phase", pr.Phase, "done", humanBytes(pr.Done),
+				"of", humanBytes(pr.Total), "percent", fmt.Sprintf("%.0f", pct))
 		}
 		return
 	}
