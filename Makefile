@@ -16,6 +16,7 @@ test:
 
 bench:
 	$(GO) test -run XXX -bench . -benchtime 2000x ./catalog
+	$(GO) test -run XXX -bench . -benchtime 20x ./status
 
 vet:
 	$(GO) vet ./...

@@ -28,20 +28,47 @@ type Segment struct {
 	ReceivedAt time.Time
 }
 
-// AddSegment records a stored segment. Adding the same segment again (a
-// restart that received it twice) replaces the row.
-func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
-	_, err := c.db.ExecContext(ctx, `INSERT INTO segments
+const addSegmentSQL = `INSERT INTO segments
 		(server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (server_id, tli, segno) DO UPDATE SET
 		  name = excluded.name, size = excluded.size, stored_size = excluded.stored_size,
 		  compression = excluded.compression, checksum = excluded.checksum,
-		  stored_path = excluded.stored_path, received_at = excluded.received_at`,
-		s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
+		  stored_path = excluded.stored_path, received_at = excluded.received_at`
+
+// AddSegment records a stored segment. Adding the same segment again (a
+// restart that received it twice) replaces the row.
+func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
+	_, err := c.db.ExecContext(ctx, addSegmentSQL, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
 		s.StoredPath, unixNano(s.ReceivedAt))
 	if err != nil {
 		return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+	}
+	return nil
+}
+
+// AddSegments records many stored segments in one transaction, as AddSegment
+// does each: for importing an existing archive, where one commit per segment
+// would cost a million fsyncs.
+func (c *Catalog) AddSegments(ctx context.Context, segs []Segment) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, addSegmentSQL)
+	if err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
+	}
+	defer stmt.Close()
+	for _, s := range segs {
+		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize,
+			s.Compression, s.Checksum, s.StoredPath, unixNano(s.ReceivedAt)); err != nil {
+			return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("catalog segments: %w", err)
 	}
 	return nil
 }
@@ -143,25 +170,40 @@ type TimeLineRange struct {
 	Bytes       int64
 }
 
-// SegmentRanges summarises, per timeline, which segments are held.
+// SegmentRanges summarises, per timeline, which segments are held. It reads
+// the trigger-kept totals and the index ends, so it costs the same for ten
+// segments or ten million.
 func (c *Catalog) SegmentRanges(ctx context.Context, serverID int64) ([]TimeLineRange, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT tli, MIN(segno), MAX(segno), COUNT(*), SUM(stored_size), SUM(size)
-		FROM segments WHERE server_id = ? GROUP BY tli ORDER BY tli`, serverID)
+	rows, err := c.db.QueryContext(ctx, `SELECT tli, segments, stored_bytes, bytes FROM segment_totals
+		WHERE server_id = ? AND segments > 0 ORDER BY tli`, serverID)
 	if err != nil {
 		return nil, fmt.Errorf("segment ranges: %w", err)
 	}
-	defer rows.Close()
 	var out []TimeLineRange
 	for rows.Next() {
 		var r TimeLineRange
-		var first, last int64
-		if err := rows.Scan(&r.TimeLine, &first, &last, &r.Count, &r.StoredBytes, &r.Bytes); err != nil {
+		if err := rows.Scan(&r.TimeLine, &r.Count, &r.StoredBytes, &r.Bytes); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("segment ranges: %w", err)
 		}
-		r.First, r.Last = walname.SegNo(first), walname.SegNo(last)
 		out = append(out, r)
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("segment ranges: %w", err)
+	}
+	for i := range out {
+		var first, last int64
+		// Two subqueries: SQLite answers a lone MIN or MAX from the index end, not both at once.
+		if err := c.db.QueryRowContext(ctx, `SELECT
+				(SELECT MIN(segno) FROM segments WHERE server_id = ?1 AND tli = ?2),
+				(SELECT MAX(segno) FROM segments WHERE server_id = ?1 AND tli = ?2)`,
+			serverID, out[i].TimeLine).Scan(&first, &last); err != nil {
+			return nil, fmt.Errorf("segment ranges of timeline %d: %w", out[i].TimeLine, err)
+		}
+		out[i].First, out[i].Last = walname.SegNo(first), walname.SegNo(last)
+	}
+	return out, nil
 }
 
 // SegRange is a half-open range [From, To) of segment numbers.
@@ -169,62 +211,124 @@ type SegRange struct {
 	From, To walname.SegNo
 }
 
+// missingScanBlock is the size of range below which MissingSegments lists the
+// stored numbers instead of halving the range again.
+const missingScanBlock = 4096
+
 // MissingSegments returns the ranges of segment numbers in [from, to) that are
 // not stored on timeline tli.
+//
+// A range whose count of stored segments equals its length has no hole, so the
+// search halves only the ranges that lack segments: a complete timeline costs
+// two index lookups, and each hole about one count over the range.
 func (c *Catalog) MissingSegments(ctx context.Context, serverID int64, tli walname.TimeLine, from, to walname.SegNo) ([]SegRange, error) {
 	if to <= from {
 		return nil, nil
 	}
-	// Each stored segment followed by a hole is found by comparing it with its
-	// successor; the index walk is linear in the segments of the range.
-	rows, err := c.db.QueryContext(ctx, `SELECT segno, next FROM (
-			SELECT segno, LEAD(segno) OVER (ORDER BY segno) AS next
-			FROM segments WHERE server_id = ? AND tli = ? AND segno >= ? AND segno < ?
-		) WHERE next IS NULL OR next > segno + 1`,
-		serverID, tli, int64(from), int64(to))
+	var total, first, last sql.NullInt64
+	err := c.db.QueryRowContext(ctx, `SELECT
+			(SELECT segments FROM segment_totals WHERE server_id = ?1 AND tli = ?2),
+			(SELECT MIN(segno) FROM segments WHERE server_id = ?1 AND tli = ?2),
+			(SELECT MAX(segno) FROM segments WHERE server_id = ?1 AND tli = ?2)`,
+		serverID, tli).Scan(&total, &first, &last)
 	if err != nil {
 		return nil, fmt.Errorf("find missing segments: %w", err)
 	}
-	defer rows.Close()
-	var out []SegRange
-	for rows.Next() {
-		var segno int64
-		var next sql.NullInt64
-		if err := rows.Scan(&segno, &next); err != nil {
-			return nil, fmt.Errorf("find missing segments: %w", err)
-		}
-		if next.Valid {
-			out = append(out, SegRange{walname.SegNo(segno + 1), walname.SegNo(next.Int64)})
-		} else if walname.SegNo(segno+1) < to {
-			out = append(out, SegRange{walname.SegNo(segno + 1), to})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("find missing segments: %w", err)
-	}
-	// The hole before the first stored segment, if any.
-	var firstSeg int64
-	err = c.db.QueryRowContext(ctx, `SELECT COALESCE(MIN(segno), -1) FROM segments
-		WHERE server_id = ? AND tli = ? AND segno >= ? AND segno < ?`, serverID, tli, int64(from), int64(to)).Scan(&firstSeg)
-	if err != nil {
-		return nil, fmt.Errorf("find missing segments: %w", err)
-	}
-	switch {
-	case firstSeg < 0:
+	if !first.Valid || walname.SegNo(last.Int64) < from || walname.SegNo(first.Int64) >= to {
 		return []SegRange{{from, to}}, nil
-	case walname.SegNo(firstSeg) > from:
-		out = append([]SegRange{{from, walname.SegNo(firstSeg)}}, out...)
 	}
-	return out, nil
+	m := missingFinder{c: c, ctx: ctx, serverID: serverID, tli: tli}
+	// Outside the stored ends everything is missing; inside, count and halve.
+	lo, hi := max(from, walname.SegNo(first.Int64)), min(to, walname.SegNo(last.Int64)+1)
+	m.add(SegRange{from, lo})
+	var n int64
+	if lo == walname.SegNo(first.Int64) && hi == walname.SegNo(last.Int64)+1 && total.Valid {
+		n = total.Int64
+	} else if n, err = m.count(lo, hi); err != nil {
+		return nil, err
+	}
+	if err := m.find(lo, hi, n); err != nil {
+		return nil, err
+	}
+	m.add(SegRange{hi, to})
+	return m.out, nil
 }
 
-// DeleteSegment removes a segment's row. Callers delete the row first and the
-// file after, so the catalog never points at a missing file.
-func (c *Catalog) DeleteSegment(ctx context.Context, serverID int64, tli walname.TimeLine, segno walname.SegNo) error {
-	if _, err := c.db.ExecContext(ctx, `DELETE FROM segments WHERE server_id = ? AND tli = ? AND segno = ?`,
-		serverID, tli, int64(segno)); err != nil {
-		return fmt.Errorf("delete segment: %w", err)
+// missingFinder carries the state of one MissingSegments search.
+type missingFinder struct {
+	c        *Catalog
+	ctx      context.Context
+	serverID int64
+	tli      walname.TimeLine
+	out      []SegRange
+}
+
+// add appends a missing range, merging it with the previous one when they touch.
+func (m *missingFinder) add(r SegRange) {
+	if r.To <= r.From {
+		return
 	}
+	if n := len(m.out); n > 0 && m.out[n-1].To == r.From {
+		m.out[n-1].To = r.To
+		return
+	}
+	m.out = append(m.out, r)
+}
+
+func (m *missingFinder) count(from, to walname.SegNo) (int64, error) {
+	var n int64
+	err := m.c.db.QueryRowContext(m.ctx, `SELECT COUNT(*) FROM segments INDEXED BY segments_seq
+		WHERE server_id = ? AND tli = ? AND segno >= ? AND segno < ?`, m.serverID, m.tli, int64(from), int64(to)).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("find missing segments: %w", err)
+	}
+	return n, nil
+}
+
+// find adds the holes of [from, to), which holds n stored segments.
+func (m *missingFinder) find(from, to walname.SegNo, n int64) error {
+	switch length := int64(to - from); {
+	case n == length:
+		return nil
+	case n == 0:
+		m.add(SegRange{from, to})
+		return nil
+	case length <= missingScanBlock:
+		return m.scan(from, to)
+	}
+	mid := from + (to-from)/2
+	left, err := m.count(from, mid)
+	if err != nil {
+		return err
+	}
+	if err := m.find(from, mid, left); err != nil {
+		return err
+	}
+	return m.find(mid, to, n-left)
+}
+
+// scan lists the stored numbers of a small range and adds the holes between them.
+func (m *missingFinder) scan(from, to walname.SegNo) error {
+	rows, err := m.c.db.QueryContext(m.ctx, `SELECT segno FROM segments
+		WHERE server_id = ? AND tli = ? AND segno >= ? AND segno < ? ORDER BY segno`,
+		m.serverID, m.tli, int64(from), int64(to))
+	if err != nil {
+		return fmt.Errorf("find missing segments: %w", err)
+	}
+	defer rows.Close()
+	next := from
+	for rows.Next() {
+		var segno int64
+		if err := rows.Scan(&segno); err != nil {
+			return fmt.Errorf("find missing segments: %w", err)
+		}
+		m.add(SegRange{next, walname.SegNo(segno)})
+		next = walname.SegNo(segno) + 1
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("find missing segments: %w", err)
+	}
+	m.add(SegRange{next, to})
 	return nil
 }
 
@@ -347,4 +451,26 @@ func (c *Catalog) Gaps(ctx context.Context, serverID int64) ([]Gap, error) {
 		out = append(out, g)
 	}
 	return out, rows.Err()
+}
+
+// DeleteSegments removes the rows of the given segments in one transaction.
+// Callers delete rows first and files after, so the catalog never points at a
+// missing file; a crash in between leaves only orphan files, which expire sweeps.
+func (c *Catalog) DeleteSegments(ctx context.Context, segs []Segment) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("delete segments: %w", err)
+	}
+	defer tx.Rollback()
+	stmt, err := tx.PrepareContext(ctx, `DELETE FROM segments WHERE server_id = ? AND tli = ? AND segno = ?`)
+	if err != nil {
+		return fmt.Errorf("delete segments: %w", err)
+	}
+	defer stmt.Close()
+	for _, s := range segs {
+		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo)); err != nil {
+			return fmt.Errorf("delete segment %s: %w", s.Name, err)
+		}
+	}
+	return tx.Commit()
 }

@@ -89,6 +89,9 @@ type Retention struct {
 	Window Duration `toml:"window"`
 	// MinRedundancy is never crossed, whatever the policy says; default 1.
 	MinRedundancy int `toml:"min_redundancy"`
+	// AutoExpire runs expire after each successful backup and hourly in the
+	// daemon (default true; it does nothing without a policy).
+	AutoExpire *bool `toml:"auto_expire"`
 }
 
 // Duration is a time.Duration that also accepts a number of days ("7d").
@@ -276,6 +279,10 @@ func (s *Server) resolve(key string) error {
 	}
 	if s.Retention.MinRedundancy == 0 {
 		s.Retention.MinRedundancy = 1
+	}
+	if s.Retention.AutoExpire == nil {
+		t := true
+		s.Retention.AutoExpire = &t
 	}
 	if s.Retention.MinRedundancy < 0 {
 		return fmt.Errorf("%s: retention.min_redundancy: %d is negative", key, s.Retention.MinRedundancy)

@@ -204,3 +204,16 @@ func CleanTemp(dir string) error {
 		return nil
 	})
 }
+
+// RemoveAll deletes a directory and everything in it; a missing directory is
+// not an error.
+func (l Local) RemoveAll(rel string) error {
+	path, err := l.Path(rel)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(path); err != nil {
+		return fmt.Errorf("remove %s: %w", rel, err)
+	}
+	return SyncDir(filepath.Dir(path))
+}

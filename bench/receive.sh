@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Catch-up throughput of walhub's receiver against pg_receivewal, on the same
+# retained WAL in the same run.
+#
+# A PostgreSQL 15 primary gets three physical slots at the same LSN, then about
+# WAL_MB megabytes of WAL while nothing receives. Then, one after the other:
+# pg_receivewal (fsync per segment, as by default) and walhub serve with zstd
+# and with no compression each catch up from their own slot to the same target
+# LSN; each is timed until the last segment before the target is complete
+# (pg_receivewal: renamed from .partial; walhub: stored and cataloged).
+#
+# Usage: bench/receive.sh            (as root or as a user that can run initdb)
+#   WAL_MB=1024 PGBIN=/usr/lib/postgresql/15/bin ROUNDS=1 bench/receive.sh
+set -euo pipefail
+
+WAL_MB=${WAL_MB:-1024}
+ROUNDS=${ROUNDS:-1}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
+chmod 755 "$work"
+port=$((20000 + RANDOM % 20000))
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
+lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+
+cleanup() {
+	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
+	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building walhub"
+(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+
+echo "primary on port $port in $work"
+mkdir "$work/data"
+if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
+as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+shared_buffers = 256MB
+fsync = on
+CONF
+as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
+
+run_round() {
+	local round=$1
+	psql_ "DROP TABLE IF EXISTS fill; SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null
+	psql_ "CHECKPOINT" >/dev/null
+	for s in bench_rw bench_zstd bench_none; do
+		psql_ "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null
+	done
+	local start
+	start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
+	[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
+	echo "round $round: generating ${WAL_MB} MB of WAL while nothing receives"
+	psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
+	local target last
+	target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
+	last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
+	local bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
+	echo "  WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last"
+
+	# pg_receivewal
+	rm -rf "$work/rw" && mkdir "$work/rw"
+	local t0 t1
+	t0=$(date +%s.%N)
+	"$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S bench_rw --no-loop 2>"$work/rw.log" &
+	rw_pid=$!
+	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
+	t1=$(date +%s.%N)
+	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
+	local rw_s rw_mbs
+	rw_s=$(echo "$t1 - $t0" | bc -l)
+	rw_mbs=$(echo "$bytes / 1048576 / $rw_s" | bc -l)
+	printf "  pg_receivewal:      %6.2f s  %7.1f MB/s\n" "$rw_s" "$rw_mbs"
+	rm -rf "$work/rw"
+
+	for comp in zstd none; do
+		rm -rf "$work/repo-$comp"
+		cat > "$work/walhub-$comp.toml" <<TOML
+repository = "$work/repo-$comp"
+[[server]]
+name = "bench"
+conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
+slot = "bench_$comp"
+create_slot = false
+compression = "$comp"
+status_interval = "1s"
+TOML
+		t0=$(date +%s.%N)
+		"$work/walhub" serve --config "$work/walhub-$comp.toml" 2>"$work/hub-$comp.log" &
+		hub_pid=$!
+		until grep -q "\"last_segment\": \"$last\"" "$work/repo-$comp/bench/receiver.json" 2>/dev/null; do
+			if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub-$comp.log"; exit 1; fi
+			sleep 0.02
+		done
+		t1=$(date +%s.%N)
+		local hwm
+		hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
+		kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+		local s mbs stored
+		s=$(echo "$t1 - $t0" | bc -l)
+		mbs=$(echo "$bytes / 1048576 / $s" | bc -l)
+		stored=$(du -sm "$work/repo-$comp/bench/wal" | cut -f1)
+		printf "  walhub %-4s:        %6.2f s  %7.1f MB/s  ratio %.2f  peak RSS %d MB  stored %d MB\n" \
+			"$comp" "$s" "$mbs" "$(echo "$mbs / $rw_mbs" | bc -l)" $((hwm / 1024)) "$stored"
+		rm -rf "$work/repo-$comp"
+	done
+}
+
+for r in $(seq 1 "$ROUNDS"); do run_round "$r"; done

@@ -1,0 +1,274 @@
+// Package snapshot brackets an external file-system backup (LVM, ZFS, SAN,
+// general backup software) with pg_backup_start and pg_backup_stop. The
+// non-exclusive backup API needs one session held open between the two calls;
+// the walhub daemon is long-running, so it holds that session.
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// ErrNotRunning is returned by Stop when no snapshot was started.
+var ErrNotRunning = errors.New("no snapshot is running")
+
+// WaitWAL waits until the WAL from start to stop (on timeline tli) is in the
+// catalog, switching WAL on the server when the last segment is not complete.
+type WaitWAL func(ctx context.Context, srv *config.Server, tli walname.TimeLine, start, stop walname.LSN) error
+
+// Manager holds the sessions of running snapshots, at most one per server.
+type Manager struct {
+	Config  *config.Config
+	Catalog *catalog.Catalog
+	Repo    storage.Local
+	Log     *slog.Logger
+	WaitWAL WaitWAL
+	// Timeout ends a snapshot that was not stopped in time (default 4h).
+	Timeout time.Duration
+
+	mu      sync.Mutex
+	running map[string]*session
+}
+
+type session struct {
+	conn   *pgx.Conn
+	lock   *lock.Lock
+	backup catalog.Backup
+	timer  *time.Timer
+}
+
+// Started is the answer to Start.
+type Started struct {
+	Server   string           `json:"server"`
+	BackupID string           `json:"backup_id"`
+	StartLSN walname.LSN      `json:"start_lsn"`
+	TimeLine walname.TimeLine `json:"timeline"`
+	Deadline time.Time        `json:"deadline"`
+}
+
+// Stopped is the answer to Stop: what must go with the copy.
+type Stopped struct {
+	Server        string      `json:"server"`
+	BackupID      string      `json:"backup_id"`
+	StartLSN      walname.LSN `json:"start_lsn"`
+	StopLSN       walname.LSN `json:"stop_lsn"`
+	BackupLabel   string      `json:"backup_label"`
+	TablespaceMap string      `json:"tablespace_map"`
+}
+
+func (m *Manager) timeout() time.Duration {
+	if m.Timeout > 0 {
+		return m.Timeout
+	}
+	return 4 * time.Hour
+}
+
+// FailInterrupted marks snapshots left running by an earlier daemon as failed:
+// the session that held pg_backup_start died with it, so PostgreSQL has ended
+// that backup and its backup_label can never be had. Call it at daemon start.
+func (m *Manager) FailInterrupted(ctx context.Context) error {
+	servers, err := m.Catalog.Servers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		backups, err := m.Catalog.Backups(ctx, s.ID)
+		if err != nil {
+			return err
+		}
+		for _, b := range backups {
+			if b.Kind != catalog.KindSnapshot || b.State != catalog.StateRunning {
+				continue
+			}
+			b.State, b.FinishedAt = catalog.StateFailed, time.Now()
+			b.Reason = "the walhub daemon restarted during the snapshot: the session holding pg_backup_start was lost, so this copy has no backup_label and cannot be restored"
+			if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+				return err
+			}
+			m.log().Error("snapshot failed", "server", s.Name, "backup", b.ID, "reason", b.Reason)
+		}
+	}
+	return nil
+}
+
+// Start runs pg_backup_start in a session the manager keeps open.
+func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (Started, error) {
+	srv, err := m.Config.Server(server)
+	if err != nil {
+		return Started{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.running == nil {
+		m.running = map[string]*session{}
+	}
+	if s, ok := m.running[server]; ok {
+		return Started{}, fmt.Errorf("a snapshot of %s is already running (backup %s, started %s): stop it first",
+			server, s.backup.ID, s.backup.StartedAt.Local().Format(time.DateTime))
+	}
+	l, err := lock.Acquire(filepath.Join(m.Repo.Root, filepath.FromSlash(storage.LockPath(server))), "snapshot", "")
+	if err != nil {
+		return Started{}, fmt.Errorf("snapshot of %s: %w", server, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			l.Release()
+		}
+	}()
+	cs, err := m.Catalog.EnsureServer(ctx, server)
+	if err != nil {
+		return Started{}, err
+	}
+	// The session must outlive this request: it is not tied to ctx.
+	connCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(connCtx, srv.Conninfo)
+	if err != nil {
+		return Started{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
+	}
+	if label == "" {
+		label = "walhub snapshot"
+	}
+	var startText, walFile string
+	err = conn.QueryRow(ctx, `SELECT lsn::text, pg_walfile_name(lsn) FROM pg_backup_start($1, $2) AS lsn`, label, fast).
+		Scan(&startText, &walFile)
+	if err != nil {
+		conn.Close(context.Background())
+		return Started{}, fmt.Errorf("snapshot of %s: pg_backup_start: %w", server, err)
+	}
+	start, err := walname.ParseLSN(startText)
+	if err != nil {
+		conn.Close(context.Background())
+		return Started{}, err
+	}
+	tli, _ := walname.Parse(walFile)
+	host, _ := os.Hostname()
+	now := time.Now().UTC()
+	b := catalog.Backup{ID: "snap-" + now.Format("20060102T150405Z"), ServerID: cs.ID, Kind: catalog.KindSnapshot,
+		State: catalog.StateRunning, Label: label, StartLSN: start, StartTLI: tli.TimeLine, StartedAt: now,
+		PID: os.Getpid(), Host: host}
+	if err := m.Catalog.AddBackup(ctx, b); err != nil {
+		conn.Close(context.Background())
+		return Started{}, err
+	}
+	l.Update(-1, "backup "+b.ID)
+	s := &session{conn: conn, lock: l, backup: b}
+	deadline := now.Add(m.timeout())
+	s.timer = time.AfterFunc(m.timeout(), func() { m.abandon(server, s) })
+	m.running[server] = s
+	ok = true
+	m.log().Info("snapshot started", "server", server, "backup", b.ID, "start_lsn", start, "deadline", deadline)
+	return Started{Server: server, BackupID: b.ID, StartLSN: start, TimeLine: tli.TimeLine, Deadline: deadline}, nil
+}
+
+// abandon ends a snapshot that was not stopped in time.
+func (m *Manager) abandon(server string, s *session) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.running[server] != s {
+		return
+	}
+	delete(m.running, server)
+	s.conn.Close(context.Background()) // ends the backup on the server
+	s.lock.Release()
+	s.backup.State, s.backup.FinishedAt = catalog.StateFailed, time.Now().UTC()
+	s.backup.Reason = fmt.Sprintf("abandoned: not stopped within %s", m.timeout())
+	if err := m.Catalog.UpdateBackup(context.Background(), s.backup); err != nil {
+		m.log().Error("snapshot: record failure", "server", server, "err", err)
+	}
+	m.log().Error("snapshot abandoned", "server", server, "backup", s.backup.ID, "timeout", m.timeout())
+}
+
+// Stop runs pg_backup_stop in the snapshot's session, records backup_label
+// and tablespace_map in the catalog, and waits until the hub holds the WAL up
+// to the stop LSN.
+func (m *Manager) Stop(ctx context.Context, server string) (Stopped, error) {
+	srv, err := m.Config.Server(server)
+	if err != nil {
+		return Stopped{}, err
+	}
+	m.mu.Lock()
+	s, ok := m.running[server]
+	if ok {
+		delete(m.running, server)
+		s.timer.Stop()
+	}
+	m.mu.Unlock()
+	if !ok {
+		return Stopped{}, fmt.Errorf("snapshot stop %s: %w (start one with walhub snapshot start)", server, ErrNotRunning)
+	}
+	defer s.lock.Release()
+	defer s.conn.Close(context.Background())
+	b := s.backup
+	fail := func(err error) (Stopped, error) {
+		b.State, b.FinishedAt, b.Reason = catalog.StateFailed, time.Now().UTC(), err.Error()
+		if uerr := m.Catalog.UpdateBackup(context.Background(), b); uerr != nil {
+			m.log().Error("snapshot: record failure", "server", server, "err", uerr)
+		}
+		return Stopped{}, fmt.Errorf("snapshot stop %s: %w", server, err)
+	}
+	var stopText, walFile, label, spcmap string
+	err = s.conn.QueryRow(ctx, `SELECT lsn::text, pg_walfile_name(lsn), labelfile, COALESCE(spcmapfile, '')
+		FROM pg_backup_stop(false)`).Scan(&stopText, &walFile, &label, &spcmap)
+	if err != nil {
+		return fail(fmt.Errorf("pg_backup_stop: %w", err))
+	}
+	stop, err := walname.ParseLSN(stopText)
+	if err != nil {
+		return fail(err)
+	}
+	stopName, _ := walname.Parse(walFile)
+	b.StopLSN, b.StopTLI, b.BackupLabel, b.TablespaceMap = stop, stopName.TimeLine, label, spcmap
+	b.FinishedAt = time.Now().UTC()
+	// Recorded before the wait, so a copy is never left without its label.
+	if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+		return fail(err)
+	}
+	if m.WaitWAL != nil {
+		if err := m.WaitWAL(ctx, srv, b.StopTLI, b.StartLSN, b.StopLSN); err != nil {
+			return fail(fmt.Errorf("WAL up to %s not in the hub: %w", b.StopLSN, err))
+		}
+	}
+	b.State = catalog.StateDone
+	if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+		return fail(err)
+	}
+	m.log().Info("snapshot stopped", "server", server, "backup", b.ID, "stop_lsn", stop)
+	return Stopped{Server: server, BackupID: b.ID, StartLSN: b.StartLSN, StopLSN: stop, BackupLabel: label, TablespaceMap: spcmap}, nil
+}
+
+// Close ends every running snapshot (daemon shutdown): they are marked failed.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for server, s := range m.running {
+		s.timer.Stop()
+		s.conn.Close(context.Background())
+		s.lock.Release()
+		s.backup.State, s.backup.FinishedAt = catalog.StateFailed, time.Now().UTC()
+		s.backup.Reason = "the walhub daemon stopped during the snapshot"
+		m.Catalog.UpdateBackup(context.Background(), s.backup)
+		delete(m.running, server)
+	}
+}
+
+func (m *Manager) log() *slog.Logger {
+	if m.Log != nil {
+		return m.Log
+	}
+	return slog.Default()
+}
