@@ -131,8 +131,9 @@ func runPrefetcher() int {
 	os.Remove(sock)
 	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit, "served", p.servedCount, "from_spool", p.hits)
 	// Whatever is left will not be asked for soon (recovery ended or
-	// stopped): leave no segments behind. The lock file stays, so a
-	// prefetcher started meanwhile waits for this one to be gone.
+	// stopped): leave no segments behind. The lock file stays (deleting it
+	// could let two prefetchers hold locks on two files); a prefetcher
+	// started meanwhile finds it held and leaves, and the next call starts one.
 	p.removeSegments()
 	return 0
 }

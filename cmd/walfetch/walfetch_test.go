@@ -472,3 +472,36 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 	}
 }
+
+func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
+	h := newTestHub(t, 8)
+	for segno := walname.SegNo(5); segno <= 8; segno++ {
+		h.add(t, 2, segno)
+	}
+	dir := dataDir(t, "standby.signal", true)
+	spooled := func(tli string) int {
+		names, _ := filepath.Glob(filepath.Join(dir, "pg_wal", "walfetch-spool", "*", tli+"*"))
+		n := 0
+		for _, p := range names {
+			if !strings.HasSuffix(p, ".part") {
+				n++
+			}
+		}
+		return n
+	}
+	args := func(name string) []string {
+		return hubArgs(h, "--prefetch", "6", name, "pg_wal/RECOVERYXLOG")
+	}
+	if code, stderr := runWalfetch(t, dir, args(walname.SegmentName(1, 1, testSegSize))...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	waitFor(t, 20*time.Second, "timeline 1 segments in the spool", func() bool { return spooled("00000001") == 6 })
+	// Recovery switches to timeline 2 at segment 5.
+	name := walname.SegmentName(2, 5, testSegSize)
+	if code, stderr := runWalfetch(t, dir, args(name)...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	waitFor(t, 20*time.Second, "the spool to hold timeline 2's next segments only", func() bool {
+		return spooled("00000001") == 0 && spooled("00000002") == 3
+	})
+}
