@@ -75,7 +75,7 @@ func identify(ctx context.Context, conn *pgconn.PgConn) (identity, error) {
 	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
 		return identity{}, errors.New("SHOW wal_segment_size: unexpected result shape")
 	}
-	size, err := parseSize(string(res[0].Rows[0][0]))
+	size, err := walname.ParseSize(string(res[0].Rows[0][0]))
 	if err != nil {
 		return identity{}, fmt.Errorf("SHOW wal_segment_size: %w", err)
 	}
@@ -84,28 +84,6 @@ func identify(ctx context.Context, conn *pgconn.PgConn) (identity, error) {
 	}
 	id.SegmentSize = size
 	return id, nil
-}
-
-// parseSize reads a size as SHOW prints it ("16MB", "1GB", "1048576").
-func parseSize(s string) (uint64, error) {
-	units := []struct {
-		suffix string
-		mult   uint64
-	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}}
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			n, err := strconv.ParseUint(num, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("invalid size %q", s)
-			}
-			return n * u.mult, nil
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n, nil
 }
 
 // command options for BASE_BACKUP.

@@ -46,7 +46,7 @@ func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
 	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
 		return 0, errors.New("SHOW wal_segment_size: unexpected result shape")
 	}
-	size, err := parseSize(string(res[0].Rows[0][0]))
+	size, err := walname.ParseSize(string(res[0].Rows[0][0]))
 	if err != nil {
 		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
 	}
@@ -54,28 +54,6 @@ func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
 		return 0, err
 	}
 	return size, nil
-}
-
-// parseSize reads a size as PostgreSQL's SHOW prints it ("16MB", "1GB", "512kB").
-func parseSize(s string) (uint64, error) {
-	units := []struct {
-		suffix string
-		mult   uint64
-	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}}
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			n, err := strconv.ParseUint(num, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("invalid size %q", s)
-			}
-			return n * u.mult, nil
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n, nil
 }
 
 // slotInfo is what READ_REPLICATION_SLOT says about a slot.

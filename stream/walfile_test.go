@@ -156,12 +156,12 @@ func TestFindPartialsOrdersBySegmentThenTimeline(t *testing.T) {
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{"16MB": 16 << 20, "1MB": 1 << 20, "1GB": 1 << 30, "512kB": 512 << 10, "4096": 4096} {
-		got, err := parseSize(in)
+		got, err := walname.ParseSize(in)
 		if err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	if _, err := parseSize("sixteen"); err == nil {
+	if _, err := walname.ParseSize("sixteen"); err == nil {
 		t.Error("parseSize accepted nonsense")
 	}
 }

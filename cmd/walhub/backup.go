@@ -46,25 +46,13 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
   walhub backup --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			servers, err := cfg.Select(server)
-			if err != nil {
-				return err
-			}
 			if checkpoint != "" && checkpoint != "fast" && checkpoint != "spread" {
 				return fmt.Errorf("--checkpoint: %q is not one of fast, spread", checkpoint)
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
 			}
-			repo, err := a.repository()
-			if err != nil {
-				return err
-			}
-			cat, err := a.catalog(cmd.Context())
+			servers, repo, cat, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

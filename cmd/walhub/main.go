@@ -142,3 +142,26 @@ func (a *app) catalog(ctx context.Context) (*catalog.Catalog, error) {
 	}
 	return catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
 }
+
+// openServers loads the configuration, selects the servers a command names
+// ("all" or "" for every one), and opens the repository and its catalog; the
+// caller closes the catalog.
+func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, storage.Local, *catalog.Catalog, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	servers, err := cfg.Select(name)
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	repo, err := a.repository()
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	cat, err := a.catalog(ctx)
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	return servers, repo, cat, nil
+}
