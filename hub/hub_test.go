@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/labstack/echo/v4"
@@ -440,18 +441,34 @@ func TestStatusRoute(t *testing.T) {
 
 func TestMetricsCountRequestsByRouteAndCode(t *testing.T) {
 	f := newFixture(t, "zstd", nil)
-	f.get(t, http.MethodGet, api.WALPath("main", walname.SegmentName(1, 3, segSize)), readToken, nil)
-	f.get(t, http.MethodGet, api.WALPath("main", "bogus"), readToken, nil)
-	resp := f.get(t, http.MethodGet, "/metrics", "", nil)
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
+	for _, name := range []string{walname.SegmentName(1, 3, segSize), "bogus"} {
+		// Read each answer to its end: a request is counted once answered.
+		resp := f.get(t, http.MethodGet, api.WALPath("main", name), readToken, nil)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	wants := []string{
 		`walhub_hub_requests_total{code="200",route="/v1/servers/:server/wal/:name"} 1`,
 		`walhub_hub_requests_total{code="400",route="/v1/servers/:server/wal/:name"} 1`,
 		`walhub_hub_bytes_served_total{route="/v1/servers/:server/wal/:name"}`,
-	} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %s", want)
+	}
+	// The count is taken just after the last byte is sent: allow it a moment.
+	var missing []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp := f.get(t, http.MethodGet, "/metrics", "", nil)
+		body, _ := io.ReadAll(resp.Body)
+		missing = missing[:0]
+		for _, want := range wants {
+			if !strings.Contains(string(body), want) {
+				missing = append(missing, want)
+			}
 		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, m := range missing {
+		t.Errorf("metrics lack %s", m)
 	}
 	if resp := f.get(t, http.MethodGet, "/healthz", "", nil); resp.StatusCode != 200 {
 		t.Errorf("healthz: %d", resp.StatusCode)
