@@ -23,7 +23,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -239,7 +238,7 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 	}
 	h := checksum.New()
 	dst := &errorWriter{w: w}
-	buffered := bufio.NewWriterSize(io.MultiWriter(dst, h), 1<<20)
+	buffered := bufio.NewWriterSize(io.MultiWriter(dst, h), 256<<10)
 	// One byte more than announced lets us see an overlong body.
 	n, err := io.Copy(buffered, io.LimitReader(body, info.Size+1))
 	if ferr := buffered.Flush(); err == nil {
@@ -266,12 +265,15 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 }
 
 // decoders are reused: a zstd decoder's buffers are as large as a segment's
-// window, and a prefetcher decodes segment after segment.
-var decoders sync.Pool
+// window, and a prefetcher decodes segment after segment. A free list rather
+// than a sync.Pool, which every garbage collection empties.
+var decoders = make(chan *zstd.Decoder, 16)
 
 func getDecoder() *zstd.Decoder {
-	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+	select {
+	case d := <-decoders:
 		return d
+	default:
 	}
 	// The frame's own checksum is skipped: the CRC-32C of the result is checked.
 	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30), zstd.IgnoreChecksum(true))
@@ -282,8 +284,13 @@ func getDecoder() *zstd.Decoder {
 }
 
 func putDecoder(d *zstd.Decoder) {
-	if d.Reset(nil) == nil {
-		decoders.Put(d)
+	if d.Reset(nil) != nil {
+		return
+	}
+	select {
+	case decoders <- d:
+	default:
+		d.Close()
 	}
 }
 
