@@ -5,6 +5,8 @@ GO ?= go
 
 build:
 	$(GO) build -o bin/ ./cmd/...
+	# walfetch without cgo: a static binary that starts fast on any standby.
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/walfetch
 
 # Builds once (cgo SQLite is the slow part), then runs every package's tests,
 # the end-to-end ones against real PostgreSQL 15 clusters included.

@@ -5,46 +5,6 @@ import "github.com/spf13/cobra"
 // Commands whose mechanisms are not built yet. Each keeps its final name and
 // help, and fails with a clear message until it is built.
 
-func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "serve",
-		Short:   "Run the daemon: receive WAL from every configured server and serve the hub",
-		Example: "  walhub serve --config /etc/walhub/walhub.toml",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub serve") },
-	}
-}
-
-func (a *app) backupCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "backup",
-		Short:   "Take a base backup over the replication protocol",
-		Example: "  walhub backup --server main",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub backup") },
-	}
-}
-
-func (a *app) listBackupsCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "list-backups",
-		Short:   "List the backups in the repository",
-		Example: "  walhub list-backups --server main --output=json",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub list-backups") },
-	}
-}
-
-func (a *app) verifyCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:     "verify",
-		Short:   "Check stored backups against their manifests",
-		Example: "  walhub verify --server main --backup latest",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return errNotBuilt("walhub verify") },
-	}
-}
-
 func (a *app) restoreCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:     "restore",

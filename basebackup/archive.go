@@ -1,0 +1,265 @@
+package basebackup
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
+)
+
+// ManifestName is the name of the stored manifest in a backup's directory.
+const ManifestName = "backup_manifest"
+
+// Compression settings of stored archives.
+type Compression struct {
+	// Method is "zstd" or "none".
+	Method string
+	// Level is 1 (fastest) to 4 (best), as in the configuration.
+	Level int
+	// Workers is how many cores compress; 0 means all.
+	Workers int
+}
+
+// archiveWriter streams one archive into the repository: the bytes given to
+// Write are compressed (or not) and written to a temporary file, which Close
+// makes durable under its final name. Abort leaves nothing behind.
+//
+// Store.Put runs in a goroutine and hands its writer over; Write then writes
+// into it directly from the caller's goroutine (the zstd encoder copies the
+// bytes and compresses them on its own goroutines), so no copy or goroutine
+// switch is paid per message.
+type archiveWriter struct {
+	w        io.Writer // set before ready is closed
+	ready    chan struct{}
+	finish   chan error
+	done     chan struct{}
+	err      error
+	stored   int64
+	sha      string
+	original int64
+}
+
+// newArchiveWriter starts the writer of rel in store.
+func newArchiveWriter(ctx context.Context, store storage.Store, rel string, c Compression) *archiveWriter {
+	a := &archiveWriter{ready: make(chan struct{}), finish: make(chan error, 1), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		sum := sha256.New()
+		n, err := store.Put(ctx, rel, func(w io.Writer) error {
+			out := io.MultiWriter(w, sum)
+			if c.Method != "zstd" {
+				buf := bufio.NewWriterSize(out, 1<<20)
+				a.w = buf
+				close(a.ready)
+				if err := <-a.finish; err != nil {
+					return err
+				}
+				return buf.Flush()
+			}
+			workers := c.Workers
+			if workers <= 0 {
+				workers = runtime.GOMAXPROCS(0)
+			}
+			enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.EncoderLevel(c.Level)),
+				zstd.WithEncoderConcurrency(workers), zstd.WithConcurrentBlocks(workers > 1))
+			if err != nil {
+				return err
+			}
+			a.w = enc
+			close(a.ready)
+			if err := <-a.finish; err != nil {
+				enc.Close()
+				return err
+			}
+			return enc.Close()
+		})
+		a.err, a.stored, a.sha = err, n, hex.EncodeToString(sum.Sum(nil))
+	}()
+	return a
+}
+
+// Write passes p on; p may be reused once Write returns.
+func (a *archiveWriter) Write(p []byte) (int, error) {
+	select {
+	case <-a.ready:
+	case <-a.done: // Put failed before it could write
+		return 0, a.err
+	}
+	n, err := a.w.Write(p)
+	a.original += int64(n)
+	return n, err
+}
+
+// Close finishes the archive and waits until it is durable.
+func (a *archiveWriter) Close() error {
+	a.finish <- nil
+	<-a.done
+	return a.err
+}
+
+// Abort stops the archive; its temporary file is removed.
+func (a *archiveWriter) Abort(cause error) {
+	a.finish <- cause
+	<-a.done
+}
+
+// storedName is the file name under which an archive the server called name
+// is stored ("base.tar" → "base.tar.zst").
+func storedName(name, compression string) string { return name + storage.Extension(compression) }
+
+// tablespaceOfArchive returns the OID in an archive name like "16384.tar", 0
+// for "base.tar".
+func tablespaceOfArchive(name string) (uint32, error) {
+	base, ok := strings.CutSuffix(name, ".tar")
+	if !ok {
+		return 0, fmt.Errorf("unexpected archive name %q", name)
+	}
+	if base == "base" {
+		return 0, nil
+	}
+	oid, err := strconv.ParseUint(base, 10, 32)
+	if err != nil || oid == 0 {
+		return 0, fmt.Errorf("unexpected archive name %q", name)
+	}
+	return uint32(oid), nil
+}
+
+// Opener opens one stored file of a backup by its name in the backup's
+// directory ("base.tar.zst", "backup_manifest"). Unpack and Verify read
+// through it, so a backup can come from the local repository or over HTTP.
+type Opener func(ctx context.Context, name string) (io.ReadCloser, error)
+
+// StoreOpener opens the files of backup b in store.
+func StoreOpener(store storage.Store, b catalog.Backup) Opener {
+	return func(ctx context.Context, name string) (io.ReadCloser, error) {
+		return store.Open(path.Join(b.StoredPath, name))
+	}
+}
+
+// Decompress returns a reader of the uncompressed bytes of a stored file.
+func Decompress(r io.Reader, compression string) (io.ReadCloser, error) {
+	switch compression {
+	case "none", "":
+		return io.NopCloser(r), nil
+	case "zstd":
+		d, err := zstd.NewReader(r)
+		if err != nil {
+			return nil, err
+		}
+		return d.IOReadCloser(), nil
+	}
+	return nil, fmt.Errorf("unknown compression %q", compression)
+}
+
+// archives returns a backup's archive files, base first.
+func archives(b catalog.Backup) []catalog.BackupFile {
+	var out []catalog.BackupFile
+	for _, f := range b.Files {
+		if f.Name == ManifestName {
+			continue
+		}
+		if f.Tablespace == 0 {
+			out = append([]catalog.BackupFile{f}, out...)
+		} else {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// readManifest reads and parses a backup's stored manifest.
+func readManifest(ctx context.Context, open Opener) (*Manifest, []byte, error) {
+	rc, err := open(ctx, ManifestName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open manifest: %w", err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read manifest: %w", err)
+	}
+	m, err := ParseManifest(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, data, nil
+}
+
+// walkArchive reads the stored archive f through open and calls fn for each
+// tar entry, with the entry's data as r.
+func walkArchive(ctx context.Context, open Opener, f catalog.BackupFile, fn func(h *tar.Header, r io.Reader) error) error {
+	rc, err := open(ctx, f.Name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.Name, err)
+	}
+	defer rc.Close()
+	dr, err := Decompress(rc, f.Compression)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name, err)
+	}
+	defer dr.Close()
+	tr := tar.NewReader(dr)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: read tar: %w", f.Name, err)
+		}
+		if err := fn(h, tr); err != nil {
+			return fmt.Errorf("%s: %s: %w", f.Name, h.Name, err)
+		}
+	}
+}
+
+// Checked says what a verification read.
+type Checked struct {
+	// Files is how many files of the manifest were checked, Bytes their size.
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
+}
+
+// Verify reads every stored archive of backup b through open, decompresses
+// it, and checks each file against the stored manifest (size and checksum),
+// and that every file of the manifest is there. A mismatch is a *VerifyError
+// listing every problem.
+func Verify(ctx context.Context, open Opener, b catalog.Backup) (Checked, error) {
+	m, _, err := readManifest(ctx, open)
+	if err != nil {
+		return Checked{}, err
+	}
+	check := newFileCheck(m, nil)
+	buf := make([]byte, 256<<10)
+	for _, f := range archives(b) {
+		prefix := ""
+		if f.Tablespace != 0 {
+			prefix = fmt.Sprintf("pg_tblspc/%d/", f.Tablespace)
+		}
+		err := walkArchive(ctx, open, f, func(h *tar.Header, r io.Reader) error {
+			if h.Typeflag != tar.TypeReg {
+				return nil
+			}
+			return check.file(prefix+strings.TrimPrefix(h.Name, "./"), r, buf)
+		})
+		if err != nil {
+			return check.checked, err
+		}
+	}
+	return check.checked, check.result()
+}

@@ -1,0 +1,496 @@
+// Package basebackup takes base backups over PostgreSQL's replication
+// protocol (BASE_BACKUP, no SSH) and streams each archive straight into the
+// repository, compressed, with the server's backup_manifest beside it. It also
+// verifies stored backups against their manifests and unpacks them into a data
+// directory.
+//
+// A backup is usable only once the WAL from its start to its stop position is
+// in the catalog: the hub streams WAL itself, so the backup includes none and
+// waits for the receiver instead.
+package basebackup
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// Phases of a backup, as Progress reports them.
+const (
+	PhaseStreaming = "streaming"
+	PhaseVerifying = "verifying"
+	PhaseWAL       = "waiting for WAL"
+)
+
+// Progress is reported while a backup runs.
+type Progress struct {
+	Phase string
+	// Done and Total are bytes; Total is the server's estimate and 0 when unknown.
+	Done, Total int64
+}
+
+// Options describe one backup.
+type Options struct {
+	// Server is the configured name; Conninfo how to reach it.
+	Server   string
+	Conninfo string
+	// Repo is the repository; Catalog is open on it.
+	Repo    storage.Local
+	Catalog *catalog.Catalog
+	// Compression of the stored archives.
+	Compression Compression
+	// FastCheckpoint asks for an immediate checkpoint instead of a spread one.
+	FastCheckpoint bool
+	// MaxRate limits the server's sending rate in kB/s (0: unlimited).
+	MaxRate int
+	// ManifestChecksums is the manifest's checksum algorithm; default CRC32C.
+	ManifestChecksums string
+	// WALTimeout bounds the wait for the backup's WAL to reach the catalog.
+	WALTimeout time.Duration
+	// OnProgress, when set, is called as the backup advances (at most a few
+	// times a second).
+	OnProgress func(Progress)
+	// Log receives the backup's log lines; default slog.Default().
+	Log *slog.Logger
+}
+
+// LockedError is returned when another process holds the server's lock.
+type LockedError struct {
+	Server string
+	Holder lock.Holder
+}
+
+func (e *LockedError) Error() string {
+	return fmt.Sprintf("a backup of %s cannot start: the server is locked by %s", e.Server, e.Holder)
+}
+
+// Run takes one base backup. It returns the backup's final catalog row, done
+// or failed; a failed backup's files are removed and its row keeps the
+// reason, which the returned error also carries. It returns a *LockedError
+// (and records nothing) when the server is busy.
+func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.ManifestChecksums == "" {
+		opts.ManifestChecksums = "CRC32C"
+	}
+	log := opts.Log.With("server", opts.Server)
+	srv, err := opts.Catalog.EnsureServer(ctx, opts.Server)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	lk, err := lock.Acquire(filepath.Join(opts.Repo.Root, storage.LockPath(opts.Server)), "backup", "")
+	if err != nil {
+		var held *lock.HeldError
+		if errors.As(err, &held) {
+			return catalog.Backup{}, &LockedError{Server: opts.Server, Holder: held.Holder}
+		}
+		return catalog.Backup{}, err
+	}
+	defer lk.Release()
+	if _, err := ReapInterrupted(ctx, opts.Catalog, opts.Repo, opts.Server); err != nil {
+		return catalog.Backup{}, err
+	}
+	b, err := addRunningBackup(ctx, opts, srv)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	id := b.ID
+	if err := lk.Update(-1, "backup "+id); err != nil {
+		return catalog.Backup{}, err
+	}
+	log = log.With("backup", id)
+	log.Info("backup started", "checkpoint", checkpointName(opts.FastCheckpoint), "compression", opts.Compression.Method)
+
+	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv}
+	if err := r.take(ctx); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
+		return r.fail(err)
+	}
+	r.backup.State = catalog.StateDone
+	r.backup.FinishedAt = time.Now().UTC()
+	if err := opts.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+		return r.fail(err)
+	}
+	b = r.backup
+	log.Info("backup done", "start_lsn", b.StartLSN, "stop_lsn", b.StopLSN, "timeline", b.StopTLI,
+		"size", b.OriginalSize, "stored", b.StoredSize, "duration", b.FinishedAt.Sub(b.StartedAt).Round(time.Millisecond),
+		"stream", r.streamTime.Round(time.Millisecond), "verify", r.verifyTime.Round(time.Millisecond),
+		"wal_wait", r.walTime.Round(time.Millisecond))
+	return b, nil
+}
+
+func checkpointName(fast bool) string {
+	if fast {
+		return "fast"
+	}
+	return "spread"
+}
+
+// addRunningBackup records a new running backup under a fresh id. Another
+// server's backup may take the same id at the same instant: then it tries the
+// next one.
+func addRunningBackup(ctx context.Context, opts Options, srv catalog.Server) (catalog.Backup, error) {
+	host, _ := os.Hostname()
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var id string
+		if id, err = newBackupID(ctx, opts.Catalog, time.Now()); err != nil {
+			return catalog.Backup{}, err
+		}
+		b := catalog.Backup{
+			ID: id, ServerID: srv.ID, Kind: catalog.KindBase, State: catalog.StateRunning,
+			Label: "walhub " + opts.Server + " " + id, StartedAt: time.Now().UTC(),
+			Compression: opts.Compression.Method, StoredPath: storage.BackupDir(opts.Server, id),
+			PID: os.Getpid(), Host: host,
+		}
+		if err = opts.Catalog.AddBackup(ctx, b); err == nil {
+			return b, nil
+		}
+		if _, lookErr := opts.Catalog.Backup(ctx, id); lookErr != nil {
+			break // not a clash of ids
+		}
+	}
+	return catalog.Backup{}, err
+}
+
+// newBackupID returns a UTC timestamp id ("20261121T104500Z") that no backup
+// has yet, with a suffix when the second is taken.
+func newBackupID(ctx context.Context, cat *catalog.Catalog, now time.Time) (string, error) {
+	base := now.UTC().Format("20060102T150405Z")
+	for i := 1; i < 1000; i++ {
+		id := base
+		if i > 1 {
+			id = fmt.Sprintf("%s-%d", base, i)
+		}
+		_, err := cat.Backup(ctx, id)
+		if errors.Is(err, catalog.ErrNotFound) {
+			return id, nil
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free backup id for %s", base)
+}
+
+// run is the state of one backup in progress.
+type run struct {
+	opts   Options
+	log    *slog.Logger
+	lock   *lock.Lock
+	backup catalog.Backup
+	server catalog.Server
+
+	streamTime, verifyTime, walTime time.Duration
+}
+
+// fail records the backup as failed with err as the reason and removes its
+// files. It runs even when ctx was cancelled (an interrupted backup).
+func (r *run) fail(cause error) (catalog.Backup, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r.backup.State = catalog.StateFailed
+	r.backup.Reason = cause.Error()
+	r.backup.FinishedAt = time.Now().UTC()
+	r.backup.Files = nil
+	r.backup.StoredSize = 0
+	if err := removeBackupDir(r.opts.Repo, r.backup.StoredPath); err != nil {
+		r.log.Error("remove files of failed backup", "err", err)
+	}
+	if err := r.opts.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+		r.log.Error("record failed backup", "err", err)
+	}
+	r.log.Error("backup failed", "reason", r.backup.Reason)
+	return r.backup, fmt.Errorf("backup %s of %s failed: %w", r.backup.ID, r.opts.Server, cause)
+}
+
+func removeBackupDir(repo storage.Local, rel string) error {
+	dir, err := repo.Path(rel)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return repo.RemoveAll(rel)
+}
+
+// take streams, stores, verifies and waits for the WAL.
+func (r *run) take(ctx context.Context) error {
+	conn, err := replicationConn(ctx, r.opts.Conninfo)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(closeCtx)
+	}()
+	id, err := identify(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if err := r.opts.Catalog.BindIdentity(ctx, r.server.ID, id.SystemID, id.SegmentSize); err != nil {
+		return err
+	}
+	r.server.SystemID, r.server.SegmentSize = id.SystemID, id.SegmentSize
+
+	started := time.Now()
+	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}
+	err = stream(ctx, conn, command{
+		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
+		ManifestChecksums: r.opts.ManifestChecksums,
+	}, sink)
+	if err != nil {
+		sink.abort(err)
+		if errors.Is(err, ErrChecksumFailure) {
+			return fmt.Errorf("the server found invalid page checksums (data corruption) while sending the backup: %w", err)
+		}
+		return err
+	}
+	if err := sink.finish(); err != nil {
+		return err
+	}
+	r.streamTime = time.Since(started)
+	r.log.Info("backup streamed", "start_lsn", r.backup.StartLSN, "stop_lsn", r.backup.StopLSN,
+		"size", r.backup.OriginalSize, "stored", r.backup.StoredSize, "duration", r.streamTime.Round(time.Millisecond))
+
+	started = time.Now()
+	r.report(Progress{Phase: PhaseVerifying})
+	checked, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup)
+	if err != nil {
+		return fmt.Errorf("verification against the manifest: %w", err)
+	}
+	r.verifyTime = time.Since(started)
+	r.log.Info("backup verified against its manifest", "files", checked.Files, "bytes", checked.Bytes,
+		"duration", r.verifyTime.Round(time.Millisecond))
+
+	started = time.Now()
+	r.report(Progress{Phase: PhaseWAL})
+	err = WaitWAL(ctx, WALWait{
+		Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
+		StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
+		Timeout: r.opts.WALTimeout, SwitchWAL: r.switchWAL, Log: r.log,
+	})
+	r.walTime = time.Since(started)
+	return err
+}
+
+// switchWAL runs pg_switch_wal() on a normal connection, so the segment that
+// holds the stop position is completed and streamed.
+func (r *run) switchWAL(ctx context.Context) error {
+	conn, err := pgconn.Connect(ctx, r.opts.Conninfo)
+	if err != nil {
+		return fmt.Errorf("connect to switch WAL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
+		return fmt.Errorf("pg_switch_wal(): %w", err)
+	}
+	return nil
+}
+
+// report passes progress on to the caller and to the lock, for status.
+func (r *run) report(p Progress) {
+	if r.opts.OnProgress != nil {
+		r.opts.OnProgress(p)
+	}
+	pct := -1.0
+	if p.Phase == PhaseStreaming && p.Total > 0 {
+		pct = min(100*float64(p.Done)/float64(p.Total), 99)
+	}
+	if err := r.lock.Update(pct, "backup "+r.backup.ID+", "+p.Phase); err != nil {
+		r.log.Warn("update lock", "err", err)
+	}
+}
+
+// sink receives the BASE_BACKUP stream and writes each archive into the
+// repository as it arrives.
+type sink struct {
+	ctx         context.Context
+	run         *run
+	tablespaces []Tablespace
+	total       int64
+	cur         *archiveWriter
+	curFile     catalog.BackupFile
+	// head keeps the start of base.tar, where backup_label and tablespace_map are.
+	head       bytes.Buffer
+	inBase     bool
+	manifest   bytes.Buffer
+	lastReport time.Time
+	done       int64
+}
+
+// headLimit bounds how much of base.tar is kept to read backup_label and tablespace_map.
+const headLimit = 1 << 20
+
+func (s *sink) Start(lsn walname.LSN, tli walname.TimeLine, tablespaces []Tablespace) error {
+	b := &s.run.backup
+	b.StartLSN, b.StartTLI = lsn, tli
+	s.tablespaces = tablespaces
+	for _, ts := range tablespaces {
+		s.total += ts.Size
+	}
+	s.run.log.Info("backup start position", "start_lsn", lsn, "timeline", tli, "tablespaces", len(tablespaces)-1,
+		"estimated_size", s.total)
+	// Record the start position at once, so an interrupted backup shows it.
+	return s.run.opts.Catalog.UpdateBackup(s.ctx, *b)
+}
+
+func (s *sink) NewArchive(name, location string) error {
+	if err := s.closeArchive(); err != nil {
+		return err
+	}
+	oid, err := tablespaceOfArchive(name)
+	if err != nil {
+		return err
+	}
+	if (oid == 0) != (location == "") {
+		return fmt.Errorf("archive %s comes with tablespace location %q", name, location)
+	}
+	c := s.run.opts.Compression
+	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method}
+	s.cur = newArchiveWriter(s.ctx, s.run.opts.Repo, path.Join(s.run.backup.StoredPath, s.curFile.Name), c)
+	s.inBase = oid == 0
+	s.run.log.Debug("archive started", "archive", name, "location", location)
+	return nil
+}
+
+func (s *sink) Data(p []byte) error {
+	if s.cur == nil {
+		return errors.New("BASE_BACKUP sent data before any archive")
+	}
+	if s.inBase && s.head.Len() < headLimit {
+		s.head.Write(p[:min(len(p), headLimit-s.head.Len())])
+	}
+	if _, err := s.cur.Write(p); err != nil {
+		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
+	}
+	return nil
+}
+
+func (s *sink) closeArchive() error {
+	if s.cur == nil {
+		return nil
+	}
+	a := s.cur
+	s.cur = nil
+	if err := a.Close(); err != nil {
+		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
+	}
+	f := s.curFile
+	f.Size, f.StoredSize, f.SHA256Stored = a.original, a.stored, a.sha
+	b := &s.run.backup
+	b.Files = append(b.Files, f)
+	b.OriginalSize += f.Size
+	b.StoredSize += f.StoredSize
+	return nil
+}
+
+func (s *sink) Manifest() error { return s.closeArchive() }
+
+func (s *sink) ManifestData(p []byte) error {
+	s.manifest.Write(p)
+	return nil
+}
+
+func (s *sink) Progress(done int64) {
+	s.done = done
+	if time.Since(s.lastReport) < 500*time.Millisecond {
+		return
+	}
+	s.lastReport = time.Now()
+	s.run.report(Progress{Phase: PhaseStreaming, Done: done, Total: max(s.total, done)})
+}
+
+func (s *sink) End(lsn walname.LSN, tli walname.TimeLine) error {
+	s.run.backup.StopLSN, s.run.backup.StopTLI = lsn, tli
+	return nil
+}
+
+// abort removes what an unfinished archive wrote.
+func (s *sink) abort(cause error) {
+	if s.cur != nil {
+		s.cur.Abort(cause)
+		s.cur = nil
+	}
+}
+
+// finish closes the last archive, stores the manifest and reads backup_label
+// and tablespace_map from the head of base.tar.
+func (s *sink) finish() error {
+	if err := s.closeArchive(); err != nil {
+		return err
+	}
+	b := &s.run.backup
+	s.run.report(Progress{Phase: PhaseStreaming, Done: b.OriginalSize, Total: b.OriginalSize})
+	if s.manifest.Len() == 0 {
+		return errors.New("the server sent no backup manifest")
+	}
+	if _, err := ParseManifest(s.manifest.Bytes()); err != nil {
+		return err
+	}
+	n, err := s.run.opts.Repo.Put(s.ctx, path.Join(b.StoredPath, ManifestName), func(w io.Writer) error {
+		_, err := w.Write(s.manifest.Bytes())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store manifest: %w", err)
+	}
+	b.Files = append(b.Files, catalog.BackupFile{Name: ManifestName, Size: n, StoredSize: n, Compression: "none"})
+	b.StoredSize += n
+	label, tsmap, err := readLabel(s.head.Bytes())
+	if err != nil {
+		return err
+	}
+	b.BackupLabel, b.TablespaceMap = label, tsmap
+	return nil
+}
+
+// readLabel reads backup_label and tablespace_map from the first entries of
+// base.tar.
+func readLabel(head []byte) (label, tablespaceMap string, err error) {
+	tr := tar.NewReader(bytes.NewReader(head))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		name := strings.TrimPrefix(h.Name, "./")
+		if name != "backup_label" && name != "tablespace_map" {
+			break
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			break
+		}
+		if name == "backup_label" {
+			label = string(data)
+		} else {
+			tablespaceMap = string(data)
+		}
+	}
+	if label == "" {
+		return "", "", errors.New("base.tar does not begin with backup_label")
+	}
+	return label, tablespaceMap, nil
+}

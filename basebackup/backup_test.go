@@ -1,0 +1,428 @@
+package basebackup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/walname"
+)
+
+// env is a repository and catalog for one test, and the primary it backs up.
+type env struct {
+	t       *testing.T
+	primary *pgtest.Cluster
+	repo    storage.Local
+	cat     *catalog.Catalog
+	server  string
+}
+
+func newEnv(t *testing.T, opts pgtest.Options) *env {
+	t.Helper()
+	if opts.SegmentSizeMB == 0 {
+		opts.SegmentSizeMB = 1
+	}
+	p := pgtest.NewPrimary(t, "primary", opts)
+	// The repository must be readable by the postgres user: restored copies
+	// fetch WAL from it.
+	root := pgtest.TempDir(t, "repo")
+	cat, err := catalog.Open(context.Background(), filepath.Join(root, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	return &env{t: t, primary: p, repo: storage.Local{Root: root}, cat: cat, server: "main"}
+}
+
+func (e *env) options() Options {
+	return Options{
+		Server: e.server, Conninfo: e.primary.ConnString(""), Repo: e.repo, Catalog: e.cat,
+		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, WALTimeout: 2 * time.Minute,
+	}
+}
+
+// feedWAL stands in for the receiver: it copies each completed segment from
+// the primary's pg_wal into the repository and the catalog, until the test
+// ends. A slot keeps the primary from recycling WAL before it is copied.
+func (e *env) feedWAL() {
+	e.t.Helper()
+	e.primary.CreateSlot("feed")
+	segSize, err := parseSize(e.primary.Query("SHOW wal_segment_size"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	srv, err := e.cat.EnsureServer(context.Background(), e.server)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	e.t.Cleanup(func() { cancel(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		added := map[string]bool{}
+		for ctx.Err() == nil {
+			time.Sleep(200 * time.Millisecond)
+			cur, err := e.primary.TryQuery("SELECT pg_walfile_name(pg_current_wal_lsn() + 1)")
+			if err != nil {
+				continue
+			}
+			entries, _ := os.ReadDir(filepath.Join(e.primary.DataDir, "pg_wal"))
+			for _, de := range entries {
+				name := de.Name()
+				if len(name) != 24 || name >= cur || added[name] {
+					continue
+				}
+				tli, segno, err := walname.ParseSegment(name, segSize)
+				if err != nil {
+					continue
+				}
+				data, err := os.ReadFile(filepath.Join(e.primary.DataDir, "pg_wal", name))
+				if err != nil || uint64(len(data)) != segSize {
+					continue
+				}
+				rel := storage.SegmentPath(e.server, name, "none")
+				n, err := e.repo.Put(ctx, rel, func(w io.Writer) error {
+					_, err := w.Write(data)
+					return err
+				})
+				if err != nil {
+					continue
+				}
+				err = e.cat.AddSegment(ctx, catalog.Segment{ServerID: srv.ID, TimeLine: tli, SegNo: segno, Name: name,
+					Size: n, StoredSize: n, Compression: "none", Checksum: checksum.Of(data), StoredPath: rel,
+					ReceivedAt: time.Now()})
+				if err == nil {
+					added[name] = true
+				}
+			}
+		}
+	}()
+}
+
+// runBackup takes a backup with opts and fails the test on an unexpected error.
+func (e *env) runBackup(opts Options) catalog.Backup {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b, err := Run(ctx, opts)
+	if err != nil {
+		e.t.Fatalf("backup: %v", err)
+	}
+	return b
+}
+
+func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.feedWAL()
+	tsDir := pgtest.TempDir(t, "ts")
+	e.primary.Query(fmt.Sprintf("CREATE TABLESPACE ts LOCATION '%s'", tsDir))
+	e.primary.PgbenchInit(2)
+	e.primary.Query("CREATE TABLE in_ts TABLESPACE ts AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g")
+	e.primary.Pgbench(2, 200)
+	wantAccounts := e.primary.Query("SELECT sum(abalance) FROM pgbench_accounts")
+	wantTS := e.primary.Query("SELECT count(*), sum(g) FROM in_ts")
+
+	b := e.runBackup(e.options())
+	if b.State != catalog.StateDone {
+		t.Fatalf("backup state %s (%s), want done", b.State, b.Reason)
+	}
+	if b.StartLSN == 0 || b.StopLSN <= b.StartLSN || b.StartTLI != 1 || b.StopTLI != 1 {
+		t.Errorf("positions: start %s/%d stop %s/%d", b.StartLSN, b.StartTLI, b.StopLSN, b.StopTLI)
+	}
+	if !strings.Contains(b.BackupLabel, "START WAL LOCATION: "+b.StartLSN.String()) ||
+		!strings.Contains(b.BackupLabel, "LABEL: walhub main "+b.ID) {
+		t.Errorf("backup_label:\n%s", b.BackupLabel)
+	}
+	if !strings.Contains(b.TablespaceMap, " "+tsDir) {
+		t.Errorf("tablespace_map %q does not name %s", b.TablespaceMap, tsDir)
+	}
+	var tsArchive catalog.BackupFile
+	names := map[string]bool{}
+	for _, f := range b.Files {
+		names[f.Name] = true
+		if f.Tablespace != 0 {
+			tsArchive = f
+		}
+	}
+	if !names["base.tar.zst"] || !names[ManifestName] || tsArchive.Name == "" || tsArchive.Location != tsDir {
+		t.Fatalf("files %+v", b.Files)
+	}
+	if b.StoredSize <= 0 || b.StoredSize >= b.OriginalSize {
+		t.Errorf("stored %d of %d bytes: zstd should shrink a pgbench database", b.StoredSize, b.OriginalSize)
+	}
+	got, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil || got.State != catalog.StateDone || got.StopLSN != b.StopLSN || len(got.Files) != len(b.Files) {
+		t.Fatalf("catalog row %+v, %v", got, err)
+	}
+	checked, err := Verify(context.Background(), StoreOpener(e.repo, b), b)
+	if err != nil {
+		t.Fatalf("verify stored backup: %v", err)
+	}
+	if checked.Files < 900 || checked.Bytes < b.OriginalSize/2 {
+		t.Errorf("verify checked only %d files, %d bytes", checked.Files, checked.Bytes)
+	}
+
+	// Unpack with the tablespace moved; pg_verifybackup accepts the copy.
+	copyRoot := pgtest.TempDir(t, "copy")
+	target := filepath.Join(copyRoot, "data")
+	newTS := pgtest.TempDir(t, "ts-copy")
+	var progressed int64
+	err = Unpack(context.Background(), e.repo, b, target, map[uint32]string{tsArchive.Tablespace: newTS},
+		func(done int64) { progressed = done })
+	if err != nil {
+		t.Fatalf("unpack: %v", err)
+	}
+	if progressed < b.OriginalSize/2 {
+		t.Errorf("progress reported %d of about %d bytes", progressed, b.OriginalSize)
+	}
+	if link, err := os.Readlink(filepath.Join(target, "pg_tblspc", fmt.Sprint(tsArchive.Tablespace))); err != nil || link != newTS {
+		t.Errorf("pg_tblspc link -> %q (%v), want %s", link, err, newTS)
+	}
+	if err := VerifyDir(context.Background(), target, "tablespace_map"); err != nil {
+		t.Errorf("VerifyDir: %v", err)
+	}
+	pgtest.Run(t, exec.Command(pgtest.Bin(t, "pg_verifybackup"), "-n", "-i", "tablespace_map", target))
+
+	// The copy recovers with WAL from the repository and holds the same data.
+	script := filepath.Join(copyRoot, "fetch.sh")
+	fetch := fmt.Sprintf(`#!/bin/sh
+f=$1; d=%s
+case $f in *.history) src=$d/$f ;; *) src=$d/$(echo "$f" | cut -c1-16)/$f ;; esac
+if [ -f "$src.zst" ]; then exec zstd -q -d -f -o "$2" "$src.zst"; fi
+if [ -f "$src" ]; then exec cp "$src" "$2"; fi
+exit 1
+`, filepath.Join(e.repo.Root, storage.WALDir(e.server)))
+	if err := os.WriteFile(script, []byte(fetch), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, newTS)
+	pgtest.Chown(t, e.repo.Root)
+	c := pgtest.AdoptDataDir(t, "copy", target)
+	c.AppendConf(fmt.Sprintf("restore_command = '%s %%f %%p'", script), "recovery_target_action = 'promote'")
+	if err := os.WriteFile(filepath.Join(target, "recovery.signal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, target)
+	c.Start()
+	c.WaitFor(3*time.Minute, "the copy to finish recovery", func() bool {
+		s, err := c.TryQuery("SELECT pg_is_in_recovery()")
+		return err == nil && s == "f"
+	})
+	if got := c.Query("SELECT sum(abalance) FROM pgbench_accounts"); got != wantAccounts {
+		t.Errorf("copy: sum(abalance) = %s, primary had %s", got, wantAccounts)
+	}
+	if got := c.Query("SELECT count(*), sum(g) FROM in_ts"); got != wantTS {
+		t.Errorf("copy: tablespace table %s, primary had %s", got, wantTS)
+	}
+}
+
+func TestBackupFailsWhenWALDoesNotArriveInTime(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	opts := e.options()
+	opts.WALTimeout = 3 * time.Second
+	b, err := Run(context.Background(), opts)
+	if err == nil || b.State != catalog.StateFailed {
+		t.Fatalf("backup without a receiver: state %s, err %v; want failed", b.State, err)
+	}
+	if !strings.Contains(b.Reason, "not received within 3s") || !strings.Contains(b.Reason, "WAL "+b.StartLSN.String()) {
+		t.Errorf("reason %q does not say which WAL is missing", b.Reason)
+	}
+	row, _ := e.cat.Backup(context.Background(), b.ID)
+	if row.State != catalog.StateFailed || row.Reason != b.Reason {
+		t.Errorf("catalog row: %s %q", row.State, row.Reason)
+	}
+	assertNoFiles(t, e, b)
+}
+
+func assertNoFiles(t *testing.T, e *env, b catalog.Backup) {
+	t.Helper()
+	dir, _ := e.repo.Path(b.StoredPath)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		entries, _ := os.ReadDir(dir)
+		t.Errorf("failed backup left %s with %d entries", dir, len(entries))
+	}
+}
+
+// waitFor polls cond every 100 ms, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// runningBackup returns the running backup of the env's server, if any.
+func (e *env) runningBackup() (catalog.Backup, bool) {
+	srv, err := e.cat.ServerByName(context.Background(), e.server)
+	if err != nil {
+		return catalog.Backup{}, false
+	}
+	bs, _ := e.cat.Backups(context.Background(), srv.ID)
+	for _, b := range bs {
+		if b.State == catalog.StateRunning && b.StartLSN != 0 {
+			return b, true
+		}
+	}
+	return catalog.Backup{}, false
+}
+
+func TestSecondBackupIsRefusedNamingTheHolderAndACancelledBackupFails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.PgbenchInit(1)
+	slow := e.options()
+	slow.MaxRate = 32 // kB/s: the backup takes minutes
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		b   catalog.Backup
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := Run(ctx, slow)
+		done <- result{b, err}
+	}()
+	waitFor(t, 60*time.Second, "the first backup to start streaming", func() bool {
+		_, ok := e.runningBackup()
+		return ok
+	})
+
+	_, err := Run(context.Background(), e.options())
+	var locked *LockedError
+	if !errors.As(err, &locked) {
+		t.Fatalf("second backup: err = %v, want a LockedError", err)
+	}
+	want := fmt.Sprintf("locked by backup (pid %d on ", os.Getpid())
+	if !strings.Contains(err.Error(), want) || locked.Holder.PID != os.Getpid() {
+		t.Errorf("refusal %q does not name the holder (%q)", err, want)
+	}
+
+	cancel()
+	r := <-done
+	if r.err == nil || r.b.State != catalog.StateFailed || !strings.Contains(r.b.Reason, "interrupted") {
+		t.Fatalf("cancelled backup: state %s reason %q err %v", r.b.State, r.b.Reason, r.err)
+	}
+	assertNoFiles(t, e, r.b)
+	if _, ok := e.runningBackup(); ok {
+		t.Error("a backup is still recorded as running")
+	}
+}
+
+// TestMain lets the test binary act as a backup process that a test kills.
+func TestMain(m *testing.M) {
+	if root := os.Getenv("WALHUB_TEST_BACKUP_CHILD_REPO"); root != "" {
+		os.Exit(backupChild(root, os.Getenv("WALHUB_TEST_BACKUP_CHILD_CONNINFO")))
+	}
+	os.Exit(m.Run())
+}
+
+func backupChild(root, conninfo string) int {
+	ctx := context.Background()
+	cat, err := catalog.Open(ctx, filepath.Join(root, storage.CatalogFile))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	_, err = Run(ctx, Options{Server: "main", Conninfo: conninfo, Repo: storage.Local{Root: root}, Catalog: cat,
+		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, MaxRate: 32, WALTimeout: time.Minute})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func TestKilledBackupIsMarkedFailedByTheNextCommand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.PgbenchInit(1)
+	child := exec.Command(os.Args[0], "-test.run=^$")
+	child.Env = append(os.Environ(), "WALHUB_TEST_BACKUP_CHILD_REPO="+e.repo.Root,
+		"WALHUB_TEST_BACKUP_CHILD_CONNINFO="+e.primary.ConnString(""))
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	var b catalog.Backup
+	waitFor(t, 60*time.Second, "the child's backup to write its first archive", func() bool {
+		var ok bool
+		if b, ok = e.runningBackup(); !ok {
+			return false
+		}
+		dir, _ := e.repo.Path(b.StoredPath)
+		entries, _ := os.ReadDir(dir)
+		return len(entries) > 0
+	})
+	if b.PID != child.Process.Pid {
+		t.Fatalf("running backup pid %d, child is %d", b.PID, child.Process.Pid)
+	}
+	// While the child lives, its backup is not reaped.
+	if reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server); err != nil || len(reaped) != 0 {
+		t.Fatalf("reaped a live backup: %v %v", reaped, err)
+	}
+	child.Process.Signal(syscall.SIGKILL)
+	child.Wait()
+
+	reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server)
+	if err != nil || len(reaped) != 1 || reaped[0] != b.ID {
+		t.Fatalf("reaped %v, %v; want [%s]", reaped, err, b.ID)
+	}
+	row, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil || row.State != catalog.StateFailed || !strings.Contains(row.Reason, "interrupted") {
+		t.Fatalf("killed backup: %s %q %v", row.State, row.Reason, err)
+	}
+	assertNoFiles(t, e, row)
+}
+
+func TestCorruptPageFailsTheBackupWithAChecksumMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.Query("CREATE TABLE victim AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 20000) g")
+	e.primary.Query("CHECKPOINT")
+	rel := e.primary.Query("SELECT pg_relation_filepath('victim')")
+	e.primary.Stop("fast")
+	f, err := os.OpenFile(filepath.Join(e.primary.DataDir, rel), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The middle of the third page: the page header (and its LSN) stay intact.
+	if _, err := f.WriteAt([]byte("corrupted by walhub's test!"), 2*8192+4000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	e.primary.Start()
+
+	opts := e.options()
+	opts.WALTimeout = 5 * time.Second
+	b, err := Run(context.Background(), opts)
+	if !errors.Is(err, ErrChecksumFailure) || b.State != catalog.StateFailed {
+		t.Fatalf("backup of a corrupt cluster: state %s, err %v; want failed with a checksum failure", b.State, err)
+	}
+	if !strings.Contains(b.Reason, "invalid page checksums") {
+		t.Errorf("reason %q does not say checksums failed", b.Reason)
+	}
+	assertNoFiles(t, e, b)
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark: walhub backup against pg_basebackup -Ft -X none, uncompressed and
+# with --compress=client-zstd, on the same pgbench database in the same run.
+#
+#   bash bench/backup.sh              # SCALE=60 (about 900 MB); SCALE=100 for about 1.5 GB
+#   RUNS=3 SCALE=100 bash bench/backup.sh
+#
+# RUNS rounds (default 3, after one warm-up read of the cluster) run each tool
+# once in turn, so load from elsewhere on the machine hits them alike; each
+# tool's fastest run counts. Every tool fsyncs what it writes.
+#
+# What is timed for walhub: from the start of the command until the archives
+# and the manifest are durable in the repository (its "backup streamed" log
+# line), and the whole command, which adds the read-back verification against
+# the manifest. The wait for the backup's WAL is not timed: it needs the receiver
+# (`walhub serve`), which this script does not run, so each walhub backup ends
+# "failed: WAL ... not received" after a 1 ms wal_timeout, by design.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE=${SCALE:-60}
+RUNS=${RUNS:-3}
+BIN=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
+
+ROOT=$(mktemp -d /tmp/walhub-bench-XXXXXX)
+chmod 755 "$ROOT"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$ROOT"
+PORT=$(( 20000 + RANDOM % 20000 ))
+cleanup() {
+  as_pg "$BIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$ROOT"
+}
+trap cleanup EXIT
+
+echo "== cluster: pgbench scale $SCALE, port $PORT, in $ROOT"
+as_pg "$BIN/initdb" -D "$ROOT/data" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
+cat >>"$ROOT/data/postgresql.conf" <<EOF
+port = $PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$ROOT'
+wal_level = replica
+max_wal_senders = 10
+shared_buffers = 128MB
+max_wal_size = 4GB
+checkpoint_timeout = 30min
+EOF
+as_pg "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/postgres.log" -w start >/dev/null
+"$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PORT" -U postgres postgres 2>&1 | tail -1
+"$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -c CHECKPOINT postgres
+DBSIZE=$(du -sb "$ROOT/data/base" | cut -f1)
+echo "database: $((DBSIZE / 1048576)) MB in base/"
+
+go build -o "$ROOT/walhub" ./cmd/walhub
+cat >"$ROOT/walhub.toml" <<EOF
+repository = "$ROOT/repo"
+[[server]]
+name = "bench"
+conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
+[server.backup]
+checkpoint = "fast"
+wal_timeout = "1ms"
+EOF
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { print $* }"; }
+best() { sort -g | head -1; }
+# seconds converts a Go duration as slog prints it ("1m2.5s", "3.2s", "850ms") to seconds.
+seconds() {
+  awk -v d="$1" 'BEGIN {
+    t = 0
+    if (match(d, /[0-9.]+m[^s]/)) { t += substr(d, RSTART, RLENGTH - 2) * 60; d = substr(d, RSTART + RLENGTH - 1) }
+    if (d ~ /ms$/) { sub(/ms$/, "", d); t += d / 1000 }
+    else if (d ~ /µs$/) { sub(/µs$/, "", d); t += d / 1000000 }
+    else if (d ~ /s$/) { sub(/s$/, "", d); t += d }
+    print t }'
+}
+
+# Warm-up: one read of the whole cluster so every tool starts with the same page cache.
+as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/warm" -Ft -X none -c fast >/dev/null
+rm -rf "$ROOT/warm"
+
+pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes"
+  rm -rf "$ROOT/pgbb"
+  local t0; t0=$(now)
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/pgbb" -Ft -X none -c fast "$@" 2>/dev/null
+  local t; t=$(calc "$(now) - $t0")
+  echo "$t $(du -sb "$ROOT/pgbb" | cut -f1)"
+  rm -rf "$ROOT/pgbb"
+}
+
+walhub_run() { # prints "durable-seconds total-seconds stored-bytes sent-bytes"
+  local t0; t0=$(now)
+  "$ROOT/walhub" --config "$ROOT/walhub.toml" backup --server bench --output=json \
+    >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || true
+  local total; total=$(calc "$(now) - $t0")
+  local streamed
+  streamed=$(grep "backup streamed" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
+  # Durable: the "backup streamed" line is logged once the archives and the
+  # manifest are fsynced and renamed in the repository.
+  local ts; ts=$(sed -E 's/^time=([^ ]+) .*/\1/' <<<"$streamed")
+  local durable; durable=$(calc "$(date -d "$ts" +%s.%N) - $t0")
+  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")"
+}
+
+echo "== running $RUNS rounds (each round runs every tool once, in turn; the fastest run counts)"
+: >"$ROOT/times"
+for r in $(seq "$RUNS"); do
+  echo "plain $(pgbb)" >>"$ROOT/times"
+  echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
+  echo "walhub $(walhub_run)" >>"$ROOT/times"
+  echo "round $r: $(tail -3 "$ROOT/times" | awk '{printf "%s %.2fs  ", $1, $2}')"
+done
+fastest() { awk -v k="$1" '$1 == k' "$ROOT/times" | sort -k2 -g | head -1; }
+read -r _ T_PLAIN S_PLAIN <<<"$(fastest plain)"
+read -r _ T_ZSTD S_ZSTD <<<"$(fastest zstd)"
+read -r _ T_STREAM _ S_WALHUB SIZE <<<"$(fastest walhub)"
+T_TOTAL=$(awk '$1 == "walhub" {print $3}' "$ROOT/times" | sort -g | head -1)
+
+mbps() { calc "$SIZE / 1048576 / $1"; }
+row() { # label seconds stored
+  printf '%-34s %8.2f s %9.1f MB/s   stored %8.1f MB (%.1fx smaller)\n' "$1" "$2" "$(mbps "$2")" \
+    "$(calc "$3 / 1048576")" "$(calc "$SIZE / $3")"
+}
+echo
+echo "== results: $((SIZE / 1048576)) MB sent by the server, $(nproc) cores"
+row "pg_basebackup -Ft -X none" "$T_PLAIN" "$S_PLAIN"
+row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
+row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
+row "walhub backup (whole cmd, + verify)" "$T_TOTAL" "$S_WALHUB"
+echo
+printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
+printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.5x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
+printf 'walhub (+verify) vs pg_basebackup uncompressed: %.2fx\n' "$(calc "$T_PLAIN / $T_TOTAL")"
+printf 'walhub (+verify) vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"

@@ -1,0 +1,173 @@
+// Package bench measures restore_command throughput: how fast a standby
+// replays the same backlog of WAL with walfetch (prefetch on and off) and with
+// a plain `cp` from a local directory, on loopback and behind a proxy that
+// adds a delay to every hub response. Run it with
+//
+//	go test -run XXX -bench Replay -benchtime 1x -timeout 60m ./bench
+//
+// BENCH_SEGMENT_MB (default 1) sets the segment size, BENCH_SEGMENTS (default
+// 250) the backlog, BENCH_DELAY (default 20ms) the added delay.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/hub"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/walfeed"
+	"github.com/walhub/walhub/walname"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func BenchmarkReplay(b *testing.B) {
+	segMB := envInt("BENCH_SEGMENT_MB", 1)
+	segments := envInt("BENCH_SEGMENTS", 250)
+	delay := 20 * time.Millisecond
+	if d, err := time.ParseDuration(os.Getenv("BENCH_DELAY")); err == nil {
+		delay = d
+	}
+	segSize := uint64(segMB) << 20
+	ctx := context.Background()
+
+	binDir := pgtest.TempDir(b, "bin")
+	walfetch := filepath.Join(binDir, "walfetch")
+	build := exec.Command("go", "build", "-o", walfetch, "github.com/walhub/walhub/cmd/walfetch")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build walfetch: %v\n%s", err, out)
+	}
+
+	// A primary archiving into a directory (the cp source), fed into a hub repository.
+	archive := pgtest.TempDir(b, "archive")
+	primary := pgtest.NewPrimary(b, "primary", pgtest.Options{SegmentSizeMB: segMB, Conf: []string{
+		"archive_mode = on", "archive_command = '" + walfeed.ArchiveCommand(archive) + "'"}})
+	repoDir := b.TempDir()
+	cat, err := catalog.Open(ctx, filepath.Join(repoDir, storage.CatalogFile))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cat.Close()
+	feeder, err := walfeed.New(ctx, storage.Local{Root: repoDir}, cat, "main",
+		primary.Query("SELECT system_identifier FROM pg_control_system()"), segSize, "zstd")
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := primary.NewStandby("base", pgtest.StandbyOptions{NoStream: true, NoStart: true})
+
+	// The backlog: rows of random hex (compresses about 2:1, like real data).
+	from := primary.CurrentLSN()
+	primary.Query("CREATE TABLE filler (id bigint, payload text)")
+	for walname.SegmentOf(primary.CurrentLSN(), segSize)-walname.SegmentOf(from, segSize) < walname.SegNo(segments) {
+		primary.Query(fmt.Sprintf(`INSERT INTO filler SELECT g, md5(random()::text) || md5(random()::text) ||
+			md5(random()::text) || md5(random()::text) FROM generate_series(1, %d) g`, 2500*segMB))
+	}
+	end := primary.CurrentLSN()
+	primary.SwitchWAL()
+	last := walname.SegmentName(primary.TimeLine(), walname.SegmentOf(end, segSize), segSize)
+	pgtest.WaitFor(b, 10*time.Minute, "the archive to hold "+last, func() bool {
+		_, err := os.Stat(filepath.Join(archive, last))
+		return err == nil
+	})
+	if _, err := feeder.IngestDir(ctx, archive); err != nil {
+		b.Fatal(err)
+	}
+	n := int(walname.SegmentOf(end, segSize) - walname.SegmentOf(from, segSize) + 1)
+	wantRows := primary.Query("SELECT count(*) FROM filler")
+
+	// The hub on loopback, and a proxy adding the delay to every response.
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n", repoDir, pgtest.FreePort(b)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: feeder.Repo, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	hubCtx, stopHub := context.WithCancel(ctx)
+	defer stopHub()
+	go srv.Run(hubCtx)
+	hubURL := "http://" + cfg.Hub.Listen
+	target, _ := url.Parse(hubURL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	delayed := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(b)), Handler: http.HandlerFunc(
+		func(w http.ResponseWriter, r *http.Request) { time.Sleep(delay); proxy.ServeHTTP(w, r) })}
+	go delayed.ListenAndServe()
+	defer delayed.Close()
+	delayedURL := "http://" + delayed.Addr
+
+	wf := func(u, extra string) string {
+		return fmt.Sprintf("%s --url %s --server main --idle-exit 10s %s %%f %%p", walfetch, u, extra)
+	}
+	// The floor: no restore_command at all, the whole backlog already in pg_wal.
+	const inPGWAL = "WAL already in pg_wal (floor)"
+	runs := []struct{ name, command string }{
+		{inPGWAL, ""},
+		{"cp from a local directory", fmt.Sprintf("cp %s/%%f %%p", archive)},
+		{"walfetch", wf(hubURL, "")},
+		{"walfetch --prefetch 0", wf(hubURL, "--prefetch 0")},
+		{fmt.Sprintf("walfetch, %s delay", delay), wf(delayedURL, "")},
+		{fmt.Sprintf("walfetch --prefetch 0, %s delay", delay), wf(delayedURL, "--prefetch 0")},
+	}
+	rates := map[string]float64{}
+	rounds := envInt("BENCH_ROUNDS", 2)
+	b.ResetTimer()
+	for round := 1; round <= rounds; round++ {
+		for i, r := range runs {
+			dir := pgtest.TempDir(b, fmt.Sprintf("replay%d", i))
+			if out, err := exec.Command("cp", "-a", base.DataDir, dir).CombinedOutput(); err != nil {
+				b.Fatalf("copy base backup: %v\n%s", err, out)
+			}
+			standby := pgtest.AdoptDataDir(b, fmt.Sprintf("replay%d", i), filepath.Join(dir, "data"))
+			if r.command == "" {
+				if out, err := exec.Command("sh", "-c", fmt.Sprintf("cp %s/0* %s/pg_wal/", archive, standby.DataDir)).CombinedOutput(); err != nil {
+					b.Fatalf("fill pg_wal: %v\n%s", err, out)
+				}
+				pgtest.Chown(b, filepath.Join(standby.DataDir, "pg_wal"))
+			} else {
+				standby.AppendConf("restore_command = '" + r.command + "'")
+			}
+			start := time.Now()
+			standby.Start()
+			standby.WaitReplay(end, 30*time.Minute)
+			elapsed := time.Since(start)
+			if got := standby.Query("SELECT count(*) FROM filler"); got != wantRows {
+				b.Fatalf("%s: replayed %s rows, want %s", r.name, got, wantRows)
+			}
+			standby.Stop("immediate")
+			os.RemoveAll(dir)
+			rate := float64(n) / elapsed.Seconds()
+			rates[r.name] = max(rates[r.name], rate)
+			fmt.Printf("round %d: %-40s %4d segments of %d MiB in %6.2fs: %7.1f segments/s\n", round, r.name, n, segMB, elapsed.Seconds(), rate)
+		}
+	}
+	b.StopTimer()
+	fmt.Printf("best of %d rounds:\n", rounds)
+	for _, r := range runs {
+		fmt.Printf("  %-40s %7.1f segments/s\n", r.name, rates[r.name])
+	}
+	fmt.Printf("walfetch / cp (loopback):                      %.2fx\n", rates[runs[2].name]/rates[runs[1].name])
+	fmt.Printf("walfetch --prefetch 0 / cp (loopback):         %.2fx\n", rates[runs[3].name]/rates[runs[1].name])
+	fmt.Printf("walfetch / WAL already in pg_wal:              %.2fx\n", rates[runs[2].name]/rates[runs[0].name])
+	fmt.Printf("walfetch / walfetch --prefetch 0 (%s delay): %.2fx\n", delay, rates[runs[4].name]/rates[runs[5].name])
+	fmt.Printf("walfetch %s delay / walfetch loopback:      %.2fx\n", delay, rates[runs[4].name]/rates[runs[2].name])
+}

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/hub"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/walfeed"
+	"github.com/walhub/walhub/walname"
+)
+
+// e2e is a primary whose completed WAL reaches a hub repository (through its
+// archive_command and walfeed, standing in for the receiver until it lands),
+// and a hub serving that repository on a real port that can be stopped and
+// started again.
+type e2e struct {
+	t       *testing.T
+	primary *pgtest.Cluster
+	cat     *catalog.Catalog
+	feeder  *walfeed.Feeder
+	cfg     *config.Config
+	url     string
+	stop    context.CancelFunc
+	done    chan error
+}
+
+func newE2E(t *testing.T, segMB int) *e2e {
+	t.Helper()
+	ctx := context.Background()
+	archive := pgtest.TempDir(t, "archive")
+	primary := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: segMB, Conf: []string{
+		"archive_mode = on", "archive_command = '" + walfeed.ArchiveCommand(archive) + "'"}})
+	repoDir := t.TempDir()
+	cat, err := catalog.Open(ctx, filepath.Join(repoDir, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	sysid := primary.Query("SELECT system_identifier FROM pg_control_system()")
+	feeder, err := walfeed.New(ctx, storage.Local{Root: repoDir}, cat, "main", sysid, uint64(segMB)<<20, "zstd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	feedCtx, stopFeed := context.WithCancel(ctx)
+	fed := make(chan error, 1)
+	go func() { fed <- feeder.Follow(feedCtx, archive, 100*time.Millisecond) }()
+	t.Cleanup(func() {
+		stopFeed()
+		if err := <-fed; err != nil {
+			t.Errorf("feeding the repository: %v", err)
+		}
+	})
+	port := pgtest.FreePort(t)
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\nread_tokens = [%q]\n", repoDir, port, testToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &e2e{t: t, primary: primary, cat: cat, feeder: feeder, cfg: cfg, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	e.startHub()
+	t.Cleanup(e.stopHub)
+	return e
+}
+
+func (e *e2e) startHub() {
+	e.t.Helper()
+	srv, err := hub.New(hub.Options{Config: e.cfg, Catalog: e.cat, Repo: e.feeder.Repo, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.stop, e.done = cancel, make(chan error, 1)
+	go func() { e.done <- srv.Run(ctx) }()
+	pgtest.WaitFor(e.t, 30*time.Second, "the hub to listen", func() bool {
+		resp, err := http.Get(e.url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+}
+
+func (e *e2e) stopHub() {
+	if e.stop == nil {
+		return
+	}
+	e.stop()
+	if err := <-e.done; err != nil {
+		e.t.Errorf("hub: %v", err)
+	}
+	e.stop = nil
+}
+
+func (e *e2e) restoreCommand(extra string) string {
+	return fmt.Sprintf("restore_command = '%s --url %s --server main --token %s --idle-exit 5s %s %%f %%p'",
+		walfetchBin, e.url, testToken, extra)
+}
+
+// switchAndMark ends the current segment and returns an LSN inside it: once a
+// standby has replayed up to it, it has everything written before the call.
+func (e *e2e) switchAndMark() walname.LSN {
+	lsn := e.primary.CurrentLSN()
+	e.primary.SwitchWAL()
+	return lsn
+}
+
+func sameData(t *testing.T, a, b *pgtest.Cluster, queries ...string) {
+	t.Helper()
+	for _, q := range queries {
+		if x, y := a.Query(q), b.Query(q); x != y {
+			t.Errorf("%s: %s has %q, %s has %q", q, a.Name, x, b.Name, y)
+		}
+	}
+}
+
+func TestArchiveOnlyStandbyFollowsPrimaryUnderLoad(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, 1)
+	e.primary.PgbenchInit(5)
+	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true,
+		Conf: []string{e.restoreCommand("--prefetch 8 --parallel 4")}})
+	start := standby.CurrentLSN()
+	e.primary.PgbenchFor(4, 20*time.Second)
+	if now := standby.CurrentLSN(); now <= start {
+		t.Errorf("the standby did not replay anything while pgbench ran (at %s)", now)
+	}
+	standby.WaitReplay(e.switchAndMark(), 180*time.Second)
+	sameData(t, e.primary, standby,
+		"SELECT count(*), sum(abalance) FROM pgbench_accounts",
+		"SELECT count(*), sum(delta) FROM pgbench_history",
+		"SELECT sum(tbalance) FROM pgbench_tellers")
+}
+
+func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, 1)
+	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true,
+		Conf: []string{e.restoreCommand("")}})
+	from := e.primary.CurrentLSN()
+	e.primary.Query(`CREATE TABLE backlog (x int, pad text);
+		DO $$ BEGIN FOR i IN 1..210 LOOP
+			INSERT INTO backlog SELECT i, repeat('b', 500) FROM generate_series(1, 400);
+			PERFORM pg_switch_wal();
+		END LOOP; END $$`)
+	end := e.switchAndMark()
+	if n := walname.SegmentOf(end, 1<<20) - walname.SegmentOf(from, 1<<20); n < 200 {
+		t.Fatalf("the backlog is only %d segments", n)
+	}
+	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
+	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool {
+		_, err := e.cat.Segment(context.Background(), e.feeder.Server.ID, last)
+		return err == nil
+	})
+	standby.Start()
+	standby.WaitReplay(end, 300*time.Second)
+	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
+}
+
+func TestStandbyRidesOutHubOutage(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, 1)
+	e.primary.PgbenchInit(1)
+	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true,
+		Conf: []string{e.restoreCommand("")}})
+	standby.WaitReplay(e.switchAndMark(), 120*time.Second)
+
+	e.stopHub()
+	e.primary.GenerateWAL(8)
+	during := e.switchAndMark()
+	pgtest.WaitFor(t, 120*time.Second, "walfetch to report the hub unreachable in the standby's log", func() bool {
+		log, _ := os.ReadFile(standby.LogFile)
+		return strings.Contains(string(log), "hub unreachable")
+	})
+	if got := standby.CurrentLSN(); got >= during {
+		t.Fatalf("the standby replayed %s while the hub was down (WAL it cannot have had)", got)
+	}
+	if r := standby.Query("SELECT pg_is_in_recovery()"); r != "t" {
+		t.Fatalf("the standby left recovery while the hub was down: %s", r)
+	}
+
+	e.startHub()
+	standby.WaitReplay(during, 180*time.Second)
+	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM walfill", "SELECT count(*) FROM pgbench_accounts")
+}
+
+func TestPointInTimeRecoveryWithHubDownStopsInsteadOfEndingEarly(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, 1)
+	e.primary.PgbenchInit(1)
+	restore := e.primary.NewStandby("pitr", pgtest.StandbyOptions{NoStream: true, NoStart: true,
+		Conf: []string{e.restoreCommand("--pitr-retry 3s")}})
+	os.Remove(filepath.Join(restore.DataDir, "standby.signal"))
+	signal := filepath.Join(restore.DataDir, "recovery.signal")
+	if err := os.WriteFile(signal, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, signal)
+
+	e.primary.Query("CREATE TABLE after_backup AS SELECT g FROM generate_series(1, 1000) g")
+	mark := e.switchAndMark()
+	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(mark, 1<<20), 1<<20)
+	pgtest.WaitFor(t, 120*time.Second, "the hub to hold "+last, func() bool {
+		_, err := e.cat.Segment(context.Background(), e.feeder.Server.ID, last)
+		return err == nil
+	})
+
+	e.stopHub()
+	pgtest.Run(t, pgtest.ServerCommand(t, "pg_ctl", "-D", restore.DataDir, "-l", restore.LogFile, "-W", "start"))
+	pgtest.WaitFor(t, 120*time.Second, "PostgreSQL to stop recovery", func() bool {
+		log, _ := os.ReadFile(restore.LogFile)
+		_, err := os.Stat(filepath.Join(restore.DataDir, "postmaster.pid"))
+		return strings.Contains(string(log), "database system is shut down") && os.IsNotExist(err)
+	})
+	log, _ := os.ReadFile(restore.LogFile)
+	if !strings.Contains(string(log), "stopping point-in-time recovery") {
+		t.Errorf("the log does not say why recovery stopped:\n%s", log)
+	}
+	for _, early := range []string{"archive recovery complete", "selected new timeline ID"} {
+		if strings.Contains(string(log), early) {
+			t.Fatalf("recovery ended early while the hub was down (%q in the log)", early)
+		}
+	}
+
+	e.startHub()
+	restore.Start()
+	restore.WaitFor(180*time.Second, "recovery to complete", func() bool {
+		r, err := restore.TryQuery("SELECT pg_is_in_recovery()")
+		return err == nil && r == "f"
+	})
+	if got := restore.Query("SELECT count(*) FROM after_backup"); got != "1000" {
+		t.Errorf("after recovery, after_backup has %s rows, want 1000", got)
+	}
+}

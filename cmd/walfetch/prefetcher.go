@@ -1,0 +1,427 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/walname"
+)
+
+// The prefetcher keeps the segments after the one recovery last asked for
+// downloaded in the spool, continuously: every time walfetch serves a segment
+// it says so through the socket, the window moves, and the free download
+// slots are refilled from what the hub's peek says exists. It never fetches
+// anything the hub has not listed, so it never guesses names, and never a
+// .history or .partial file.
+type prefetcher struct {
+	s        settings
+	sp       *spoolDir
+	systemID string
+	c        *client.Client
+	log      *slog.Logger
+
+	served   chan string   // names walfetch served, from the socket
+	finished chan struct{} // a download ended
+
+	// Owned by the loop goroutine.
+	segSize  uint64
+	current  string // the segment recovery last received
+	tli      walname.TimeLine
+	segno    walname.SegNo
+	lastPoke time.Time
+	lastPeek time.Time
+	// known holds what peeks said the hub has after the current segment, on
+	// its timeline, up to horizon; peekShort says the last peek found fewer
+	// than asked for (the hub's end: ask again only after a pause).
+	known     map[walname.SegNo]api.PeekSegment
+	horizon   walname.SegNo
+	peekShort bool
+	// inflightMu guards inflight and failed, shared with the download workers.
+	inflightMu sync.Mutex
+	inflight   map[string]bool
+	failed     map[string]time.Time // name → not before
+}
+
+type download struct {
+	seg     api.PeekSegment
+	segSize uint64
+}
+
+var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+func runPrefetcher() int {
+	var cfg prefetcherConfig
+	if err := json.Unmarshal([]byte(os.Getenv(prefetcherEnv)), &cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "walfetch: --run-prefetcher is internal: started by walfetch itself (%v)\n", err)
+		return 1
+	}
+	os.Unsetenv(prefetcherEnv)
+	sysid, err := strconv.ParseUint(cfg.SystemID, 10, 64)
+	if err != nil {
+		return 1
+	}
+	sp := &spoolDir{dir: cfg.Dir, root: cfg.Root, systemID: sysid}
+	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+		return 1
+	}
+	lockFile, err := os.OpenFile(sp.path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return 1
+	}
+	if err := syscall.Flock(int(lockFile.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return 0 // another prefetcher serves this spool
+	}
+	logPath := filepath.Join(sp.root, "prefetcher.log")
+	if fi, err := os.Stat(logPath); err == nil && fi.Size() > 1<<20 {
+		os.Remove(logPath)
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 1
+	}
+	defer logFile.Close()
+	log := slog.New(slog.NewTextHandler(logFile, nil)).With("pid", os.Getpid())
+
+	c, err := client.New(client.Options{URL: cfg.Settings.URL, Server: cfg.Settings.Server, Token: cfg.Settings.Token,
+		CAFile: cfg.Settings.CAFile, Timeout: cfg.Settings.Timeout, MaxConns: cfg.Settings.Parallel + 1, UserAgent: "walfetch-prefetcher"})
+	if err != nil {
+		log.Error("cannot make a hub client", "err", err)
+		return 1
+	}
+	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log,
+		served: make(chan string, 64), finished: make(chan struct{}, 64),
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	p.removeOtherSpools()
+	p.removeParts()
+	sock := shortPath(sp.sockPath())
+	os.Remove(sock)
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		log.Error("cannot listen for walfetch", "socket", sock, "err", err)
+		return 1
+	}
+	log.Info("prefetcher started", "spool", sp.dir, "hub", cfg.Settings.URL, "server", cfg.Settings.Server,
+		"prefetch", cfg.Settings.Prefetch, "parallel", cfg.Settings.Parallel)
+	go p.listen(conn)
+	p.served <- cfg.Served
+	p.loop()
+	conn.Close()
+	os.Remove(sock)
+	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit)
+	// Whatever is left will not be asked for soon (recovery ended or stopped):
+	// leave no spool behind.
+	os.RemoveAll(sp.dir)
+	return 0
+}
+
+func (p *prefetcher) listen(conn *net.UnixConn) {
+	buf := make([]byte, 128)
+	for {
+		n, _, err := conn.ReadFromUnix(buf)
+		if err != nil {
+			return
+		}
+		p.served <- string(buf[:n])
+	}
+}
+
+// removeOtherSpools removes spools of other keys (an earlier, unrelated
+// restore, or before a reboot) that no prefetcher holds.
+func (p *prefetcher) removeOtherSpools() {
+	entries, err := os.ReadDir(p.sp.root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		dir := filepath.Join(p.sp.root, e.Name())
+		if !e.IsDir() || !spoolKeyRE.MatchString(e.Name()) || dir == filepath.Clean(p.sp.dir) {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, "prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			p.log.Info("removing a spool left by another restore", "dir", dir)
+			os.RemoveAll(dir)
+		}
+		f.Close()
+	}
+}
+
+// removeParts removes downloads a dead prefetcher left unfinished.
+func (p *prefetcher) removeParts() {
+	entries, _ := os.ReadDir(p.sp.dir)
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".part") {
+			os.Remove(p.sp.path(e.Name()))
+		}
+	}
+}
+
+// window is how many segments ahead of recovery the spool holds.
+func (p *prefetcher) window() int {
+	w := p.s.Prefetch
+	if p.segSize > 0 {
+		w = min(w, int(p.s.SpoolMax<<20/int64(p.segSize)))
+	}
+	return max(w, 1)
+}
+
+func (p *prefetcher) loop() {
+	jobs := make(chan download, 1024)
+	var wg sync.WaitGroup
+	for range p.s.Parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range jobs {
+				p.fetch(d)
+				p.finished <- struct{}{}
+			}
+		}()
+	}
+	defer func() { close(jobs); wg.Wait() }()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case name := <-p.served:
+			p.onServed(name)
+		case <-p.finished:
+		case <-tick.C:
+		}
+		// Catch up with everything that happened meanwhile before deciding:
+		// recovery may have moved several segments while a peek was under way.
+	drain:
+		for {
+			select {
+			case name := <-p.served:
+				p.onServed(name)
+			case <-p.finished:
+			default:
+				break drain
+			}
+		}
+		p.trim()
+		if time.Since(p.lastPoke) > p.s.IdleExit && p.inflightCount() == 0 {
+			return
+		}
+		p.plan(jobs)
+	}
+}
+
+func (p *prefetcher) inflightCount() int {
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	return len(p.inflight)
+}
+
+// onServed moves the window to the segment recovery just received.
+func (p *prefetcher) onServed(name string) {
+	n, err := walname.Parse(name)
+	if err != nil || n.Kind != walname.KindSegment {
+		return
+	}
+	p.lastPoke = time.Now()
+	p.current = name
+	if p.segSize != 0 {
+		p.setCurrent()
+	}
+}
+
+// setCurrent derives the window's position from the current name; a new
+// timeline forgets what was known about the old one.
+func (p *prefetcher) setCurrent() {
+	tli, segno, err := walname.ParseSegment(p.current, p.segSize)
+	if err != nil {
+		return
+	}
+	if tli != p.tli {
+		p.known, p.horizon, p.peekShort = map[walname.SegNo]api.PeekSegment{}, 0, false
+	}
+	p.tli, p.segno = tli, segno
+	for k := range p.known {
+		if k <= segno {
+			delete(p.known, k)
+		}
+	}
+}
+
+// trim removes spool entries recovery no longer needs: at or before the
+// current segment, beyond the window, or of another timeline.
+func (p *prefetcher) trim() {
+	if p.segSize == 0 || p.current == "" {
+		return
+	}
+	entries, err := os.ReadDir(p.sp.dir)
+	if err != nil {
+		return
+	}
+	last := p.segno + walname.SegNo(p.window())
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	for _, e := range entries {
+		name := strings.TrimSuffix(e.Name(), ".part")
+		tli, segno, err := walname.ParseSegment(name, p.segSize)
+		if err != nil || p.inflight[name] {
+			continue
+		}
+		if tli != p.tli || segno <= p.segno || segno > last {
+			os.Remove(p.sp.path(e.Name()))
+		}
+	}
+}
+
+// plan peeks when what is known about the hub does not reach far enough
+// ahead, and queues the downloads the spool lacks, nearest first.
+func (p *prefetcher) plan(jobs chan<- download) {
+	if p.current == "" {
+		return
+	}
+	if p.needPeek() {
+		p.peek()
+	}
+	if p.segSize == 0 {
+		return
+	}
+	last := min(p.horizon, p.segno+walname.SegNo(p.window()))
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	for segno := p.segno + 1; segno <= last; segno++ {
+		seg, ok := p.known[segno]
+		if !ok || p.inflight[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
+			continue
+		}
+		if _, err := os.Stat(p.sp.path(seg.Name)); err == nil {
+			continue
+		}
+		p.inflight[seg.Name] = true
+		jobs <- download{seg: seg, segSize: p.segSize}
+	}
+}
+
+// needPeek decides whether to ask the hub now. Peeks are few: one per quarter
+// window while the hub is ahead, at most one a second while recovery waits at
+// the hub's end (what a standby following a live primary costs).
+func (p *prefetcher) needPeek() bool {
+	if p.segSize == 0 {
+		return time.Since(p.lastPeek) >= time.Second || p.lastPeek.IsZero()
+	}
+	want := p.segno + walname.SegNo(p.window())
+	switch {
+	case p.horizon >= want:
+		return false
+	case p.peekShort:
+		return time.Since(p.lastPeek) >= time.Second
+	case p.horizon > p.segno && want-p.horizon < walname.SegNo(max(1, p.window()/4)):
+		return false
+	}
+	return true
+}
+
+// peek asks the hub what exists from the first segment not known yet to
+// the end of the window.
+func (p *prefetcher) peek() {
+	from, count := p.current, p.window()+1
+	if p.segSize != 0 {
+		start := max(p.horizon, p.segno) + 1
+		from = walname.SegmentName(p.tli, start, p.segSize)
+		count = int(p.segno+walname.SegNo(p.window())-start) + 1
+	}
+	p.lastPeek = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)
+	peek, err := p.c.Peek(ctx, from, count)
+	cancel()
+	if err != nil {
+		p.peekShort = true
+		p.log.Warn("peek failed; retrying", "from", from, "err", err)
+		return
+	}
+	if peek.SystemID != p.systemID {
+		p.log.Error("the hub's server is another database system than this data directory: not prefetching",
+			"hub_system_id", peek.SystemID, "data_directory_system_id", p.systemID)
+		p.lastPoke = time.Time{} // exit
+		return
+	}
+	if p.segSize == 0 {
+		if walname.ValidSegmentSize(peek.SegmentSize) != nil {
+			p.log.Error("the hub reports an invalid segment size", "size", peek.SegmentSize)
+			return
+		}
+		p.segSize = peek.SegmentSize
+		p.setCurrent()
+	}
+	p.peekShort = len(peek.Segments) < count
+	for _, seg := range peek.Segments {
+		tli, segno, err := walname.ParseSegment(seg.Name, p.segSize)
+		if err != nil || tli != p.tli || segno <= p.segno {
+			continue
+		}
+		p.known[segno] = seg
+		p.horizon = max(p.horizon, segno)
+	}
+}
+
+// fetch downloads one segment into the spool: NAME.part, verified against
+// the checksum peek listed and the page header, then renamed to NAME.
+func (p *prefetcher) fetch(d download) {
+	name := d.seg.Name
+	defer func() {
+		p.inflightMu.Lock()
+		delete(p.inflight, name)
+		p.inflightMu.Unlock()
+	}()
+	start := time.Now()
+	part := p.sp.path(name + ".part")
+	err := func() error {
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		hw := &headerWriter{w: f}
+		ctx, cancel := context.WithTimeout(context.Background(), 4*p.s.Timeout)
+		info, err := p.c.FetchWAL(ctx, name, hw)
+		cancel()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		if info.Checksum != d.seg.Checksum || uint64(info.Size) != d.segSize {
+			return fmt.Errorf("%w: %s: got %d bytes with checksum %s, peek listed %s", client.ErrCorrupt, name, info.Size, info.Checksum, d.seg.Checksum)
+		}
+		if err := checkSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.systemID); err != nil {
+			return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
+		}
+		return os.Rename(part, p.sp.path(name))
+	}()
+	if err != nil {
+		os.Remove(part)
+		p.inflightMu.Lock()
+		p.failed[name] = time.Now().Add(2 * time.Second)
+		p.inflightMu.Unlock()
+		level := slog.LevelWarn
+		if errors.Is(err, client.ErrCorrupt) {
+			level = slog.LevelError
+		}
+		p.log.Log(context.Background(), level, "prefetch failed", "segment", name, "err", err)
+		return
+	}
+	p.log.Debug("prefetched", "segment", name, "duration", time.Since(start))
+}

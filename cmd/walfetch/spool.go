@@ -1,0 +1,198 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// The spool holds segments the prefetcher downloaded ahead of recovery:
+//
+//	<spool>/<key>/<SEGMENT>        complete, verified: renamed into %p on request
+//	<spool>/<key>/<SEGMENT>.part   being downloaded (only the prefetcher writes these)
+//	<spool>/<key>/prefetcher.lock  held by the one running prefetcher
+//	<spool>/<key>/prefetcher.sock  where walfetch tells it which segment was served
+//	<spool>/<key>/prefetcher.log   its log
+//
+// The key is a hash of the hub URL, the server name, the data directory's
+// system identifier (from global/pg_control) and the kernel's boot id: a spool
+// left by an unrelated restore, or by the same one before a crash of the
+// machine (whose unsynced files may be torn), has another key, is never read,
+// and is removed by the next prefetcher. That is why spool files need no fsync.
+
+// spoolDir is one spool, identified.
+type spoolDir struct {
+	dir      string // <spool>/<key>
+	root     string // <spool>
+	systemID uint64 // from global/pg_control
+}
+
+// openSpool finds the spool for these settings in the data directory (the
+// working directory). It returns nil when there is no spool: prefetch off, or
+// no pg_control to identify the cluster by.
+func openSpool(s settings) *spoolDir {
+	if s.Prefetch == 0 || s.Spool == "" {
+		return nil
+	}
+	sysid, err := controlSystemID("global/pg_control")
+	if err != nil {
+		return nil
+	}
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%d\n%s", s.URL, s.Server, sysid, boot)
+	key := hex.EncodeToString(h.Sum(nil))[:16]
+	return &spoolDir{dir: filepath.Join(s.Spool, key), root: s.Spool, systemID: sysid}
+}
+
+// controlSystemID reads the database system identifier, the first field of
+// pg_control (native byte order, as PostgreSQL writes it).
+func controlSystemID(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var b [8]byte
+	if _, err := f.ReadAt(b[:], 0); err != nil {
+		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	return binary.NativeEndian.Uint64(b[:]), nil
+}
+
+func (sp *spoolDir) path(name string) string { return filepath.Join(sp.dir, name) }
+func (sp *spoolDir) sockPath() string        { return filepath.Join(sp.dir, "prefetcher.sock") }
+
+// take moves a prefetched segment into dst. It reports false when the spool
+// does not hold it. The rename is atomic: dst is either absent or complete.
+func (sp *spoolDir) take(name, dst string) (bool, error) {
+	err := os.Rename(sp.path(name), dst)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) && errors.Is(le.Err, syscall.EXDEV) {
+		return false, fmt.Errorf("spool %s is not on the file system of %s: set --spool to a directory there (default pg_wal/walfetch-spool)", sp.root, filepath.Dir(dst))
+	}
+	return false, err
+}
+
+// waitInProgress waits while the prefetcher is downloading name, and reports
+// whether the finished segment appeared. It gives up when the download stops
+// growing for stall, or after max; the caller then fetches it itself.
+func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
+	part := sp.path(name + ".part")
+	fi, err := os.Stat(part)
+	if err != nil {
+		return false
+	}
+	lastSize, lastChange, start := fi.Size(), time.Now(), time.Now()
+	for sleep := 200 * time.Microsecond; time.Since(start) < max; sleep = min(sleep*2, 5*time.Millisecond) {
+		time.Sleep(sleep)
+		if _, err := os.Stat(sp.path(name)); err == nil {
+			return true
+		}
+		fi, err := os.Stat(part)
+		if err != nil {
+			// Finished between the two stats, or abandoned.
+			_, err := os.Stat(sp.path(name))
+			return err == nil
+		}
+		if fi.Size() != lastSize {
+			lastSize, lastChange = fi.Size(), time.Now()
+		} else if time.Since(lastChange) > stall {
+			return false
+		}
+	}
+	return false
+}
+
+// poke tells the running prefetcher that name was served; when none runs, it
+// starts one. It never fails the caller: prefetching is an optimisation.
+func (sp *spoolDir) poke(s settings, name string, stderr *os.File) {
+	// One datagram, without the net package's machinery: this is on the path
+	// of every restore_command call.
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err == nil {
+		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: shortPath(sp.sockPath())})
+		syscall.Close(fd)
+	}
+	if err == nil || errors.Is(err, syscall.EAGAIN) {
+		return // delivered, or the prefetcher is alive and busy
+	}
+	if err := sp.startPrefetcher(s, name); err != nil {
+		fmt.Fprintf(stderr, "walfetch: prefetching disabled for this call: %v\n", err)
+	}
+}
+
+// shortPath returns p relative to the working directory when that is shorter:
+// a unix socket path must fit in 108 bytes.
+func shortPath(p string) string {
+	if !filepath.IsAbs(p) {
+		return p
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, p); err == nil && len(rel) < len(p) {
+			return rel
+		}
+	}
+	return p
+}
+
+// prefetcherEnv carries the settings to the prefetcher process (through the
+// environment, so the token does not show in ps).
+const prefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
+
+// startPrefetcher starts a detached prefetcher (its own session, so
+// PostgreSQL neither waits for it nor signals it with the restore_command).
+func (sp *spoolDir) startPrefetcher(s settings, served string) error {
+	if len(shortPath(sp.sockPath())) > 100 {
+		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.dir)
+	}
+	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+		return fmt.Errorf("create spool: %w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg, err := json.Marshal(prefetcherConfig{Settings: s, Dir: sp.dir, Root: sp.root, SystemID: strconv.FormatUint(sp.systemID, 10), Served: served})
+	if err != nil {
+		return err
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	cmd := exec.Command(exe, "--run-prefetcher")
+	cmd.Env = append(os.Environ(), prefetcherEnv+"="+string(cfg))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start prefetcher: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// prefetcherConfig is what a prefetcher is started with.
+type prefetcherConfig struct {
+	Settings settings `json:"settings"`
+	Dir      string   `json:"dir"`
+	Root     string   `json:"root"`
+	SystemID string   `json:"system_id"`
+	Served   string   `json:"served"`
+}

@@ -1,0 +1,439 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/hub"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/walfeed"
+	"github.com/walhub/walhub/walname"
+)
+
+// walfetchBin is the walfetch binary built once for the tests that run it as
+// PostgreSQL does: a process, in the data directory, judged by its exit status.
+var walfetchBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "walfetch-bin-")
+	if err != nil {
+		panic(err)
+	}
+	os.Chmod(dir, 0o755)
+	walfetchBin = filepath.Join(dir, "walfetch")
+	out, err := exec.Command("go", "build", "-o", walfetchBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build walfetch: %v\n%s", err, out)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	testSegSize  = 1 << 20
+	testSystemID = 7300000000000000042
+	testToken    = "t0ken"
+)
+
+// fakeSegment makes a segment with a valid long page header, so walfetch's
+// header check passes, and recognisable content.
+func fakeSegment(tli walname.TimeLine, segno walname.SegNo) []byte {
+	b := make([]byte, testSegSize)
+	r := rand.New(rand.NewPCG(uint64(segno), uint64(tli)))
+	for i := 40; i < len(b); i += 4096 {
+		for j := i; j < i+256 && j < len(b); j++ {
+			b[j] = byte(r.Uint32())
+		}
+	}
+	binary.NativeEndian.PutUint16(b[0:], 0xD110)
+	binary.NativeEndian.PutUint16(b[2:], 0x0002)
+	binary.NativeEndian.PutUint32(b[4:], uint32(tli))
+	binary.NativeEndian.PutUint64(b[8:], uint64(walname.SegmentStart(segno, testSegSize)))
+	binary.NativeEndian.PutUint64(b[24:], testSystemID)
+	binary.NativeEndian.PutUint32(b[32:], testSegSize)
+	binary.NativeEndian.PutUint32(b[36:], 8192)
+	return b
+}
+
+// testHub is a hub over a repository of fake segments, counting requests per path.
+type testHub struct {
+	url    string
+	repo   storage.Local
+	feeder *walfeed.Feeder
+	segs   map[string][]byte
+	mu     sync.Mutex
+	gets   map[string]int
+	delay  time.Duration
+}
+
+func newTestHub(t *testing.T, count int) *testHub {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nread_tokens = [%q]\n", dir, testToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Open(ctx, filepath.Join(dir, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	h := &testHub{repo: storage.Local{Root: dir}, segs: map[string][]byte{}, gets: map[string]int{}}
+	if h.feeder, err = walfeed.New(ctx, h.repo, cat, "main", fmt.Sprint(uint64(testSystemID)), testSegSize, "zstd"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= count; i++ {
+		h.add(t, 1, walname.SegNo(i))
+	}
+	srv, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: h.repo, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.gets[r.URL.Path]++
+		delay := h.delay
+		h.mu.Unlock()
+		time.Sleep(delay)
+		srv.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	h.url = hs.URL
+	return h
+}
+
+func (h *testHub) add(t *testing.T, tli walname.TimeLine, segno walname.SegNo) string {
+	t.Helper()
+	name := walname.SegmentName(tli, segno, testSegSize)
+	h.segs[name] = fakeSegment(tli, segno)
+	if err := h.feeder.StoreSegment(context.Background(), name, h.segs[name]); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func (h *testHub) fetches(name string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gets["/v1/servers/main/wal/"+name]
+}
+
+// dataDir makes a directory shaped like a data directory in recovery: pg_wal,
+// global/pg_control (only its system identifier matters here) and the signal file.
+func dataDir(t *testing.T, signal string, withControl bool) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "pg_wal"), 0o700)
+	os.MkdirAll(filepath.Join(dir, "global"), 0o700)
+	if withControl {
+		var b [8192]byte
+		binary.NativeEndian.PutUint64(b[:], testSystemID)
+		if err := os.WriteFile(filepath.Join(dir, "global", "pg_control"), b[:], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if signal != "" {
+		os.WriteFile(filepath.Join(dir, signal), nil, 0o600)
+	}
+	return dir
+}
+
+// runWalfetch runs walfetch as PostgreSQL would and returns its exit status and stderr.
+func runWalfetch(t *testing.T, dir string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(walfetchBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "WALFETCH_IDLE_EXIT=3s")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, stderr.String()
+	case errors.As(err, &ee) && ee.Exited():
+		return ee.ExitCode(), stderr.String()
+	}
+	t.Fatalf("walfetch did not exit normally: %v\n%s", err, stderr.String())
+	return -1, ""
+}
+
+func hubArgs(h *testHub, extra ...string) []string {
+	return append([]string{"--url", h.url, "--server", "main", "--token", testToken}, extra...)
+}
+
+// leftovers lists files in pg_wal other than want (temporary files must not stay).
+func leftovers(t *testing.T, dir string, want ...string) []string {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(dir, "pg_wal"))
+	var out []string
+	for _, e := range entries {
+		if e.Name() == "walfetch-spool" || strings.Contains(strings.Join(want, "/"), e.Name()) {
+			continue
+		}
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestServesVerifiedSegmentAndHistory(t *testing.T) {
+	h := newTestHub(t, 3)
+	if err := h.feeder.StoreHistory(context.Background(), 2, []byte("1\t0/300000\tbefore 3\n")); err != nil {
+		t.Fatal(err)
+	}
+	dir := dataDir(t, "standby.signal", false)
+	name := walname.SegmentName(1, 2, testSegSize)
+	code, stderr := runWalfetch(t, dir, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+	if !bytes.Equal(got, h.segs[name]) {
+		t.Fatal("RECOVERYXLOG differs from the stored segment")
+	}
+	code, stderr = runWalfetch(t, dir, hubArgs(h, "00000002.history", "pg_wal/RECOVERYHISTORY")...)
+	got, _ = os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYHISTORY"))
+	if code != 0 || string(got) != "1\t0/300000\tbefore 3\n" {
+		t.Fatalf("history: exit %d %q: %s", code, got, stderr)
+	}
+	if l := leftovers(t, dir, "RECOVERYXLOG", "RECOVERYHISTORY"); len(l) > 0 {
+		t.Errorf("left in pg_wal: %v", l)
+	}
+}
+
+func TestExitStatusByModeAndFailure(t *testing.T) {
+	h := newTestHub(t, 2)
+	missing := walname.SegmentName(1, 9, testSegSize)
+	present := walname.SegmentName(1, 1, testSegSize)
+	tests := []struct {
+		name   string
+		signal string
+		args   []string
+		want   int
+		stderr string
+	}{
+		{"not in the hub, standby", "standby.signal", hubArgs(h, missing, "pg_wal/RECOVERYXLOG"), 1, ""},
+		{"not in the hub, point-in-time recovery", "recovery.signal", hubArgs(h, missing, "pg_wal/RECOVERYXLOG"), 1, ""},
+		{"next history probe", "recovery.signal", hubArgs(h, "00000002.history", "pg_wal/RECOVERYHISTORY"), 1, ""},
+		{"unreachable, standby", "standby.signal",
+			[]string{"--url", "http://127.0.0.1:1", "--server", "main", present, "pg_wal/RECOVERYXLOG"}, 1, "not restored"},
+		{"unreachable, both signal files: a standby", "",
+			[]string{"--url", "http://127.0.0.1:1", "--server", "main", present, "pg_wal/RECOVERYXLOG"}, 1, "not restored"},
+		{"unreachable, point-in-time recovery", "recovery.signal",
+			[]string{"--url", "http://127.0.0.1:1", "--server", "main", "--pitr-retry", "2s", present, "pg_wal/RECOVERYXLOG"}, 255, "stopping point-in-time recovery"},
+		{"wrong token, standby", "standby.signal",
+			[]string{"--url", h.url, "--server", "main", "--token", "nope", present, "pg_wal/RECOVERYXLOG"}, 1, "401"},
+		{"wrong token, point-in-time recovery", "recovery.signal",
+			[]string{"--url", h.url, "--server", "main", "--token", "nope", present, "pg_wal/RECOVERYXLOG"}, 255, "stopping point-in-time recovery"},
+		{"unknown server, point-in-time recovery", "recovery.signal",
+			[]string{"--url", h.url, "--server", "other", "--token", testToken, present, "pg_wal/RECOVERYXLOG"}, 255, "unknown"},
+		{"no settings, standby", "standby.signal", []string{present, "pg_wal/RECOVERYXLOG"}, 1, "required"},
+		{"not a WAL name, standby", "standby.signal", hubArgs(h, "../../etc/passwd", "pg_wal/RECOVERYXLOG"), 1, "not a WAL file name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := dataDir(t, tt.signal, false)
+			if tt.signal == "" {
+				os.WriteFile(filepath.Join(dir, "standby.signal"), nil, 0o600)
+				os.WriteFile(filepath.Join(dir, "recovery.signal"), nil, 0o600)
+			}
+			code, stderr := runWalfetch(t, dir, tt.args...)
+			if code != tt.want || !strings.Contains(stderr, tt.stderr) {
+				t.Errorf("exit %d (want %d), stderr %q (want it to contain %q)", code, tt.want, stderr, tt.stderr)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
+				t.Error("RECOVERYXLOG exists after a failure")
+			}
+			if l := leftovers(t, dir); len(l) > 0 {
+				t.Errorf("left in pg_wal: %v", l)
+			}
+		})
+	}
+}
+
+func TestCorruptStoredSegmentNeverReachesPostgreSQL(t *testing.T) {
+	h := newTestHub(t, 3)
+	name := walname.SegmentName(1, 2, testSegSize)
+	path, _ := h.repo.Path(storage.SegmentPath("main", name, "zstd"))
+	stored, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored[len(stored)/2] ^= 0x55
+	if err := os.WriteFile(path, stored, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, signal := range []string{"standby.signal", "recovery.signal"} {
+		dir := dataDir(t, signal, true)
+		code, stderr := runWalfetch(t, dir, hubArgs(h, "--pitr-retry", "1s", name, "pg_wal/RECOVERYXLOG")...)
+		want := map[string]int{"standby.signal": 1, "recovery.signal": 255}[signal]
+		if code != want || !strings.Contains(stderr, "verification") {
+			t.Errorf("%s: exit %d (want %d): %s", signal, code, want, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
+			t.Errorf("%s: a corrupt segment was handed over", signal)
+		}
+		if l := leftovers(t, dir); len(l) > 0 {
+			t.Errorf("%s: left in pg_wal: %v", signal, l)
+		}
+	}
+}
+
+func TestSegmentOfAnotherClusterRefused(t *testing.T) {
+	h := newTestHub(t, 2)
+	dir := dataDir(t, "standby.signal", false)
+	var b [8]byte
+	binary.NativeEndian.PutUint64(b[:], 12345)
+	os.WriteFile(filepath.Join(dir, "global", "pg_control"), b[:], 0o600)
+	code, stderr := runWalfetch(t, dir, hubArgs(h, "--prefetch", "0", walname.SegmentName(1, 1, testSegSize), "pg_wal/RECOVERYXLOG")...)
+	if code != 1 || !strings.Contains(stderr, "database system") {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
+		t.Error("WAL of another cluster was handed over")
+	}
+}
+
+func TestSignalRemovesTemporaryFileAndExitsOne(t *testing.T) {
+	h := newTestHub(t, 2)
+	h.delay = 3 * time.Second
+	dir := dataDir(t, "standby.signal", false)
+	cmd := exec.Command(walfetchBin, hubArgs(h, walname.SegmentName(1, 1, testSegSize), "pg_wal/RECOVERYXLOG")...)
+	cmd.Dir = dir
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the temporary file exists: walfetch is mid-request.
+	deadline := time.Now().Add(20 * time.Second)
+	for len(leftovers(t, dir)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(leftovers(t, dir)) == 0 {
+		t.Fatal("walfetch never created its temporary file")
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !ee.Exited() || ee.ExitCode() != 1 {
+		t.Fatalf("after SIGTERM: %v (want a normal exit with status 1)", err)
+	}
+	if l := leftovers(t, dir); len(l) > 0 {
+		t.Errorf("left in pg_wal after SIGTERM: %v", l)
+	}
+}
+
+func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
+	h := newTestHub(t, 12)
+	dir := dataDir(t, "standby.signal", true)
+	args := func(segno walname.SegNo) []string {
+		return hubArgs(h, "--prefetch", "6", "--parallel", "3", walname.SegmentName(1, segno, testSegSize), "pg_wal/RECOVERYXLOG")
+	}
+	if code, stderr := runWalfetch(t, dir, args(1)...); code != 0 {
+		t.Fatalf("first segment: exit %d: %s", code, stderr)
+	}
+	// The prefetcher fills the spool with the next 6.
+	spooled := func() []string {
+		keys, _ := filepath.Glob(filepath.Join(dir, "pg_wal", "walfetch-spool", "*", "0*"))
+		return keys
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(spooled()) < 6 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := spooled(); len(got) != 6 {
+		log, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "walfetch-spool", "prefetcher.log"))
+		t.Fatalf("spool holds %d segments, want 6: %v\nprefetcher log:\n%s", len(got), got, log)
+	}
+	for segno := walname.SegNo(2); segno <= 12; segno++ {
+		name := walname.SegmentName(1, segno, testSegSize)
+		if code, stderr := runWalfetch(t, dir, args(segno)...); code != 0 {
+			t.Fatalf("%s: exit %d: %s", name, code, stderr)
+		}
+		got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+		if !bytes.Equal(got, h.segs[name]) {
+			t.Fatalf("%s: served bytes differ", name)
+		}
+		if n := h.fetches(name); n != 1 {
+			t.Errorf("%s fetched %d times from the hub, want once (by the prefetcher)", name, n)
+		}
+	}
+	// Never more than the window, and nothing behind recovery.
+	for _, p := range spooled() {
+		t.Errorf("spool still holds %s after recovery passed it", filepath.Base(p))
+	}
+	// A .history file is never prefetched.
+	for path, n := range h.gets {
+		if strings.HasSuffix(path, ".history") {
+			t.Errorf("%s fetched %d times", path, n)
+		}
+	}
+}
+
+func TestCheckSegmentHeader(t *testing.T) {
+	good := fakeSegment(1, 5)[:40]
+	if err := checkSegmentHeader(good, walname.SegmentName(1, 5, testSegSize), testSegSize, testSystemID); err != nil {
+		t.Fatalf("valid header refused: %v", err)
+	}
+	tests := []struct {
+		name    string
+		segName string
+		sysid   uint64
+		mutate  func(b []byte)
+		want    string
+	}{
+		{"recycled segment under another name", walname.SegmentName(1, 6, testSegSize), testSystemID, nil, "stale"},
+		{"another cluster", walname.SegmentName(1, 5, testSegSize), 99, nil, "database system"},
+		{"not a long header", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { b[2] = 0 }, "long page header"},
+		{"wrong size", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { binary.NativeEndian.PutUint32(b[32:], 16<<20) }, "bytes long"},
+		{"future timeline", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { binary.NativeEndian.PutUint32(b[4:], 3) }, "timeline"},
+	}
+	for _, tt := range tests {
+		b := append([]byte(nil), good...)
+		if tt.mutate != nil {
+			tt.mutate(b)
+		}
+		err := checkSegmentHeader(b, tt.segName, testSegSize, tt.sysid)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want an error about %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestSettingsPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "walfetch.toml")
+	os.WriteFile(cfgPath, []byte("url = \"http://file:1\"\nserver = \"fromfile\"\nprefetch = 3\npitr_retry = \"7m\"\n"), 0o600)
+	t.Setenv("WALFETCH_SERVER", "fromenv")
+	t.Setenv("WALFETCH_PARALLEL", "9")
+	s, pos, err := loadSettings([]string{"--config", cfgPath, "--parallel", "2", "a", "b"}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.URL != "http://file:1" || s.Server != "fromenv" || s.Prefetch != 3 || s.Parallel != 2 || s.PITRRetry != 7*time.Minute || len(pos) != 2 {
+		t.Errorf("settings %+v %v", s, pos)
+	}
+	os.WriteFile(cfgPath, []byte("url = \"http://file:1\"\nsevrer = \"typo\"\n"), 0o600)
+	if _, _, err := loadSettings([]string{"--config", cfgPath, "a", "b"}, os.Stderr); err == nil || !strings.Contains(err.Error(), "sevrer") {
+		t.Errorf("unknown key: %v", err)
+	}
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/catalog"
+)
+
+// verifyResult is what `walhub verify` reports for one backup.
+type verifyResult struct {
+	Server  string  `json:"server"`
+	ID      string  `json:"id"`
+	OK      bool    `json:"ok"`
+	Files   int     `json:"files_checked"`
+	Bytes   int64   `json:"bytes_checked"`
+	Seconds float64 `json:"duration_seconds"`
+	// Problems lists every mismatch; Error is set when verification could not run to the end.
+	Problems []string `json:"problems,omitempty"`
+	Error    string   `json:"error,omitempty"`
+}
+
+func (a *app) verifyCommand() *cobra.Command {
+	var server, backup string
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Check stored backups against their manifests",
+		Long: `Reads the stored archives of a backup, decompresses them, and checks every file
+against the backup_manifest the server sent (size and checksum), and that no file of the
+manifest is missing. Exits 1 when any backup fails the check, listing every problem.
+--backup takes an id, "latest" (the newest done backup of each server; the default) or "all".`,
+		Example: `  walhub verify --server main
+  walhub verify --server main --backup 20261121T104500Z
+  walhub verify --backup all --output=json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := a.config()
+			if err != nil {
+				return err
+			}
+			servers, err := cfg.Select(server)
+			if err != nil {
+				return err
+			}
+			repo, err := a.repository()
+			if err != nil {
+				return err
+			}
+			cat, err := a.catalog(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer cat.Close()
+			type pick struct {
+				server string
+				b      catalog.Backup
+			}
+			var picks []pick
+			for _, s := range servers {
+				backups, err := serverBackups(cmd.Context(), s, repo, cat)
+				if err != nil {
+					return err
+				}
+				var latest *catalog.Backup
+				for i, b := range backups {
+					switch {
+					case backup == "all" && b.State == catalog.StateDone:
+						picks = append(picks, pick{s.Name, b})
+					case backup == "latest" && b.State == catalog.StateDone:
+						latest = &backups[i]
+					case backup == b.ID:
+						if b.State != catalog.StateDone {
+							return fmt.Errorf("backup %s of %s is %s: it has no files to verify", b.ID, s.Name, b.State)
+						}
+						picks = append(picks, pick{s.Name, b})
+					}
+				}
+				if latest != nil {
+					picks = append(picks, pick{s.Name, *latest})
+				}
+			}
+			if len(picks) == 0 {
+				if backup == "latest" || backup == "all" {
+					return fmt.Errorf("no done backup to verify for %s", server)
+				}
+				return fmt.Errorf("no backup %s for %s", backup, server)
+			}
+			results := []verifyResult{}
+			failed := 0
+			for _, p := range picks {
+				started := time.Now()
+				checked, err := basebackup.Verify(cmd.Context(), basebackup.StoreOpener(repo, p.b), p.b)
+				r := verifyResult{Server: p.server, ID: p.b.ID, OK: err == nil, Files: checked.Files, Bytes: checked.Bytes,
+					Seconds: time.Since(started).Round(time.Millisecond).Seconds()}
+				var ve *basebackup.VerifyError
+				if errors.As(err, &ve) {
+					r.Problems = ve.Problems
+				} else if err != nil {
+					r.Error = err.Error()
+				}
+				if err != nil {
+					failed++
+					a.log.Error("backup failed verification", "server", p.server, "backup", p.b.ID, "err", err)
+				}
+				results = append(results, r)
+			}
+			if err := a.render(cmd.OutOrStdout(), results, func(w io.Writer) error { return printVerify(w, results) }); err != nil {
+				return err
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d backups failed verification", failed, len(results))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&server, "server", "s", "all", "server name, or all")
+	cmd.Flags().StringVarP(&backup, "backup", "b", "latest", "backup id, latest or all")
+	a.addOutputFlag(cmd)
+	return cmd
+}
+
+func printVerify(w io.Writer, results []verifyResult) error {
+	for _, r := range results {
+		if r.OK {
+			fmt.Fprintf(w, "%s %s: OK, %d files, %s checked in %.1fs\n", r.Server, r.ID, r.Files, humanBytes(r.Bytes), r.Seconds)
+			continue
+		}
+		fmt.Fprintf(w, "%s %s: FAILED", r.Server, r.ID)
+		if r.Error != "" {
+			fmt.Fprintf(w, ": %s", r.Error)
+		}
+		fmt.Fprintln(w)
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
+	return nil
+}

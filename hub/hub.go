@@ -1,0 +1,262 @@
+// Package hub is walhub's HTTP server: it serves the WAL segments, timeline
+// history files and backups of the repository to standbys (walfetch) and to
+// restores on other hosts, a per-server status, Prometheus metrics and a health
+// check. All of walhub's HTTP lives here; the wire format is in hub/api and the
+// Go client in hub/client.
+//
+// Every name that arrives in a URL is checked against the WAL name grammar
+// (or the backup id grammar) before anything touches the file system; files
+// are then found through the catalog, never by joining a path from the URL.
+package hub
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/storage"
+)
+
+// Options are what the hub serves from.
+type Options struct {
+	// Config supplies the hub section: listen address, TLS, tokens, max_peek.
+	Config  *config.Config
+	Catalog *catalog.Catalog
+	Repo    storage.Local
+	// Registry is served at /metrics; the hub registers its HTTP metrics in it.
+	// Nil makes a private registry.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+	// Status answers GET /v1/servers/{server}/status. Nil makes that route
+	// answer 503 (status not available).
+	Status func(ctx context.Context, server string) (any, error)
+}
+
+// Server is the hub's HTTP server.
+type Server struct {
+	o       Options
+	echo    *echo.Echo
+	metrics *metrics
+}
+
+// New builds the hub's routes. It does not listen: call Run, or use Handler.
+func New(o Options) (*Server, error) {
+	if o.Config == nil || o.Catalog == nil || o.Repo.Root == "" {
+		return nil, errors.New("hub: Config, Catalog and Repo are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(o.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("hub: register metrics: %w", err)
+	}
+	s := &Server{o: o, echo: echo.New(), metrics: m}
+	s.echo.HideBanner = true
+	s.echo.HidePort = true
+	s.echo.HTTPErrorHandler = s.handleError
+	s.echo.Use(s.observe)
+	s.routes()
+	if len(o.Config.Hub.ReadTokens) == 0 && len(o.Config.Hub.AdminTokens) == 0 {
+		o.Log.Warn("hub: no read_tokens or admin_tokens configured: anyone who can reach the hub may read WAL and backups; admin routes are refused")
+	}
+	return s, nil
+}
+
+// routes declares every route. Read routes need a read (or admin) token,
+// admin routes an admin token.
+func (s *Server) routes() {
+	s.echo.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	s.echo.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.o.Registry, promhttp.HandlerOpts{})))
+
+	s.read(http.MethodGet, "/servers/:server/wal/:name", s.getWAL)
+	s.read(http.MethodHead, "/servers/:server/wal/:name", s.getWAL)
+	s.read(http.MethodGet, "/servers/:server/wal/:name/peek", s.peek)
+	s.read(http.MethodGet, "/servers/:server/backups", s.listBackups)
+	s.read(http.MethodGet, "/servers/:server/backups/:id", s.getBackup)
+	s.read(http.MethodGet, "/servers/:server/backups/:id/files/:file", s.getBackupFile)
+	s.read(http.MethodGet, "/servers/:server/status", s.status)
+}
+
+// read adds a versioned route that needs a read or an admin token.
+func (s *Server) read(method, path string, h echo.HandlerFunc) {
+	s.echo.Add(method, api.Version+path, h, s.requireToken(false))
+}
+
+// admin adds a versioned route that needs an admin token: a route that changes state.
+func (s *Server) admin(method, path string, h echo.HandlerFunc) {
+	s.echo.Add(method, api.Version+path, h, s.requireToken(true))
+}
+
+// Handler returns the hub as an http.Handler (for tests with httptest).
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Run listens on the configured address (TLS when a certificate is configured)
+// until ctx is cancelled, then shuts down gracefully, letting requests in
+// flight finish for up to 10 seconds.
+func (s *Server) Run(ctx context.Context) error {
+	hc := s.o.Config.Hub
+	srv := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.o.Log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", hc.Listen)
+	if err != nil {
+		return fmt.Errorf("hub: listen on %s: %w", hc.Listen, err)
+	}
+	s.o.Log.Info("hub listening", "address", ln.Addr().String(), "tls", hc.TLSCert != "")
+	done := make(chan error, 1)
+	go func() {
+		if hc.TLSCert != "" {
+			done <- srv.ServeTLS(ln, hc.TLSCert, hc.TLSKey)
+		} else {
+			done <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-done:
+		return fmt.Errorf("hub: serve on %s: %w", hc.Listen, err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+		return fmt.Errorf("hub: shut down: %w", err)
+	}
+	<-done
+	return nil
+}
+
+// apiError is an error with its HTTP status and API code.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, code, format string, args ...any) error {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// handleError writes every error as a JSON api.ErrorBody.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		// The body was under way: the client sees a short body and must not trust it.
+		s.o.Log.Error("hub: failed while sending a response", "path", c.Request().URL.Path, "err", err)
+		return
+	}
+	status, body := http.StatusInternalServerError, api.ErrorBody{Code: api.CodeInternal, Error: "internal error; see the hub's log"}
+	var ae *apiError
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+		status, body = ae.status, api.ErrorBody{Code: ae.code, Error: ae.msg}
+	case errors.As(err, &he):
+		status = he.Code
+		body.Error = fmt.Sprint(he.Message)
+		switch he.Code {
+		case http.StatusNotFound:
+			body.Code = api.CodeNotFound
+			body.Error = "no such route: " + c.Request().URL.Path
+		case http.StatusUnauthorized:
+			body.Code = api.CodeUnauthorized
+		default:
+			body.Code = api.CodeBadRequest
+		}
+	}
+	if status >= 500 {
+		s.o.Log.Error("hub: request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
+	}
+	if c.Request().Method == http.MethodHead {
+		err = c.NoContent(status)
+	} else {
+		err = c.JSON(status, body)
+	}
+	if err != nil {
+		s.o.Log.Debug("hub: write error response", "err", err)
+	}
+}
+
+// requireToken checks the bearer token: any read or admin token for read
+// routes, an admin token for admin routes. A hub with no token configured at
+// all serves read routes to anyone and refuses every admin route.
+func (s *Server) requireToken(admin bool) echo.MiddlewareFunc {
+	hc := s.o.Config.Hub
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			token, _ := strings.CutPrefix(c.Request().Header.Get(echo.HeaderAuthorization), "Bearer ")
+			switch {
+			case admin && len(hc.AdminTokens) == 0:
+				return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "this hub has no admin_tokens configured: admin routes are disabled")
+			case admin && !tokenIn(token, hc.AdminTokens):
+				return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "an admin token is required (Authorization: Bearer <token>)")
+			case !admin && (len(hc.ReadTokens) > 0 || len(hc.AdminTokens) > 0) &&
+				!tokenIn(token, hc.ReadTokens) && !tokenIn(token, hc.AdminTokens):
+				return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "a valid read token is required (Authorization: Bearer <token>)")
+			}
+			return next(c)
+		}
+	}
+}
+
+func tokenIn(token string, tokens []string) bool {
+	if token == "" {
+		return false
+	}
+	found := 0
+	for _, t := range tokens {
+		found |= subtle.ConstantTimeCompare([]byte(token), []byte(t))
+	}
+	return found == 1
+}
+
+var serverNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// lookupServer resolves the :server parameter to a catalog server.
+func (s *Server) lookupServer(c echo.Context) (catalog.Server, error) {
+	name := c.Param("server")
+	if !serverNameRE.MatchString(name) {
+		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %.80q", name)
+	}
+	srv, err := s.o.Catalog.ServerByName(c.Request().Context(), name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %q: the hub holds nothing from it", name)
+	}
+	if err != nil {
+		return catalog.Server{}, err
+	}
+	return srv, nil
+}
+
+// param returns a path parameter, unescaped (echo leaves escapes in place
+// when the request path had any).
+func param(c echo.Context, name string) (string, error) {
+	v, err := url.PathUnescape(c.Param(name))
+	if err != nil {
+		return "", errorf(http.StatusBadRequest, api.CodeBadRequest, "bad escape in %.80q", c.Param(name))
+	}
+	return v, nil
+}

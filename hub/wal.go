@@ -1,0 +1,271 @@
+package hub
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/labstack/echo/v4"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// walName parses the :name parameter against the WAL name grammar. Nothing
+// reaches the file system before this succeeds.
+func walName(c echo.Context, srv catalog.Server) (walname.Name, error) {
+	raw, err := param(c, "name")
+	if err != nil {
+		return walname.Name{}, err
+	}
+	n, err := walname.Parse(raw)
+	if err != nil {
+		return walname.Name{}, errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+	}
+	if n.Kind != walname.KindHistory && srv.SegmentSize != 0 {
+		if _, err := n.SegNo(srv.SegmentSize); err != nil {
+			return walname.Name{}, errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+		}
+	}
+	return n, nil
+}
+
+// getWAL serves a segment, a .history file or, when explicitly asked for (the
+// .partial name, or ?partial=1 on a segment name), the segment being received.
+func (s *Server) getWAL(c echo.Context) error {
+	srv, err := s.lookupServer(c)
+	if err != nil {
+		return err
+	}
+	n, err := walName(c, srv)
+	if err != nil {
+		return err
+	}
+	switch n.Kind {
+	case walname.KindSegment:
+		if c.QueryParam("partial") == "1" {
+			n.Kind = walname.KindPartial
+			return s.servePartial(c, srv, n)
+		}
+		return s.serveSegment(c, srv, n.String())
+	case walname.KindPartial:
+		return s.servePartial(c, srv, n)
+	case walname.KindHistory:
+		return s.serveHistory(c, srv, n.TimeLine)
+	}
+	return errorf(http.StatusNotFound, api.CodeNotFound, "the hub does not keep %s files (%s)", n.Kind, n)
+}
+
+func (s *Server) setIdentity(c echo.Context, srv catalog.Server) {
+	h := c.Response().Header()
+	h.Set(api.HeaderSystemID, srv.SystemID)
+	h.Set(api.HeaderSegmentSize, strconv.FormatUint(srv.SegmentSize, 10))
+}
+
+// serveSegment sends a stored segment: as stored when the client accepts its
+// encoding, else decompressed on the fly.
+func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) error {
+	seg, err := s.o.Catalog.Segment(c.Request().Context(), srv.ID, name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return errorf(http.StatusNotFound, api.CodeNotFound, "segment %s of server %s is not in the hub", name, srv.Name)
+	}
+	if err != nil {
+		return err
+	}
+	f, err := s.o.Repo.Open(seg.StoredPath)
+	if err != nil {
+		return fmt.Errorf("segment %s is in the catalog but its file cannot be opened: %w", name, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat segment %s: %w", name, err)
+	}
+	h := c.Response().Header()
+	s.setIdentity(c, srv)
+	h.Set(api.HeaderChecksum, seg.Checksum)
+	h.Set(api.HeaderSize, strconv.FormatInt(seg.Size, 10))
+	h.Set(echo.HeaderContentType, echo.MIMEOctetStream)
+	h.Set("Vary", "Accept-Encoding")
+	var body io.Reader = f
+	switch {
+	case seg.Compression == "none":
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+	case seg.Compression == "zstd" && acceptsZstd(c.Request()):
+		h.Set("Content-Encoding", "zstd")
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+	case seg.Compression == "zstd":
+		dec := getDecoder()
+		defer putDecoder(dec)
+		if err := dec.Reset(f); err != nil {
+			return fmt.Errorf("decompress segment %s: %w", name, err)
+		}
+		body = dec
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(seg.Size, 10))
+	default:
+		return fmt.Errorf("segment %s: unknown compression %q in the catalog", name, seg.Compression)
+	}
+	return s.sendBody(c, body, name)
+}
+
+// sendBody writes the status and, except for HEAD, the body. It writes to the
+// underlying ResponseWriter so a plain file goes out with sendfile.
+func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
+	resp := c.Response()
+	resp.WriteHeader(http.StatusOK)
+	if c.Request().Method == http.MethodHead {
+		return nil
+	}
+	n, err := io.Copy(resp.Writer, body)
+	resp.Size += n
+	if err != nil {
+		return fmt.Errorf("send %s: %w", what, err)
+	}
+	return nil
+}
+
+// servePartial sends the segment being received, uncompressed: what a
+// point-in-time recovery of a lost primary needs for its last WAL. It is only
+// ever sent when asked for by name, never in place of a segment.
+func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name) error {
+	seg := n
+	seg.Kind = walname.KindSegment
+	rel := storage.PartialPath(srv.Name, seg.String())
+	f, err := s.o.Repo.Open(rel)
+	if errors.Is(err, os.ErrNotExist) {
+		return errorf(http.StatusNotFound, api.CodeNotFound, "no partial segment %s.partial for server %s", seg, srv.Name)
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// The receiver keeps writing this file: send one consistent snapshot of it,
+	// with the checksum of exactly those bytes.
+	data, err := io.ReadAll(io.LimitReader(f, walname.MaxSegmentSize+1))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	return s.sendBytes(c, srv, data, seg.String()+".partial")
+}
+
+// serveHistory sends a timeline's history file.
+func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.TimeLine) error {
+	name := walname.HistoryName(tli)
+	tl, err := s.o.Catalog.TimeLine(c.Request().Context(), srv.ID, tli)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
+	}
+	if err != nil {
+		return err
+	}
+	data := tl.History
+	if len(data) == 0 {
+		rel := tl.StoredPath
+		if rel == "" {
+			rel = storage.HistoryPath(srv.Name, tli)
+		}
+		f, err := s.o.Repo.Open(rel)
+		if errors.Is(err, os.ErrNotExist) {
+			return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if data, err = io.ReadAll(io.LimitReader(f, 1<<24)); err != nil {
+			return fmt.Errorf("read %s: %w", rel, err)
+		}
+	}
+	return s.sendBytes(c, srv, data, name)
+}
+
+func (s *Server) sendBytes(c echo.Context, srv catalog.Server, data []byte, what string) error {
+	h := c.Response().Header()
+	s.setIdentity(c, srv)
+	h.Set(api.HeaderChecksum, checksum.Of(data))
+	h.Set(api.HeaderSize, strconv.Itoa(len(data)))
+	h.Set(echo.HeaderContentType, echo.MIMEOctetStream)
+	h.Set(echo.HeaderContentLength, strconv.Itoa(len(data)))
+	return s.sendBody(c, bytes.NewReader(data), what)
+}
+
+// peek lists the requested segment and the consecutive ones after it on the
+// same timeline, at most n (capped by hub.max_peek).
+func (s *Server) peek(c echo.Context) error {
+	srv, err := s.lookupServer(c)
+	if err != nil {
+		return err
+	}
+	n, err := walName(c, srv)
+	if err != nil {
+		return err
+	}
+	if n.Kind != walname.KindSegment {
+		return errorf(http.StatusBadRequest, api.CodeBadRequest, "peek needs a segment name, not a %s file", n.Kind)
+	}
+	count := 1
+	if q := c.QueryParam("n"); q != "" {
+		v, err := strconv.Atoi(q)
+		if err != nil || v < 1 {
+			return errorf(http.StatusBadRequest, api.CodeBadRequest, "n: %.40q is not a positive number", q)
+		}
+		count = min(v, s.o.Config.Hub.MaxPeek)
+	}
+	out := api.Peek{Server: srv.Name, SystemID: srv.SystemID, SegmentSize: srv.SegmentSize, Segments: []api.PeekSegment{}}
+	if srv.SegmentSize == 0 {
+		return c.JSON(http.StatusOK, out)
+	}
+	segno, err := n.SegNo(srv.SegmentSize)
+	if err != nil {
+		return errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
+	}
+	segs, err := s.o.Catalog.Peek(c.Request().Context(), srv.ID, n.TimeLine, segno, count)
+	if err != nil {
+		return err
+	}
+	for _, seg := range segs {
+		out.Segments = append(out.Segments, api.PeekSegment{Name: seg.Name, Size: seg.Size, Checksum: seg.Checksum})
+	}
+	return c.JSON(http.StatusOK, out)
+}
+
+// acceptsZstd reports whether the request's Accept-Encoding allows zstd.
+func acceptsZstd(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept-Encoding") {
+		for _, part := range strings.Split(v, ",") {
+			enc, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+			if strings.TrimSpace(enc) == "zstd" && strings.ReplaceAll(strings.TrimSpace(params), " ", "") != "q=0" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+var decoders sync.Pool
+
+func getDecoder() *zstd.Decoder {
+	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+		return d
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(false))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
+	}
+	return d
+}
+
+func putDecoder(d *zstd.Decoder) {
+	d.Reset(nil)
+	decoders.Put(d)
+}

@@ -1,0 +1,195 @@
+package stream_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/stream"
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/walname"
+)
+
+func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "pgbench", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, pg, "main", "")
+	r, stop := runReceiver(t, tr, srv)
+	pg.PgbenchInit(5)
+	pg.PgbenchFor(4, 15*time.Second)
+	end := pg.SwitchWAL()
+	waitStored(t, tr, "main", 1, end)
+	// The state file says where the receiver is.
+	st, err := stream.ReadState(tr.repo.Root, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != "streaming" || st.SegmentSize != 1<<20 || st.LastSegment == "" {
+		t.Errorf("state file: %+v", st)
+	}
+	if held := heldEnd(t, tr, "main", 1); pg.SlotRestartLSN(srv.Slot) > held {
+		t.Errorf("slot restart_lsn %s is beyond what the hub holds (%s)", pg.SlotRestartLSN(srv.Slot), held)
+	}
+	stop()
+	if st := r.State(); st.State != "stopped" || st.FlushedLSN < end {
+		t.Errorf("after stop: state %s flushed %s, want stopped and flushed ≥ %s", st.State, st.FlushedLSN, end)
+	}
+	first, last := checkTimeLine(t, tr, "main", 1)
+	if walname.SegmentStart(last+1, 1<<20) < end || last-first < 20 {
+		t.Errorf("stored segments %d..%d, want at least 20 reaching %s", first, last, end)
+	}
+}
+
+func TestReceiverReconnectsAfterPrimaryRestart(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "restart", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, pg, "main", "")
+	_, stop := runReceiver(t, tr, srv)
+	pg.PgbenchInit(2)
+	for _, mode := range []string{"fast", "immediate"} {
+		wait := pg.StartPgbench(2, 5*time.Second)
+		wait()
+		lsn := pg.SwitchWAL()
+		if mode == "fast" {
+			// A fast shutdown waits for the hub to flush what was sent.
+			waitStored(t, tr, "main", 1, lsn)
+		}
+		pg.Restart(mode)
+		pg.GenerateWAL(3)
+		lsn = pg.SwitchWAL()
+		waitStored(t, tr, "main", 1, lsn)
+	}
+	stop()
+	checkTimeLine(t, tr, "main", 1)
+}
+
+func TestReceiverRefusesAnotherSystemID(t *testing.T) {
+	t.Parallel()
+	a := pgtest.NewPrimary(t, "sysid-a", pgtest.Options{SegmentSizeMB: 1})
+	b := pgtest.NewPrimary(t, "sysid-b", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	r, stop := runReceiver(t, tr, serverConfig(t, tr, a, "main", ""))
+	waitStored(t, tr, "main", 1, a.SwitchWAL())
+	stop()
+	before := heldEnd(t, tr, "main", 1)
+
+	r, stop = runReceiver(t, tr, serverConfig(t, tr, b, "main", ""))
+	pgtest.WaitFor(t, 60*time.Second, "receiver to refuse the other cluster", func() bool {
+		return r.State().State == "failed"
+	})
+	if st := r.State(); !strings.Contains(st.LastError, "system id") {
+		t.Errorf("last error %q does not name the system id", st.LastError)
+	}
+	stop()
+	if after := heldEnd(t, tr, "main", 1); after != before {
+		t.Errorf("the hub took WAL from another cluster: held %s before, %s after", before, after)
+	}
+	if b.Query("SELECT count(*) FROM pg_replication_slots") != "0" {
+		t.Error("a slot was created on the refused cluster")
+	}
+}
+
+func TestReceiverCreatesMissingSlotOnlyWhenAllowed(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "slot", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	r, stop := runReceiver(t, tr, serverConfig(t, tr, pg, "main", "create_slot = false"))
+	pgtest.WaitFor(t, 60*time.Second, "receiver to fail for want of a slot", func() bool {
+		return r.State().State == "failed"
+	})
+	if st := r.State(); !strings.Contains(st.LastError, "does not exist") {
+		t.Errorf("last error %q does not say the slot is missing", st.LastError)
+	}
+	stop()
+	_, stop = runReceiver(t, tr, serverConfig(t, tr, pg, "main", ""))
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	if got := pg.Query("SELECT slot_type FROM pg_replication_slots WHERE slot_name = 'walhub_main'"); got != "physical" {
+		t.Fatalf("slot walhub_main: %q", got)
+	}
+	stop()
+}
+
+func TestReceiverFollowsTimelineSwitchOfCascadingStandby(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "tl-primary", pgtest.Options{SegmentSizeMB: 1})
+	pg.PgbenchInit(2)
+	sb := pg.NewStandby("tl-standby", pgtest.StandbyOptions{})
+	tr := newTestRepo(t)
+	_, stop := runReceiver(t, tr, serverConfig(t, tr, sb, "main", ""))
+	pg.Pgbench(2, 500)
+	lsn := pg.SwitchWAL()
+	sb.WaitReplay(lsn, 120*time.Second)
+	waitStored(t, tr, "main", 1, lsn)
+
+	sb.Promote()
+	if sb.TimeLine() != 2 {
+		t.Fatalf("promoted standby is on timeline %d", sb.TimeLine())
+	}
+	sb.Pgbench(2, 500)
+	lsn = sb.SwitchWAL()
+	waitStored(t, tr, "main", 2, lsn)
+	stop()
+
+	ctx := context.Background()
+	id, segSize := serverID(t, tr, "main")
+	tl, err := tr.cat.TimeLine(ctx, id, 2)
+	if err != nil {
+		t.Fatalf("timeline 2 not cataloged: %v", err)
+	}
+	hist, err := walname.ParseHistory(tl.History)
+	if err != nil || len(hist) != 1 {
+		t.Fatalf("history of timeline 2: %v %+v", err, hist)
+	}
+	if _, err := tr.repo.Open(tl.StoredPath); err != nil {
+		t.Fatalf("history file: %v", err)
+	}
+	_, last1 := checkTimeLine(t, tr, "main", 1)
+	first2, _ := checkTimeLine(t, tr, "main", 2)
+	switchSeg := walname.SegmentOf(hist[0].SwitchLSN, segSize)
+	if first2 != switchSeg {
+		t.Errorf("timeline 2 starts at segment %d, switch point %s is in %d", first2, hist[0].SwitchLSN, switchSeg)
+	}
+	if last1+1 < switchSeg {
+		t.Errorf("timeline 1 ends at segment %d, before the switch segment %d: a gap", last1, switchSeg)
+	}
+}
+
+func TestReceiverRecordsGapWhenSlotIsLost(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "lost", pgtest.Options{SegmentSizeMB: 1,
+		Conf: []string{"max_slot_wal_keep_size = 8MB", "max_wal_size = 32MB", "min_wal_size = 2MB"}})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, pg, "main", "")
+	_, stop := runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	stop()
+	// With the hub stopped, more WAL than the slot may keep.
+	for range 3 {
+		pg.GenerateWAL(10)
+		pg.Query("CHECKPOINT")
+	}
+	if got := pg.Query("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'walhub_main'"); got != "lost" {
+		t.Fatalf("slot wal_status is %q, the test needs it lost", got)
+	}
+	_, stop = runReceiver(t, tr, srv)
+	lsn := pg.SwitchWAL()
+	waitStored(t, tr, "main", 1, lsn)
+	stop()
+	id, _ := serverID(t, tr, "main")
+	gaps, err := tr.cat.Gaps(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gaps) != 1 || gaps[0].EndLSN <= gaps[0].StartLSN {
+		t.Fatalf("gaps: %+v, want one", gaps)
+	}
+	t.Logf("gap recorded: %s-%s: %s", gaps[0].StartLSN, gaps[0].EndLSN, gaps[0].Reason)
+	if _, err := tr.cat.LastSegment(context.Background(), id); errors.Is(err, catalog.ErrNotFound) {
+		t.Fatal("nothing stored after the gap")
+	}
+}

@@ -1,0 +1,467 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// archiveQueue is how many complete segments may wait for compression while
+// receiving goes on.
+const archiveQueue = 4
+
+// session is one replication connection, from connect to failure or stop.
+type session struct {
+	r       *Receiver
+	conn    *pgconn.PgConn
+	srv     catalog.Server
+	segSize uint64
+	arch    *archiver
+	w       *walWriter
+	// reported is the flush position last sent to the server.
+	reported walname.LSN
+}
+
+// session connects, works out where to resume and streams until an error or
+// ctx ends. streamed tells whether streaming began (the backoff restarts).
+func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
+	srvCfg := r.o.Server
+	r.update(true, func(s *State) { s.State = "connecting" })
+	srv, err := r.o.Catalog.EnsureServer(ctx, srvCfg.Name)
+	if err != nil {
+		return false, err
+	}
+	conn, err := r.connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		conn.Close(closeCtx)
+		cancel()
+	}()
+	s := &session{r: r, conn: conn, srv: srv}
+
+	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	id, err := identifySystem(setupCtx, conn)
+	if err != nil {
+		return false, err
+	}
+	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
+		return false, err
+	}
+	if err := r.o.Catalog.BindIdentity(setupCtx, srv.ID, id.SystemID, s.segSize); err != nil {
+		if errors.Is(err, catalog.ErrIdentityMismatch) {
+			return false, &failedError{fmt.Errorf("refusing to stream from %s: %w", srvCfg.Name, err)}
+		}
+		return false, err
+	}
+	r.update(true, func(st *State) {
+		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
+	})
+	slot, err := s.ensureSlot(setupCtx)
+	if err != nil {
+		return false, err
+	}
+	walDir, err := r.o.Repo.Path(storage.WALDir(srvCfg.Name))
+	if err != nil {
+		return false, err
+	}
+	if err := storage.CleanTemp(walDir); err != nil {
+		return false, fmt.Errorf("remove temporary files: %w", err)
+	}
+	store, err := newSegmentStore(r.o.Repo, r.o.Catalog, srv.ID, srvCfg.Name, s.segSize, srvCfg.Compression,
+		srvCfg.CompressionLevel, r.segmentStored)
+	if err != nil {
+		return false, err
+	}
+	start, held, err := s.resumePoint(setupCtx, store)
+	if err != nil {
+		return false, err
+	}
+	if start == 0 {
+		start = slot.RestartLSN
+		if start == 0 {
+			start = id.XLogPos
+		}
+		start = walname.AlignDown(start, s.segSize)
+		held = start
+	}
+	history, err := s.storeHistories(setupCtx, id.TimeLine)
+	if err != nil {
+		return false, err
+	}
+	tli := walname.TimeLineOf(history, id.TimeLine, start)
+	if r.walRemoved != nil {
+		if start, err = s.skipRemovedWAL(setupCtx, tli, start, held); err != nil {
+			return false, err
+		}
+		r.walRemoved = nil
+	}
+	cancel()
+
+	s.arch = startArchiver(context.WithoutCancel(ctx), store, archiveQueue)
+	defer func() {
+		if ferr := s.arch.finish(); ferr != nil && err == nil {
+			err = ferr
+		}
+	}()
+	for {
+		r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli)
+		s.w, err = newWALWriter(r.o.Repo, srvCfg.Name, s.segSize, tli, start, s.arch.add)
+		if err != nil {
+			return streamed, err
+		}
+		startCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+		err = startStreaming(startCtx, conn, srvCfg.Slot, start, tli)
+		cancel()
+		var end *timelineEnd
+		switch {
+		case errors.As(err, &end):
+			// start was the very end of timeline tli.
+		case isWALRemoved(err):
+			return streamed, &walRemovedError{TimeLine: tli, At: start, err: err}
+		case err != nil:
+			return streamed, err
+		default:
+			streamed = true
+			r.update(true, func(st *State) {
+				st.State, st.LastError, st.ConnectedSince, st.TimeLine = "streaming", "", time.Now().UTC(), tli
+			})
+			if r.m != nil {
+				r.m.conn.Set(1)
+			}
+			end, err = s.copyLoop(ctx)
+			if err != nil {
+				s.w.close(false)
+				if isWALRemoved(err) {
+					return streamed, &walRemovedError{TimeLine: tli, At: s.w.pos, err: err}
+				}
+				return streamed, err
+			}
+			if err := s.w.endTimeline(); err != nil {
+				return streamed, err
+			}
+		}
+		r.log.Info("timeline switch", "timeline", tli, "ends_at", end.SwitchLSN, "next_timeline", end.NextTimeLine)
+		histCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+		_, err = s.storeHistories(histCtx, end.NextTimeLine)
+		cancel()
+		if err != nil {
+			return streamed, err
+		}
+		tli, start = end.NextTimeLine, walname.AlignDown(end.SwitchLSN, s.segSize)
+	}
+}
+
+// connect opens a physical replication connection.
+func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
+	cfg, err := pgconn.ParseConfig(r.o.Server.Conninfo)
+	if err != nil {
+		return nil, &failedError{fmt.Errorf("conninfo of %s: %w", r.o.Server.Name, err)}
+	}
+	cfg.RuntimeParams["replication"] = "true"
+	cfg.RuntimeParams["application_name"] = r.o.Server.ApplicationName
+	connectCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(connectCtx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// ensureSlot checks the slot and creates it when missing (if allowed). A slot
+// that was invalidated is dropped and created again, loudly: the WAL it no
+// longer held may be gone, which the first START_REPLICATION will tell.
+func (s *session) ensureSlot(ctx context.Context) (slotInfo, error) {
+	cfg := s.r.o.Server
+	slot, err := readSlot(ctx, s.conn, cfg.Slot)
+	if err != nil {
+		return slotInfo{}, err
+	}
+	switch {
+	case slot.Lost:
+		s.r.log.Error("replication slot was invalidated (max_slot_wal_keep_size?): the server may have removed WAL the hub "+
+			"had not received; recreating the slot", "slot", cfg.Slot)
+		if err := dropSlot(ctx, s.conn, cfg.Slot); err != nil {
+			return slotInfo{}, err
+		}
+	case slot.Exists:
+		return slot, nil
+	case !*cfg.CreateSlot:
+		return slotInfo{}, &failedError{fmt.Errorf("replication slot %s does not exist on the server and create_slot is false: "+
+			"create it with SELECT pg_create_physical_replication_slot('%s', true)", cfg.Slot, cfg.Slot)}
+	}
+	if err := createSlot(ctx, s.conn, cfg.Slot); err != nil {
+		return slotInfo{}, err
+	}
+	s.r.log.Info("created replication slot", "slot", cfg.Slot)
+	return readSlot(ctx, s.conn, cfg.Slot)
+}
+
+// resumePoint stores the complete segments a crash left as .partial files and
+// returns where streaming resumes as pg_receivewal chooses it: the segment
+// after the newest stored one, or the start of the newest .partial's segment.
+// held is the end of the WAL the hub holds there. Both are 0 when the
+// repository holds nothing for the server.
+func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, held walname.LSN, err error) {
+	partials, err := findPartials(s.r.o.Repo, s.srv.Name, s.segSize)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Every .partial but the newest either holds a whole fsynced segment (the
+	// next one was created only after it was complete) or is the end of a
+	// timeline that was left (kept as it is, like PostgreSQL's archiver does).
+	for i := 0; i+1 < len(partials); i++ {
+		if uint64(partials[i].Size) == s.segSize {
+			if err := store.store(ctx, partials[i].completedSegment); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	switch {
+	case err == nil:
+		start = walname.SegmentStart(last.SegNo+1, s.segSize)
+		held = start
+	case !errors.Is(err, catalog.ErrNotFound):
+		return 0, 0, err
+	}
+	if n := len(partials); n > 0 {
+		newest := partials[n-1]
+		if at := walname.SegmentStart(newest.SegNo, s.segSize); at >= start {
+			start, held = at, at+walname.LSN(newest.Size)
+		}
+	}
+	return start, held, nil
+}
+
+// storeHistories makes sure the history files of timelines 2 to tli are
+// stored and cataloged, and returns the parsed history of tli.
+func (s *session) storeHistories(ctx context.Context, tli walname.TimeLine) ([]walname.HistoryEntry, error) {
+	var content []byte
+	for t := walname.TimeLine(2); t <= tli; t++ {
+		row, err := s.r.o.Catalog.TimeLine(ctx, s.srv.ID, t)
+		if err == nil {
+			content = row.History
+			continue
+		}
+		if !errors.Is(err, catalog.ErrNotFound) {
+			return nil, err
+		}
+		if content, err = timelineHistory(ctx, s.conn, t); err != nil {
+			return nil, err
+		}
+		if _, err := walname.ParseHistory(content); err != nil {
+			return nil, fmt.Errorf("history of timeline %d from the server: %w", t, err)
+		}
+		rel := storage.HistoryPath(s.srv.Name, t)
+		if _, err := s.r.o.Repo.Put(ctx, rel, func(w io.Writer) error {
+			_, err := w.Write(content)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("store history of timeline %d: %w", t, err)
+		}
+		if err := s.r.o.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: s.srv.ID, TimeLine: t, History: content,
+			StoredPath: rel, AddedAt: time.Now()}); err != nil {
+			return nil, err
+		}
+		s.r.log.Info("stored timeline history", "timeline", t)
+	}
+	return walname.ParseHistory(content)
+}
+
+// skipRemovedWAL is called when the server said WAL from start is gone. It
+// records the gap from held (the end of what the hub has) to the oldest WAL
+// the slot holds, and returns that as the new start.
+func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, start, held walname.LSN) (walname.LSN, error) {
+	cfg := s.r.o.Server
+	slot, err := readSlot(ctx, s.conn, cfg.Slot)
+	if err != nil {
+		return 0, err
+	}
+	if slot.Lost {
+		if slot, err = s.ensureSlot(ctx); err != nil {
+			return 0, err
+		}
+	}
+	next := walname.AlignDown(slot.RestartLSN, s.segSize)
+	if next <= start {
+		return 0, &failedError{fmt.Errorf("the server no longer has the WAL at %s, yet slot %s holds WAL from %s only: "+
+			"is the slot on another server than the WAL? (%v)", start, cfg.Slot, slot.RestartLSN, s.r.walRemoved)}
+	}
+	if held < start || held > next {
+		held = start
+	}
+	gap := catalog.Gap{ServerID: s.srv.ID, TimeLine: tli, StartLSN: held, EndLSN: next,
+		Reason: s.r.walRemoved.Error(), DetectedAt: time.Now()}
+	if err := s.r.o.Catalog.AddGap(ctx, gap); err != nil {
+		return 0, err
+	}
+	s.r.log.Error("GAP IN THE WAL ARCHIVE: WAL the server removed before the hub received it is lost; "+
+		"recovery cannot cross this gap, take a new base backup", "timeline", tli, "from", held, "to", next)
+	return next, nil
+}
+
+// copyLoop receives WAL until the timeline ends (it returns where the next
+// one starts), the server goes away, or ctx is cancelled.
+func (s *session) copyLoop(ctx context.Context) (*timelineEnd, error) {
+	cfg := s.r.o.Server
+	s.reported = 0
+	nextStatus := time.Now()
+	for {
+		if err := s.arch.failure(); err != nil {
+			return nil, err
+		}
+		if !time.Now().Before(nextStatus) {
+			if err := s.flushAndReport(); err != nil {
+				return nil, err
+			}
+			s.r.publish()
+			nextStatus = time.Now().Add(cfg.StatusInterval.Duration)
+		}
+		readCtx, cancel := context.WithDeadline(ctx, nextStatus)
+		msg, err := s.conn.ReceiveMessage(readCtx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, s.stop()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return nil, fmt.Errorf("receive from server: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := s.handleCopyData(m.Data); err != nil {
+				return nil, err
+			}
+		case *pgproto3.CopyDone:
+			// The timeline we stream has ended (or the server is going away).
+			if err := s.flushAndReport(); err != nil {
+				return nil, err
+			}
+			endCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+			defer cancel()
+			return finishCopy(endCtx, s.conn)
+		case *pgproto3.ErrorResponse:
+			return nil, fmt.Errorf("server: %w", pgconn.ErrorResponseToPgError(m))
+		}
+	}
+}
+
+func (s *session) handleCopyData(data []byte) error {
+	if len(data) == 0 {
+		return errors.New("empty CopyData message from the server")
+	}
+	switch data[0] {
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return err
+		}
+		if walname.LSN(xld.WALStart) != s.w.pos {
+			return fmt.Errorf("server sent WAL from %s, expected %s", walname.LSN(xld.WALStart), s.w.pos)
+		}
+		if err := s.w.write(xld.WALData); err != nil {
+			return err
+		}
+		s.noteServer(walname.LSN(xld.ServerWALEnd))
+		if s.r.m != nil {
+			s.r.m.bytes.Add(float64(len(xld.WALData)))
+			s.r.m.receivedLSN.Set(float64(s.w.pos))
+		}
+		if s.r.o.Server.Synchronous {
+			// A synchronous standby: every write is made durable and reported at once.
+			return s.flushAndReport()
+		}
+		if s.w.synced > s.reported {
+			// A segment was completed: let the slot advance now.
+			return s.report()
+		}
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return err
+		}
+		s.noteServer(walname.LSN(pkm.ServerWALEnd))
+		if pkm.ReplyRequested {
+			return s.flushAndReport()
+		}
+	}
+	return nil
+}
+
+// noteServer records the server's WAL end and the time of its last message.
+func (s *session) noteServer(serverLSN walname.LSN) {
+	s.r.update(false, func(st *State) {
+		st.ServerLSN = max(st.ServerLSN, serverLSN)
+		st.ReceivedLSN = s.w.pos
+		st.LastMessageAt = time.Now().UTC()
+		st.Partial = s.w.partialName()
+	})
+	if s.r.m != nil {
+		s.r.m.serverLSN.Set(float64(serverLSN))
+	}
+}
+
+// flushAndReport fsyncs what was received and reports it.
+func (s *session) flushAndReport() error {
+	if s.w.pos > s.w.synced {
+		if err := s.w.sync(); err != nil {
+			return err
+		}
+	}
+	return s.report()
+}
+
+// report sends a status update: written up to pos, flushed up to synced.
+func (s *session) report() error {
+	if err := sendStatus(s.conn, s.w.pos, s.w.synced, false); err != nil {
+		return err
+	}
+	s.reported = s.w.synced
+	s.r.update(false, func(st *State) {
+		st.ReceivedLSN, st.FlushedLSN, st.Partial = s.w.pos, s.w.synced, s.w.partialName()
+	})
+	if s.r.m != nil {
+		s.r.m.flushedLSN.Set(float64(s.w.synced))
+	}
+	return nil
+}
+
+// stop ends streaming on cancellation: what was received is fsynced and a
+// last status update tells the server so.
+func (s *session) stop() error {
+	err := s.w.sync()
+	if err == nil {
+		err = s.report()
+	}
+	s.w.close(false)
+	if err != nil {
+		s.r.log.Error("stopping: could not flush and report", "error", err)
+	}
+	return context.Canceled
+}
+
+// segmentStored updates state and metrics after a segment was stored.
+func (r *Receiver) segmentStored(seg completedSegment, row catalog.Segment) {
+	r.update(true, func(st *State) { st.LastSegment, st.LastSegmentAt = seg.Name, row.ReceivedAt.UTC() })
+	if r.m != nil {
+		r.m.segments.Inc()
+		r.m.lastSegmentAt.Set(float64(row.ReceivedAt.Unix()))
+	}
+	r.log.Debug("stored segment", "segment", seg.Name, "stored_bytes", row.StoredSize)
+}

@@ -1,0 +1,189 @@
+package stream
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// completedSegment is a .partial that holds a whole segment, fsynced, ready to
+// be stored under its final name.
+type completedSegment struct {
+	TimeLine walname.TimeLine
+	SegNo    walname.SegNo
+	Name     string
+	// Partial is the local path of the .partial file.
+	Partial string
+}
+
+// walWriter writes the WAL of one timeline into .partial files, one per
+// segment, splitting the stream at segment boundaries.
+//
+// On disk, a .partial is always either the newest one (being received) or a
+// complete, fsynced segment waiting to be stored: the next .partial is created
+// (and its directory entry fsynced) only after the previous one is complete
+// and fsynced. A restart relies on that to tell the two apart.
+type walWriter struct {
+	repo    storage.Local
+	server  string
+	segSize uint64
+	tli     walname.TimeLine
+
+	file  *os.File
+	segNo walname.SegNo
+	name  string
+	// dirDirty is set when a .partial was created whose directory entry is not
+	// yet fsynced.
+	dirDirty bool
+
+	// pos is the end of the WAL written (last byte + 1); synced the end of
+	// what is fsynced. Nothing but sync advances synced.
+	pos, synced walname.LSN
+	// completed receives every segment as it is closed.
+	completed func(completedSegment) error
+}
+
+// newWALWriter prepares to write timeline tli from start, which must be a
+// segment boundary. Everything before start is already durable in the hub.
+func newWALWriter(repo storage.Local, server string, segSize uint64, tli walname.TimeLine, start walname.LSN,
+	completed func(completedSegment) error) (*walWriter, error) {
+	if walname.SegmentOffset(start, segSize) != 0 {
+		return nil, fmt.Errorf("stream start %s is not at a segment boundary", start)
+	}
+	return &walWriter{repo: repo, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
+		completed: completed}, nil
+}
+
+// partialPath is the local path of a segment's .partial file.
+func (w *walWriter) partialPath(name string) (string, error) {
+	return w.repo.Path(storage.PartialPath(w.server, name))
+}
+
+// open creates (or truncates: the server sends the segment again from its
+// start) the .partial of the segment that holds w.pos.
+func (w *walWriter) open() error {
+	w.segNo = walname.SegmentOf(w.pos, w.segSize)
+	w.name = walname.SegmentName(w.tli, w.segNo, w.segSize)
+	path, err := w.partialPath(w.name)
+	if err != nil {
+		return err
+	}
+	if err := storage.MkdirAllDurable(filepath.Dir(path)); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	w.file = f
+	w.dirDirty = true
+	return nil
+}
+
+// write appends WAL that starts at w.pos, splitting it at segment boundaries.
+func (w *walWriter) write(data []byte) error {
+	for len(data) > 0 {
+		if w.file == nil {
+			if err := w.open(); err != nil {
+				return err
+			}
+		}
+		room := w.segSize - walname.SegmentOffset(w.pos, w.segSize)
+		n := uint64(len(data))
+		if n > room {
+			n = room
+		}
+		if _, err := w.file.Write(data[:n]); err != nil {
+			return fmt.Errorf("write %s.partial: %w", w.name, err)
+		}
+		w.pos += walname.LSN(n)
+		data = data[n:]
+		if walname.SegmentOffset(w.pos, w.segSize) == 0 {
+			if err := w.closeSegment(); err != nil {
+				return err
+			}
+			// Create the next .partial now, so that once it is synced a restart
+			// knows the one just closed is complete.
+			if err := w.open(); err != nil {
+				return err
+			}
+			if err := w.sync(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// closeSegment fsyncs and closes the complete segment and hands it on.
+func (w *walWriter) closeSegment() error {
+	name, path := w.name, w.file.Name()
+	if err := w.file.Sync(); err != nil {
+		return fmt.Errorf("fsync %s.partial: %w", name, err)
+	}
+	if err := w.file.Close(); err != nil {
+		return fmt.Errorf("close %s.partial: %w", name, err)
+	}
+	w.file = nil
+	return w.completed(completedSegment{TimeLine: w.tli, SegNo: w.segNo, Name: name, Partial: path})
+}
+
+// sync makes everything written durable and only then advances synced, the
+// position the receiver reports to the server as flushed. This is the one
+// place where that position grows: the slot lets the server recycle WAL up to
+// it, so it must never be ahead of what the hub holds after a crash.
+func (w *walWriter) sync() error {
+	if w.file != nil {
+		if err := w.file.Sync(); err != nil {
+			return fmt.Errorf("fsync %s.partial: %w", w.name, err)
+		}
+		if w.dirDirty {
+			if err := storage.SyncDir(filepath.Dir(w.file.Name())); err != nil {
+				return err
+			}
+			w.dirDirty = false
+		}
+	}
+	w.synced = w.pos
+	return nil
+}
+
+// partialName is the name of the .partial being written, "" when none is open.
+func (w *walWriter) partialName() string {
+	if w.file == nil {
+		return ""
+	}
+	return w.name + ".partial"
+}
+
+// endTimeline syncs and closes the last, incomplete segment of a timeline that
+// ended. It stays as a .partial (the WAL of the old timeline up to the switch
+// point), unless nothing was written into it.
+func (w *walWriter) endTimeline() error {
+	if err := w.sync(); err != nil {
+		return err
+	}
+	return w.close(true)
+}
+
+// close closes the open .partial without syncing it; with removeEmpty an
+// empty one is removed.
+func (w *walWriter) close(removeEmpty bool) error {
+	if w.file == nil {
+		return nil
+	}
+	f := w.file
+	w.file = nil
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s.partial: %w", w.name, err)
+	}
+	if removeEmpty && walname.SegmentOffset(w.pos, w.segSize) == 0 {
+		if err := os.Remove(f.Name()); err != nil {
+			return fmt.Errorf("remove empty %s.partial: %w", w.name, err)
+		}
+	}
+	return nil
+}
