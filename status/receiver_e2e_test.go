@@ -56,18 +56,17 @@ func waitReceiverCritical(t *testing.T, src Source, since time.Time) {
 		result(t, results, "receiver").Message, result(t, results, "replication slot").Message)
 }
 
-func TestRealReceiverStoppedTurnsCheckCritical(t *testing.T) {
-	t.Parallel()
-	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
-	repo := t.TempDir()
-	src := newSource(t, repo, p.ConnString(""))
+// startReceiver runs the hub's receiver for "main" in this process; the
+// returned function stops it (it is also called when the test ends).
+func startReceiver(t *testing.T, src Source) (stop func()) {
+	t.Helper()
 	rcv := stream.NewReceiver(stream.Options{Server: &src.Config.Servers[0], Catalog: src.Catalog,
-		Repo: storage.Local{Root: repo}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Repo: storage.Local{Root: src.Repository}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rcv.Run(ctx) }()
 	var once sync.Once
-	stop := func() {
+	stop = func() {
 		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
@@ -76,7 +75,14 @@ func TestRealReceiverStoppedTurnsCheckCritical(t *testing.T) {
 		})
 	}
 	t.Cleanup(stop)
+	return stop
+}
 
+func TestRealReceiverStoppedTurnsCheckCritical(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
+	src := newSource(t, t.TempDir(), p.ConnString(""))
+	stop := startReceiver(t, src)
 	waitHealthy(t, src, p)
 	stop()
 	waitReceiverCritical(t, src, time.Now())
