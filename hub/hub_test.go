@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/labstack/echo/v4"
@@ -442,13 +443,28 @@ func TestMetricsCountRequestsByRouteAndCode(t *testing.T) {
 	f := newFixture(t, "zstd", nil)
 	f.get(t, http.MethodGet, api.WALPath("main", walname.SegmentName(1, 3, segSize)), readToken, nil)
 	f.get(t, http.MethodGet, api.WALPath("main", "bogus"), readToken, nil)
-	resp := f.get(t, http.MethodGet, "/metrics", "", nil)
-	body, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{
+	wants := []string{
 		`walhub_hub_requests_total{code="200",route="/v1/servers/:server/wal/:name"} 1`,
 		`walhub_hub_requests_total{code="400",route="/v1/servers/:server/wal/:name"} 1`,
 		`walhub_hub_bytes_served_total{route="/v1/servers/:server/wal/:name"}`,
-	} {
+	}
+	// A request is counted after its response is sent: the client may see the
+	// response first, so give the counters a moment.
+	var body []byte
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp := f.get(t, http.MethodGet, "/metrics", "", nil)
+		body, _ = io.ReadAll(resp.Body)
+		missing := 0
+		for _, want := range wants {
+			if !strings.Contains(string(body), want) {
+				missing++
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, want := range wants {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s", want)
 		}
