@@ -14,9 +14,17 @@ test:
 	$(GO) build ./...
 	$(GO) test -count=1 -timeout 45m ./...
 
+# Go benchmarks: the catalog and status with 1,000,000 segments. The
+# comparisons with PostgreSQL's own tools are scripts: bench/receive.sh,
+# bench/backup.sh, and the walfetch replay benchmark (see README).
 bench:
 	$(GO) test -run XXX -bench . -benchtime 2000x ./catalog
 	$(GO) test -run XXX -bench . -benchtime 20x ./status
+
+# A throwaway primary, the hub streaming under load, a backup, a standby
+# restored from it following through walfetch, and walhub status.
+demo:
+	./scripts/demo.sh
 
 vet:
 	$(GO) vet ./...

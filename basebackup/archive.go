@@ -180,21 +180,17 @@ func archives(b catalog.Backup) []catalog.BackupFile {
 }
 
 // readManifest reads and parses a backup's stored manifest.
-func readManifest(ctx context.Context, open Opener) (*Manifest, []byte, error) {
+func readManifest(ctx context.Context, open Opener) (*Manifest, error) {
 	rc, err := open(ctx, ManifestName)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open manifest: %w", err)
+		return nil, fmt.Errorf("open manifest: %w", err)
 	}
 	defer rc.Close()
 	data, err := io.ReadAll(rc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("read manifest: %w", err)
+		return nil, fmt.Errorf("read manifest: %w", err)
 	}
-	m, err := ParseManifest(data)
-	if err != nil {
-		return nil, nil, err
-	}
-	return m, data, nil
+	return ParseManifest(data)
 }
 
 // walkArchive reads the stored archive f through open and calls fn for each
@@ -240,7 +236,7 @@ type Checked struct {
 // and that every file of the manifest is there. A mismatch is a *VerifyError
 // listing every problem.
 func Verify(ctx context.Context, open Opener, b catalog.Backup) (Checked, error) {
-	m, _, err := readManifest(ctx, open)
+	m, err := readManifest(ctx, open)
 	if err != nil {
 		return Checked{}, err
 	}

@@ -23,7 +23,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
@@ -256,7 +255,7 @@ func (r *run) take(ctx context.Context) error {
 
 	started := time.Now()
 	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}
-	err = stream(ctx, conn, command{
+	err = streamBackup(ctx, conn, command{
 		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
 		ManifestChecksums: r.opts.ManifestChecksums,
 	}, sink)
@@ -274,39 +273,33 @@ func (r *run) take(ctx context.Context) error {
 	r.log.Info("backup streamed", "start_lsn", r.backup.StartLSN, "stop_lsn", r.backup.StopLSN,
 		"size", r.backup.OriginalSize, "stored", r.backup.StoredSize, "duration", r.streamTime.Round(time.Millisecond))
 
+	// The read-back verification and the wait for the WAL overlap: the
+	// receiver stores the last segment while the archives are read.
+	walCtx, cancelWAL := context.WithCancel(ctx)
+	defer cancelWAL()
+	walDone := make(chan error, 1)
 	started = time.Now()
+	go func() {
+		walDone <- WaitWAL(walCtx, WALWait{
+			Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
+			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
+			Timeout: r.opts.WALTimeout, SwitchWAL: SwitchWALOn(r.opts.Conninfo), Log: r.log,
+		})
+	}()
 	r.report(Progress{Phase: PhaseVerifying})
 	checked, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup)
+	r.verifyTime = time.Since(started)
 	if err != nil {
+		cancelWAL()
+		<-walDone
 		return fmt.Errorf("verification against the manifest: %w", err)
 	}
-	r.verifyTime = time.Since(started)
 	r.log.Info("backup verified against its manifest", "files", checked.Files, "bytes", checked.Bytes,
 		"duration", r.verifyTime.Round(time.Millisecond))
-
-	started = time.Now()
 	r.report(Progress{Phase: PhaseWAL})
-	err = WaitWAL(ctx, WALWait{
-		Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
-		StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
-		Timeout: r.opts.WALTimeout, SwitchWAL: r.switchWAL, Log: r.log,
-	})
+	err = <-walDone
 	r.walTime = time.Since(started)
 	return err
-}
-
-// switchWAL runs pg_switch_wal() on a normal connection, so the segment that
-// holds the stop position is completed and streamed.
-func (r *run) switchWAL(ctx context.Context) error {
-	conn, err := pgconn.Connect(ctx, r.opts.Conninfo)
-	if err != nil {
-		return fmt.Errorf("connect to switch WAL: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
-		return fmt.Errorf("pg_switch_wal(): %w", err)
-	}
-	return nil
 }
 
 // report passes progress on to the caller and to the lock, for status.
@@ -326,18 +319,16 @@ func (r *run) report(p Progress) {
 // sink receives the BASE_BACKUP stream and writes each archive into the
 // repository as it arrives.
 type sink struct {
-	ctx         context.Context
-	run         *run
-	tablespaces []Tablespace
-	total       int64
-	cur         *archiveWriter
-	curFile     catalog.BackupFile
+	ctx     context.Context
+	run     *run
+	total   int64
+	cur     *archiveWriter
+	curFile catalog.BackupFile
 	// head keeps the start of base.tar, where backup_label and tablespace_map are.
 	head       bytes.Buffer
 	inBase     bool
 	manifest   bytes.Buffer
 	lastReport time.Time
-	done       int64
 }
 
 // headLimit bounds how much of base.tar is kept to read backup_label and tablespace_map.
@@ -346,7 +337,6 @@ const headLimit = 1 << 20
 func (s *sink) Start(lsn walname.LSN, tli walname.TimeLine, tablespaces []Tablespace) error {
 	b := &s.run.backup
 	b.StartLSN, b.StartTLI = lsn, tli
-	s.tablespaces = tablespaces
 	for _, ts := range tablespaces {
 		s.total += ts.Size
 	}
@@ -414,7 +404,6 @@ func (s *sink) ManifestData(p []byte) error {
 }
 
 func (s *sink) Progress(done int64) {
-	s.done = done
 	if time.Since(s.lastReport) < 500*time.Millisecond {
 		return
 	}

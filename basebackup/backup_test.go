@@ -4,19 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -54,64 +53,25 @@ func (e *env) options() Options {
 	}
 }
 
-// feedWAL stands in for the receiver: it copies each completed segment from
-// the primary's pg_wal into the repository and the catalog, until the test
-// ends. A slot keeps the primary from recycling WAL before it is copied.
-func (e *env) feedWAL() {
+// startReceiver runs walhub's WAL receiver for the env's server in-process
+// until the test ends, so the backup's WAL reaches the catalog.
+func (e *env) startReceiver() {
 	e.t.Helper()
-	e.primary.CreateSlot("feed")
-	segSize, err := parseSize(e.primary.Query("SHOW wal_segment_size"))
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = %q\nconninfo = %q\n",
+		e.repo.Root, e.server, e.primary.ConnString("")))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv, err := e.cat.EnsureServer(context.Background(), e.server)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: e.cat, Repo: e.repo})
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	e.t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		added := map[string]bool{}
-		for ctx.Err() == nil {
-			time.Sleep(200 * time.Millisecond)
-			cur, err := e.primary.TryQuery("SELECT pg_walfile_name(pg_current_wal_lsn() + 1)")
-			if err != nil {
-				continue
-			}
-			entries, _ := os.ReadDir(filepath.Join(e.primary.DataDir, "pg_wal"))
-			for _, de := range entries {
-				name := de.Name()
-				if len(name) != 24 || name >= cur || added[name] {
-					continue
-				}
-				tli, segno, err := walname.ParseSegment(name, segSize)
-				if err != nil {
-					continue
-				}
-				data, err := os.ReadFile(filepath.Join(e.primary.DataDir, "pg_wal", name))
-				if err != nil || uint64(len(data)) != segSize {
-					continue
-				}
-				rel := storage.SegmentPath(e.server, name, "none")
-				n, err := e.repo.Put(ctx, rel, func(w io.Writer) error {
-					_, err := w.Write(data)
-					return err
-				})
-				if err != nil {
-					continue
-				}
-				err = e.cat.AddSegment(ctx, catalog.Segment{ServerID: srv.ID, TimeLine: tli, SegNo: segno, Name: name,
-					Size: n, StoredSize: n, Compression: "none", Checksum: checksum.Of(data), StoredPath: rel,
-					ReceivedAt: time.Now()})
-				if err == nil {
-					added[name] = true
-				}
-			}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			e.t.Errorf("receiver: %v", err)
 		}
-	}()
+	})
 }
 
 // runBackup takes a backup with opts and fails the test on an unexpected error.
@@ -129,7 +89,7 @@ func (e *env) runBackup(opts Options) catalog.Backup {
 func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, pgtest.Options{})
-	e.feedWAL()
+	e.startReceiver()
 	tsDir := pgtest.TempDir(t, "ts")
 	e.primary.Query(fmt.Sprintf("CREATE TABLESPACE ts LOCATION '%s'", tsDir))
 	e.primary.PgbenchInit(2)
@@ -224,6 +184,11 @@ exit 1
 		s, err := c.TryQuery("SELECT pg_is_in_recovery()")
 		return err == nil && s == "f"
 	})
+	// The WAL came from the hub's repository, through the restore_command.
+	startSeg := walname.SegmentName(b.StartTLI, walname.SegmentOf(b.StartLSN, 1<<20), 1<<20)
+	if log, _ := os.ReadFile(c.LogFile); !strings.Contains(string(log), `restored log file "`+startSeg+`" from archive`) {
+		t.Errorf("the copy's log does not show %s restored from the repository", startSeg)
+	}
 	if got := c.Query("SELECT sum(abalance) FROM pgbench_accounts"); got != wantAccounts {
 		t.Errorf("copy: sum(abalance) = %s, primary had %s", got, wantAccounts)
 	}

@@ -167,11 +167,11 @@ func TestNeededSegments(t *testing.T) {
 
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]uint64{"16MB": 16 << 20, "1GB": 1 << 30, "1048576": 1 << 20, "512kB": 512 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
+		if got, err := walname.ParseSize(in); err != nil || got != want {
 			t.Errorf("%s: %d %v", in, got, err)
 		}
 	}
-	if _, err := parseSize("big"); err == nil {
+	if _, err := walname.ParseSize("big"); err == nil {
 		t.Error("accepted nonsense")
 	}
 }

@@ -2,7 +2,9 @@ package basebackup
 
 import (
 	"context"
+
 	"fmt"
+	"github.com/jackc/pgx/v5/pgconn"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -25,15 +27,16 @@ type WALWait struct {
 	StopTLI     walname.TimeLine
 	// Timeout bounds the wait.
 	Timeout time.Duration
-	// SwitchWAL, when set, is called once if the WAL is still incomplete after
-	// a short wait: the segment holding the stop position may be waiting for
-	// more WAL before the server completes it.
+	// SwitchWAL, when set, is called once if the WAL is incomplete: the segment
+	// holding the stop position may otherwise wait for more WAL before the
+	// server completes it (on an idle server, for as long as
+	// archive_timeout or forever). The switch costs one partly empty segment.
 	SwitchWAL func(ctx context.Context) error
 	Log       *slog.Logger
 }
 
-// switchAfter is how long WaitWAL waits before asking the server to switch WAL.
-const switchAfter = time.Second
+// pollInterval is how often WaitWAL looks at the catalog.
+const pollInterval = 200 * time.Millisecond
 
 // NeededSegments returns the range of segments [from, to) that hold the WAL
 // from start to stop (the stop position is the end of the last record needed).
@@ -90,7 +93,7 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 			return fmt.Errorf("WAL %s to %s (%s) not received within %s: is `walhub serve` streaming from this server?",
 				w.StartLSN, w.StopLSN, describeMissing(missing, w.StopTLI, w.SegmentSize), w.Timeout)
 		}
-		if !switched && now.Sub(started) >= switchAfter {
+		if !switched {
 			switched = true
 			w.Log.Info("switching WAL on the server so the stop segment is completed")
 			if err := w.SwitchWAL(ctx); err != nil {
@@ -102,7 +105,7 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 			w.Log.Info("waiting for the backup's WAL to reach the hub", "missing", describeMissing(missing, w.StopTLI, w.SegmentSize),
 				"timeout_in", time.Until(deadline).Round(time.Second))
 		}
-		t := time.NewTimer(min(500*time.Millisecond, time.Until(deadline)))
+		t := time.NewTimer(min(pollInterval, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -169,4 +172,21 @@ func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Loc
 		reaped = append(reaped, b.ID)
 	}
 	return reaped, nil
+}
+
+// SwitchWALOn returns a WALWait.SwitchWAL that runs pg_switch_wal() on a normal
+// connection to conninfo, so the segment holding the stop position is
+// completed and streamed.
+func SwitchWALOn(conninfo string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		conn, err := pgconn.Connect(ctx, conninfo)
+		if err != nil {
+			return fmt.Errorf("connect to switch WAL: %w", err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
+			return fmt.Errorf("pg_switch_wal(): %w", err)
+		}
+		return nil
+	}
 }

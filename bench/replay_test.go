@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,6 +155,10 @@ func BenchmarkReplay(b *testing.B) {
 				b.Fatalf("%s: replayed %s rows, want %s", r.name, got, wantRows)
 			}
 			standby.Stop("immediate")
+			if log, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "walfetch-spool", "prefetcher.log")); err == nil {
+				lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+				fmt.Printf("         prefetcher: %s\n", lines[len(lines)-1])
+			}
 			os.RemoveAll(dir)
 			rate := float64(n) / elapsed.Seconds()
 			rates[r.name] = max(rates[r.name], rate)
@@ -163,7 +168,7 @@ func BenchmarkReplay(b *testing.B) {
 	b.StopTimer()
 	fmt.Printf("best of %d rounds:\n", rounds)
 	for _, r := range runs {
-		fmt.Printf("  %-40s %7.1f segments/s\n", r.name, rates[r.name])
+		fmt.Printf("best: %-40s %7.1f segments/s\n", r.name, rates[r.name])
 	}
 	fmt.Printf("walfetch / cp (loopback):                      %.2fx\n", rates[runs[2].name]/rates[runs[1].name])
 	fmt.Printf("walfetch --prefetch 0 / cp (loopback):         %.2fx\n", rates[runs[3].name]/rates[runs[1].name])

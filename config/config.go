@@ -64,9 +64,11 @@ type Server struct {
 	// ApplicationName is what the receiver reports to the server; default "walhub_<name>".
 	ApplicationName string `toml:"application_name"`
 	// StatusInterval is how often the receiver reports its position; default 10s.
-	StatusInterval Duration  `toml:"status_interval"`
-	Backup         Backup    `toml:"backup"`
-	Retention      Retention `toml:"retention"`
+	StatusInterval Duration `toml:"status_interval"`
+	// SnapshotTimeout ends and fails a snapshot not stopped in time; default 4h.
+	SnapshotTimeout Duration  `toml:"snapshot_timeout"`
+	Backup          Backup    `toml:"backup"`
+	Retention       Retention `toml:"retention"`
 }
 
 // Backup configures `walhub backup` for one server.
@@ -257,6 +259,9 @@ func (s *Server) resolve(key string) error {
 	}
 	if s.StatusInterval.Duration == 0 {
 		s.StatusInterval.Duration = 10 * time.Second
+	}
+	if s.SnapshotTimeout.Duration == 0 {
+		s.SnapshotTimeout.Duration = 4 * time.Hour
 	}
 	switch s.Backup.Checkpoint {
 	case "":

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +88,27 @@ func TestSelect(t *testing.T) {
 	}
 	if _, err := cfg.Select("c"); err == nil || !strings.Contains(err.Error(), "configured: a, b") {
 		t.Fatalf("Select(c) err = %v", err)
+	}
+}
+
+// TestREADMEExampleParses keeps the README's configuration example valid.
+func TestREADMEExampleParses(t *testing.T) {
+	data, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "```toml\n")
+	example, _, ok2 := strings.Cut(rest, "```")
+	if !ok || !ok2 {
+		t.Fatal("no ```toml block in README.md")
+	}
+	t.Setenv("WALHUB_READ_TOKEN", "r")
+	t.Setenv("WALHUB_ADMIN_TOKEN", "a")
+	// Uncomment every optional key too: they must all be valid.
+	full := strings.NewReplacer("\n# ", "\n").Replace(example)
+	for _, text := range []string{example, full} {
+		if _, err := Parse(text); err != nil {
+			t.Errorf("README example: %v\n%s", err, text)
+		}
 	}
 }

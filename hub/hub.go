@@ -45,6 +45,9 @@ type Options struct {
 	// Status answers GET /v1/servers/{server}/status. Nil makes that route
 	// answer 503 (status not available).
 	Status func(ctx context.Context, server string) (any, error)
+	// Snapshots answers the admin routes .../snapshot/start and /stop. Nil
+	// makes them answer 503.
+	Snapshots Snapshots
 }
 
 // Server is the hub's HTTP server.
@@ -94,6 +97,8 @@ func (s *Server) routes() {
 	s.read(http.MethodGet, "/servers/:server/backups/:id", s.getBackup)
 	s.read(http.MethodGet, "/servers/:server/backups/:id/files/:file", s.getBackupFile)
 	s.read(http.MethodGet, "/servers/:server/status", s.status)
+	s.admin(http.MethodPost, "/servers/:server/snapshot/start", s.snapshotStart)
+	s.admin(http.MethodPost, "/servers/:server/snapshot/stop", s.snapshotStop)
 }
 
 // read adds a versioned route that needs a read or an admin token.

@@ -259,7 +259,7 @@ func TestPeekListsConsecutiveSegmentsCapped(t *testing.T) {
 				t.Errorf("peek %d: segment %d is %+v, want %s", tt.from, i, s, name)
 			}
 		}
-		if p.SystemID != "7300000000000000001" || p.SegmentSize != segSize {
+		if p.SystemID != "7300000000000000001" || p.SegmentSize != segSize || p.Limit != min(tt.n, 8) {
 			t.Errorf("peek identity %+v", p)
 		}
 	}

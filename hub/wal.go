@@ -221,7 +221,7 @@ func (s *Server) peek(c echo.Context) error {
 		}
 		count = min(v, s.o.Config.Hub.MaxPeek)
 	}
-	out := api.Peek{Server: srv.Name, SystemID: srv.SystemID, SegmentSize: srv.SegmentSize, Segments: []api.PeekSegment{}}
+	out := api.Peek{Server: srv.Name, SystemID: srv.SystemID, SegmentSize: srv.SegmentSize, Limit: count, Segments: []api.PeekSegment{}}
 	if srv.SegmentSize == 0 {
 		return c.JSON(http.StatusOK, out)
 	}

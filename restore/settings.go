@@ -36,7 +36,7 @@ func (s Settings) Lines() []string {
 	t := s.Target
 	switch t.Kind() {
 	case "time":
-		lines = append(lines, "recovery_target_time = "+quote(t.Time.Format("2006-01-02 15:04:05.999999Z07:00")))
+		lines = append(lines, "recovery_target_time = "+quote(t.Time.UTC().Format("2006-01-02 15:04:05.999999-07:00")))
 	case "lsn":
 		lines = append(lines, "recovery_target_lsn = "+quote(t.LSN.String()))
 	case "xid":

@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
@@ -25,9 +27,26 @@ import (
 // ErrNotRunning is returned by Stop when no snapshot was started.
 var ErrNotRunning = errors.New("no snapshot is running")
 
-// WaitWAL waits until the WAL from start to stop (on timeline tli) is in the
+// ErrBusy is returned by Start when a snapshot, backup or expire of the server runs.
+var ErrBusy = errors.New("the server is busy")
+
+// WaitWAL waits until the WAL of backup b (start to stop LSN) is in the
 // catalog, switching WAL on the server when the last segment is not complete.
-type WaitWAL func(ctx context.Context, srv *config.Server, tli walname.TimeLine, start, stop walname.LSN) error
+type WaitWAL func(ctx context.Context, srv *config.Server, b catalog.Backup) error
+
+// HubWAL is the WaitWAL of the daemon: it waits, as a base backup does, for
+// the receiver to catalog the WAL, for at most the server's backup.wal_timeout.
+func HubWAL(cat *catalog.Catalog, log *slog.Logger) WaitWAL {
+	return func(ctx context.Context, srv *config.Server, b catalog.Backup) error {
+		cs, err := cat.ServerByName(ctx, srv.Name)
+		if err != nil {
+			return err
+		}
+		return basebackup.WaitWAL(ctx, basebackup.WALWait{Catalog: cat, ServerID: cs.ID, SegmentSize: cs.SegmentSize,
+			StartLSN: b.StartLSN, StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI,
+			Timeout: srv.Backup.WALTimeout.Duration, SwitchWAL: basebackup.SwitchWALOn(srv.Conninfo), Log: log})
+	}
+}
 
 // Manager holds the sessions of running snapshots, at most one per server.
 type Manager struct {
@@ -36,7 +55,7 @@ type Manager struct {
 	Repo    storage.Local
 	Log     *slog.Logger
 	WaitWAL WaitWAL
-	// Timeout ends a snapshot that was not stopped in time (default 4h).
+	// Timeout, when set, overrides every server's snapshot_timeout (tests).
 	Timeout time.Duration
 
 	mu      sync.Mutex
@@ -50,30 +69,11 @@ type session struct {
 	timer  *time.Timer
 }
 
-// Started is the answer to Start.
-type Started struct {
-	Server   string           `json:"server"`
-	BackupID string           `json:"backup_id"`
-	StartLSN walname.LSN      `json:"start_lsn"`
-	TimeLine walname.TimeLine `json:"timeline"`
-	Deadline time.Time        `json:"deadline"`
-}
-
-// Stopped is the answer to Stop: what must go with the copy.
-type Stopped struct {
-	Server        string      `json:"server"`
-	BackupID      string      `json:"backup_id"`
-	StartLSN      walname.LSN `json:"start_lsn"`
-	StopLSN       walname.LSN `json:"stop_lsn"`
-	BackupLabel   string      `json:"backup_label"`
-	TablespaceMap string      `json:"tablespace_map"`
-}
-
-func (m *Manager) timeout() time.Duration {
+func (m *Manager) timeout(srv *config.Server) time.Duration {
 	if m.Timeout > 0 {
 		return m.Timeout
 	}
-	return 4 * time.Hour
+	return srv.SnapshotTimeout.Duration
 }
 
 // FailInterrupted marks snapshots left running by an earlier daemon as failed:
@@ -105,10 +105,10 @@ func (m *Manager) FailInterrupted(ctx context.Context) error {
 }
 
 // Start runs pg_backup_start in a session the manager keeps open.
-func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (Started, error) {
+func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (api.SnapshotStarted, error) {
 	srv, err := m.Config.Server(server)
 	if err != nil {
-		return Started{}, err
+		return api.SnapshotStarted{}, err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -116,12 +116,12 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (S
 		m.running = map[string]*session{}
 	}
 	if s, ok := m.running[server]; ok {
-		return Started{}, fmt.Errorf("a snapshot of %s is already running (backup %s, started %s): stop it first",
-			server, s.backup.ID, s.backup.StartedAt.Local().Format(time.DateTime))
+		return api.SnapshotStarted{}, fmt.Errorf("%w: a snapshot of %s is already running (backup %s, started %s): stop it first",
+			ErrBusy, server, s.backup.ID, s.backup.StartedAt.Local().Format(time.DateTime))
 	}
 	l, err := lock.Acquire(filepath.Join(m.Repo.Root, filepath.FromSlash(storage.LockPath(server))), "snapshot", "")
 	if err != nil {
-		return Started{}, fmt.Errorf("snapshot of %s: %w", server, err)
+		return api.SnapshotStarted{}, fmt.Errorf("%w: snapshot of %s: %w", ErrBusy, server, err)
 	}
 	ok := false
 	defer func() {
@@ -131,14 +131,14 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (S
 	}()
 	cs, err := m.Catalog.EnsureServer(ctx, server)
 	if err != nil {
-		return Started{}, err
+		return api.SnapshotStarted{}, err
 	}
 	// The session must outlive this request: it is not tied to ctx.
 	connCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(connCtx, srv.Conninfo)
 	if err != nil {
-		return Started{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
+		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
 	}
 	if label == "" {
 		label = "walhub snapshot"
@@ -148,12 +148,12 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (S
 		Scan(&startText, &walFile)
 	if err != nil {
 		conn.Close(context.Background())
-		return Started{}, fmt.Errorf("snapshot of %s: pg_backup_start: %w", server, err)
+		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: pg_backup_start: %w", server, err)
 	}
 	start, err := walname.ParseLSN(startText)
 	if err != nil {
 		conn.Close(context.Background())
-		return Started{}, err
+		return api.SnapshotStarted{}, err
 	}
 	tli, _ := walname.Parse(walFile)
 	host, _ := os.Hostname()
@@ -163,20 +163,21 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (S
 		PID: os.Getpid(), Host: host}
 	if err := m.Catalog.AddBackup(ctx, b); err != nil {
 		conn.Close(context.Background())
-		return Started{}, err
+		return api.SnapshotStarted{}, err
 	}
 	l.Update(-1, "backup "+b.ID)
 	s := &session{conn: conn, lock: l, backup: b}
-	deadline := now.Add(m.timeout())
-	s.timer = time.AfterFunc(m.timeout(), func() { m.abandon(server, s) })
+	timeout := m.timeout(srv)
+	deadline := now.Add(timeout)
+	s.timer = time.AfterFunc(timeout, func() { m.abandon(server, s, timeout) })
 	m.running[server] = s
 	ok = true
 	m.log().Info("snapshot started", "server", server, "backup", b.ID, "start_lsn", start, "deadline", deadline)
-	return Started{Server: server, BackupID: b.ID, StartLSN: start, TimeLine: tli.TimeLine, Deadline: deadline}, nil
+	return api.SnapshotStarted{Server: server, BackupID: b.ID, StartLSN: start, TimeLine: tli.TimeLine, Deadline: deadline}, nil
 }
 
 // abandon ends a snapshot that was not stopped in time.
-func (m *Manager) abandon(server string, s *session) {
+func (m *Manager) abandon(server string, s *session, timeout time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.running[server] != s {
@@ -186,20 +187,20 @@ func (m *Manager) abandon(server string, s *session) {
 	s.conn.Close(context.Background()) // ends the backup on the server
 	s.lock.Release()
 	s.backup.State, s.backup.FinishedAt = catalog.StateFailed, time.Now().UTC()
-	s.backup.Reason = fmt.Sprintf("abandoned: not stopped within %s", m.timeout())
+	s.backup.Reason = fmt.Sprintf("abandoned: not stopped within %s", timeout)
 	if err := m.Catalog.UpdateBackup(context.Background(), s.backup); err != nil {
 		m.log().Error("snapshot: record failure", "server", server, "err", err)
 	}
-	m.log().Error("snapshot abandoned", "server", server, "backup", s.backup.ID, "timeout", m.timeout())
+	m.log().Error("snapshot abandoned", "server", server, "backup", s.backup.ID, "timeout", timeout)
 }
 
 // Stop runs pg_backup_stop in the snapshot's session, records backup_label
 // and tablespace_map in the catalog, and waits until the hub holds the WAL up
 // to the stop LSN.
-func (m *Manager) Stop(ctx context.Context, server string) (Stopped, error) {
+func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped, error) {
 	srv, err := m.Config.Server(server)
 	if err != nil {
-		return Stopped{}, err
+		return api.SnapshotStopped{}, err
 	}
 	m.mu.Lock()
 	s, ok := m.running[server]
@@ -209,17 +210,17 @@ func (m *Manager) Stop(ctx context.Context, server string) (Stopped, error) {
 	}
 	m.mu.Unlock()
 	if !ok {
-		return Stopped{}, fmt.Errorf("snapshot stop %s: %w (start one with walhub snapshot start)", server, ErrNotRunning)
+		return api.SnapshotStopped{}, fmt.Errorf("snapshot stop %s: %w (start one with walhub snapshot start)", server, ErrNotRunning)
 	}
 	defer s.lock.Release()
 	defer s.conn.Close(context.Background())
 	b := s.backup
-	fail := func(err error) (Stopped, error) {
+	fail := func(err error) (api.SnapshotStopped, error) {
 		b.State, b.FinishedAt, b.Reason = catalog.StateFailed, time.Now().UTC(), err.Error()
 		if uerr := m.Catalog.UpdateBackup(context.Background(), b); uerr != nil {
 			m.log().Error("snapshot: record failure", "server", server, "err", uerr)
 		}
-		return Stopped{}, fmt.Errorf("snapshot stop %s: %w", server, err)
+		return api.SnapshotStopped{}, fmt.Errorf("snapshot stop %s: %w", server, err)
 	}
 	var stopText, walFile, label, spcmap string
 	err = s.conn.QueryRow(ctx, `SELECT lsn::text, pg_walfile_name(lsn), labelfile, COALESCE(spcmapfile, '')
@@ -239,7 +240,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (Stopped, error) {
 		return fail(err)
 	}
 	if m.WaitWAL != nil {
-		if err := m.WaitWAL(ctx, srv, b.StopTLI, b.StartLSN, b.StopLSN); err != nil {
+		if err := m.WaitWAL(ctx, srv, b); err != nil {
 			return fail(fmt.Errorf("WAL up to %s not in the hub: %w", b.StopLSN, err))
 		}
 	}
@@ -248,7 +249,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (Stopped, error) {
 		return fail(err)
 	}
 	m.log().Info("snapshot stopped", "server", server, "backup", b.ID, "stop_lsn", stop)
-	return Stopped{Server: server, BackupID: b.ID, StartLSN: b.StartLSN, StopLSN: stop, BackupLabel: label, TablespaceMap: spcmap}, nil
+	return api.SnapshotStopped{Server: server, BackupID: b.ID, StartLSN: b.StartLSN, StopLSN: stop, BackupLabel: label, TablespaceMap: spcmap}, nil
 }
 
 // Close ends every running snapshot (daemon shutdown): they are marked failed.

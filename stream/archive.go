@@ -20,7 +20,7 @@ import (
 )
 
 // segmentStore turns complete .partial files into stored, cataloged segments:
-// compressed (or renamed, without compression) to their final name, durable,
+// compressed (or linked, without compression) to their final name, durable,
 // then cataloged, and only then is the .partial removed.
 type segmentStore struct {
 	repo        storage.Local
@@ -94,17 +94,16 @@ func (s *segmentStore) store(ctx context.Context, seg completedSegment) error {
 	if err := s.cat.AddSegment(ctx, row); err != nil {
 		return err
 	}
-	if s.compression != "none" {
-		if err := removeFile(seg.Partial); err != nil {
-			return err
-		}
+	if err := removeFile(seg.Partial); err != nil {
+		return err
 	}
 	s.stored(seg, row)
 	return nil
 }
 
-// storeUncompressed checksums the fsynced .partial and renames it to its
-// final name, as pg_receivewal does: the bytes are written only once.
+// storeUncompressed checksums the fsynced .partial and links it under its
+// final name, as pg_receivewal renames it: the bytes are written only once.
+// The .partial stays until the segment is cataloged.
 func (s *segmentStore) storeUncompressed(in *os.File, seg completedSegment, rel string, sum io.Writer) (int64, error) {
 	n, err := io.CopyBuffer(sum, in, s.buf)
 	if err != nil {
@@ -114,8 +113,12 @@ func (s *segmentStore) storeUncompressed(in *os.File, seg completedSegment, rel 
 	if err != nil {
 		return 0, err
 	}
-	if err := os.Rename(seg.Partial, final); err != nil {
-		return 0, fmt.Errorf("rename %s: %w", seg.Partial, err)
+	// A crash may have left the link without its catalog row.
+	if err := removeFile(final); err != nil {
+		return 0, err
+	}
+	if err := os.Link(seg.Partial, final); err != nil {
+		return 0, fmt.Errorf("link %s: %w", seg.Partial, err)
 	}
 	return n, storage.SyncDir(filepath.Dir(final))
 }

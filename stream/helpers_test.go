@@ -123,7 +123,9 @@ type child struct {
 func writeConfig(t *testing.T, tr *testRepo, sections ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "walhub.toml")
-	text := fmt.Sprintf("repository = %q\n%s", tr.repo.Root, strings.Join(sections, "\n"))
+	// Each daemon's hub listens on a port of its own: tests run in parallel.
+	text := fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n%s", tr.repo.Root, pgtest.FreePort(t),
+		strings.Join(sections, "\n"))
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
 	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
 		return 0, errors.New("SHOW wal_segment_size: unexpected result shape")
 	}
-	size, err := parseSize(string(res[0].Rows[0][0]))
+	size, err := walname.ParseSize(string(res[0].Rows[0][0]))
 	if err != nil {
 		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
 	}
@@ -54,28 +54,6 @@ func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
 		return 0, err
 	}
 	return size, nil
-}
-
-// parseSize reads a size as PostgreSQL's SHOW prints it ("16MB", "1GB", "512kB").
-func parseSize(s string) (uint64, error) {
-	units := []struct {
-		suffix string
-		mult   uint64
-	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}}
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(s, u.suffix); ok {
-			n, err := strconv.ParseUint(num, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("invalid size %q", s)
-			}
-			return n * u.mult, nil
-		}
-	}
-	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return n, nil
 }
 
 // slotInfo is what READ_REPLICATION_SLOT says about a slot.
@@ -246,11 +224,11 @@ func finishCopy(ctx context.Context, conn *pgconn.PgConn) (*timelineEnd, error) 
 // pgEpoch is PostgreSQL's epoch for timestamps in the replication protocol.
 var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-// sendStatus sends a standby status update. It is built here rather than with
-// pglogrepl, which would replace a zero flush position with the write
+// statusMessage builds a standby status update. It is built here rather than
+// with pglogrepl, which would replace a zero flush position with the write
 // position: flush must only ever be what is fsynced. Apply is always zero
 // (the hub applies nothing), as pg_receivewal reports it.
-func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN, replyRequested bool) error {
+func statusMessage(write, flush walname.LSN, replyRequested bool) []byte {
 	msg := make([]byte, 34)
 	msg[0] = 'r'
 	binary.BigEndian.PutUint64(msg[1:], uint64(write))
@@ -260,7 +238,12 @@ func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN, replyRequested bo
 	if replyRequested {
 		msg[33] = 1
 	}
-	buf, err := (&pgproto3.CopyData{Data: msg}).Encode(nil)
+	return msg
+}
+
+// sendStatus sends a standby status update: written up to write, fsynced up to flush.
+func sendStatus(conn *pgconn.PgConn, write, flush walname.LSN) error {
+	buf, err := (&pgproto3.CopyData{Data: statusMessage(write, flush, false)}).Encode(nil)
 	if err != nil {
 		return fmt.Errorf("encode status update: %w", err)
 	}

@@ -3,11 +3,15 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -191,5 +195,80 @@ func TestReceiverRecordsGapWhenSlotIsLost(t *testing.T) {
 	t.Logf("gap recorded: %s-%s: %s", gaps[0].StartLSN, gaps[0].EndLSN, gaps[0].Reason)
 	if _, err := tr.cat.LastSegment(context.Background(), id); errors.Is(err, catalog.ErrNotFound) {
 		t.Fatal("nothing stored after the gap")
+	}
+}
+
+// TestReceiverStopsAcknowledgingWhenDiskIsFull puts the repository on a tiny
+// tmpfs: when it fills, the receiver says why and never reports as flushed
+// what it could not store; given room, it carries on by itself, with no gap.
+func TestReceiverStopsAcknowledgingWhenDiskIsFull(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs for the repository needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v): %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	cat, err := catalog.Open(context.Background(), filepath.Join(dir, storage.CatalogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	tr := &testRepo{repo: storage.Local{Root: dir}, cat: cat}
+
+	pg := pgtest.NewPrimary(t, "diskfull", pgtest.Options{SegmentSizeMB: 1})
+	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)
+	r, stop := runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	pg.GenerateWAL(12)
+	pg.SwitchWAL()
+	pgtest.WaitFor(t, 120*time.Second, "the receiver to report the full disk", func() bool {
+		e := r.State().LastError
+		return strings.Contains(e, "no space left on device") || strings.Contains(e, "disk is full")
+	})
+	t.Logf("receiver says: %s", r.State().LastError)
+	if restart, held := pg.SlotRestartLSN(srv.Slot), heldEnd(t, tr, "main", 1); restart > held {
+		t.Fatalf("slot restart_lsn %s is beyond what the hub holds (%s)", restart, held)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,size=200m", dir).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v: %s", err, out)
+	}
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	stop()
+	checkTimeLine(t, tr, "main", 1)
+}
+
+// TestReceiverCatchesUpAcrossTimelineSwitchAfterDowntime stops the hub, then
+// promotes the standby it streams from: on restart the hub finds its resume
+// point on timeline 1, streams the rest of it, then follows to timeline 2.
+func TestReceiverCatchesUpAcrossTimelineSwitchAfterDowntime(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "tl2-primary", pgtest.Options{SegmentSizeMB: 1})
+	pg.PgbenchInit(2)
+	sb := pg.NewStandby("tl2-standby", pgtest.StandbyOptions{})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, sb, "main", "")
+	_, stop := runReceiver(t, tr, srv)
+	lsn := pg.SwitchWAL()
+	sb.WaitReplay(lsn, 120*time.Second)
+	waitStored(t, tr, "main", 1, lsn)
+	stop()
+
+	pg.Pgbench(2, 300)
+	lsn = pg.SwitchWAL()
+	sb.WaitReplay(lsn, 120*time.Second)
+	sb.Promote()
+	sb.Pgbench(2, 300)
+	lsn = sb.SwitchWAL()
+
+	_, stop = runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 2, lsn)
+	stop()
+	_, last1 := checkTimeLine(t, tr, "main", 1)
+	first2, _ := checkTimeLine(t, tr, "main", 2)
+	if last1+1 < first2 {
+		t.Errorf("timeline 1 ends at segment %d, timeline 2 starts at %d: a gap", last1, first2)
 	}
 }

@@ -50,66 +50,10 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		cancel()
 	}()
 	s := &session{r: r, conn: conn, srv: srv}
-
-	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
-	defer cancel()
-	id, err := identifySystem(setupCtx, conn)
+	store, start, tli, err := s.prepare(ctx)
 	if err != nil {
 		return false, err
 	}
-	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
-		return false, err
-	}
-	if err := r.o.Catalog.BindIdentity(setupCtx, srv.ID, id.SystemID, s.segSize); err != nil {
-		if errors.Is(err, catalog.ErrIdentityMismatch) {
-			return false, &failedError{fmt.Errorf("refusing to stream from %s: %w", srvCfg.Name, err)}
-		}
-		return false, err
-	}
-	r.update(true, func(st *State) {
-		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
-	})
-	slot, err := s.ensureSlot(setupCtx)
-	if err != nil {
-		return false, err
-	}
-	walDir, err := r.o.Repo.Path(storage.WALDir(srvCfg.Name))
-	if err != nil {
-		return false, err
-	}
-	if err := storage.CleanTemp(walDir); err != nil {
-		return false, fmt.Errorf("remove temporary files: %w", err)
-	}
-	store, err := newSegmentStore(r.o.Repo, r.o.Catalog, srv.ID, srvCfg.Name, s.segSize, srvCfg.Compression,
-		srvCfg.CompressionLevel, r.segmentStored)
-	if err != nil {
-		return false, err
-	}
-	start, held, err := s.resumePoint(setupCtx, store)
-	if err != nil {
-		return false, err
-	}
-	if start == 0 {
-		start = slot.RestartLSN
-		if start == 0 {
-			start = id.XLogPos
-		}
-		start = walname.AlignDown(start, s.segSize)
-		held = start
-	}
-	history, err := s.storeHistories(setupCtx, id.TimeLine)
-	if err != nil {
-		return false, err
-	}
-	tli := walname.TimeLineOf(history, id.TimeLine, start)
-	if r.walRemoved != nil {
-		if start, err = s.skipRemovedWAL(setupCtx, tli, start, held); err != nil {
-			return false, err
-		}
-		r.walRemoved = nil
-	}
-	cancel()
-
 	s.arch = startArchiver(context.WithoutCancel(ctx), store, archiveQueue)
 	defer func() {
 		if ferr := s.arch.finish(); ferr != nil && err == nil {
@@ -162,6 +106,70 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		}
 		tli, start = end.NextTimeLine, walname.AlignDown(end.SwitchLSN, s.segSize)
 	}
+}
+
+// prepare checks the server's identity, the slot and the repository, and
+// works out where and on which timeline streaming starts.
+func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, walname.TimeLine, error) {
+	cfg, conn := s.r.o.Server, s.conn
+	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	id, err := identifySystem(setupCtx, conn)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
+		return nil, 0, 0, err
+	}
+	if err := s.r.o.Catalog.BindIdentity(setupCtx, s.srv.ID, id.SystemID, s.segSize); err != nil {
+		if errors.Is(err, catalog.ErrIdentityMismatch) {
+			return nil, 0, 0, &failedError{fmt.Errorf("refusing to stream from %s: %w", cfg.Name, err)}
+		}
+		return nil, 0, 0, err
+	}
+	s.r.update(true, func(st *State) {
+		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
+	})
+	slot, err := s.ensureSlot(setupCtx)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	walDir, err := s.r.o.Repo.Path(storage.WALDir(cfg.Name))
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if err := storage.CleanTemp(walDir); err != nil {
+		return nil, 0, 0, fmt.Errorf("remove temporary files: %w", err)
+	}
+	store, err := newSegmentStore(s.r.o.Repo, s.r.o.Catalog, s.srv.ID, cfg.Name, s.segSize, cfg.Compression,
+		cfg.CompressionLevel, s.r.segmentStored)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	start, held, err := s.resumePoint(setupCtx, store)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if start == 0 {
+		start = slot.RestartLSN
+		if start == 0 {
+			start = id.XLogPos
+		}
+		start = walname.AlignDown(start, s.segSize)
+		held = start
+	}
+	history, err := s.storeHistories(setupCtx, id.TimeLine)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	tli := walname.TimeLineOf(history, id.TimeLine, start)
+	if s.r.walRemoved != nil {
+		if start, err = s.skipRemovedWAL(setupCtx, tli, start, held); err != nil {
+			return nil, 0, 0, err
+		}
+		s.r.walRemoved = nil
+	}
+	return store, start, tli, nil
 }
 
 // connect opens a physical replication connection.
@@ -429,7 +437,7 @@ func (s *session) flushAndReport() error {
 
 // report sends a status update: written up to pos, flushed up to synced.
 func (s *session) report() error {
-	if err := sendStatus(s.conn, s.w.pos, s.w.synced, false); err != nil {
+	if err := sendStatus(s.conn, s.w.pos, s.w.synced); err != nil {
 		return err
 	}
 	s.reported = s.w.synced

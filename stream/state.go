@@ -1,5 +1,3 @@
-// Package stream receives WAL from PostgreSQL through a physical replication
-// slot and stores it in the repository, durably and without gaps.
 package stream
 
 import (

@@ -19,6 +19,10 @@ type completedSegment struct {
 	Partial string
 }
 
+// writebackChunk is how much written WAL may wait in the page cache before
+// the kernel is asked to start writing it out.
+const writebackChunk = 1 << 20
+
 // walWriter writes the WAL of one timeline into .partial files, one per
 // segment, splitting the stream at segment boundaries.
 //
@@ -38,6 +42,8 @@ type walWriter struct {
 	// dirDirty is set when a .partial was created whose directory entry is not
 	// yet fsynced.
 	dirDirty bool
+	// writtenBack is the offset in the file up to which writeback was started.
+	writtenBack uint64
 
 	// pos is the end of the WAL written (last byte + 1); synced the end of
 	// what is fsynced. Nothing but sync advances synced.
@@ -80,6 +86,7 @@ func (w *walWriter) open() error {
 	}
 	w.file = f
 	w.dirDirty = true
+	w.writtenBack = 0
 	return nil
 }
 
@@ -97,10 +104,18 @@ func (w *walWriter) write(data []byte) error {
 			n = room
 		}
 		if _, err := w.file.Write(data[:n]); err != nil {
-			return fmt.Errorf("write %s.partial: %w", w.name, err)
+			return fmt.Errorf("store WAL at %s: %w", w.pos, err)
 		}
 		w.pos += walname.LSN(n)
 		data = data[n:]
+		if off := walname.SegmentOffset(w.pos, w.segSize); off == 0 || off-w.writtenBack >= writebackChunk {
+			end := off
+			if end == 0 {
+				end = w.segSize
+			}
+			startWriteback(w.file, int64(w.writtenBack), int64(end-w.writtenBack))
+			w.writtenBack = end
+		}
 		if walname.SegmentOffset(w.pos, w.segSize) == 0 {
 			if err := w.closeSegment(); err != nil {
 				return err

@@ -21,10 +21,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		t.Fatal("systemd-analyze not found: install it with `apt-get install -y systemd`")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "walhub")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/walhub").CombinedOutput(); err != nil {
-		t.Fatalf("build walhub: %v\n%s", err, out)
-	}
+	bin := filepath.Join(binDir, "walhub")
 	var paths []string
 	for _, u := range units {
 		data, err := os.ReadFile(filepath.Join("..", "systemd", u))

@@ -266,3 +266,26 @@ func ParseSegment(s string, segSize uint64) (TimeLine, SegNo, error) {
 	}
 	return n.TimeLine, no, nil
 }
+
+// ParseSize reads a size as PostgreSQL's SHOW prints it ("16MB", "1GB",
+// "512kB", "8192"), in bytes.
+func ParseSize(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   uint64
+	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"TB", 1 << 40}, {"B", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			n, err := strconv.ParseUint(num, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("invalid size %q", s)
+			}
+			return n * u.mult, nil
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	return n, nil
+}

@@ -14,67 +14,84 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
+	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
-	"github.com/walhub/walhub/test/walfeed"
 	"github.com/walhub/walhub/walname"
 )
 
-// e2e is a primary whose completed WAL reaches a hub repository (through its
-// archive_command and walfeed, standing in for the receiver until it lands),
-// and a hub serving that repository on a real port that can be stopped and
-// started again.
+// e2e is a primary streamed into a hub repository by the real receiver
+// (stream.Receiver, in this process), and a hub serving that repository on
+// a real port that can be stopped and started again.
 type e2e struct {
-	t       *testing.T
-	primary *pgtest.Cluster
-	cat     *catalog.Catalog
-	feeder  *walfeed.Feeder
-	cfg     *config.Config
-	url     string
-	stop    context.CancelFunc
-	done    chan error
+	t        *testing.T
+	primary  *pgtest.Cluster
+	cat      *catalog.Catalog
+	repo     storage.Local
+	cfg      *config.Config
+	receiver *stream.Receiver
+	url      string
+	stop     context.CancelFunc
+	done     chan error
 }
 
 func newE2E(t *testing.T, segMB int) *e2e {
 	t.Helper()
 	ctx := context.Background()
-	archive := pgtest.TempDir(t, "archive")
-	primary := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: segMB, Conf: []string{
-		"archive_mode = on", "archive_command = '" + walfeed.ArchiveCommand(archive) + "'"}})
-	repoDir := t.TempDir()
-	cat, err := catalog.Open(ctx, filepath.Join(repoDir, storage.CatalogFile))
+	primary := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: segMB})
+	repo := storage.Local{Root: t.TempDir()}
+	cat, err := catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cat.Close() })
-	sysid := primary.Query("SELECT system_identifier FROM pg_control_system()")
-	feeder, err := walfeed.New(ctx, storage.Local{Root: repoDir}, cat, "main", sysid, uint64(segMB)<<20, "zstd")
+	port := pgtest.FreePort(t)
+	cfg, err := config.Parse(fmt.Sprintf(`repository = %q
+[hub]
+listen = "127.0.0.1:%d"
+read_tokens = [%q]
+[[server]]
+name = "main"
+conninfo = %q
+status_interval = "1s"
+`, repo.Root, port, testToken, primary.ConnString("")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	feedCtx, stopFeed := context.WithCancel(ctx)
-	fed := make(chan error, 1)
-	go func() { fed <- feeder.Follow(feedCtx, archive, 100*time.Millisecond) }()
+	e := &e2e{t: t, primary: primary, cat: cat, repo: repo, cfg: cfg, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	e.receiver = stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: cat, Repo: repo,
+		Log: slog.New(slog.DiscardHandler)})
+	recvCtx, stopReceiver := context.WithCancel(ctx)
+	received := make(chan error, 1)
+	go func() { received <- e.receiver.Run(recvCtx) }()
 	t.Cleanup(func() {
-		stopFeed()
-		if err := <-fed; err != nil {
-			t.Errorf("feeding the repository: %v", err)
+		stopReceiver()
+		if err := <-received; err != nil {
+			t.Errorf("receiver: %v", err)
 		}
 	})
-	port := pgtest.FreePort(t)
-	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\nread_tokens = [%q]\n", repoDir, port, testToken))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &e2e{t: t, primary: primary, cat: cat, feeder: feeder, cfg: cfg, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	// Base backups taken from now on find their WAL in the hub.
+	pgtest.WaitFor(t, 60*time.Second, "the receiver to stream", func() bool { return e.receiver.State().State == "streaming" })
 	e.startHub()
 	t.Cleanup(e.stopHub)
 	return e
 }
 
+// holds reports whether the hub's catalog has the segment.
+func (e *e2e) holds(name string) bool {
+	srv, err := e.cat.ServerByName(context.Background(), "main")
+	if err != nil {
+		return false
+	}
+	_, err = e.cat.Segment(context.Background(), srv.ID, name)
+	return err == nil
+}
+
 func (e *e2e) startHub() {
 	e.t.Helper()
-	srv, err := hub.New(hub.Options{Config: e.cfg, Catalog: e.cat, Repo: e.feeder.Repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := hub.New(hub.Options{Config: e.cfg, Catalog: e.cat, Repo: e.repo, Log: slog.New(slog.DiscardHandler),
+		Status: func(context.Context, string) (any, error) { return e.receiver.State(), nil }})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -139,6 +156,16 @@ func TestArchiveOnlyStandbyFollowsPrimaryUnderLoad(t *testing.T) {
 		"SELECT count(*), sum(abalance) FROM pgbench_accounts",
 		"SELECT count(*), sum(delta) FROM pgbench_history",
 		"SELECT sum(tbalance) FROM pgbench_tellers")
+
+	// The hub's status route reports the receiver that fed it.
+	c, err := client.New(client.Options{URL: e.url, Server: "main", Token: testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := c.Status(context.Background())
+	if err != nil || !strings.Contains(string(raw), `"state":"streaming"`) {
+		t.Errorf("status: %s, %v", raw, err)
+	}
 }
 
 func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
@@ -157,10 +184,7 @@ func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
 		t.Fatalf("the backlog is only %d segments", n)
 	}
 	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
-	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool {
-		_, err := e.cat.Segment(context.Background(), e.feeder.Server.ID, last)
-		return err == nil
-	})
+	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
 	standby.Start()
 	standby.WaitReplay(end, 300*time.Second)
 	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
@@ -209,10 +233,7 @@ func TestPointInTimeRecoveryWithHubDownStopsInsteadOfEndingEarly(t *testing.T) {
 	e.primary.Query("CREATE TABLE after_backup AS SELECT g FROM generate_series(1, 1000) g")
 	mark := e.switchAndMark()
 	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(mark, 1<<20), 1<<20)
-	pgtest.WaitFor(t, 120*time.Second, "the hub to hold "+last, func() bool {
-		_, err := e.cat.Segment(context.Background(), e.feeder.Server.ID, last)
-		return err == nil
-	})
+	pgtest.WaitFor(t, 120*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
 
 	e.stopHub()
 	pgtest.Run(t, pgtest.ServerCommand(t, "pg_ctl", "-D", restore.DataDir, "-l", restore.LogFile, "-W", "start"))

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/walname"
@@ -102,25 +104,32 @@ func fetchInto(ctx context.Context, c *client.Client, name, dir string, systemID
 
 // tempFiles remembers temporary files, so a signal handler can remove them.
 type tempFiles struct {
-	ch chan map[string]bool
+	mu    sync.Mutex
+	paths map[string]bool
 }
 
-func newTempFiles() *tempFiles {
-	t := &tempFiles{ch: make(chan map[string]bool, 1)}
-	t.ch <- map[string]bool{}
-	return t
+func newTempFiles() *tempFiles { return &tempFiles{paths: map[string]bool{}} }
+
+func (t *tempFiles) add(p string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.paths[p] = true
 }
 
-func (t *tempFiles) add(p string)    { m := <-t.ch; m[p] = true; t.ch <- m }
-func (t *tempFiles) remove(p string) { m := <-t.ch; delete(m, p); t.ch <- m }
+func (t *tempFiles) remove(p string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.paths, p)
+}
 
 // removeAll removes every remembered file (on a signal, before exiting).
 func (t *tempFiles) removeAll() {
-	m := <-t.ch
-	for p := range m {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for p := range t.paths {
 		os.Remove(p)
 	}
-	t.ch <- map[string]bool{}
+	t.paths = map[string]bool{}
 }
 
 // install renames a verified temporary file into dst.
@@ -134,4 +143,13 @@ func install(tmp, dst string, reg *tempFiles) error {
 	return nil
 }
 
-func dirOf(p string) string { return filepath.Dir(p) }
+// removeStaleTemps removes temporary files that a walfetch killed with
+// SIGKILL left in dir more than an hour ago.
+func removeStaleTemps(dir string) {
+	old, _ := filepath.Glob(filepath.Join(dir, ".walfetch-*.tmp"))
+	for _, p := range old {
+		if fi, err := os.Stat(p); err == nil && time.Since(fi.ModTime()) > time.Hour {
+			os.Remove(p)
+		}
+	}
+}

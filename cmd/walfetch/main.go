@@ -202,6 +202,7 @@ func serve(ctx context.Context, s settings, m mode, name, dst string, temps *tem
 		systemID = id
 	}
 
+	removeStaleTemps(filepath.Dir(dst))
 	start := time.Now()
 	corrupt := 0
 	for attempt := 1; ; attempt++ {

@@ -38,12 +38,13 @@ type prefetcher struct {
 	finished chan struct{} // a download ended
 
 	// Owned by the loop goroutine.
-	segSize  uint64
-	current  string // the segment recovery last received
-	tli      walname.TimeLine
-	segno    walname.SegNo
-	lastPoke time.Time
-	lastPeek time.Time
+	servedCount, hits int // segments recovery received, and how many the spool had ready
+	segSize           uint64
+	current           string // the segment recovery last received
+	tli               walname.TimeLine
+	segno             walname.SegNo
+	lastPoke          time.Time
+	lastPeek          time.Time
 	// known holds what peeks said the hub has after the current segment, on
 	// its timeline, up to horizon; peekShort says the last peek found fewer
 	// than asked for (the hub's end: ask again only after a pause).
@@ -54,12 +55,19 @@ type prefetcher struct {
 	inflightMu sync.Mutex
 	inflight   map[string]bool
 	failed     map[string]time.Time // name → not before
+	// fetched are the segments downloaded into the spool: one that is gone
+	// since was taken by walfetch (the poke may still be on its way) and is
+	// not downloaded again.
+	fetched map[string]bool
 }
 
 type download struct {
 	seg     api.PeekSegment
 	segSize uint64
 }
+
+// errPartTaken: a .part file exists that this prefetcher did not create.
+var errPartTaken = errors.New("being written by another process")
 
 var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
@@ -104,7 +112,7 @@ func runPrefetcher() int {
 	}
 	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log,
 		served: make(chan string, 64), finished: make(chan struct{}, 64),
-		failed: map[string]time.Time{}, inflight: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 	p.removeOtherSpools()
 	p.removeParts()
 	sock := shortPath(sp.sockPath())
@@ -121,10 +129,12 @@ func runPrefetcher() int {
 	p.loop()
 	conn.Close()
 	os.Remove(sock)
-	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit)
-	// Whatever is left will not be asked for soon (recovery ended or stopped):
-	// leave no spool behind.
-	os.RemoveAll(sp.dir)
+	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit, "served", p.servedCount, "from_spool", p.hits)
+	// Whatever is left will not be asked for soon (recovery ended or
+	// stopped): leave no segments behind. The lock file stays (deleting it
+	// could let two prefetchers hold locks on two files); a prefetcher
+	// started meanwhile finds it held and leaves, and the next call starts one.
+	p.removeSegments()
 	return 0
 }
 
@@ -168,6 +178,16 @@ func (p *prefetcher) removeParts() {
 	entries, _ := os.ReadDir(p.sp.dir)
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".part") {
+			os.Remove(p.sp.path(e.Name()))
+		}
+	}
+}
+
+// removeSegments empties the spool of segments, finished or not.
+func (p *prefetcher) removeSegments() {
+	entries, _ := os.ReadDir(p.sp.dir)
+	for _, e := range entries {
+		if _, err := walname.Parse(strings.TrimSuffix(e.Name(), ".part")); err == nil {
 			os.Remove(p.sp.path(e.Name()))
 		}
 	}
@@ -239,6 +259,15 @@ func (p *prefetcher) onServed(name string) {
 	}
 	p.lastPoke = time.Now()
 	p.current = name
+	p.servedCount++
+	p.inflightMu.Lock()
+	if p.fetched[name] {
+		p.hits++
+	}
+	p.inflightMu.Unlock()
+	if p.servedCount%100 == 0 {
+		p.log.Info("progress", "served", p.servedCount, "from_spool", p.hits, "at", name)
+	}
 	if p.segSize != 0 {
 		p.setCurrent()
 	}
@@ -260,6 +289,13 @@ func (p *prefetcher) setCurrent() {
 			delete(p.known, k)
 		}
 	}
+	p.inflightMu.Lock()
+	for name := range p.fetched {
+		if t, n, err := walname.ParseSegment(name, p.segSize); err != nil || t != tli || n <= segno {
+			delete(p.fetched, name)
+		}
+	}
+	p.inflightMu.Unlock()
 }
 
 // trim removes spool entries recovery no longer needs: at or before the
@@ -283,6 +319,7 @@ func (p *prefetcher) trim() {
 		}
 		if tli != p.tli || segno <= p.segno || segno > last {
 			os.Remove(p.sp.path(e.Name()))
+			delete(p.fetched, name)
 		}
 	}
 }
@@ -304,7 +341,7 @@ func (p *prefetcher) plan(jobs chan<- download) {
 	defer p.inflightMu.Unlock()
 	for segno := p.segno + 1; segno <= last; segno++ {
 		seg, ok := p.known[segno]
-		if !ok || p.inflight[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
+		if !ok || p.inflight[seg.Name] || p.fetched[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
 			continue
 		}
 		if _, err := os.Stat(p.sp.path(seg.Name)); err == nil {
@@ -366,7 +403,7 @@ func (p *prefetcher) peek() {
 		p.segSize = peek.SegmentSize
 		p.setCurrent()
 	}
-	p.peekShort = len(peek.Segments) < count
+	p.peekShort = len(peek.Segments) < min(count, max(peek.Limit, 1))
 	for _, seg := range peek.Segments {
 		tli, segno, err := walname.ParseSegment(seg.Name, p.segSize)
 		if err != nil || tli != p.tli || segno <= p.segno {
@@ -389,7 +426,11 @@ func (p *prefetcher) fetch(d download) {
 	start := time.Now()
 	part := p.sp.path(name + ".part")
 	err := func() error {
-		f, err := os.OpenFile(part, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+		// O_EXCL: this process is the only writer of the file it verifies.
+		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: %s", errPartTaken, part)
+		}
 		if err != nil {
 			return err
 		}
@@ -409,10 +450,18 @@ func (p *prefetcher) fetch(d download) {
 		if err := checkSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.systemID); err != nil {
 			return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
 		}
-		return os.Rename(part, p.sp.path(name))
+		if err := os.Rename(part, p.sp.path(name)); err != nil {
+			return err
+		}
+		p.inflightMu.Lock()
+		p.fetched[name] = true
+		p.inflightMu.Unlock()
+		return nil
 	}()
 	if err != nil {
-		os.Remove(part)
+		if !errors.Is(err, errPartTaken) {
+			os.Remove(part)
+		}
 		p.inflightMu.Lock()
 		p.failed[name] = time.Now().Add(2 * time.Second)
 		p.inflightMu.Unlock()

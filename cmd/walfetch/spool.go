@@ -100,7 +100,7 @@ func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
 		return false
 	}
 	lastSize, lastChange, start := fi.Size(), time.Now(), time.Now()
-	for sleep := 200 * time.Microsecond; time.Since(start) < max; sleep = min(sleep*2, 5*time.Millisecond) {
+	for sleep := 100 * time.Microsecond; time.Since(start) < max; sleep = min(sleep*2, time.Millisecond) {
 		time.Sleep(sleep)
 		if _, err := os.Stat(sp.path(name)); err == nil {
 			return true

@@ -365,6 +365,9 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 		t.Fatalf("spool holds %d segments, want 6: %v\nprefetcher log:\n%s", len(got), got, log)
 	}
 	for segno := walname.SegNo(2); segno <= 12; segno++ {
+		// PostgreSQL replays a segment between two calls; the prefetcher
+		// uses that time to move its window.
+		time.Sleep(50 * time.Millisecond)
 		name := walname.SegmentName(1, segno, testSegSize)
 		if code, stderr := runWalfetch(t, dir, args(segno)...); code != 0 {
 			t.Fatalf("%s: exit %d: %s", name, code, stderr)
@@ -436,4 +439,69 @@ func TestSettingsPrecedence(t *testing.T) {
 	if _, _, err := loadSettings([]string{"--config", cfgPath, "a", "b"}, os.Stderr); err == nil || !strings.Contains(err.Error(), "sevrer") {
 		t.Errorf("unknown key: %v", err)
 	}
+}
+
+func TestSpoolOfAnotherRestoreIsNeitherUsedNorKept(t *testing.T) {
+	h := newTestHub(t, 4)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 2, testSegSize)
+	// A spool left by an unrelated restore: same segment name, other bytes.
+	stale := filepath.Join(dir, "pg_wal", "walfetch-spool", "0123456789abcdef")
+	os.MkdirAll(stale, 0o700)
+	if err := os.WriteFile(filepath.Join(stale, name), fakeSegment(1, 99), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runWalfetch(t, dir, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+	if !bytes.Equal(got, h.segs[name]) {
+		t.Fatal("served the stale spool's segment instead of the hub's")
+	}
+	waitFor(t, 20*time.Second, "the prefetcher to remove the stale spool", func() bool {
+		_, err := os.Stat(stale)
+		return os.IsNotExist(err)
+	})
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+}
+
+func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
+	h := newTestHub(t, 8)
+	for segno := walname.SegNo(5); segno <= 8; segno++ {
+		h.add(t, 2, segno)
+	}
+	dir := dataDir(t, "standby.signal", true)
+	spooled := func(tli string) int {
+		names, _ := filepath.Glob(filepath.Join(dir, "pg_wal", "walfetch-spool", "*", tli+"*"))
+		n := 0
+		for _, p := range names {
+			if !strings.HasSuffix(p, ".part") {
+				n++
+			}
+		}
+		return n
+	}
+	args := func(name string) []string {
+		return hubArgs(h, "--prefetch", "6", name, "pg_wal/RECOVERYXLOG")
+	}
+	if code, stderr := runWalfetch(t, dir, args(walname.SegmentName(1, 1, testSegSize))...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	waitFor(t, 20*time.Second, "timeline 1 segments in the spool", func() bool { return spooled("00000001") == 6 })
+	// Recovery switches to timeline 2 at segment 5.
+	name := walname.SegmentName(2, 5, testSegSize)
+	if code, stderr := runWalfetch(t, dir, args(name)...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	waitFor(t, 20*time.Second, "the spool to hold timeline 2's next segments only", func() bool {
+		return spooled("00000001") == 0 && spooled("00000002") == 3
+	})
 }

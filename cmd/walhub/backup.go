@@ -46,25 +46,13 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
   walhub backup --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			servers, err := cfg.Select(server)
-			if err != nil {
-				return err
-			}
 			if checkpoint != "" && checkpoint != "fast" && checkpoint != "spread" {
 				return fmt.Errorf("--checkpoint: %q is not one of fast, spread", checkpoint)
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
 			}
-			repo, err := a.repository()
-			if err != nil {
-				return err
-			}
-			cat, err := a.catalog(cmd.Context())
+			servers, repo, cat, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
@@ -124,8 +112,8 @@ func backupOptions(s *config.Server, repo storage.Local, cat *catalog.Catalog, l
 	}
 }
 
-// progressReporter shows a backup's progress: a bar (bytes, rate, ETA) when
-// stderr is a terminal, a log line every 10 seconds otherwise.
+// progressReporter shows the progress of a backup or a restore: a bar (bytes,
+// rate, ETA) when stderr is a terminal, a log line every 10 seconds otherwise.
 type progressReporter struct {
 	server  string
 	log     *slog.Logger
@@ -144,11 +132,11 @@ func (p *progressReporter) report(pr basebackup.Progress) {
 		p.finish()
 		p.phase = pr.Phase
 		if !p.tty {
-			p.log.Info("backup phase", "server", p.server, "phase", pr.Phase)
+			p.log.Info("phase", "server", p.server, "phase", pr.Phase)
 		}
 	}
-	if pr.Phase != basebackup.PhaseStreaming {
-		return
+	if pr.Total <= 0 {
+		return // a phase without a measure of progress (verifying, waiting for WAL)
 	}
 	if !p.tty {
 		if time.Since(p.lastLog) >= 10*time.Second {
@@ -157,15 +145,15 @@ func (p *progressReporter) report(pr basebackup.Progress) {
 			if pr.Total > 0 {
 				pct = 100 * float64(pr.Done) / float64(pr.Total)
 			}
-			p.log.Info("backup progress", "server", p.server, "done", humanBytes(pr.Done), "of", humanBytes(pr.Total),
-				"percent", fmt.Sprintf("%.0f", pct))
+			p.log.Info("progress", "server", p.server, "phase", pr.Phase, "done", humanBytes(pr.Done),
+				"of", humanBytes(pr.Total), "percent", fmt.Sprintf("%.0f", pct))
 		}
 		return
 	}
 	if p.bar == nil {
 		p.bar = progressbar.NewOptions64(pr.Total,
 			progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionSetDescription(p.server+": streaming"),
+			progressbar.OptionSetDescription(p.server+": "+pr.Phase),
 			progressbar.OptionShowBytes(true),
 			progressbar.OptionShowCount(),
 			progressbar.OptionSetPredictTime(true),

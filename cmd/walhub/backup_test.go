@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 )
 
@@ -67,5 +71,78 @@ func TestBackupCommandRejectsBadFlags(t *testing.T) {
 		if _, err := run(t, append([]string{"--config", p}, args...)...); err == nil {
 			t.Errorf("%v: accepted", args)
 		}
+	}
+}
+
+func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
+	p.PgbenchInit(1)
+	conf := writeConfig(t, p, "compression = \"none\"\n[server.backup]\ncheckpoint = \"spread\"\nwal_timeout = \"2m\"\n")
+	a := &app{configPath: conf}
+	cfg, err := a.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cat, err := a.catalog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: cat, Repo: storage.Local{Root: cfg.Repository}})
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	out, err := run(t, "--config", conf, "backup", "--checkpoint", "fast", "--output=json")
+	if err != nil {
+		t.Fatalf("backup: %v\n%s", err, out)
+	}
+	var taken []backupView
+	if err := json.Unmarshal([]byte(out), &taken); err != nil || len(taken) != 1 {
+		t.Fatalf("backup json: %v\n%s", err, out)
+	}
+	b := taken[0]
+	if b.State != "done" || b.Compression != "none" || b.Size == 0 || b.StoredSize < b.Size || len(b.Files) != 2 {
+		t.Fatalf("backup: %+v", b)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Repository, "main", "backups", b.ID, "base.tar")); err != nil {
+		t.Errorf("uncompressed archive: %v", err)
+	}
+
+	out, err = run(t, "--config", conf, "list-backups")
+	if err != nil || !strings.Contains(out, b.ID) || !strings.Contains(out, "done") {
+		t.Fatalf("list-backups: %v\n%s", err, out)
+	}
+	out, err = run(t, "--config", conf, "verify", "--server", "main")
+	if err != nil || !strings.Contains(out, "main "+b.ID+": OK") {
+		t.Fatalf("verify latest: %v\n%s", err, out)
+	}
+
+	// Damage the stored archive: verify names the file and fails.
+	archive := filepath.Join(cfg.Repository, "main", "backups", b.ID, "base.tar")
+	data, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The top-level PG_VERSION's header starts at a 512-byte boundary with its
+	// name; its content follows the header.
+	i := 0
+	for i = 0; i < len(data); i += 512 {
+		if bytes.HasPrefix(data[i:], []byte("PG_VERSION\x00")) {
+			break
+		}
+	}
+	if i >= len(data) {
+		t.Fatal("no PG_VERSION in base.tar")
+	}
+	copy(data[i+512:], "99")
+	if err := os.WriteFile(archive, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, "--config", conf, "verify", "--backup", b.ID)
+	if err == nil || !strings.Contains(out, "FAILED") || !strings.Contains(out, "PG_VERSION has CRC32C checksum") {
+		t.Fatalf("verify of a damaged backup: %v\n%s", err, out)
 	}
 }

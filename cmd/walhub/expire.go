@@ -29,19 +29,7 @@ hourly in the daemon unless retention.auto_expire = false.`,
   walhub expire --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			servers, err := cfg.Select(server)
-			if err != nil {
-				return err
-			}
-			repo, err := a.repository()
-			if err != nil {
-				return err
-			}
-			cat, err := a.catalog(cmd.Context())
+			servers, repo, cat, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

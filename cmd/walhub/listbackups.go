@@ -28,19 +28,7 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
   walhub list-backups --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			servers, err := cfg.Select(server)
-			if err != nil {
-				return err
-			}
-			repo, err := a.repository()
-			if err != nil {
-				return err
-			}
-			cat, err := a.catalog(cmd.Context())
+			servers, repo, cat, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

@@ -38,12 +38,6 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-// errNotBuilt is what a command that does not exist yet returns: it says so and
-// fails, rather than pretend.
-func errNotBuilt(what string) error {
-	return &exitError{code: 3, err: fmt.Errorf("%s is not built yet in this version of walhub", what)}
-}
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -147,4 +141,27 @@ func (a *app) catalog(ctx context.Context) (*catalog.Catalog, error) {
 		return nil, err
 	}
 	return catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
+}
+
+// openServers loads the configuration, selects the servers a command names
+// ("all" or "" for every one), and opens the repository and its catalog; the
+// caller closes the catalog.
+func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, storage.Local, *catalog.Catalog, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	servers, err := cfg.Select(name)
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	repo, err := a.repository()
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	cat, err := a.catalog(ctx)
+	if err != nil {
+		return nil, storage.Local{}, nil, err
+	}
+	return servers, repo, cat, nil
 }

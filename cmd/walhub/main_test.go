@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,13 +61,5 @@ func TestUnknownLogLevelIsAnError(t *testing.T) {
 	_, err := run(t, "--log-level", "loud", "status")
 	if err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Fatalf("err = %v", err)
-	}
-}
-
-func TestNotBuiltCommandsFail(t *testing.T) {
-	_, err := run(t, "snapshot", "start")
-	var ee *exitError
-	if !errors.As(err, &ee) || ee.code == 0 {
-		t.Fatalf("a command that is not built must fail, got %v", err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/retention"
+	"github.com/walhub/walhub/snapshot"
+	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"golang.org/x/sync/errgroup"
@@ -67,7 +69,13 @@ func (a *app) serve(ctx context.Context) error {
 		r := stream.NewReceiver(stream.Options{Server: &srv, Catalog: cat, Repo: repo, Log: a.log, Metrics: metrics})
 		services = append(services, r.Run)
 	}
-	h, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: repo, Registry: registry, Log: a.log})
+	snapshots := &snapshot.Manager{Config: cfg, Catalog: cat, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
+	if err := snapshots.FailInterrupted(ctx); err != nil {
+		return err
+	}
+	defer snapshots.Close()
+	h, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: repo, Registry: registry, Log: a.log,
+		Status: status.Provider(cfg, cat, repo.Root), Snapshots: snapshots})
 	if err != nil {
 		return err
 	}

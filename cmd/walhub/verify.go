@@ -39,19 +39,7 @@ manifest is missing. Exits 1 when any backup fails the check, listing every prob
   walhub verify --backup all --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			servers, err := cfg.Select(server)
-			if err != nil {
-				return err
-			}
-			repo, err := a.repository()
-			if err != nil {
-				return err
-			}
-			cat, err := a.catalog(cmd.Context())
+			servers, repo, cat, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

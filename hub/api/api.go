@@ -36,6 +36,8 @@ const (
 	CodeUnauthorized  = "unauthorized"   // missing or wrong token
 	CodeUnavailable   = "unavailable"    // the hub cannot answer this now
 	CodeInternal      = "internal"       // the hub failed; see its log
+	CodeConflict      = "conflict"       // the request clashes with work in progress (a running snapshot or backup)
+	CodeFailed        = "failed"         // the hub tried and PostgreSQL refused or failed
 )
 
 // ErrorBody is the JSON body of every error response.
@@ -55,10 +57,13 @@ type PeekSegment struct {
 // on the same timeline that the hub holds now, at most the n asked for (capped
 // by the hub's max_peek). Segments is empty when the requested one is missing.
 type Peek struct {
-	Server      string        `json:"server"`
-	SystemID    string        `json:"system_id"`
-	SegmentSize uint64        `json:"segment_size"`
-	Segments    []PeekSegment `json:"segments"`
+	Server      string `json:"server"`
+	SystemID    string `json:"system_id"`
+	SegmentSize uint64 `json:"segment_size"`
+	// Limit is the n the hub applied (the n asked for, capped by max_peek):
+	// fewer segments than Limit means the hub holds no more now.
+	Limit    int           `json:"limit"`
+	Segments []PeekSegment `json:"segments"`
 }
 
 // BackupFile is one stored file of a backup.
@@ -121,3 +126,33 @@ func BackupFilePath(server, id, file string) string {
 
 // StatusPath is the route of a server's status.
 func StatusPath(server string) string { return ServerPath(server) + "/status" }
+
+// SnapshotStart is the body of POST .../snapshot/start.
+type SnapshotStart struct {
+	Label string `json:"label,omitempty"`
+	// Fast asks for an immediate checkpoint instead of a spread one.
+	Fast bool `json:"fast,omitempty"`
+}
+
+// SnapshotStarted answers POST .../snapshot/start.
+type SnapshotStarted struct {
+	Server   string           `json:"server"`
+	BackupID string           `json:"backup_id"`
+	StartLSN walname.LSN      `json:"start_lsn"`
+	TimeLine walname.TimeLine `json:"timeline"`
+	// Deadline is when an unstopped snapshot is ended and marked failed.
+	Deadline time.Time `json:"deadline"`
+}
+
+// SnapshotStopped answers POST .../snapshot/stop: what must go with the copy.
+type SnapshotStopped struct {
+	Server        string      `json:"server"`
+	BackupID      string      `json:"backup_id"`
+	StartLSN      walname.LSN `json:"start_lsn"`
+	StopLSN       walname.LSN `json:"stop_lsn"`
+	BackupLabel   string      `json:"backup_label"`
+	TablespaceMap string      `json:"tablespace_map"`
+}
+
+// SnapshotPath is the route of a snapshot action ("start" or "stop").
+func SnapshotPath(server, action string) string { return ServerPath(server) + "/snapshot/" + action }

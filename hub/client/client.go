@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -131,7 +132,12 @@ func (c *Client) Close() { c.http.CloseIdleConnections() }
 // do sends a GET and returns the response when it is 200; any other answer is
 // turned into an error of the right kind and the body closed.
 func (c *Client) do(ctx context.Context, path string, header http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	return c.send(ctx, http.MethodGet, path, header, nil)
+}
+
+// send is do for any method, with an optional body.
+func (c *Client) send(ctx context.Context, method, path string, header http.Header, reqBody io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, reqBody)
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
@@ -145,9 +151,9 @@ func (c *Client) do(ctx context.Context, path string, header http.Header) (*http
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: GET %s: %w", ErrUnreachable, path, ctx.Err())
+			return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, path, ctx.Err())
 		}
-		return nil, fmt.Errorf("%w: GET %s%s: %w", ErrUnreachable, c.base, path, unwrapURLError(err))
+		return nil, fmt.Errorf("%w: %s %s%s: %w", ErrUnreachable, method, c.base, path, unwrapURLError(err))
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
@@ -161,7 +167,7 @@ func (c *Client) do(ctx context.Context, path string, header http.Header) (*http
 			body.Error = body.Error[:200]
 		}
 	}
-	msg := fmt.Sprintf("GET %s%s: %s: %s", c.base, path, resp.Status, body.Error)
+	msg := fmt.Sprintf("%s %s%s: %s: %s", method, c.base, path, resp.Status, body.Error)
 	switch {
 	case resp.StatusCode == http.StatusNotFound && body.Code == api.CodeUnknownServer:
 		return nil, fmt.Errorf("%w: %s", ErrUnknownServer, msg)
@@ -219,11 +225,11 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 	switch enc := resp.Header.Get("Content-Encoding"); enc {
 	case "", "identity":
 	case "zstd":
-		dec, err := zstd.NewReader(transport, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
-		if err != nil {
+		dec := getDecoder()
+		defer putDecoder(dec)
+		if err := dec.Reset(transport); err != nil {
 			return info, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 		}
-		defer dec.Close()
 		body = dec
 	default:
 		return info, fmt.Errorf("%w: %s: unexpected Content-Encoding %q", ErrCorrupt, name, enc)
@@ -250,6 +256,27 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 		return info, fmt.Errorf("%w: %s: checksum %s, the hub recorded %s", ErrCorrupt, name, checksum.Format(got), info.Checksum)
 	}
 	return info, nil
+}
+
+// decoders are reused: a zstd decoder's buffers are as large as a segment's
+// window, and a prefetcher decodes segment after segment.
+var decoders sync.Pool
+
+func getDecoder() *zstd.Decoder {
+	if d, ok := decoders.Get().(*zstd.Decoder); ok {
+		return d
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
+	}
+	return d
+}
+
+func putDecoder(d *zstd.Decoder) {
+	if d.Reset(nil) == nil {
+		decoders.Put(d)
+	}
 }
 
 // errorReader remembers the transport's read error, to tell "the bytes

@@ -1,0 +1,127 @@
+package bench
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/walname"
+)
+
+// BenchmarkRestoreCommandCost isolates what walfetch controls: the cost of
+// one restore_command call when the segment is already prefetched (a spool
+// hit), against `cp` of the same segment from a local directory, both run
+// through sh as PostgreSQL runs them, interleaved so that a busy machine
+// slows both alike. Run it with
+//
+//	go test -run XXX -bench RestoreCommandCost -benchtime 1x ./bench
+func BenchmarkRestoreCommandCost(b *testing.B) {
+	const systemID = 7300000000000000042
+	segSize := envInt("BENCH_SEGMENT_MB", 16) << 20
+	calls := envInt("BENCH_CALLS", 300)
+	dir := b.TempDir()
+	walfetch := filepath.Join(dir, "walfetch")
+	build := exec.Command("go", "build", "-o", walfetch, "github.com/walhub/walhub/cmd/walfetch")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build walfetch: %v\n%s", err, out)
+	}
+	data := filepath.Join(dir, "data")
+	for _, d := range []string{"pg_wal", "global", "archive"} {
+		os.MkdirAll(filepath.Join(data, d), 0o700)
+	}
+	var control [8192]byte
+	binary.NativeEndian.PutUint64(control[:], systemID)
+	os.WriteFile(filepath.Join(data, "global", "pg_control"), control[:], 0o600)
+	os.WriteFile(filepath.Join(data, "standby.signal"), nil, 0o600)
+
+	segment := func(segno walname.SegNo) []byte {
+		seg := make([]byte, segSize)
+		binary.NativeEndian.PutUint16(seg[2:], 0x0002)
+		binary.NativeEndian.PutUint32(seg[4:], 1)
+		binary.NativeEndian.PutUint64(seg[8:], uint64(walname.SegmentStart(segno, uint64(segSize))))
+		binary.NativeEndian.PutUint64(seg[24:], systemID)
+		binary.NativeEndian.PutUint32(seg[32:], uint32(segSize))
+		return seg
+	}
+	// A minimal hub: segment 1 for the first call (which starts the
+	// prefetcher), and peeks that find nothing more, so the spool holds
+	// only what this benchmark puts there.
+	first := segment(1)
+	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/peek") {
+			json.NewEncoder(w).Encode(api.Peek{Server: "main", SystemID: strconv.FormatUint(systemID, 10), SegmentSize: uint64(segSize), Limit: 1})
+			return
+		}
+		h := w.Header()
+		h.Set(api.HeaderChecksum, checksum.Of(first))
+		h.Set(api.HeaderSize, strconv.Itoa(segSize))
+		h.Set(api.HeaderSystemID, strconv.FormatUint(systemID, 10))
+		h.Set(api.HeaderSegmentSize, strconv.Itoa(segSize))
+		w.Write(first)
+	}))
+	defer hub.Close()
+	wf := func(name string) string {
+		return fmt.Sprintf("%s --url %s --server main --idle-exit 20s %s pg_wal/RECOVERYXLOG", walfetch, hub.URL, name)
+	}
+	run := func(command string) time.Duration {
+		// PostgreSQL removes the previous RECOVERYXLOG before each call.
+		os.Remove(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
+		cmd := exec.Command("sh", "-c", command)
+		cmd.Dir = data
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("%s: %v\n%s", command, err, out)
+		}
+		return time.Since(start)
+	}
+	run(wf(walname.SegmentName(1, 1, uint64(segSize))))
+	var spool string
+	for deadline := time.Now().Add(10 * time.Second); spool == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		keys, _ := filepath.Glob(filepath.Join(data, "pg_wal", "walfetch-spool", "*", "prefetcher.lock"))
+		if len(keys) == 1 {
+			spool = filepath.Dir(keys[0])
+		}
+	}
+	if spool == "" {
+		b.Fatal("the prefetcher did not start")
+	}
+	source := filepath.Join(data, "archive", "segment")
+	if err := os.WriteFile(source, segment(2), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	var cpTimes, hitTimes []time.Duration
+	b.ResetTimer()
+	for i := 0; i < calls; i++ {
+		cpTimes = append(cpTimes, run("cp archive/segment pg_wal/RECOVERYXLOG"))
+		// The prefetcher's work, done before the call as it would be: a
+		// verified segment in the spool (a hard link stands in for the download).
+		name := walname.SegmentName(1, walname.SegNo(i+2), uint64(segSize))
+		if err := os.Link(source, filepath.Join(spool, name)); err != nil {
+			b.Fatal(err)
+		}
+		hitTimes = append(hitTimes, run(wf(name)))
+		if _, err := os.Stat(filepath.Join(spool, name)); err == nil {
+			b.Fatalf("%s was not taken from the spool", name)
+		}
+	}
+	b.StopTimer()
+	median := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
+	mc, mh := median(cpTimes), median(hitTimes)
+	fmt.Printf("restore_command cost, %d calls each, %d MiB segments, median through sh:\n", calls, segSize>>20)
+	fmt.Printf("  cp from a local directory:  %v\n", mc.Round(time.Microsecond))
+	fmt.Printf("  walfetch, spool hit:        %v\n", mh.Round(time.Microsecond))
+	fmt.Printf("  walfetch / cp time:         %.2fx\n", float64(mh)/float64(mc))
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Catch-up throughput of walhub's receiver against pg_receivewal, on the same
+# retained WAL in the same run.
+#
+# A PostgreSQL 15 primary gets physical slots at the same LSN, then about
+# WAL_MB megabytes of WAL while nothing receives. Then, one after the other:
+# pg_receivewal (fsync per segment, as by default) and walhub serve with zstd
+# and with no compression each catch up from their own slot to the same target
+# LSN; each is timed until the last segment before the target is complete
+# (pg_receivewal: renamed from .partial; walhub: stored and cataloged).
+# Each runs TRIALS times from its own slot, interleaved, and the median counts:
+# on a shared machine single runs are noisy. Times include process start.
+#
+# Usage: bench/receive.sh            (as root or as a user that can run initdb)
+#   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
+set -euo pipefail
+
+WAL_MB=${WAL_MB:-1024}
+TRIALS=${TRIALS:-3}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
+chmod 755 "$work"
+port=$((20000 + RANDOM % 20000))
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
+lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+
+cleanup() {
+	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
+	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building walhub"
+(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+
+echo "primary on port $port in $work"
+mkdir "$work/data"
+if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
+as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+shared_buffers = 256MB
+fsync = on
+CONF
+as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
+
+# median of the numbers on stdin
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+psql_ "CHECKPOINT" >/dev/null
+for i in $(seq 1 "$TRIALS"); do
+	for s in rw zstd none; do
+		psql_ "SELECT pg_create_physical_replication_slot('bench_${s}_$i', true)" >/dev/null
+	done
+done
+start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
+[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
+echo "generating ${WAL_MB} MB of WAL while nothing receives"
+psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
+target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
+last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
+bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
+echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last; $TRIALS trials each, interleaved"
+
+# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds.
+run_rw() {
+	rm -rf "$work/rw" && mkdir "$work/rw"
+	local t0 t1
+	t0=$(date +%s.%N)
+	"$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
+	rw_pid=$!
+	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
+	t1=$(date +%s.%N)
+	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
+	rm -rf "$work/rw"
+	echo "$t1 - $t0" | bc -l
+}
+
+# run_hub COMPRESSION TRIAL: walhub serve catches up; prints seconds and peak RSS in kB.
+run_hub() {
+	local comp=$1 repo="$work/repo-$1"
+	rm -rf "$repo"
+	cat > "$work/walhub.toml" <<TOML
+repository = "$repo"
+[[server]]
+name = "bench"
+conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
+slot = "bench_${comp}_$2"
+create_slot = false
+compression = "$comp"
+TOML
+	local t0 t1 hwm
+	t0=$(date +%s.%N)
+	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	hub_pid=$!
+	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
+		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
+		sleep 0.02
+	done
+	t1=$(date +%s.%N)
+	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
+	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+	stored_mb=$(du -sm "$repo/bench/wal" | cut -f1)
+	rm -rf "$repo"
+	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb"
+}
+
+declare -A secs
+peak=0
+for i in $(seq 1 "$TRIALS"); do
+	t=$(run_rw "$i"); secs[rw]+="$t "
+	printf "  trial %d  pg_receivewal %6.2f s\n" "$i" "$t"
+	for comp in zstd none; do
+		read -r t hwm stored <<<"$(run_hub "$comp" "$i")"
+		secs[$comp]+="$t "
+		[ "$hwm" -gt "$peak" ] && peak=$hwm
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB)\n" "$i" "$comp" "$t" $((hwm / 1024)) "$stored"
+	done
+done
+rw_med=$(tr ' ' '\n' <<<"${secs[rw]}" | grep . | median)
+rw_mbs=$(echo "$bytes / 1048576 / $rw_med" | bc -l)
+echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL:"
+printf "  pg_receivewal      %6.2f s  %7.1f MB/s\n" "$rw_med" "$rw_mbs"
+for comp in zstd none; do
+	med=$(tr ' ' '\n' <<<"${secs[$comp]}" | grep . | median)
+	mbs=$(echo "$bytes / 1048576 / $med" | bc -l)
+	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f\n" "$comp" "$med" "$mbs" "$(echo "$mbs / $rw_mbs" | bc -l)"
+done
+echo "walhub peak RSS (VmHWM, any trial): $((peak / 1024)) MB"

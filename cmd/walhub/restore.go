@@ -1,0 +1,238 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/restore"
+	"github.com/walhub/walhub/walname"
+)
+
+func (a *app) restoreCommand() *cobra.Command {
+	var (
+		server, backupID, targetDir, snapshotDir, hubURL, token, walfetch, walfetchTokenFile string
+		targetTime, targetLSN                                                                string
+		tablespaces                                                                          []string
+		s                                                                                    restore.Settings
+	)
+	cmd := &cobra.Command{
+		Use:   "restore",
+		Short: "Restore a backup into an empty directory, with recovery settings",
+		Long: `Writes a backup into an empty (or missing) data directory, checks every restored file
+against the backup's manifest, relocates tablespaces, and writes the recovery settings:
+restore_command = 'walfetch ... %f %p' pointing at the hub, recovery.signal (or
+standby.signal with --standby) and the recovery target. Then start PostgreSQL on it.
+
+On the hub host it reads the repository named by the configuration; on any other host
+give --hub-url (and a read token with --token or WALHUB_TOKEN): the backup streams over
+HTTP. Nothing is written when an input is wrong (non-empty target, unknown backup, a
+target that no backup reaches); a restore that fails half-way removes what it wrote.
+
+With a target and no --backup, the newest backup that ends before the target is used.
+Run it as the user PostgreSQL runs as (the files get that owner).
+
+--snapshot-dir finishes an external snapshot instead (walhub snapshot start/stop): the
+directory holds the copied files; walhub writes the backup_label and tablespace_map
+recorded at snapshot stop, removes postmaster.pid and the copied pg_wal, and writes the
+recovery settings.`,
+		Example: `  walhub restore --server main --target-dir /var/lib/postgresql/15/main
+  walhub restore --server main --target-dir /srv/pitr --target-time '2026-11-21 09:59:00+00' --target-action promote
+  walhub restore --server main --target-dir /srv/standby --standby --primary-conninfo 'host=db1 user=replicator'
+  walhub restore --server main --target-dir /srv/copy --tablespace 16385=/srv/copy_ts
+  walhub restore --hub-url https://walhub.example:7480 --server main --target-dir /srv/copy
+  walhub restore --server main --snapshot-dir /mnt/snap/pgdata`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if server == "" {
+				return errors.New("--server is required")
+			}
+			if (targetDir == "") == (snapshotDir == "") {
+				return errors.New("give --target-dir (restore a backup) or --snapshot-dir (finish a snapshot), one of them")
+			}
+			var err error
+			if targetTime != "" {
+				if s.Target.Time, err = restore.ParseTime(targetTime); err != nil {
+					return err
+				}
+			}
+			if targetLSN != "" {
+				if s.Target.LSN, err = walname.ParseLSN(targetLSN); err != nil {
+					return fmt.Errorf("--target-lsn: %w", err)
+				}
+			}
+			if err := s.Target.Validate(); err != nil {
+				return err
+			}
+			tsDirs, err := parseTablespaces(tablespaces)
+			if err != nil {
+				return err
+			}
+			var src restore.Source
+			url := hubURL
+			if hubURL != "" {
+				if token == "" {
+					token = os.Getenv("WALHUB_TOKEN")
+				}
+				c, err := client.New(client.Options{URL: hubURL, Server: server, Token: token, UserAgent: "walhub-restore"})
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				src = restore.Remote{Client: c}
+			} else {
+				cfg, err := a.config()
+				if err != nil {
+					return fmt.Errorf("%w (or restore from a hub with --hub-url)", err)
+				}
+				if _, err := cfg.Server(server); err != nil {
+					return err
+				}
+				repo, err := a.repository()
+				if err != nil {
+					return err
+				}
+				cat, err := a.catalog(ctx)
+				if err != nil {
+					return err
+				}
+				defer cat.Close()
+				src = restore.Local{Catalog: cat, Repo: repo, Server: server}
+				url = cfg.Hub.URL
+				if len(cfg.Hub.ReadTokens)+len(cfg.Hub.AdminTokens) > 0 && walfetchTokenFile == "" {
+					a.log.Warn("the hub wants a read token: unless walfetch finds one in WALFETCH_TOKEN or its config file, " +
+						"recovery will stop; give --walfetch-token-file FILE (readable by the PostgreSQL user)")
+				}
+			}
+			s.RestoreCommand = restoreCommandLine(walfetch, url, server, walfetchTokenFile)
+			if snapshotDir != "" {
+				dir, err := filepath.Abs(snapshotDir)
+				if err != nil {
+					return err
+				}
+				b, err := restore.FinishSnapshot(ctx, src, backupID, dir, s)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s finished in %s: backup_label written, recovery from %s (stop LSN %s)\n",
+					b.ID, dir, b.StartLSN, b.StopLSN)
+				return nil
+			}
+			dir, err := filepath.Abs(targetDir)
+			if err != nil {
+				return err
+			}
+			bar := newProgressReporter(server, a.log)
+			res, err := restore.Run(ctx, restore.Options{Source: src, BackupID: backupID, TargetDir: dir, Tablespaces: tsDirs,
+				Settings: s, Progress: func(done, total int64) {
+					bar.report(basebackup.Progress{Phase: "restoring", Done: done, Total: total})
+				}})
+			bar.finish()
+			if err != nil {
+				return err
+			}
+			return a.render(cmd.OutOrStdout(), res, func(w io.Writer) error {
+				mbps := 0.0
+				if res.Seconds > 0 {
+					mbps = float64(res.Bytes) / (1 << 20) / res.Seconds
+				}
+				fmt.Fprintf(w, "restored backup %s into %s: %s in %.1fs (%.0f MB/s), verified against its manifest\n",
+					res.BackupID, res.TargetDir, humanBytes(res.Bytes), res.Seconds, mbps)
+				for oid, d := range res.Tablespaces {
+					fmt.Fprintf(w, "  tablespace %d in %s\n", oid, d)
+				}
+				fmt.Fprintf(w, "  %s written; recovery settings in postgresql.auto.conf:\n", res.Signal)
+				for _, l := range res.RecoveryConfig {
+					fmt.Fprintf(w, "    %s\n", l)
+				}
+				return nil
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&server, "server", "s", "", "server name (required)")
+	f.StringVar(&targetDir, "target-dir", "", "data directory to create: empty or missing")
+	f.StringVar(&snapshotDir, "snapshot-dir", "", "finish the copy of an external snapshot in this directory")
+	f.StringVar(&backupID, "backup", "latest", "backup id, or latest (the newest that reaches the target)")
+	f.StringArrayVar(&tablespaces, "tablespace", nil, "move a tablespace: OID=DIR (repeatable)")
+	f.StringVar(&hubURL, "hub-url", "", "restore from this hub over HTTP instead of the local repository")
+	f.StringVar(&token, "token", "", "read token for --hub-url (default: env WALHUB_TOKEN)")
+	f.StringVar(&walfetch, "walfetch", "", "walfetch path for restore_command (default: beside walhub, else from PATH)")
+	f.StringVar(&walfetchTokenFile, "walfetch-token-file", "", "token file walfetch reads (when the hub wants a read token)")
+	f.BoolVar(&s.Standby, "standby", false, "write standby.signal: a standby that keeps following")
+	f.StringVar(&s.PrimaryConninfo, "primary-conninfo", "", "with --standby: stream from this primary once the archive is exhausted")
+	f.StringVar(&s.PrimarySlot, "primary-slot", "", "with --standby: primary_slot_name")
+	f.StringVar(&targetTime, "target-time", "", "recover up to this time ('2026-11-21 10:30:00+00')")
+	f.StringVar(&targetLSN, "target-lsn", "", "recover up to this LSN (16/B374D848)")
+	f.StringVar(&s.Target.XID, "target-xid", "", "recover up to this transaction id")
+	f.StringVar(&s.Target.Name, "target-name", "", "recover up to this restore point (pg_create_restore_point)")
+	f.BoolVar(&s.Target.Immediate, "target-immediate", false, "stop as soon as the backup is consistent")
+	f.BoolVar(&s.Target.Exclusive, "target-exclusive", false, "stop just before the target instead of just after")
+	f.StringVar(&s.Target.Action, "target-action", "", "at the target: pause (default), promote or shutdown")
+	f.StringVar(&s.Target.TimeLine, "target-timeline", "", "recovery_target_timeline: latest (default), current or a number")
+	a.addOutputFlag(cmd)
+	return cmd
+}
+
+// parseTablespaces reads repeated --tablespace OID=DIR flags.
+func parseTablespaces(flags []string) (map[uint32]string, error) {
+	out := map[uint32]string{}
+	for _, f := range flags {
+		oid, dir, ok := strings.Cut(f, "=")
+		n, err := strconv.ParseUint(oid, 10, 32)
+		if !ok || err != nil || n == 0 || dir == "" {
+			return nil, fmt.Errorf("--tablespace %q: want OID=DIR, e.g. 16385=/srv/ts1", f)
+		}
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, err
+		}
+		out[uint32(n)] = abs
+	}
+	return out, nil
+}
+
+// restoreCommandLine builds restore_command for the restored server.
+func restoreCommandLine(walfetch, url, server, tokenFile string) string {
+	if walfetch == "" {
+		walfetch = "walfetch"
+		if exe, err := os.Executable(); err == nil {
+			if p := filepath.Join(filepath.Dir(exe), "walfetch"); fileExists(p) {
+				walfetch = p
+			}
+		}
+	}
+	line := fmt.Sprintf("%s --url %s --server %s", shellQuote(walfetch), shellQuote(url), shellQuote(server))
+	if tokenFile != "" {
+		line += " --token-file " + shellQuote(tokenFile)
+	}
+	return line + " %f %p"
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir()
+}
+
+// shellQuote quotes s for /bin/sh when it holds anything but safe characters.
+func shellQuote(s string) string {
+	safe := true
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:=@,+", c)) {
+			safe = false
+			break
+		}
+	}
+	if safe && s != "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

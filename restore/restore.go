@@ -1,0 +1,166 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/catalog"
+)
+
+// Options are the inputs of one restore.
+type Options struct {
+	Source Source
+	// BackupID names the backup; "" or "latest" picks the newest that reaches the target.
+	BackupID string
+	// TargetDir is the data directory to write: empty or missing.
+	TargetDir string
+	// Tablespaces moves tablespaces: OID → new directory (default: original path).
+	Tablespaces map[uint32]string
+	Settings    Settings
+	// Progress, when set, is told the bytes written so far and the total expected.
+	Progress func(done, total int64)
+}
+
+// Result says what was restored.
+type Result struct {
+	Backup      catalog.Backup    `json:"-"`
+	BackupID    string            `json:"backup_id"`
+	TargetDir   string            `json:"target_dir"`
+	Tablespaces map[uint32]string `json:"tablespaces,omitempty"`
+	Bytes       int64             `json:"bytes"`
+	Seconds     float64           `json:"seconds"`
+	// Signal is recovery.signal or standby.signal.
+	Signal         string   `json:"signal"`
+	RecoveryConfig []string `json:"recovery_settings"`
+}
+
+// Run restores a backup. Every input is checked before anything is written;
+// when unpacking fails half-way, what was written is removed again.
+func Run(ctx context.Context, o Options) (Result, error) {
+	if err := o.Settings.Target.Validate(); err != nil {
+		return Result{}, err
+	}
+	if o.Settings.Standby && o.Settings.Target.Kind() != "" {
+		return Result{}, errors.New("--standby follows to the end of WAL: it does not go with a recovery target")
+	}
+	if o.TargetDir == "" || !filepath.IsAbs(o.TargetDir) {
+		return Result{}, fmt.Errorf("--target-dir %q: give an absolute path", o.TargetDir)
+	}
+	if err := checkEmpty("target directory", o.TargetDir); err != nil {
+		return Result{}, err
+	}
+	backups, err := o.Source.Backups(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	b, err := ChooseBackup(backups, o.BackupID, o.Settings.Target)
+	if err != nil {
+		return Result{}, err
+	}
+	if b.Kind != catalog.KindBase {
+		return Result{}, fmt.Errorf("backup %s is a %s backup: its files are not in walhub (see walhub restore --snapshot-dir)", b.ID, b.Kind)
+	}
+	tsDirs := map[uint32]string{}
+	for _, f := range b.Files {
+		if f.Tablespace == 0 {
+			continue
+		}
+		dir := f.Location
+		if d, ok := o.Tablespaces[f.Tablespace]; ok {
+			dir = d
+		}
+		if !filepath.IsAbs(dir) {
+			return Result{}, fmt.Errorf("--tablespace %d=%s: give an absolute path", f.Tablespace, dir)
+		}
+		if err := checkEmpty(fmt.Sprintf("tablespace %d directory", f.Tablespace), dir); err != nil {
+			return Result{}, fmt.Errorf("%w (move it with --tablespace %d=DIR)", err, f.Tablespace)
+		}
+		tsDirs[f.Tablespace] = dir
+	}
+	for oid := range o.Tablespaces {
+		if _, ok := tsDirs[oid]; !ok {
+			return Result{}, fmt.Errorf("--tablespace %d: backup %s has no tablespace with that OID", oid, b.ID)
+		}
+	}
+
+	created := []string{}
+	for _, d := range append([]string{o.TargetDir}, values(tsDirs)...) {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			created = append(created, d)
+		}
+	}
+	cleanup := func() {
+		for _, d := range append([]string{o.TargetDir}, values(tsDirs)...) {
+			clearDir(d)
+		}
+		for _, d := range created {
+			os.Remove(d)
+		}
+	}
+	start := time.Now()
+	var total int64
+	for _, f := range b.Files {
+		total += f.Size
+	}
+	var done int64
+	progress := func(n int64) {
+		done = n
+		if o.Progress != nil {
+			o.Progress(n, total)
+		}
+	}
+	if err := basebackup.UnpackFrom(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, progress); err != nil {
+		cleanup()
+		return Result{}, fmt.Errorf("restore backup %s from %s: %w", b.ID, o.Source, err)
+	}
+	var ignore []string
+	for oid, d := range tsDirs {
+		if loc := originalLocation(b, oid); filepath.Clean(loc) != filepath.Clean(d) {
+			ignore = append(ignore, "tablespace_map") // rewritten with the new paths
+		}
+	}
+	if err := basebackup.VerifyDir(ctx, o.TargetDir, ignore...); err != nil {
+		cleanup()
+		return Result{}, fmt.Errorf("restored files of backup %s do not match its manifest: %w", b.ID, err)
+	}
+	if err := o.Settings.Write(o.TargetDir); err != nil {
+		cleanup()
+		return Result{}, err
+	}
+	signal := "recovery.signal"
+	if o.Settings.Standby {
+		signal = "standby.signal"
+	}
+	return Result{Backup: b, BackupID: b.ID, TargetDir: o.TargetDir, Tablespaces: tsDirs, Bytes: done,
+		Seconds: time.Since(start).Seconds(), Signal: signal, RecoveryConfig: o.Settings.Lines()}, nil
+}
+
+func originalLocation(b catalog.Backup, oid uint32) string {
+	for _, f := range b.Files {
+		if f.Tablespace == oid {
+			return f.Location
+		}
+	}
+	return ""
+}
+
+func values(m map[uint32]string) []string {
+	out := make([]string, 0, len(m))
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// clearDir removes what is inside dir, leaving dir itself.
+func clearDir(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}

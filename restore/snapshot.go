@@ -1,0 +1,81 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/walhub/walhub/catalog"
+)
+
+// FinishSnapshot makes a directory that holds the files of an external
+// snapshot (copied between walhub snapshot start and stop) ready to start: it
+// writes the backup_label and tablespace_map that pg_backup_stop returned,
+// removes what must not come from a running server's copy (postmaster.pid and
+// .opts, WAL in pg_wal, replication slots), and writes the recovery settings.
+func FinishSnapshot(ctx context.Context, src Source, id, dir string, s Settings) (catalog.Backup, error) {
+	if err := s.Target.Validate(); err != nil {
+		return catalog.Backup{}, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
+		return catalog.Backup{}, fmt.Errorf("--snapshot-dir %s does not look like a copied data directory (no PG_VERSION): %w", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "backup_label")); err == nil {
+		return catalog.Backup{}, fmt.Errorf("%s already has a backup_label: was it finished already?", dir)
+	}
+	backups, err := src.Backups(ctx)
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	var snaps []catalog.Backup
+	for _, b := range backups {
+		if b.Kind == catalog.KindSnapshot {
+			snaps = append(snaps, b)
+		}
+	}
+	b, err := ChooseBackup(snaps, id, s.Target)
+	if err != nil {
+		return catalog.Backup{}, fmt.Errorf("snapshot: %w", err)
+	}
+	if b.BackupLabel == "" {
+		return catalog.Backup{}, fmt.Errorf("snapshot %s has no backup_label recorded", b.ID)
+	}
+	for _, name := range []string{"postmaster.pid", "postmaster.opts", "recovery.signal", "standby.signal"} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return catalog.Backup{}, err
+		}
+	}
+	for _, sub := range []string{"pg_wal", "pg_replslot"} {
+		clearDir(filepath.Join(dir, sub))
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "pg_wal", "archive_status"), 0o700); err != nil {
+		return catalog.Backup{}, err
+	}
+	if err := writeSynced(filepath.Join(dir, "backup_label"), b.BackupLabel); err != nil {
+		return catalog.Backup{}, err
+	}
+	if b.TablespaceMap != "" {
+		if err := writeSynced(filepath.Join(dir, "tablespace_map"), b.TablespaceMap); err != nil {
+			return catalog.Backup{}, err
+		}
+	}
+	return b, s.Write(dir)
+}
+
+func writeSynced(path, content string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -1,0 +1,111 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/storage"
+)
+
+// Source is where a restore reads backups from: the local repository on the
+// hub host, or a hub over HTTP from any other host.
+type Source interface {
+	// Backups lists the server's backups.
+	Backups(ctx context.Context) ([]catalog.Backup, error)
+	// Opener opens the stored files of backup b.
+	Opener(b catalog.Backup) basebackup.Opener
+	// String says where the backups come from, for messages.
+	String() string
+}
+
+// Local reads from the repository and catalog on this host.
+type Local struct {
+	Catalog *catalog.Catalog
+	Repo    storage.Local
+	Server  string
+}
+
+// Backups implements Source.
+func (l Local) Backups(ctx context.Context) ([]catalog.Backup, error) {
+	srv, err := l.Catalog.ServerByName(ctx, l.Server)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, fmt.Errorf("the repository %s has nothing for server %s", l.Repo.Root, l.Server)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return l.Catalog.Backups(ctx, srv.ID)
+}
+
+// Opener implements Source.
+func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.StoreOpener(l.Repo, b) }
+
+func (l Local) String() string { return "repository " + l.Repo.Root }
+
+// Remote reads from a hub over HTTP.
+type Remote struct {
+	Client *client.Client
+}
+
+// Backups implements Source.
+func (r Remote) Backups(ctx context.Context) ([]catalog.Backup, error) {
+	list, err := r.Client.Backups(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list backups from %s: %w", r.Client.URL(), err)
+	}
+	out := make([]catalog.Backup, len(list))
+	for i, b := range list {
+		out[i] = fromAPI(b)
+	}
+	return out, nil
+}
+
+// Opener implements Source: each file is downloaded through a pipe as it is
+// unpacked, so nothing is staged on disk.
+func (r Remote) Opener(b catalog.Backup) basebackup.Opener {
+	return func(ctx context.Context, name string) (io.ReadCloser, error) {
+		pr, pw := io.Pipe()
+		go func() {
+			_, err := r.Client.DownloadBackupFile(ctx, b.ID, name, pw)
+			pw.CloseWithError(err)
+		}()
+		return pr, nil
+	}
+}
+
+func (r Remote) String() string { return "hub " + r.Client.URL() }
+
+// fromAPI maps the hub's wire form of a backup to the catalog's.
+func fromAPI(b api.Backup) catalog.Backup {
+	files := make([]catalog.BackupFile, len(b.Files))
+	for i, f := range b.Files {
+		files[i] = catalog.BackupFile{Name: f.Name, Tablespace: f.Tablespace, Location: f.Location, Size: f.Size,
+			StoredSize: f.StoredSize, Compression: f.Compression, SHA256Stored: f.SHA256Stored}
+	}
+	return catalog.Backup{ID: b.ID, Kind: b.Kind, State: b.State, Reason: b.Reason, Label: b.Label,
+		StartLSN: b.StartLSN, StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI, StartedAt: b.StartedAt,
+		FinishedAt: b.FinishedAt, OriginalSize: b.OriginalSize, StoredSize: b.StoredSize, Compression: b.Compression,
+		Files: files, BackupLabel: b.BackupLabel, TablespaceMap: b.TablespaceMap}
+}
+
+// checkEmpty fails unless dir is missing or an empty directory.
+func checkEmpty(what, dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, dir, err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("%s %s is not empty: restore only writes into an empty or missing directory", what, dir)
+	}
+	return nil
+}

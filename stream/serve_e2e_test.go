@@ -1,0 +1,130 @@
+package stream_test
+
+import (
+	"io/fs"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/stream"
+	"github.com/walhub/walhub/test/pgtest"
+)
+
+// TestServeResumesAfterKill9WithoutGap kills `walhub serve` with SIGKILL at
+// several moments under pgbench load and restarts it: the slot never passes
+// what the hub holds, and the archive ends up whole.
+func TestServeResumesAfterKill9WithoutGap(t *testing.T) {
+	t.Parallel()
+	for _, compression := range []string{"zstd", "none"} {
+		t.Run(compression, func(t *testing.T) {
+			t.Parallel()
+			pg := pgtest.NewPrimary(t, "kill9-"+compression, pgtest.Options{SegmentSizeMB: 1})
+			pg.PgbenchInit(5)
+			tr := newTestRepo(t)
+			cfg := writeConfig(t, tr, serverTOML(pg, "main", "compression = \""+compression+"\""))
+			wait := pg.StartPgbench(4, 30*time.Second)
+			for _, delay := range []time.Duration{2 * time.Second, 700 * time.Millisecond, 3 * time.Second,
+				1200 * time.Millisecond, 2500 * time.Millisecond} {
+				c := startServe(t, cfg)
+				time.Sleep(delay)
+				c.kill9()
+				if _, err := tr.cat.ServerByName(t.Context(), "main"); err != nil {
+					continue
+				}
+				restart, held := pg.SlotRestartLSN("walhub_main"), heldEnd(t, tr, "main", 1)
+				t.Logf("killed after %s: slot restart_lsn %s, hub holds up to %s", delay, restart, held)
+				if restart > held {
+					t.Fatalf("slot restart_lsn %s is beyond what the hub holds (%s): the server may recycle WAL the hub lacks", restart, held)
+				}
+			}
+			wait()
+			c := startServe(t, cfg)
+			waitStored(t, tr, "main", 1, pg.SwitchWAL())
+			c.stop()
+			checkTimeLine(t, tr, "main", 1)
+			filepath.WalkDir(tr.repo.Root, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && strings.Contains(d.Name(), ".tmp-") {
+					t.Errorf("temporary file left: %s", path)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestServeReceivesFromTwoServers(t *testing.T) {
+	t.Parallel()
+	a := pgtest.NewPrimary(t, "two-a", pgtest.Options{SegmentSizeMB: 1})
+	b := pgtest.NewPrimary(t, "two-b", pgtest.Options{})
+	tr := newTestRepo(t)
+	c := startServe(t, writeConfig(t, tr, serverTOML(a, "alpha", ""), serverTOML(b, "beta", "compression = \"none\"")))
+	a.GenerateWAL(5)
+	b.GenerateWAL(40)
+	waitStored(t, tr, "alpha", 1, a.SwitchWAL())
+	waitStored(t, tr, "beta", 1, b.SwitchWAL())
+	c.stop()
+	checkTimeLine(t, tr, "alpha", 1)
+	checkTimeLine(t, tr, "beta", 1)
+	for name, size := range map[string]uint64{"alpha": 1 << 20, "beta": 16 << 20} {
+		st, err := stream.ReadState(tr.repo.Root, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State != "stopped" || st.SegmentSize != size {
+			t.Errorf("%s state after SIGTERM: %s with %d-byte segments", name, st.State, st.SegmentSize)
+		}
+	}
+}
+
+// TestSynchronousReceiverHoldsCommits lists the hub as the only synchronous
+// standby: commits succeed while it runs, wait while it is stopped, and
+// complete once it is back.
+func TestSynchronousReceiverHoldsCommits(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "sync", pgtest.Options{SegmentSizeMB: 1,
+		Conf: []string{"synchronous_standby_names = 'walhub_main'"}})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, pg, "main", "synchronous = true")
+	_, stop := runReceiver(t, tr, srv)
+	pg.WaitFor(60*time.Second, "the hub to be the synchronous standby", func() bool {
+		s, _ := pg.TryQuery("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walhub_main'")
+		return s == "sync"
+	})
+	pg.Query("CREATE TABLE t (x int)")
+	for i := range 50 {
+		pg.Query("INSERT INTO t VALUES (" + strconv.Itoa(i) + ")")
+	}
+	stop()
+
+	// A commit issued while the hub is down completes once it is back.
+	bg := exec.Command(pgtest.Bin(t, "psql"), "-X", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "postgres",
+		"-d", "postgres", "-c", "INSERT INTO t VALUES (1000)")
+	var bgOut strings.Builder
+	bg.Stdout, bg.Stderr = &bgOut, &bgOut
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- bg.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("commit finished with the synchronous hub stopped: %v %s", err, bgOut.String())
+	case <-time.After(3 * time.Second):
+	}
+	if n := pg.Query("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"); n != "1" {
+		t.Fatalf("%s sessions wait for synchronous replication, want 1", n)
+	}
+	_, stop = runReceiver(t, tr, srv)
+	select {
+	case err := <-done:
+		if err != nil || strings.Contains(bgOut.String(), "WARNING") {
+			t.Fatalf("waiting commit: %v %s", err, bgOut.String())
+		}
+	case <-time.After(120 * time.Second):
+		t.Fatal("the waiting commit did not complete after the hub came back")
+	}
+	stop()
+}

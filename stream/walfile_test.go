@@ -1,0 +1,189 @@
+package stream
+
+import (
+	"bytes"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+const testSegSize = 1 << 20
+
+// pattern returns n bytes that differ at every position of the WAL stream.
+func pattern(start walname.LSN, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte((uint64(start) + uint64(i)) * 7 >> 3)
+	}
+	return b
+}
+
+func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
+	tests := []struct {
+		name   string
+		start  walname.LSN
+		chunks []int
+		// complete segments handed on, and bytes in the last .partial
+		wantComplete []walname.SegNo
+		wantPartial  int
+	}{
+		{"within one segment", 3 << 20, []int{100, 8192}, nil, 8292},
+		{"exactly one segment", 3 << 20, []int{testSegSize / 2, testSegSize / 2}, []walname.SegNo{3}, 0},
+		{"message across a boundary", 3 << 20, []int{testSegSize - 10, 128 << 10}, []walname.SegNo{3}, 128<<10 - 10},
+		{"message longer than a segment", 5 << 20, []int{testSegSize*2 + 5}, []walname.SegNo{5, 6}, 5},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := storage.Local{Root: t.TempDir()}
+			var got []completedSegment
+			w, err := newWALWriter(repo, "main", testSegSize, 1, tc.start, func(c completedSegment) error {
+				got = append(got, c)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pos := tc.start
+			for _, n := range tc.chunks {
+				if err := w.write(pattern(pos, n)); err != nil {
+					t.Fatal(err)
+				}
+				pos += walname.LSN(n)
+			}
+			if w.pos != pos {
+				t.Fatalf("pos %s, want %s", w.pos, pos)
+			}
+			if len(got) != len(tc.wantComplete) {
+				t.Fatalf("completed %d segments, want %d", len(got), len(tc.wantComplete))
+			}
+			for i, c := range got {
+				if c.SegNo != tc.wantComplete[i] {
+					t.Errorf("completed segment %d, want %d", c.SegNo, tc.wantComplete[i])
+				}
+				data, err := os.ReadFile(c.Partial)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(data, pattern(walname.SegmentStart(c.SegNo, testSegSize), testSegSize)) {
+					t.Errorf("segment %s does not hold its part of the stream", c.Name)
+				}
+			}
+			// Once a segment is complete the next .partial exists and is synced:
+			// the flushed position may cover the boundary.
+			if len(got) > 0 && w.synced < walname.SegmentStart(got[len(got)-1].SegNo+1, testSegSize) {
+				t.Errorf("synced %s does not cover the completed segments", w.synced)
+			}
+			if err := w.sync(); err != nil || w.synced != pos {
+				t.Fatalf("sync: %v, synced %s want %s", err, w.synced, pos)
+			}
+			name := walname.SegmentName(1, walname.SegmentOf(pos, testSegSize), testSegSize)
+			path, _ := repo.Path(storage.PartialPath("main", name))
+			fi, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Size() != int64(tc.wantPartial) {
+				t.Errorf("%s.partial holds %d bytes, want %d", name, fi.Size(), tc.wantPartial)
+			}
+			w.close(false)
+		})
+	}
+}
+
+func TestWALWriterRefusesUnalignedStart(t *testing.T) {
+	if _, err := newWALWriter(storage.Local{Root: t.TempDir()}, "main", testSegSize, 1, 3<<20+16, nil); err == nil {
+		t.Fatal("a start inside a segment was accepted")
+	}
+}
+
+func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
+	repo := storage.Local{Root: t.TempDir()}
+	w, _ := newWALWriter(repo, "main", testSegSize, 1, 1<<20, func(completedSegment) error { return nil })
+	if err := w.write(pattern(1<<20, testSegSize)); err != nil {
+		t.Fatal(err)
+	}
+	// The switch point is exactly at the boundary: the eagerly created next
+	// .partial is empty and goes.
+	if err := w.endTimeline(); err != nil {
+		t.Fatal(err)
+	}
+	path, _ := repo.Path(storage.PartialPath("main", "000000010000000000000002"))
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("empty .partial left at the end of the timeline: %v", err)
+	}
+	w, _ = newWALWriter(repo, "main", testSegSize, 1, 2<<20, func(completedSegment) error { return nil })
+	w.write(pattern(2<<20, 100))
+	if err := w.endTimeline(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 100 {
+		t.Errorf("the old timeline's last .partial must stay: %v", err)
+	}
+}
+
+func TestFindPartialsOrdersBySegmentThenTimeline(t *testing.T) {
+	repo := storage.Local{Root: t.TempDir()}
+	for _, name := range []string{"000000020000000000000005", "000000010000000000000005", "000000010000000000000004", "000000010000000000000003"} {
+		path, _ := repo.Path(storage.PartialPath("main", name))
+		os.MkdirAll(filepath.Dir(path), 0o750)
+		os.WriteFile(path, []byte("x"), 0o640)
+	}
+	tmp, _ := repo.Path("main/wal/0000000100000000/.000000010000000000000009.partial.tmp-1")
+	os.WriteFile(tmp, nil, 0o640)
+	got, err := findPartials(repo, "main", testSegSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range got {
+		names = append(names, p.Name)
+	}
+	want := []string{"000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "000000020000000000000005"}
+	if len(names) != len(want) {
+		t.Fatalf("found %v, want %v", names, want)
+	}
+	for i := range want {
+		if names[i] != want[i] {
+			t.Fatalf("found %v, want %v", names, want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"16MB": 16 << 20, "1MB": 1 << 20, "1GB": 1 << 30, "512kB": 512 << 10, "4096": 4096} {
+		got, err := walname.ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := walname.ParseSize("sixteen"); err == nil {
+		t.Error("parseSize accepted nonsense")
+	}
+}
+
+// The status update reports flush exactly as given, zero included: never the
+// write position in its place.
+func TestStatusUpdateKeepsFlushApartFromWrite(t *testing.T) {
+	msg := statusMessage(0x5000000, 0, true)
+	if len(msg) != 34 || msg[0] != 'r' {
+		t.Fatalf("message %x", msg)
+	}
+	if w := binary.BigEndian.Uint64(msg[1:]); w != 0x5000000 {
+		t.Errorf("write %x", w)
+	}
+	if f := binary.BigEndian.Uint64(msg[9:]); f != 0 {
+		t.Errorf("flush %x, want 0", f)
+	}
+	if a := binary.BigEndian.Uint64(msg[17:]); a != 0 {
+		t.Errorf("apply %x, want 0", a)
+	}
+	at := pgEpoch.Add(time.Duration(binary.BigEndian.Uint64(msg[25:])) * time.Microsecond)
+	if time.Since(at) > time.Minute || msg[33] != 1 {
+		t.Errorf("time %s, reply %d", at, msg[33])
+	}
+}
