@@ -130,7 +130,7 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	s.r.update(true, func(st *State) {
 		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
 	})
-	slot, err := s.ensureSlot(setupCtx)
+	slot, err := s.ensureSlot(setupCtx, false)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -190,14 +190,16 @@ func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
 }
 
 // ensureSlot checks the slot and creates it when missing (if allowed). A slot
-// that was invalidated is dropped and created again, loudly: the WAL it no
-// longer held may be gone, which the first START_REPLICATION will tell.
-func (s *session) ensureSlot(ctx context.Context) (slotInfo, error) {
+// that was invalidated (or that the caller knows is lost) is dropped and
+// created again, loudly: the WAL it no longer held may be gone, which the
+// first START_REPLICATION will tell.
+func (s *session) ensureSlot(ctx context.Context, lost bool) (slotInfo, error) {
 	cfg := s.r.o.Server
 	slot, err := readSlot(ctx, s.conn, cfg.Slot)
 	if err != nil {
 		return slotInfo{}, err
 	}
+	slot.Lost = slot.Lost || (lost && slot.Exists)
 	switch {
 	case slot.Lost:
 		s.r.log.Error("replication slot was invalidated (max_slot_wal_keep_size?): the server may have removed WAL the hub "+
@@ -299,15 +301,21 @@ func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, star
 	if err != nil {
 		return 0, err
 	}
-	if slot.Lost {
-		if slot, err = s.ensureSlot(ctx); err != nil {
+	next := walname.AlignDown(slot.RestartLSN, s.segSize)
+	if slot.Exists && !slot.Lost && next <= start {
+		// The slot claims WAL the server has removed: it is lost, though no
+		// checkpoint has marked it so yet (pg_replication_slots says "lost").
+		slot.Lost = true
+	}
+	if slot.Lost || !slot.Exists {
+		if slot, err = s.ensureSlot(ctx, true); err != nil {
 			return 0, err
 		}
+		next = walname.AlignDown(slot.RestartLSN, s.segSize)
 	}
-	next := walname.AlignDown(slot.RestartLSN, s.segSize)
 	if next <= start {
-		return 0, &failedError{fmt.Errorf("the server no longer has the WAL at %s, yet slot %s holds WAL from %s only: "+
-			"is the slot on another server than the WAL? (%v)", start, cfg.Slot, slot.RestartLSN, s.r.walRemoved)}
+		return 0, &failedError{fmt.Errorf("the server no longer has the WAL at %s, and the new slot %s holds WAL from %s only (%v)",
+			start, cfg.Slot, slot.RestartLSN, s.r.walRemoved)}
 	}
 	if held < start || held > next {
 		held = start
