@@ -66,6 +66,15 @@ type download struct {
 	segSize uint64
 }
 
+// cpuUsed is the processor time this process has used, user and system.
+func cpuUsed() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // errPartTaken: a .part file exists that this prefetcher did not create.
 var errPartTaken = errors.New("being written by another process")
 
@@ -129,7 +138,7 @@ func runPrefetcher() int {
 	p.loop()
 	conn.Close()
 	os.Remove(sock)
-	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit, "served", p.servedCount, "from_spool", p.hits)
+	log.Info("prefetcher exits: idle", "after", cfg.Settings.IdleExit, "served", p.servedCount, "from_spool", p.hits, "cpu", cpuUsed())
 	// Whatever is left will not be asked for soon (recovery ended or
 	// stopped): leave no segments behind. The lock file stays (deleting it
 	// could let two prefetchers hold locks on two files); a prefetcher
@@ -266,7 +275,7 @@ func (p *prefetcher) onServed(name string) {
 	}
 	p.inflightMu.Unlock()
 	if p.servedCount%100 == 0 {
-		p.log.Info("progress", "served", p.servedCount, "from_spool", p.hits, "at", name)
+		p.log.Info("progress", "served", p.servedCount, "from_spool", p.hits, "at", name, "cpu", cpuUsed())
 	}
 	if p.segSize != 0 {
 		p.setCurrent()
