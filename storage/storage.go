@@ -210,4 +210,3 @@ func CleanTemp(dir string) error {
 		return nil
 	})
 }
-
