@@ -402,8 +402,11 @@ func (s *session) handleCopyData(data []byte) error {
 			s.r.m.bytes.Add(float64(len(xld.WALData)))
 			s.r.m.receivedLSN.Set(float64(s.w.pos))
 		}
-		if s.r.o.Server.Synchronous {
-			// A synchronous standby: every write is made durable and reported at once.
+		if s.r.o.Server.Synchronous && s.w.pos >= walname.LSN(xld.ServerWALEnd) {
+			// A synchronous standby: once it has all the server has flushed,
+			// that is made durable and reported at once, for the commits that
+			// wait for it. (While it catches up, more follows at once and the
+			// segment boundaries report.)
 			return s.flushAndReport()
 		}
 		if s.w.synced > s.reported {
