@@ -41,9 +41,14 @@ func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
 		t.Errorf("slot restart_lsn %s is beyond what the hub holds (%s)", pg.SlotRestartLSN(srv.Slot), held)
 	}
 	stop()
-	if st := r.State(); st.State != "stopped" || st.FlushedLSN < end {
+	st = r.State()
+	if st.State != "stopped" || st.FlushedLSN < end {
 		t.Errorf("after stop: state %s flushed %s, want stopped and flushed ≥ %s", st.State, st.FlushedLSN, end)
 	}
+	// The last status update on stop told the server all that is flushed.
+	pg.WaitFor(30*time.Second, "the slot to reach the final flush position", func() bool {
+		return pg.SlotRestartLSN(srv.Slot) == st.FlushedLSN
+	})
 	segments := metricValue(t, reg, "walhub_segments_received_total", "main")
 	flushed := metricValue(t, reg, "walhub_flushed_lsn_bytes", "main")
 	if segments < 20 || walname.LSN(flushed) < end || metricValue(t, reg, "walhub_wal_received_bytes_total", "main") == 0 {

@@ -134,13 +134,6 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	walDir, err := s.r.o.Repo.Path(storage.WALDir(cfg.Name))
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	if err := storage.CleanTemp(walDir); err != nil {
-		return nil, 0, 0, fmt.Errorf("remove temporary files: %w", err)
-	}
 	store, err := newSegmentStore(s.r.o.Repo, s.r.o.Catalog, s.srv.ID, cfg.Name, s.segSize, cfg.Compression,
 		cfg.CompressionLevel, s.r.segmentStored)
 	if err != nil {
@@ -220,13 +213,23 @@ func (s *session) ensureSlot(ctx context.Context, lost bool) (slotInfo, error) {
 	return readSlot(ctx, s.conn, cfg.Slot)
 }
 
-// resumePoint stores the complete segments a crash left as .partial files and
-// returns where streaming resumes as pg_receivewal chooses it: the segment
+// resumePoint removes temporary files and stores the complete segments a
+// crash left as .partial files, then returns where streaming resumes as pg_receivewal chooses it: the segment
 // after the newest stored one, or the start of the newest .partial's segment.
 // held is the end of the WAL the hub holds there. Both are 0 when the
 // repository holds nothing for the server.
 func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, held walname.LSN, err error) {
-	partials, err := findPartials(s.r.o.Repo, s.srv.Name, s.segSize)
+	// The segments stored so far are contiguous up to the last one (a gap is
+	// recorded, never left): only what follows it can need attention.
+	var from walname.SegNo
+	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	switch {
+	case err == nil:
+		from = last.SegNo
+	case !errors.Is(err, catalog.ErrNotFound):
+		return 0, 0, err
+	}
+	partials, err := scanRecentWAL(s.r.o.Repo, s.srv.Name, s.segSize, from)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -240,7 +243,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 			}
 		}
 	}
-	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	last, err = s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
 	switch {
 	case err == nil:
 		start = walname.SegmentStart(last.SegNo+1, s.segSize)
@@ -399,8 +402,11 @@ func (s *session) handleCopyData(data []byte) error {
 			s.r.m.bytes.Add(float64(len(xld.WALData)))
 			s.r.m.receivedLSN.Set(float64(s.w.pos))
 		}
-		if s.r.o.Server.Synchronous {
-			// A synchronous standby: every write is made durable and reported at once.
+		if s.r.o.Server.Synchronous && s.w.pos >= walname.LSN(xld.ServerWALEnd) {
+			// A synchronous standby: once it has all the server has flushed,
+			// that is made durable and reported at once, for the commits that
+			// wait for it. (While it catches up, more follows at once and the
+			// segment boundaries report.)
 			return s.flushAndReport()
 		}
 		if s.w.synced > s.reported {
