@@ -204,7 +204,7 @@ func CleanTemp(dir string) error {
 			}
 			return err
 		}
-		if !d.IsDir() && strings.HasPrefix(d.Name(), ".") && strings.Contains(d.Name(), ".tmp-") {
+		if !d.IsDir() && IsTemp(d.Name()) {
 			return os.Remove(path)
 		}
 		return nil
