@@ -6,7 +6,9 @@
 //	go test -run XXX -bench Replay -benchtime 1x -timeout 60m ./bench
 //
 // BENCH_SEGMENT_MB (default 1) sets the segment size, BENCH_SEGMENTS (default
-// 250) the backlog, BENCH_DELAY (default 20ms) the added delay.
+// 250) the backlog, BENCH_DELAY (default 20ms) the added delay, BENCH_ROUNDS
+// (default 2) the rounds (the best is kept), BENCH_ONLY a substring of the
+// runs to do.
 package bench
 
 import (
@@ -134,6 +136,9 @@ func BenchmarkReplay(b *testing.B) {
 	b.ResetTimer()
 	for round := 1; round <= rounds; round++ {
 		for i, r := range runs {
+			if only := os.Getenv("BENCH_ONLY"); only != "" && !strings.Contains(r.name, only) {
+				continue
+			}
 			dir := pgtest.TempDir(b, fmt.Sprintf("replay%d", i))
 			if out, err := exec.Command("cp", "-a", base.DataDir, dir).CombinedOutput(); err != nil {
 				b.Fatalf("copy base backup: %v\n%s", err, out)
@@ -157,7 +162,16 @@ func BenchmarkReplay(b *testing.B) {
 			standby.Stop("immediate")
 			if log, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "walfetch-spool", "prefetcher.log")); err == nil {
 				lines := strings.Split(strings.TrimSpace(string(log)), "\n")
-				fmt.Printf("         prefetcher: %s\n", lines[len(lines)-1])
+				problems := 0
+				for _, l := range lines {
+					if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+						problems++
+						if problems <= 3 {
+							fmt.Printf("         prefetcher: %s\n", l)
+						}
+					}
+				}
+				fmt.Printf("         prefetcher: %s (%d warnings)\n", lines[len(lines)-1], problems)
 			}
 			os.RemoveAll(dir)
 			rate := float64(n) / elapsed.Seconds()

@@ -7,6 +7,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -99,8 +100,10 @@ func New(o Options) (*Client, error) {
 		MaxIdleConnsPerHost:   o.MaxConns,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: o.Timeout,
-		TLSHandshakeTimeout:   o.Timeout,
-		ForceAttemptHTTP2:     false,
+		// Segments are megabytes: large buffers save thousands of syscalls each.
+		ReadBufferSize:      256 << 10,
+		TLSHandshakeTimeout: o.Timeout,
+		ForceAttemptHTTP2:   false,
 	}
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
@@ -236,8 +239,12 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 	}
 	h := checksum.New()
 	dst := &errorWriter{w: w}
+	buffered := bufio.NewWriterSize(io.MultiWriter(dst, h), 1<<20)
 	// One byte more than announced lets us see an overlong body.
-	n, err := io.Copy(io.MultiWriter(dst, h), io.LimitReader(body, info.Size+1))
+	n, err := io.Copy(buffered, io.LimitReader(body, info.Size+1))
+	if ferr := buffered.Flush(); err == nil {
+		err = ferr
+	}
 	switch {
 	case dst.err != nil:
 		return info, fmt.Errorf("write %s: %w", name, dst.err)
@@ -266,7 +273,8 @@ func getDecoder() *zstd.Decoder {
 	if d, ok := decoders.Get().(*zstd.Decoder); ok {
 		return d
 	}
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30))
+	// The frame's own checksum is skipped: the CRC-32C of the result is checked.
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2<<30), zstd.IgnoreChecksum(true))
 	if err != nil {
 		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
 	}
