@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
 )
@@ -107,11 +109,16 @@ func ExtractTar(ctx context.Context, r io.Reader, dir string, progress func(done
 	return x.done, x.syncDirs()
 }
 
-// extractor unpacks archives, remembering the directories it must fsync.
+// extractor unpacks archives, remembering the files and directories it must
+// fsync. Like PostgreSQL's own sync of a data directory, it starts each file's
+// writeback as soon as the file is written (sync_file_range, which does not
+// wait) and fsyncs them all at the end, when most of the data is already on
+// disk: one fsync after each file would serialise a thousand disk waits.
 type extractor struct {
 	progress func(int64)
 	done     int64
 	dirs     []string
+	files    []string
 	buf      []byte
 }
 
@@ -217,18 +224,31 @@ func (x *extractor) writeFile(full string, mode os.FileMode, r io.Reader) error 
 			return rerr
 		}
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", full, err)
-	}
+	// Start writeback now; the fsync in syncDirs waits for it. Not every file
+	// system supports it: then the fsync does all the work.
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	if err := f.Close(); err != nil {
 		return err
 	}
+	x.files = append(x.files, full)
 	return os.Chmod(full, mode|0o600)
 }
 
-// syncDirs fsyncs every directory written to, deepest first.
+// syncDirs fsyncs every file written, then every directory written to,
+// deepest first.
 func (x *extractor) syncDirs() error {
+	for _, p := range x.files {
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("fsync %s: %w", p, err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("fsync %s: %w", p, err)
+		}
+	}
+	x.files = nil
 	sort.Slice(x.dirs, func(i, j int) bool { return len(x.dirs[i]) > len(x.dirs[j]) })
 	for _, d := range x.dirs {
 		if err := storage.SyncDir(d); err != nil {

@@ -3,10 +3,12 @@ package status
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -53,6 +55,21 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 		}
 	}
 	b.Run("complete", func(b *testing.B) { run(b, 0) })
+	// What `walhub status main` does per run: open the catalog, build, close.
+	b.Run("open_build_close", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			cat, err := catalog.Open(ctx, filepath.Join(src.Repository, storage.CatalogFile))
+			if err != nil {
+				b.Fatal(err)
+			}
+			fresh := src
+			fresh.Catalog = cat
+			if _, err := fresh.Build(ctx, "main"); err != nil {
+				b.Fatal(err)
+			}
+			cat.Close()
+		}
+	})
 	var holes []catalog.Segment
 	for _, n := range []walname.SegNo{1000, 500000, 999000} {
 		holes = append(holes, catalog.Segment{ServerID: srv.ID, TimeLine: 1, SegNo: n})

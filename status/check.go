@@ -214,8 +214,9 @@ func checkWALSenders(doc *Document, srv *config.Server, _ Probe, th Thresholds) 
 	case free <= th.FreeSendersWarning:
 		r = bad(name, Warning, fmt.Sprintf("only %d of %d wal senders free", free, pg.MaxWALSenders), hint)
 	}
+	// Nagios ranges: "N:" alerts below N, and these levels are reached at or below the threshold.
 	r.Perf = []Perf{{Label: "free_wal_senders", Value: float64(free),
-		Warn: fmt.Sprint(th.FreeSendersWarning) + ":", Crit: fmt.Sprint(th.FreeSendersCritical) + ":"}}
+		Warn: fmt.Sprint(th.FreeSendersWarning+1) + ":", Crit: fmt.Sprint(th.FreeSendersCritical+1) + ":"}}
 	return r
 }
 

@@ -3,42 +3,14 @@ package status
 import (
 	"bytes"
 	"context"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
-
-// startWALStreamer runs pg_receivewal on slot walhub_main with the hub's
-// application name: the stand-in for walhub's receiver on the server's side.
-// It runs as this user (a client needs no postgres account) so that its PID
-// is the streamer's own.
-func startWALStreamer(t *testing.T, p *pgtest.Cluster) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command(pgtest.Bin(t, "pg_receivewal"), "-D", t.TempDir(), "-S", "walhub_main", "-s", "1", "-n",
-		"-d", p.ConnString("")+" application_name=walhub_main")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("pg_receivewal output:\n%s", out.String())
-		}
-	})
-	return cmd
-}
 
 // waitDoc rebuilds the document until cond holds, failing after timeout.
 func waitDoc(t *testing.T, src Source, timeout time.Duration, what string, cond func(*Document) bool) *Document {
@@ -63,15 +35,15 @@ func client(doc *Document, app string) (Client, bool) {
 func TestReplicationClientsShowSyncStateStageAndReplayLag(t *testing.T) {
 	t.Parallel()
 	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
-	for _, s := range []string{"sync1", "async1", "walhub_main"} {
+	for _, s := range []string{"sync1", "async1"} {
 		p.CreateSlot(s)
 	}
 	syncStandby := p.NewStandby("sync1", pgtest.StandbyOptions{Slot: "sync1"})
 	asyncStandby := p.NewStandby("async1", pgtest.StandbyOptions{Slot: "async1"})
 	p.Query("ALTER SYSTEM SET synchronous_standby_names = 'sync1'")
 	p.Query("SELECT pg_reload_conf()")
-	startWALStreamer(t, p)
 	src := newSource(t, t.TempDir(), p.ConnString(""))
+	startReceiver(t, src)
 
 	p.Query("CREATE TABLE t AS SELECT generate_series(1, 10000) AS x")
 	lsn := p.CurrentLSN()
@@ -99,6 +71,9 @@ func TestReplicationClientsShowSyncStateStageAndReplayLag(t *testing.T) {
 	}
 	if !doc.Slot.Exists || !doc.Slot.Active || doc.Slot.ActivePID != h.PID || doc.Slot.WALStatus == "" {
 		t.Errorf("slot = %+v", doc.Slot)
+	}
+	if rc := doc.Receiver; !rc.Running || rc.State != "streaming" || rc.FlushedLSN < lsn {
+		t.Errorf("receiver = %+v", rc)
 	}
 	var text bytes.Buffer
 	if err := WriteText(&text, doc); err != nil {
@@ -137,79 +112,6 @@ func TestReplicationClientsShowSyncStateStageAndReplayLag(t *testing.T) {
 		t.Errorf("async1 replay_lag_seconds = %v, want > 0 while paused", a.ReplayLagSeconds)
 	}
 	asyncStandby.Query("SELECT pg_wal_replay_resume()")
-}
-
-// heartbeat writes the receiver's state file every interval, as walhub serve
-// does, until stop is called.
-func heartbeat(t *testing.T, repo string, st stream.State, interval time.Duration) (stop func()) {
-	t.Helper()
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			st.UpdatedAt = time.Now()
-			if err := stream.WriteState(repo, st); err != nil {
-				t.Error(err)
-				return
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(interval):
-			}
-		}
-	}()
-	var once sync.Once
-	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
-	t.Cleanup(stop)
-	return stop
-}
-
-func TestKilledReceiverTurnsCheckCritical(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
-	p.CreateSlot("walhub_main")
-	streamer := startWALStreamer(t, p)
-	repo := t.TempDir()
-	src := newSource(t, repo, p.ConnString(""))
-	systemID := p.Query("SELECT system_identifier FROM pg_control_system()")
-	srv, _ := src.Catalog.EnsureServer(ctx, "main")
-	if err := src.Catalog.BindIdentity(ctx, srv.ID, systemID, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	stop := heartbeat(t, repo, stream.State{Server: "main", PID: streamer.Process.Pid, Host: hostname, State: "streaming",
-		SystemID: systemID, TimeLine: 1, FlushedLSN: p.CurrentLSN(), ServerLSN: p.CurrentLSN()}, 300*time.Millisecond)
-
-	var results []Result
-	pgtest.WaitFor(t, 60*time.Second, "receiver, slot and connections OK", func() bool {
-		var err error
-		_, results, err = src.Check(ctx, "main", DefaultThresholds)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, name := range []string{"connection", "replication connection", "wal_level", "max_wal_senders", "replication slot", "receiver", "system id"} {
-			if result(t, results, name).Level != OK {
-				return false
-			}
-		}
-		return true
-	})
-
-	killed := time.Now()
-	streamer.Process.Kill()
-	stop() // the daemon's process is gone: nobody writes its state any more
-	pgtest.WaitFor(t, 60*time.Second, "receiver and slot CRITICAL after the kill", func() bool {
-		_, results, _ = src.Check(ctx, "main", DefaultThresholds)
-		return result(t, results, "receiver").Level == Critical && result(t, results, "replication slot").Level == Critical
-	})
-	t.Logf("check CRITICAL %s after the kill: %s / %s", time.Since(killed).Round(time.Millisecond),
-		result(t, results, "receiver").Message, result(t, results, "replication slot").Message)
-	if r := result(t, results, "replication slot"); !strings.Contains(r.Message, "not in use") || !strings.Contains(r.Hint, "walhub serve") {
-		t.Errorf("slot = %+v", r)
-	}
 }
 
 func TestRemovedSlotAndStaleWALAreReportedWithHints(t *testing.T) {

@@ -149,6 +149,12 @@ func (t *TempFile) Commit() error {
 	return SyncDir(filepath.Dir(t.final))
 }
 
+// IsTemp tells whether a file name is that of a temporary file made by
+// CreateTemp (".<final name>.tmp-<random>").
+func IsTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-")
+}
+
 // Abort closes and removes the temporary file.
 func (t *TempFile) Abort() {
 	t.Close()
@@ -198,7 +204,7 @@ func CleanTemp(dir string) error {
 			}
 			return err
 		}
-		if !d.IsDir() && strings.HasPrefix(d.Name(), ".") && strings.Contains(d.Name(), ".tmp-") {
+		if !d.IsDir() && IsTemp(d.Name()) {
 			return os.Remove(path)
 		}
 		return nil

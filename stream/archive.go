@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -136,42 +137,63 @@ type localPartial struct {
 	Size int64
 }
 
-// findPartials lists the server's .partial files, oldest first (by segment,
-// then timeline).
-func findPartials(repo storage.Local, server string, segSize uint64) ([]localPartial, error) {
-	dir, err := repo.Path(storage.WALDir(server))
+// scanRecentWAL removes the temporary files a crash left in the server's WAL
+// directory and lists its .partial files, oldest first (by segment, then
+// timeline). It only looks into the directories that can hold segments from
+// from on, so that it stays quick however large the archive grows.
+func scanRecentWAL(repo storage.Local, server string, segSize uint64, from walname.SegNo) ([]localPartial, error) {
+	walDir, err := repo.Path(storage.WALDir(server))
 	if err != nil {
 		return nil, err
 	}
-	var out []localPartial
-	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if d.IsDir() || !strings.HasSuffix(d.Name(), ".partial") || strings.HasPrefix(d.Name(), ".") {
-			return nil
-		}
-		n, err := walname.Parse(d.Name())
-		if err != nil || n.Kind != walname.KindPartial {
-			return nil
-		}
-		segNo, err := n.SegNo(segSize)
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		name := strings.TrimSuffix(d.Name(), ".partial")
-		out = append(out, localPartial{completedSegment{TimeLine: n.TimeLine, SegNo: segNo, Name: name, Partial: path}, fi.Size()})
-		return nil
-	})
+	entries, err := os.ReadDir(walDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("list .partial files: %w", err)
+		return nil, fmt.Errorf("scan WAL directory: %w", err)
+	}
+	perLog := walname.SegNo(0x100000000 / segSize)
+	var out []localPartial
+	for _, e := range entries {
+		path := filepath.Join(walDir, e.Name())
+		if !e.IsDir() {
+			if storage.IsTemp(e.Name()) {
+				if err := removeFile(path); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		// Directories are named TLI and LOG, 8 hex digits each; LOG holds
+		// segments LOG*perLog to (LOG+1)*perLog-1.
+		dirLog, err := strconv.ParseUint(e.Name()[min(8, len(e.Name())):], 16, 32)
+		if err != nil || len(e.Name()) != 16 || walname.SegNo(dirLog+1)*perLog <= from {
+			continue
+		}
+		if err := storage.CleanTemp(path); err != nil {
+			return nil, fmt.Errorf("remove temporary files: %w", err)
+		}
+		files, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("scan WAL directory: %w", err)
+		}
+		for _, f := range files {
+			n, err := walname.Parse(f.Name())
+			if err != nil || n.Kind != walname.KindPartial {
+				continue
+			}
+			segNo, err := n.SegNo(segSize)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", filepath.Join(path, f.Name()), err)
+			}
+			fi, err := f.Info()
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, localPartial{completedSegment{TimeLine: n.TimeLine, SegNo: segNo,
+				Name: strings.TrimSuffix(f.Name(), ".partial"), Partial: filepath.Join(path, f.Name())}, fi.Size()})
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].SegNo != out[j].SegNo {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/config"
@@ -80,8 +81,13 @@ func serverConfig(t *testing.T, tr *testRepo, c *pgtest.Cluster, name, extra str
 // runReceiver runs a receiver in this process; stop cancels it and waits.
 func runReceiver(t *testing.T, tr *testRepo, srv *config.Server) (*stream.Receiver, func()) {
 	t.Helper()
+	return runReceiverWithMetrics(t, tr, srv, nil)
+}
+
+func runReceiverWithMetrics(t *testing.T, tr *testRepo, srv *config.Server, m *stream.Metrics) (*stream.Receiver, func()) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r := stream.NewReceiver(stream.Options{Server: srv, Catalog: tr.cat, Repo: tr.repo, Log: log})
+	r := stream.NewReceiver(stream.Options{Server: srv, Catalog: tr.cat, Repo: tr.repo, Log: log, Metrics: m})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -320,4 +326,30 @@ func heldEnd(t *testing.T, tr *testRepo, name string, tli walname.TimeLine) waln
 			return end
 		}
 	}
+}
+
+// metricValue returns the value of a metric for server, from reg.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, server string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "server" && l.GetValue() == server {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s for server %s", name, server)
+	return 0
 }

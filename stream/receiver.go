@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"sync"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -26,6 +28,10 @@ type Options struct {
 	// Metrics may be nil.
 	Metrics *Metrics
 }
+
+// ReceiverLockPath is the lock a running receiver holds, relative to the
+// repository root: one receiver per server and repository.
+func ReceiverLockPath(server string) string { return path.Join(server, "receiver.lock") }
 
 // Reconnect backoff: the first retry after minBackoff, doubling up to maxBackoff.
 const (
@@ -119,8 +125,19 @@ func (e *walRemovedError) Unwrap() error { return e.err }
 
 // Run receives WAL until ctx is cancelled, reconnecting after every failure
 // with a backoff from 1 s doubling to 30 s. When ctx is cancelled it fsyncs
-// what it received, sends a last status update and returns nil.
+// what it received, sends a last status update and returns nil. It returns an
+// error at once, touching nothing, when another receiver (in this process or
+// another) already runs for the same server and repository.
 func (r *Receiver) Run(ctx context.Context) error {
+	lockPath, err := r.o.Repo.Path(ReceiverLockPath(r.o.Server.Name))
+	if err != nil {
+		return err
+	}
+	held, err := lock.Acquire(lockPath, "walhub serve", "WAL receiver")
+	if err != nil {
+		return fmt.Errorf("receiver for %s: %w", r.o.Server.Name, err)
+	}
+	defer held.Release()
 	r.update(true, func(s *State) { s.State = "starting" })
 	heartbeatCtx, stopHeartbeat := context.WithCancel(ctx)
 	var heartbeat sync.WaitGroup

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
@@ -22,7 +23,8 @@ func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
 	pg := pgtest.NewPrimary(t, "pgbench", pgtest.Options{SegmentSizeMB: 1})
 	tr := newTestRepo(t)
 	srv := serverConfig(t, tr, pg, "main", "")
-	r, stop := runReceiver(t, tr, srv)
+	reg := prometheus.NewRegistry()
+	r, stop := runReceiverWithMetrics(t, tr, srv, stream.NewMetrics(reg))
 	pg.PgbenchInit(5)
 	pg.PgbenchFor(4, 15*time.Second)
 	end := pg.SwitchWAL()
@@ -39,8 +41,18 @@ func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
 		t.Errorf("slot restart_lsn %s is beyond what the hub holds (%s)", pg.SlotRestartLSN(srv.Slot), held)
 	}
 	stop()
-	if st := r.State(); st.State != "stopped" || st.FlushedLSN < end {
+	st = r.State()
+	if st.State != "stopped" || st.FlushedLSN < end {
 		t.Errorf("after stop: state %s flushed %s, want stopped and flushed ≥ %s", st.State, st.FlushedLSN, end)
+	}
+	// The last status update on stop told the server all that is flushed.
+	pg.WaitFor(30*time.Second, "the slot to reach the final flush position", func() bool {
+		return pg.SlotRestartLSN(srv.Slot) == st.FlushedLSN
+	})
+	segments := metricValue(t, reg, "walhub_segments_received_total", "main")
+	flushed := metricValue(t, reg, "walhub_flushed_lsn_bytes", "main")
+	if segments < 20 || walname.LSN(flushed) < end || metricValue(t, reg, "walhub_wal_received_bytes_total", "main") == 0 {
+		t.Errorf("metrics: %v segments, flushed %s", segments, walname.LSN(flushed))
 	}
 	first, last := checkTimeLine(t, tr, "main", 1)
 	if walname.SegmentStart(last+1, 1<<20) < end || last-first < 20 {

@@ -50,66 +50,10 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		cancel()
 	}()
 	s := &session{r: r, conn: conn, srv: srv}
-
-	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
-	defer cancel()
-	id, err := identifySystem(setupCtx, conn)
+	store, start, tli, err := s.prepare(ctx)
 	if err != nil {
 		return false, err
 	}
-	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
-		return false, err
-	}
-	if err := r.o.Catalog.BindIdentity(setupCtx, srv.ID, id.SystemID, s.segSize); err != nil {
-		if errors.Is(err, catalog.ErrIdentityMismatch) {
-			return false, &failedError{fmt.Errorf("refusing to stream from %s: %w", srvCfg.Name, err)}
-		}
-		return false, err
-	}
-	r.update(true, func(st *State) {
-		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
-	})
-	slot, err := s.ensureSlot(setupCtx)
-	if err != nil {
-		return false, err
-	}
-	walDir, err := r.o.Repo.Path(storage.WALDir(srvCfg.Name))
-	if err != nil {
-		return false, err
-	}
-	if err := storage.CleanTemp(walDir); err != nil {
-		return false, fmt.Errorf("remove temporary files: %w", err)
-	}
-	store, err := newSegmentStore(r.o.Repo, r.o.Catalog, srv.ID, srvCfg.Name, s.segSize, srvCfg.Compression,
-		srvCfg.CompressionLevel, r.segmentStored)
-	if err != nil {
-		return false, err
-	}
-	start, held, err := s.resumePoint(setupCtx, store)
-	if err != nil {
-		return false, err
-	}
-	if start == 0 {
-		start = slot.RestartLSN
-		if start == 0 {
-			start = id.XLogPos
-		}
-		start = walname.AlignDown(start, s.segSize)
-		held = start
-	}
-	history, err := s.storeHistories(setupCtx, id.TimeLine)
-	if err != nil {
-		return false, err
-	}
-	tli := walname.TimeLineOf(history, id.TimeLine, start)
-	if r.walRemoved != nil {
-		if start, err = s.skipRemovedWAL(setupCtx, tli, start, held); err != nil {
-			return false, err
-		}
-		r.walRemoved = nil
-	}
-	cancel()
-
 	s.arch = startArchiver(context.WithoutCancel(ctx), store, archiveQueue)
 	defer func() {
 		if ferr := s.arch.finish(); ferr != nil && err == nil {
@@ -164,6 +108,63 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 	}
 }
 
+// prepare checks the server's identity, the slot and the repository, and
+// works out where and on which timeline streaming starts.
+func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, walname.TimeLine, error) {
+	cfg, conn := s.r.o.Server, s.conn
+	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
+	defer cancel()
+	id, err := identifySystem(setupCtx, conn)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
+		return nil, 0, 0, err
+	}
+	if err := s.r.o.Catalog.BindIdentity(setupCtx, s.srv.ID, id.SystemID, s.segSize); err != nil {
+		if errors.Is(err, catalog.ErrIdentityMismatch) {
+			return nil, 0, 0, &failedError{fmt.Errorf("refusing to stream from %s: %w", cfg.Name, err)}
+		}
+		return nil, 0, 0, err
+	}
+	s.r.update(true, func(st *State) {
+		st.SystemID, st.SegmentSize, st.TimeLine = id.SystemID, s.segSize, id.TimeLine
+	})
+	slot, err := s.ensureSlot(setupCtx, false)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	store, err := newSegmentStore(s.r.o.Repo, s.r.o.Catalog, s.srv.ID, cfg.Name, s.segSize, cfg.Compression,
+		cfg.CompressionLevel, s.r.segmentStored)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	start, held, err := s.resumePoint(setupCtx, store)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	if start == 0 {
+		start = slot.RestartLSN
+		if start == 0 {
+			start = id.XLogPos
+		}
+		start = walname.AlignDown(start, s.segSize)
+		held = start
+	}
+	history, err := s.storeHistories(setupCtx, id.TimeLine)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	tli := walname.TimeLineOf(history, id.TimeLine, start)
+	if s.r.walRemoved != nil {
+		if start, err = s.skipRemovedWAL(setupCtx, tli, start, held); err != nil {
+			return nil, 0, 0, err
+		}
+		s.r.walRemoved = nil
+	}
+	return store, start, tli, nil
+}
+
 // connect opens a physical replication connection.
 func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	cfg, err := pgconn.ParseConfig(r.o.Server.Conninfo)
@@ -182,14 +183,16 @@ func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
 }
 
 // ensureSlot checks the slot and creates it when missing (if allowed). A slot
-// that was invalidated is dropped and created again, loudly: the WAL it no
-// longer held may be gone, which the first START_REPLICATION will tell.
-func (s *session) ensureSlot(ctx context.Context) (slotInfo, error) {
+// that was invalidated (or that the caller knows is lost) is dropped and
+// created again, loudly: the WAL it no longer held may be gone, which the
+// first START_REPLICATION will tell.
+func (s *session) ensureSlot(ctx context.Context, lost bool) (slotInfo, error) {
 	cfg := s.r.o.Server
 	slot, err := readSlot(ctx, s.conn, cfg.Slot)
 	if err != nil {
 		return slotInfo{}, err
 	}
+	slot.Lost = slot.Lost || (lost && slot.Exists)
 	switch {
 	case slot.Lost:
 		s.r.log.Error("replication slot was invalidated (max_slot_wal_keep_size?): the server may have removed WAL the hub "+
@@ -210,13 +213,23 @@ func (s *session) ensureSlot(ctx context.Context) (slotInfo, error) {
 	return readSlot(ctx, s.conn, cfg.Slot)
 }
 
-// resumePoint stores the complete segments a crash left as .partial files and
-// returns where streaming resumes as pg_receivewal chooses it: the segment
+// resumePoint removes temporary files and stores the complete segments a
+// crash left as .partial files, then returns where streaming resumes as pg_receivewal chooses it: the segment
 // after the newest stored one, or the start of the newest .partial's segment.
 // held is the end of the WAL the hub holds there. Both are 0 when the
 // repository holds nothing for the server.
 func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, held walname.LSN, err error) {
-	partials, err := findPartials(s.r.o.Repo, s.srv.Name, s.segSize)
+	// The segments stored so far are contiguous up to the last one (a gap is
+	// recorded, never left): only what follows it can need attention.
+	var from walname.SegNo
+	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	switch {
+	case err == nil:
+		from = last.SegNo
+	case !errors.Is(err, catalog.ErrNotFound):
+		return 0, 0, err
+	}
+	partials, err := scanRecentWAL(s.r.o.Repo, s.srv.Name, s.segSize, from)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -230,7 +243,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 			}
 		}
 	}
-	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	last, err = s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
 	switch {
 	case err == nil:
 		start = walname.SegmentStart(last.SegNo+1, s.segSize)
@@ -291,15 +304,21 @@ func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, star
 	if err != nil {
 		return 0, err
 	}
-	if slot.Lost {
-		if slot, err = s.ensureSlot(ctx); err != nil {
+	next := walname.AlignDown(slot.RestartLSN, s.segSize)
+	if slot.Exists && !slot.Lost && next <= start {
+		// The slot claims WAL the server has removed: it is lost, though no
+		// checkpoint has marked it so yet (pg_replication_slots says "lost").
+		slot.Lost = true
+	}
+	if slot.Lost || !slot.Exists {
+		if slot, err = s.ensureSlot(ctx, true); err != nil {
 			return 0, err
 		}
+		next = walname.AlignDown(slot.RestartLSN, s.segSize)
 	}
-	next := walname.AlignDown(slot.RestartLSN, s.segSize)
 	if next <= start {
-		return 0, &failedError{fmt.Errorf("the server no longer has the WAL at %s, yet slot %s holds WAL from %s only: "+
-			"is the slot on another server than the WAL? (%v)", start, cfg.Slot, slot.RestartLSN, s.r.walRemoved)}
+		return 0, &failedError{fmt.Errorf("the server no longer has the WAL at %s, and the new slot %s holds WAL from %s only (%v)",
+			start, cfg.Slot, slot.RestartLSN, s.r.walRemoved)}
 	}
 	if held < start || held > next {
 		held = start
@@ -383,8 +402,11 @@ func (s *session) handleCopyData(data []byte) error {
 			s.r.m.bytes.Add(float64(len(xld.WALData)))
 			s.r.m.receivedLSN.Set(float64(s.w.pos))
 		}
-		if s.r.o.Server.Synchronous {
-			// A synchronous standby: every write is made durable and reported at once.
+		if s.r.o.Server.Synchronous && s.w.pos >= walname.LSN(xld.ServerWALEnd) {
+			// A synchronous standby: once it has all the server has flushed,
+			// that is made durable and reported at once, for the commits that
+			// wait for it. (While it catches up, more follows at once and the
+			// segment boundaries report.)
 			return s.flushAndReport()
 		}
 		if s.w.synced > s.reported {

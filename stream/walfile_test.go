@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,16 +127,23 @@ func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	}
 }
 
-func TestFindPartialsOrdersBySegmentThenTimeline(t *testing.T) {
+func TestScanRecentWALOrdersPartialsAndRemovesTemporaryFiles(t *testing.T) {
 	repo := storage.Local{Root: t.TempDir()}
-	for _, name := range []string{"000000020000000000000005", "000000010000000000000005", "000000010000000000000004", "000000010000000000000003"} {
-		path, _ := repo.Path(storage.PartialPath("main", name))
+	touch := func(rel string) string {
+		path, _ := repo.Path(rel)
 		os.MkdirAll(filepath.Dir(path), 0o750)
 		os.WriteFile(path, []byte("x"), 0o640)
+		return path
 	}
-	tmp, _ := repo.Path("main/wal/0000000100000000/.000000010000000000000009.partial.tmp-1")
-	os.WriteFile(tmp, nil, 0o640)
-	got, err := findPartials(repo, "main", testSegSize)
+	// 1 MiB segments: 4096 per log, so segment 0x1005 is in log 1.
+	for _, name := range []string{"000000020000000100000005", "000000010000000100000005", "000000010000000100000004",
+		"000000010000000100000003", "000000010000000000000FFF"} {
+		touch(storage.PartialPath("main", name))
+	}
+	temps := []string{touch("main/wal/0000000100000001/.000000010000000100000009.zst.tmp-1"),
+		touch("main/wal/.00000002.history.tmp-7")}
+	old := touch("main/wal/0000000100000000/.000000010000000000000001.zst.tmp-3")
+	got, err := scanRecentWAL(repo, "main", testSegSize, 0x1000)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,14 +151,17 @@ func TestFindPartialsOrdersBySegmentThenTimeline(t *testing.T) {
 	for _, p := range got {
 		names = append(names, p.Name)
 	}
-	want := []string{"000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "000000020000000000000005"}
-	if len(names) != len(want) {
-		t.Fatalf("found %v, want %v", names, want)
+	want := []string{"000000010000000100000003", "000000010000000100000004", "000000010000000100000005", "000000020000000100000005"}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("found %v, want %v (nothing from log 0: it is before segment 0x1000)", names, want)
 	}
-	for i := range want {
-		if names[i] != want[i] {
-			t.Fatalf("found %v, want %v", names, want)
+	for _, p := range temps {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("temporary file %s left", p)
 		}
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Errorf("the scan went into a directory before the resume point: %v", err)
 	}
 }
 

@@ -2,6 +2,7 @@ package test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -153,5 +154,41 @@ func TestRestoreRefusesBadInputAndWritesNothing(t *testing.T) {
 		if entries, _ := os.ReadDir(full); len(entries) != 1 {
 			t.Fatalf("%s: the non-empty target was touched", tt.name)
 		}
+	}
+}
+
+// TestRestoreFromAnotherHostOverHTTP restores with no configuration and no
+// repository at hand, only the hub's URL and a read token, as on another host.
+func TestRestoreFromAnotherHostOverHTTP(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, pgtest.Options{})
+	p := s.primary
+	p.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+	p.Pgbench(2, 200)
+	want := p.Query(checksum)
+	s.waitArchived()
+	dir := filepath.Join(pgtest.TempDir(t, "remote"), "data")
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "walhub"), append([]string{"restore", "--config", "/nonexistent/walhub.toml",
+			"--hub-url", s.hubURL, "--server", "main"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run(nil, "--target-dir", dir); err == nil || !strings.Contains(out, "401") {
+		t.Fatalf("without a token: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("a refused restore created the target directory")
+	}
+	out, err := run([]string{"WALHUB_TOKEN=read-secret"}, "--target-dir", dir, "--walfetch-token-file", s.tokenFile)
+	if err != nil || !strings.Contains(out, "verified against its manifest") || !strings.Contains(out, s.hubURL) {
+		t.Fatalf("restore over HTTP: %v\n%s", err, out)
+	}
+	c := startRestored(t, "remote", dir)
+	waitPromoted(t, c)
+	if got := c.Query(checksum); got != want {
+		t.Fatal("data restored over HTTP differs from the primary's")
 	}
 }

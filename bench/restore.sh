@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Restore speed: `walhub restore` (zstd archives from the repository, every
+# file checked against the manifest, fsynced) against unpacking the same
+# database's `pg_basebackup -Ft -X none` with tar (with and without a final
+# sync, since tar does not fsync). Same database, same run, interleaved rounds;
+# the best round of each counts. Data directories are written to the same
+# file system.
+#
+# Usage: SCALE=50 ROUNDS=3 bash bench/restore.sh
+set -euo pipefail
+SCALE=${SCALE:-50}
+ROUNDS=${ROUNDS:-3}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+
+W=$(mktemp -d /tmp/walhub-bench-restore.XXXXXX); chmod 755 "$W"
+SERVE=
+cleanup() {
+  set +e
+  [ -n "$SERVE" ] && kill "$SERVE" && wait "$SERVE"
+  as_pg "$PGBIN/pg_ctl" -D "$W/primary" -m immediate -w stop >/dev/null 2>&1
+  rm -rf "$W"
+}
+trap cleanup EXIT
+go build -o "$W/bin/" ./cmd/walhub
+CGO_ENABLED=0 go build -o "$W/bin/" ./cmd/walfetch
+[ "$(id -u)" = 0 ] && chown postgres "$W"
+PORT=$(free_port); HUB=$(free_port)
+as_pg "$PGBIN/initdb" -D "$W/primary" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
+printf "port = $PORT\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '$W'\nmax_wal_size = 4GB\n" >> "$W/primary/postgresql.conf"
+as_pg "$PGBIN/pg_ctl" -D "$W/primary" -l "$W/pg.log" -w start >/dev/null
+"$PGBIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -q -s "$SCALE" postgres 2>/dev/null
+cat > "$W/walhub.toml" <<TOML
+repository = "$W/repo"
+[hub]
+listen = "127.0.0.1:$HUB"
+[[server]]
+name = "b"
+conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
+TOML
+"$W/bin/walhub" serve --config "$W/walhub.toml" > "$W/serve.log" 2>&1 & SERVE=$!
+sleep 2
+"$W/bin/walhub" backup --server b --config "$W/walhub.toml" >/dev/null 2>&1
+"$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$W/tar" -Ft -X none -c fast 2>/dev/null
+SIZE=$(du -sb "$W/primary/base" | cut -f1)
+echo "database: pgbench scale $SCALE, base/ is $((SIZE / 1048576)) MiB; backup $(ls -la "$W"/repo/b/backups/*/base.tar* | awk '{print $5}') bytes stored"
+
+best_w=999999; best_t=999999; best_ts=999999
+for r in $(seq 1 "$ROUNDS"); do
+  rm -rf "$W/r1" "$W/r2" "$W/r3"; sync
+  t0=$(now); "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" >/dev/null 2>&1; t1=$(now)
+  w=$(echo "$t1 - $t0" | bc)
+  mkdir "$W/r2"; sync
+  t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r2"; t1=$(now)
+  t=$(echo "$t1 - $t0" | bc)
+  mkdir "$W/r3"; sync
+  t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r3"; sync; t1=$(now)
+  ts=$(echo "$t1 - $t0" | bc)
+  echo "round $r: walhub restore ${w}s, tar ${t}s, tar+sync ${ts}s"
+  best_w=$(echo "if ($w < $best_w) $w else $best_w" | bc)
+  best_t=$(echo "if ($t < $best_t) $t else $best_t" | bc)
+  best_ts=$(echo "if ($ts < $best_ts) $ts else $best_ts" | bc)
+done
+MB=$(du -sb "$W/r1" | cut -f1)
+mbps() { echo "scale=1; $MB / 1048576 / $1" | bc; }
+echo "restored $((MB / 1048576)) MiB; best of $ROUNDS:"
+echo "  walhub restore : $(mbps "$best_w") MB/s (verified against the manifest, fsynced)"
+echo "  tar            : $(mbps "$best_t") MB/s (no fsync)   ratio walhub/tar      $(echo "scale=2; $best_t / $best_w" | bc)"
+echo "  tar + sync     : $(mbps "$best_ts") MB/s             ratio walhub/tar+sync $(echo "scale=2; $best_ts / $best_w" | bc)"
