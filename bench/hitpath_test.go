@@ -17,6 +17,7 @@ import (
 
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -32,11 +33,9 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	segSize := envInt("BENCH_SEGMENT_MB", 16) << 20
 	calls := envInt("BENCH_CALLS", 300)
 	dir := b.TempDir()
-	walfetch := filepath.Join(dir, "walfetch")
-	build := exec.Command("go", "build", "-o", walfetch, "github.com/walhub/walhub/cmd/walfetch")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build walfetch: %v\n%s", err, out)
+	walfetch, err := pgtest.BuildCommand(dir, "walfetch")
+	if err != nil {
+		b.Fatal(err)
 	}
 	data := filepath.Join(dir, "data")
 	for _, d := range []string{"pg_wal", "global", "archive"} {

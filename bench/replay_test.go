@@ -53,11 +53,9 @@ func BenchmarkReplay(b *testing.B) {
 	ctx := context.Background()
 
 	binDir := pgtest.TempDir(b, "bin")
-	walfetch := filepath.Join(binDir, "walfetch")
-	build := exec.Command("go", "build", "-o", walfetch, "github.com/walhub/walhub/cmd/walfetch")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build walfetch: %v\n%s", err, out)
+	walfetch, err := pgtest.BuildCommand(binDir, "walfetch")
+	if err != nil {
+		b.Fatal(err)
 	}
 
 	// A primary archiving into a directory (the cp source), fed into a hub repository.

@@ -119,10 +119,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{}, fmt.Errorf("restore backup %s from %s: %w", b.ID, o.Source, err)
 	}
 	var ignore []string
-	for oid, d := range tsDirs {
-		if loc := originalLocation(b, oid); filepath.Clean(loc) != filepath.Clean(d) {
-			ignore = append(ignore, "tablespace_map") // rewritten with the new paths
-		}
+	if moved(b, tsDirs) {
+		ignore = append(ignore, "tablespace_map") // rewritten with the new paths
 	}
 	if err := basebackup.VerifyDir(ctx, o.TargetDir, ignore...); err != nil {
 		cleanup()
@@ -140,13 +138,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		Seconds: time.Since(start).Seconds(), Signal: signal, RecoveryConfig: o.Settings.Lines()}, nil
 }
 
-func originalLocation(b catalog.Backup, oid uint32) string {
+// moved reports whether any tablespace goes elsewhere than its original path.
+func moved(b catalog.Backup, tsDirs map[uint32]string) bool {
 	for _, f := range b.Files {
-		if f.Tablespace == oid {
-			return f.Location
+		if d, ok := tsDirs[f.Tablespace]; ok && f.Tablespace != 0 && filepath.Clean(d) != filepath.Clean(f.Location) {
+			return true
 		}
 	}
-	return ""
+	return false
 }
 
 func values(m map[uint32]string) []string {

@@ -90,9 +90,9 @@ func TestRealReceiverStoppedTurnsCheckCritical(t *testing.T) {
 
 func TestKilledWalhubServeTurnsCheckCritical(t *testing.T) {
 	t.Parallel()
-	bin := filepath.Join(t.TempDir(), "walhub")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/walhub/walhub/cmd/walhub").CombinedOutput(); err != nil {
-		t.Fatalf("build walhub: %v\n%s", err, out)
+	bin, err := pgtest.BuildCommand(t.TempDir(), "walhub")
+	if err != nil {
+		t.Fatal(err)
 	}
 	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
 	repo := t.TempDir()

@@ -35,10 +35,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	walhubBin = filepath.Join(dir, "walhub")
-	out, err := exec.Command("go", "build", "-o", walhubBin, "github.com/walhub/walhub/cmd/walhub").CombinedOutput()
+	walhubBin, err = pgtest.BuildCommand(dir, "walhub")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build walhub: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()

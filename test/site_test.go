@@ -33,13 +33,8 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(dir, 0o755)
 	for _, cmd := range []string{"walhub", "walfetch"} {
-		build := exec.Command("go", "build", "-o", filepath.Join(dir, cmd), "../cmd/"+cmd)
-		if cmd == "walfetch" {
-			build.Env = append(os.Environ(), "CGO_ENABLED=0") // as shipped: static, fast to start
-		}
-		out, err := build.CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", cmd, err, out)
+		if _, err := pgtest.BuildCommand(dir, cmd); err != nil {
+			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
 	}

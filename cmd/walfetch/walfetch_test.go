@@ -23,6 +23,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/walfeed"
 	"github.com/walhub/walhub/walname"
 )
@@ -37,10 +38,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.Chmod(dir, 0o755)
-	walfetchBin = filepath.Join(dir, "walfetch")
-	out, err := exec.Command("go", "build", "-o", walfetchBin, ".").CombinedOutput()
+	walfetchBin, err = pgtest.BuildCommand(dir, "walfetch")
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build walfetch: %v\n%s", err, out)
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
 	code := m.Run()

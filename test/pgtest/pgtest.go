@@ -585,3 +585,19 @@ func AdoptDataDir(t testing.TB, name, dataDir string) *Cluster {
 	c.writeHBA()
 	return c
 }
+
+// BuildCommand builds walhub's program cmd/<name> into dir and returns its
+// path. It builds it as it ships: walfetch without cgo (a static binary that
+// starts fast). dir should be readable by the postgres user when PostgreSQL
+// runs the program (walfetch as restore_command): use TempDir.
+func BuildCommand(dir, name string) (string, error) {
+	bin := filepath.Join(dir, name)
+	build := exec.Command("go", "build", "-o", bin, "github.com/walhub/walhub/cmd/"+name)
+	if name == "walfetch" {
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+	}
+	return bin, nil
+}
