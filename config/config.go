@@ -38,6 +38,9 @@ type Hub struct {
 	// Values of the form "env:NAME" are read from the environment variable NAME.
 	ReadTokens  []string `toml:"read_tokens"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// MetricsTokens, when set, are required (or a read or admin token) by
+	// GET /metrics, which otherwise answers anyone who can reach the hub.
+	MetricsTokens []string `toml:"metrics_tokens"`
 	// MaxPeek caps the n of a peek request.
 	MaxPeek int `toml:"max_peek"`
 }
@@ -199,6 +202,9 @@ func (c *Config) resolve() error {
 		return err
 	}
 	if c.Hub.AdminTokens, err = resolveSecrets("hub.admin_tokens", c.Hub.AdminTokens); err != nil {
+		return err
+	}
+	if c.Hub.MetricsTokens, err = resolveSecrets("hub.metrics_tokens", c.Hub.MetricsTokens); err != nil {
 		return err
 	}
 	seen := map[string]bool{}
