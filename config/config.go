@@ -24,6 +24,20 @@ type Config struct {
 	Hub        Hub    `toml:"hub"`
 	// Servers is one section per PostgreSQL server, [[server]] in the file.
 	Servers []Server `toml:"server"`
+	// Encryption, when the section is present, encrypts every object of the
+	// repository at rest.
+	Encryption *Encryption `toml:"encryption"`
+}
+
+// Encryption names the age keys of an encrypted repository. The values are
+// key sources, "file:/path" (an age identity file) or "env:NAME"; the keys
+// themselves are read by the storage/crypt package when the repository is
+// opened, so no secret is ever held in (or printed with) a Config.
+type Encryption struct {
+	// Key encrypts every new object, and decrypts.
+	Key string `toml:"key"`
+	// PreviousKeys only decrypt: objects written before the last rotations.
+	PreviousKeys []string `toml:"previous_keys"`
 }
 
 // Hub configures the HTTP server inside `walhub serve`.
@@ -208,6 +222,11 @@ func (c *Config) resolve() error {
 	if c.Hub.MetricsTokens, err = resolveSecrets("hub.metrics_tokens", c.Hub.MetricsTokens); err != nil {
 		return err
 	}
+	if c.Encryption != nil {
+		if err := c.Encryption.check(); err != nil {
+			return err
+		}
+	}
 	seen := map[string]bool{}
 	for i := range c.Servers {
 		s := &c.Servers[i]
@@ -300,6 +319,36 @@ func (s *Server) resolve(key string) error {
 		return fmt.Errorf("%s: retention.min_redundancy: %d is negative", key, s.Retention.MinRedundancy)
 	}
 	return nil
+}
+
+func (e *Encryption) check() error {
+	if e.Key == "" {
+		return errors.New("encryption.key: required (file:/path to an age key, or env:NAME)")
+	}
+	if err := checkKeySource("encryption.key", e.Key); err != nil {
+		return err
+	}
+	for i, src := range e.PreviousKeys {
+		if err := checkKeySource(fmt.Sprintf("encryption.previous_keys[%d]", i), src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkKeySource checks the form of a key source without reading it, and
+// without quoting it: a key pasted in by mistake must not be printed.
+func checkKeySource(key, src string) error {
+	if path, ok := strings.CutPrefix(src, "file:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("%s: file: needs an absolute path", key)
+		}
+		return nil
+	}
+	if name, ok := strings.CutPrefix(src, "env:"); ok && name != "" {
+		return nil
+	}
+	return fmt.Errorf("%s: want file:/path or env:NAME (never the key itself)", key)
 }
 
 func resolveSecrets(key string, vals []string) ([]string, error) {

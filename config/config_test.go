@@ -52,6 +52,11 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		name, text, want string
 	}{
 		{"unknown top key", base + "repo = 1\n", "unknown key repo"},
+		{"encryption without key", base + "[encryption]\n", "encryption.key: required"},
+		{"encryption key inline", base + "[encryption]\nkey = \"AGE-SECRET-KEY-1QQQ\"\n", "encryption.key: want file:/path or env:NAME"},
+		{"encryption relative file", base + "[encryption]\nkey = \"file:k.txt\"\n", "encryption.key: file: needs an absolute path"},
+		{"encryption bad previous", base + "[encryption]\nkey = \"env:K\"\nprevious_keys = [\"env:\"]\n", "encryption.previous_keys[0]: want"},
+		{"encryption unknown key", base + "[encryption]\nkey = \"env:K\"\ncipher = \"x\"\n", "unknown key encryption.cipher"},
 		{"unknown server key", base + srv + "slots = \"x\"\n", "unknown key server.slots"},
 		{"missing repository", srv, "repository: required"},
 		{"relative repository", "repository = \"r\"\n", "must be an absolute path"},
@@ -125,5 +130,22 @@ func TestREADMEExampleParses(t *testing.T) {
 		if _, err := Parse(text); err != nil {
 			t.Errorf("README example: %v\n%s", err, text)
 		}
+	}
+}
+
+func TestParseEncryption(t *testing.T) {
+	cfg, err := Parse("repository = \"/r\"\n[encryption]\nkey = \"file:/etc/walhub/new.key\"\nprevious_keys = [\"env:OLD_KEY\"]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := cfg.Encryption; e == nil || e.Key != "file:/etc/walhub/new.key" || len(e.PreviousKeys) != 1 {
+		t.Fatalf("encryption = %+v", e)
+	}
+	if cfg, _ := Parse("repository = \"/r\"\n"); cfg.Encryption != nil {
+		t.Fatal("encryption set without the section")
+	}
+	_, err = Parse("repository = \"/r\"\n[encryption]\nkey = \"AGE-SECRET-KEY-1SECRETSECRET\"\n")
+	if err == nil || strings.Contains(err.Error(), "SECRETSECRET") {
+		t.Fatalf("a key given inline: %v", err)
 	}
 }
