@@ -46,20 +46,11 @@ import (
 const MetaKeyID = "crypt-key-id"
 
 // HeaderSize is what precedes the first chunk of every object: age's header
-// for one X25519 recipient (intro, one stanza, MAC: 168 bytes in age v1)
-// and the 16-byte nonce, 184 bytes. It is measured, not assumed: Create refuses to write
-// an object whose header differs, so sizes computed from it are exact.
-var HeaderSize = sync.OnceValue(func() int64 {
-	id, err := age.GenerateX25519Identity()
-	if err != nil {
-		panic(err)
-	}
-	var b bytes.Buffer
-	if _, err := age.Encrypt(&b, id.Recipient()); err != nil {
-		panic(err)
-	}
-	return int64(b.Len())
-})
+// for one X25519 recipient (intro, one stanza, MAC: 168 bytes in age v1) and
+// the 16-byte nonce. It is part of the repository's format: Create refuses to
+// write an object whose header differs (a future age adding stanzas would be
+// caught by the first write, in the tests), so sizes computed from it are exact.
+const HeaderSize = 184
 
 // age's STREAM parameters (age-encryption.org/v1): 64 KiB plaintext chunks,
 // each followed by a 16-byte Poly1305 tag; a 16-byte nonce after the header.
@@ -128,8 +119,8 @@ func (s *Store) Create(ctx context.Context, key string, meta storage.Meta) (stor
 		return nil, fmt.Errorf("create %s: start encryption: %w", key, err)
 	}
 	head := sw.buf.Bytes()
-	if int64(len(head)) != HeaderSize() {
-		return nil, fmt.Errorf("create %s: age header of %d bytes, want %d", key, len(head), HeaderSize())
+	if int64(len(head)) != HeaderSize {
+		return nil, fmt.Errorf("create %s: age header of %d bytes, want %d", key, len(head), HeaderSize)
 	}
 	m := maps.Clone(meta)
 	if m == nil {
@@ -210,12 +201,12 @@ func storedSize(plain int64) int64 {
 	if chunks == 0 {
 		chunks = 1 // empty plaintext is one empty, tagged chunk
 	}
-	return HeaderSize() + plain + chunks*tagSize
+	return HeaderSize + plain + chunks*tagSize
 }
 
 // plainSize inverts storedSize, refusing sizes no object of ours can have.
 func plainSize(stored int64) (int64, error) {
-	payload := stored - HeaderSize()
+	payload := stored - HeaderSize
 	chunks := (payload + encChunkSize - 1) / encChunkSize
 	plain := payload - chunks*tagSize
 	if payload < tagSize || storedSize(plain) != stored {
