@@ -49,7 +49,8 @@ type Hub struct {
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
 	// ReadTokens may read WAL, backups and status; AdminTokens may also change state.
-	// Values of the form "env:NAME" are read from the environment variable NAME.
+	// Values of the form "env:NAME" are read from the environment variable NAME,
+	// "file:PATH" from the file PATH.
 	ReadTokens  []string `toml:"read_tokens"`
 	AdminTokens []string `toml:"admin_tokens"`
 	// MaxPeek caps the n of a peek request.
@@ -62,7 +63,7 @@ type Server struct {
 	Name string `toml:"name"`
 	// Conninfo is a libpq connection string or URL. A password is best left out and
 	// given through PGPASSWORD or a .pgpass file; "env:NAME" reads the whole string
-	// from the environment.
+	// from the environment, "file:PATH" from a file.
 	Conninfo string `toml:"conninfo"`
 	// Slot is the physical replication slot; default "walhub_<name>".
 	Slot string `toml:"slot"`
@@ -359,8 +360,18 @@ func resolveSecrets(key string, vals []string) ([]string, error) {
 	return out, nil
 }
 
-// resolveSecret turns "env:NAME" into the value of the environment variable NAME.
+// resolveSecret turns "env:NAME" into the value of the environment variable
+// NAME, and "file:PATH" into the contents of the file PATH without its
+// trailing newline (a file is read again on every reload of the daemon; the
+// environment is not).
 func resolveSecret(key, v string) (string, error) {
+	if path, ok := strings.CutPrefix(v, "file:"); ok {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", key, err)
+		}
+		return strings.TrimRight(string(data), "\r\n"), nil
+	}
 	name, ok := strings.CutPrefix(v, "env:")
 	if !ok {
 		return v, nil

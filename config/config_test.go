@@ -67,6 +67,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"dup", base + srv + srv, "declared twice"},
 		{"bad duration", base + srv + "[server.retention]\nwindow = \"7 days\"\n", "invalid duration"},
 		{"env missing", base + "[hub]\nread_tokens = [\"env:WALHUB_SURELY_UNSET\"]\n", "WALHUB_SURELY_UNSET is not set"},
+		{"file missing", base + "[hub]\nread_tokens = [\"file:/nonexistent/token\"]\n", "hub.read_tokens[0]: open /nonexistent/token"},
 		{"tls half", base + "[hub]\ntls_cert = \"/c\"\n", "give both or neither"},
 		{"max rate", base + srv + "[server.backup]\nmax_rate = 1\n", "backup.max_rate"},
 		{"syntax", base + "x = \n", "line 2"},
@@ -79,6 +80,20 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestTokenFromFile(t *testing.T) {
+	path := t.TempDir() + "/read.token"
+	if err := os.WriteFile(path, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse("repository = \"/r\"\n[hub]\nread_tokens = [\"file:" + path + "\"]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hub.ReadTokens[0] != "from-file" {
+		t.Errorf("token = %q", cfg.Hub.ReadTokens[0])
 	}
 }
 
