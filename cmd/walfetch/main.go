@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/version"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -41,6 +42,7 @@ Usage:
 Settings (flag, environment variable, key in the config file):
 OPTIONS
   --config FILE         WALFETCH_CONFIG   (default ` + DefaultConfigPath + ` if it exists)
+  --version             print the version, commit and Go release, and exit
 
   Flags override the environment, which overrides the config file, e.g.
     url = "https://walhub.example:7480"
@@ -92,6 +94,10 @@ Examples:
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "--run-prefetcher" {
 		os.Exit(runPrefetcher())
+	}
+	if len(os.Args) == 2 && os.Args[1] == "--version" {
+		fmt.Println(version.Get().String("walfetch"))
+		os.Exit(exitServed)
 	}
 	os.Exit(run(os.Args[1:]))
 }
