@@ -95,6 +95,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.checkCommand(),
 		a.expireCommand(),
 		a.snapshotCommand(),
+		a.keygenCommand(),
 	)
 	return root
 }
