@@ -103,6 +103,9 @@ type Hub struct {
 	// "file:PATH" from the file PATH.
 	ReadTokens  []string `toml:"read_tokens"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// MetricsTokens, when set, are required (or a read or admin token) by
+	// GET /metrics, which otherwise answers anyone who can reach the hub.
+	MetricsTokens []string `toml:"metrics_tokens"`
 	// MaxPeek caps the n of a peek request.
 	MaxPeek int `toml:"max_peek"`
 }
@@ -280,6 +283,9 @@ func (c *Config) resolve(s3Section bool) error {
 		return err
 	}
 	if c.Hub.AdminTokens, err = resolveSecrets("hub.admin_tokens", c.Hub.AdminTokens); err != nil {
+		return err
+	}
+	if c.Hub.MetricsTokens, err = resolveSecrets("hub.metrics_tokens", c.Hub.MetricsTokens); err != nil {
 		return err
 	}
 	if c.Encryption != nil {
