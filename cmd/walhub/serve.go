@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/lock"
@@ -28,7 +29,8 @@ func (a *app) serveCommand() *cobra.Command {
 through its physical replication slot into the repository, and the HTTP hub ([hub]
 listen) that serves WAL, backups, status and /metrics, until SIGTERM or SIGINT.
 On stop every receiver fsyncs what it received and reports it to its server.
-Every hour it applies the retention policies (retention.auto_expire).
+Every hour it applies the retention policies (retention.auto_expire); a backup
+waiting for its WAL becomes done as soon as the WAL is stored.
 
 A receiver that fails (server down, network, full disk) says why in the log and in
 <repository>/<server>/receiver.json, and reconnects by itself (1 s doubling to 30 s).`,
@@ -79,7 +81,8 @@ func (a *app) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	services = append(services, h.Run, func(ctx context.Context) error { return a.expireLoop(ctx, cat, repo) })
+	services = append(services, h.Run, func(ctx context.Context) error { return a.expireLoop(ctx, cat, repo) },
+		func(ctx context.Context) error { return a.waitingWALLoop(ctx, cat) })
 	a.log.Info("walhub serving", "repository", repo.Root, "servers", len(cfg.Servers))
 	err = runServices(ctx, services)
 	a.log.Info("walhub stopped")
@@ -113,6 +116,36 @@ func (a *app) expireLoop(ctx context.Context, cat *catalog.Catalog, repo storage
 				a.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
 			case err != nil && ctx.Err() == nil:
 				a.log.Error("expire failed", "server", srv.Name, "err", err)
+			}
+		}
+	}
+}
+
+// waitingWALInterval is how often the daemon looks for backups whose late WAL
+// has arrived.
+const waitingWALInterval = 5 * time.Second
+
+// waitingWALLoop marks done the backups waiting for their WAL once the
+// receivers have stored it.
+func (a *app) waitingWALLoop(ctx context.Context, cat *catalog.Catalog) error {
+	tick := time.NewTicker(waitingWALInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for i := range a.cfg.Servers {
+			name := a.cfg.Servers[i].Name
+			done, err := basebackup.CompleteWaiting(ctx, cat, name)
+			switch {
+			case errors.Is(err, catalog.ErrNotFound):
+			case err != nil && ctx.Err() == nil:
+				a.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
+			}
+			for _, id := range done {
+				a.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
 			}
 		}
 	}
