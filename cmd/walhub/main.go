@@ -88,6 +88,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.checkCommand(),
 		a.expireCommand(),
 		a.snapshotCommand(),
+		a.keygenCommand(),
 	)
 	return root
 }
