@@ -70,7 +70,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
 				}
-				bar := newProgressReporter(s.Name, a.log)
+				bar := a.newProgressReporter(s.Name)
 				o.OnProgress = bar.report
 				b, err := basebackup.Run(cmd.Context(), o)
 				bar.finish()
@@ -123,8 +123,8 @@ type progressReporter struct {
 	lastLog time.Time
 }
 
-func newProgressReporter(server string, log *slog.Logger) *progressReporter {
-	return &progressReporter{server: server, log: log, tty: term.IsTerminal(int(os.Stderr.Fd())), lastLog: time.Now()}
+func (a *app) newProgressReporter(server string) *progressReporter {
+	return &progressReporter{server: server, log: a.log, tty: !a.quiet && term.IsTerminal(int(os.Stderr.Fd())), lastLog: time.Now()}
 }
 
 func (p *progressReporter) report(pr basebackup.Progress) {

@@ -85,6 +85,8 @@ func (a *app) serve(ctx context.Context) error {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
+	// Status, backups, replication and check results, built at each scrape.
+	registry.MustRegister(&status.Collector{Source: status.Source{Config: cfg, Catalog: cat, Repository: repo.Root}, Log: a.log})
 
 	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
 		newReceiver: func(srv *config.Server) service {
