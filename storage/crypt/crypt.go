@@ -263,14 +263,15 @@ func (s *Store) ObjectKeyID(ctx context.Context, key string) (string, error) {
 }
 
 // List implements storage.ObjectStore; sizes are plaintext sizes, computed
-// from the stored size (listings carry no metadata on S3). An object whose
-// size no encrypted object can have stops the listing with an error wrapping
-// ErrNotEncrypted; other foreign objects are found by Stat and Open.
+// from the stored size (listings carry no metadata on S3). Files that were not
+// written through this layer (a local working area sharing the repository's
+// directory keeps .partial and state files there) are listed as they are, with
+// their own size when it is not one an encrypted object can have; Stat and
+// Open refuse them with ErrNotEncrypted.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
 	return s.inner.List(ctx, prefix, func(info storage.ObjectInfo) error {
-		info, err := plainInfo(info)
-		if err != nil {
-			return fmt.Errorf("list %w", err)
+		if plain, err := plainInfo(info); err == nil {
+			info = plain
 		}
 		return fn(info)
 	})
