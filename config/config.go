@@ -26,8 +26,8 @@ type Config struct {
 	// S3-compatible bucket configured by the [s3] section.
 	Repository string `toml:"repository"`
 	// WorkDir is the local working area: catalog.db, the segment being
-	// received (.partial), locks and the receivers' state. It is Repository
-	// for a local repository; for a bucket it defaults to /var/lib/walhub.
+	// received (.partial), locks and the receivers' state. It defaults to
+	// Repository for a local repository, to /var/lib/walhub for a bucket.
 	WorkDir string `toml:"work_dir"`
 	// S3 is the bucket when Repository is an s3:// URL.
 	S3  S3  `toml:"s3"`
@@ -254,10 +254,12 @@ func (c *Config) resolve(s3Section bool) error {
 		if s3Section {
 			return fmt.Errorf("s3: the section is for a repository in a bucket, but repository is the directory %s", c.Repository)
 		}
-		if c.WorkDir != "" && c.WorkDir != c.Repository {
-			return fmt.Errorf("work_dir: only for a repository in a bucket (a local repository is its own working area)")
+		if c.WorkDir == "" {
+			c.WorkDir = c.Repository
 		}
-		c.WorkDir = c.Repository
+		if !strings.HasPrefix(c.WorkDir, "/") {
+			return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
+		}
 	}
 	if c.Hub.Listen == "" {
 		c.Hub.Listen = "127.0.0.1:7480"
