@@ -194,7 +194,7 @@ func TestParseS3ErrorsNameTheKey(t *testing.T) {
 		{"dot-dot prefix", "repository = \"s3://bucket/a/../b\"\n", "repository: prefix"},
 		{"empty segment", "repository = \"s3://bucket/a//b\"\n", "repository: prefix"},
 		{"s3 section with a directory", "repository = \"/r\"\n[s3]\nregion = \"x\"\n", "s3: the section is for a repository in a bucket"},
-		{"work_dir with a directory", "repository = \"/r\"\nwork_dir = \"/w\"\n", "work_dir: only for a repository in a bucket"},
+		{"relative work_dir with a directory", "repository = \"/r\"\nwork_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
 		{"relative work_dir", repo + "work_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
 		{"bad endpoint", repo + "[s3]\nendpoint = \"s3.example\"\n", "s3.endpoint: \"s3.example\""},
 		{"unknown s3 key", repo + "[s3]\nbucket = \"x\"\n", "unknown key s3.bucket"},

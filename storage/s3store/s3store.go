@@ -26,7 +26,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -207,8 +206,8 @@ func (s *Store) Features() storage.Features {
 
 // objectKey is the bucket key of a repository key.
 func (s *Store) objectKey(key string) (string, error) {
-	if key == "" || strings.HasPrefix(key, "/") || !fs.ValidPath(key) {
-		return "", fmt.Errorf("invalid repository key %q", key)
+	if err := storage.ValidKey(key); err != nil {
+		return "", err
 	}
 	if s.cfg.Prefix == "" {
 		return key, nil
@@ -258,14 +257,10 @@ func (s *Store) Remove(ctx context.Context, key string) error {
 	return nil
 }
 
-// listHeads is how many HEAD requests List sends at once to read the
-// metadata that a listing does not carry.
-const listHeads = 16
-
 // List implements storage.ObjectStore. S3 lists in UTF-8 byte order, which is
-// Go's string order. A listing carries no user metadata, so every object of a
-// page is also HEADed (listHeads at a time); an object removed in between is
-// left out.
+// Go's string order, a page of up to 1000 keys at a time. A listing carries
+// no user metadata: Meta is nil, Stat has it. Keys that are not valid
+// repository keys (put there by something else) are left out.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
 	full := prefix
 	if s.cfg.Prefix != "" {
@@ -277,41 +272,13 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectI
 		if err != nil {
 			return s.wrap("list", prefix, err)
 		}
-		infos := make([]storage.ObjectInfo, len(page.Contents))
-		found := make([]bool, len(page.Contents))
-		errs := make(chan error, len(page.Contents))
-		sem := make(chan struct{}, listHeads)
-		for i, obj := range page.Contents {
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem }()
-				key := s.repoKey(aws.ToString(obj.Key))
-				info, err := s.Stat(ctx, key)
-				switch {
-				case errors.Is(err, storage.ErrNotExist):
-					errs <- nil
-				case err != nil:
-					errs <- err
-				default:
-					infos[i], found[i] = info, true
-					errs <- nil
-				}
-			}()
-		}
-		var first error
-		for range page.Contents {
-			if err := <-errs; err != nil && first == nil {
-				first = err
-			}
-		}
-		if first != nil {
-			return fmt.Errorf("list %s: %w", prefix, first)
-		}
-		for i := range infos {
-			if !found[i] {
+		for _, obj := range page.Contents {
+			key := s.repoKey(aws.ToString(obj.Key))
+			if storage.ValidKey(key) != nil {
 				continue
 			}
-			if err := fn(infos[i]); err != nil {
+			info := storage.ObjectInfo{Key: key, Size: aws.ToInt64(obj.Size), ModTime: aws.ToTime(obj.LastModified)}
+			if err := fn(info); err != nil {
 				return err
 			}
 		}
@@ -351,4 +318,35 @@ func isNotFound(err error) bool {
 func hasCode(err error, code string) bool {
 	var apiErr smithy.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode() == code
+}
+
+// RemoveTemp aborts the multipart uploads below prefix that a writer which
+// died (kill -9) left incomplete: they are invisible, but the bucket keeps
+// (and bills) their parts until aborted. Call it only where no writer can be
+// active under prefix (storage.TempRemover).
+func (s *Store) RemoveTemp(ctx context.Context, prefix string) error {
+	if s.cfg.ReadOnly {
+		return nil
+	}
+	full := prefix
+	if s.cfg.Prefix != "" {
+		full = s.cfg.Prefix + "/" + prefix
+	}
+	in := &s3.ListMultipartUploadsInput{Bucket: &s.cfg.Bucket, Prefix: &full}
+	for {
+		out, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return s.wrap("list multipart uploads of", prefix, err)
+		}
+		for _, u := range out.Uploads {
+			_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.cfg.Bucket, Key: u.Key, UploadId: u.UploadId})
+			if err != nil && !hasCode(err, "NoSuchUpload") {
+				return s.wrap("abort multipart upload of", s.repoKey(aws.ToString(u.Key)), err)
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
 }
