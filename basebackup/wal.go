@@ -71,8 +71,20 @@ func (w WALWait) MissingWAL(ctx context.Context) ([]catalog.SegRange, error) {
 	return still, nil
 }
 
+// WALLateError says that a backup's WAL did not reach the catalog in time.
+type WALLateError struct {
+	Start, Stop walname.LSN
+	// Missing names the segments not yet held.
+	Missing string
+	Timeout time.Duration
+}
+
+func (e *WALLateError) Error() string {
+	return fmt.Sprintf("WAL %s to %s (%s) not received within %s", e.Start, e.Stop, e.Missing, e.Timeout)
+}
+
 // WaitWAL waits until the catalog holds every segment of the backup's WAL, or
-// fails after the timeout with an error that names the WAL missing.
+// returns a *WALLateError after the timeout.
 func WaitWAL(ctx context.Context, w WALWait) error {
 	if w.Log == nil {
 		w.Log = slog.Default()
@@ -91,8 +103,8 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 		}
 		now := time.Now()
 		if !now.Before(deadline) {
-			return fmt.Errorf("WAL %s to %s (%s) not received within %s: is `walhub serve` streaming from this server?",
-				w.StartLSN, w.StopLSN, describeMissing(missing, w.StopTLI, w.SegmentSize), w.Timeout)
+			return &WALLateError{Start: w.StartLSN, Stop: w.StopLSN, Missing: describeMissing(missing, w.StopTLI, w.SegmentSize),
+				Timeout: w.Timeout}
 		}
 		if !switched {
 			switched = true
@@ -173,6 +185,43 @@ func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Loc
 		reaped = append(reaped, b.ID)
 	}
 	return reaped, nil
+}
+
+// CompleteWaiting marks done every backup of server that waits for its WAL
+// (state waiting_wal) once the catalog holds all of it. Each is finished by a
+// compare-and-set, so processes that run it at the same time agree. It
+// returns the ids it finished.
+func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) ([]string, error) {
+	srv, err := cat.ServerByName(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	backups, err := cat.Backups(ctx, srv.ID)
+	if err != nil {
+		return nil, err
+	}
+	var finished []string
+	for _, b := range backups {
+		if b.State != catalog.StateWaitingWAL || srv.SegmentSize == 0 {
+			continue
+		}
+		missing, err := (WALWait{Catalog: cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+			StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(ctx)
+		if err != nil {
+			return finished, err
+		}
+		if len(missing) > 0 {
+			continue
+		}
+		ok, err := cat.FinishWaitingBackup(ctx, b.ID)
+		if err != nil {
+			return finished, err
+		}
+		if ok {
+			finished = append(finished, b.ID)
+		}
+	}
+	return finished, nil
 }
 
 // SwitchWALOn returns a WALWait.SwitchWAL that runs pg_switch_wal() on a normal

@@ -25,7 +25,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
@@ -99,7 +98,8 @@ func New(o Options) (*Server, error) {
 // admin routes an admin token.
 func (s *Server) routes() {
 	s.echo.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
-	s.echo.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.o.Registry, promhttp.HandlerOpts{})))
+	s.metricsRoute()
+	s.pageRoutes()
 
 	s.read(http.MethodGet, "/servers/:server/wal/:name", s.getWAL)
 	s.read(http.MethodHead, "/servers/:server/wal/:name", s.getWAL)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
@@ -37,7 +38,8 @@ func (a *app) serveCommand() *cobra.Command {
 through its physical replication slot into the repository, and the HTTP hub ([hub]
 listen) that serves WAL, backups, status and /metrics, until SIGTERM or SIGINT.
 On stop every receiver fsyncs what it received and reports it to its server.
-Every hour it applies the retention policies (retention.auto_expire).
+Every hour it applies the retention policies (retention.auto_expire); a backup
+waiting for its WAL becomes done as soon as the WAL is stored.
 
 SIGHUP (systemctl reload walhub) reads the configuration file again: tokens,
 max_peek, retention and backup settings apply at once; added servers start
@@ -85,6 +87,8 @@ func (a *app) serve(ctx context.Context) error {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
+	// Status, backups, replication and check results, built at each scrape.
+	registry.MustRegister(&status.Collector{Source: status.Source{Config: cfg, Catalog: cat, Repository: repo.Root}, Log: a.log})
 
 	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
 		newReceiver: func(srv *config.Server) service {
@@ -105,7 +109,7 @@ func (a *app) serve(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.Root, "servers", len(cfg.Servers), "config", a.configPath)
-	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop})
+	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
 	a.log.Info("walhub stopped")
 	return err
 }
@@ -293,6 +297,37 @@ func (d *daemon) expireLoop(ctx context.Context) error {
 				d.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
 			case err != nil && ctx.Err() == nil:
 				d.log.Error("expire failed", "server", srv.Name, "err", err)
+			}
+		}
+	}
+}
+
+// waitingWALInterval is how often the daemon looks for backups whose late WAL
+// has arrived.
+const waitingWALInterval = 5 * time.Second
+
+// waitingWALLoop marks done the backups waiting for their WAL once the
+// receivers have stored it.
+func (d *daemon) waitingWALLoop(ctx context.Context) error {
+	tick := time.NewTicker(waitingWALInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		cfg := d.cfg.Load()
+		for i := range cfg.Servers {
+			name := cfg.Servers[i].Name
+			done, err := basebackup.CompleteWaiting(ctx, d.cat, name)
+			switch {
+			case errors.Is(err, catalog.ErrNotFound):
+			case err != nil && ctx.Err() == nil:
+				d.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
+			}
+			for _, id := range done {
+				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
 			}
 		}
 	}
