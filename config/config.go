@@ -65,8 +65,8 @@ type S3 struct {
 	// ForcePathStyle addresses the bucket as endpoint/bucket (most
 	// S3-compatible servers need it) rather than bucket.endpoint.
 	ForcePathStyle bool `toml:"force_path_style"`
-	// AccessKeyID and SecretAccessKey: a value, "env:NAME" or "file:PATH"
-	// (the file's first line). Default: the environment's AWS_ACCESS_KEY_ID
+	// AccessKeyID and SecretAccessKey: a value, "env:NAME" or "file:PATH".
+	// Default: the environment's AWS_ACCESS_KEY_ID
 	// and AWS_SECRET_ACCESS_KEY.
 	AccessKeyID     Secret `toml:"access_key_id"`
 	SecretAccessKey Secret `toml:"secret_access_key"`
@@ -375,30 +375,16 @@ func (c *Config) resolveS3() error {
 	return nil
 }
 
-// resolveCredential reads an S3 credential: "env:NAME", "file:PATH" (its
-// first line), a value, or when empty the environment variable def. Errors
-// name the key and where the value was looked for, never the value.
+// resolveCredential reads an S3 credential like any secret ("env:NAME",
+// "file:PATH" or a value), or when empty from the environment variable def.
+// Errors name the key and where the value was looked for, never the value.
 func resolveCredential(key string, v Secret, def string) (Secret, error) {
 	raw := string(v)
-	switch {
-	case raw == "":
-		val, ok := os.LookupEnv(def)
-		if !ok || val == "" {
+	if raw == "" {
+		raw = "env:" + def
+		if os.Getenv(def) == "" {
 			return "", fmt.Errorf("%s: required (or set the environment variable %s)", key, def)
 		}
-		return Secret(val), nil
-	case strings.HasPrefix(raw, "file:"):
-		path := strings.TrimPrefix(raw, "file:")
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", key, err)
-		}
-		line, _, _ := strings.Cut(string(data), "\n")
-		line = strings.TrimSpace(line)
-		if line == "" {
-			return "", fmt.Errorf("%s: file %s is empty", key, path)
-		}
-		return Secret(line), nil
 	}
 	val, err := resolveSecret(key, raw)
 	if err != nil {

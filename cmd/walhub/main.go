@@ -89,6 +89,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
+		a.showBackupCommand(),
 		a.verifyCommand(),
 		a.restoreCommand(),
 		a.statusCommand(),

@@ -319,3 +319,34 @@ func hasCode(err error, code string) bool {
 	var apiErr smithy.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode() == code
 }
+
+// RemoveTemp aborts the multipart uploads below prefix that a writer which
+// died (kill -9) left incomplete: they are invisible, but the bucket keeps
+// (and bills) their parts until aborted. Call it only where no writer can be
+// active under prefix (storage.TempRemover).
+func (s *Store) RemoveTemp(ctx context.Context, prefix string) error {
+	if s.cfg.ReadOnly {
+		return nil
+	}
+	full := prefix
+	if s.cfg.Prefix != "" {
+		full = s.cfg.Prefix + "/" + prefix
+	}
+	in := &s3.ListMultipartUploadsInput{Bucket: &s.cfg.Bucket, Prefix: &full}
+	for {
+		out, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return s.wrap("list multipart uploads of", prefix, err)
+		}
+		for _, u := range out.Uploads {
+			_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.cfg.Bucket, Key: u.Key, UploadId: u.UploadId})
+			if err != nil && !hasCode(err, "NoSuchUpload") {
+				return s.wrap("abort multipart upload of", s.repoKey(aws.ToString(u.Key)), err)
+			}
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+}

@@ -383,3 +383,37 @@ func TestWrongSecretNotInErrors(t *testing.T) {
 	}
 	t.Logf("error: %v", cerr)
 }
+
+// TestRemoveTempAbortsDeadUploads: a writer that died mid multipart upload
+// (never committed nor aborted) leaves a pending upload; RemoveTemp of its
+// prefix aborts it and leaves other prefixes' uploads alone.
+func TestRemoveTempAbortsDeadUploads(t *testing.T) {
+	srv := s3test.Start(t)
+	st := newStore(t, srv, "rt", func(c *s3store.Config) { c.PartSize = 5 << 20; c.Concurrency = 1 })
+	data := randomBytes(6<<20, 4)
+	for _, key := range []string{"main/backups/b1/base.tar.zst", "main/backups/b2/base.tar.zst"} {
+		w, err := st.Create(context.Background(), key, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		// Neither Commit nor Abort: the writer "died".
+	}
+	if p := srv.PendingUploads(); len(p) != 2 {
+		t.Fatalf("pending uploads: %v", p)
+	}
+	if err := st.RemoveTemp(context.Background(), "main/backups/b1/"); err != nil {
+		t.Fatal(err)
+	}
+	if p := srv.PendingUploads(); !slices.Equal(p, []string{"rt/main/backups/b2/base.tar.zst"}) {
+		t.Fatalf("after RemoveTemp of b1, pending uploads: %v", p)
+	}
+	if err := st.RemoveTemp(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if p := srv.PendingUploads(); len(p) != 0 {
+		t.Fatalf("after RemoveTemp of everything, pending uploads: %v", p)
+	}
+}
