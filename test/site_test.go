@@ -57,6 +57,9 @@ type site struct {
 	serve     *exec.Cmd
 	logMu     sync.Mutex
 	log       strings.Builder
+
+	// baseConfig is the configuration without siteOptions.sections.
+	baseConfig string
 }
 
 // newSite starts a primary (extra postgresql.conf lines in conf) and a
@@ -72,12 +75,25 @@ func newSite(t *testing.T, opts pgtest.Options) *site {
 // that standby); s.primary is p, where writes and WAL switches go.
 func newSiteOn(t *testing.T, p, source *pgtest.Cluster) *site {
 	t.Helper()
+	return newSiteWith(t, p, source, siteOptions{})
+}
+
+// siteOptions add to the configuration a site starts with.
+type siteOptions struct {
+	// serverLines go into the [[server]] section; sections (e.g.
+	// "[encryption]\n...") at the end of the file.
+	serverLines, sections string
+}
+
+// newSiteWith is newSiteOn with additions to the configuration.
+func newSiteWith(t *testing.T, p, source *pgtest.Cluster, o siteOptions) *site {
+	t.Helper()
 	s := &site{t: t, primary: p, dir: pgtest.TempDir(t, "site")}
 	s.repo = filepath.Join(s.dir, "repo")
 	port := pgtest.FreePort(t)
 	s.hubURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	s.config = filepath.Join(s.dir, "walhub.toml")
-	cfg := fmt.Sprintf(`repository = %q
+	s.baseConfig = fmt.Sprintf(`repository = %q
 [hub]
 listen = "127.0.0.1:%d"
 read_tokens = ["read-secret"]
@@ -85,9 +101,11 @@ admin_tokens = ["admin-secret"]
 [[server]]
 name = "main"
 conninfo = %q
+%s
 [server.backup]
 wal_timeout = "2m"
-`, s.repo, port, source.ConnString(""))
+`, s.repo, port, source.ConnString(""), o.serverLines)
+	cfg := s.baseConfig + o.sections
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,344 @@
+package test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/test/pgtest"
+)
+
+// secretMarker is written into a table: it must never be found in the
+// repository's stored bytes while the repository is encrypted.
+const secretMarker = "WALHUB-SECRET-MARKER-7f3a"
+
+// secretChecksum fingerprints the marker table and the pgbench data.
+const secretChecksum = `SELECT md5(string_agg(id::text || ':' || v, ',' ORDER BY id)) || ` +
+	`(SELECT md5(string_agg(aid::text || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts) FROM secret`
+
+// newKey makes an age key with `walhub keygen` and returns its path and ID.
+func newKey(t *testing.T, dir, name string) (path, id string) {
+	t.Helper()
+	path = filepath.Join(dir, name+".key")
+	out, err := exec.Command(filepath.Join(binDir, "walhub"), "keygen", "--output", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("walhub keygen: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`key ([0-9a-f]{16}) written`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("walhub keygen printed %q", out)
+	}
+	return path, string(m[1])
+}
+
+// encryptionSection is the [encryption] section for a current key and
+// previous ones.
+func encryptionSection(key string, previous ...string) string {
+	sec := fmt.Sprintf("[encryption]\nkey = %q\n", "file:"+key)
+	if len(previous) > 0 {
+		quoted := make([]string, len(previous))
+		for i, p := range previous {
+			quoted[i] = fmt.Sprintf("%q", "file:"+p)
+		}
+		sec += "previous_keys = [" + strings.Join(quoted, ", ") + "]\n"
+	}
+	return sec
+}
+
+// newEncryptedSite is a site whose repository is encrypted with a new key,
+// storing WAL and backups uncompressed (so that, but for the encryption, the
+// marker would be in the stored bytes as it is).
+func newEncryptedSite(t *testing.T) (s *site, keyPath, keyID string) {
+	t.Helper()
+	keyPath, keyID = newKey(t, pgtest.TempDir(t, "keys"), "repo")
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{})
+	s = newSiteWith(t, p, p, siteOptions{serverLines: `compression = "none"`, sections: encryptionSection(keyPath)})
+	return s, keyPath, keyID
+}
+
+// writeSecret fills the marker table.
+func writeSecret(p *pgtest.Cluster, from, to int) {
+	p.Query(fmt.Sprintf(`CREATE TABLE IF NOT EXISTS secret (id int PRIMARY KEY, v text);
+		INSERT INTO secret SELECT g, '%s-' || g FROM generate_series(%d, %d) g`, secretMarker, from, to))
+}
+
+// filesHolding lists the files under root whose bytes contain marker,
+// skipping the segment being received (.partial: the local working area,
+// plaintext by design).
+func filesHolding(t *testing.T, root, marker string) (hits []string, scanned int) {
+	t.Helper()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasSuffix(path, ".partial") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		scanned++
+		if bytes.Contains(b, []byte(marker)) {
+			hits = append(hits, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hits, scanned
+}
+
+// hubGet fetches path from the hub with the read token: the status, the
+// body, and the error that cut the body short, if one did.
+func (s *site) hubGet(path string) (int, []byte, error) {
+	s.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.hubURL+path, nil)
+	req.Header.Set("Authorization", "Bearer read-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// storedSegments lists the stored segment files of server main, oldest first.
+func storedSegments(t *testing.T, s *site) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(filepath.Join(s.repo, "main", "wal"), func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && regexp.MustCompile(`^[0-9A-F]{24}$`).MatchString(d.Name()) {
+			out = append(out, path)
+		}
+		return nil
+	})
+	return out
+}
+
+// TestEncryptedRepositoryHoldsNoPlaintextAndRestoresIdentically writes a
+// marker into a table, streams and backs it up into an encrypted repository,
+// and checks that no stored byte holds the marker, while a point-in-time
+// restore and a standby fed by walfetch (both decrypting through the hub)
+// give exactly the primary's data.
+func TestEncryptedRepositoryHoldsNoPlaintextAndRestoresIdentically(t *testing.T) {
+	t.Parallel()
+	s, _, keyID := newEncryptedSite(t)
+	p := s.primary
+	p.PgbenchInit(1)
+	writeSecret(p, 1, 5000)
+	s.walhub("backup", "--server", "main")
+	writeSecret(p, 5001, 10000)
+	p.Pgbench(2, 200)
+	p.Query("SELECT pg_create_restore_point('encrypted_rp')")
+	want := p.Query(secretChecksum)
+	writeSecret(p, 10001, 12000)
+	s.waitArchived()
+
+	hits, scanned := filesHolding(t, s.repo, secretMarker)
+	if len(hits) > 0 {
+		t.Fatalf("the marker is in the repository's bytes: %v", hits)
+	}
+	if scanned < 5 {
+		t.Fatalf("only %d files scanned", scanned)
+	}
+	// The marker did reach the repository: the hub serves it decrypted.
+	var found bool
+	for _, f := range storedSegments(t, s) {
+		code, body, err := s.hubGet("/v1/servers/main/wal/" + filepath.Base(f))
+		if code != http.StatusOK || err != nil {
+			t.Fatalf("GET %s: %d %v %.200s", filepath.Base(f), code, err, body)
+		}
+		found = found || bytes.Contains(body, []byte(secretMarker))
+	}
+	if !found {
+		t.Fatal("no segment served by the hub holds the marker: the test proves nothing")
+	}
+	if out := s.walhub("keys"); !strings.Contains(out, keyID) || !strings.Contains(out, "current") {
+		t.Fatalf("walhub keys:\n%s", out)
+	}
+	if out := s.walhub("verify", "--server", "main"); !strings.Contains(out, "OK") {
+		t.Fatalf("verify: %s", out)
+	}
+
+	t.Run("pitr", func(t *testing.T) {
+		dir := filepath.Join(pgtest.TempDir(t, "pitr"), "data")
+		s.walhub("restore", "--server", "main", "--target-dir", dir, "--target-name", "encrypted_rp",
+			"--target-action", "promote", "--walfetch-token-file", s.tokenFile)
+		c := startRestored(t, "pitr", dir)
+		waitPromoted(t, c)
+		if got := c.Query(secretChecksum); got != want {
+			t.Fatal("data restored to the restore point differs from the primary's at that point")
+		}
+	})
+	t.Run("walfetch standby", func(t *testing.T) {
+		dir := filepath.Join(pgtest.TempDir(t, "standby"), "data")
+		s.walhub("restore", "--server", "main", "--target-dir", dir, "--standby", "--walfetch-token-file", s.tokenFile)
+		c := startRestored(t, "standby", dir)
+		writeSecret(p, 12001, 13000)
+		c.WaitReplay(s.waitArchived(), 180*time.Second)
+		if got, want := c.Query(secretChecksum), p.Query(secretChecksum); got != want {
+			t.Fatal("the standby's data differs from the primary's")
+		}
+	})
+}
+
+// TestEncryptedRepositoryRefusesTamperingAndWrongKeys flips one byte of a
+// stored segment and of a backup archive: the hub refuses to serve the
+// segment (walfetch leaves nothing at %p), verify names both objects, and a
+// restore fails. A configuration with another key, or none, fails with a
+// message naming the key the objects need, and writes nothing.
+func TestEncryptedRepositoryRefusesTamperingAndWrongKeys(t *testing.T) {
+	t.Parallel()
+	s, keyPath, keyID := newEncryptedSite(t)
+	p := s.primary
+	p.PgbenchInit(1)
+	writeSecret(p, 1, 1000)
+	s.walhub("backup", "--server", "main")
+	s.waitArchived()
+	scratch := pgtest.TempDir(t, "tamper")
+
+	// Another key, and no key: refused before anything is written.
+	otherKey, otherID := newKey(t, scratch, "other")
+	for _, tc := range []struct{ name, sections, want string }{
+		{"wrong key", encryptionSection(otherKey), keyID},
+		{"no key", "", "configure [encryption]"},
+	} {
+		cfg := filepath.Join(scratch, tc.name+".toml")
+		os.WriteFile(cfg, []byte(s.baseConfig+tc.sections), 0o600)
+		dir := filepath.Join(scratch, strings.ReplaceAll(tc.name, " ", "-"))
+		out, err := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", cfg, "--server", "main",
+			"--target-dir", dir, "--walfetch-token-file", s.tokenFile).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Fatalf("%s: restore: %v, want an error naming %s:\n%s", tc.name, err, tc.want, out)
+		}
+		if tc.name == "wrong key" && !strings.Contains(string(out), otherID) {
+			t.Errorf("%s: the error does not name the configured key %s:\n%s", tc.name, otherID, out)
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s: the refused restore left %s", tc.name, dir)
+		}
+		if strings.Contains(string(out), "AGE-SECRET-KEY") {
+			t.Fatalf("%s: a secret key was printed", tc.name)
+		}
+	}
+	key, _ := os.ReadFile(keyPath)
+	secret := regexp.MustCompile(`AGE-SECRET-KEY-1[0-9A-Z]+`).Find(key)
+	if secret == nil || s.logContains(string(secret)) || s.logContains(string(secret[20:40])) {
+		t.Fatal("the daemon logged the secret key (or the key file has none)")
+	}
+
+	// A flipped byte in a stored segment: refused by the hub and walfetch.
+	segs := storedSegments(t, s)
+	if len(segs) < 2 {
+		t.Fatalf("stored segments: %v", segs)
+	}
+	bad := segs[len(segs)-2]
+	flipByte(t, bad, 1000)
+	name := filepath.Base(bad)
+	// Refused: an error status, or (had the hub already started the body)
+	// a body cut short; never the whole object.
+	if code, body, err := s.hubGet("/v1/servers/main/wal/" + name); code == http.StatusOK && err == nil {
+		t.Fatalf("the hub served a tampered segment (%d bytes)", len(body))
+	}
+	pwal := filepath.Join(scratch, "pg_wal")
+	os.MkdirAll(pwal, 0o755)
+	fetch := exec.Command(filepath.Join(binDir, "walfetch"), "--url", s.hubURL, "--server", "main", "--token-file", s.tokenFile,
+		"--prefetch", "0", name, filepath.Join(pwal, "RECOVERYXLOG"))
+	fetch.Dir = scratch
+	if out, err := fetch.CombinedOutput(); err == nil {
+		t.Fatalf("walfetch of a tampered segment succeeded:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(pwal, "RECOVERYXLOG")); !os.IsNotExist(err) {
+		t.Fatal("walfetch left a file at RECOVERYXLOG for a tampered segment")
+	}
+
+	// A flipped byte in a backup archive: verify says which object, restore fails.
+	archives, _ := filepath.Glob(filepath.Join(s.repo, "main", "backups", "*", "base.tar*"))
+	if len(archives) != 1 {
+		t.Fatalf("backup archives: %v", archives)
+	}
+	flipByte(t, archives[0], 5000)
+	out, err := s.tryWalhub("verify", "--server", "main")
+	if err == nil || !strings.Contains(out, "FAILED") || !strings.Contains(out, "base.tar") {
+		t.Fatalf("verify of a tampered backup: %v\n%s", err, out)
+	}
+	dir := filepath.Join(scratch, "restore-tampered")
+	if out, err := s.tryWalhub("restore", "--server", "main", "--target-dir", dir, "--walfetch-token-file", s.tokenFile); err == nil {
+		t.Fatalf("restore of a tampered backup succeeded:\n%s", out)
+	}
+}
+
+// flipByte flips one bit of the byte at off in the file at path.
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x10
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEncryptionKeyRotationRestoresAcrossKeys backs up under one key, rotates
+// to a second (the first becomes a previous key), streams more WAL under the
+// second, and restores the first backup through WAL under both keys. Without
+// the previous key the restore fails naming it.
+func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
+	t.Parallel()
+	s, oldKey, oldID := newEncryptedSite(t)
+	p := s.primary
+	p.PgbenchInit(1)
+	writeSecret(p, 1, 2000)
+	s.walhub("backup", "--server", "main")
+	p.Pgbench(2, 100)
+	s.waitArchived()
+
+	s.stopServe()
+	newKeyPath, newID := newKey(t, filepath.Dir(oldKey), "rotated")
+	os.WriteFile(s.config, []byte(s.baseConfig+encryptionSection(newKeyPath, oldKey)), 0o600)
+	s.startServe()
+	writeSecret(p, 2001, 4000)
+	p.Pgbench(2, 100)
+	want := p.Query(secretChecksum)
+	s.waitArchived()
+
+	out := s.walhub("keys", "--output", "json")
+	for _, id := range []string{oldID, newID} {
+		if !regexp.MustCompile(`"id": "` + id + `",\s*"role": "(current|previous)",\s*"segments": [1-9]`).MatchString(out) {
+			t.Fatalf("walhub keys does not show segments under %s:\n%s", id, out)
+		}
+	}
+
+	dir := filepath.Join(pgtest.TempDir(t, "rotated"), "data")
+	s.walhub("restore", "--server", "main", "--target-dir", dir, "--target-action", "promote",
+		"--walfetch-token-file", s.tokenFile)
+	c := startRestored(t, "rotated", dir)
+	waitPromoted(t, c)
+	if got := c.Query(secretChecksum); got != want {
+		t.Fatal("data restored across a key rotation differs from the primary's")
+	}
+
+	// Without the previous key, its objects cannot be read, and say so.
+	cfg := filepath.Join(s.dir, "new-only.toml")
+	os.WriteFile(cfg, []byte(s.baseConfig+encryptionSection(newKeyPath)), 0o600)
+	o, err := exec.Command(filepath.Join(binDir, "walhub"), "verify", "--config", cfg, "--server", "main").CombinedOutput()
+	if err == nil || !strings.Contains(string(o), oldID) {
+		t.Fatalf("verify without the previous key: %v\n%s", err, o)
+	}
+}
