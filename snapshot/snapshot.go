@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,6 +21,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -60,6 +62,20 @@ type Manager struct {
 
 	mu      sync.Mutex
 	running map[string]*session
+	// reloaded is the configuration put in force by SetConfig, if any.
+	reloaded atomic.Pointer[config.Config]
+}
+
+// SetConfig puts a reloaded configuration in force for the snapshots started
+// and stopped after it. A running snapshot keeps the timeout it started with.
+func (m *Manager) SetConfig(cfg *config.Config) { m.reloaded.Store(cfg) }
+
+// config is the configuration in force.
+func (m *Manager) config() *config.Config {
+	if cfg := m.reloaded.Load(); cfg != nil {
+		return cfg
+	}
+	return m.Config
 }
 
 type session struct {
@@ -106,7 +122,7 @@ func (m *Manager) FailInterrupted(ctx context.Context) error {
 
 // Start runs pg_backup_start in a session the manager keeps open.
 func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (api.SnapshotStarted, error) {
-	srv, err := m.Config.Server(server)
+	srv, err := m.config().Server(server)
 	if err != nil {
 		return api.SnapshotStarted{}, err
 	}
@@ -136,7 +152,11 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 	// The session must outlive this request: it is not tied to ctx.
 	connCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(connCtx, srv.Conninfo)
+	cfg, err := replication.ParseSQLConfig(srv.Conninfo, replication.Options{ApplicationName: replication.AppSnapshot})
+	var conn *pgx.Conn
+	if err == nil {
+		conn, err = pgx.ConnectConfig(connCtx, cfg)
+	}
 	if err != nil {
 		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
 	}
@@ -198,7 +218,7 @@ func (m *Manager) abandon(server string, s *session, timeout time.Duration) {
 // and tablespace_map in the catalog, and waits until the hub holds the WAL up
 // to the stop LSN.
 func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped, error) {
-	srv, err := m.Config.Server(server)
+	srv, err := m.config().Server(server)
 	if err != nil {
 		return api.SnapshotStopped{}, err
 	}

@@ -122,10 +122,19 @@ type TempFile struct {
 // parents) and a temporary file beside final.
 func CreateTemp(final string) (*TempFile, error) {
 	dir := filepath.Dir(final)
-	if err := MkdirAllDurable(dir); err != nil {
-		return nil, err
+	var f *os.File
+	var err error
+	// Twice: a concurrent Remove may take away a directory it left empty
+	// between its creation and the file's.
+	for try := 0; try < 2; try++ {
+		if err = MkdirAllDurable(dir); err != nil {
+			return nil, err
+		}
+		f, err = os.CreateTemp(dir, "."+filepath.Base(final)+".tmp-*")
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(final)+".tmp-*")
 	if err != nil {
 		return nil, fmt.Errorf("create temporary file for %s: %w", final, err)
 	}

@@ -18,8 +18,8 @@ type ObjectStore interface {
 	// Create starts writing the object at key. Nothing is visible under key
 	// until Commit returns nil; Abort (or a failed Commit) leaves nothing.
 	// meta is small metadata stored with the object (S3 user metadata; the
-	// local implementation chooses its own durable encoding) and returned by
-	// Stat and List, so the catalog can be rebuilt from the store alone.
+	// local implementation keeps a sidecar file) and returned by Stat, so the
+	// catalog can be rebuilt from the store alone.
 	Create(ctx context.Context, key string, meta Meta) (ObjectWriter, error)
 	// Open opens an object for reading, with random access (the hub serves
 	// Range requests). A missing object is an error wrapping ErrNotExist.
@@ -29,8 +29,9 @@ type ObjectStore interface {
 	// Remove deletes an object; removing a missing object is not an error.
 	Remove(ctx context.Context, key string) error
 	// List calls fn for every object whose key starts with prefix, in key
-	// order. Temporary or uncommitted objects are never listed. An error from
-	// fn stops the listing and is returned.
+	// order. Temporary or uncommitted objects are never listed. ObjectInfo.Meta
+	// may be nil in a listing (S3 lists no user metadata): ask Stat for it.
+	// An error from fn stops the listing and is returned.
 	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
 	// Features tells what the store can do, for callers that would otherwise
 	// assume it.
@@ -77,8 +78,9 @@ type ObjectInfo struct {
 // Features are the capabilities of a store that callers ask for instead of
 // assuming.
 type Features struct {
-	// LocalPaths: objects are plain files under a local directory (hard
-	// links, directory fsync and os-level reads are possible).
+	// LocalPaths: objects are plain files under a local directory, on the
+	// same file system as a local working area made for it (the store may
+	// then implement Linker).
 	LocalPaths bool
 	// Atomic rename of a committed object is cheap (false on S3: a copy).
 	Rename bool
