@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,7 +78,20 @@ func cpuUsed() time.Duration {
 // errPartTaken: a .part file exists that this prefetcher did not create.
 var errPartTaken = errors.New("being written by another process")
 
-var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+// isSpoolKey tells whether name has the form of a spool key (16 lowercase
+// hex digits). Not a regexp: its compilation would run at the start of every
+// restore_command call, hit or not.
+func isSpoolKey(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // RunPrefetcher is the prefetcher process, started by the spool with
 // PrefetcherArg and its settings in the environment. It returns the exit status.
@@ -170,7 +182,7 @@ func (p *prefetcher) removeOtherSpools() {
 	}
 	for _, e := range entries {
 		dir := filepath.Join(p.sp.root, e.Name())
-		if !e.IsDir() || !spoolKeyRE.MatchString(e.Name()) || dir == filepath.Clean(p.sp.dir) {
+		if !e.IsDir() || !isSpoolKey(e.Name()) || dir == filepath.Clean(p.sp.dir) {
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(dir, "prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
