@@ -110,6 +110,7 @@ func RunPrefetcher() int {
 	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
 		return 1
 	}
+	yieldToRecovery()
 	lockFile, err := os.OpenFile(sp.path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return 1
@@ -160,6 +161,30 @@ func RunPrefetcher() int {
 	// started meanwhile finds it held and leaves, and the next call starts one.
 	p.removeSegments()
 	return 0
+}
+
+// prefetcherNice is the nice value the prefetcher runs at.
+const prefetcherNice = 10
+
+// yieldToRecovery lowers the prefetcher's scheduling priority below the
+// startup process's: on a machine with few cores, replay is what must not
+// wait, and the prefetcher only needs to stay ahead of it, which it does on
+// the spare cycles. Linux keeps a nice value per thread, and a new thread
+// inherits its creator's: every thread of the process is niced (twice over,
+// for one created meanwhile), and the runtime's later threads inherit it.
+// Failing is harmless: the prefetcher then runs at the standby's priority.
+func yieldToRecovery() {
+	for range 2 {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return
+		}
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				syscall.Setpriority(syscall.PRIO_PROCESS, tid, prefetcherNice)
+			}
+		}
+	}
 }
 
 func (p *prefetcher) listen(conn *net.UnixConn) {
