@@ -1,6 +1,10 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -130,6 +134,116 @@ func TestREADMEExampleParses(t *testing.T) {
 		if _, err := Parse(text); err != nil {
 			t.Errorf("README example: %v\n%s", err, text)
 		}
+	}
+}
+
+const s3Config = `
+repository = "s3://walhub-archive/site-a/hub1"
+work_dir = "/var/lib/walhub-a"
+
+[s3]
+endpoint = "https://s3.example:9000"
+force_path_style = true
+access_key_id = "env:WALHUB_TEST_S3_KEY"
+secret_access_key = "file:%s"
+`
+
+func TestParseS3(t *testing.T) {
+	secretFile := t.TempDir() + "/secret"
+	os.WriteFile(secretFile, []byte("the-secret-from-a-file\n"), 0o600)
+	t.Setenv("WALHUB_TEST_S3_KEY", "AKIDTEST")
+	cfg, err := Parse(fmt.Sprintf(s3Config, secretFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.S3
+	if !cfg.IsS3() || s.Bucket != "walhub-archive" || s.Prefix != "site-a/hub1" || cfg.WorkDir != "/var/lib/walhub-a" {
+		t.Errorf("bucket %q prefix %q work_dir %q", s.Bucket, s.Prefix, cfg.WorkDir)
+	}
+	if s.AccessKeyID != "AKIDTEST" || s.SecretAccessKey != "the-secret-from-a-file" {
+		t.Errorf("credentials not read from the environment and the file")
+	}
+	if s.Region != "us-east-1" || s.PartSizeMB != 16 || s.UploadConcurrency != 4 || !s.ForcePathStyle {
+		t.Errorf("defaults: %+v", s)
+	}
+
+	// Credentials from the AWS environment variables when not configured;
+	// work_dir defaults for a bucket, and is the repository for a directory.
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+	cfg, err = Parse("repository = \"s3://b-1.x\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.S3.AccessKeyID != "AKIDENV" || cfg.S3.SecretAccessKey != "env-secret" || cfg.S3.Prefix != "" || cfg.WorkDir != DefaultWorkDir {
+		t.Errorf("from the environment: %+v, work_dir %s", cfg.S3, cfg.WorkDir)
+	}
+	cfg, err = Parse("repository = \"/r\"\n")
+	if err != nil || cfg.IsS3() || cfg.WorkDir != "/r" {
+		t.Errorf("local: work_dir %q, %v", cfg.WorkDir, err)
+	}
+}
+
+func TestParseS3ErrorsNameTheKey(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	repo := "repository = \"s3://bucket/p\"\n"
+	tests := []struct{ name, text, want string }{
+		{"bad bucket", "repository = \"s3://Bad_Bucket/p\"\n", "repository: bucket \"Bad_Bucket\""},
+		{"no bucket", "repository = \"s3:///p\"\n", "not of the form s3://bucket/prefix"},
+		{"dot-dot prefix", "repository = \"s3://bucket/a/../b\"\n", "repository: prefix"},
+		{"empty segment", "repository = \"s3://bucket/a//b\"\n", "repository: prefix"},
+		{"s3 section with a directory", "repository = \"/r\"\n[s3]\nregion = \"x\"\n", "s3: the section is for a repository in a bucket"},
+		{"relative work_dir with a directory", "repository = \"/r\"\nwork_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
+		{"relative work_dir", repo + "work_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
+		{"bad endpoint", repo + "[s3]\nendpoint = \"s3.example\"\n", "s3.endpoint: \"s3.example\""},
+		{"unknown s3 key", repo + "[s3]\nbucket = \"x\"\n", "unknown key s3.bucket"},
+		{"part size", repo + "[s3]\npart_size_mb = 4\n", "s3.part_size_mb: 4"},
+		{"concurrency", repo + "[s3]\nupload_concurrency = 65\n", "s3.upload_concurrency: 65"},
+		{"missing secret file", repo + "[s3]\nsecret_access_key = \"file:/nonexistent/s\"\n", "s3.secret_access_key: open /nonexistent/s"},
+		{"unset env", repo + "[s3]\naccess_key_id = \"env:WALHUB_SURELY_UNSET\"\n", "s3.access_key_id: environment variable WALHUB_SURELY_UNSET is not set"},
+		{"ca file", repo + "[s3]\nca_file = \"/nonexistent/ca.pem\"\n", "s3.ca_file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.text)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("no credentials", func(t *testing.T) {
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+		_, err := Parse(repo)
+		if err == nil || !strings.Contains(err.Error(), "s3.secret_access_key: required (or set the environment variable AWS_SECRET_ACCESS_KEY)") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// TestS3SecretNeverPrinted prints and logs the configuration every usual
+// way: the secret never shows.
+func TestS3SecretNeverPrinted(t *testing.T) {
+	const secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+	t.Setenv("WALHUB_TEST_S3_SECRET", secret)
+	cfg, err := Parse("repository = \"s3://bucket/p\"\n[s3]\naccess_key_id = \"AKID\"\nsecret_access_key = \"env:WALHUB_TEST_S3_SECRET\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg.S3.SecretAccessKey) != secret {
+		t.Fatal("secret not resolved")
+	}
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "%v %+v %#v %s %q %x %d\n", cfg, cfg, cfg, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey)
+	slog.New(slog.NewTextHandler(&out, nil)).Info("config", "cfg", cfg, "s3", cfg.S3)
+	slog.New(slog.NewJSONHandler(&out, nil)).Info("config", "cfg", cfg, "s3", cfg.S3)
+	j, _ := json.Marshal(cfg)
+	out.Write(j)
+	if strings.Contains(out.String(), secret) || strings.Contains(out.String(), "AKID") {
+		t.Fatalf("a credential is printed:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "[redacted]") {
+		t.Fatalf("credentials not shown as redacted:\n%s", out.String())
 	}
 }
 

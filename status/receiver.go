@@ -57,6 +57,12 @@ func staleAfter(srv *config.Server) time.Duration {
 	return 3 * srv.StatusInterval.Duration
 }
 
+// ReadReceiver judges the receiver of srv now, from its state file in the
+// repository at repoRoot.
+func ReadReceiver(repoRoot string, srv *config.Server) Receiver {
+	return readReceiver(repoRoot, srv, time.Now())
+}
+
 func readReceiver(repoRoot string, srv *config.Server, now time.Time) Receiver {
 	r := Receiver{StaleAfterSeconds: staleAfter(srv).Seconds()}
 	st, err := stream.ReadState(repoRoot, srv.Name)

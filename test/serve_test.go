@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,5 +113,26 @@ func TestServeReloadsConfigurationOnSIGHUP(t *testing.T) {
 	})
 	if got := walsenderPID(s.primary, "walhub_main"); got != mainPID {
 		t.Errorf("main's walsender changed from %s to %q: its stream was dropped by the reloads", mainPID, got)
+	}
+}
+
+// TestBothProgramsPrintTheirVersion runs --version of the built programs: the
+// version, the commit they were built from and the Go release.
+func TestBothProgramsPrintTheirVersion(t *testing.T) {
+	commit, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse: %v", err)
+	}
+	for _, prog := range []string{"walhub", "walfetch"} {
+		out, err := exec.Command(filepath.Join(binDir, prog), "--version").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --version: %v\n%s", prog, err, out)
+		}
+		line := strings.TrimSpace(string(out))
+		for _, want := range []string{prog + " ", "commit " + string(commit[:12]), runtime.Version()} {
+			if !strings.Contains(line, want) {
+				t.Errorf("%s --version = %q, lacks %q", prog, line, want)
+			}
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/walhub/walhub/version"
 	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
@@ -28,6 +29,7 @@ Usage:
 Settings (flag, environment variable, key in the config file):
 OPTIONS
   --config FILE         WALFETCH_CONFIG   (default ` + DefaultConfigPath + ` if it exists)
+  --version             print the version, commit and Go release, and exit
 
   Flags override the environment, which overrides the config file, e.g.
     url = "https://walhub.example:7480"
@@ -79,6 +81,10 @@ Examples:
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == walfetch.PrefetcherArg {
 		os.Exit(walfetch.RunPrefetcher())
+	}
+	if len(os.Args) == 2 && os.Args[1] == "--version" {
+		fmt.Println(version.Get().String("walfetch"))
+		os.Exit(0)
 	}
 	os.Exit(run(os.Args[1:]))
 }

@@ -50,7 +50,7 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
 }
 
 // serverBackups returns a server's backups after marking the interrupted ones
-// failed; a server that never had anything stored has none.
+// failed and those whose late WAL has arrived done; a server that never had anything stored has none.
 func serverBackups(ctx context.Context, s *config.Server, repo storage.Local, cat *catalog.Catalog) ([]catalog.Backup, error) {
 	srv, err := cat.ServerByName(ctx, s.Name)
 	if errors.Is(err, catalog.ErrNotFound) {
@@ -60,6 +60,9 @@ func serverBackups(ctx context.Context, s *config.Server, repo storage.Local, ca
 		return nil, err
 	}
 	if _, err := basebackup.ReapInterrupted(ctx, cat, repo, s.Name); err != nil {
+		return nil, err
+	}
+	if _, err := basebackup.CompleteWaiting(ctx, cat, s.Name); err != nil {
 		return nil, err
 	}
 	return cat.Backups(ctx, srv.ID)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -17,6 +18,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/version"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -24,9 +26,13 @@ import (
 type app struct {
 	configPath string
 	logLevel   string
-	output     string
-	cfg        *config.Config
-	log        *slog.Logger
+	logFormat  string
+	quiet      bool
+	// logOut is where the log goes; nil is stderr.
+	logOut io.Writer
+	output string
+	cfg    *config.Config
+	log    *slog.Logger
 }
 
 // exitError carries a specific exit status out of a command.
@@ -72,16 +78,22 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return a.setupLogging()
+			return a.setupLogging(cmd)
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.configPath, "config", "c", envOr("WALHUB_CONFIG", config.DefaultPath), "configuration file (env WALHUB_CONFIG)")
-	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error (env WALHUB_LOG_LEVEL)")
+	pf.StringVar(&a.logFormat, "log-format", envOr("WALHUB_LOG_FORMAT", "text"), "log format: text or json, one object per line (env WALHUB_LOG_FORMAT)")
+	pf.BoolVarP(&a.quiet, "quiet", "q", false, "for scripts: no progress bars or informational log lines, only warnings and errors on stderr; results still go to stdout")
+	root.Version = version.Get().String("walhub")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
+		a.initCommand(),
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
+		a.showBackupCommand(),
 		a.verifyCommand(),
 		a.restoreCommand(),
 		a.statusCommand(),
@@ -89,6 +101,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.expireCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
+		a.keysCommand(),
 	)
 	return root
 }
@@ -100,12 +113,38 @@ func envOr(k, def string) string {
 	return def
 }
 
-func (a *app) setupLogging() error {
+// setupLogging makes the logger the flags ask for: --log-level (or -q, which
+// is --log-level warn and no progress bars) and --log-format.
+func (a *app) setupLogging(cmd *cobra.Command) error {
+	flags := cmd.Flags()
+	if !flags.Changed("log-level") {
+		if v := os.Getenv("WALHUB_LOG_LEVEL"); v != "" {
+			a.logLevel = v
+		}
+	}
+	if a.quiet {
+		if flags.Changed("log-level") {
+			return errors.New("-q and --log-level: give one of them")
+		}
+		a.logLevel = "warn"
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(a.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", a.logLevel)
 	}
-	a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	var w io.Writer = os.Stderr
+	if a.logOut != nil {
+		w = a.logOut
+	}
+	switch a.logFormat {
+	case "text":
+		a.log = slog.New(slog.NewTextHandler(w, opts))
+	case "json":
+		a.log = slog.New(slog.NewJSONHandler(w, opts))
+	default:
+		return fmt.Errorf("--log-format: %q is not one of text, json", a.logFormat)
+	}
 	slog.SetDefault(a.log)
 	return nil
 }
@@ -123,16 +162,39 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// repository returns the repository's store, creating the directory if missing.
+// errNoRepository says the configured repository has not been created.
+var errNoRepository = errors.New("no walhub repository there")
+
+// repository returns the repository's store. It must exist: only walhub init
+// (or serve --init) creates one, so that a mistyped path or an unmounted
+// volume is an error, not a fresh empty repository on the root disk.
 func (a *app) repository() (storage.Local, error) {
 	cfg, err := a.config()
 	if err != nil {
 		return storage.Local{}, err
 	}
-	if err := storage.MkdirAllDurable(cfg.Repository); err != nil {
-		return storage.Local{}, fmt.Errorf("repository: %w", err)
+	if err := repositoryExists(cfg.Repository); err != nil {
+		return storage.Local{}, fmt.Errorf("repository %s: %w; is its volume mounted, is the path in %s right? "+
+			"To create a new repository there: walhub init --config %s", cfg.Repository, err, a.configPath, a.configPath)
 	}
 	return storage.Local{Root: cfg.Repository}, nil
+}
+
+// repositoryExists tells whether root holds a repository (its catalog).
+func repositoryExists(root string) error {
+	fi, err := os.Stat(filepath.Join(root, storage.CatalogFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if _, derr := os.Stat(root); errors.Is(derr, os.ErrNotExist) {
+			return fmt.Errorf("%w: the directory does not exist", errNoRepository)
+		}
+		return fmt.Errorf("%w: the directory has no %s", errNoRepository, storage.CatalogFile)
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is not a file", errNoRepository, storage.CatalogFile)
+	}
+	return nil
 }
 
 // catalog opens the repository's catalog; the caller closes it.

@@ -139,7 +139,7 @@ recovery settings.`,
 			if err != nil {
 				return err
 			}
-			bar := newProgressReporter(server, a.log)
+			bar := a.newProgressReporter(server)
 			res, err := restore.Run(ctx, restore.Options{Source: src, BackupID: backupID, TargetDir: dir, Tablespaces: tsDirs,
 				Settings: s, Progress: func(done, total int64) {
 					bar.report(basebackup.Progress{Phase: "restoring", Done: done, Total: total})

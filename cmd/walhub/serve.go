@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
@@ -30,14 +32,16 @@ import (
 )
 
 func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{
+	var create bool
+	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon: receive WAL from every configured server and serve the hub",
 		Long: `serve runs one WAL receiver per [[server]] of the configuration, each streaming
 through its physical replication slot into the repository, and the HTTP hub ([hub]
 listen) that serves WAL, backups, status and /metrics, until SIGTERM or SIGINT.
 On stop every receiver fsyncs what it received and reports it to its server.
-Every hour it applies the retention policies (retention.auto_expire).
+Every hour it applies the retention policies (retention.auto_expire); a backup
+waiting for its WAL becomes done as soon as the WAL is stored.
 
 SIGHUP (systemctl reload walhub) reads the configuration file again: tokens,
 max_peek, retention and backup settings apply at once; added servers start
@@ -52,9 +56,16 @@ A receiver that fails (server down, network, full disk) says why in the log and 
 		Example: "  walhub serve --config /etc/walhub/walhub.toml\n  walhub serve --log-level debug",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if create {
+				if err := a.initRepository(cmd.Context(), io.Discard); err != nil {
+					return err
+				}
+			}
 			return a.serve(cmd.Context())
 		},
 	}
+	cmd.Flags().BoolVar(&create, "init", false, "create the repository first when it does not exist (as walhub init)")
+	return cmd
 }
 
 // service is one long-running part of the daemon; it returns when ctx ends.
@@ -108,7 +119,7 @@ func (a *app) serve(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.Root, "servers", len(cfg.Servers), "config", a.configPath)
-	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop})
+	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
 	a.log.Info("walhub stopped")
 	return err
 }
@@ -296,6 +307,37 @@ func (d *daemon) expireLoop(ctx context.Context) error {
 				d.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
 			case err != nil && ctx.Err() == nil:
 				d.log.Error("expire failed", "server", srv.Name, "err", err)
+			}
+		}
+	}
+}
+
+// waitingWALInterval is how often the daemon looks for backups whose late WAL
+// has arrived.
+const waitingWALInterval = 5 * time.Second
+
+// waitingWALLoop marks done the backups waiting for their WAL once the
+// receivers have stored it.
+func (d *daemon) waitingWALLoop(ctx context.Context) error {
+	tick := time.NewTicker(waitingWALInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		cfg := d.cfg.Load()
+		for i := range cfg.Servers {
+			name := cfg.Servers[i].Name
+			done, err := basebackup.CompleteWaiting(ctx, d.cat, name)
+			switch {
+			case errors.Is(err, catalog.ErrNotFound):
+			case err != nil && ctx.Err() == nil:
+				d.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
+			}
+			for _, id := range done {
+				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
 			}
 		}
 	}

@@ -15,14 +15,17 @@
 //
 // Sizes: ObjectInfo.Size (Stat, List), ObjectReader.Size and Commit's return
 // value are all the plaintext size, the bytes a caller wrote and reads back,
-// exactly as without encryption. The stored object is larger by the age header
-// and nonce (about 200 bytes, recorded in the object's metadata under
-// MetaHeaderSize) plus 16 bytes per 64 KiB chunk (0.02%).
+// exactly as without encryption. The stored object is larger by a fixed
+// header (age's header for one X25519 recipient plus the nonce, HeaderSize
+// bytes) and 16 bytes per 64 KiB chunk (0.02%); List needs no metadata to
+// report plaintext sizes.
 //
 // Each object's metadata records the ID of the key that encrypted it
-// (MetaKeyID), so keys can be rotated without rewriting: new objects use the
-// current key while objects under previous keys stay readable. An object no
-// configured key opens is a *KeyError naming the key it needs.
+// (MetaKeyID; Stat and List leave it out of Meta, so the wrapper is
+// transparent, and StatKey reads it), so keys can be rotated without
+// rewriting: new objects use the current key while objects under previous keys
+// stay readable. An object no configured key opens is a *KeyError naming the
+// key it needs.
 package crypt
 
 import (
@@ -32,21 +35,22 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"strconv"
 	"sync"
 
 	"filippo.io/age"
 	"github.com/walhub/walhub/storage"
 )
 
-// Metadata keys the wrapper adds to every object.
-const (
-	// MetaKeyID is the ID of the key that encrypted the object (see KeyID).
-	MetaKeyID = "crypt-key-id"
-	// MetaHeaderSize is the length of the age header plus nonce, what lies
-	// before the first chunk, so Stat and List can report the plaintext size.
-	MetaHeaderSize = "crypt-header-size"
-)
+// MetaKeyID is the metadata key, added to every object, that records the ID of
+// the key that encrypted it (see KeyID). Callers may not set it.
+const MetaKeyID = "crypt-key-id"
+
+// HeaderSize is what precedes the first chunk of every object: age's header
+// for one X25519 recipient (intro, one stanza, MAC: 168 bytes in age v1) and
+// the 16-byte nonce. It is part of the repository's format: Create refuses to
+// write an object whose header differs (a future age adding stanzas would be
+// caught by the first write, in the tests), so sizes computed from it are exact.
+const HeaderSize = 184
 
 // age's STREAM parameters (age-encryption.org/v1): 64 KiB plaintext chunks,
 // each followed by a 16-byte Poly1305 tag; a 16-byte nonce after the header.
@@ -54,7 +58,6 @@ const (
 	chunkSize    = 64 << 10
 	tagSize      = 16
 	encChunkSize = chunkSize + tagSize
-	nonceSize    = 16
 	// headPrefetch is how much of an object Open reads at once to parse the
 	// header (one X25519 stanza is about 200 bytes).
 	headPrefetch = 4 << 10
@@ -105,26 +108,25 @@ func (s *Store) Remove(ctx context.Context, key string) error {
 // Create implements storage.ObjectStore: what is written is encrypted, one
 // 64 KiB chunk at a time, into an object of the inner store.
 func (s *Store) Create(ctx context.Context, key string, meta storage.Meta) (storage.ObjectWriter, error) {
-	for _, k := range []string{MetaKeyID, MetaHeaderSize} {
-		if _, ok := meta[k]; ok {
-			return nil, fmt.Errorf("create %s: metadata key %s is reserved for the encryption layer", key, k)
-		}
+	if _, ok := meta[MetaKeyID]; ok {
+		return nil, fmt.Errorf("create %s: metadata key %s is reserved for the encryption layer", key, MetaKeyID)
 	}
-	// age writes the header and nonce as soon as the stream starts; catch
-	// them to record their length in the metadata, which the inner store
-	// needs before the first byte.
+	// age writes the header and nonce as soon as the stream starts: catch
+	// them, to check their size before the inner object exists.
 	sw := &switchWriter{}
 	enc, err := age.Encrypt(sw, s.keys.current.recipient)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: start encryption: %w", key, err)
 	}
 	head := sw.buf.Bytes()
+	if int64(len(head)) != HeaderSize {
+		return nil, fmt.Errorf("create %s: age header of %d bytes, want %d", key, len(head), HeaderSize)
+	}
 	m := maps.Clone(meta)
 	if m == nil {
 		m = storage.Meta{}
 	}
 	m[MetaKeyID] = s.keys.current.id
-	m[MetaHeaderSize] = strconv.Itoa(len(head))
 	w, err := s.inner.Create(ctx, key, m)
 	if err != nil {
 		return nil, err
@@ -134,7 +136,7 @@ func (s *Store) Create(ctx context.Context, key string, meta storage.Meta) (stor
 		return nil, fmt.Errorf("create %s: write header: %w", key, err)
 	}
 	sw.w = w
-	return &writer{key: key, enc: enc, inner: w, headerSize: int64(len(head))}, nil
+	return &writer{key: key, enc: enc, inner: w}, nil
 }
 
 // switchWriter buffers what is written until w is set, then writes to w.
@@ -151,12 +153,11 @@ func (s *switchWriter) Write(p []byte) (int, error) {
 }
 
 type writer struct {
-	key        string
-	enc        io.WriteCloser
-	inner      storage.ObjectWriter
-	headerSize int64
-	n          int64 // plaintext bytes written
-	done       bool
+	key   string
+	enc   io.WriteCloser
+	inner storage.ObjectWriter
+	n     int64 // plaintext bytes written
+	done  bool
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -183,7 +184,7 @@ func (w *writer) Commit(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if want := storedSize(w.n, w.headerSize); stored != want {
+	if want := storedSize(w.n); stored != want {
 		return 0, fmt.Errorf("commit %s: the store holds %d bytes, want %d for %d bytes of plaintext", w.key, stored, want, w.n)
 	}
 	return w.n, nil
@@ -194,66 +195,88 @@ func (w *writer) Abort() error {
 	return w.inner.Abort()
 }
 
-// storedSize is the size of an age file with plain bytes of payload.
-func storedSize(plain, headerSize int64) int64 {
+// storedSize is the size of the object holding plain bytes.
+func storedSize(plain int64) int64 {
 	chunks := (plain + chunkSize - 1) / chunkSize
 	if chunks == 0 {
 		chunks = 1 // empty plaintext is one empty, tagged chunk
 	}
-	return headerSize + plain + chunks*tagSize
+	return HeaderSize + plain + chunks*tagSize
 }
 
-// plainSize inverts storedSize, refusing sizes no age file can have.
-func plainSize(stored, headerSize int64) (int64, error) {
-	payload := stored - headerSize
-	if headerSize <= nonceSize || payload < tagSize {
-		return 0, fmt.Errorf("stored size %d does not fit an age file with a %d-byte header", stored, headerSize)
-	}
+// plainSize inverts storedSize, refusing sizes no object of ours can have.
+func plainSize(stored int64) (int64, error) {
+	payload := stored - HeaderSize
 	chunks := (payload + encChunkSize - 1) / encChunkSize
 	plain := payload - chunks*tagSize
-	if storedSize(plain, headerSize) != stored {
-		return 0, fmt.Errorf("stored size %d does not fit an age file with a %d-byte header", stored, headerSize)
+	if payload < tagSize || storedSize(plain) != stored {
+		return 0, fmt.Errorf("%w: %d bytes is not the size of an encrypted object", ErrNotEncrypted, stored)
 	}
 	return plain, nil
 }
 
 // plainInfo turns the inner store's description of an object into the
-// plaintext one.
+// plaintext one: plaintext size, the caller's metadata only.
 func plainInfo(info storage.ObjectInfo) (storage.ObjectInfo, error) {
-	hs, err := strconv.ParseInt(info.Meta[MetaHeaderSize], 10, 64)
-	if err != nil || info.Meta[MetaKeyID] == "" {
-		return info, fmt.Errorf("%s: %w (no %s/%s metadata)", info.Key, ErrNotEncrypted, MetaKeyID, MetaHeaderSize)
-	}
-	plain, err := plainSize(info.Size, hs)
+	plain, err := plainSize(info.Size)
 	if err != nil {
 		return info, fmt.Errorf("%s: %w", info.Key, err)
 	}
 	info.Size = plain
+	if _, ok := info.Meta[MetaKeyID]; ok {
+		info.Meta = maps.Clone(info.Meta)
+		delete(info.Meta, MetaKeyID)
+	}
 	return info, nil
 }
 
-// Stat implements storage.ObjectStore; Size is the plaintext size and Meta
-// includes MetaKeyID.
+// Stat implements storage.ObjectStore: Size is the plaintext size and Meta
+// what the caller gave Create (StatKey also tells the key). An object without
+// a key ID was not written through this layer: ErrNotEncrypted.
 func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	info, _, err := s.StatKey(ctx, key)
+	return info, err
+}
+
+// StatKey is Stat that also returns the ID of the key that encrypted the
+// object, as its metadata records it, in one request to the inner store (for
+// the catalog when it is rebuilt from the store, and for messages).
+func (s *Store) StatKey(ctx context.Context, key string) (storage.ObjectInfo, string, error) {
 	info, err := s.inner.Stat(ctx, key)
 	if err != nil {
-		return info, err
+		return info, "", err
+	}
+	id := info.Meta[MetaKeyID]
+	if id == "" {
+		return info, "", fmt.Errorf("stat %s: %w (no %s in its metadata)", key, ErrNotEncrypted, MetaKeyID)
 	}
 	info, err = plainInfo(info)
 	if err != nil {
-		return info, fmt.Errorf("stat %w", err)
+		return info, "", fmt.Errorf("stat %w", err)
 	}
-	return info, nil
+	return info, id, nil
 }
 
-// List implements storage.ObjectStore; sizes are plaintext sizes. An object
-// that was not written through the encryption layer stops the listing with an
-// error wrapping ErrNotEncrypted.
+// CurrentKeyID returns the ID of the key store encrypts new objects with, ""
+// when store is not an encrypting Store: what the catalog records beside each
+// object stored.
+func CurrentKeyID(store storage.ObjectStore) string {
+	if s, ok := store.(*Store); ok {
+		return s.keys.CurrentID()
+	}
+	return ""
+}
+
+// List implements storage.ObjectStore; sizes are plaintext sizes, computed
+// from the stored size (listings carry no metadata on S3). Files that were not
+// written through this layer (a local working area sharing the repository's
+// directory keeps .partial and state files there) are listed as they are, with
+// their own size when it is not one an encrypted object can have; Stat and
+// Open refuse them with ErrNotEncrypted.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
 	return s.inner.List(ctx, prefix, func(info storage.ObjectInfo) error {
-		info, err := plainInfo(info)
-		if err != nil {
-			return fmt.Errorf("list %w", err)
+		if plain, err := plainInfo(info); err == nil {
+			info = plain
 		}
 		return fn(info)
 	})

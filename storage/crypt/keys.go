@@ -12,13 +12,14 @@ import (
 	"filippo.io/age"
 )
 
-// A key is an age identity: X25519 ("AGE-SECRET-KEY-1…", what age-keygen and
-// `walhub keygen` make) or the post-quantum hybrid ("AGE-SECRET-KEY-PQ-1…").
-// Its ID is derived from the public recipient, never from the secret.
+// A key is an age X25519 identity ("AGE-SECRET-KEY-1…", what age-keygen and
+// `walhub keygen` make). Its ID is derived from the public recipient, never
+// from the secret. (age's post-quantum hybrid keys are not accepted: their
+// larger header would make object sizes depend on the key type.)
 type key struct {
 	id        string
-	identity  age.Identity
-	recipient age.Recipient
+	identity  *age.X25519Identity
+	recipient *age.X25519Recipient
 }
 
 // KeyID returns the ID of the key whose public recipient is recipient
@@ -40,13 +41,11 @@ type Keyring struct {
 
 // NewKeyring builds a keyring from parsed identities: current encrypts new
 // objects, every one of them decrypts.
-func NewKeyring(current age.Identity, previous ...age.Identity) (*Keyring, error) {
+func NewKeyring(current *age.X25519Identity, previous ...*age.X25519Identity) (*Keyring, error) {
 	kr := &Keyring{}
-	for i, id := range append([]age.Identity{current}, previous...) {
-		k, err := newKey(id)
-		if err != nil {
-			return nil, err
-		}
+	for i, id := range append([]*age.X25519Identity{current}, previous...) {
+		rc := id.Recipient()
+		k := &key{id: KeyID(rc.String()), identity: id, recipient: rc}
 		for _, o := range kr.all {
 			if o.id == k.id {
 				return nil, fmt.Errorf("key %s given twice", k.id)
@@ -60,22 +59,6 @@ func NewKeyring(current age.Identity, previous ...age.Identity) (*Keyring, error
 	return kr, nil
 }
 
-func newKey(id age.Identity) (*key, error) {
-	var r age.Recipient
-	var pub string
-	switch id := id.(type) {
-	case *age.X25519Identity:
-		rc := id.Recipient()
-		r, pub = rc, rc.String()
-	case *age.HybridIdentity:
-		rc := id.Recipient()
-		r, pub = rc, rc.String()
-	default:
-		return nil, fmt.Errorf("unsupported age identity type %T (want X25519 or post-quantum hybrid)", id)
-	}
-	return &key{id: KeyID(pub), identity: id, recipient: r}, nil
-}
-
 // LoadKeyring reads the current key and any previous ones from their sources:
 // "file:/path" (an age identity file, one key) or "env:NAME" (an environment
 // variable holding one key). Errors name the source, never its content.
@@ -84,7 +67,7 @@ func LoadKeyring(current string, previous []string) (*Keyring, error) {
 	if err != nil {
 		return nil, err
 	}
-	prev := make([]age.Identity, 0, len(previous))
+	prev := make([]*age.X25519Identity, 0, len(previous))
 	for _, src := range previous {
 		id, err := LoadKey(src)
 		if err != nil {
@@ -95,9 +78,10 @@ func LoadKeyring(current string, previous []string) (*Keyring, error) {
 	return NewKeyring(cur, prev...)
 }
 
-// LoadKey reads one age identity from a source, "file:/path" or "env:NAME".
-// Lines starting with '#' and empty lines are ignored, as in age's own files.
-func LoadKey(source string) (age.Identity, error) {
+// LoadKey reads one age X25519 identity from a source, "file:/path" or
+// "env:NAME". Lines starting with '#' and empty lines are ignored, as in age's
+// own key files.
+func LoadKey(source string) (*age.X25519Identity, error) {
 	var text string
 	switch {
 	case strings.HasPrefix(source, "file:"):
@@ -123,11 +107,13 @@ func LoadKey(source string) (age.Identity, error) {
 		return nil, errors.New("key source: want file:/path or env:NAME (never the key itself)")
 	}
 	ids, err := age.ParseIdentities(strings.NewReader(text))
-	if err != nil || len(ids) != 1 {
-		// age's parse errors can quote characters of the key: leave them out.
-		return nil, fmt.Errorf("key %s: does not hold exactly one age secret key (a line AGE-SECRET-KEY-1… or AGE-SECRET-KEY-PQ-1…)", source)
+	if err == nil && len(ids) == 1 {
+		if id, ok := ids[0].(*age.X25519Identity); ok {
+			return id, nil
+		}
 	}
-	return ids[0], nil
+	// age's parse errors can quote characters of the key: leave them out.
+	return nil, fmt.Errorf("key %s: does not hold exactly one age X25519 secret key (a line AGE-SECRET-KEY-1…)", source)
 }
 
 // CurrentID is the ID of the key that encrypts new objects.
