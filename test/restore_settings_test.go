@@ -89,3 +89,44 @@ func keepSwitchingWAL(c *pgtest.Cluster) (stop func()) {
 	var once sync.Once
 	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }
+
+// TestDeltaRestoreOfADivergedFormerPrimaryThenFollowsTheNewOne: after a
+// failover the old primary wrote on timeline 1 past the switch point. A delta
+// restore from a backup of the new primary (refused while the old one runs)
+// must make it a standby that follows the new primary.
+func TestDeltaRestoreOfADivergedFormerPrimaryThenFollowsTheNewOne(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{})
+	p.PgbenchInit(1)
+	sb := p.NewStandby("standby", pgtest.StandbyOptions{})
+	s := newSiteOn(t, p, sb)
+	sb.WaitReplay(p.CurrentLSN(), 60*time.Second)
+
+	sb.Promote()
+	p.Pgbench(2, 200) // the old primary diverges
+	sb.Pgbench(2, 200)
+	s.walhub("backup", "--server", "main")
+	sb.Pgbench(1, 50)
+
+	args := []string{"restore", "--server", "main", "--target-dir", p.DataDir, "--delta", "--standby",
+		"--primary-conninfo", sb.ConnString(""), "--walfetch-token-file", s.tokenFile}
+	if out, err := s.tryWalhub(args...); err == nil || !strings.Contains(out, "runs on") {
+		t.Fatalf("delta restore while the server runs: %v\n%s", err, out)
+	}
+	p.Stop("fast")
+	out := s.walhub(args...)
+	if !strings.Contains(out, "delta: wrote") || !strings.Contains(out, "verified against its manifest") {
+		t.Fatalf("delta restore output:\n%s", out)
+	}
+	t.Logf("delta restore: %s", out[strings.Index(out, "delta: wrote"):][:strings.Index(out[strings.Index(out, "delta: wrote"):], "\n")])
+	former := startRestored(t, "former-primary", p.DataDir)
+	sb.Query("CREATE TABLE after_delta AS SELECT 7 AS x")
+	former.WaitReplay(sb.CurrentLSN(), 120*time.Second)
+	if got, want := former.Query(checksum), sb.Query(checksum); got != want {
+		t.Fatal("the former primary's data differs from the new primary's")
+	}
+	former.WaitFor(60*time.Second, "the former primary to stream from the new one", func() bool {
+		out, err := former.TryQuery("SELECT status FROM pg_stat_wal_receiver")
+		return err == nil && out == "streaming"
+	})
+}
