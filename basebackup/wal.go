@@ -12,6 +12,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -266,7 +267,11 @@ func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) (
 // completed and streamed.
 func SwitchWALOn(conninfo string) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		conn, err := pgconn.Connect(ctx, conninfo)
+		cfg, err := replication.ParseSQLConfig(conninfo, replication.Options{ApplicationName: replication.AppBackup})
+		var conn *pgconn.PgConn
+		if err == nil {
+			conn, err = pgconn.ConnectConfig(ctx, &cfg.Config)
+		}
 		if err != nil {
 			return fmt.Errorf("connect to switch WAL: %w", err)
 		}

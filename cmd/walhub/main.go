@@ -101,6 +101,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.expireCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
+		a.keysCommand(),
 	)
 	return root
 }
