@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,12 +35,15 @@ type segmentStore struct {
 	buf         []byte
 	// stored is called after each segment is cataloged.
 	stored func(completedSegment, catalog.Segment)
+	// index reads restore points and commit times from each segment.
+	index *contentIndex
 }
 
 func newSegmentStore(repo storage.Local, cat *catalog.Catalog, serverID int64, server string, segSize uint64,
 	compression string, level int, stored func(completedSegment, catalog.Segment)) (*segmentStore, error) {
 	s := &segmentStore{repo: repo, cat: cat, serverID: serverID, server: server, segSize: segSize,
-		compression: compression, buf: make([]byte, 256<<10), stored: stored}
+		compression: compression, buf: make([]byte, 256<<10), stored: stored,
+		index: &contentIndex{cat: cat, serverID: serverID, segSize: segSize, log: slog.Default().With("server", server)}}
 	if compression == "zstd" {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevel(level)),
 			zstd.WithEncoderConcurrency(1))
@@ -74,13 +78,15 @@ func (s *segmentStore) store(ctx context.Context, seg completedSegment) error {
 	}
 	rel := storage.SegmentPath(s.server, seg.Name, s.compression)
 	sum := checksum.New()
+	// The bytes pass through the checksum and the WAL index on their way.
+	read := io.MultiWriter(sum, s.index.segment(ctx, seg))
 	var stored int64
 	if s.compression == "none" {
-		stored, err = s.storeUncompressed(in, seg, rel, sum)
+		stored, err = s.storeUncompressed(in, seg, rel, read)
 	} else {
 		stored, err = s.repo.Put(ctx, rel, func(w io.Writer) error {
 			s.enc.Reset(w)
-			if _, err := io.CopyBuffer(s.enc, io.TeeReader(in, sum), s.buf); err != nil {
+			if _, err := io.CopyBuffer(s.enc, io.TeeReader(in, read), s.buf); err != nil {
 				return err
 			}
 			return s.enc.Close()
@@ -91,7 +97,8 @@ func (s *segmentStore) store(ctx context.Context, seg completedSegment) error {
 	}
 	row := catalog.Segment{ServerID: s.serverID, TimeLine: seg.TimeLine, SegNo: seg.SegNo, Name: seg.Name,
 		Size: int64(s.segSize), StoredSize: stored, Compression: s.compression,
-		Checksum: checksum.Format(sum.Sum32()), StoredPath: rel, ReceivedAt: time.Now()}
+		Checksum: checksum.Format(sum.Sum32()), StoredPath: rel, ReceivedAt: time.Now(),
+		Contents: s.index.contents(seg)}
 	if err := s.cat.AddSegment(ctx, row); err != nil {
 		return err
 	}
