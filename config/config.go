@@ -21,6 +21,10 @@ const DefaultPath = "/etc/walhub/walhub.toml"
 type Config struct {
 	// Repository is the directory that holds catalog.db and every server's files.
 	Repository string `toml:"repository"`
+	// WorkDir is the local working area: the segment being received
+	// (.partial), locks, the receiver's state and catalog.db. For a
+	// repository on local disk it defaults to the repository directory.
+	WorkDir string `toml:"work_dir"`
 	Hub        Hub    `toml:"hub"`
 	// Servers is one section per PostgreSQL server, [[server]] in the file.
 	Servers []Server `toml:"server"`
@@ -174,6 +178,12 @@ func (c *Config) resolve() error {
 	}
 	if !strings.HasPrefix(c.Repository, "/") {
 		return fmt.Errorf("repository: %q must be an absolute path", c.Repository)
+	}
+	if c.WorkDir == "" {
+		c.WorkDir = c.Repository
+	}
+	if !strings.HasPrefix(c.WorkDir, "/") {
+		return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
 	}
 	if c.Hub.Listen == "" {
 		c.Hub.Listen = "127.0.0.1:7480"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/walname"
 )
@@ -57,9 +58,9 @@ func staleAfter(srv *config.Server) time.Duration {
 	return 3 * srv.StatusInterval.Duration
 }
 
-func readReceiver(repoRoot string, srv *config.Server, now time.Time) Receiver {
+func readReceiver(work *storage.WorkArea, srv *config.Server, now time.Time) Receiver {
 	r := Receiver{StaleAfterSeconds: staleAfter(srv).Seconds()}
-	st, err := stream.ReadState(repoRoot, srv.Name)
+	st, err := stream.ReadState(work, srv.Name)
 	if err != nil {
 		r.State = "absent"
 		if errors.Is(err, os.ErrNotExist) {

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 )
@@ -85,12 +84,12 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cat, err := a.catalog(ctx)
+	repo, err := a.repository(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cat.Close()
-	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: cat, Repo: storage.Local{Root: cfg.Repository}})
+	defer repo.Close()
+	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Repo: repo})
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()

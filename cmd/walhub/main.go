@@ -10,13 +10,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -122,46 +120,30 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// repository returns the repository's store, creating the directory if missing.
-func (a *app) repository() (storage.Local, error) {
+// repository opens the configured repository (store, working area,
+// catalog); the caller closes it.
+func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	cfg, err := a.config()
-	if err != nil {
-		return storage.Local{}, err
-	}
-	if err := storage.MkdirAllDurable(cfg.Repository); err != nil {
-		return storage.Local{}, fmt.Errorf("repository: %w", err)
-	}
-	return storage.Local{Root: cfg.Repository}, nil
-}
-
-// catalog opens the repository's catalog; the caller closes it.
-func (a *app) catalog(ctx context.Context) (*catalog.Catalog, error) {
-	repo, err := a.repository()
 	if err != nil {
 		return nil, err
 	}
-	return catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
+	return repository.Open(ctx, cfg)
 }
 
 // openServers loads the configuration, selects the servers a command names
-// ("all" or "" for every one), and opens the repository and its catalog; the
-// caller closes the catalog.
-func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, storage.Local, *catalog.Catalog, error) {
+// ("all" or "" for every one), and opens the repository; the caller closes it.
+func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, *repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
 	servers, err := cfg.Select(name)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	repo, err := a.repository()
+	repo, err := a.repository(ctx)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	cat, err := a.catalog(ctx)
-	if err != nil {
-		return nil, storage.Local{}, nil, err
-	}
-	return servers, repo, cat, nil
+	return servers, repo, nil
 }

@@ -9,13 +9,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/retention"
 	"github.com/walhub/walhub/snapshot"
 	"github.com/walhub/walhub/status"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"golang.org/x/sync/errgroup"
 )
@@ -51,36 +50,33 @@ func (a *app) serve(ctx context.Context) error {
 	if len(cfg.Servers) == 0 {
 		return fmt.Errorf("nothing to serve: no [[server]] section in %s", a.configPath)
 	}
-	repo, err := a.repository()
+	repo, err := a.repository(ctx)
 	if err != nil {
 		return err
 	}
-	cat, err := a.catalog(ctx)
-	if err != nil {
-		return err
-	}
-	defer cat.Close()
+	defer repo.Close()
+	cat := repo.Catalog
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
 
 	var services []service
 	for _, srv := range cfg.Servers {
-		r := stream.NewReceiver(stream.Options{Server: &srv, Catalog: cat, Repo: repo, Log: a.log, Metrics: metrics})
+		r := stream.NewReceiver(stream.Options{Server: &srv, Repo: repo, Log: a.log, Metrics: metrics})
 		services = append(services, r.Run)
 	}
-	snapshots := &snapshot.Manager{Config: cfg, Catalog: cat, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
+	snapshots := &snapshot.Manager{Config: cfg, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
 	if err := snapshots.FailInterrupted(ctx); err != nil {
 		return err
 	}
 	defer snapshots.Close()
-	h, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: repo, Registry: registry, Log: a.log,
-		Status: status.Provider(cfg, cat, repo.Root), Snapshots: snapshots})
+	h, err := hub.New(hub.Options{Config: cfg, Repo: repo, Registry: registry, Log: a.log,
+		Status: status.Provider(cfg, cat, repo.Work), Snapshots: snapshots})
 	if err != nil {
 		return err
 	}
-	services = append(services, h.Run, func(ctx context.Context) error { return a.expireLoop(ctx, cat, repo) })
-	a.log.Info("walhub serving", "repository", repo.Root, "servers", len(cfg.Servers))
+	services = append(services, h.Run, func(ctx context.Context) error { return a.expireLoop(ctx, repo) })
+	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers))
 	err = runServices(ctx, services)
 	a.log.Info("walhub stopped")
 	return err
@@ -92,7 +88,7 @@ const expireInterval = time.Hour
 // expireLoop applies each server's retention policy every expireInterval
 // (servers with retention.auto_expire = false are left alone). A failure is
 // logged and retried at the next round; it never stops the daemon.
-func (a *app) expireLoop(ctx context.Context, cat *catalog.Catalog, repo storage.Local) error {
+func (a *app) expireLoop(ctx context.Context, repo *repository.Repository) error {
 	tick := time.NewTicker(expireInterval)
 	defer tick.Stop()
 	for {
@@ -106,7 +102,7 @@ func (a *app) expireLoop(ctx context.Context, cat *catalog.Catalog, repo storage
 			if !*srv.Retention.AutoExpire {
 				continue
 			}
-			_, err := retention.Expire(ctx, retention.Options{Server: srv, Catalog: cat, Repo: repo, Log: a.log})
+			_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: repo, Log: a.log})
 			var held *lock.HeldError
 			switch {
 			case errors.As(err, &held):
