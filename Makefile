@@ -3,10 +3,15 @@ GO ?= go
 
 .PHONY: build test bench demo fmt vet
 
+# --version of both programs: the release (git describe) and the commit.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/walhub/walhub/version.Version=$(VERSION) -X github.com/walhub/walhub/version.Commit=$(COMMIT)
+
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 	# walfetch without cgo: a static binary that starts fast on any standby.
-	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/walfetch
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/walfetch
 
 # Builds once (cgo SQLite is the slow part), then runs every package's tests,
 # the end-to-end ones against real PostgreSQL 15 clusters included.

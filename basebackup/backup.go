@@ -76,7 +76,9 @@ func (e *LockedError) Error() string {
 
 // Run takes one base backup. It returns the backup's final catalog row, done
 // or failed; a failed backup's files are removed and its row keeps the
-// reason, which the returned error also carries. It returns a *LockedError
+// reason, which the returned error also carries. A backup copied and verified
+// whose WAL has not reached the catalog within WALTimeout is kept as
+// waiting_wal (no error): CompleteWaiting makes it done once the WAL is there. It returns a *LockedError
 // (and records nothing) when the server is busy.
 func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	if opts.Log == nil {
@@ -115,7 +117,24 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	log.Info("backup started", "checkpoint", checkpointName(opts.FastCheckpoint), "compression", opts.Compression.Method)
 
 	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv}
-	if err := r.take(ctx); err != nil {
+	err = r.take(ctx)
+	var late *WALLateError
+	if errors.As(err, &late) && ctx.Err() == nil {
+		// The copy is complete and verified; only the WAL is late (a lagging
+		// receiver). Keep it: it becomes done when the WAL arrives.
+		r.backup.State, r.backup.Reason = catalog.StateWaitingWAL, "waiting for WAL: "+late.Error()
+		r.backup.FinishedAt = time.Now().UTC()
+		if err := opts.Repo.StoreBackupInfo(ctx, opts.Server, r.backup); err != nil {
+			return r.fail(err)
+		}
+		if err := opts.Repo.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+			return r.fail(err)
+		}
+		log.Warn("backup copied and verified, waiting for its WAL: it becomes done when the WAL reaches the hub",
+			"missing", late.Missing, "start_lsn", r.backup.StartLSN, "stop_lsn", r.backup.StopLSN)
+		return r.backup, nil
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("interrupted: %w", err)
 		}

@@ -199,23 +199,49 @@ exit 1
 	}
 }
 
-func TestBackupFailsWhenWALDoesNotArriveInTime(t *testing.T) {
+// TestBackupWhoseWALIsLateWaitsThenBecomesDone takes a backup with no
+// receiver running: the copy is complete and verified but its WAL does not
+// come. The backup must be kept, waiting for its WAL (it used to be failed
+// and its files deleted), and become done once a receiver has stored it.
+func TestBackupWhoseWALIsLateWaitsThenBecomesDone(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, pgtest.Options{})
 	opts := e.options()
 	opts.WALTimeout = 3 * time.Second
 	b, err := Run(context.Background(), opts)
-	if err == nil || b.State != catalog.StateFailed {
-		t.Fatalf("backup without a receiver: state %s, err %v; want failed", b.State, err)
+	if err != nil || b.State != catalog.StateWaitingWAL {
+		t.Fatalf("backup whose WAL is late: state %s, err %v; want waiting_wal", b.State, err)
 	}
 	if !strings.Contains(b.Reason, "not received within 3s") || !strings.Contains(b.Reason, "WAL "+b.StartLSN.String()) {
 		t.Errorf("reason %q does not say which WAL is missing", b.Reason)
 	}
 	row, _ := e.cat.Backup(context.Background(), b.ID)
-	if row.State != catalog.StateFailed || row.Reason != b.Reason {
-		t.Errorf("catalog row: %s %q", row.State, row.Reason)
+	if row.State != catalog.StateWaitingWAL || len(row.Files) == 0 {
+		t.Fatalf("catalog row: %s, %d files", row.State, len(row.Files))
 	}
-	assertNoFiles(t, e, b)
+	if _, err := Verify(context.Background(), RepoOpener(e.repo, row), row); err != nil {
+		t.Fatalf("the waiting backup's files: %v", err)
+	}
+	if done, err := CompleteWaiting(context.Background(), e.cat, e.server); err != nil || len(done) != 0 {
+		t.Fatalf("completed without its WAL: %v %v", done, err)
+	}
+
+	e.startReceiver()
+	e.primary.SwitchWAL()
+	waitFor(t, time.Minute, "the waiting backup to become done", func() bool {
+		done, err := CompleteWaiting(context.Background(), e.cat, e.server)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(done) == 1 && done[0] == b.ID
+	})
+	row, _ = e.cat.Backup(context.Background(), b.ID)
+	if row.State != catalog.StateDone || row.Reason != "" || !row.FinishedAt.Equal(b.FinishedAt) {
+		t.Fatalf("after the WAL arrived: %s %q finished %s (was %s)", row.State, row.Reason, row.FinishedAt, b.FinishedAt)
+	}
+	if again, _ := e.cat.FinishWaitingBackup(context.Background(), b.ID); again {
+		t.Error("a done backup was finished a second time")
+	}
 }
 
 func assertNoFiles(t *testing.T, e *env, b catalog.Backup) {

@@ -68,8 +68,20 @@ func (w WALWait) MissingWAL(ctx context.Context) ([]catalog.SegRange, error) {
 	return still, nil
 }
 
+// WALLateError says that a backup's WAL did not reach the catalog in time.
+type WALLateError struct {
+	Start, Stop walname.LSN
+	// Missing names the segments not yet held.
+	Missing string
+	Timeout time.Duration
+}
+
+func (e *WALLateError) Error() string {
+	return fmt.Sprintf("WAL %s to %s (%s) not received within %s", e.Start, e.Stop, e.Missing, e.Timeout)
+}
+
 // WaitWAL waits until the catalog holds every segment of the backup's WAL, or
-// fails after the timeout with an error that names the WAL missing.
+// returns a *WALLateError after the timeout.
 func WaitWAL(ctx context.Context, w WALWait) error {
 	if w.Log == nil {
 		w.Log = slog.Default()
@@ -88,8 +100,8 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 		}
 		now := time.Now()
 		if !now.Before(deadline) {
-			return fmt.Errorf("WAL %s to %s (%s) not received within %s: is `walhub serve` streaming from this server?",
-				w.StartLSN, w.StopLSN, describeMissing(missing, w.StopTLI, w.SegmentSize), w.Timeout)
+			return &WALLateError{Start: w.StartLSN, Stop: w.StopLSN, Missing: describeMissing(missing, w.StopTLI, w.SegmentSize),
+				Timeout: w.Timeout}
 		}
 		if !switched {
 			switched = true
@@ -162,6 +174,81 @@ func ReapInterrupted(ctx context.Context, repo *repository.Repository, server st
 		reaped = append(reaped, b.ID)
 	}
 	return reaped, nil
+}
+
+// NeededWAL is the WAL a backup needs to become consistent (from its start to
+// its stop position) and what the catalog holds of it.
+type NeededWAL struct {
+	// FirstSegment and LastSegment name the range, on the stop timeline.
+	FirstSegment string `json:"first_segment"`
+	LastSegment  string `json:"last_segment"`
+	Segments     int64  `json:"segments"`
+	// Missing lists the segments (or ranges "A to B") the catalog lacks.
+	Missing []string `json:"missing,omitempty"`
+	// Complete is true when every needed segment is held.
+	Complete bool `json:"complete"`
+}
+
+// BackupWAL says which WAL backup b of server srv needs and whether the
+// catalog holds all of it.
+func BackupWAL(ctx context.Context, cat *catalog.Catalog, srv catalog.Server, b catalog.Backup) (NeededWAL, error) {
+	if srv.SegmentSize == 0 || b.StopLSN == 0 {
+		return NeededWAL{}, fmt.Errorf("backup %s has no stop position or its server no segment size yet", b.ID)
+	}
+	from, to := NeededSegments(b.StartLSN, b.StopLSN, srv.SegmentSize)
+	n := NeededWAL{FirstSegment: walname.SegmentName(b.StartTLI, from, srv.SegmentSize),
+		LastSegment: walname.SegmentName(b.StopTLI, to-1, srv.SegmentSize), Segments: int64(to - from)}
+	missing, err := (WALWait{Catalog: cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+		StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(ctx)
+	if err != nil {
+		return NeededWAL{}, err
+	}
+	for _, m := range missing {
+		name := walname.SegmentName(b.StopTLI, m.From, srv.SegmentSize)
+		if m.To-m.From > 1 {
+			name += " to " + walname.SegmentName(b.StopTLI, m.To-1, srv.SegmentSize)
+		}
+		n.Missing = append(n.Missing, name)
+	}
+	n.Complete = len(missing) == 0
+	return n, nil
+}
+
+// CompleteWaiting marks done every backup of server that waits for its WAL
+// (state waiting_wal) once the catalog holds all of it. Each is finished by a
+// compare-and-set, so processes that run it at the same time agree. It
+// returns the ids it finished.
+func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) ([]string, error) {
+	srv, err := cat.ServerByName(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	backups, err := cat.Backups(ctx, srv.ID)
+	if err != nil {
+		return nil, err
+	}
+	var finished []string
+	for _, b := range backups {
+		if b.State != catalog.StateWaitingWAL || srv.SegmentSize == 0 {
+			continue
+		}
+		missing, err := (WALWait{Catalog: cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+			StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(ctx)
+		if err != nil {
+			return finished, err
+		}
+		if len(missing) > 0 {
+			continue
+		}
+		ok, err := cat.FinishWaitingBackup(ctx, b.ID)
+		if err != nil {
+			return finished, err
+		}
+		if ok {
+			finished = append(finished, b.ID)
+		}
+	}
+	return finished, nil
 }
 
 // SwitchWALOn returns a WALWait.SwitchWAL that runs pg_switch_wal() on a normal

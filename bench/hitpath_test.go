@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -42,17 +42,13 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		os.MkdirAll(filepath.Join(data, d), 0o700)
 	}
 	var control [8192]byte
-	binary.NativeEndian.PutUint64(control[:], systemID)
+	pgfile.PutControlSystemID(control[:], systemID)
 	os.WriteFile(filepath.Join(data, "global", "pg_control"), control[:], 0o600)
 	os.WriteFile(filepath.Join(data, "standby.signal"), nil, 0o600)
 
 	segment := func(segno walname.SegNo) []byte {
 		seg := make([]byte, segSize)
-		binary.NativeEndian.PutUint16(seg[2:], 0x0002)
-		binary.NativeEndian.PutUint32(seg[4:], 1)
-		binary.NativeEndian.PutUint64(seg[8:], uint64(walname.SegmentStart(segno, uint64(segSize))))
-		binary.NativeEndian.PutUint64(seg[24:], systemID)
-		binary.NativeEndian.PutUint32(seg[32:], uint32(segSize))
+		pgfile.NewSegmentHeader(1, segno, uint64(segSize), systemID).Put(seg)
 		return seg
 	}
 	// A minimal hub: segment 1 for the first call (which starts the

@@ -17,11 +17,14 @@ const (
 	KindSnapshot = "snapshot" // pg_backup_start/stop around an external copy
 )
 
-// Backup states: running, then done or failed.
+// Backup states: running, then done or failed; a backup whose copy is
+// complete but whose WAL has not reached the hub in time is waiting_wal until
+// the WAL arrives (then done).
 const (
-	StateRunning = "running"
-	StateDone    = "done"
-	StateFailed  = "failed"
+	StateRunning    = "running"
+	StateDone       = "done"
+	StateFailed     = "failed"
+	StateWaitingWAL = "waiting_wal"
 )
 
 // BackupFile is one stored file of a backup (an archive or the manifest).
@@ -161,6 +164,19 @@ func (c *Catalog) Backups(ctx context.Context, serverID int64) ([]Backup, error)
 		out = append(out, b)
 	}
 	return out, rows.Err()
+}
+
+// FinishWaitingBackup marks a backup that waits for its WAL done. It changes
+// nothing and returns false when the backup is no longer waiting (another
+// process finished it first, or it was removed).
+func (c *Catalog) FinishWaitingBackup(ctx context.Context, id string) (bool, error) {
+	res, err := c.db.ExecContext(ctx, `UPDATE backups SET state = ?, reason = '' WHERE id = ? AND state = ?`,
+		StateDone, id, StateWaitingWAL)
+	if err != nil {
+		return false, fmt.Errorf("finish backup %s: %w", id, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // DeleteBackup removes a backup's row. Callers delete the row first and the

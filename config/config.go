@@ -6,6 +6,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -19,16 +21,74 @@ const DefaultPath = "/etc/walhub/walhub.toml"
 
 // Config is the whole configuration.
 type Config struct {
-	// Repository is the directory that holds catalog.db and every server's files.
+	// Repository is where the archive is: a local directory (that also holds
+	// catalog.db and the working files), or "s3://bucket/prefix" for an
+	// S3-compatible bucket configured by the [s3] section.
 	Repository string `toml:"repository"`
-	// WorkDir is the local working area: the segment being received
-	// (.partial), locks, the receiver's state and catalog.db. For a
-	// repository on local disk it defaults to the repository directory.
+	// WorkDir is the local working area: catalog.db, the segment being
+	// received (.partial), locks and the receivers' state. It defaults to
+	// Repository for a local repository, to /var/lib/walhub for a bucket.
 	WorkDir string `toml:"work_dir"`
-	Hub        Hub    `toml:"hub"`
+	// S3 is the bucket when Repository is an s3:// URL.
+	S3  S3  `toml:"s3"`
+	Hub Hub `toml:"hub"`
 	// Servers is one section per PostgreSQL server, [[server]] in the file.
 	Servers []Server `toml:"server"`
+	// Encryption, when the section is present, encrypts every object of the
+	// repository at rest.
+	Encryption *Encryption `toml:"encryption"`
 }
+
+// Encryption names the age keys of an encrypted repository. The values are
+// key sources, "file:/path" (an age identity file) or "env:NAME"; the keys
+// themselves are read by the storage/crypt package when the repository is
+// opened, so no secret is ever held in (or printed with) a Config.
+type Encryption struct {
+	// Key encrypts every new object, and decrypts.
+	Key string `toml:"key"`
+	// PreviousKeys only decrypt: objects written before the last rotations.
+	PreviousKeys []string `toml:"previous_keys"`
+}
+
+// DefaultWorkDir is the local working area of a repository in a bucket.
+const DefaultWorkDir = "/var/lib/walhub"
+
+// S3 configures the S3-compatible bucket of an s3:// repository.
+type S3 struct {
+	// Bucket and Prefix come from the repository URL s3://bucket/prefix.
+	Bucket string `toml:"-"`
+	Prefix string `toml:"-"`
+	// Endpoint is the S3 API's URL, e.g. "https://s3.example:9000"; empty for AWS.
+	Endpoint string `toml:"endpoint"`
+	// Region; default us-east-1.
+	Region string `toml:"region"`
+	// ForcePathStyle addresses the bucket as endpoint/bucket (most
+	// S3-compatible servers need it) rather than bucket.endpoint.
+	ForcePathStyle bool `toml:"force_path_style"`
+	// AccessKeyID and SecretAccessKey: a value, "env:NAME" or "file:PATH".
+	// Default: the environment's AWS_ACCESS_KEY_ID
+	// and AWS_SECRET_ACCESS_KEY.
+	AccessKeyID     Secret `toml:"access_key_id"`
+	SecretAccessKey Secret `toml:"secret_access_key"`
+	// CAFile is a PEM file of CA certificates to trust besides the system's.
+	CAFile string `toml:"ca_file"`
+	// PartSizeMB is the size of one multipart upload part in MiB (5..5120,
+	// default 16); an object of 10000 parts is the largest.
+	PartSizeMB int `toml:"part_size_mb"`
+	// UploadConcurrency is how many parts of one object are sent at once
+	// (1..64, default 4). One upload holds up to (concurrency+1) parts in memory.
+	UploadConcurrency int `toml:"upload_concurrency"`
+}
+
+// Secret is a credential: it is never printed, whatever the verb, and is
+// redacted when marshalled, so a configuration can be logged.
+type Secret string
+
+// Format implements fmt.Formatter.
+func (Secret) Format(f fmt.State, verb rune) { io.WriteString(f, "[redacted]") }
+
+// MarshalText implements encoding.TextMarshaler.
+func (Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
 
 // Hub configures the HTTP server inside `walhub serve`.
 type Hub struct {
@@ -39,9 +99,13 @@ type Hub struct {
 	TLSCert string `toml:"tls_cert"`
 	TLSKey  string `toml:"tls_key"`
 	// ReadTokens may read WAL, backups and status; AdminTokens may also change state.
-	// Values of the form "env:NAME" are read from the environment variable NAME.
+	// Values of the form "env:NAME" are read from the environment variable NAME,
+	// "file:PATH" from the file PATH.
 	ReadTokens  []string `toml:"read_tokens"`
 	AdminTokens []string `toml:"admin_tokens"`
+	// MetricsTokens, when set, are required (or a read or admin token) by
+	// GET /metrics, which otherwise answers anyone who can reach the hub.
+	MetricsTokens []string `toml:"metrics_tokens"`
 	// MaxPeek caps the n of a peek request.
 	MaxPeek int `toml:"max_peek"`
 }
@@ -52,7 +116,7 @@ type Server struct {
 	Name string `toml:"name"`
 	// Conninfo is a libpq connection string or URL. A password is best left out and
 	// given through PGPASSWORD or a .pgpass file; "env:NAME" reads the whole string
-	// from the environment.
+	// from the environment, "file:PATH" from a file.
 	Conninfo string `toml:"conninfo"`
 	// Slot is the physical replication slot; default "walhub_<name>".
 	Slot string `toml:"slot"`
@@ -162,28 +226,40 @@ func Parse(text string) (*Config, error) {
 		}
 		return nil, fmt.Errorf("unknown key %s", strings.Join(keys, ", "))
 	}
-	if err := cfg.resolve(); err != nil {
+	if err := cfg.resolve(md.IsDefined("s3")); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
+// IsS3 tells whether the repository is in a bucket.
+func (c *Config) IsS3() bool { return strings.HasPrefix(c.Repository, "s3://") }
+
 var serverNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 var slotNameRE = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
 
 // resolve fills defaults, reads env: secrets and checks every value.
-func (c *Config) resolve() error {
+func (c *Config) resolve(s3Section bool) error {
 	if c.Repository == "" {
-		return errors.New("repository: required (the directory that holds the catalog and the files)")
+		return errors.New("repository: required (the directory that holds the catalog and the files, or s3://bucket/prefix)")
 	}
-	if !strings.HasPrefix(c.Repository, "/") {
-		return fmt.Errorf("repository: %q must be an absolute path", c.Repository)
-	}
-	if c.WorkDir == "" {
-		c.WorkDir = c.Repository
-	}
-	if !strings.HasPrefix(c.WorkDir, "/") {
-		return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
+	if c.IsS3() {
+		if err := c.resolveS3(); err != nil {
+			return err
+		}
+	} else {
+		if !strings.HasPrefix(c.Repository, "/") {
+			return fmt.Errorf("repository: %q must be an absolute path or s3://bucket/prefix", c.Repository)
+		}
+		if s3Section {
+			return fmt.Errorf("s3: the section is for a repository in a bucket, but repository is the directory %s", c.Repository)
+		}
+		if c.WorkDir == "" {
+			c.WorkDir = c.Repository
+		}
+		if !strings.HasPrefix(c.WorkDir, "/") {
+			return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
+		}
 	}
 	if c.Hub.Listen == "" {
 		c.Hub.Listen = "127.0.0.1:7480"
@@ -211,6 +287,14 @@ func (c *Config) resolve() error {
 	if c.Hub.AdminTokens, err = resolveSecrets("hub.admin_tokens", c.Hub.AdminTokens); err != nil {
 		return err
 	}
+	if c.Hub.MetricsTokens, err = resolveSecrets("hub.metrics_tokens", c.Hub.MetricsTokens); err != nil {
+		return err
+	}
+	if c.Encryption != nil {
+		if err := c.Encryption.check(); err != nil {
+			return err
+		}
+	}
 	seen := map[string]bool{}
 	for i := range c.Servers {
 		s := &c.Servers[i]
@@ -227,6 +311,89 @@ func (c *Config) resolve() error {
 		seen[s.Name] = true
 	}
 	return nil
+}
+
+var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+// resolveS3 parses repository = "s3://bucket/prefix" and checks the [s3] section.
+func (c *Config) resolveS3() error {
+	u, err := url.Parse(c.Repository)
+	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("repository: %q is not of the form s3://bucket/prefix", c.Repository)
+	}
+	s := &c.S3
+	s.Bucket = u.Host
+	if !bucketRE.MatchString(s.Bucket) || strings.Contains(s.Bucket, "..") {
+		return fmt.Errorf("repository: bucket %q: 3-63 of a-z 0-9 . - starting and ending with a letter or digit", s.Bucket)
+	}
+	s.Prefix = strings.Trim(u.Path, "/")
+	if s.Prefix != "" {
+		for _, seg := range strings.Split(s.Prefix, "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return fmt.Errorf("repository: prefix %q: empty, . and .. segments are not allowed", s.Prefix)
+			}
+		}
+	}
+	if c.WorkDir == "" {
+		c.WorkDir = DefaultWorkDir
+	}
+	if !strings.HasPrefix(c.WorkDir, "/") {
+		return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
+	}
+	if s.Endpoint != "" {
+		e, err := url.Parse(s.Endpoint)
+		if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" || e.User != nil {
+			return fmt.Errorf("s3.endpoint: %q is not an http:// or https:// URL", s.Endpoint)
+		}
+	}
+	if s.Region == "" {
+		s.Region = "us-east-1"
+	}
+	if s.AccessKeyID, err = resolveCredential("s3.access_key_id", s.AccessKeyID, "AWS_ACCESS_KEY_ID"); err != nil {
+		return err
+	}
+	if s.SecretAccessKey, err = resolveCredential("s3.secret_access_key", s.SecretAccessKey, "AWS_SECRET_ACCESS_KEY"); err != nil {
+		return err
+	}
+	if s.CAFile != "" {
+		if _, err := os.Stat(s.CAFile); err != nil {
+			return fmt.Errorf("s3.ca_file: %w", err)
+		}
+	}
+	if s.PartSizeMB == 0 {
+		s.PartSizeMB = 16
+	}
+	if s.PartSizeMB < 5 || s.PartSizeMB > 5120 {
+		return fmt.Errorf("s3.part_size_mb: %d is out of range 5..5120", s.PartSizeMB)
+	}
+	if s.UploadConcurrency == 0 {
+		s.UploadConcurrency = 4
+	}
+	if s.UploadConcurrency < 1 || s.UploadConcurrency > 64 {
+		return fmt.Errorf("s3.upload_concurrency: %d is out of range 1..64", s.UploadConcurrency)
+	}
+	return nil
+}
+
+// resolveCredential reads an S3 credential like any secret ("env:NAME",
+// "file:PATH" or a value), or when empty from the environment variable def.
+// Errors name the key and where the value was looked for, never the value.
+func resolveCredential(key string, v Secret, def string) (Secret, error) {
+	raw := string(v)
+	if raw == "" {
+		raw = "env:" + def
+		if os.Getenv(def) == "" {
+			return "", fmt.Errorf("%s: required (or set the environment variable %s)", key, def)
+		}
+	}
+	val, err := resolveSecret(key, raw)
+	if err != nil {
+		return "", err
+	}
+	if val == "" {
+		return "", fmt.Errorf("%s: empty", key)
+	}
+	return Secret(val), nil
 }
 
 func (s *Server) resolve(key string) error {
@@ -305,6 +472,36 @@ func (s *Server) resolve(key string) error {
 	return nil
 }
 
+func (e *Encryption) check() error {
+	if e.Key == "" {
+		return errors.New("encryption.key: required (file:/path to an age key, or env:NAME)")
+	}
+	if err := checkKeySource("encryption.key", e.Key); err != nil {
+		return err
+	}
+	for i, src := range e.PreviousKeys {
+		if err := checkKeySource(fmt.Sprintf("encryption.previous_keys[%d]", i), src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkKeySource checks the form of a key source without reading it, and
+// without quoting it: a key pasted in by mistake must not be printed.
+func checkKeySource(key, src string) error {
+	if path, ok := strings.CutPrefix(src, "file:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("%s: file: needs an absolute path", key)
+		}
+		return nil
+	}
+	if name, ok := strings.CutPrefix(src, "env:"); ok && name != "" {
+		return nil
+	}
+	return fmt.Errorf("%s: want file:/path or env:NAME (never the key itself)", key)
+}
+
 func resolveSecrets(key string, vals []string) ([]string, error) {
 	out := make([]string, 0, len(vals))
 	for i, v := range vals {
@@ -320,8 +517,18 @@ func resolveSecrets(key string, vals []string) ([]string, error) {
 	return out, nil
 }
 
-// resolveSecret turns "env:NAME" into the value of the environment variable NAME.
+// resolveSecret turns "env:NAME" into the value of the environment variable
+// NAME, and "file:PATH" into the contents of the file PATH without its
+// trailing newline (a file is read again on every reload of the daemon; the
+// environment is not).
 func resolveSecret(key, v string) (string, error) {
+	if path, ok := strings.CutPrefix(v, "file:"); ok {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", key, err)
+		}
+		return strings.TrimRight(string(data), "\r\n"), nil
+	}
 	name, ok := strings.CutPrefix(v, "env:")
 	if !ok {
 		return v, nil

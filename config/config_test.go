@@ -1,6 +1,10 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"testing"
@@ -52,6 +56,11 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		name, text, want string
 	}{
 		{"unknown top key", base + "repo = 1\n", "unknown key repo"},
+		{"encryption without key", base + "[encryption]\n", "encryption.key: required"},
+		{"encryption key inline", base + "[encryption]\nkey = \"AGE-SECRET-KEY-1QQQ\"\n", "encryption.key: want file:/path or env:NAME"},
+		{"encryption relative file", base + "[encryption]\nkey = \"file:k.txt\"\n", "encryption.key: file: needs an absolute path"},
+		{"encryption bad previous", base + "[encryption]\nkey = \"env:K\"\nprevious_keys = [\"env:\"]\n", "encryption.previous_keys[0]: want"},
+		{"encryption unknown key", base + "[encryption]\nkey = \"env:K\"\ncipher = \"x\"\n", "unknown key encryption.cipher"},
 		{"unknown server key", base + srv + "slots = \"x\"\n", "unknown key server.slots"},
 		{"missing repository", srv, "repository: required"},
 		{"relative repository", "repository = \"r\"\n", "must be an absolute path"},
@@ -62,6 +71,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"dup", base + srv + srv, "declared twice"},
 		{"bad duration", base + srv + "[server.retention]\nwindow = \"7 days\"\n", "invalid duration"},
 		{"env missing", base + "[hub]\nread_tokens = [\"env:WALHUB_SURELY_UNSET\"]\n", "WALHUB_SURELY_UNSET is not set"},
+		{"file missing", base + "[hub]\nread_tokens = [\"file:/nonexistent/token\"]\n", "hub.read_tokens[0]: open /nonexistent/token"},
 		{"tls half", base + "[hub]\ntls_cert = \"/c\"\n", "give both or neither"},
 		{"max rate", base + srv + "[server.backup]\nmax_rate = 1\n", "backup.max_rate"},
 		{"syntax", base + "x = \n", "line 2"},
@@ -74,6 +84,20 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestTokenFromFile(t *testing.T) {
+	path := t.TempDir() + "/read.token"
+	if err := os.WriteFile(path, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse("repository = \"/r\"\n[hub]\nread_tokens = [\"file:" + path + "\"]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Hub.ReadTokens[0] != "from-file" {
+		t.Errorf("token = %q", cfg.Hub.ReadTokens[0])
 	}
 }
 
@@ -110,5 +134,132 @@ func TestREADMEExampleParses(t *testing.T) {
 		if _, err := Parse(text); err != nil {
 			t.Errorf("README example: %v\n%s", err, text)
 		}
+	}
+}
+
+const s3Config = `
+repository = "s3://walhub-archive/site-a/hub1"
+work_dir = "/var/lib/walhub-a"
+
+[s3]
+endpoint = "https://s3.example:9000"
+force_path_style = true
+access_key_id = "env:WALHUB_TEST_S3_KEY"
+secret_access_key = "file:%s"
+`
+
+func TestParseS3(t *testing.T) {
+	secretFile := t.TempDir() + "/secret"
+	os.WriteFile(secretFile, []byte("the-secret-from-a-file\n"), 0o600)
+	t.Setenv("WALHUB_TEST_S3_KEY", "AKIDTEST")
+	cfg, err := Parse(fmt.Sprintf(s3Config, secretFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.S3
+	if !cfg.IsS3() || s.Bucket != "walhub-archive" || s.Prefix != "site-a/hub1" || cfg.WorkDir != "/var/lib/walhub-a" {
+		t.Errorf("bucket %q prefix %q work_dir %q", s.Bucket, s.Prefix, cfg.WorkDir)
+	}
+	if s.AccessKeyID != "AKIDTEST" || s.SecretAccessKey != "the-secret-from-a-file" {
+		t.Errorf("credentials not read from the environment and the file")
+	}
+	if s.Region != "us-east-1" || s.PartSizeMB != 16 || s.UploadConcurrency != 4 || !s.ForcePathStyle {
+		t.Errorf("defaults: %+v", s)
+	}
+
+	// Credentials from the AWS environment variables when not configured;
+	// work_dir defaults for a bucket, and is the repository for a directory.
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+	cfg, err = Parse("repository = \"s3://b-1.x\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.S3.AccessKeyID != "AKIDENV" || cfg.S3.SecretAccessKey != "env-secret" || cfg.S3.Prefix != "" || cfg.WorkDir != DefaultWorkDir {
+		t.Errorf("from the environment: %+v, work_dir %s", cfg.S3, cfg.WorkDir)
+	}
+	cfg, err = Parse("repository = \"/r\"\n")
+	if err != nil || cfg.IsS3() || cfg.WorkDir != "/r" {
+		t.Errorf("local: work_dir %q, %v", cfg.WorkDir, err)
+	}
+}
+
+func TestParseS3ErrorsNameTheKey(t *testing.T) {
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	repo := "repository = \"s3://bucket/p\"\n"
+	tests := []struct{ name, text, want string }{
+		{"bad bucket", "repository = \"s3://Bad_Bucket/p\"\n", "repository: bucket \"Bad_Bucket\""},
+		{"no bucket", "repository = \"s3:///p\"\n", "not of the form s3://bucket/prefix"},
+		{"dot-dot prefix", "repository = \"s3://bucket/a/../b\"\n", "repository: prefix"},
+		{"empty segment", "repository = \"s3://bucket/a//b\"\n", "repository: prefix"},
+		{"s3 section with a directory", "repository = \"/r\"\n[s3]\nregion = \"x\"\n", "s3: the section is for a repository in a bucket"},
+		{"relative work_dir with a directory", "repository = \"/r\"\nwork_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
+		{"relative work_dir", repo + "work_dir = \"w\"\n", "work_dir: \"w\" must be an absolute path"},
+		{"bad endpoint", repo + "[s3]\nendpoint = \"s3.example\"\n", "s3.endpoint: \"s3.example\""},
+		{"unknown s3 key", repo + "[s3]\nbucket = \"x\"\n", "unknown key s3.bucket"},
+		{"part size", repo + "[s3]\npart_size_mb = 4\n", "s3.part_size_mb: 4"},
+		{"concurrency", repo + "[s3]\nupload_concurrency = 65\n", "s3.upload_concurrency: 65"},
+		{"missing secret file", repo + "[s3]\nsecret_access_key = \"file:/nonexistent/s\"\n", "s3.secret_access_key: open /nonexistent/s"},
+		{"unset env", repo + "[s3]\naccess_key_id = \"env:WALHUB_SURELY_UNSET\"\n", "s3.access_key_id: environment variable WALHUB_SURELY_UNSET is not set"},
+		{"ca file", repo + "[s3]\nca_file = \"/nonexistent/ca.pem\"\n", "s3.ca_file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(tt.text)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+	t.Run("no credentials", func(t *testing.T) {
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+		_, err := Parse(repo)
+		if err == nil || !strings.Contains(err.Error(), "s3.secret_access_key: required (or set the environment variable AWS_SECRET_ACCESS_KEY)") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+// TestS3SecretNeverPrinted prints and logs the configuration every usual
+// way: the secret never shows.
+func TestS3SecretNeverPrinted(t *testing.T) {
+	const secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY"
+	t.Setenv("WALHUB_TEST_S3_SECRET", secret)
+	cfg, err := Parse("repository = \"s3://bucket/p\"\n[s3]\naccess_key_id = \"AKID\"\nsecret_access_key = \"env:WALHUB_TEST_S3_SECRET\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cfg.S3.SecretAccessKey) != secret {
+		t.Fatal("secret not resolved")
+	}
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "%v %+v %#v %s %q %x %d\n", cfg, cfg, cfg, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey, cfg.S3.SecretAccessKey)
+	slog.New(slog.NewTextHandler(&out, nil)).Info("config", "cfg", cfg, "s3", cfg.S3)
+	slog.New(slog.NewJSONHandler(&out, nil)).Info("config", "cfg", cfg, "s3", cfg.S3)
+	j, _ := json.Marshal(cfg)
+	out.Write(j)
+	if strings.Contains(out.String(), secret) || strings.Contains(out.String(), "AKID") {
+		t.Fatalf("a credential is printed:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "[redacted]") {
+		t.Fatalf("credentials not shown as redacted:\n%s", out.String())
+	}
+}
+
+func TestParseEncryption(t *testing.T) {
+	cfg, err := Parse("repository = \"/r\"\n[encryption]\nkey = \"file:/etc/walhub/new.key\"\nprevious_keys = [\"env:OLD_KEY\"]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := cfg.Encryption; e == nil || e.Key != "file:/etc/walhub/new.key" || len(e.PreviousKeys) != 1 {
+		t.Fatalf("encryption = %+v", e)
+	}
+	if cfg, _ := Parse("repository = \"/r\"\n"); cfg.Encryption != nil {
+		t.Fatal("encryption set without the section")
+	}
+	_, err = Parse("repository = \"/r\"\n[encryption]\nkey = \"AGE-SECRET-KEY-1SECRETSECRET\"\n")
+	if err == nil || strings.Contains(err.Error(), "SECRETSECRET") {
+		t.Fatalf("a key given inline: %v", err)
 	}
 }

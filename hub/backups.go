@@ -121,7 +121,7 @@ func (s *Server) status(c echo.Context) error {
 	if s.o.Status == nil {
 		return errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "status is not available from this hub")
 	}
-	if _, err := s.o.Config.Server(name); err != nil {
+	if _, err := s.config().Server(name); err != nil {
 		if _, lerr := s.lookupServer(c); lerr != nil {
 			return lerr
 		}

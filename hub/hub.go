@@ -20,11 +20,11 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
@@ -53,9 +53,18 @@ type Options struct {
 // Server is the hub's HTTP server.
 type Server struct {
 	o       Options
+	cfg     atomic.Pointer[config.Config]
 	echo    *echo.Echo
 	metrics *metrics
 }
+
+// config is the configuration in force: Options.Config until SetConfig.
+func (s *Server) config() *config.Config { return s.cfg.Load() }
+
+// SetConfig puts a reloaded configuration in force for the requests that
+// follow: tokens, max_peek, the servers known. The listen address and TLS
+// files are read once, by Run.
+func (s *Server) SetConfig(cfg *config.Config) { s.cfg.Store(cfg) }
 
 // New builds the hub's routes. It does not listen: call Run, or use Handler.
 func New(o Options) (*Server, error) {
@@ -73,6 +82,7 @@ func New(o Options) (*Server, error) {
 		return nil, fmt.Errorf("hub: register metrics: %w", err)
 	}
 	s := &Server{o: o, echo: echo.New(), metrics: m}
+	s.cfg.Store(o.Config)
 	s.echo.HideBanner = true
 	s.echo.HidePort = true
 	s.echo.HTTPErrorHandler = s.handleError
@@ -88,7 +98,8 @@ func New(o Options) (*Server, error) {
 // admin routes an admin token.
 func (s *Server) routes() {
 	s.echo.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
-	s.echo.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(s.o.Registry, promhttp.HandlerOpts{})))
+	s.metricsRoute()
+	s.pageRoutes()
 
 	s.read(http.MethodGet, "/servers/:server/wal/:name", s.getWAL)
 	s.read(http.MethodHead, "/servers/:server/wal/:name", s.getWAL)
@@ -118,7 +129,7 @@ func (s *Server) Handler() http.Handler { return s.echo }
 // until ctx is cancelled, then shuts down gracefully, letting requests in
 // flight finish for up to 10 seconds.
 func (s *Server) Run(ctx context.Context) error {
-	hc := s.o.Config.Hub
+	hc := s.config().Hub
 	srv := &http.Server{
 		Handler:           s.echo,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -209,9 +220,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 // routes, an admin token for admin routes. A hub with no token configured at
 // all serves read routes to anyone and refuses every admin route.
 func (s *Server) requireToken(admin bool) echo.MiddlewareFunc {
-	hc := s.o.Config.Hub
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
+			hc := s.config().Hub
 			token, _ := strings.CutPrefix(c.Request().Header.Get(echo.HeaderAuthorization), "Bearer ")
 			switch {
 			case admin && len(hc.AdminTokens) == 0:

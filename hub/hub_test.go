@@ -457,7 +457,7 @@ func TestMetricsCountRequestsByRouteAndCode(t *testing.T) {
 	wants := []string{
 		`walhub_hub_requests_total{code="200",route="/v1/servers/:server/wal/:name"} 1`,
 		`walhub_hub_requests_total{code="400",route="/v1/servers/:server/wal/:name"} 1`,
-		`walhub_hub_bytes_served_total{route="/v1/servers/:server/wal/:name"}`,
+		`walhub_hub_response_bytes_total{route="/v1/servers/:server/wal/:name"}`,
 	}
 	// The count is taken just after the last byte is sent: allow it a moment.
 	var missing []string

@@ -54,7 +54,7 @@ func (s *Server) snapshotServer(c echo.Context) (string, error) {
 		return "", errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "snapshots are not available from this hub")
 	}
 	name := c.Param("server")
-	if _, err := s.o.Config.Server(name); err != nil {
+	if _, err := s.config().Server(name); err != nil {
 		return "", errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %.80q", name)
 	}
 	return name, nil

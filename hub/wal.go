@@ -209,7 +209,7 @@ func (s *Server) peek(c echo.Context) error {
 		if err != nil || v < 1 {
 			return errorf(http.StatusBadRequest, api.CodeBadRequest, "n: %.40q is not a positive number", q)
 		}
-		count = min(v, s.o.Config.Hub.MaxPeek)
+		count = min(v, s.config().Hub.MaxPeek)
 	}
 	out := api.Peek{Server: srv.Name, SystemID: srv.SystemID, SegmentSize: srv.SegmentSize, Limit: count, Segments: []api.PeekSegment{}}
 	if srv.SegmentSize == 0 {

@@ -83,24 +83,34 @@ func (r *Repository) FinishBackup(ctx context.Context, server string, b catalog.
 	if b.FinishedAt.IsZero() {
 		b.FinishedAt = time.Now().UTC()
 	}
-	if b.StoredPath == "" {
-		b.StoredPath = storage.BackupDir(server, b.ID)
-	}
-	srv, err := r.Catalog.ServerByName(ctx, server)
-	if err != nil {
+	if err := r.StoreBackupInfo(ctx, server, b); err != nil {
 		return b, err
-	}
-	data, err := json.MarshalIndent(infoOf(srv, b), "", "  ")
-	if err != nil {
-		return b, err
-	}
-	if err := r.put(ctx, path.Join(b.StoredPath, InfoName), nil, data); err != nil {
-		return b, fmt.Errorf("store %s of backup %s: %w", InfoName, b.ID, err)
 	}
 	if err := r.Catalog.UpdateBackup(ctx, b); err != nil {
 		return b, err
 	}
 	return b, nil
+}
+
+// StoreBackupInfo stores the info object of backup b (see InfoName), with
+// the state it has: done, or complete but waiting for its WAL. The caller
+// records the row afterwards.
+func (r *Repository) StoreBackupInfo(ctx context.Context, server string, b catalog.Backup) error {
+	if b.StoredPath == "" {
+		b.StoredPath = storage.BackupDir(server, b.ID)
+	}
+	srv, err := r.Catalog.ServerByName(ctx, server)
+	if err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(infoOf(srv, b), "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := r.put(ctx, path.Join(b.StoredPath, InfoName), nil, data); err != nil {
+		return fmt.Errorf("store %s of backup %s: %w", InfoName, b.ID, err)
+	}
+	return nil
 }
 
 // FailBackup removes what backup b stored and records it as failed with

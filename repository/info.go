@@ -17,6 +17,7 @@ type backupInfo struct {
 	SegmentSize   uint64               `json:"segment_size,omitempty"`
 	ID            string               `json:"id"`
 	Kind          string               `json:"kind"`
+	State         string               `json:"state"`
 	Label         string               `json:"label"`
 	StartLSN      walname.LSN          `json:"start_lsn"`
 	StartTLI      walname.TimeLine     `json:"start_tli"`
@@ -36,7 +37,7 @@ type backupInfo struct {
 
 func infoOf(srv catalog.Server, b catalog.Backup) backupInfo {
 	return backupInfo{Version: 1, Server: srv.Name, SystemID: srv.SystemID, SegmentSize: srv.SegmentSize,
-		ID: b.ID, Kind: b.Kind, Label: b.Label, StartLSN: b.StartLSN, StartTLI: b.StartTLI,
+		ID: b.ID, Kind: b.Kind, State: b.State, Label: b.Label, StartLSN: b.StartLSN, StartTLI: b.StartTLI,
 		StopLSN: b.StopLSN, StopTLI: b.StopTLI, StartedAt: b.StartedAt, FinishedAt: b.FinishedAt,
 		OriginalSize: b.OriginalSize, StoredSize: b.StoredSize, Compression: b.Compression, Files: b.Files,
 		BackupLabel: b.BackupLabel, TablespaceMap: b.TablespaceMap, PID: b.PID, Host: b.Host}
@@ -44,7 +45,7 @@ func infoOf(srv catalog.Server, b catalog.Backup) backupInfo {
 
 // row is the catalog row the info describes, for server row serverID.
 func (i backupInfo) row(serverID int64, storedPath string) catalog.Backup {
-	return catalog.Backup{ID: i.ID, ServerID: serverID, Kind: i.Kind, State: catalog.StateDone, Label: i.Label,
+	return catalog.Backup{ID: i.ID, ServerID: serverID, Kind: i.Kind, State: i.State, Label: i.Label,
 		StartLSN: i.StartLSN, StartTLI: i.StartTLI, StopLSN: i.StopLSN, StopTLI: i.StopTLI,
 		StartedAt: i.StartedAt, FinishedAt: i.FinishedAt, OriginalSize: i.OriginalSize, StoredSize: i.StoredSize,
 		Compression: i.Compression, StoredPath: storedPath, Files: i.Files, BackupLabel: i.BackupLabel,

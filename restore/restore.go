@@ -37,6 +37,9 @@ type Result struct {
 	// Signal is recovery.signal or standby.signal.
 	Signal         string   `json:"signal"`
 	RecoveryConfig []string `json:"recovery_settings"`
+	// Cleared is what came with the backup and was taken out: recovery
+	// settings commented out and signal files removed.
+	Cleared Cleared `json:"cleared"`
 }
 
 // Run restores a backup. Every input is checked before anything is written;
@@ -126,16 +129,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		cleanup()
 		return Result{}, fmt.Errorf("restored files of backup %s do not match its manifest: %w", b.ID, err)
 	}
-	if err := o.Settings.Write(o.TargetDir); err != nil {
+	cleared, err := o.Settings.Write(o.TargetDir)
+	if err != nil {
 		cleanup()
 		return Result{}, err
 	}
-	signal := "recovery.signal"
-	if o.Settings.Standby {
-		signal = "standby.signal"
-	}
 	return Result{Backup: b, BackupID: b.ID, TargetDir: o.TargetDir, Tablespaces: tsDirs, Bytes: done,
-		Seconds: time.Since(start).Seconds(), Signal: signal, RecoveryConfig: o.Settings.Lines()}, nil
+		Seconds: time.Since(start).Seconds(), Signal: o.Settings.Signal(), RecoveryConfig: o.Settings.Lines(),
+		Cleared: cleared}, nil
 }
 
 // moved reports whether any tablespace goes elsewhere than its original path.

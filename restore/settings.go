@@ -1,11 +1,17 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/walhub/walhub/storage"
 )
 
 // Settings are the recovery settings written into a restored data directory.
@@ -14,7 +20,8 @@ type Settings struct {
 	RestoreCommand string
 	// Standby writes standby.signal (a standby that follows); otherwise recovery.signal.
 	Standby bool
-	// PrimaryConninfo lets a standby stream once the archive is exhausted.
+	// PrimaryConninfo lets a standby stream once the archive is exhausted;
+	// empty makes an archive-only standby.
 	PrimaryConninfo string
 	// PrimarySlot is primary_slot_name for the standby's streaming.
 	PrimarySlot string
@@ -24,13 +31,24 @@ type Settings struct {
 // quote quotes a value for postgresql.conf.
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// Lines returns the postgresql.auto.conf lines for the settings.
+// Signal is the signal file of the mode asked for.
+func (s Settings) Signal() string {
+	if s.Standby {
+		return "standby.signal"
+	}
+	return "recovery.signal"
+}
+
+// Lines returns the postgresql.auto.conf lines for the settings. A standby
+// always gets primary_conninfo and primary_slot_name, empty when not asked
+// for: postgresql.auto.conf is read last, so an empty value there also
+// overrides one in a configuration file outside the data directory.
 func (s Settings) Lines() []string {
 	lines := []string{"restore_command = " + quote(s.RestoreCommand)}
-	if s.PrimaryConninfo != "" {
+	if s.Standby || s.PrimaryConninfo != "" {
 		lines = append(lines, "primary_conninfo = "+quote(s.PrimaryConninfo))
 	}
-	if s.PrimarySlot != "" {
+	if s.Standby || s.PrimarySlot != "" {
 		lines = append(lines, "primary_slot_name = "+quote(s.PrimarySlot))
 	}
 	t := s.Target
@@ -62,36 +80,179 @@ func (s Settings) Lines() []string {
 	return lines
 }
 
-// Write appends the settings to postgresql.auto.conf (PostgreSQL reads it last,
-// so they win over the copied postgresql.conf) and creates the signal file.
-func (s Settings) Write(dataDir string) error {
+// Cleared is what Write took away from the restored directory: recovery
+// settings and signal files that came with the backup.
+type Cleared struct {
+	// Settings are the lines commented out, as "file:line: text".
+	Settings []string `json:"settings,omitempty"`
+	// SignalFiles are the signal files removed.
+	SignalFiles []string `json:"signal_files,omitempty"`
+	// Unchecked are configuration files included from outside the data
+	// directory: walhub cannot see what they set.
+	Unchecked []string `json:"unchecked_includes,omitempty"`
+}
+
+// Write makes the recovery settings of dataDir exactly s. The settings a
+// backup brings along (a backup of a standby has its primary_conninfo,
+// primary_slot_name, restore_command and standby.signal; any recovery_target*)
+// are commented out with a note in postgresql.conf, postgresql.auto.conf and
+// the files they include from inside dataDir; both signal files are removed;
+// s.Lines() are appended to postgresql.auto.conf and the signal file of the
+// mode asked for is created. Everything is fsynced.
+func (s Settings) Write(dataDir string) (Cleared, error) {
+	var cl Cleared
 	if s.Standby && s.Target.Kind() != "" {
-		return fmt.Errorf("a standby follows to the end of WAL: --standby and a recovery target do not go together")
+		return cl, fmt.Errorf("a standby follows to the end of WAL: --standby and a recovery target do not go together")
+	}
+	stamp := time.Now().UTC().Format(time.RFC3339)
+	seen := map[string]bool{}
+	for _, name := range []string{"postgresql.conf", "postgresql.auto.conf"} {
+		if err := clearConfFile(dataDir, filepath.Join(dataDir, name), stamp, seen, &cl); err != nil {
+			return cl, err
+		}
 	}
 	auto := filepath.Join(dataDir, "postgresql.auto.conf")
-	f, err := os.OpenFile(auto, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("write recovery settings: %w", err)
+	text := fmt.Sprintf("\n# Recovery settings written by walhub restore at %s\n%s\n", stamp, strings.Join(s.Lines(), "\n"))
+	if err := appendSynced(auto, text); err != nil {
+		return cl, fmt.Errorf("write recovery settings: %w", err)
 	}
-	text := fmt.Sprintf("\n# Recovery settings written by walhub restore at %s\n%s\n",
-		time.Now().UTC().Format(time.RFC3339), strings.Join(s.Lines(), "\n"))
+	for _, name := range []string{"standby.signal", "recovery.signal"} {
+		err := os.Remove(filepath.Join(dataDir, name))
+		if err == nil {
+			cl.SignalFiles = append(cl.SignalFiles, name)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return cl, fmt.Errorf("remove %s: %w", name, err)
+		}
+	}
+	signal := filepath.Join(dataDir, s.Signal())
+	if err := os.WriteFile(signal, nil, 0o600); err != nil {
+		return cl, fmt.Errorf("write %s: %w", s.Signal(), err)
+	}
+	if err := syncFile(signal); err != nil {
+		return cl, err
+	}
+	return cl, storage.SyncDir(dataDir)
+}
+
+// recoverySetting matches a line that sets a recovery setting a restore must
+// not inherit; group 1 is the name.
+var recoverySetting = regexp.MustCompile(`(?i)^\s*(primary_conninfo|primary_slot_name|restore_command|recovery_target[a-z_]*)\s*(=|\s)`)
+
+// includeLine matches include, include_if_exists and include_dir directives;
+// group 1 is the directive, group 2 the quoted or bare path.
+var includeLine = regexp.MustCompile(`(?i)^\s*(include_dir|include_if_exists|include)\s*=?\s*('(?:[^']|'')*'|\S+)`)
+
+// clearConfFile comments out the recovery settings of one configuration file
+// (rewritten durably only when something changes) and follows its includes.
+func clearConfFile(dataDir, file, stamp string, seen map[string]bool, cl *Cleared) error {
+	if seen[file] {
+		return nil
+	}
+	seen[file] = true
+	data, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", file, err)
+	}
+	rel, _ := filepath.Rel(dataDir, file)
+	lines := strings.Split(string(data), "\n")
+	changed := false
+	var includes []string
+	for i, l := range lines {
+		if m := includeLine.FindStringSubmatch(l); m != nil {
+			p := strings.ReplaceAll(strings.Trim(m[2], "'"), "''", "'")
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(filepath.Dir(file), p)
+			}
+			p = filepath.Clean(p)
+			if r, err := filepath.Rel(dataDir, p); err != nil || r == ".." || strings.HasPrefix(r, "../") {
+				cl.Unchecked = append(cl.Unchecked, fmt.Sprintf("%s:%d: %s", rel, i+1, strings.TrimSpace(l)))
+				continue
+			}
+			if strings.EqualFold(m[1], "include_dir") {
+				entries, _ := os.ReadDir(p)
+				for _, e := range entries {
+					if !e.IsDir() && strings.HasSuffix(e.Name(), ".conf") && !strings.HasPrefix(e.Name(), ".") {
+						includes = append(includes, filepath.Join(p, e.Name()))
+					}
+				}
+			} else {
+				includes = append(includes, p)
+			}
+			continue
+		}
+		if recoverySetting.MatchString(l) {
+			cl.Settings = append(cl.Settings, fmt.Sprintf("%s:%d: %s", rel, i+1, strings.TrimSpace(l)))
+			lines[i] = "#" + l + "  # commented out by walhub restore at " + stamp + ": it came with the backup"
+			changed = true
+		}
+	}
+	if changed {
+		if err := rewriteSynced(file, []byte(strings.Join(lines, "\n"))); err != nil {
+			return err
+		}
+	}
+	for _, inc := range includes {
+		if err := clearConfFile(dataDir, inc, stamp, seen, cl); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rewriteSynced replaces file durably, keeping its mode and owner.
+func rewriteSynced(file string, data []byte) error {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	f, err := storage.CreateTemp(file)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Abort()
+		return fmt.Errorf("rewrite %s: %w", file, err)
+	}
+	if err := f.Chmod(fi.Mode().Perm()); err != nil {
+		f.Abort()
+		return fmt.Errorf("rewrite %s: %w", file, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid()) {
+		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+			f.Abort()
+			return fmt.Errorf("rewrite %s: keep its owner: %w", file, err)
+		}
+	}
+	return f.Commit()
+}
+
+func appendSynced(file, text string) error {
+	f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
 	if _, err := f.WriteString(text); err != nil {
 		f.Close()
-		return fmt.Errorf("write recovery settings: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("write recovery settings: %w", err)
+		return err
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write recovery settings: %w", err)
+	return f.Close()
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
 	}
-	signal := "recovery.signal"
-	if s.Standby {
-		signal = "standby.signal"
-	}
-	if err := os.WriteFile(filepath.Join(dataDir, signal), nil, 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", signal, err)
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
 }

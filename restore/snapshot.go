@@ -14,20 +14,21 @@ import (
 // snapshot (copied between walhub snapshot start and stop) ready to start: it
 // writes the backup_label and tablespace_map that pg_backup_stop returned,
 // removes what must not come from a running server's copy (postmaster.pid and
-// .opts, WAL in pg_wal, replication slots), and writes the recovery settings.
-func FinishSnapshot(ctx context.Context, src Source, id, dir string, s Settings) (catalog.Backup, error) {
+// .opts, WAL in pg_wal, replication slots), and writes the recovery settings
+// (Settings.Write, which also clears those the copy brought along).
+func FinishSnapshot(ctx context.Context, src Source, id, dir string, s Settings) (catalog.Backup, Cleared, error) {
 	if err := s.Target.Validate(); err != nil {
-		return catalog.Backup{}, err
+		return catalog.Backup{}, Cleared{}, err
 	}
 	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
-		return catalog.Backup{}, fmt.Errorf("--snapshot-dir %s does not look like a copied data directory (no PG_VERSION): %w", dir, err)
+		return catalog.Backup{}, Cleared{}, fmt.Errorf("--snapshot-dir %s does not look like a copied data directory (no PG_VERSION): %w", dir, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "backup_label")); err == nil {
-		return catalog.Backup{}, fmt.Errorf("%s already has a backup_label: was it finished already?", dir)
+		return catalog.Backup{}, Cleared{}, fmt.Errorf("%s already has a backup_label: was it finished already?", dir)
 	}
 	backups, err := src.Backups(ctx)
 	if err != nil {
-		return catalog.Backup{}, err
+		return catalog.Backup{}, Cleared{}, err
 	}
 	var snaps []catalog.Backup
 	for _, b := range backups {
@@ -37,31 +38,32 @@ func FinishSnapshot(ctx context.Context, src Source, id, dir string, s Settings)
 	}
 	b, err := ChooseBackup(snaps, id, s.Target)
 	if err != nil {
-		return catalog.Backup{}, fmt.Errorf("snapshot: %w", err)
+		return catalog.Backup{}, Cleared{}, fmt.Errorf("snapshot: %w", err)
 	}
 	if b.BackupLabel == "" {
-		return catalog.Backup{}, fmt.Errorf("snapshot %s has no backup_label recorded", b.ID)
+		return catalog.Backup{}, Cleared{}, fmt.Errorf("snapshot %s has no backup_label recorded", b.ID)
 	}
-	for _, name := range []string{"postmaster.pid", "postmaster.opts", "recovery.signal", "standby.signal"} {
+	for _, name := range []string{"postmaster.pid", "postmaster.opts"} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return catalog.Backup{}, err
+			return catalog.Backup{}, Cleared{}, err
 		}
 	}
 	for _, sub := range []string{"pg_wal", "pg_replslot"} {
 		clearDir(filepath.Join(dir, sub))
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "pg_wal", "archive_status"), 0o700); err != nil {
-		return catalog.Backup{}, err
+		return catalog.Backup{}, Cleared{}, err
 	}
 	if err := writeSynced(filepath.Join(dir, "backup_label"), b.BackupLabel); err != nil {
-		return catalog.Backup{}, err
+		return catalog.Backup{}, Cleared{}, err
 	}
 	if b.TablespaceMap != "" {
 		if err := writeSynced(filepath.Join(dir, "tablespace_map"), b.TablespaceMap); err != nil {
-			return catalog.Backup{}, err
+			return catalog.Backup{}, Cleared{}, err
 		}
 	}
-	return b, s.Write(dir)
+	cleared, err := s.Write(dir)
+	return b, cleared, err
 }
 
 func writeSynced(path, content string) error {

@@ -95,7 +95,7 @@ func TestParseTime(t *testing.T) {
 func TestSettingsWrite(t *testing.T) {
 	dir := t.TempDir()
 	s := Settings{RestoreCommand: "walfetch --server 'main' %f %p", Target: Target{Name: "before_drop", Action: "promote"}}
-	if err := s.Write(dir); err != nil {
+	if _, err := s.Write(dir); err != nil {
 		t.Fatal(err)
 	}
 	conf, _ := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
@@ -108,7 +108,7 @@ func TestSettingsWrite(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil {
 		t.Error("no recovery.signal")
 	}
-	if err := (Settings{Standby: true, Target: Target{Immediate: true}}).Write(t.TempDir()); err == nil {
+	if _, err := (Settings{Standby: true, Target: Target{Immediate: true}}).Write(t.TempDir()); err == nil {
 		t.Error("standby with a target accepted")
 	}
 }

@@ -93,6 +93,8 @@ func Decide(r config.Retention, backups []catalog.Backup, now time.Time, segSize
 		switch b.State {
 		case catalog.StateRunning:
 			v.Keep, v.Why = true, "running"
+		case catalog.StateWaitingWAL:
+			v.Keep, v.Why = true, "waiting for its WAL"
 		case catalog.StateFailed:
 			if newestDone.IsZero() {
 				v.Keep, v.Why = true, "failed, kept until a newer backup succeeds"

@@ -56,6 +56,8 @@ func TestDecide(t *testing.T) {
 			daily(3, map[int]string{2: catalog.StateFailed}), "b1 b2 ", 20},
 		{"running always kept", config.Retention{Redundancy: 1, MinRedundancy: 1},
 			daily(3, map[int]string{2: catalog.StateRunning}), "b1 b2 ", 20},
+		{"waiting for WAL kept, not counted", config.Retention{Redundancy: 1, MinRedundancy: 1},
+			daily(3, map[int]string{2: catalog.StateWaitingWAL}), "b1 b2 ", 20},
 		{"window 2d keeps the one before it", config.Retention{Window: config.Duration{Duration: 48 * time.Hour}, MinRedundancy: 1},
 			daily(5, nil), "b2 b3 b4 ", 30},
 		{"min redundancy wins over a short window", config.Retention{Window: config.Duration{Duration: time.Hour}, MinRedundancy: 3},

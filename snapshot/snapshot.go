@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -58,6 +59,20 @@ type Manager struct {
 
 	mu      sync.Mutex
 	running map[string]*session
+	// reloaded is the configuration put in force by SetConfig, if any.
+	reloaded atomic.Pointer[config.Config]
+}
+
+// SetConfig puts a reloaded configuration in force for the snapshots started
+// and stopped after it. A running snapshot keeps the timeout it started with.
+func (m *Manager) SetConfig(cfg *config.Config) { m.reloaded.Store(cfg) }
+
+// config is the configuration in force.
+func (m *Manager) config() *config.Config {
+	if cfg := m.reloaded.Load(); cfg != nil {
+		return cfg
+	}
+	return m.Config
 }
 
 type session struct {
@@ -104,7 +119,7 @@ func (m *Manager) FailInterrupted(ctx context.Context) error {
 
 // Start runs pg_backup_start in a session the manager keeps open.
 func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (api.SnapshotStarted, error) {
-	srv, err := m.Config.Server(server)
+	srv, err := m.config().Server(server)
 	if err != nil {
 		return api.SnapshotStarted{}, err
 	}
@@ -194,7 +209,7 @@ func (m *Manager) abandon(server string, s *session, timeout time.Duration) {
 // and tablespace_map in the catalog, and waits until the hub holds the WAL up
 // to the stop LSN.
 func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped, error) {
-	srv, err := m.Config.Server(server)
+	srv, err := m.config().Server(server)
 	if err != nil {
 		return api.SnapshotStopped{}, err
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -66,6 +68,18 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 				b.Fatal(err)
 			}
 			cat.Close()
+		}
+	})
+	// A Prometheus scrape of /metrics: the document, the checks and their
+	// metrics (the replication probe is reused between scrapes, as in the daemon).
+	b.Run("metrics_scrape", func(b *testing.B) {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(&Collector{Source: src})
+		for i := 0; i < b.N; i++ {
+			families, err := reg.Gather()
+			if err != nil || len(families) < 20 {
+				b.Fatalf("%d families, %v", len(families), err)
+			}
 		}
 	})
 	var holes []catalog.Segment

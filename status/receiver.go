@@ -58,6 +58,12 @@ func staleAfter(srv *config.Server) time.Duration {
 	return 3 * srv.StatusInterval.Duration
 }
 
+// ReadReceiver judges the receiver of srv now, from its state file in the
+// working area.
+func ReadReceiver(work *storage.WorkArea, srv *config.Server) Receiver {
+	return readReceiver(work, srv, time.Now())
+}
+
 func readReceiver(work *storage.WorkArea, srv *config.Server, now time.Time) Receiver {
 	r := Receiver{StaleAfterSeconds: staleAfter(srv).Seconds()}
 	st, err := stream.ReadState(work, srv.Name)

@@ -67,6 +67,8 @@ type Backups struct {
 	Count   int `json:"count"`
 	Failed  int `json:"failed"`
 	Running int `json:"running"`
+	// WaitingWAL counts backups copied whose WAL has not reached the hub yet.
+	WaitingWAL int `json:"waiting_wal"`
 	// Size and StoredSize add up the done backups.
 	Size       int64 `json:"size"`
 	StoredSize int64 `json:"stored_size"`
@@ -141,6 +143,8 @@ func (s Source) fromCatalog(ctx context.Context, srv *config.Server, now time.Ti
 			doc.Backups.FailedSinceLast++
 		case catalog.StateRunning:
 			doc.Backups.Running++
+		case catalog.StateWaitingWAL:
+			doc.Backups.WaitingWAL++
 		}
 	}
 

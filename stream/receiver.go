@@ -152,10 +152,16 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}()
 
 	backoff := minBackoff
-	for {
+	for first := true; ; first = false {
+		if !first && r.m != nil {
+			r.m.reconnects.Inc()
+		}
 		streamed, err := r.session(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if r.m != nil && err != nil {
+			r.m.errors.Inc()
 		}
 		if streamed {
 			backoff = minBackoff

@@ -50,9 +50,9 @@ func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
 	pg.WaitFor(30*time.Second, "the slot to reach the final flush position", func() bool {
 		return pg.SlotRestartLSN(srv.Slot) == st.FlushedLSN
 	})
-	segments := metricValue(t, reg, "walhub_segments_received_total", "main")
-	flushed := metricValue(t, reg, "walhub_flushed_lsn_bytes", "main")
-	if segments < 20 || walname.LSN(flushed) < end || metricValue(t, reg, "walhub_wal_received_bytes_total", "main") == 0 {
+	segments := metricValue(t, reg, "walhub_receiver_segments_total", "main")
+	flushed := metricValue(t, reg, "walhub_receiver_durable_lsn_bytes", "main")
+	if segments < 20 || walname.LSN(flushed) < end || metricValue(t, reg, "walhub_receiver_wal_bytes_total", "main") == 0 {
 		t.Errorf("metrics: %v segments, flushed %s", segments, walname.LSN(flushed))
 	}
 	first, last := checkTimeLine(t, tr, "main", 1)

@@ -64,6 +64,14 @@ type site struct {
 func newSite(t *testing.T, opts pgtest.Options) *site {
 	t.Helper()
 	p := pgtest.NewPrimary(t, "primary", opts)
+	return newSiteOn(t, p, p)
+}
+
+// newSiteOn starts a walhub serve process whose server "main" is source (the
+// primary p, or one of its standbys: the hub then streams from and backs up
+// that standby); s.primary is p, where writes and WAL switches go.
+func newSiteOn(t *testing.T, p, source *pgtest.Cluster) *site {
+	t.Helper()
 	s := &site{t: t, primary: p, dir: pgtest.TempDir(t, "site")}
 	s.repo = filepath.Join(s.dir, "repo")
 	port := pgtest.FreePort(t)
@@ -79,7 +87,7 @@ name = "main"
 conninfo = %q
 [server.backup]
 wal_timeout = "2m"
-`, s.repo, port, p.ConnString(""))
+`, s.repo, port, source.ConnString(""))
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

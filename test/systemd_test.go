@@ -57,7 +57,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 // edit cannot drop one silently.
 func TestSystemdUnitsHardening(t *testing.T) {
 	want := map[string][]string{
-		"walhub.service": {"User=walhub", "Restart=on-failure", "ProtectSystem=strict", "ReadWritePaths=/var/lib/walhub",
+		"walhub.service": {"User=walhub", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "ProtectSystem=strict", "ReadWritePaths=/var/lib/walhub",
 			"NoNewPrivileges=yes", "PrivateTmp=yes", "ProtectHome=yes", "CapabilityBoundingSet=\n"},
 		"walhub-backup.service": {"Type=oneshot", "User=walhub", "ProtectSystem=strict", "NoNewPrivileges=yes"},
 		"walhub-backup.timer":   {"OnCalendar=daily", "Persistent=true", "RandomizedDelaySec="},

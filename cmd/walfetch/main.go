@@ -10,24 +10,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/version"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
-)
-
-// Exit statuses. PostgreSQL reads 0 as "restored", 1..125 as "not available"
-// (normal: it tries elsewhere, or ends recovery), and above 125, or death by
-// a signal, as a reason to stop with FATAL.
-const (
-	exitServed       = 0
-	exitNotAvailable = 1
-	// exitStopRecovery is used only during point-in-time recovery, on purpose:
-	// it makes PostgreSQL stop rather than end recovery early at the wrong point.
-	exitStopRecovery = 255
 )
 
 const usage = `walfetch fetches WAL from a walhub hub for PostgreSQL: a restore_command.
@@ -41,6 +29,7 @@ Usage:
 Settings (flag, environment variable, key in the config file):
 OPTIONS
   --config FILE         WALFETCH_CONFIG   (default ` + DefaultConfigPath + ` if it exists)
+  --version             print the version, commit and Go release, and exit
 
   Flags override the environment, which overrides the config file, e.g.
     url = "https://walhub.example:7480"
@@ -90,8 +79,12 @@ Examples:
 `
 
 func main() {
-	if len(os.Args) == 2 && os.Args[1] == "--run-prefetcher" {
-		os.Exit(runPrefetcher())
+	if len(os.Args) == 2 && os.Args[1] == walfetch.PrefetcherArg {
+		os.Exit(walfetch.RunPrefetcher())
+	}
+	if len(os.Args) == 2 && os.Args[1] == "--version" {
+		fmt.Println(version.Get().String("walfetch"))
+		os.Exit(0)
 	}
 	os.Exit(run(os.Args[1:]))
 }
@@ -104,55 +97,29 @@ func printUsage() {
 	fmt.Fprint(os.Stdout, strings.Replace(usage, "OPTIONS\n", opts, 1))
 }
 
-// mode is how PostgreSQL is recovering, read from the signal files in the
-// data directory (standby.signal wins when both exist, as in PostgreSQL).
-type mode int
-
-const (
-	modeStandby mode = iota // standby.signal, or called by hand
-	modePITR                // recovery.signal only: an early "not available" ends recovery
-)
-
-// failStatus is the exit status for "could not serve, and not because the hub
-// lacks the file": a plain miss on a standby, a stop during point-in-time recovery.
-func failStatus(m mode) int {
-	if m == modePITR {
-		return exitStopRecovery
-	}
-	return exitNotAvailable
-}
-
-func recoveryMode() mode {
-	if _, err := os.Stat("standby.signal"); err == nil {
-		return modeStandby
-	}
-	if _, err := os.Stat("recovery.signal"); err == nil {
-		return modePITR
-	}
-	return modeStandby
-}
-
+// run returns walfetch's exit status: that of walfetch.Result, the contract
+// with PostgreSQL (0 restored, 1..125 not available, above 125 FATAL).
 func run(args []string) int {
-	m := recoveryMode()
+	m := walfetch.RecoveryMode()
 	s, pos, err := loadSettings(args, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		printUsage()
-		return exitServed
+		return 0
 	}
 	if err == nil && len(pos) != 2 {
 		err = errors.New("want two arguments, %f and %p (see walfetch --help)")
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
-		return failStatus(m)
+		return int(walfetch.Fail(m))
 	}
 	name, dst := pos[0], pos[1]
 	if _, err := walname.Parse(name); err != nil {
 		fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
-		return failStatus(m)
+		return int(walfetch.Fail(m))
 	}
 
-	temps := newTempFiles()
+	temps := walfetch.NewTempFiles()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 1)
@@ -160,100 +127,9 @@ func run(args []string) int {
 	go func() {
 		sig := <-sigs
 		cancel()
-		temps.removeAll()
+		temps.RemoveAll()
 		fmt.Fprintf(os.Stderr, "walfetch: %s: %v received, %s not restored\n", name, sig, name)
-		os.Exit(failStatus(m))
+		os.Exit(int(walfetch.Fail(m)))
 	}()
-	return serve(ctx, s, m, name, dst, temps)
-}
-
-// serve puts name at dst and returns the exit status.
-func serve(ctx context.Context, s settings, m mode, name, dst string, temps *tempFiles) int {
-	n, _ := walname.Parse(name)
-	var sp *spoolDir
-	if n.Kind == walname.KindSegment {
-		sp = openSpool(s)
-	}
-	if sp != nil {
-		hit, err := sp.take(name, dst)
-		if err == nil && !hit && sp.waitInProgress(name, 5*time.Second, s.Timeout) {
-			hit, err = sp.take(name, dst)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
-		}
-		if hit {
-			sp.poke(s, name, os.Stderr)
-			return exitServed
-		}
-	}
-
-	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Token: s.Token, CAFile: s.CAFile,
-		Timeout: s.Timeout, MaxConns: 1, UserAgent: "walfetch"})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
-		return failStatus(m)
-	}
-	defer c.Close()
-	var systemID uint64
-	if sp != nil {
-		systemID = sp.systemID
-	} else if id, err := controlSystemID("global/pg_control"); err == nil {
-		systemID = id
-	}
-
-	removeStaleTemps(filepath.Dir(dst))
-	start := time.Now()
-	corrupt := 0
-	for attempt := 1; ; attempt++ {
-		// The client bounds the wait for headers; this bounds a body that stalls.
-		reqCtx, reqCancel := context.WithTimeout(ctx, 4*s.Timeout)
-		tmp, err := fetchInto(reqCtx, c, name, filepath.Dir(dst), systemID, temps)
-		reqCancel()
-		if err == nil {
-			if err := install(tmp, dst, temps); err != nil {
-				fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
-				return failStatus(m)
-			}
-			if sp != nil {
-				sp.poke(s, name, os.Stderr)
-			}
-			return exitServed
-		}
-		switch {
-		case errors.Is(err, client.ErrNotFound):
-			return exitNotAvailable
-		case m == modeStandby:
-			fmt.Fprintf(os.Stderr, "walfetch: %s not restored: %v\n", name, err)
-			return exitNotAvailable
-		case errors.Is(err, client.ErrUnknownServer), errors.Is(err, client.ErrRefused):
-			fmt.Fprintf(os.Stderr, "walfetch: stopping point-in-time recovery: %s: %v\n"+
-				"walfetch: (exit status %d on purpose: \"not available\" would end recovery early; fix the settings and start PostgreSQL again)\n",
-				name, err, exitStopRecovery)
-			return exitStopRecovery
-		case errors.Is(err, client.ErrCorrupt):
-			corrupt++
-			if corrupt >= 3 {
-				fmt.Fprintf(os.Stderr, "walfetch: stopping point-in-time recovery: %s fails verification %d times in a row: %v\n"+
-					"walfetch: (exit status %d on purpose: the segment is not handed to PostgreSQL, and \"not available\" would end recovery early)\n",
-					name, corrupt, err, exitStopRecovery)
-				return exitStopRecovery
-			}
-		}
-		if time.Since(start) >= s.PITRRetry {
-			fmt.Fprintf(os.Stderr, "walfetch: stopping point-in-time recovery: the hub at %s has not delivered %s for %s (%v)\n"+
-				"walfetch: (exit status %d on purpose: \"not available\" would make PostgreSQL end recovery and promote at the wrong point;\n"+
-				"walfetch:  start PostgreSQL again once the hub is back, recovery resumes where it stopped)\n",
-				s.URL, name, time.Since(start).Round(time.Second), err, exitStopRecovery)
-			return exitStopRecovery
-		}
-		wait := min(time.Duration(attempt)*time.Second, 10*time.Second)
-		fmt.Fprintf(os.Stderr, "walfetch: %s: %v; point-in-time recovery must not end early, retrying in %s (gives up after %s)\n",
-			name, err, wait, s.PITRRetry)
-		select {
-		case <-ctx.Done():
-			return exitStopRecovery
-		case <-time.After(wait):
-		}
-	}
+	return int(walfetch.Serve(ctx, s, m, name, dst, temps, os.Stderr))
 }

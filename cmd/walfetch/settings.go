@@ -11,49 +11,34 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/walhub/walhub/walfetch"
 )
 
 // DefaultConfigPath is read when it exists and no other file is named.
 const DefaultConfigPath = "/etc/walhub/walfetch.toml"
 
-// settings is everything walfetch is told, from flags, environment and the
-// config file (in that order of precedence), then defaults.
-type settings struct {
-	URL       string        `toml:"url" json:"url"`
-	Server    string        `toml:"server" json:"server"`
-	Token     string        `toml:"token" json:"token"`
-	TokenFile string        `toml:"token_file" json:"token_file"`
-	CAFile    string        `toml:"ca_file" json:"ca_file"`
-	Spool     string        `toml:"spool" json:"spool"`
-	Prefetch  int           `toml:"prefetch" json:"prefetch"`
-	Parallel  int           `toml:"parallel" json:"parallel"`
-	SpoolMax  int64         `toml:"spool_max_mb" json:"spool_max_mb"`
-	Timeout   time.Duration `toml:"-" json:"timeout"`
-	PITRRetry time.Duration `toml:"-" json:"pitr_retry"`
-	IdleExit  time.Duration `toml:"-" json:"idle_exit"`
-}
-
 // fileSettings is the config file's shape: durations as text.
 type fileSettings struct {
-	settings
+	walfetch.Settings
 	Timeout   string `toml:"timeout"`
 	PITRRetry string `toml:"pitr_retry"`
 	IdleExit  string `toml:"idle_exit"`
 }
 
-func defaults() settings {
-	return settings{Spool: "pg_wal/walfetch-spool", Prefetch: 16, Parallel: 4, SpoolMax: 1024,
+func defaults() walfetch.Settings {
+	return walfetch.Settings{Spool: "pg_wal/walfetch-spool", Prefetch: 16, Parallel: 4, SpoolMax: 1024,
 		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute}
 }
 
 // option describes one setting once, for flags, environment and file.
 type option struct {
 	name, env, help string
-	set             func(s *settings, v string) error
+	set             func(s *walfetch.Settings, v string) error
 }
 
-func durationSetter(p func(*settings) *time.Duration) func(*settings, string) error {
-	return func(s *settings, v string) error {
+func durationSetter(p func(*walfetch.Settings) *time.Duration) func(*walfetch.Settings, string) error {
+	return func(s *walfetch.Settings, v string) error {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
 			return fmt.Errorf("invalid duration %q (e.g. 30s, 10m)", v)
@@ -63,8 +48,8 @@ func durationSetter(p func(*settings) *time.Duration) func(*settings, string) er
 	}
 }
 
-func intSetter(p func(*settings) *int, lo, hi int) func(*settings, string) error {
-	return func(s *settings, v string) error {
+func intSetter(p func(*walfetch.Settings) *int, lo, hi int) func(*walfetch.Settings, string) error {
+	return func(s *walfetch.Settings, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < lo || n > hi {
 			return fmt.Errorf("%q is not a number from %d to %d", v, lo, hi)
@@ -75,15 +60,15 @@ func intSetter(p func(*settings) *int, lo, hi int) func(*settings, string) error
 }
 
 var options = []option{
-	{"url", "WALFETCH_URL", "hub URL, e.g. https://walhub.example:7480", func(s *settings, v string) error { s.URL = v; return nil }},
-	{"server", "WALFETCH_SERVER", "server name in the hub", func(s *settings, v string) error { s.Server = v; return nil }},
-	{"token", "WALFETCH_TOKEN", "read token (prefer token_file or the environment: a token on the command line shows in ps and pg_settings)", func(s *settings, v string) error { s.Token = v; return nil }},
-	{"token-file", "WALFETCH_TOKEN_FILE", "file holding the read token", func(s *settings, v string) error { s.TokenFile = v; return nil }},
-	{"ca-file", "WALFETCH_CA_FILE", "PEM certificate authorities to trust for https", func(s *settings, v string) error { s.CAFile = v; return nil }},
-	{"spool", "WALFETCH_SPOOL", "prefetch spool directory, relative to the data directory; must be on the file system of pg_wal", func(s *settings, v string) error { s.Spool = v; return nil }},
-	{"prefetch", "WALFETCH_PREFETCH", "segments to keep downloaded ahead of recovery; 0 turns prefetching off", intSetter(func(s *settings) *int { return &s.Prefetch }, 0, 1024)},
-	{"parallel", "WALFETCH_PARALLEL", "parallel downloads of the prefetcher", intSetter(func(s *settings) *int { return &s.Parallel }, 1, 64)},
-	{"spool-max-mb", "WALFETCH_SPOOL_MAX_MB", "most MiB the spool may hold", func(s *settings, v string) error {
+	{"url", "WALFETCH_URL", "hub URL, e.g. https://walhub.example:7480", func(s *walfetch.Settings, v string) error { s.URL = v; return nil }},
+	{"server", "WALFETCH_SERVER", "server name in the hub", func(s *walfetch.Settings, v string) error { s.Server = v; return nil }},
+	{"token", "WALFETCH_TOKEN", "read token (prefer token_file or the environment: a token on the command line shows in ps and pg_settings)", func(s *walfetch.Settings, v string) error { s.Token = v; return nil }},
+	{"token-file", "WALFETCH_TOKEN_FILE", "file holding the read token", func(s *walfetch.Settings, v string) error { s.TokenFile = v; return nil }},
+	{"ca-file", "WALFETCH_CA_FILE", "PEM certificate authorities to trust for https", func(s *walfetch.Settings, v string) error { s.CAFile = v; return nil }},
+	{"spool", "WALFETCH_SPOOL", "prefetch spool directory, relative to the data directory; must be on the file system of pg_wal", func(s *walfetch.Settings, v string) error { s.Spool = v; return nil }},
+	{"prefetch", "WALFETCH_PREFETCH", "segments to keep downloaded ahead of recovery; 0 turns prefetching off", intSetter(func(s *walfetch.Settings) *int { return &s.Prefetch }, 0, 1024)},
+	{"parallel", "WALFETCH_PARALLEL", "parallel downloads of the prefetcher", intSetter(func(s *walfetch.Settings) *int { return &s.Parallel }, 1, 64)},
+	{"spool-max-mb", "WALFETCH_SPOOL_MAX_MB", "most MiB the spool may hold", func(s *walfetch.Settings, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1 {
 			return fmt.Errorf("%q is not a positive number of MiB", v)
@@ -91,14 +76,14 @@ var options = []option{
 		s.SpoolMax = n
 		return nil
 	}},
-	{"timeout", "WALFETCH_TIMEOUT", "how long one request may wait for the hub", durationSetter(func(s *settings) *time.Duration { return &s.Timeout })},
-	{"pitr-retry", "WALFETCH_PITR_RETRY", "point-in-time recovery only: how long to retry an unreachable hub before stopping recovery", durationSetter(func(s *settings) *time.Duration { return &s.PITRRetry })},
-	{"idle-exit", "WALFETCH_IDLE_EXIT", "the prefetcher exits after this long without a request", durationSetter(func(s *settings) *time.Duration { return &s.IdleExit })},
+	{"timeout", "WALFETCH_TIMEOUT", "how long one request may wait for the hub", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.Timeout })},
+	{"pitr-retry", "WALFETCH_PITR_RETRY", "point-in-time recovery only: how long to retry an unreachable hub before stopping recovery", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.PITRRetry })},
+	{"idle-exit", "WALFETCH_IDLE_EXIT", "the prefetcher exits after this long without a request", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.IdleExit })},
 }
 
 // loadSettings resolves settings from args (flags), the environment and the
 // config file, and returns the positional arguments.
-func loadSettings(args []string, stderr io.Writer) (settings, []string, error) {
+func loadSettings(args []string, stderr io.Writer) (walfetch.Settings, []string, error) {
 	fs := flag.NewFlagSet("walfetch", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
@@ -110,10 +95,10 @@ func loadSettings(args []string, stderr io.Writer) (settings, []string, error) {
 	help := fs.Bool("help", false, "show help")
 	fs.BoolVar(help, "h", false, "show help")
 	if err := fs.Parse(args); err != nil {
-		return settings{}, nil, err
+		return walfetch.Settings{}, nil, err
 	}
 	if *help {
-		return settings{}, nil, flag.ErrHelp
+		return walfetch.Settings{}, nil, flag.ErrHelp
 	}
 	s := defaults()
 	path, explicit := *configPath, *configPath != ""
@@ -122,13 +107,13 @@ func loadSettings(args []string, stderr io.Writer) (settings, []string, error) {
 			path = DefaultConfigPath
 		}
 	}
-	if err := s.readFile(path, explicit); err != nil {
-		return settings{}, nil, err
+	if err := readFile(&s, path, explicit); err != nil {
+		return walfetch.Settings{}, nil, err
 	}
 	for _, o := range options {
 		if v, ok := os.LookupEnv(o.env); ok && v != "" {
 			if err := o.set(&s, v); err != nil {
-				return settings{}, nil, fmt.Errorf("%s: %w", o.env, err)
+				return walfetch.Settings{}, nil, fmt.Errorf("%s: %w", o.env, err)
 			}
 		}
 	}
@@ -137,25 +122,25 @@ func loadSettings(args []string, stderr io.Writer) (settings, []string, error) {
 	for _, o := range options {
 		if explicitFlags[o.name] {
 			if err := o.set(&s, *flagVals[o.name]); err != nil {
-				return settings{}, nil, fmt.Errorf("--%s: %w", o.name, err)
+				return walfetch.Settings{}, nil, fmt.Errorf("--%s: %w", o.name, err)
 			}
 		}
 	}
 	if s.Token == "" && s.TokenFile != "" {
 		b, err := os.ReadFile(s.TokenFile)
 		if err != nil {
-			return settings{}, nil, fmt.Errorf("token file: %w", err)
+			return walfetch.Settings{}, nil, fmt.Errorf("token file: %w", err)
 		}
 		s.Token = strings.TrimSpace(string(b))
 	}
 	if s.URL == "" || s.Server == "" {
-		return settings{}, nil, errors.New("the hub URL and the server name are required (--url and --server, WALFETCH_URL and WALFETCH_SERVER, or url and server in " + DefaultConfigPath + ")")
+		return walfetch.Settings{}, nil, errors.New("the hub URL and the server name are required (--url and --server, WALFETCH_URL and WALFETCH_SERVER, or url and server in " + DefaultConfigPath + ")")
 	}
 	return s, fs.Args(), nil
 }
 
 // readFile reads the TOML config file; a missing default file is fine.
-func (s *settings) readFile(path string, explicit bool) error {
+func readFile(s *walfetch.Settings, path string, explicit bool) error {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) && !explicit {
 		return nil
@@ -163,7 +148,7 @@ func (s *settings) readFile(path string, explicit bool) error {
 	if err != nil {
 		return fmt.Errorf("config file: %w", err)
 	}
-	fsett := fileSettings{settings: *s}
+	fsett := fileSettings{Settings: *s}
 	md, err := toml.Decode(string(data), &fsett)
 	if err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
@@ -171,7 +156,7 @@ func (s *settings) readFile(path string, explicit bool) error {
 	if und := md.Undecoded(); len(und) > 0 {
 		return fmt.Errorf("config file %s: unknown key %s", path, und[0])
 	}
-	*s = fsett.settings
+	*s = fsett.Settings
 	for _, d := range []struct {
 		key string
 		v   string

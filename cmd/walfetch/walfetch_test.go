@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
+	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
@@ -64,13 +64,7 @@ func fakeSegment(tli walname.TimeLine, segno walname.SegNo) []byte {
 			b[j] = byte(r.Uint32())
 		}
 	}
-	binary.NativeEndian.PutUint16(b[0:], 0xD110)
-	binary.NativeEndian.PutUint16(b[2:], 0x0002)
-	binary.NativeEndian.PutUint32(b[4:], uint32(tli))
-	binary.NativeEndian.PutUint64(b[8:], uint64(walname.SegmentStart(segno, testSegSize)))
-	binary.NativeEndian.PutUint64(b[24:], testSystemID)
-	binary.NativeEndian.PutUint32(b[32:], testSegSize)
-	binary.NativeEndian.PutUint32(b[36:], 8192)
+	pgfile.NewSegmentHeader(tli, segno, testSegSize, testSystemID).Put(b)
 	return b
 }
 
@@ -148,7 +142,7 @@ func dataDir(t *testing.T, signal string, withControl bool) string {
 	os.MkdirAll(filepath.Join(dir, "global"), 0o700)
 	if withControl {
 		var b [8192]byte
-		binary.NativeEndian.PutUint64(b[:], testSystemID)
+		pgfile.PutControlSystemID(b[:], testSystemID)
 		if err := os.WriteFile(filepath.Join(dir, "global", "pg_control"), b[:], 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -304,7 +298,7 @@ func TestSegmentOfAnotherClusterRefused(t *testing.T) {
 	h := newTestHub(t, 2)
 	dir := dataDir(t, "standby.signal", false)
 	var b [8]byte
-	binary.NativeEndian.PutUint64(b[:], 12345)
+	pgfile.PutControlSystemID(b[:], 12345)
 	os.WriteFile(filepath.Join(dir, "global", "pg_control"), b[:], 0o600)
 	code, stderr := runWalfetch(t, dir, hubArgs(h, "--prefetch", "0", walname.SegmentName(1, 1, testSegSize), "pg_wal/RECOVERYXLOG")...)
 	if code != 1 || !strings.Contains(stderr, "database system") {
@@ -389,36 +383,6 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 	for path, n := range h.gets {
 		if strings.HasSuffix(path, ".history") {
 			t.Errorf("%s fetched %d times", path, n)
-		}
-	}
-}
-
-func TestCheckSegmentHeader(t *testing.T) {
-	good := fakeSegment(1, 5)[:40]
-	if err := checkSegmentHeader(good, walname.SegmentName(1, 5, testSegSize), testSegSize, testSystemID); err != nil {
-		t.Fatalf("valid header refused: %v", err)
-	}
-	tests := []struct {
-		name    string
-		segName string
-		sysid   uint64
-		mutate  func(b []byte)
-		want    string
-	}{
-		{"recycled segment under another name", walname.SegmentName(1, 6, testSegSize), testSystemID, nil, "stale"},
-		{"another cluster", walname.SegmentName(1, 5, testSegSize), 99, nil, "database system"},
-		{"not a long header", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { b[2] = 0 }, "long page header"},
-		{"wrong size", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { binary.NativeEndian.PutUint32(b[32:], 16<<20) }, "bytes long"},
-		{"future timeline", walname.SegmentName(1, 5, testSegSize), testSystemID, func(b []byte) { binary.NativeEndian.PutUint32(b[4:], 3) }, "timeline"},
-	}
-	for _, tt := range tests {
-		b := append([]byte(nil), good...)
-		if tt.mutate != nil {
-			tt.mutate(b)
-		}
-		err := checkSegmentHeader(b, tt.segName, testSegSize, tt.sysid)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: %v, want an error about %q", tt.name, err, tt.want)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/retention"
+	"github.com/walhub/walhub/status"
 )
 
 func (a *app) backupCommand() *cobra.Command {
@@ -32,10 +33,12 @@ connection (no SSH): every archive (base and each tablespace) streams straight i
 repository, compressed with zstd on all cores (or not, per server.compression), with the
 server's backup_manifest beside it. The server verifies page checksums while sending.
 
-The backup includes no WAL: the hub streams it. The backup becomes "done" once the WAL from
-its start to its stop position is in the catalog (backup.wal_timeout, default 5m; walhub
-switches WAL on the server if the last segment is not complete). Then the stored archives
-are read back and checked against the manifest.
+The backup includes no WAL: the hub streams it, so a backup is refused at once when no
+receiver (walhub serve) is running for the server. The stored archives are read back and
+checked against the manifest. The backup becomes "done" once the WAL from its start to its
+stop position is in the catalog (walhub switches WAL on the server if the last segment is
+not complete); when that takes longer than backup.wal_timeout (default 5m) the backup is
+kept as "waiting_wal" and becomes done by itself when the WAL arrives.
 
 One backup or expire per server at a time: a second one is refused, naming the holder.
 A failed backup keeps its row and reason (walhub list-backups) and leaves no files.
@@ -60,6 +63,13 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			var views []backupView
 			var failed []error
 			for _, s := range servers {
+				// Without a receiver the backup's WAL never reaches the hub:
+				// say so now, not after wal_timeout.
+				if rc := status.ReadReceiver(repo.Work, s); !rc.Running {
+					failed = append(failed, fmt.Errorf("backup of %s refused: no WAL receiver is running for it (%s), "+
+						"so the backup's WAL would never reach the hub: start walhub serve", s.Name, rc.NotRunning))
+					continue
+				}
 				o := backupOptions(s, repo, a.log)
 				if checkpoint != "" {
 					o.FastCheckpoint = checkpoint == "fast"
@@ -70,7 +80,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
 				}
-				bar := newProgressReporter(s.Name, a.log)
+				bar := a.newProgressReporter(s.Name)
 				o.OnProgress = bar.report
 				b, err := basebackup.Run(cmd.Context(), o)
 				bar.finish()
@@ -123,8 +133,8 @@ type progressReporter struct {
 	lastLog time.Time
 }
 
-func newProgressReporter(server string, log *slog.Logger) *progressReporter {
-	return &progressReporter{server: server, log: log, tty: term.IsTerminal(int(os.Stderr.Fd())), lastLog: time.Now()}
+func (a *app) newProgressReporter(server string) *progressReporter {
+	return &progressReporter{server: server, log: a.log, tty: !a.quiet && term.IsTerminal(int(os.Stderr.Fd())), lastLog: time.Now()}
 }
 
 func (p *progressReporter) report(pr basebackup.Progress) {
@@ -230,6 +240,9 @@ func printBackups(w io.Writer, views []backupView) error {
 	fmt.Fprintln(tw, "SERVER\tID\tKIND\tSTATE\tSTARTED\tDURATION\tSIZE\tSTORED\tSTART LSN\tSTOP LSN\tTLI")
 	for _, v := range views {
 		state := v.State
+		if state == catalog.StateWaitingWAL {
+			state = "waiting for WAL"
+		}
 		if v.Progress != nil && *v.Progress >= 0 {
 			state = fmt.Sprintf("running %.0f%%", *v.Progress)
 		}

@@ -48,9 +48,10 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
 }
 
 // serverBackups returns a server's backups after marking the interrupted ones
-// failed; a server that never had anything stored has none.
+// failed and those whose late WAL has arrived done; a server that never had anything stored has none.
 func serverBackups(ctx context.Context, s *config.Server, repo *repository.Repository) ([]catalog.Backup, error) {
-	srv, err := repo.Catalog.ServerByName(ctx, s.Name)
+	cat := repo.Catalog
+	srv, err := cat.ServerByName(ctx, s.Name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, nil
 	}
@@ -60,7 +61,10 @@ func serverBackups(ctx context.Context, s *config.Server, repo *repository.Repos
 	if _, err := basebackup.ReapInterrupted(ctx, repo, s.Name); err != nil {
 		return nil, err
 	}
-	return repo.Catalog.Backups(ctx, srv.ID)
+	if _, err := basebackup.CompleteWaiting(ctx, cat, s.Name); err != nil {
+		return nil, err
+	}
+	return cat.Backups(ctx, srv.ID)
 }
 
 func listBackups(ctx context.Context, s *config.Server, repo *repository.Repository) ([]backupView, error) {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
+	"github.com/walhub/walhub/version"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -22,6 +23,8 @@ import (
 type app struct {
 	configPath string
 	logLevel   string
+	logFormat  string
+	quiet      bool
 	output     string
 	cfg        *config.Config
 	log        *slog.Logger
@@ -70,22 +73,28 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			return a.setupLogging()
+			return a.setupLogging(cmd)
 		},
 	}
 	pf := root.PersistentFlags()
 	pf.StringVarP(&a.configPath, "config", "c", envOr("WALHUB_CONFIG", config.DefaultPath), "configuration file (env WALHUB_CONFIG)")
-	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error (env WALHUB_LOG_LEVEL)")
+	pf.StringVar(&a.logFormat, "log-format", envOr("WALHUB_LOG_FORMAT", "text"), "log format: text or json, one object per line (env WALHUB_LOG_FORMAT)")
+	pf.BoolVarP(&a.quiet, "quiet", "q", false, "for scripts: no progress bars or informational log lines, only warnings and errors on stderr; results still go to stdout")
+	root.Version = version.Get().String("walhub")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
+		a.showBackupCommand(),
 		a.verifyCommand(),
 		a.restoreCommand(),
 		a.statusCommand(),
 		a.checkCommand(),
 		a.expireCommand(),
 		a.snapshotCommand(),
+		a.keygenCommand(),
 	)
 	return root
 }
@@ -97,12 +106,35 @@ func envOr(k, def string) string {
 	return def
 }
 
-func (a *app) setupLogging() error {
+// setupLogging makes the logger the flags ask for: --log-level (or -q, which
+// is --log-level warn and no progress bars) and --log-format.
+func (a *app) setupLogging(cmd *cobra.Command) error {
+	flags := cmd.Flags()
+	if !flags.Changed("log-level") {
+		if v := os.Getenv("WALHUB_LOG_LEVEL"); v != "" {
+			a.logLevel = v
+		}
+	}
+	if a.quiet {
+		if flags.Changed("log-level") {
+			return errors.New("-q and --log-level: give one of them")
+		}
+		a.logLevel = "warn"
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(a.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", a.logLevel)
 	}
-	a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	w := cmd.ErrOrStderr()
+	switch a.logFormat {
+	case "text":
+		a.log = slog.New(slog.NewTextHandler(w, opts))
+	case "json":
+		a.log = slog.New(slog.NewJSONHandler(w, opts))
+	default:
+		return fmt.Errorf("--log-format: %q is not one of text, json", a.logFormat)
+	}
 	slog.SetDefault(a.log)
 	return nil
 }

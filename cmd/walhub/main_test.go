@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -61,5 +63,58 @@ func TestUnknownLogLevelIsAnError(t *testing.T) {
 	_, err := run(t, "--log-level", "loud", "status")
 	if err == nil || !strings.Contains(err.Error(), "--log-level") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLogFormatLevelAndQuiet(t *testing.T) {
+	tests := []struct {
+		args    []string
+		logged  string // what a.log.Info and a.log.Warn leave, "" for nothing
+		wantErr string
+	}{
+		{args: []string{"--log-format", "json"}, logged: `{"time":`},
+		{args: []string{"--log-format", "text"}, logged: "level=INFO msg=info-line"},
+		{args: []string{"-q"}, logged: "level=WARN msg=warn-line"},
+		{args: []string{"--log-level", "error"}},
+		{args: []string{"--log-format", "xml"}, wantErr: `--log-format: "xml" is not one of text, json`},
+		{args: []string{"-q", "--log-level", "debug"}, wantErr: "-q and --log-level"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			a := &app{}
+			root := a.rootCommand()
+			var out bytes.Buffer
+			root.SetOut(&out)
+			root.SetErr(&out)
+			// status fails on the missing configuration after the logger is set up.
+			root.SetArgs(append(tt.args, "--config", filepath.Join(t.TempDir(), "none.toml"), "status"))
+			err := root.ExecuteContext(context.Background())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			out.Reset()
+			a.log.Info("info-line")
+			a.log.Warn("warn-line")
+			got := out.String()
+			switch {
+			case tt.logged == "" && got != "":
+				t.Errorf("logged %q, want nothing", got)
+			case !strings.Contains(got, tt.logged):
+				t.Errorf("logged %q, want %q", got, tt.logged)
+			}
+			if slices.Contains(tt.args, "-q") && strings.Contains(got, "info-line") {
+				t.Errorf("-q logged an informational line: %q", got)
+			}
+		})
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	out, err := run(t, "--version")
+	if err != nil || !strings.HasPrefix(out, "walhub ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
+		t.Fatalf("--version = %q, %v", out, err)
 	}
 }

@@ -31,6 +31,13 @@ against the backup's manifest, relocates tablespaces, and writes the recovery se
 restore_command = 'walfetch ... %f %p' pointing at the hub, recovery.signal (or
 standby.signal with --standby) and the recovery target. Then start PostgreSQL on it.
 
+The recovery settings are exactly those walhub prints: the ones that came with the
+backup (a standby's primary_conninfo, primary_slot_name, restore_command,
+standby.signal; any recovery_target*) are commented out, with a note, in
+postgresql.conf, postgresql.auto.conf and the files they include from the data
+directory. --standby without --primary-conninfo is an archive-only standby: it follows
+the hub alone, across promotions to new timelines.
+
 On the hub host it reads the repository named by the configuration; on any other host
 give --hub-url (and a read token with --token or WALHUB_TOKEN): the backup streams over
 HTTP. Nothing is written when an input is wrong (non-empty target, unknown backup, a
@@ -114,19 +121,21 @@ recovery settings.`,
 				if err != nil {
 					return err
 				}
-				b, err := restore.FinishSnapshot(ctx, src, backupID, dir, s)
+				b, cleared, err := restore.FinishSnapshot(ctx, src, backupID, dir, s)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "snapshot %s finished in %s: backup_label written, recovery from %s (stop LSN %s)\n",
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "snapshot %s finished in %s: backup_label written, recovery from %s (stop LSN %s)\n",
 					b.ID, dir, b.StartLSN, b.StopLSN)
+				printSettings(w, s.Signal(), s.Lines(), cleared)
 				return nil
 			}
 			dir, err := filepath.Abs(targetDir)
 			if err != nil {
 				return err
 			}
-			bar := newProgressReporter(server, a.log)
+			bar := a.newProgressReporter(server)
 			res, err := restore.Run(ctx, restore.Options{Source: src, BackupID: backupID, TargetDir: dir, Tablespaces: tsDirs,
 				Settings: s, Progress: func(done, total int64) {
 					bar.report(basebackup.Progress{Phase: "restoring", Done: done, Total: total})
@@ -145,10 +154,7 @@ recovery settings.`,
 				for oid, d := range res.Tablespaces {
 					fmt.Fprintf(w, "  tablespace %d in %s\n", oid, d)
 				}
-				fmt.Fprintf(w, "  %s written; recovery settings in postgresql.auto.conf:\n", res.Signal)
-				for _, l := range res.RecoveryConfig {
-					fmt.Fprintf(w, "    %s\n", l)
-				}
+				printSettings(w, res.Signal, res.RecoveryConfig, res.Cleared)
 				return nil
 			})
 		},
@@ -163,7 +169,7 @@ recovery settings.`,
 	f.StringVar(&token, "token", "", "read token for --hub-url (default: env WALHUB_TOKEN)")
 	f.StringVar(&walfetch, "walfetch", "", "walfetch path for restore_command (default: beside walhub, else from PATH)")
 	f.StringVar(&walfetchTokenFile, "walfetch-token-file", "", "token file walfetch reads (when the hub wants a read token)")
-	f.BoolVar(&s.Standby, "standby", false, "write standby.signal: a standby that keeps following")
+	f.BoolVar(&s.Standby, "standby", false, "write standby.signal: a standby that keeps following (archive only, unless --primary-conninfo)")
 	f.StringVar(&s.PrimaryConninfo, "primary-conninfo", "", "with --standby: stream from this primary once the archive is exhausted")
 	f.StringVar(&s.PrimarySlot, "primary-slot", "", "with --standby: primary_slot_name")
 	f.StringVar(&targetTime, "target-time", "", "recover up to this time ('2026-11-21 10:30:00+00')")
@@ -176,6 +182,27 @@ recovery settings.`,
 	f.StringVar(&s.Target.TimeLine, "target-timeline", "", "recovery_target_timeline: latest (default), current or a number")
 	a.addOutputFlag(cmd)
 	return cmd
+}
+
+// printSettings says which recovery settings apply to the restored
+// directory and what came with the backup and was taken out.
+func printSettings(w io.Writer, signal string, lines []string, cleared restore.Cleared) {
+	fmt.Fprintf(w, "  %s written; the recovery settings that apply (postgresql.auto.conf):\n", signal)
+	for _, l := range lines {
+		fmt.Fprintf(w, "    %s\n", l)
+	}
+	if len(cleared.Settings)+len(cleared.SignalFiles) > 0 {
+		fmt.Fprintln(w, "  came with the backup and taken out:")
+		for _, l := range cleared.Settings {
+			fmt.Fprintf(w, "    commented out %s\n", l)
+		}
+		for _, f := range cleared.SignalFiles {
+			fmt.Fprintf(w, "    removed %s\n", f)
+		}
+	}
+	for _, l := range cleared.Unchecked {
+		fmt.Fprintf(w, "  warning: %s includes a file outside the data directory: check it sets no recovery setting\n", l)
+	}
 }
 
 // parseTablespaces reads repeated --tablespace OID=DIR flags.

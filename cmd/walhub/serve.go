@@ -4,11 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/repository"
@@ -16,7 +28,6 @@ import (
 	"github.com/walhub/walhub/snapshot"
 	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/stream"
-	"golang.org/x/sync/errgroup"
 )
 
 func (a *app) serveCommand() *cobra.Command {
@@ -27,10 +38,19 @@ func (a *app) serveCommand() *cobra.Command {
 through its physical replication slot into the repository, and the HTTP hub ([hub]
 listen) that serves WAL, backups, status and /metrics, until SIGTERM or SIGINT.
 On stop every receiver fsyncs what it received and reports it to its server.
-Every hour it applies the retention policies (retention.auto_expire).
+Every hour it applies the retention policies (retention.auto_expire); a backup
+waiting for its WAL becomes done as soon as the WAL is stored.
+
+SIGHUP (systemctl reload walhub) reads the configuration file again: tokens,
+max_peek, retention and backup settings apply at once; added servers start
+streaming, removed ones stop, a server whose connection settings changed
+reconnects, and the others keep streaming. What changed is logged. A file that
+fails to load is refused with its error and the running configuration kept.
+hub.listen, hub.tls_cert and hub.tls_key need a restart; "env:NAME" values
+come from the daemon's environment, which a reload does not change.
 
 A receiver that fails (server down, network, full disk) says why in the log and in
-<repository>/<server>/receiver.json, and reconnects by itself (1 s doubling to 30 s).`,
+<work_dir>/<server>/receiver.json, and reconnects by itself (1 s doubling to 30 s).`,
 		Example: "  walhub serve --config /etc/walhub/walhub.toml\n  walhub serve --log-level debug",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -43,6 +63,11 @@ A receiver that fails (server down, network, full disk) says why in the log and 
 type service func(ctx context.Context) error
 
 func (a *app) serve(ctx context.Context) error {
+	// SIGHUP reloads the configuration. Asked for first, so that a reload sent
+	// during start-up is not the signal's default action (exit).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := a.config()
 	if err != nil {
 		return err
@@ -59,36 +84,195 @@ func (a *app) serve(ctx context.Context) error {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
+	// Status, backups, replication and check results, built at each scrape.
+	registry.MustRegister(&status.Collector{Source: status.Source{Config: cfg, Catalog: cat, Work: repo.Work}, Log: a.log})
 
-	var services []service
-	for _, srv := range cfg.Servers {
-		r := stream.NewReceiver(stream.Options{Server: &srv, Repo: repo, Log: a.log, Metrics: metrics})
-		services = append(services, r.Run)
-	}
-	snapshots := &snapshot.Manager{Config: cfg, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
-	if err := snapshots.FailInterrupted(ctx); err != nil {
+	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
+		newReceiver: func(srv *config.Server) service {
+			return stream.NewReceiver(stream.Options{Server: srv, Repo: repo, Log: a.log, Metrics: metrics}).Run
+		}}
+	d.cfg.Store(cfg)
+	d.snapshots = &snapshot.Manager{Config: cfg, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
+	if err := d.snapshots.FailInterrupted(ctx); err != nil {
 		return err
 	}
-	defer snapshots.Close()
-	h, err := hub.New(hub.Options{Config: cfg, Repo: repo, Registry: registry, Log: a.log,
-		Status: status.Provider(cfg, cat, repo.Work), Snapshots: snapshots})
+	defer d.snapshots.Close()
+	d.hub, err = hub.New(hub.Options{Config: cfg, Repo: repo, Registry: registry, Log: a.log,
+		Status: func(ctx context.Context, server string) (any, error) {
+			return status.Provider(d.cfg.Load(), cat, repo.Work)(ctx, server)
+		},
+		Snapshots: d.snapshots})
 	if err != nil {
 		return err
 	}
-	services = append(services, h.Run, func(ctx context.Context) error { return a.expireLoop(ctx, repo) })
-	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers))
-	err = runServices(ctx, services)
+	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
+	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
 	a.log.Info("walhub stopped")
 	return err
+}
+
+// daemon is `walhub serve` at work: one receiver per configured server, the
+// hub and the retention loop, and the configuration that a reload replaces.
+type daemon struct {
+	log        *slog.Logger
+	configPath string
+	cfg        atomic.Pointer[config.Config]
+	cat        *catalog.Catalog
+	repo       *repository.Repository
+	hub        *hub.Server
+	snapshots  *snapshot.Manager
+	// newReceiver makes the receiver of one server section.
+	newReceiver func(srv *config.Server) service
+	// receivers are the running receivers by server name; only run's
+	// goroutine touches the map.
+	receivers map[string]*runningReceiver
+}
+
+// runningReceiver is one receiver goroutine.
+type runningReceiver struct {
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// run starts every receiver and the other services, and reloads the
+// configuration on each SIGHUP, until ctx ends or a service (or a receiver
+// started with the daemon) fails; then it stops them all and waits.
+func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, services []service) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	failed := make(chan error, len(services)+len(d.cfg.Load().Servers))
+	var wg sync.WaitGroup
+	for _, s := range services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s(ctx); err != nil {
+				failed <- err
+			}
+		}()
+	}
+	cfg := d.cfg.Load()
+	for i := range cfg.Servers {
+		d.startReceiver(ctx, &cfg.Servers[i], failed)
+	}
+	var err error
+	for err == nil && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case err = <-failed:
+		case <-hup:
+			d.reload(ctx)
+		}
+	}
+	cancel()
+	for _, r := range d.receivers {
+		<-r.done
+	}
+	wg.Wait()
+	return err
+}
+
+// startReceiver runs the receiver of srv. A receiver that cannot run (its
+// lock is held) sends its error to failed, which stops the daemon; with a nil
+// failed (a server added by a reload) the error is logged and the rest runs on.
+func (d *daemon) startReceiver(ctx context.Context, srv *config.Server, failed chan<- error) {
+	rctx, stop := context.WithCancel(ctx)
+	r := &runningReceiver{stop: stop, done: make(chan struct{})}
+	d.receivers[srv.Name] = r
+	run := d.newReceiver(srv)
+	go func() {
+		defer close(r.done)
+		err := run(rctx)
+		switch {
+		case err == nil:
+		case failed != nil:
+			failed <- err
+		default:
+			d.log.Error("receiver could not start", "server", srv.Name, "err", err)
+		}
+	}()
+}
+
+// stopReceiver stops the receiver of a server and waits until it has
+// flushed, reported its last position and released its lock.
+func (d *daemon) stopReceiver(name string) {
+	r, ok := d.receivers[name]
+	if !ok {
+		return
+	}
+	r.stop()
+	<-r.done
+	delete(d.receivers, name)
+}
+
+// hubRestartKeys are the [hub] settings read once, when the hub starts listening.
+var hubRestartKeys = []string{"listen", "tls_cert", "tls_key"}
+
+// reload reads the configuration file again and puts it in force: tokens
+// and max_peek for the next requests, retention and backup settings for their
+// next use, receivers started for added servers, stopped for removed ones and
+// reconnected for servers whose connection settings changed; the others keep
+// streaming. A file that fails to load, or changes the repository, is refused
+// and the running configuration kept.
+func (d *daemon) reload(ctx context.Context) {
+	old := d.cfg.Load()
+	cfg, err := config.Load(d.configPath)
+	switch {
+	case err != nil:
+	case len(cfg.Servers) == 0:
+		err = fmt.Errorf("nothing to serve: no [[server]] section in %s", d.configPath)
+	case cfg.Repository != old.Repository:
+		err = fmt.Errorf("repository: %s differs from the running %s; moving the repository needs a restart", cfg.Repository, old.Repository)
+	}
+	if err != nil {
+		d.log.Error("configuration reload refused; the running configuration is kept", "config", d.configPath, "err", err)
+		return
+	}
+	changes := config.Diff(old, cfg)
+	if changes.Empty() {
+		d.log.Info("configuration reloaded: nothing changed", "config", d.configPath)
+		return
+	}
+	d.cfg.Store(cfg)
+	d.hub.SetConfig(cfg)
+	d.snapshots.SetConfig(cfg)
+	var reconnect, changed []string
+	for _, name := range slices.Sorted(maps.Keys(changes.Changed)) {
+		keys := changes.Changed[name]
+		changed = append(changed, name+": "+strings.Join(keys, ", "))
+		if config.ReceiverKeys(keys) {
+			reconnect = append(reconnect, name)
+		}
+	}
+	for _, name := range changes.Removed {
+		d.stopReceiver(name)
+		d.log.Info("receiver stopped: the server was removed from the configuration", "server", name)
+	}
+	for _, name := range reconnect {
+		d.stopReceiver(name)
+	}
+	for _, name := range append(reconnect, changes.Added...) {
+		srv, err := cfg.Server(name)
+		if err != nil {
+			panic(fmt.Sprintf("server %s from the diff is not in the configuration: %v", name, err))
+		}
+		d.startReceiver(ctx, srv, nil)
+	}
+	d.log.Info("configuration reloaded", "config", d.configPath, "servers_added", changes.Added,
+		"servers_removed", changes.Removed, "servers_changed", changed, "receivers_reconnected", reconnect, "hub_changed", changes.Hub)
+	if restart := slices.DeleteFunc(slices.Clone(changes.Hub), func(k string) bool { return !slices.Contains(hubRestartKeys, k) }); len(restart) > 0 {
+		d.log.Warn("hub settings not applied until walhub serve restarts", "keys", restart)
+	}
 }
 
 // expireInterval is how often the daemon applies the retention policies.
 const expireInterval = time.Hour
 
 // expireLoop applies each server's retention policy every expireInterval
-// (servers with retention.auto_expire = false are left alone). A failure is
-// logged and retried at the next round; it never stops the daemon.
-func (a *app) expireLoop(ctx context.Context, repo *repository.Repository) error {
+// (servers with retention.auto_expire = false are left alone), as the
+// configuration in force says. A failure is logged and retried at the next
+// round; it never stops the daemon.
+func (d *daemon) expireLoop(ctx context.Context) error {
 	tick := time.NewTicker(expireInterval)
 	defer tick.Stop()
 	for {
@@ -97,29 +281,51 @@ func (a *app) expireLoop(ctx context.Context, repo *repository.Repository) error
 			return nil
 		case <-tick.C:
 		}
-		for i := range a.cfg.Servers {
-			srv := &a.cfg.Servers[i]
+		cfg := d.cfg.Load()
+		for i := range cfg.Servers {
+			srv := &cfg.Servers[i]
 			if !*srv.Retention.AutoExpire {
 				continue
 			}
-			_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: repo, Log: a.log})
+			_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: d.repo, Log: d.log})
 			var held *lock.HeldError
 			switch {
 			case errors.As(err, &held):
-				a.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
+				d.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
 			case err != nil && ctx.Err() == nil:
-				a.log.Error("expire failed", "server", srv.Name, "err", err)
+				d.log.Error("expire failed", "server", srv.Name, "err", err)
 			}
 		}
 	}
 }
 
-// runServices runs every service until ctx ends or one of them fails; then
-// it cancels the others and waits for them all.
-func runServices(ctx context.Context, services []service) error {
-	g, gctx := errgroup.WithContext(ctx)
-	for _, s := range services {
-		g.Go(func() error { return s(gctx) })
+// waitingWALInterval is how often the daemon looks for backups whose late WAL
+// has arrived.
+const waitingWALInterval = 5 * time.Second
+
+// waitingWALLoop marks done the backups waiting for their WAL once the
+// receivers have stored it.
+func (d *daemon) waitingWALLoop(ctx context.Context) error {
+	tick := time.NewTicker(waitingWALInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		cfg := d.cfg.Load()
+		for i := range cfg.Servers {
+			name := cfg.Servers[i].Name
+			done, err := basebackup.CompleteWaiting(ctx, d.cat, name)
+			switch {
+			case errors.Is(err, catalog.ErrNotFound):
+			case err != nil && ctx.Err() == nil:
+				d.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
+			}
+			for _, id := range done {
+				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
+			}
+		}
 	}
-	return g.Wait()
 }

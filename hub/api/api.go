@@ -102,6 +102,15 @@ type Backup struct {
 
 // Paths of the routes, built from their parts (escaped).
 
+// ServersPath is the route of the list of servers the hub serves.
+const ServersPath = Version + "/servers"
+
+// Servers is the body of GET /v1/servers.
+type Servers struct {
+	// Servers are the names of the configured servers, in configuration order.
+	Servers []string `json:"servers"`
+}
+
 // ServerPath is the prefix of one server's routes.
 func ServerPath(server string) string { return Version + "/servers/" + url.PathEscape(server) }
 

@@ -592,7 +592,12 @@ func AdoptDataDir(t testing.TB, name, dataDir string) *Cluster {
 // runs the program (walfetch as restore_command): use TempDir.
 func BuildCommand(dir, name string) (string, error) {
 	bin := filepath.Join(dir, name)
-	build := exec.Command("go", "build", "-o", bin, "github.com/walhub/walhub/cmd/"+name)
+	// The commit goes in as `make build` puts it, for --version.
+	var ldflags string
+	if commit, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
+		ldflags = "-X github.com/walhub/walhub/version.Commit=" + strings.TrimSpace(string(commit))
+	}
+	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", bin, "github.com/walhub/walhub/cmd/"+name)
 	if name == "walfetch" {
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	}

@@ -1,4 +1,4 @@
-package main
+package walfetch
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -28,7 +29,7 @@ import (
 // anything the hub has not listed, so it never guesses names, and never a
 // .history or .partial file.
 type prefetcher struct {
-	s        settings
+	s        Settings
 	sp       *spoolDir
 	systemID string
 	c        *client.Client
@@ -80,7 +81,9 @@ var errPartTaken = errors.New("being written by another process")
 
 var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
 
-func runPrefetcher() int {
+// RunPrefetcher is the prefetcher process, started by the spool with
+// PrefetcherArg and its settings in the environment. It returns the exit status.
+func RunPrefetcher() int {
 	var cfg prefetcherConfig
 	if err := json.Unmarshal([]byte(os.Getenv(prefetcherEnv)), &cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "walfetch: --run-prefetcher is internal: started by walfetch itself (%v)\n", err)
@@ -456,7 +459,7 @@ func (p *prefetcher) fetch(d download) {
 		if info.Checksum != d.seg.Checksum || uint64(info.Size) != d.segSize {
 			return fmt.Errorf("%w: %s: got %d bytes with checksum %s, peek listed %s", client.ErrCorrupt, name, info.Size, info.Checksum, d.seg.Checksum)
 		}
-		if err := checkSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.systemID); err != nil {
+		if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.systemID); err != nil {
 			return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
 		}
 		if err := os.Rename(part, p.sp.path(name)); err != nil {

@@ -1,12 +1,12 @@
-package main
+package walfetch
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/walhub/walhub/pgfile"
 )
 
 // The spool holds segments the prefetcher downloaded ahead of recovery:
@@ -40,11 +42,11 @@ type spoolDir struct {
 // openSpool finds the spool for these settings in the data directory (the
 // working directory). It returns nil when there is no spool: prefetch off, or
 // no pg_control to identify the cluster by.
-func openSpool(s settings) *spoolDir {
+func openSpool(s Settings) *spoolDir {
 	if s.Prefetch == 0 || s.Spool == "" {
 		return nil
 	}
-	sysid, err := controlSystemID("global/pg_control")
+	sysid, err := pgfile.ControlSystemID("global/pg_control")
 	if err != nil {
 		return nil
 	}
@@ -53,21 +55,6 @@ func openSpool(s settings) *spoolDir {
 	fmt.Fprintf(h, "%s\n%s\n%d\n%s", s.URL, s.Server, sysid, boot)
 	key := hex.EncodeToString(h.Sum(nil))[:16]
 	return &spoolDir{dir: filepath.Join(s.Spool, key), root: s.Spool, systemID: sysid}
-}
-
-// controlSystemID reads the database system identifier, the first field of
-// pg_control (native byte order, as PostgreSQL writes it).
-func controlSystemID(path string) (uint64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	var b [8]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	return binary.NativeEndian.Uint64(b[:]), nil
 }
 
 func (sp *spoolDir) path(name string) string { return filepath.Join(sp.dir, name) }
@@ -122,7 +109,7 @@ func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
 
 // poke tells the running prefetcher that name was served; when none runs, it
 // starts one. It never fails the caller: prefetching is an optimisation.
-func (sp *spoolDir) poke(s settings, name string, stderr *os.File) {
+func (sp *spoolDir) poke(s Settings, name string, stderr io.Writer) {
 	// One datagram, without the net package's machinery: this is on the path
 	// of every restore_command call.
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
@@ -152,13 +139,17 @@ func shortPath(p string) string {
 	return p
 }
 
+// PrefetcherArg, as the only argument, makes the walfetch binary run the
+// prefetcher (RunPrefetcher): the spool starts it so, detached.
+const PrefetcherArg = "--run-prefetcher"
+
 // prefetcherEnv carries the settings to the prefetcher process (through the
 // environment, so the token does not show in ps).
 const prefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
 
 // startPrefetcher starts a detached prefetcher (its own session, so
 // PostgreSQL neither waits for it nor signals it with the restore_command).
-func (sp *spoolDir) startPrefetcher(s settings, served string) error {
+func (sp *spoolDir) startPrefetcher(s Settings, served string) error {
 	if len(shortPath(sp.sockPath())) > 100 {
 		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.dir)
 	}
@@ -178,7 +169,7 @@ func (sp *spoolDir) startPrefetcher(s settings, served string) error {
 		return err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(exe, "--run-prefetcher")
+	cmd := exec.Command(exe, PrefetcherArg)
 	cmd.Env = append(os.Environ(), prefetcherEnv+"="+string(cfg))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -190,7 +181,7 @@ func (sp *spoolDir) startPrefetcher(s settings, served string) error {
 
 // prefetcherConfig is what a prefetcher is started with.
 type prefetcherConfig struct {
-	Settings settings `json:"settings"`
+	Settings Settings `json:"settings"`
 	Dir      string   `json:"dir"`
 	Root     string   `json:"root"`
 	SystemID string   `json:"system_id"`

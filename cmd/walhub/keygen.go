@@ -1,0 +1,60 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"filippo.io/age"
+	"github.com/spf13/cobra"
+
+	"github.com/walhub/walhub/storage/crypt"
+)
+
+func (a *app) keygenCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "keygen --output FILE",
+		Short: "Make a key for encrypting the repository at rest",
+		Long: `Writes a new age X25519 key (the same format as age-keygen) to FILE, readable by its
+owner only, and prints its key ID. Never overwrites a file. The key goes into the
+[encryption] section as key = "file:FILE" (or into an environment variable, key =
+"env:NAME"). To rotate: make a new key, make it the key, and move the old one to
+previous_keys; new objects use the new key, old ones stay readable.
+
+Keep a copy of every key away from the repository: without it, nothing encrypted
+under it can be restored.`,
+		Example: `  walhub keygen --output /etc/walhub/repo-2026.key`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return fmt.Errorf("--output: required (the key is never printed)")
+			}
+			id, err := age.GenerateX25519Identity()
+			if err != nil {
+				return fmt.Errorf("generate key: %w", err)
+			}
+			pub := id.Recipient().String()
+			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("--output: %w", err)
+			}
+			_, err = fmt.Fprintf(f, "# created: %s\n# key ID: %s\n# public key: %s\n%s\n",
+				time.Now().UTC().Format(time.RFC3339), crypt.KeyID(pub), pub, id)
+			if err == nil {
+				err = f.Sync()
+			}
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(output)
+				return fmt.Errorf("write %s: %w", output, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "key %s written to %s\n\n[encryption]\nkey = \"file:%s\"\n", crypt.KeyID(pub), output, output)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "file to write the key to (must not exist)")
+	return cmd
+}

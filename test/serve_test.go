@@ -1,0 +1,138 @@
+package test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/test/pgtest"
+)
+
+// logContains reports whether the daemon's log holds s.
+func (s *site) logContains(sub string) bool {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return strings.Contains(s.log.String(), sub)
+}
+
+// logCount counts the daemon's log lines holding sub.
+func (s *site) logCount(sub string) int {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	return strings.Count(s.log.String(), sub)
+}
+
+// reload writes cfg as the daemon's configuration, sends SIGHUP and waits
+// for the daemon to log the outcome containing want.
+func (s *site) reload(cfg, want string) {
+	s.t.Helper()
+	before := s.logCount(want)
+	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := s.serve.Process.Signal(syscall.SIGHUP); err != nil {
+		s.t.Fatal(err)
+	}
+	pgtest.WaitFor(s.t, 30*time.Second, "the daemon to log "+want, func() bool { return s.logCount(want) > before })
+	if err := s.serve.Process.Signal(syscall.Signal(0)); err != nil {
+		s.t.Fatalf("the daemon is gone after SIGHUP: %v", err)
+	}
+}
+
+// hubStatus is the HTTP status of a GET of path with the given token.
+func (s *site) hubStatus(path, token string) int {
+	s.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, s.hubURL+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// walsenderPID is the pid of the walsender serving application_name app, or "".
+func walsenderPID(p *pgtest.Cluster, app string) string {
+	return p.Query(fmt.Sprintf("SELECT pid FROM pg_stat_replication WHERE application_name = '%s' AND state = 'streaming'", app))
+}
+
+// TestServeReloadsConfigurationOnSIGHUP drives the real daemon: SIGHUP puts
+// new tokens in force, starts a receiver for an added server and stops the
+// one of a removed server, without reconnecting the server left alone; a file
+// that fails to load is refused and the running configuration kept.
+func TestServeReloadsConfigurationOnSIGHUP(t *testing.T) {
+	s := newSite(t, pgtest.Options{})
+	var mainPID string
+	pgtest.WaitFor(t, 60*time.Second, "main to stream", func() bool { mainPID = walsenderPID(s.primary, "walhub_main"); return mainPID != "" })
+	const path = "/v1/servers/main/backups"
+	if got := s.hubStatus(path, "read-secret"); got != http.StatusOK {
+		t.Fatalf("GET with the configured token: %d", got)
+	}
+	listen := strings.TrimPrefix(s.hubURL, "http://")
+	config := func(readToken string, servers ...string) string {
+		text := fmt.Sprintf("repository = %q\n[hub]\nlisten = %q\nread_tokens = [%q]\nadmin_tokens = [\"admin-secret\"]\n", s.repo, listen, readToken)
+		for _, name := range servers {
+			text += fmt.Sprintf("[[server]]\nname = %q\nconninfo = %q\n[server.retention]\nredundancy = 3\n", name, s.primary.ConnString(""))
+		}
+		return text
+	}
+
+	s.reload(config("rotated", "main", "second"), "configuration reloaded")
+	if !s.logContains("servers_added=[second]") || !s.logContains("retention.redundancy") {
+		t.Errorf("the reload does not log what changed")
+	}
+	if got := s.hubStatus(path, "read-secret"); got != http.StatusUnauthorized {
+		t.Errorf("the old token after the reload: %d, want 401", got)
+	}
+	if got := s.hubStatus(path, "rotated"); got != http.StatusOK {
+		t.Errorf("the new token after the reload: %d, want 200", got)
+	}
+	pgtest.WaitFor(t, 60*time.Second, "the added server to stream", func() bool { return walsenderPID(s.primary, "walhub_second") != "" })
+
+	s.reload("repository = \n", "configuration reload refused")
+	if got := s.hubStatus(path, "rotated"); got != http.StatusOK {
+		t.Errorf("the token in force after a refused reload: %d, want 200", got)
+	}
+	if got := walsenderPID(s.primary, "walhub_second"); got == "" {
+		t.Error("a refused reload stopped a receiver")
+	}
+
+	s.reload(config("rotated", "main"), "configuration reloaded")
+	pgtest.WaitFor(t, 30*time.Second, "the removed server's receiver to stop", func() bool {
+		return s.primary.Query("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'walhub_second'") == "0"
+	})
+	if got := walsenderPID(s.primary, "walhub_main"); got != mainPID {
+		t.Errorf("main's walsender changed from %s to %q: its stream was dropped by the reloads", mainPID, got)
+	}
+}
+
+// TestBothProgramsPrintTheirVersion runs --version of the built programs: the
+// version, the commit they were built from and the Go release.
+func TestBothProgramsPrintTheirVersion(t *testing.T) {
+	commit, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatalf("git rev-parse: %v", err)
+	}
+	for _, prog := range []string{"walhub", "walfetch"} {
+		out, err := exec.Command(filepath.Join(binDir, prog), "--version").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --version: %v\n%s", prog, err, out)
+		}
+		line := strings.TrimSpace(string(out))
+		for _, want := range []string{prog + " ", "commit " + string(commit[:12]), runtime.Version()} {
+			if !strings.Contains(line, want) {
+				t.Errorf("%s --version = %q, lacks %q", prog, line, want)
+			}
+		}
+	}
+}

@@ -1,0 +1,21 @@
+package walfetch
+
+import "time"
+
+// Settings is everything walfetch is told (cmd/walfetch resolves them from
+// flags, environment and its config file). The prefetcher process receives
+// them as JSON, so every field has a json tag.
+type Settings struct {
+	URL       string        `toml:"url" json:"url"`
+	Server    string        `toml:"server" json:"server"`
+	Token     string        `toml:"token" json:"token"`
+	TokenFile string        `toml:"token_file" json:"token_file"`
+	CAFile    string        `toml:"ca_file" json:"ca_file"`
+	Spool     string        `toml:"spool" json:"spool"`
+	Prefetch  int           `toml:"prefetch" json:"prefetch"`
+	Parallel  int           `toml:"parallel" json:"parallel"`
+	SpoolMax  int64         `toml:"spool_max_mb" json:"spool_max_mb"`
+	Timeout   time.Duration `toml:"-" json:"timeout"`
+	PITRRetry time.Duration `toml:"-" json:"pitr_retry"`
+	IdleExit  time.Duration `toml:"-" json:"idle_exit"`
+}
