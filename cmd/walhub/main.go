@@ -93,6 +93,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.statusCommand(),
 		a.checkCommand(),
 		a.expireCommand(),
+		a.repairCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
 	)
