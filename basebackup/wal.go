@@ -4,12 +4,14 @@ import (
 	"context"
 
 	"fmt"
-	"github.com/jackc/pgx/v5/pgconn"
 	"log/slog"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
@@ -256,7 +258,11 @@ func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) (
 // completed and streamed.
 func SwitchWALOn(conninfo string) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		conn, err := pgconn.Connect(ctx, conninfo)
+		cfg, err := replication.ParseSQLConfig(conninfo, replication.Options{ApplicationName: replication.AppBackup})
+		var conn *pgconn.PgConn
+		if err == nil {
+			conn, err = pgconn.ConnectConfig(ctx, &cfg.Config)
+		}
 		if err != nil {
 			return fmt.Errorf("connect to switch WAL: %w", err)
 		}

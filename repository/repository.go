@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
@@ -31,9 +32,61 @@ type Repository struct {
 	Catalog *catalog.Catalog
 }
 
-// Open opens the repository cfg configures: its object store, its local
-// working area (cfg.WorkDir) and the catalog kept there. The caller closes it.
+// ErrNoRepository is returned (wrapped) by Open when the configured
+// repository was never created (Init creates it): a mistyped path or an
+// unmounted volume is an error, not a fresh empty repository.
+var ErrNoRepository = errors.New("no walhub repository there")
+
+// Open opens the existing repository cfg configures: its object store, its
+// local working area (cfg.WorkDir) and the catalog kept there. The caller
+// closes it.
 func Open(ctx context.Context, cfg *config.Config) (*Repository, error) {
+	work := storage.OpenWorkArea(cfg.WorkDir)
+	if err := catalogExists(work); err != nil {
+		if cfg.WorkDir != cfg.Repository {
+			return nil, fmt.Errorf("repository %s (working area %s): %w", cfg.Repository, cfg.WorkDir, err)
+		}
+		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
+	store, err := OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, store, work)
+}
+
+// Init creates the repository cfg configures: its working area and an empty
+// catalog (and, for local disk, the repository directory). It returns false
+// when the repository exists already, and refuses a working area that holds
+// other files but no catalog: not a repository walhub can take over.
+func Init(ctx context.Context, cfg *config.Config) (bool, error) {
+	work := storage.OpenWorkArea(cfg.WorkDir)
+	err := catalogExists(work)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, ErrNoRepository) {
+		return false, err
+	}
+	if name, err := work.Foreign(); err != nil {
+		return false, err
+	} else if name != "" {
+		return false, fmt.Errorf("working area %s is not empty (%s, ...) but holds no %s: "+
+			"not a repository walhub can take over; give an empty or new directory", cfg.WorkDir, name, storage.CatalogFile)
+	}
+	r, err := OpenForRebuild(ctx, cfg)
+	if err != nil {
+		return false, err
+	}
+	if err := r.Close(); err != nil {
+		return false, err
+	}
+	return true, storage.SyncDir(cfg.WorkDir)
+}
+
+// OpenForRebuild opens the repository cfg configures like Open, creating a
+// new, empty catalog when there is none (Rebuild fills it).
+func OpenForRebuild(ctx context.Context, cfg *config.Config) (*Repository, error) {
 	store, err := OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -43,6 +96,23 @@ func Open(ctx context.Context, cfg *config.Config) (*Repository, error) {
 		return nil, err
 	}
 	return open(ctx, store, work)
+}
+
+// catalogExists tells whether the working area holds a catalog.
+func catalogExists(work *storage.WorkArea) error {
+	fi, err := os.Stat(work.CatalogPath())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if _, derr := os.Stat(work.Dir()); errors.Is(derr, os.ErrNotExist) {
+			return fmt.Errorf("%w: the directory does not exist", ErrNoRepository)
+		}
+		return fmt.Errorf("%w: the directory has no %s", ErrNoRepository, storage.CatalogFile)
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is not a file", ErrNoRepository, storage.CatalogFile)
+	}
+	return nil
 }
 
 // OpenStore opens the object store of cfg.Repository. Each kind of store is

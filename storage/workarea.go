@@ -45,6 +45,22 @@ func (w *WorkArea) Dir() string { return w.root }
 
 func (w *WorkArea) path(rel string) string { return filepath.Join(w.root, filepath.FromSlash(rel)) }
 
+// Foreign returns the name of an entry in the working area's directory
+// (lost+found aside), "" when it is empty or missing: Init refuses to take
+// over a directory that holds something else.
+func (w *WorkArea) Foreign() (string, error) {
+	entries, err := os.ReadDir(w.root)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("working area %s: %w", w.root, err)
+	}
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			return e.Name(), nil
+		}
+	}
+	return "", nil
+}
+
 // CatalogPath is the catalog database's file.
 func (w *WorkArea) CatalogPath() string { return w.path(CatalogFile) }
 

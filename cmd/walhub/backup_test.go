@@ -25,6 +25,7 @@ func writeConfig(t *testing.T, c *pgtest.Cluster, extra string) string {
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	mustInit(t, path)
 	return path
 }
 

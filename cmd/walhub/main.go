@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -25,9 +26,11 @@ type app struct {
 	logLevel   string
 	logFormat  string
 	quiet      bool
-	output     string
-	cfg        *config.Config
-	log        *slog.Logger
+	// logOut is where the log goes; nil is stderr.
+	logOut io.Writer
+	output string
+	cfg    *config.Config
+	log    *slog.Logger
 }
 
 // exitError carries a specific exit status out of a command.
@@ -84,6 +87,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 	root.Version = version.Get().String("walhub")
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
+		a.initCommand(),
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
@@ -96,6 +100,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.repairCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
+		a.keysCommand(),
 	)
 	return root
 }
@@ -127,7 +132,10 @@ func (a *app) setupLogging(cmd *cobra.Command) error {
 		return fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", a.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	w := cmd.ErrOrStderr()
+	var w io.Writer = os.Stderr
+	if a.logOut != nil {
+		w = a.logOut
+	}
 	switch a.logFormat {
 	case "text":
 		a.log = slog.New(slog.NewTextHandler(w, opts))
@@ -154,13 +162,20 @@ func (a *app) config() (*config.Config, error) {
 }
 
 // repository opens the configured repository (store, working area,
-// catalog); the caller closes it.
+// catalog); the caller closes it. It must exist: only walhub init (or serve
+// --init) creates one, so that a mistyped path or an unmounted volume is an
+// error, not a fresh empty repository on the root disk.
 func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
 		return nil, err
 	}
-	return repository.Open(ctx, cfg)
+	repo, err := repository.Open(ctx, cfg)
+	if errors.Is(err, repository.ErrNoRepository) {
+		return nil, fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
+			"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
+	}
+	return repo, err
 }
 
 // openServers loads the configuration, selects the servers a command names

@@ -36,7 +36,7 @@ if any, are listed as skipped and removed by the next expire).`,
 			if err != nil {
 				return err
 			}
-			repo, err := a.repository(cmd.Context())
+			repo, err := repository.OpenForRebuild(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
