@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/labstack/echo/v4"
@@ -100,8 +101,11 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 		h.Set("Content-Encoding", "zstd")
 		h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	case seg.Compression == "zstd":
-		dec := getDecoder()
-		defer putDecoder(dec)
+		dec, err := s.decoders.get(c.Request().Context())
+		if err != nil {
+			return err
+		}
+		defer s.decoders.put(dec)
 		if err := dec.Reset(f); err != nil {
 			return fmt.Errorf("decompress segment %s: %w", name, err)
 		}
@@ -114,19 +118,28 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 }
 
 // sendBody writes the status and, except for HEAD, the body. It writes to the
-// underlying ResponseWriter so a plain file goes out with sendfile.
+// underlying ResponseWriter so a plain file goes out with sendfile, in chunks
+// of sendChunk bytes: each chunk moves the write deadline, so a client that
+// stops reading is dropped after writeStall while a slow but steady download
+// goes on however long it takes.
 func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
 	resp := c.Response()
 	resp.WriteHeader(http.StatusOK)
 	if c.Request().Method == http.MethodHead {
 		return nil
 	}
-	n, err := io.Copy(resp.Writer, body)
-	resp.Size += n
-	if err != nil {
-		return fmt.Errorf("send %s: %w", what, err)
+	rc := http.NewResponseController(resp.Writer)
+	for {
+		rc.SetWriteDeadline(time.Now().Add(s.limits.writeStall))
+		n, err := io.CopyN(resp.Writer, body, sendChunk)
+		resp.Size += n
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("send %s: %w", what, err)
+		}
 	}
-	return nil
 }
 
 // servePartial sends the segment being received, uncompressed: what a
@@ -143,13 +156,27 @@ func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name
 		return err
 	}
 	defer f.Close()
-	// The receiver keeps writing this file: send one consistent snapshot of it,
-	// with the checksum of exactly those bytes.
-	data, err := io.ReadAll(io.LimitReader(f, walname.MaxSegmentSize+1))
+	return s.sendGrowing(c, srv, f, seg.String()+".partial")
+}
+
+// sendGrowing streams a file the receiver is still appending to, without
+// holding it in memory: the size and checksum of its first bytes are taken
+// first, then exactly those bytes are sent. Should the receiver rewrite them
+// meanwhile (it truncates a .partial when it starts the segment again), the
+// body no longer matches its checksum header and every client refuses it.
+func (s *Server) sendGrowing(c echo.Context, srv catalog.Server, f io.ReaderAt, what string) error {
+	crc := checksum.New()
+	size, err := io.Copy(crc, io.NewSectionReader(f, 0, walname.MaxSegmentSize))
 	if err != nil {
-		return fmt.Errorf("read %s.partial: %w", seg, err)
+		return fmt.Errorf("read %s: %w", what, err)
 	}
-	return s.sendBytes(c, srv, data, seg.String()+".partial")
+	h := c.Response().Header()
+	s.setIdentity(c, srv)
+	h.Set(api.HeaderChecksum, checksum.Format(crc.Sum32()))
+	h.Set(api.HeaderSize, strconv.FormatInt(size, 10))
+	h.Set(echo.HeaderContentType, echo.MIMEOctetStream)
+	h.Set(echo.HeaderContentLength, strconv.FormatInt(size, 10))
+	return s.sendBody(c, io.NewSectionReader(f, 0, size), what)
 }
 
 // serveHistory sends a timeline's history file.
@@ -242,20 +269,58 @@ func acceptsZstd(r *http.Request) bool {
 	return false
 }
 
-var decoders sync.Pool
+// Decoders for identity-encoded segments. Each holds a zstd window (8 MiB for
+// the receiver's frames): at most maxDecoders decode at once, a request beyond
+// that waits up to decoderWait and then gets a 503, and only idleDecoders are
+// kept between requests, so a burst of such requests leaves no lasting heap.
+const (
+	maxDecoders  = 8
+	idleDecoders = 2
+	decoderWait  = 30 * time.Second
+)
 
-func getDecoder() *zstd.Decoder {
-	if d, ok := decoders.Get().(*zstd.Decoder); ok {
-		return d
-	}
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(false))
-	if err != nil {
-		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
-	}
-	return d
+type decoderPool struct {
+	slots chan struct{}
+	idle  chan *zstd.Decoder
 }
 
-func putDecoder(d *zstd.Decoder) {
+func newDecoderPool() *decoderPool {
+	return &decoderPool{slots: make(chan struct{}, maxDecoders), idle: make(chan *zstd.Decoder, idleDecoders)}
+}
+
+// get returns a decoder once one of the maxDecoders slots is free.
+func (p *decoderPool) get(ctx context.Context) (*zstd.Decoder, error) {
+	t := time.NewTimer(decoderWait)
+	defer t.Stop()
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
+			"every decoder is busy (%d identity-encoded downloads): retry, or accept zstd (Accept-Encoding: zstd)", maxDecoders)
+	}
+	select {
+	case d := <-p.idle:
+		return d, nil
+	default:
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(walname.MaxSegmentSize))
+	if err != nil {
+		<-p.slots
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return d, nil
+}
+
+// put gives a decoder back, keeping it only when fewer than idleDecoders are kept.
+func (p *decoderPool) put(d *zstd.Decoder) {
 	d.Reset(nil)
-	decoders.Put(d)
+	select {
+	case p.idle <- d:
+	default:
+		d.Close()
+	}
+	<-p.slots
 }

@@ -127,7 +127,11 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 		return catalog.Segment{}, fmt.Errorf("segment %s has %d bytes, want %d", name, len(data), s.srv.SegmentSize)
 	}
 	row := s.row(tli, segno, name, checksum.Of(data))
-	if row.StoredSize, err = s.put(ctx, row, bytes.NewReader(data)); err != nil {
+	stored := data
+	if s.enc != nil {
+		stored = s.enc.EncodeAll(data, nil) // one frame, one segment
+	}
+	if row.StoredSize, err = s.write(ctx, row, bytes.NewReader(stored)); err != nil {
 		return catalog.Segment{}, fmt.Errorf("store segment %s: %w", name, err)
 	}
 	if err := s.r.Catalog.AddSegment(ctx, row); err != nil {
@@ -146,6 +150,19 @@ func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
 	return storage.Meta{metaChecksum: row.Checksum, metaSize: strconv.FormatInt(row.Size, 10), metaSystemID: s.srv.SystemID}
 }
 
+// write writes in (stored bytes) as the segment's object and commits it.
+func (s *SegmentStorer) write(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
+	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
+	if err != nil {
+		return 0, err
+	}
+	defer w.Abort()
+	if _, err := io.CopyBuffer(w, in, s.buf); err != nil {
+		return 0, err
+	}
+	return w.Commit(ctx)
+}
+
 // put writes the segment's bytes from in, compressed, and commits the object.
 func (s *SegmentStorer) put(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
 	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
@@ -154,7 +171,9 @@ func (s *SegmentStorer) put(ctx context.Context, row catalog.Segment, in io.Read
 	}
 	defer w.Abort()
 	if s.enc != nil {
-		s.enc.Reset(w)
+		// The frame then says its size, and its window is no larger: a
+		// decoder (the hub's, walfetch's) allocates no more than a segment.
+		s.enc.ResetContentSize(w, row.Size)
 		if _, err := io.CopyBuffer(s.enc, in, s.buf); err != nil {
 			return 0, err
 		}

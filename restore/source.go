@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
@@ -92,6 +96,45 @@ func fromAPI(b api.Backup) catalog.Backup {
 		StartLSN: b.StartLSN, StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI, StartedAt: b.StartedAt,
 		FinishedAt: b.FinishedAt, OriginalSize: b.OriginalSize, StoredSize: b.StoredSize, Compression: b.Compression,
 		Files: files, BackupLabel: b.BackupLabel, TablespaceMap: b.TablespaceMap}
+}
+
+// checkDeltaTarget fails unless dir is an existing directory that no
+// PostgreSQL server runs on.
+func checkDeltaTarget(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--delta restores into an existing data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("--delta: %s is not a directory", dir)
+	}
+	return checkNoPostmaster(dir)
+}
+
+// checkNoPostmaster fails when dir/postmaster.pid names a live PostgreSQL
+// process. A stale file (the process is gone) is no obstacle: a delta restore
+// removes it.
+func checkNoPostmaster(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s/postmaster.pid: %w", dir, err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return nil
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err == nil && !strings.Contains(string(comm), "postgres") && !strings.Contains(string(comm), "postmaster") {
+		return nil // the number was reused by another program
+	}
+	return fmt.Errorf("a PostgreSQL server (pid %d) runs on %s: stop it before a delta restore", pid, dir)
 }
 
 // checkEmpty fails unless dir is missing or an empty directory.

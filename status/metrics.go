@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/replication"
 )
 
@@ -21,7 +22,10 @@ import (
 // application_name. No label takes its values from anything unbounded: check
 // names, backup states, lock commands and slot states are fixed sets.
 type Collector struct {
-	Source     Source
+	Source Source
+	// Config, when set, gives the configuration in force at each scrape (the
+	// daemon's, which a reload replaces); else Source.Config is used.
+	Config     func() *config.Config
 	Thresholds Thresholds
 	Log        *slog.Logger
 	// ProbeEvery is how long a replication-connection probe (IDENTIFY_SYSTEM,
@@ -34,8 +38,9 @@ type Collector struct {
 }
 
 type cachedProbe struct {
-	probe Probe
-	at    time.Time
+	probe    Probe
+	conninfo string
+	at       time.Time
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -109,14 +114,18 @@ const collectTimeout = 8 * time.Second
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
 	defer cancel()
-	servers := c.Source.Config.Servers
+	src := c.Source
+	if c.Config != nil {
+		src.Config = c.Config()
+	}
+	servers := src.Config.Servers
 	docs := make([]*Document, len(servers))
 	var wg sync.WaitGroup
 	for i := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			docs[i] = c.collectServer(ctx, servers[i].Name, ch)
+			docs[i] = c.collectServer(ctx, src, servers[i].Name, ch)
 		}()
 	}
 	wg.Wait()
@@ -145,20 +154,20 @@ func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // collectServer builds one server's document and checks and sends their
 // metrics; it returns the document (nil when it could not be built).
-func (c *Collector) collectServer(ctx context.Context, name string, ch chan<- prometheus.Metric) *Document {
+func (c *Collector) collectServer(ctx context.Context, src Source, name string, ch chan<- prometheus.Metric) *Document {
 	start := time.Now()
-	doc, err := c.Source.Build(ctx, name)
+	doc, err := src.Build(ctx, name)
 	if err != nil {
 		c.log().Warn("metrics: cannot build status", "server", name, "err", err)
 		ch <- gauge(descStatusUp, 0, name)
 		return nil
 	}
-	srv, err := c.Source.Config.Server(name)
+	srv, err := src.Config.Server(name)
 	if err != nil {
 		ch <- gauge(descStatusUp, 0, name)
 		return nil
 	}
-	results := Evaluate(doc, srv, c.probe(ctx, doc), c.thresholds())
+	results := Evaluate(doc, srv, c.probe(ctx, src, srv, doc), c.thresholds())
 	ch <- gauge(descStatusUp, 1, name)
 	for _, m := range DocumentMetrics(doc, results) {
 		ch <- m
@@ -185,7 +194,7 @@ func (c *Collector) thresholds() Thresholds {
 // "replication connection" check. A receiver that streams is such a
 // connection, so it is taken as the probe; otherwise IDENTIFY_SYSTEM is run,
 // at most once per ProbeEvery, so that scrapes do not take a wal sender each.
-func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
+func (c *Collector) probe(ctx context.Context, src Source, srv *config.Server, doc *Document) Probe {
 	rc := doc.Receiver
 	if rc.Running && rc.State == "streaming" && rc.SystemID != "" {
 		return Probe{Identity: replication.Identity{SystemID: rc.SystemID, TimeLine: rc.TimeLine, XLogPos: rc.ServerLSN}}
@@ -197,14 +206,10 @@ func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
 	c.mu.Lock()
 	cached, ok := c.probes[doc.Server]
 	c.mu.Unlock()
-	if ok && time.Since(cached.at) < every {
+	if ok && cached.conninfo == srv.Conninfo && time.Since(cached.at) < every {
 		return cached.probe
 	}
-	srv, err := c.Source.Config.Server(doc.Server)
-	if err != nil {
-		return Probe{Err: err}
-	}
-	timeout := c.Source.ConnectTimeout
+	timeout := src.ConnectTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
@@ -214,7 +219,7 @@ func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
 	if c.probes == nil {
 		c.probes = map[string]cachedProbe{}
 	}
-	c.probes[doc.Server] = cachedProbe{probe: p, at: time.Now()}
+	c.probes[doc.Server] = cachedProbe{probe: p, conninfo: srv.Conninfo, at: time.Now()}
 	c.mu.Unlock()
 	return p
 }

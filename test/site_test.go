@@ -69,8 +69,9 @@ func newSite(t *testing.T, opts pgtest.Options) *site {
 
 // newSiteOn starts a walhub serve process whose server "main" is source (the
 // primary p, or one of its standbys: the hub then streams from and backs up
-// that standby); s.primary is p, where writes and WAL switches go.
-func newSiteOn(t *testing.T, p, source *pgtest.Cluster) *site {
+// that standby); s.primary is p, where writes and WAL switches go. Lines in
+// serverConf are added to the server's section (e.g. "synchronous = true").
+func newSiteOn(t *testing.T, p, source *pgtest.Cluster, serverConf ...string) *site {
 	t.Helper()
 	s := &site{t: t, primary: p, dir: pgtest.TempDir(t, "site")}
 	s.repo = filepath.Join(s.dir, "repo")
@@ -85,9 +86,10 @@ admin_tokens = ["admin-secret"]
 [[server]]
 name = "main"
 conninfo = %q
+%s
 [server.backup]
 wal_timeout = "2m"
-`, s.repo, port, source.ConnString(""))
+`, s.repo, port, source.ConnString(""), strings.Join(serverConf, "\n"))
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

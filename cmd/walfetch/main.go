@@ -56,6 +56,14 @@ What it does:
     left by another restore, another hub, another cluster or before a reboot is
     never used, and is removed.
 
+  - During point-in-time recovery (recovery.signal, no standby.signal), when the
+    hub does not have a segment complete, walfetch asks for its .partial: the WAL
+    the hub received of the newest segment of that timeline (never for a segment
+    followed by others: that is a gap). It is checked like a segment and padded
+    with zeros to the segment size, so recovery replays every byte the hub holds
+    and then ends: with a synchronous hub, a primary lost for good is recovered
+    to its last committed transaction. --partial off turns this off.
+
 Exit status (the contract with PostgreSQL):
   0    the file is at %p, complete and verified.
   1    not available: the hub does not have it (yet), which is normal; or, on a

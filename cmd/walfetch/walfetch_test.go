@@ -470,3 +470,58 @@ func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
 		return spooled("00000001") == 0 && spooled("00000002") == 3
 	})
 }
+
+// TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly: the hub holds
+// segments 1 to 3 and what it received of 4 (a .partial). During
+// point-in-time recovery, segment 4 is served from the .partial, padded with
+// zeros; not on a standby, not with --partial off, and not for a segment
+// followed by a stored one (a gap).
+func TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly(t *testing.T) {
+	h := newTestHub(t, 3)
+	writePartial := func(segno walname.SegNo, n int) string {
+		name := walname.SegmentName(1, segno, testSegSize)
+		p := h.repo.Work.PartialFile("main", name)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, fakeSegment(1, segno)[:n], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	newest := writePartial(4, 300000)
+	gap := writePartial(6, 8192)
+	h.add(t, 1, 7)
+
+	tests := []struct {
+		name, signal, segment string
+		extra                 []string
+		want                  int
+	}{
+		{"point-in-time recovery", "recovery.signal", newest, nil, 0},
+		{"standby", "standby.signal", newest, nil, 1},
+		{"--partial off", "recovery.signal", newest, []string{"--partial", "off"}, 1},
+		{"a gap, not the newest segment", "recovery.signal", gap, nil, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := dataDir(t, tt.signal, true)
+			code, stderr := runWalfetch(t, dir, hubArgs(h, append(tt.extra, tt.segment, "pg_wal/RECOVERYXLOG")...)...)
+			if code != tt.want {
+				t.Fatalf("exit %d, want %d: %s", code, tt.want, stderr)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+			if tt.want != 0 {
+				if err == nil {
+					t.Error("RECOVERYXLOG exists")
+				}
+				return
+			}
+			want := append(fakeSegment(1, 4)[:300000:300000], make([]byte, testSegSize-300000)...)
+			if !bytes.Equal(got, want) {
+				t.Errorf("RECOVERYXLOG (%d bytes) is not the .partial padded with zeros to %d", len(got), testSegSize)
+			}
+			if l := leftovers(t, dir, "RECOVERYXLOG"); len(l) > 0 {
+				t.Errorf("left in pg_wal: %v", l)
+			}
+		})
+	}
+}

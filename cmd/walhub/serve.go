@@ -93,14 +93,15 @@ func (a *app) serve(ctx context.Context) error {
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
-	// Status, backups, replication and check results, built at each scrape.
-	registry.MustRegister(&status.Collector{Source: status.Source{Config: cfg, Catalog: cat, Work: repo.Work}, Log: a.log})
 
 	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
 		newReceiver: func(srv *config.Server) service {
 			return stream.NewReceiver(stream.Options{Server: srv, Repo: repo, Log: a.log, Metrics: metrics}).Run
 		}}
 	d.cfg.Store(cfg)
+	// Status, backups, replication and check results, built at each scrape
+	// from the configuration in force.
+	registry.MustRegister(&status.Collector{Source: status.Source{Catalog: cat, Work: repo.Work}, Config: d.cfg.Load, Log: a.log})
 	d.snapshots = &snapshot.Manager{Config: cfg, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
 	if err := d.snapshots.FailInterrupted(ctx); err != nil {
 		return err
