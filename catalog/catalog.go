@@ -193,6 +193,9 @@ var migrations = []string{
 		DELETE FROM segment_contents WHERE server_id = OLD.server_id AND tli = OLD.tli AND segno = OLD.segno;
 		DELETE FROM restore_points WHERE server_id = OLD.server_id AND tli = OLD.tli AND segno = OLD.segno;
 	END;`,
+	// carry: the WAL decoder's state at the end of the segment (a record that
+	// continues into the next one), so a restarted receiver goes on reading.
+	`ALTER TABLE segment_contents ADD COLUMN carry BLOB;`,
 }
 
 func (c *Catalog) migrate(ctx context.Context) error {

@@ -32,6 +32,9 @@ type SegmentContents struct {
 	MinTime, MaxTime time.Time
 	MinXID, MaxXID   uint32
 	RestorePoints    []RestorePoint
+	// Carry is the reader's state at the end of the segment
+	// (walrecord.Decoder.MarshalState), for the next segment after a restart.
+	Carry []byte
 }
 
 // Add counts one commit or abort record, given in WAL order.
@@ -69,10 +72,10 @@ func putContents(ctx context.Context, tx *sql.Tx, serverID int64, tli walname.Ti
 		return fmt.Errorf("record segment contents: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO segment_contents (server_id, tli, segno, xacts,
-		first_lsn, first_time, last_lsn, last_time, min_time, max_time, min_xid, max_xid)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, serverID, tli, int64(segno), c.Xacts,
+		first_lsn, first_time, last_lsn, last_time, min_time, max_time, min_xid, max_xid, carry)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, serverID, tli, int64(segno), c.Xacts,
 		int64(c.First.LSN), unixNano(c.First.Time), int64(c.Last.LSN), unixNano(c.Last.Time),
-		unixNano(c.MinTime), unixNano(c.MaxTime), c.MinXID, c.MaxXID); err != nil {
+		unixNano(c.MinTime), unixNano(c.MaxTime), c.MinXID, c.MaxXID, c.Carry); err != nil {
 		return fmt.Errorf("record segment contents: %w", err)
 	}
 	for _, rp := range c.RestorePoints {
@@ -97,6 +100,22 @@ func (c *Catalog) SetSegmentContents(ctx context.Context, serverID int64, tli wa
 		return err
 	}
 	return tx.Commit()
+}
+
+// Carry returns the reader's state recorded at the end of segment segno
+// (SegmentContents.Carry), from the newest timeline up to tli that has it.
+// ErrNotFound when there is none.
+func (c *Catalog) Carry(ctx context.Context, serverID int64, tli walname.TimeLine, segno walname.SegNo) ([]byte, error) {
+	var carry []byte
+	err := c.db.QueryRowContext(ctx, `SELECT carry FROM segment_contents WHERE server_id = ? AND segno = ? AND tli <= ?
+		AND carry IS NOT NULL ORDER BY tli DESC LIMIT 1`, serverID, int64(segno), tli).Scan(&carry)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("state after segment %d: %w", segno, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state after segment %d: %w", segno, err)
+	}
+	return carry, nil
 }
 
 // SegmentsWithoutContents lists, oldest first, at most limit stored segments

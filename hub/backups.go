@@ -130,5 +130,9 @@ func (s *Server) status(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, st)
+	body, err := jsonWithoutHostPaths(st)
+	if err != nil {
+		return fmt.Errorf("status of %s: %w", name, err)
+	}
+	return c.JSONBlob(http.StatusOK, body)
 }

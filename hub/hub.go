@@ -217,6 +217,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if status >= 500 {
 		s.o.Log.Error("hub: request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
 	}
+	body.Error = withoutHostPaths(body.Error)
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)
 	} else {

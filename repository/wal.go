@@ -35,7 +35,21 @@ type SegmentStorer struct {
 	compression string
 	enc         *zstd.Encoder
 	buf         []byte
+	index       SegmentIndex
 }
+
+// SegmentIndex reads the bytes of each segment stored, in order, on their
+// way to the store (the WAL index: restore points, commit times), and gives
+// what the catalog records with the segment's row, in the same transaction.
+type SegmentIndex interface {
+	// Begin returns the writer the bytes of the segment go through.
+	Begin(ctx context.Context, tli walname.TimeLine, segno walname.SegNo, name string) io.Writer
+	// Contents is what was read from the segment since Begin.
+	Contents(tli walname.TimeLine, segno walname.SegNo) *catalog.SegmentContents
+}
+
+// SetIndex makes every segment stored from now on pass through x.
+func (s *SegmentStorer) SetIndex(x SegmentIndex) { s.index = x }
 
 // SegmentStorer returns a storer for srv (its row with system id and segment
 // size bound), compressing with compression ("zstd" or "none") at level.
@@ -91,13 +105,20 @@ func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg ca
 	// The checksum goes into the object's meta, which a bucket takes when the
 	// upload starts: compute it first (the second read comes from the page cache).
 	sum := checksum.New()
-	if _, err := io.CopyBuffer(sum, in, s.buf); err != nil {
+	var read io.Writer = sum
+	if s.index != nil {
+		read = io.MultiWriter(sum, s.index.Begin(ctx, tli, segno, name))
+	}
+	if _, err := io.CopyBuffer(read, in, s.buf); err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
 	}
 	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
 	}
 	row := s.row(tli, segno, name, checksum.Format(sum.Sum32()))
+	if s.index != nil {
+		row.Contents = s.index.Contents(tli, segno)
+	}
 	linked := false
 	if l, ok := s.r.Store.(storage.Linker); ok && s.compression == "none" {
 		row.StoredSize, err = l.Link(ctx, src, row.StoredPath, s.meta(row))
@@ -127,6 +148,12 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 		return catalog.Segment{}, fmt.Errorf("segment %s has %d bytes, want %d", name, len(data), s.srv.SegmentSize)
 	}
 	row := s.row(tli, segno, name, checksum.Of(data))
+	if s.index != nil {
+		if _, err := s.index.Begin(ctx, tli, segno, name).Write(data); err != nil {
+			return catalog.Segment{}, fmt.Errorf("index segment %s: %w", name, err)
+		}
+		row.Contents = s.index.Contents(tli, segno)
+	}
 	stored := data
 	if s.enc != nil {
 		stored = s.enc.EncodeAll(data, nil) // one frame, one segment

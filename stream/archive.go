@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/repository"
@@ -24,6 +25,9 @@ func newSegmentStore(repo *repository.Repository, srv catalog.Server, compressio
 	if err != nil {
 		return nil, err
 	}
+	// The WAL index reads restore points and commit times from each segment.
+	storer.SetIndex(&contentIndex{cat: repo.Catalog, serverID: srv.ID, segSize: srv.SegmentSize,
+		log: slog.Default().With("server", srv.Name)})
 	return &segmentStore{storer: storer, stored: stored}, nil
 }
 

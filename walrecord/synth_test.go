@@ -193,6 +193,43 @@ func TestAcrossSegments(t *testing.T) {
 	before := primed.Events()
 	primed.Write(s.buf[segSize:])
 	check("primed", append(before, primed.Events()...))
+
+	// Restart at segment 1 from the state saved after segment 0.
+	first := NewDecoder(segSize, 0)
+	first.Write(s.buf[:segSize])
+	before = first.Events()
+	resumed, err := ResumeDecoder(segSize, first.MarshalState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed.Pos() != segSize {
+		t.Fatalf("resumed at %s", resumed.Pos())
+	}
+	resumed.Write(s.buf[segSize:])
+	check("resumed", append(before, resumed.Events()...))
+}
+
+// FuzzResumeDecoder checks that any state blob is refused or gives a
+// decoder that can be fed without panicking.
+func FuzzResumeDecoder(f *testing.F) {
+	const segSize = 1 << 20
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	s := newSynth(segSize, 0)
+	s.fillTo(PageSize - 100)
+	s.record(rmXact, xactCommit, 5, append(commitData(now), make([]byte, 300)...))
+	s.fillTo(3 * PageSize)
+	d := NewDecoder(segSize, 0)
+	d.Write(s.buf[:PageSize])
+	f.Add(d.MarshalState(), s.buf[PageSize:])
+	f.Fuzz(func(t *testing.T, state, data []byte) {
+		d, err := ResumeDecoder(segSize, state)
+		if err != nil {
+			return
+		}
+		d.Write(data)
+		d.Events()
+		d.MarshalState()
+	})
 }
 
 // TestInvalidWALEndsSegment checks that a bad CRC ends the valid WAL of a

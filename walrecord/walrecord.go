@@ -17,6 +17,7 @@ package walrecord
 
 import (
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"time"
 
@@ -85,7 +86,8 @@ func (k Kind) IsXact() bool { return k >= Commit && k <= AbortPrepared }
 type Event struct {
 	Kind Kind
 	// LSN is where the record starts (what pg_waldump prints); End is the
-	// first byte after it.
+	// first byte after it, aligned as XLogInsert returns it (what
+	// pg_create_restore_point returns).
 	LSN, End walname.LSN
 	// XID is the transaction: the record's xid, or for a prepared
 	// transaction's commit or abort the prepared transaction's xid.
@@ -328,6 +330,7 @@ func (d *Decoder) finishRecord() bool {
 	d.Records++
 	d.prev, d.hasPrev = d.recLSN, true
 	end := d.recLSN + walname.LSN(d.totLen) + walname.LSN(pageHeadersWithin(d.recLSN, d.totLen, d.segSize))
+	end = (end + 7) &^ 7 // where the next record may start, as XLogInsert reports it
 	rmid, info := d.hdr[17], d.hdr[16]
 	if d.keep {
 		if e, ok := decodeEvent(rmid, info, binary.LittleEndian.Uint32(d.hdr[4:]), d.body); ok {
@@ -603,4 +606,77 @@ loop:
 		return nil, false
 	}
 	return body[len(body)-mainLen:], true
+}
+
+// stateVersion tags the encoding of MarshalState.
+const stateVersion = 1
+
+// maxCarry bounds the data of a record in progress that MarshalState keeps;
+// a longer one (a rare commit record of over a megabyte) is skipped instead.
+const maxCarry = 1 << 20
+
+// MarshalState encodes the decoder's state between two segments, so that a
+// restarted process can go on where it stopped (ResumeDecoder) and still
+// decode a record that began before the restart. It may only be called when
+// the decoder has been fed up to the end of a page.
+func (d *Decoder) MarshalState() []byte {
+	st, cont, body, hasPrev := d.state, d.cont, d.body, d.hasPrev
+	if st == stHeader || st == stBody {
+		if !d.keep && st == stBody || len(body) > maxCarry {
+			// Its data is not needed: skip the rest without checking it.
+			st, cont, body, hasPrev = stCont, d.totLen-d.got, nil, false
+		}
+	}
+	if st != stBody && st != stHeader {
+		body = nil
+	}
+	b := []byte{stateVersion, byte(st), boolByte(d.keep), boolByte(hasPrev)}
+	b = binary.LittleEndian.AppendUint64(b, uint64(d.pos)+uint64(d.fill))
+	b = binary.LittleEndian.AppendUint64(b, uint64(d.recLSN))
+	b = append(b, d.hdr[:]...)
+	b = binary.LittleEndian.AppendUint32(b, d.totLen)
+	b = binary.LittleEndian.AppendUint32(b, d.got)
+	b = binary.LittleEndian.AppendUint32(b, d.crc)
+	b = binary.LittleEndian.AppendUint32(b, cont)
+	b = binary.LittleEndian.AppendUint64(b, uint64(d.prev))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(body)))
+	return append(b, body...)
+}
+
+const stateFixed = 4 + 8 + 8 + recordHeaderSize + 4*4 + 8 + 4
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// ResumeDecoder returns a decoder in the state MarshalState encoded.
+func ResumeDecoder(segSize uint64, state []byte) (*Decoder, error) {
+	if len(state) < stateFixed || state[0] != stateVersion || state[1] > stSegment {
+		return nil, errors.New("walrecord: not a decoder state")
+	}
+	d := &Decoder{segSize: segSize, page: make([]byte, PageSize)}
+	d.state, d.keep, d.hasPrev = int(state[1]), state[2] == 1, state[3] == 1
+	le := binary.LittleEndian
+	d.pos = walname.LSN(le.Uint64(state[4:]))
+	d.recLSN = walname.LSN(le.Uint64(state[12:]))
+	copy(d.hdr[:], state[20:20+recordHeaderSize])
+	o := 20 + recordHeaderSize
+	d.totLen, d.got, d.crc, d.cont = le.Uint32(state[o:]), le.Uint32(state[o+4:]), le.Uint32(state[o+8:]), le.Uint32(state[o+12:])
+	d.prev = walname.LSN(le.Uint64(state[o+16:]))
+	n := le.Uint32(state[o+24:])
+	body := state[stateFixed:]
+	switch {
+	case uint64(n) != uint64(len(body)):
+		return nil, errors.New("walrecord: truncated decoder state")
+	case d.pos%PageSize != 0:
+		return nil, errors.New("walrecord: decoder state not at a page boundary")
+	case (d.state == stHeader || d.state == stBody) && (d.got > d.totLen || d.totLen < recordHeaderSize && d.got >= 4 ||
+		d.got > recordHeaderSize && d.state == stHeader || d.got < recordHeaderSize && d.state == stBody):
+		return nil, errors.New("walrecord: inconsistent decoder state")
+	}
+	d.body = append([]byte(nil), body...)
+	return d, nil
 }
