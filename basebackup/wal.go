@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
@@ -268,7 +269,7 @@ func SwitchWALOn(conninfo string) func(ctx context.Context) error {
 		}
 		defer conn.Close(context.Background())
 		if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
-			return fmt.Errorf("pg_switch_wal(): %w", err)
+			return fmt.Errorf("pg_switch_wal(): %w", privileges.Explain(err, privileges.SwitchWAL, cfg.User))
 		}
 		return nil
 	}
