@@ -72,10 +72,11 @@ func newSite(t *testing.T, opts pgtest.Options) *site {
 
 // newSiteOn starts a walhub serve process whose server "main" is source (the
 // primary p, or one of its standbys: the hub then streams from and backs up
-// that standby); s.primary is p, where writes and WAL switches go.
-func newSiteOn(t *testing.T, p, source *pgtest.Cluster) *site {
+// that standby); s.primary is p, where writes and WAL switches go. Lines in
+// serverConf are added to the server's section (e.g. "synchronous = true").
+func newSiteOn(t *testing.T, p, source *pgtest.Cluster, serverConf ...string) *site {
 	t.Helper()
-	return newSiteWith(t, p, source, siteOptions{})
+	return newSiteWith(t, p, source, siteOptions{serverLines: strings.Join(serverConf, "\n")})
 }
 
 // siteOptions add to the configuration a site starts with.
