@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 )
 
@@ -57,10 +60,10 @@ func encryptionSection(key string, previous ...string) string {
 // newEncryptedSite is a site whose repository is encrypted with a new key,
 // storing WAL and backups uncompressed (so that, but for the encryption, the
 // marker would be in the stored bytes as it is).
-func newEncryptedSite(t *testing.T) (s *site, keyPath, keyID string) {
+func newEncryptedSite(t *testing.T, opts ...pgtest.Options) (s *site, keyPath, keyID string) {
 	t.Helper()
 	keyPath, keyID = newKey(t, pgtest.TempDir(t, "keys"), "repo")
-	p := pgtest.NewPrimary(t, "primary", pgtest.Options{})
+	p := pgtest.NewPrimary(t, "primary", append(opts, pgtest.Options{})[0])
 	s = newSiteWith(t, p, p, siteOptions{serverLines: `compression = "none"`, sections: encryptionSection(keyPath)})
 	return s, keyPath, keyID
 }
@@ -96,9 +99,9 @@ func filesHolding(t *testing.T, root, marker string) (hits []string, scanned int
 	return hits, scanned
 }
 
-// hubGet fetches path from the hub with the read token: the status, the
+// hubFetch fetches path from the hub with the read token: the status, the
 // body, and the error that cut the body short, if one did.
-func (s *site) hubGet(path string) (int, []byte, error) {
+func (s *site) hubFetch(path string) (int, []byte, error) {
 	s.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, s.hubURL+path, nil)
 	req.Header.Set("Authorization", "Bearer read-secret")
@@ -153,10 +156,7 @@ func TestEncryptedRepositoryHoldsNoPlaintextAndRestoresIdentically(t *testing.T)
 	// The marker did reach the repository: the hub serves it decrypted.
 	var found bool
 	for _, f := range storedSegments(t, s) {
-		code, body, err := s.hubGet("/v1/servers/main/wal/" + filepath.Base(f))
-		if code != http.StatusOK || err != nil {
-			t.Fatalf("GET %s: %d %v %.200s", filepath.Base(f), code, err, body)
-		}
+		body := s.hubGet("/v1/servers/main/wal/"+filepath.Base(f), "read-secret")
 		found = found || bytes.Contains(body, []byte(secretMarker))
 	}
 	if !found {
@@ -246,7 +246,7 @@ func TestEncryptedRepositoryRefusesTamperingAndWrongKeys(t *testing.T) {
 	name := filepath.Base(bad)
 	// Refused: an error status, or (had the hub already started the body)
 	// a body cut short; never the whole object.
-	if code, body, err := s.hubGet("/v1/servers/main/wal/" + name); code == http.StatusOK && err == nil {
+	if code, body, err := s.hubFetch("/v1/servers/main/wal/" + name); code == http.StatusOK && err == nil {
 		t.Fatalf("the hub served a tampered segment (%d bytes)", len(body))
 	}
 	pwal := filepath.Join(scratch, "pg_wal")
@@ -326,8 +326,7 @@ func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
 	}
 
 	dir := filepath.Join(pgtest.TempDir(t, "rotated"), "data")
-	s.walhub("restore", "--server", "main", "--target-dir", dir, "--target-action", "promote",
-		"--walfetch-token-file", s.tokenFile)
+	s.walhub("restore", "--server", "main", "--target-dir", dir, "--walfetch-token-file", s.tokenFile)
 	c := startRestored(t, "rotated", dir)
 	waitPromoted(t, c)
 	if got := c.Query(secretChecksum); got != want {
@@ -341,4 +340,69 @@ func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
 	if err == nil || !strings.Contains(string(o), oldID) {
 		t.Fatalf("verify without the previous key: %v\n%s", err, o)
 	}
+}
+
+// TestEncryptedCatalogRebuiltGivenTheKey deletes the catalog of an encrypted
+// repository and rebuilds it from the store with walhub repair
+// --rebuild-catalog: the same rows as before, key IDs included. Without the
+// key the rebuild fails naming it, and leaves no catalog behind.
+func TestEncryptedCatalogRebuiltGivenTheKey(t *testing.T) {
+	t.Parallel()
+	s, _, keyID := newEncryptedSite(t, pgtest.Options{SegmentSizeMB: 1})
+	p := s.primary
+	p.PgbenchInit(1)
+	writeSecret(p, 1, 1000)
+	s.walhub("backup", "--server", "main")
+	p.Pgbench(2, 100)
+	s.waitArchived()
+	s.stopServe()
+
+	catPath := filepath.Join(s.repo, storage.CatalogFile)
+	before, beforeKeys := dumpCatalog(t, catPath), keyUsage(t, catPath)
+	if !strings.Contains(beforeKeys, keyID) || strings.Contains(beforeKeys, "{KeyID: ") {
+		t.Fatalf("key usage before the rebuild: %s", beforeKeys)
+	}
+	removeCatalog := func() {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(catPath + suffix); err != nil && !os.IsNotExist(err) {
+				t.Fatal(err)
+			}
+		}
+	}
+	removeCatalog()
+
+	otherKey, _ := newKey(t, s.dir, "other")
+	cfg := filepath.Join(s.dir, "other.toml")
+	os.WriteFile(cfg, []byte(s.baseConfig+encryptionSection(otherKey)), 0o600)
+	out, err := exec.Command(filepath.Join(binDir, "walhub"), "repair", "--rebuild-catalog", "--config", cfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), keyID) {
+		t.Fatalf("rebuild with another key: %v\n%s", err, out)
+	}
+	removeCatalog()
+
+	s.walhub("repair", "--rebuild-catalog")
+	if after := dumpCatalog(t, catPath); after != before {
+		t.Fatalf("rebuilt catalog differs:\n%s\nwant\n%s", after, before)
+	}
+	if after := keyUsage(t, catPath); after != beforeKeys {
+		t.Fatalf("key usage after the rebuild: %s, want %s", after, beforeKeys)
+	}
+	if out := s.walhub("verify", "--server", "main"); !strings.Contains(out, "OK") {
+		t.Fatalf("verify after the rebuild: %s", out)
+	}
+}
+
+// keyUsage is the catalog's KeyUsage, as text.
+func keyUsage(t *testing.T, path string) string {
+	t.Helper()
+	cat, err := catalog.Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	use, err := cat.KeyUsage(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%+v", use)
 }
