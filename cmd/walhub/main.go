@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -19,6 +22,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/version"
+	"golang.org/x/sys/unix"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -173,11 +177,43 @@ func (a *app) repository() (storage.Local, error) {
 	if err != nil {
 		return storage.Local{}, err
 	}
-	if err := repositoryExists(cfg.Repository); err != nil {
+	err = repositoryExists(cfg.Repository)
+	if errors.Is(err, errNoRepository) {
 		return storage.Local{}, fmt.Errorf("repository %s: %w; is its volume mounted, is the path in %s right? "+
 			"To create a new repository there: walhub init --config %s", cfg.Repository, err, a.configPath, a.configPath)
 	}
+	if err == nil || errors.Is(err, fs.ErrPermission) {
+		if werr := repositoryWritable(cfg.Repository); werr != nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		return storage.Local{}, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
 	return storage.Local{Root: cfg.Repository}, nil
+}
+
+// repositoryWritable tells whether this process may use the catalog: read and
+// write catalog.db, and create its journal beside it.
+func repositoryWritable(root string) error {
+	for _, p := range []string{root, filepath.Join(root, storage.CatalogFile)} {
+		if err := unix.Access(p, unix.R_OK|unix.W_OK); err != nil {
+			who := "this user"
+			if u, uerr := user.Current(); uerr == nil {
+				who = "user " + u.Username
+			}
+			owner := ""
+			if fi, serr := os.Stat(p); serr == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					if u, uerr := user.LookupId(strconv.Itoa(int(st.Uid))); uerr == nil {
+						owner = " (owned by " + u.Username + ")"
+					}
+				}
+			}
+			return fmt.Errorf("%s cannot read and write %s%s: %w; run walhub as the repository's owner", who, p, owner, fs.ErrPermission)
+		}
+	}
+	return nil
 }
 
 // repositoryExists tells whether root holds a repository (its catalog).
