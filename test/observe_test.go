@@ -122,7 +122,7 @@ func humanBytes(n int64) string {
 // every metric the shipped alert rules and dashboard use is in the hub's
 // /metrics, agreeing with the status document; and the status page, in a
 // real headless Chromium, shows what the JSON status says, marks the gap,
-// and shows a new backup without a reload.
+// and shows a new backup and running work without a reload.
 func TestObservabilityOfARealHub(t *testing.T) {
 	s := newSite(t, pgtest.Options{SegmentSizeMB: 1, Conf: []string{"max_slot_wal_keep_size = 2GB"}})
 	standby := s.primary.NewStandby("standby1", pgtest.StandbyOptions{})
@@ -359,7 +359,15 @@ func testStatusPage(t *testing.T, s *site, hole string) {
 		t.Errorf("after a backup that follows the gap, the backups part says:\n%s", text)
 	}
 
+	// Running work: a snapshot holds the server's lock until it is stopped.
+	s.walhub("snapshot", "start", "--server", "main", "--fast")
+	do(t, ctx, console, chromedp.WaitVisible(`section.server[data-server="main"] [data-work="snapshot"]`))
+	if m := string(s.hubGet("/metrics", "")); !strings.Contains(m, `walhub_operation_running{operation="snapshot",server="main"} 1`) {
+		t.Error("/metrics does not show the snapshot running")
+	}
+
 	png := run(t, ctx, chromedp.FullScreenshot(100))
+	s.walhub("snapshot", "stop", "--server", "main")
 	dir := os.Getenv("WALHUB_SCREENSHOT_DIR")
 	if dir == "" {
 		dir = os.TempDir()
