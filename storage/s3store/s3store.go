@@ -152,9 +152,14 @@ func New(cfg Config) (*Store, error) {
 			// failures; an outage of the bucket must be waited out instead.
 			o.RateLimiter = ratelimit.None
 		}),
-		// Range reads cannot check a whole-object checksum: check when asked only.
+		// No flexible checksums (x-amz-checksum-*) unless an operation
+		// requires them: several S3-compatible servers refuse or mishandle
+		// them. In transit, TLS protects the payload (over plain http the SDK
+		// signs its SHA-256, which the server checks); at rest, walhub checks
+		// what it reads against its own CRC-32C (segments) and the backup
+		// manifest.
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenSupported,
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 	}
 	if cfg.Endpoint != "" {
 		opts.BaseEndpoint = aws.String(cfg.Endpoint)
