@@ -25,6 +25,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -251,7 +252,7 @@ func removeBackupDir(repo storage.Local, rel string) error {
 
 // take streams, stores, verifies and waits for the WAL.
 func (r *run) take(ctx context.Context) error {
-	conn, err := replicationConn(ctx, r.opts.Conninfo)
+	conn, err := connect(ctx, r.opts.Conninfo)
 	if err != nil {
 		return err
 	}
@@ -260,14 +261,18 @@ func (r *run) take(ctx context.Context) error {
 		defer cancel()
 		conn.Close(closeCtx)
 	}()
-	id, err := identify(ctx, conn)
+	id, err := replication.IdentifySystem(ctx, conn)
 	if err != nil {
 		return err
 	}
-	if err := r.opts.Catalog.BindIdentity(ctx, r.server.ID, id.SystemID, id.SegmentSize); err != nil {
+	segSize, err := replication.SegmentSize(ctx, conn)
+	if err != nil {
 		return err
 	}
-	r.server.SystemID, r.server.SegmentSize = id.SystemID, id.SegmentSize
+	if err := r.opts.Catalog.BindIdentity(ctx, r.server.ID, id.SystemID, segSize); err != nil {
+		return err
+	}
+	r.server.SystemID, r.server.SegmentSize = id.SystemID, segSize
 
 	started := time.Now()
 	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}

@@ -1,17 +1,16 @@
 package basebackup
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -23,67 +22,20 @@ var ErrChecksumFailure = errors.New("page checksum failure")
 // readBufferSize is the read buffer of the replication connection.
 const readBufferSize = 1 << 20
 
-// replicationConn opens a physical replication connection (replication=true)
-// from a libpq conninfo.
-func replicationConn(ctx context.Context, conninfo string) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(conninfo)
-	if err != nil {
-		return nil, fmt.Errorf("parse conninfo: %w", err)
-	}
-	cfg.RuntimeParams["replication"] = "true"
+// connect opens the replication connection a backup runs on.
+func connect(ctx context.Context, conninfo string) (*pgconn.PgConn, error) {
 	// The backup arrives as a long run of 32 kB messages: read the socket in
 	// large chunks rather than pgproto3's default 8 kB, saving system calls.
-	cfg.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
-		return pgproto3.NewFrontend(bufio.NewReaderSize(r, readBufferSize), w)
-	}
-	if cfg.RuntimeParams["application_name"] == "" {
-		cfg.RuntimeParams["application_name"] = "walhub_backup"
-	}
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
+	conn, err := replication.Connect(ctx, conninfo, replication.Options{
+		ApplicationName: replication.AppBackup, ReadBufferSize: readBufferSize})
+	var parseErr *pgconn.ParseConfigError
+	switch {
+	case errors.As(err, &parseErr):
+		return nil, fmt.Errorf("parse conninfo: %w", err)
+	case err != nil:
 		return nil, fmt.Errorf("connect for replication: %w", err)
 	}
 	return conn, nil
-}
-
-// identity is what the server says of itself before a backup.
-type identity struct {
-	SystemID    string
-	TimeLine    walname.TimeLine
-	SegmentSize uint64
-}
-
-// identify runs IDENTIFY_SYSTEM and SHOW wal_segment_size.
-func identify(ctx context.Context, conn *pgconn.PgConn) (identity, error) {
-	res, err := conn.Exec(ctx, "IDENTIFY_SYSTEM").ReadAll()
-	if err != nil {
-		return identity{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 2 {
-		return identity{}, errors.New("IDENTIFY_SYSTEM: unexpected result shape")
-	}
-	row := res[0].Rows[0]
-	tli, err := strconv.ParseUint(string(row[1]), 10, 32)
-	if err != nil {
-		return identity{}, fmt.Errorf("IDENTIFY_SYSTEM: timeline %q: %w", row[1], err)
-	}
-	id := identity{SystemID: string(row[0]), TimeLine: walname.TimeLine(tli)}
-	res, err = conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return identity{}, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-		return identity{}, errors.New("SHOW wal_segment_size: unexpected result shape")
-	}
-	size, err := walname.ParseSize(string(res[0].Rows[0][0]))
-	if err != nil {
-		return identity{}, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if err := walname.ValidSegmentSize(size); err != nil {
-		return identity{}, err
-	}
-	id.SegmentSize = size
-	return id, nil
 }
 
 // command options for BASE_BACKUP.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -186,6 +187,44 @@ func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Loc
 	return reaped, nil
 }
 
+// NeededWAL is the WAL a backup needs to become consistent (from its start to
+// its stop position) and what the catalog holds of it.
+type NeededWAL struct {
+	// FirstSegment and LastSegment name the range, on the stop timeline.
+	FirstSegment string `json:"first_segment"`
+	LastSegment  string `json:"last_segment"`
+	Segments     int64  `json:"segments"`
+	// Missing lists the segments (or ranges "A to B") the catalog lacks.
+	Missing []string `json:"missing,omitempty"`
+	// Complete is true when every needed segment is held.
+	Complete bool `json:"complete"`
+}
+
+// BackupWAL says which WAL backup b of server srv needs and whether the
+// catalog holds all of it.
+func BackupWAL(ctx context.Context, cat *catalog.Catalog, srv catalog.Server, b catalog.Backup) (NeededWAL, error) {
+	if srv.SegmentSize == 0 || b.StopLSN == 0 {
+		return NeededWAL{}, fmt.Errorf("backup %s has no stop position or its server no segment size yet", b.ID)
+	}
+	from, to := NeededSegments(b.StartLSN, b.StopLSN, srv.SegmentSize)
+	n := NeededWAL{FirstSegment: walname.SegmentName(b.StartTLI, from, srv.SegmentSize),
+		LastSegment: walname.SegmentName(b.StopTLI, to-1, srv.SegmentSize), Segments: int64(to - from)}
+	missing, err := (WALWait{Catalog: cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+		StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(ctx)
+	if err != nil {
+		return NeededWAL{}, err
+	}
+	for _, m := range missing {
+		name := walname.SegmentName(b.StopTLI, m.From, srv.SegmentSize)
+		if m.To-m.From > 1 {
+			name += " to " + walname.SegmentName(b.StopTLI, m.To-1, srv.SegmentSize)
+		}
+		n.Missing = append(n.Missing, name)
+	}
+	n.Complete = len(missing) == 0
+	return n, nil
+}
+
 // CompleteWaiting marks done every backup of server that waits for its WAL
 // (state waiting_wal) once the catalog holds all of it. Each is finished by a
 // compare-and-set, so processes that run it at the same time agree. It
@@ -228,7 +267,11 @@ func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) (
 // completed and streamed.
 func SwitchWALOn(conninfo string) func(ctx context.Context) error {
 	return func(ctx context.Context) error {
-		conn, err := pgconn.Connect(ctx, conninfo)
+		cfg, err := replication.ParseSQLConfig(conninfo, replication.Options{ApplicationName: replication.AppBackup})
+		var conn *pgconn.PgConn
+		if err == nil {
+			conn, err = pgconn.ConnectConfig(ctx, &cfg.Config)
+		}
 		if err != nil {
 			return fmt.Errorf("connect to switch WAL: %w", err)
 		}

@@ -65,7 +65,7 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 checkpoint = "fast"
 wal_timeout = "2m"
 EOF
-"$ROOT/walhub" --config "$ROOT/walhub.toml" serve 2>"$ROOT/serve.log" &
+"$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
   grep -qs '"state": "streaming"' "$ROOT/repo/bench/receiver.json" && break

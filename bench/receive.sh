@@ -103,7 +103,7 @@ compression = "$comp"
 TOML
 	local t0 t1 hwm
 	t0=$(date +%s.%N)
-	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
 	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi

@@ -42,7 +42,7 @@ listen = "127.0.0.1:$HUB"
 name = "b"
 conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 TOML
-"$W/bin/walhub" serve --config "$W/walhub.toml" > "$W/serve.log" 2>&1 & SERVE=$!
+"$W/bin/walhub" serve --init --config "$W/walhub.toml" > "$W/serve.log" 2>&1 & SERVE=$!
 sleep 2
 "$W/bin/walhub" backup --server b --config "$W/walhub.toml" >/dev/null 2>&1
 "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$W/tar" -Ft -X none -c fast 2>/dev/null

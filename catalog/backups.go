@@ -39,6 +39,8 @@ type BackupFile struct {
 	StoredSize   int64  `json:"stored_size"`
 	Compression  string `json:"compression"`
 	SHA256Stored string `json:"sha256_stored,omitempty"`
+	// KeyID names the key the stored file is encrypted with ("" when not).
+	KeyID string `json:"key_id,omitempty"`
 }
 
 // Backup is a base or snapshot backup.

@@ -154,6 +154,10 @@ var migrations = []string{
 	-- numbers, as MissingSegments does, reads a few bytes per segment instead of
 	-- whole rows.
 	CREATE INDEX segments_seq ON segments (server_id, tli, segno);`,
+	// key_id: the ID of the encryption key an object was stored under ('' when
+	// the repository is not encrypted); backup files carry theirs in files.
+	`ALTER TABLE segments ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE timelines ADD COLUMN key_id TEXT NOT NULL DEFAULT '';`,
 }
 
 func (c *Catalog) migrate(ctx context.Context) error {

@@ -120,7 +120,7 @@ func fillHeld(ctx context.Context, c *Catalog, serverID int64, held []bool) erro
 		if !ok {
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO segments VALUES (?, 1, ?, ?, 16, 4, 'zstd', '', 'p', 1)`,
+		if _, err := tx.ExecContext(ctx, `INSERT INTO segments VALUES (?, 1, ?, ?, 16, 4, 'zstd', '', 'p', 1, '')`,
 			serverID, n, walname.SegmentName(1, walname.SegNo(n), segSize)); err != nil {
 			return err
 		}

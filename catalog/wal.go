@@ -26,21 +26,24 @@ type Segment struct {
 	// StoredPath is relative to the repository root.
 	StoredPath string
 	ReceivedAt time.Time
+	// KeyID names the key the stored object is encrypted with ("" when the
+	// repository is not encrypted).
+	KeyID string
 }
 
 const addSegmentSQL = `INSERT INTO segments
-		(server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at, key_id)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (server_id, tli, segno) DO UPDATE SET
 		  name = excluded.name, size = excluded.size, stored_size = excluded.stored_size,
 		  compression = excluded.compression, checksum = excluded.checksum,
-		  stored_path = excluded.stored_path, received_at = excluded.received_at`
+		  stored_path = excluded.stored_path, received_at = excluded.received_at, key_id = excluded.key_id`
 
 // AddSegment records a stored segment. Adding the same segment again (a
 // restart that received it twice) replaces the row.
 func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
 	_, err := c.db.ExecContext(ctx, addSegmentSQL, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
-		s.StoredPath, unixNano(s.ReceivedAt))
+		s.StoredPath, unixNano(s.ReceivedAt), s.KeyID)
 	if err != nil {
 		return fmt.Errorf("catalog segment %s: %w", s.Name, err)
 	}
@@ -63,7 +66,7 @@ func (c *Catalog) AddSegments(ctx context.Context, segs []Segment) error {
 	defer stmt.Close()
 	for _, s := range segs {
 		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize,
-			s.Compression, s.Checksum, s.StoredPath, unixNano(s.ReceivedAt)); err != nil {
+			s.Compression, s.Checksum, s.StoredPath, unixNano(s.ReceivedAt), s.KeyID); err != nil {
 			return fmt.Errorf("catalog segment %s: %w", s.Name, err)
 		}
 	}
@@ -73,13 +76,13 @@ func (c *Catalog) AddSegments(ctx context.Context, segs []Segment) error {
 	return nil
 }
 
-const segmentColumns = `server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at`
+const segmentColumns = `server_id, tli, segno, name, size, stored_size, compression, checksum, stored_path, received_at, key_id`
 
 func scanSegment(row interface{ Scan(...any) error }) (Segment, error) {
 	var s Segment
 	var segno, received int64
 	err := row.Scan(&s.ServerID, &s.TimeLine, &segno, &s.Name, &s.Size, &s.StoredSize, &s.Compression,
-		&s.Checksum, &s.StoredPath, &received)
+		&s.Checksum, &s.StoredPath, &received, &s.KeyID)
 	s.SegNo = walname.SegNo(segno)
 	s.ReceivedAt = fromUnixNano(received)
 	return s, err
@@ -360,14 +363,17 @@ type TimeLine struct {
 	History    []byte
 	StoredPath string
 	AddedAt    time.Time
+	// KeyID names the key the history file is encrypted with ("" when not).
+	KeyID string
 }
 
 // AddTimeLine records a timeline and its history, replacing an earlier row.
 func (c *Catalog) AddTimeLine(ctx context.Context, t TimeLine) error {
-	_, err := c.db.ExecContext(ctx, `INSERT INTO timelines (server_id, tli, history, stored_path, added_at)
-		VALUES (?, ?, ?, ?, ?) ON CONFLICT (server_id, tli) DO UPDATE SET
-		history = excluded.history, stored_path = excluded.stored_path, added_at = excluded.added_at`,
-		t.ServerID, t.TimeLine, t.History, t.StoredPath, unixNano(t.AddedAt))
+	_, err := c.db.ExecContext(ctx, `INSERT INTO timelines (server_id, tli, history, stored_path, added_at, key_id)
+		VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (server_id, tli) DO UPDATE SET
+		history = excluded.history, stored_path = excluded.stored_path, added_at = excluded.added_at,
+		key_id = excluded.key_id`,
+		t.ServerID, t.TimeLine, t.History, t.StoredPath, unixNano(t.AddedAt), t.KeyID)
 	if err != nil {
 		return fmt.Errorf("catalog timeline %d: %w", t.TimeLine, err)
 	}
@@ -378,8 +384,8 @@ func (c *Catalog) AddTimeLine(ctx context.Context, t TimeLine) error {
 func (c *Catalog) TimeLine(ctx context.Context, serverID int64, tli walname.TimeLine) (TimeLine, error) {
 	var t TimeLine
 	var added int64
-	err := c.db.QueryRowContext(ctx, `SELECT server_id, tli, history, stored_path, added_at FROM timelines
-		WHERE server_id = ? AND tli = ?`, serverID, tli).Scan(&t.ServerID, &t.TimeLine, &t.History, &t.StoredPath, &added)
+	err := c.db.QueryRowContext(ctx, `SELECT server_id, tli, history, stored_path, added_at, key_id FROM timelines
+		WHERE server_id = ? AND tli = ?`, serverID, tli).Scan(&t.ServerID, &t.TimeLine, &t.History, &t.StoredPath, &added, &t.KeyID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return TimeLine{}, fmt.Errorf("timeline %d: %w", tli, ErrNotFound)
 	}
@@ -392,7 +398,7 @@ func (c *Catalog) TimeLine(ctx context.Context, serverID int64, tli walname.Time
 
 // TimeLines lists a server's timelines in order.
 func (c *Catalog) TimeLines(ctx context.Context, serverID int64) ([]TimeLine, error) {
-	rows, err := c.db.QueryContext(ctx, `SELECT server_id, tli, history, stored_path, added_at FROM timelines
+	rows, err := c.db.QueryContext(ctx, `SELECT server_id, tli, history, stored_path, added_at, key_id FROM timelines
 		WHERE server_id = ? ORDER BY tli`, serverID)
 	if err != nil {
 		return nil, fmt.Errorf("list timelines: %w", err)
@@ -402,7 +408,7 @@ func (c *Catalog) TimeLines(ctx context.Context, serverID int64) ([]TimeLine, er
 	for rows.Next() {
 		var t TimeLine
 		var added int64
-		if err := rows.Scan(&t.ServerID, &t.TimeLine, &t.History, &t.StoredPath, &added); err != nil {
+		if err := rows.Scan(&t.ServerID, &t.TimeLine, &t.History, &t.StoredPath, &added, &t.KeyID); err != nil {
 			return nil, fmt.Errorf("list timelines: %w", err)
 		}
 		t.AddedAt = fromUnixNano(added)

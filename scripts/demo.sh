@@ -67,6 +67,9 @@ redundancy = 2
 TOML
 echo "configuration ($WORK/walhub.toml):"; sed 's/^/  /' "$WORK/walhub.toml"
 
+step "walhub init: the repository (no other command creates one)"
+$WALHUB init | sed 's/^/  /'
+
 step "walhub serve: streaming through slot walhub_demo, hub on http://127.0.0.1:$HUBPORT"
 $WALHUB serve >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!

@@ -21,6 +21,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -151,7 +152,11 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 	// The session must outlive this request: it is not tied to ctx.
 	connCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(connCtx, srv.Conninfo)
+	cfg, err := replication.ParseSQLConfig(srv.Conninfo, replication.Options{ApplicationName: replication.AppSnapshot})
+	var conn *pgx.Conn
+	if err == nil {
+		conn, err = pgx.ConnectConfig(connCtx, cfg)
+	}
 	if err != nil {
 		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -99,7 +100,7 @@ var DefaultThresholds = Thresholds{
 
 // Probe is the outcome of opening a replication connection (IdentifySystem).
 type Probe struct {
-	Identity ReplicationIdentity
+	Identity replication.Identity
 	Err      error
 }
 

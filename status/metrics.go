@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/walhub/walhub/replication"
 )
 
 // Collector exposes every configured server's status document and check
@@ -186,7 +188,7 @@ func (c *Collector) thresholds() Thresholds {
 func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
 	rc := doc.Receiver
 	if rc.Running && rc.State == "streaming" && rc.SystemID != "" {
-		return Probe{Identity: ReplicationIdentity{SystemID: rc.SystemID, TimeLine: rc.TimeLine, XLogPos: rc.ServerLSN}}
+		return Probe{Identity: replication.Identity{SystemID: rc.SystemID, TimeLine: rc.TimeLine, XLogPos: rc.ServerLSN}}
 	}
 	every := c.ProbeEvery
 	if every == 0 {

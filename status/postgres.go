@@ -2,13 +2,14 @@ package status
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -91,14 +92,10 @@ type Client struct {
 
 // connect opens a normal connection for status, bounded by timeout.
 func connect(ctx context.Context, conninfo string, timeout time.Duration) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(conninfo)
+	cfg, err := replication.ParseSQLConfig(conninfo, replication.Options{ApplicationName: replication.AppStatus, ConnectTimeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("conninfo: %w", err)
 	}
-	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > timeout {
-		cfg.ConnectTimeout = timeout
-	}
-	cfg.RuntimeParams["application_name"] = "walhub_status"
 	// Simple protocol: no prepared statements, one round trip per query, works through poolers.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	return pgx.ConnectConfig(ctx, cfg)
@@ -280,49 +277,19 @@ func syncStage(c Client) (kind string, level, top int, label string) {
 	return kind, level, top, fmt.Sprintf("%d/%d %s", level, top, label)
 }
 
-// ReplicationIdentity is what IDENTIFY_SYSTEM answers on a replication connection.
-type ReplicationIdentity struct {
-	SystemID string           `json:"system_id"`
-	TimeLine walname.TimeLine `json:"timeline"`
-	XLogPos  walname.LSN      `json:"xlogpos"`
-}
-
 // IdentifySystem opens a physical replication connection (replication=true),
 // as the receiver and backups do, and runs IDENTIFY_SYSTEM.
-func IdentifySystem(ctx context.Context, conninfo string, timeout time.Duration) (ReplicationIdentity, error) {
-	var id ReplicationIdentity
-	cfg, err := pgconn.ParseConfig(conninfo)
-	if err != nil {
-		return id, fmt.Errorf("conninfo: %w", err)
-	}
-	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > timeout {
-		cfg.ConnectTimeout = timeout
-	}
-	cfg.RuntimeParams["replication"] = "true"
-	cfg.RuntimeParams["application_name"] = "walhub_check"
+func IdentifySystem(ctx context.Context, conninfo string, timeout time.Duration) (replication.Identity, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*timeout)
 	defer cancel()
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return id, err
+	conn, err := replication.Connect(ctx, conninfo, replication.Options{ApplicationName: replication.AppCheck, ConnectTimeout: timeout})
+	var parseErr *pgconn.ParseConfigError
+	switch {
+	case errors.As(err, &parseErr):
+		return replication.Identity{}, fmt.Errorf("conninfo: %w", err)
+	case err != nil:
+		return replication.Identity{}, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	results, err := conn.Exec(ctx, "IDENTIFY_SYSTEM").ReadAll()
-	if err != nil {
-		return id, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if len(results) != 1 || len(results[0].Rows) != 1 || len(results[0].Rows[0]) < 3 {
-		return id, fmt.Errorf("IDENTIFY_SYSTEM: unexpected answer")
-	}
-	row := results[0].Rows[0]
-	id.SystemID = string(row[0])
-	var tli uint32
-	if _, err := fmt.Sscanf(string(row[1]), "%d", &tli); err != nil {
-		return id, fmt.Errorf("IDENTIFY_SYSTEM timeline %q: %w", row[1], err)
-	}
-	id.TimeLine = walname.TimeLine(tli)
-	if id.XLogPos, err = walname.ParseLSN(strings.TrimSpace(string(row[2]))); err != nil {
-		return id, fmt.Errorf("IDENTIFY_SYSTEM xlogpos: %w", err)
-	}
-	return id, nil
+	return replication.IdentifySystem(ctx, conn)
 }

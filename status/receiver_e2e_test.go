@@ -104,7 +104,7 @@ func TestKilledWalhubServeTurnsCheckCritical(t *testing.T) {
 	if err := os.WriteFile(configPath, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	serve := exec.Command(bin, "serve", "--config", configPath)
+	serve := exec.Command(bin, "serve", "--init", "--config", configPath)
 	logPath := filepath.Join(t.TempDir(), "serve.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {

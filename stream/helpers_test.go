@@ -144,7 +144,7 @@ func startServe(t *testing.T, configPath string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(walhubBin, "serve", "--config", configPath)
+	cmd := exec.Command(walhubBin, "serve", "--init", "--config", configPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -15,100 +15,10 @@ import (
 	"github.com/walhub/walhub/walname"
 )
 
-// This file holds the replication-protocol commands the receiver sends over a
-// replication=true connection, one function per command.
-
-// identity is what IDENTIFY_SYSTEM says about the server.
-type identity struct {
-	SystemID string
-	TimeLine walname.TimeLine
-	XLogPos  walname.LSN
-}
-
-func identifySystem(ctx context.Context, conn *pgconn.PgConn) (identity, error) {
-	r, err := pglogrepl.IdentifySystem(ctx, conn)
-	if err != nil {
-		return identity{}, fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
-	}
-	if r.Timeline <= 0 {
-		return identity{}, fmt.Errorf("IDENTIFY_SYSTEM: invalid timeline %d", r.Timeline)
-	}
-	return identity{SystemID: r.SystemID, TimeLine: walname.TimeLine(r.Timeline), XLogPos: walname.LSN(r.XLogPos)}, nil
-}
-
-// showSegmentSize asks the server for wal_segment_size: it is a property of
-// the cluster, chosen at initdb, and never assumed.
-func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
-	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
-	if err != nil {
-		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
-		return 0, errors.New("SHOW wal_segment_size: unexpected result shape")
-	}
-	size, err := walname.ParseSize(string(res[0].Rows[0][0]))
-	if err != nil {
-		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
-	}
-	if err := walname.ValidSegmentSize(size); err != nil {
-		return 0, err
-	}
-	return size, nil
-}
-
-// slotInfo is what READ_REPLICATION_SLOT says about a slot.
-type slotInfo struct {
-	Exists bool
-	// Lost is true for a slot that exists but holds no WAL any more: it was
-	// invalidated (max_slot_wal_keep_size) and cannot be used to stream.
-	Lost       bool
-	RestartLSN walname.LSN
-}
-
-// readSlot runs READ_REPLICATION_SLOT (PostgreSQL 15 and later).
-func readSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, error) {
-	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+slot).ReadAll()
-	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && pgErr.Code == "42601" {
-			return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: %w (walhub needs PostgreSQL 15 or later)", slot, err)
-		}
-		return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", slot, err)
-	}
-	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 3 {
-		return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: unexpected result shape", slot)
-	}
-	row := res[0].Rows[0]
-	if row[0] == nil {
-		return slotInfo{}, nil
-	}
-	if string(row[0]) != "physical" {
-		return slotInfo{}, fmt.Errorf("replication slot %s is a %s slot, not a physical one", slot, row[0])
-	}
-	if row[1] == nil {
-		return slotInfo{Exists: true, Lost: true}, nil
-	}
-	lsn, err := walname.ParseLSN(string(row[1]))
-	if err != nil {
-		return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", slot, err)
-	}
-	return slotInfo{Exists: true, RestartLSN: lsn}, nil
-}
-
-// createSlot creates a physical slot that reserves WAL at once.
-func createSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
-	if _, err := conn.Exec(ctx, "CREATE_REPLICATION_SLOT "+slot+" PHYSICAL (RESERVE_WAL)").ReadAll(); err != nil {
-		return fmt.Errorf("create replication slot %s: %w", slot, err)
-	}
-	return nil
-}
-
-func dropSlot(ctx context.Context, conn *pgconn.PgConn, slot string) error {
-	if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+slot).ReadAll(); err != nil {
-		return fmt.Errorf("drop replication slot %s: %w", slot, err)
-	}
-	return nil
-}
+// This file holds the replication-protocol commands only the receiver sends
+// over a replication=true connection, one function per command; those it
+// shares with backups and checks (IDENTIFY_SYSTEM, wal_segment_size, slots)
+// are in package replication.
 
 func timelineHistory(ctx context.Context, conn *pgconn.PgConn, tli walname.TimeLine) ([]byte, error) {
 	r, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))

@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -114,11 +115,11 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	cfg, conn := s.r.o.Server, s.conn
 	setupCtx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	id, err := identifySystem(setupCtx, conn)
+	id, err := replication.IdentifySystem(setupCtx, conn)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	if s.segSize, err = showSegmentSize(setupCtx, conn); err != nil {
+	if s.segSize, err = replication.SegmentSize(setupCtx, conn); err != nil {
 		return nil, 0, 0, err
 	}
 	if err := s.r.o.Catalog.BindIdentity(setupCtx, s.srv.ID, id.SystemID, s.segSize); err != nil {
@@ -165,18 +166,17 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	return store, start, tli, nil
 }
 
-// connect opens a physical replication connection.
+// connect opens a physical replication connection, named with the
+// server's application_name (what synchronous_standby_names lists).
 func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
-	cfg, err := pgconn.ParseConfig(r.o.Server.Conninfo)
-	if err != nil {
-		return nil, &failedError{fmt.Errorf("conninfo of %s: %w", r.o.Server.Name, err)}
-	}
-	cfg.RuntimeParams["replication"] = "true"
-	cfg.RuntimeParams["application_name"] = r.o.Server.ApplicationName
 	connectCtx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
-	conn, err := pgconn.ConnectConfig(connectCtx, cfg)
-	if err != nil {
+	conn, err := replication.Connect(connectCtx, r.o.Server.Conninfo, replication.Options{ApplicationName: r.o.Server.ApplicationName})
+	var parseErr *pgconn.ParseConfigError
+	switch {
+	case errors.As(err, &parseErr):
+		return nil, &failedError{fmt.Errorf("conninfo of %s: %w", r.o.Server.Name, err)}
+	case err != nil:
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	return conn, nil
@@ -186,31 +186,31 @@ func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
 // that was invalidated (or that the caller knows is lost) is dropped and
 // created again, loudly: the WAL it no longer held may be gone, which the
 // first START_REPLICATION will tell.
-func (s *session) ensureSlot(ctx context.Context, lost bool) (slotInfo, error) {
+func (s *session) ensureSlot(ctx context.Context, lost bool) (replication.Slot, error) {
 	cfg := s.r.o.Server
-	slot, err := readSlot(ctx, s.conn, cfg.Slot)
+	slot, err := replication.ReadSlot(ctx, s.conn, cfg.Slot)
 	if err != nil {
-		return slotInfo{}, err
+		return replication.Slot{}, err
 	}
 	slot.Lost = slot.Lost || (lost && slot.Exists)
 	switch {
 	case slot.Lost:
 		s.r.log.Error("replication slot was invalidated (max_slot_wal_keep_size?): the server may have removed WAL the hub "+
 			"had not received; recreating the slot", "slot", cfg.Slot)
-		if err := dropSlot(ctx, s.conn, cfg.Slot); err != nil {
-			return slotInfo{}, err
+		if err := replication.DropSlot(ctx, s.conn, cfg.Slot); err != nil {
+			return replication.Slot{}, err
 		}
 	case slot.Exists:
 		return slot, nil
 	case !*cfg.CreateSlot:
-		return slotInfo{}, &failedError{fmt.Errorf("replication slot %s does not exist on the server and create_slot is false: "+
+		return replication.Slot{}, &failedError{fmt.Errorf("replication slot %s does not exist on the server and create_slot is false: "+
 			"create it with SELECT pg_create_physical_replication_slot('%s', true)", cfg.Slot, cfg.Slot)}
 	}
-	if err := createSlot(ctx, s.conn, cfg.Slot); err != nil {
-		return slotInfo{}, err
+	if err := replication.CreateSlot(ctx, s.conn, cfg.Slot); err != nil {
+		return replication.Slot{}, err
 	}
 	s.r.log.Info("created replication slot", "slot", cfg.Slot)
-	return readSlot(ctx, s.conn, cfg.Slot)
+	return replication.ReadSlot(ctx, s.conn, cfg.Slot)
 }
 
 // resumePoint removes temporary files and stores the complete segments a
@@ -300,7 +300,7 @@ func (s *session) storeHistories(ctx context.Context, tli walname.TimeLine) ([]w
 // the slot holds, and returns that as the new start.
 func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, start, held walname.LSN) (walname.LSN, error) {
 	cfg := s.r.o.Server
-	slot, err := readSlot(ctx, s.conn, cfg.Slot)
+	slot, err := replication.ReadSlot(ctx, s.conn, cfg.Slot)
 	if err != nil {
 		return 0, err
 	}

@@ -103,7 +103,7 @@ wal_timeout = "2m"
 // startServe starts `walhub serve` and waits for the hub to answer.
 func (s *site) startServe() {
 	s.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "walhub"), "serve", "--config", s.config)
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), "serve", "--init", "--config", s.config)
 	pr, pw, _ := os.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -26,6 +26,7 @@ func writeConfig(t *testing.T, c *pgtest.Cluster, extra string) string {
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	mustInit(t, path)
 	return path
 }
 
@@ -88,7 +89,7 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	out, err := run(t, "--config", conf, "backup", "--checkpoint", "fast", "--output=json")
+	out, err := run(t, "--config", conf, "-q", "backup", "--checkpoint", "fast", "--output=json")
 	if err != nil {
 		t.Fatalf("backup: %v\n%s", err, out)
 	}
@@ -111,6 +112,24 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 	out, err = run(t, "--config", conf, "verify", "--server", "main")
 	if err != nil || !strings.Contains(out, "main "+b.ID+": OK") {
 		t.Fatalf("verify latest: %v\n%s", err, out)
+	}
+
+	out, err = run(t, "--config", conf, "show-backup", b.ID, "--output=json")
+	var d backupDetail
+	if err != nil || json.Unmarshal([]byte(out), &d) != nil {
+		t.Fatalf("show-backup json: %v\n%s", err, out)
+	}
+	if d.ID != b.ID || d.StartLSN == "" || d.StopLSN == "" || d.StopTLI != 1 || d.Seconds <= 0 || d.CompressionRatio <= 0 ||
+		len(d.Tablespaces) != 1 || d.Tablespaces[0].Archive != "base.tar" || d.WAL == nil || !d.WAL.Complete ||
+		d.WAL.Segments < 1 || !strings.HasPrefix(d.WAL.FirstSegment, "00000001") {
+		t.Fatalf("show-backup: %+v %+v", d, d.WAL)
+	}
+	out, err = run(t, "--config", conf, "show-backup", b.ID)
+	if err != nil || !strings.Contains(out, "all in the hub") || !strings.Contains(out, "ratio 1.") || !strings.Contains(out, "base directory") {
+		t.Fatalf("show-backup text: %v\n%s", err, out)
+	}
+	if out, err := run(t, "--config", conf, "show-backup", "19990101T000000Z"); err == nil || !strings.Contains(err.Error(), "no backup") {
+		t.Fatalf("show-backup of an unknown id: %v\n%s", err, out)
 	}
 
 	// Damage the stored archive: verify names the file and fails.

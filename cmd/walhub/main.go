@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -27,9 +28,11 @@ type app struct {
 	logLevel   string
 	logFormat  string
 	quiet      bool
-	output     string
-	cfg        *config.Config
-	log        *slog.Logger
+	// logOut is where the log goes; nil is stderr.
+	logOut io.Writer
+	output string
+	cfg    *config.Config
+	log    *slog.Logger
 }
 
 // exitError carries a specific exit status out of a command.
@@ -86,9 +89,11 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 	root.Version = version.Get().String("walhub")
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
+		a.initCommand(),
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
+		a.showBackupCommand(),
 		a.verifyCommand(),
 		a.restoreCommand(),
 		a.statusCommand(),
@@ -127,7 +132,10 @@ func (a *app) setupLogging(cmd *cobra.Command) error {
 		return fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", a.logLevel)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	w := cmd.ErrOrStderr()
+	var w io.Writer = os.Stderr
+	if a.logOut != nil {
+		w = a.logOut
+	}
 	switch a.logFormat {
 	case "text":
 		a.log = slog.New(slog.NewTextHandler(w, opts))
@@ -153,16 +161,39 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// repository returns the repository's store, creating the directory if missing.
+// errNoRepository says the configured repository has not been created.
+var errNoRepository = errors.New("no walhub repository there")
+
+// repository returns the repository's store. It must exist: only walhub init
+// (or serve --init) creates one, so that a mistyped path or an unmounted
+// volume is an error, not a fresh empty repository on the root disk.
 func (a *app) repository() (storage.Local, error) {
 	cfg, err := a.config()
 	if err != nil {
 		return storage.Local{}, err
 	}
-	if err := storage.MkdirAllDurable(cfg.Repository); err != nil {
-		return storage.Local{}, fmt.Errorf("repository: %w", err)
+	if err := repositoryExists(cfg.Repository); err != nil {
+		return storage.Local{}, fmt.Errorf("repository %s: %w; is its volume mounted, is the path in %s right? "+
+			"To create a new repository there: walhub init --config %s", cfg.Repository, err, a.configPath, a.configPath)
 	}
 	return storage.Local{Root: cfg.Repository}, nil
+}
+
+// repositoryExists tells whether root holds a repository (its catalog).
+func repositoryExists(root string) error {
+	fi, err := os.Stat(filepath.Join(root, storage.CatalogFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if _, derr := os.Stat(root); errors.Is(derr, os.ErrNotExist) {
+			return fmt.Errorf("%w: the directory does not exist", errNoRepository)
+		}
+		return fmt.Errorf("%w: the directory has no %s", errNoRepository, storage.CatalogFile)
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is not a file", errNoRepository, storage.CatalogFile)
+	}
+	return nil
 }
 
 // catalog opens the repository's catalog; the caller closes it.

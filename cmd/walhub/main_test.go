@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -81,9 +83,9 @@ func TestLogFormatLevelAndQuiet(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			a := &app{}
-			root := a.rootCommand()
 			var out bytes.Buffer
+			a := &app{logOut: &out}
+			root := a.rootCommand()
 			root.SetOut(&out)
 			root.SetErr(&out)
 			// status fails on the missing configuration after the logger is set up.
@@ -116,5 +118,46 @@ func TestVersionFlag(t *testing.T) {
 	out, err := run(t, "--version")
 	if err != nil || !strings.HasPrefix(out, "walhub ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
 		t.Fatalf("--version = %q, %v", out, err)
+	}
+}
+
+// mustInit creates the repository of the configuration at path.
+func mustInit(t *testing.T, path string) {
+	t.Helper()
+	if out, err := run(t, "--config", path, "init"); err != nil {
+		t.Fatalf("walhub init: %v\n%s", err, out)
+	}
+}
+
+func TestOnlyInitCreatesTheRepository(t *testing.T) {
+	dir := t.TempDir()
+	repo := filepath.Join(dir, "mnt", "walhub")
+	path := filepath.Join(dir, "walhub.toml")
+	os.WriteFile(path, []byte(fmt.Sprintf("repository = %q\n[[server]]\nname = \"main\"\nconninfo = \"host=127.0.0.1 port=1\"\n", repo)), 0o600)
+	for _, args := range [][]string{{"list-backups"}, {"status"}, {"expire", "--dry-run"}, {"verify"}} {
+		_, err := run(t, append([]string{"--config", path}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "repository "+repo+": no walhub repository there") ||
+			!strings.Contains(err.Error(), "walhub init --config "+path) {
+			t.Errorf("%s on a missing repository: err = %v, want the path and the fix", args[0], err)
+		}
+		if _, err := os.Stat(repo); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s created the repository directory", args[0])
+		}
+	}
+	// A directory with files but no catalog (a volume whose catalog was lost) is not taken over.
+	os.MkdirAll(filepath.Join(repo, "main", "wal"), 0o750)
+	if _, err := run(t, "--config", path, "init"); err == nil || !strings.Contains(err.Error(), "not empty") {
+		t.Fatalf("init over a non-empty directory: err = %v", err)
+	}
+	os.RemoveAll(repo)
+	out, err := run(t, "--config", path, "init")
+	if err != nil || !strings.Contains(out, "repository "+repo+" created") {
+		t.Fatalf("init: %q, %v", out, err)
+	}
+	if out, err := run(t, "--config", path, "init"); err != nil || !strings.Contains(out, "exists; nothing to do") {
+		t.Fatalf("second init: %q, %v", out, err)
+	}
+	if out, err := run(t, "--config", path, "list-backups"); err != nil || !strings.Contains(out, "no backups") {
+		t.Fatalf("list-backups after init: %q, %v", out, err)
 	}
 }

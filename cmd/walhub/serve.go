@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -31,7 +32,8 @@ import (
 )
 
 func (a *app) serveCommand() *cobra.Command {
-	return &cobra.Command{
+	var create bool
+	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the daemon: receive WAL from every configured server and serve the hub",
 		Long: `serve runs one WAL receiver per [[server]] of the configuration, each streaming
@@ -54,9 +56,16 @@ A receiver that fails (server down, network, full disk) says why in the log and 
 		Example: "  walhub serve --config /etc/walhub/walhub.toml\n  walhub serve --log-level debug",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if create {
+				if err := a.initRepository(cmd.Context(), io.Discard); err != nil {
+					return err
+				}
+			}
 			return a.serve(cmd.Context())
 		},
 	}
+	cmd.Flags().BoolVar(&create, "init", false, "create the repository first when it does not exist (as walhub init)")
+	return cmd
 }
 
 // service is one long-running part of the daemon; it returns when ctx ends.

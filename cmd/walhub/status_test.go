@@ -20,6 +20,7 @@ func downConfig(t *testing.T) string {
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	mustInit(t, path)
 	return path
 }
 
