@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/storage/s3store"
 )
 
@@ -337,4 +338,17 @@ func TestReadResumesBrokenStream(t *testing.T) {
 	if n := f.count("GetObject"); n < 3 {
 		t.Fatalf("%d GETs, want the stream resumed after each cut", n)
 	}
+}
+
+// TestUnreachableBucketIsSaid: when nothing listens at the endpoint, the
+// error says the bucket cannot be reached, after the retries.
+func TestUnreachableBucketIsSaid(t *testing.T) {
+	_, srv := newFake(t)
+	st := fakeStore(t, srv, func(c *s3store.Config) { c.MaxAttempts = 3 })
+	srv.Close()
+	_, err := st.Stat(context.Background(), "k")
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the bucket") || errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("stat on a closed endpoint: %v", err)
+	}
+	t.Log(err)
 }

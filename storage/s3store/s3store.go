@@ -298,6 +298,11 @@ func (s *Store) wrap(op, key string, err error) error {
 	if isNotFound(err) {
 		return fmt.Errorf("%s %s in %s: %w", op, key, s, storage.ErrNotExist)
 	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		// Said first: the SDK's message buries it at its end.
+		return fmt.Errorf("%s %s in %s: cannot reach the bucket: %w", op, key, s, err)
+	}
 	return fmt.Errorf("%s %s in %s: %w", op, key, s, err)
 }
 
