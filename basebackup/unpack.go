@@ -18,14 +18,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 )
 
-// Unpack writes stored backup b from store into the empty (or missing)
+// Unpack writes stored backup b from repo into the empty (or missing)
 // directory target, and each tablespace into tablespaceDirs[oid] (default:
 // its original location). See UnpackFrom.
-func Unpack(ctx context.Context, store storage.Store, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
-	return UnpackFrom(ctx, StoreOpener(store, b), b, target, tablespaceDirs, progress)
+func Unpack(ctx context.Context, repo *repository.Repository, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
+	return UnpackFrom(ctx, RepoOpener(repo, b), b, target, tablespaceDirs, progress)
 }
 
 // UnpackFrom writes backup b, whose files open reads, into target: base.tar
@@ -36,27 +37,9 @@ func Unpack(ctx context.Context, store storage.Store, b catalog.Backup, target s
 // verify with VerifyDir(ctx, target, "tablespace_map")). Every file and
 // directory is fsynced. progress, when set, gets the bytes written so far.
 func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
-	arcs := archives(b)
-	if len(arcs) == 0 || arcs[0].Tablespace != 0 {
-		return fmt.Errorf("backup %s has no base archive", b.ID)
-	}
-	dirs := map[uint32]string{}
-	moved := false
-	for _, f := range arcs[1:] {
-		dir := f.Location
-		if d, ok := tablespaceDirs[f.Tablespace]; ok && d != "" {
-			dir = d
-			moved = moved || filepath.Clean(d) != filepath.Clean(f.Location)
-		}
-		if !filepath.IsAbs(dir) {
-			return fmt.Errorf("tablespace %d: directory %q is not absolute", f.Tablespace, dir)
-		}
-		dirs[f.Tablespace] = filepath.Clean(dir)
-	}
-	for oid := range tablespaceDirs {
-		if _, ok := dirs[oid]; !ok {
-			return fmt.Errorf("backup %s has no tablespace %d", b.ID, oid)
-		}
+	arcs, dirs, moved, err := tablespaceTargets(b, tablespaceDirs)
+	if err != nil {
+		return err
 	}
 	if err := prepareEmptyDir(target); err != nil {
 		return err
@@ -98,6 +81,35 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 	return x.syncDirs()
 }
 
+// tablespaceTargets returns the archives of b (base first) and the directory
+// each tablespace goes to (tablespaceDirs[oid], else its original location),
+// and whether any moves.
+func tablespaceTargets(b catalog.Backup, tablespaceDirs map[uint32]string) ([]catalog.BackupFile, map[uint32]string, bool, error) {
+	arcs := archives(b)
+	if len(arcs) == 0 || arcs[0].Tablespace != 0 {
+		return nil, nil, false, fmt.Errorf("backup %s has no base archive", b.ID)
+	}
+	dirs := map[uint32]string{}
+	moved := false
+	for _, f := range arcs[1:] {
+		dir := f.Location
+		if d, ok := tablespaceDirs[f.Tablespace]; ok && d != "" {
+			dir = d
+			moved = moved || filepath.Clean(d) != filepath.Clean(f.Location)
+		}
+		if !filepath.IsAbs(dir) {
+			return nil, nil, false, fmt.Errorf("tablespace %d: directory %q is not absolute", f.Tablespace, dir)
+		}
+		dirs[f.Tablespace] = filepath.Clean(dir)
+	}
+	for oid := range tablespaceDirs {
+		if _, ok := dirs[oid]; !ok {
+			return nil, nil, false, fmt.Errorf("backup %s has no tablespace %d", b.ID, oid)
+		}
+	}
+	return arcs, dirs, moved, nil
+}
+
 // ExtractTar writes the uncompressed tar stream r into dir (which must exist),
 // refusing any entry that would land outside it. It returns the bytes of file
 // data written. Use it for archives that come from elsewhere (over HTTP).
@@ -120,6 +132,8 @@ type extractor struct {
 	dirs     []string
 	files    []string
 	buf      []byte
+	// delta, when set, makes a delta restore into an existing directory.
+	delta *delta
 }
 
 func (x *extractor) extractCompressed(ctx context.Context, r io.Reader, compression, dir string) error {
@@ -170,6 +184,15 @@ func (x *extractor) extract(ctx context.Context, r io.Reader, dir string) error 
 		}
 		full := filepath.Join(dir, filepath.FromSlash(rel))
 		mode := os.FileMode(h.Mode) & os.ModePerm
+		if x.delta != nil && (h.Typeflag == tar.TypeDir || h.Typeflag == tar.TypeReg) {
+			done, err := x.delta.entry(x, h.Typeflag == tar.TypeDir, rel, full, tr)
+			if err != nil {
+				return err
+			}
+			if done {
+				continue
+			}
+		}
 		switch h.Typeflag {
 		case tar.TypeDir:
 			if err := os.Mkdir(full, mode|0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -285,6 +308,12 @@ func linkTablespaces(target string, dirs map[uint32]string) error {
 	}
 	for oid, dir := range dirs {
 		link := filepath.Join(tblspc, strconv.FormatUint(uint64(oid), 10))
+		if to, err := os.Readlink(link); err == nil && to == dir {
+			continue // a delta restore into a directory that has it already
+		}
+		if err := removePath(link); err != nil {
+			return err
+		}
 		if err := os.Symlink(dir, link); err != nil {
 			return fmt.Errorf("link tablespace %d: %w", oid, err)
 		}

@@ -158,6 +158,44 @@ var migrations = []string{
 	// the repository is not encrypted); backup files carry theirs in files.
 	`ALTER TABLE segments ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 	ALTER TABLE timelines ADD COLUMN key_id TEXT NOT NULL DEFAULT '';`,
+	// What recovery targets need from the WAL records of each stored segment
+	// (walrecord): the commits and aborts it ends and the restore points in
+	// it, both attributed to the segment that holds the record's end. A
+	// segment_contents row also says that the segment was read. Both go when
+	// the segment's row goes.
+	`CREATE TABLE segment_contents (
+		server_id  INTEGER NOT NULL,
+		tli        INTEGER NOT NULL,
+		segno      INTEGER NOT NULL,
+		xacts      INTEGER NOT NULL,
+		first_lsn  INTEGER NOT NULL,
+		first_time INTEGER NOT NULL,
+		last_lsn   INTEGER NOT NULL,
+		last_time  INTEGER NOT NULL,
+		min_time   INTEGER NOT NULL,
+		max_time   INTEGER NOT NULL,
+		min_xid    INTEGER NOT NULL,
+		max_xid    INTEGER NOT NULL,
+		PRIMARY KEY (server_id, tli, segno)
+	) WITHOUT ROWID;
+	CREATE TABLE restore_points (
+		server_id INTEGER NOT NULL,
+		tli       INTEGER NOT NULL,
+		segno     INTEGER NOT NULL,
+		lsn       INTEGER NOT NULL,
+		end_lsn   INTEGER NOT NULL,
+		name      TEXT NOT NULL,
+		time      INTEGER NOT NULL,
+		PRIMARY KEY (server_id, tli, lsn)
+	) WITHOUT ROWID;
+	CREATE INDEX restore_points_name ON restore_points (server_id, name);
+	CREATE TRIGGER segment_contents_delete AFTER DELETE ON segments BEGIN
+		DELETE FROM segment_contents WHERE server_id = OLD.server_id AND tli = OLD.tli AND segno = OLD.segno;
+		DELETE FROM restore_points WHERE server_id = OLD.server_id AND tli = OLD.tli AND segno = OLD.segno;
+	END;`,
+	// carry: the WAL decoder's state at the end of the segment (a record that
+	// continues into the next one), so a restarted receiver goes on reading.
+	`ALTER TABLE segment_contents ADD COLUMN carry BLOB;`,
 }
 
 func (c *Catalog) migrate(ctx context.Context) error {

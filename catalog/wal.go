@@ -29,6 +29,9 @@ type Segment struct {
 	// KeyID names the key the stored object is encrypted with ("" when the
 	// repository is not encrypted).
 	KeyID string
+	// Contents, when set, is recorded with the segment, in the same
+	// transaction (see SegmentContents).
+	Contents *SegmentContents
 }
 
 const addSegmentSQL = `INSERT INTO segments
@@ -42,6 +45,9 @@ const addSegmentSQL = `INSERT INTO segments
 // AddSegment records a stored segment. Adding the same segment again (a
 // restart that received it twice) replaces the row.
 func (c *Catalog) AddSegment(ctx context.Context, s Segment) error {
+	if s.Contents != nil {
+		return c.AddSegments(ctx, []Segment{s})
+	}
 	_, err := c.db.ExecContext(ctx, addSegmentSQL, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum,
 		s.StoredPath, unixNano(s.ReceivedAt), s.KeyID)
 	if err != nil {
@@ -68,6 +74,11 @@ func (c *Catalog) AddSegments(ctx context.Context, segs []Segment) error {
 		if _, err := stmt.ExecContext(ctx, s.ServerID, s.TimeLine, int64(s.SegNo), s.Name, s.Size, s.StoredSize,
 			s.Compression, s.Checksum, s.StoredPath, unixNano(s.ReceivedAt), s.KeyID); err != nil {
 			return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+		}
+		if s.Contents != nil {
+			if err := putContents(ctx, tx, s.ServerID, s.TimeLine, s.SegNo, *s.Contents); err != nil {
+				return fmt.Errorf("catalog segment %s: %w", s.Name, err)
+			}
 		}
 	}
 	if err := tx.Commit(); err != nil {

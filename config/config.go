@@ -108,6 +108,9 @@ type Hub struct {
 	MetricsTokens []string `toml:"metrics_tokens"`
 	// MaxPeek caps the n of a peek request.
 	MaxPeek int `toml:"max_peek"`
+	// MaxClientConnections caps the connections open at once from one client
+	// address (default 64); raise it when clients reach the hub through a proxy.
+	MaxClientConnections int `toml:"max_client_connections"`
 }
 
 // Server is one PostgreSQL server that walhub streams from and backs up.
@@ -269,6 +272,12 @@ func (c *Config) resolve(s3Section bool) error {
 	}
 	if c.Hub.MaxPeek < 0 || c.Hub.MaxPeek > 1024 {
 		return fmt.Errorf("hub.max_peek: %d is out of range 1..1024", c.Hub.MaxPeek)
+	}
+	if c.Hub.MaxClientConnections == 0 {
+		c.Hub.MaxClientConnections = 64
+	}
+	if c.Hub.MaxClientConnections < 1 || c.Hub.MaxClientConnections > 65536 {
+		return fmt.Errorf("hub.max_client_connections: %d is out of range 1..65536", c.Hub.MaxClientConnections)
 	}
 	if (c.Hub.TLSCert == "") != (c.Hub.TLSKey == "") {
 		return errors.New("hub.tls_cert and hub.tls_key: give both or neither")

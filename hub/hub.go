@@ -12,6 +12,7 @@ package hub
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,15 +30,15 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 // Options are what the hub serves from.
 type Options struct {
 	// Config supplies the hub section: listen address, TLS, tokens, max_peek.
-	Config  *config.Config
-	Catalog *catalog.Catalog
-	Repo    storage.Local
+	Config *config.Config
+	// Repo is the repository served: store, working area (the .partial), catalog.
+	Repo *repository.Repository
 	// Registry is served at /metrics; the hub registers its HTTP metrics in it.
 	// Nil makes a private registry.
 	Registry *prometheus.Registry
@@ -56,6 +57,9 @@ type Server struct {
 	cfg     atomic.Pointer[config.Config]
 	echo    *echo.Echo
 	metrics *metrics
+	// decoders serve zstd segments to clients that do not accept zstd.
+	decoders *decoderPool
+	limits   limits
 }
 
 // config is the configuration in force: Options.Config until SetConfig.
@@ -68,8 +72,8 @@ func (s *Server) SetConfig(cfg *config.Config) { s.cfg.Store(cfg) }
 
 // New builds the hub's routes. It does not listen: call Run, or use Handler.
 func New(o Options) (*Server, error) {
-	if o.Config == nil || o.Catalog == nil || o.Repo.Root == "" {
-		return nil, errors.New("hub: Config, Catalog and Repo are required")
+	if o.Config == nil || o.Repo == nil {
+		return nil, errors.New("hub: Config and Repo are required")
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -81,12 +85,12 @@ func New(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hub: register metrics: %w", err)
 	}
-	s := &Server{o: o, echo: echo.New(), metrics: m}
+	s := &Server{o: o, echo: echo.New(), metrics: m, decoders: newDecoderPool(), limits: defaultLimits}
 	s.cfg.Store(o.Config)
 	s.echo.HideBanner = true
 	s.echo.HidePort = true
 	s.echo.HTTPErrorHandler = s.handleError
-	s.echo.Use(s.observe)
+	s.echo.Use(s.observe, s.limitRequest)
 	s.routes()
 	if len(o.Config.Hub.ReadTokens) == 0 && len(o.Config.Hub.AdminTokens) == 0 {
 		o.Log.Warn("hub: no read_tokens or admin_tokens configured: anyone who can reach the hub may read WAL and backups; admin routes are refused")
@@ -127,28 +131,35 @@ func (s *Server) Handler() http.Handler { return s.echo }
 
 // Run listens on the configured address (TLS when a certificate is configured)
 // until ctx is cancelled, then shuts down gracefully, letting requests in
-// flight finish for up to 10 seconds.
+// flight finish for up to 10 seconds. Every connection is bounded: headers,
+// body, idle time, a stalled reader, and the connections of one client
+// (hub.max_client_connections).
 func (s *Server) Run(ctx context.Context) error {
 	hc := s.config().Hub
 	srv := &http.Server{
 		Handler:           s.echo,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.limits.headerTimeout,
+		IdleTimeout:       s.limits.idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.o.Log.Handler(), slog.LevelWarn),
 	}
-	ln, err := net.Listen("tcp", hc.Listen)
+	tcp, err := net.Listen("tcp", hc.Listen)
 	if err != nil {
 		return fmt.Errorf("hub: listen on %s: %w", hc.Listen, err)
 	}
-	s.o.Log.Info("hub listening", "address", ln.Addr().String(), "tls", hc.TLSCert != "")
-	done := make(chan error, 1)
-	go func() {
-		if hc.TLSCert != "" {
-			done <- srv.ServeTLS(ln, hc.TLSCert, hc.TLSKey)
-		} else {
-			done <- srv.Serve(ln)
+	var ln net.Listener = newClientListener(tcp, hc.MaxClientConnections, s.o.Log)
+	if hc.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(hc.TLSCert, hc.TLSKey)
+		if err != nil {
+			tcp.Close()
+			return fmt.Errorf("hub: load hub.tls_cert and hub.tls_key: %w", err)
 		}
-	}()
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"}})
+	}
+	ln = jsonErrorListener{ln}
+	s.o.Log.Info("hub listening", "address", tcp.Addr().String(), "tls", hc.TLSCert != "", "max_client_connections", hc.MaxClientConnections)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
 	select {
 	case err := <-done:
 		return fmt.Errorf("hub: serve on %s: %w", hc.Listen, err)
@@ -206,6 +217,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if status >= 500 {
 		s.o.Log.Error("hub: request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
 	}
+	body.Error = withoutHostPaths(body.Error)
 	if c.Request().Method == http.MethodHead {
 		err = c.NoContent(status)
 	} else {
@@ -223,7 +235,14 @@ func (s *Server) requireToken(admin bool) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			hc := s.config().Hub
-			token, _ := strings.CutPrefix(c.Request().Header.Get(echo.HeaderAuthorization), "Bearer ")
+			// Exactly "Bearer <token>": a bare token, another scheme or a
+			// second Authorization header is no token at all.
+			var token string
+			if auth := c.Request().Header.Values(echo.HeaderAuthorization); len(auth) == 1 {
+				if t, ok := strings.CutPrefix(auth[0], "Bearer "); ok {
+					token = t
+				}
+			}
 			switch {
 			case admin && len(hc.AdminTokens) == 0:
 				return errorf(http.StatusUnauthorized, api.CodeUnauthorized, "this hub has no admin_tokens configured: admin routes are disabled")
@@ -257,7 +276,7 @@ func (s *Server) lookupServer(c echo.Context) (catalog.Server, error) {
 	if !serverNameRE.MatchString(name) {
 		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %.80q", name)
 	}
-	srv, err := s.o.Catalog.ServerByName(c.Request().Context(), name)
+	srv, err := s.o.Repo.Catalog.ServerByName(c.Request().Context(), name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %q: the hub holds nothing from it", name)
 	}

@@ -85,7 +85,7 @@ func (s *Server) metricsRoute() {
 	h := echo.WrapHandler(promhttp.HandlerFor(s.o.Registry, promhttp.HandlerOpts{ErrorLog: slogPrinter{s}}))
 	s.echo.GET("/metrics", h, func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			hc := s.o.Config.Hub
+			hc := s.config().Hub
 			if len(hc.MetricsTokens) == 0 {
 				return next(c)
 			}

@@ -54,7 +54,7 @@ func (s *Server) pageRoutes() {
 // listServers names the configured servers.
 func (s *Server) listServers(c echo.Context) error {
 	out := api.Servers{Servers: []string{}}
-	for _, srv := range s.o.Config.Servers {
+	for _, srv := range s.config().Servers {
 		out.Servers = append(out.Servers, srv.Name)
 	}
 	return c.JSON(http.StatusOK, out)

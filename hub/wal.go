@@ -2,6 +2,7 @@ package hub
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/labstack/echo/v4"
@@ -17,7 +18,6 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -75,22 +75,18 @@ func (s *Server) setIdentity(c echo.Context, srv catalog.Server) {
 // serveSegment sends a stored segment: as stored when the client accepts its
 // encoding, else decompressed on the fly.
 func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) error {
-	seg, err := s.o.Catalog.Segment(c.Request().Context(), srv.ID, name)
+	seg, err := s.o.Repo.Catalog.Segment(c.Request().Context(), srv.ID, name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "segment %s of server %s is not in the hub", name, srv.Name)
 	}
 	if err != nil {
 		return err
 	}
-	f, err := s.o.Repo.Open(seg.StoredPath)
+	f, err := s.o.Repo.OpenSegment(c.Request().Context(), seg)
 	if err != nil {
-		return fmt.Errorf("segment %s is in the catalog but its file cannot be opened: %w", name, err)
+		return fmt.Errorf("segment %s is in the catalog but its object cannot be opened: %w", name, err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat segment %s: %w", name, err)
-	}
 	h := c.Response().Header()
 	s.setIdentity(c, srv)
 	h.Set(api.HeaderChecksum, seg.Checksum)
@@ -100,13 +96,16 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 	var body io.Reader = f
 	switch {
 	case seg.Compression == "none":
-		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	case seg.Compression == "zstd" && acceptsZstd(c.Request()):
 		h.Set("Content-Encoding", "zstd")
-		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	case seg.Compression == "zstd":
-		dec := getDecoder()
-		defer putDecoder(dec)
+		dec, err := s.decoders.get(c.Request().Context())
+		if err != nil {
+			return err
+		}
+		defer s.decoders.put(dec)
 		if err := dec.Reset(f); err != nil {
 			return fmt.Errorf("decompress segment %s: %w", name, err)
 		}
@@ -119,19 +118,28 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 }
 
 // sendBody writes the status and, except for HEAD, the body. It writes to the
-// underlying ResponseWriter so a plain file goes out with sendfile.
+// underlying ResponseWriter so a plain file goes out with sendfile, in chunks
+// of sendChunk bytes: each chunk moves the write deadline, so a client that
+// stops reading is dropped after writeStall while a slow but steady download
+// goes on however long it takes.
 func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
 	resp := c.Response()
 	resp.WriteHeader(http.StatusOK)
 	if c.Request().Method == http.MethodHead {
 		return nil
 	}
-	n, err := io.Copy(resp.Writer, body)
-	resp.Size += n
-	if err != nil {
-		return fmt.Errorf("send %s: %w", what, err)
+	rc := http.NewResponseController(resp.Writer)
+	for {
+		rc.SetWriteDeadline(time.Now().Add(s.limits.writeStall))
+		n, err := io.CopyN(resp.Writer, body, sendChunk)
+		resp.Size += n
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("send %s: %w", what, err)
+		}
 	}
-	return nil
 }
 
 // servePartial sends the segment being received, uncompressed: what a
@@ -140,8 +148,7 @@ func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
 func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name) error {
 	seg := n
 	seg.Kind = walname.KindSegment
-	rel := storage.PartialPath(srv.Name, seg.String())
-	f, err := s.o.Repo.Open(rel)
+	f, err := s.o.Repo.Work.OpenPartial(srv.Name, seg.String())
 	if errors.Is(err, os.ErrNotExist) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "no partial segment %s.partial for server %s", seg, srv.Name)
 	}
@@ -149,19 +156,33 @@ func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name
 		return err
 	}
 	defer f.Close()
-	// The receiver keeps writing this file: send one consistent snapshot of it,
-	// with the checksum of exactly those bytes.
-	data, err := io.ReadAll(io.LimitReader(f, walname.MaxSegmentSize+1))
+	return s.sendGrowing(c, srv, f, seg.String()+".partial")
+}
+
+// sendGrowing streams a file the receiver is still appending to, without
+// holding it in memory: the size and checksum of its first bytes are taken
+// first, then exactly those bytes are sent. Should the receiver rewrite them
+// meanwhile (it truncates a .partial when it starts the segment again), the
+// body no longer matches its checksum header and every client refuses it.
+func (s *Server) sendGrowing(c echo.Context, srv catalog.Server, f io.ReaderAt, what string) error {
+	crc := checksum.New()
+	size, err := io.Copy(crc, io.NewSectionReader(f, 0, walname.MaxSegmentSize))
 	if err != nil {
-		return fmt.Errorf("read %s: %w", rel, err)
+		return fmt.Errorf("read %s: %w", what, err)
 	}
-	return s.sendBytes(c, srv, data, seg.String()+".partial")
+	h := c.Response().Header()
+	s.setIdentity(c, srv)
+	h.Set(api.HeaderChecksum, checksum.Format(crc.Sum32()))
+	h.Set(api.HeaderSize, strconv.FormatInt(size, 10))
+	h.Set(echo.HeaderContentType, echo.MIMEOctetStream)
+	h.Set(echo.HeaderContentLength, strconv.FormatInt(size, 10))
+	return s.sendBody(c, io.NewSectionReader(f, 0, size), what)
 }
 
 // serveHistory sends a timeline's history file.
 func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.TimeLine) error {
 	name := walname.HistoryName(tli)
-	tl, err := s.o.Catalog.TimeLine(c.Request().Context(), srv.ID, tli)
+	tl, err := s.o.Repo.Catalog.TimeLine(c.Request().Context(), srv.ID, tli)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
 	}
@@ -170,11 +191,7 @@ func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.Ti
 	}
 	data := tl.History
 	if len(data) == 0 {
-		rel := tl.StoredPath
-		if rel == "" {
-			rel = storage.HistoryPath(srv.Name, tli)
-		}
-		f, err := s.o.Repo.Open(rel)
+		f, err := s.o.Repo.OpenHistory(c.Request().Context(), srv, tl)
 		if errors.Is(err, os.ErrNotExist) {
 			return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
 		}
@@ -183,7 +200,7 @@ func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.Ti
 		}
 		defer f.Close()
 		if data, err = io.ReadAll(io.LimitReader(f, 1<<24)); err != nil {
-			return fmt.Errorf("read %s: %w", rel, err)
+			return fmt.Errorf("read %s: %w", name, err)
 		}
 	}
 	return s.sendBytes(c, srv, data, name)
@@ -229,7 +246,7 @@ func (s *Server) peek(c echo.Context) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	}
-	segs, err := s.o.Catalog.Peek(c.Request().Context(), srv.ID, n.TimeLine, segno, count)
+	segs, err := s.o.Repo.Catalog.Peek(c.Request().Context(), srv.ID, n.TimeLine, segno, count)
 	if err != nil {
 		return err
 	}
@@ -252,20 +269,58 @@ func acceptsZstd(r *http.Request) bool {
 	return false
 }
 
-var decoders sync.Pool
+// Decoders for identity-encoded segments. Each holds a zstd window (8 MiB for
+// the receiver's frames): at most maxDecoders decode at once, a request beyond
+// that waits up to decoderWait and then gets a 503, and only idleDecoders are
+// kept between requests, so a burst of such requests leaves no lasting heap.
+const (
+	maxDecoders  = 8
+	idleDecoders = 2
+	decoderWait  = 30 * time.Second
+)
 
-func getDecoder() *zstd.Decoder {
-	if d, ok := decoders.Get().(*zstd.Decoder); ok {
-		return d
-	}
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(false))
-	if err != nil {
-		panic(fmt.Sprintf("zstd decoder with constant options: %v", err))
-	}
-	return d
+type decoderPool struct {
+	slots chan struct{}
+	idle  chan *zstd.Decoder
 }
 
-func putDecoder(d *zstd.Decoder) {
+func newDecoderPool() *decoderPool {
+	return &decoderPool{slots: make(chan struct{}, maxDecoders), idle: make(chan *zstd.Decoder, idleDecoders)}
+}
+
+// get returns a decoder once one of the maxDecoders slots is free.
+func (p *decoderPool) get(ctx context.Context) (*zstd.Decoder, error) {
+	t := time.NewTimer(decoderWait)
+	defer t.Stop()
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errorf(http.StatusServiceUnavailable, api.CodeUnavailable,
+			"every decoder is busy (%d identity-encoded downloads): retry, or accept zstd (Accept-Encoding: zstd)", maxDecoders)
+	}
+	select {
+	case d := <-p.idle:
+		return d, nil
+	default:
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxWindow(walname.MaxSegmentSize))
+	if err != nil {
+		<-p.slots
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return d, nil
+}
+
+// put gives a decoder back, keeping it only when fewer than idleDecoders are kept.
+func (p *decoderPool) put(d *zstd.Decoder) {
 	d.Reset(nil)
-	decoders.Put(d)
+	select {
+	case p.idle <- d:
+	default:
+		d.Close()
+	}
+	<-p.slots
 }

@@ -24,6 +24,10 @@ type Options struct {
 	Settings    Settings
 	// Progress, when set, is told the bytes written so far and the total expected.
 	Progress func(done, total int64)
+	// Delta restores into an existing data directory (no server may run on
+	// it): files that match the backup's manifest are kept, the others
+	// written, extra files removed.
+	Delta bool
 }
 
 // Result says what was restored.
@@ -40,10 +44,13 @@ type Result struct {
 	// Cleared is what came with the backup and was taken out: recovery
 	// settings commented out and signal files removed.
 	Cleared Cleared `json:"cleared"`
+	// Delta says what a delta restore kept, wrote and removed.
+	Delta *basebackup.DeltaStats `json:"delta,omitempty"`
 }
 
 // Run restores a backup. Every input is checked before anything is written;
-// when unpacking fails half-way, what was written is removed again.
+// when unpacking fails half-way, what was written is removed again (except in
+// a delta restore, which leaves the directory for the next attempt).
 func Run(ctx context.Context, o Options) (Result, error) {
 	if err := o.Settings.Target.Validate(); err != nil {
 		return Result{}, err
@@ -54,7 +61,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.TargetDir == "" || !filepath.IsAbs(o.TargetDir) {
 		return Result{}, fmt.Errorf("--target-dir %q: give an absolute path", o.TargetDir)
 	}
-	if err := checkEmpty("target directory", o.TargetDir); err != nil {
+	if o.Delta {
+		if err := checkDeltaTarget(o.TargetDir); err != nil {
+			return Result{}, err
+		}
+	} else if err := checkEmpty("target directory", o.TargetDir); err != nil {
 		return Result{}, err
 	}
 	backups, err := o.Source.Backups(ctx)
@@ -80,7 +91,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		if !filepath.IsAbs(dir) {
 			return Result{}, fmt.Errorf("--tablespace %d=%s: give an absolute path", f.Tablespace, dir)
 		}
-		if err := checkEmpty(fmt.Sprintf("tablespace %d directory", f.Tablespace), dir); err != nil {
+		if o.Delta {
+			if err := checkNoPostmaster(dir); err != nil {
+				return Result{}, err
+			}
+		} else if err := checkEmpty(fmt.Sprintf("tablespace %d directory", f.Tablespace), dir); err != nil {
 			return Result{}, fmt.Errorf("%w (move it with --tablespace %d=DIR)", err, f.Tablespace)
 		}
 		tsDirs[f.Tablespace] = dir
@@ -98,6 +113,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	cleanup := func() {
+		if o.Delta {
+			return // the directory was not empty: a next delta restore repairs it
+		}
 		for _, d := range append([]string{o.TargetDir}, values(tsDirs)...) {
 			clearDir(d)
 		}
@@ -117,7 +135,15 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			o.Progress(n, total)
 		}
 	}
-	if err := basebackup.UnpackFrom(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, progress); err != nil {
+	var delta *basebackup.DeltaStats
+	if o.Delta {
+		st, err := basebackup.DeltaFrom(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, progress)
+		if err != nil {
+			return Result{}, fmt.Errorf("delta restore of backup %s from %s (the directory is half-restored: "+
+				"run the delta restore again): %w", b.ID, o.Source, err)
+		}
+		delta = &st
+	} else if err := basebackup.UnpackFrom(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, progress); err != nil {
 		cleanup()
 		return Result{}, fmt.Errorf("restore backup %s from %s: %w", b.ID, o.Source, err)
 	}
@@ -136,7 +162,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	return Result{Backup: b, BackupID: b.ID, TargetDir: o.TargetDir, Tablespaces: tsDirs, Bytes: done,
 		Seconds: time.Since(start).Seconds(), Signal: o.Settings.Signal(), RecoveryConfig: o.Settings.Lines(),
-		Cleared: cleared}, nil
+		Cleared: cleared, Delta: delta}, nil
 }
 
 // moved reports whether any tablespace goes elsewhere than its original path.

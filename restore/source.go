@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 // Source is where a restore reads backups from: the local repository on the
@@ -25,29 +29,28 @@ type Source interface {
 	String() string
 }
 
-// Local reads from the repository and catalog on this host.
+// Local reads from the repository this host opens (its catalog and store).
 type Local struct {
-	Catalog *catalog.Catalog
-	Repo    storage.Local
-	Server  string
+	Repo   *repository.Repository
+	Server string
 }
 
 // Backups implements Source.
 func (l Local) Backups(ctx context.Context) ([]catalog.Backup, error) {
-	srv, err := l.Catalog.ServerByName(ctx, l.Server)
+	srv, err := l.Repo.Catalog.ServerByName(ctx, l.Server)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, fmt.Errorf("the repository %s has nothing for server %s", l.Repo.Root, l.Server)
+		return nil, fmt.Errorf("the repository %s has nothing for server %s", l.Repo, l.Server)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return l.Catalog.Backups(ctx, srv.ID)
+	return l.Repo.Catalog.Backups(ctx, srv.ID)
 }
 
 // Opener implements Source.
-func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.StoreOpener(l.Repo, b) }
+func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.RepoOpener(l.Repo, b) }
 
-func (l Local) String() string { return "repository " + l.Repo.Root }
+func (l Local) String() string { return "repository " + l.Repo.String() }
 
 // Remote reads from a hub over HTTP.
 type Remote struct {
@@ -93,6 +96,45 @@ func fromAPI(b api.Backup) catalog.Backup {
 		StartLSN: b.StartLSN, StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI, StartedAt: b.StartedAt,
 		FinishedAt: b.FinishedAt, OriginalSize: b.OriginalSize, StoredSize: b.StoredSize, Compression: b.Compression,
 		Files: files, BackupLabel: b.BackupLabel, TablespaceMap: b.TablespaceMap}
+}
+
+// checkDeltaTarget fails unless dir is an existing directory that no
+// PostgreSQL server runs on.
+func checkDeltaTarget(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--delta restores into an existing data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("--delta: %s is not a directory", dir)
+	}
+	return checkNoPostmaster(dir)
+}
+
+// checkNoPostmaster fails when dir/postmaster.pid names a live PostgreSQL
+// process. A stale file (the process is gone) is no obstacle: a delta restore
+// removes it.
+func checkNoPostmaster(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read %s/postmaster.pid: %w", dir, err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 0 {
+		return nil
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return nil
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err == nil && !strings.Contains(string(comm), "postgres") && !strings.Contains(string(comm), "postmaster") {
+		return nil // the number was reused by another program
+	}
+	return fmt.Errorf("a PostgreSQL server (pid %d) runs on %s: stop it before a delta restore", pid, dir)
 }
 
 // checkEmpty fails unless dir is missing or an empty directory.

@@ -3,14 +3,12 @@ package status
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -60,7 +58,7 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 	// What `walhub status main` does per run: open the catalog, build, close.
 	b.Run("open_build_close", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			cat, err := catalog.Open(ctx, filepath.Join(src.Repository, storage.CatalogFile))
+			cat, err := catalog.Open(ctx, src.Work.CatalogPath())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -81,6 +79,14 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 			families, err := reg.Gather()
 			if err != nil || len(families) < 20 {
 				b.Fatalf("%d families, %v", len(families), err)
+			}
+		}
+	})
+	// The recoverable window alone (part of each scrape), over 20 backups.
+	b.Run("recoverable_window", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := src.Catalog.RecoverableWindow(ctx, srv.ID); err != nil {
+				b.Fatal(err)
 			}
 		}
 	})

@@ -2,12 +2,15 @@ package status
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/replication"
 )
 
@@ -21,7 +24,10 @@ import (
 // application_name. No label takes its values from anything unbounded: check
 // names, backup states, lock commands and slot states are fixed sets.
 type Collector struct {
-	Source     Source
+	Source Source
+	// Config, when set, gives the configuration in force at each scrape (the
+	// daemon's, which a reload replaces); else Source.Config is used.
+	Config     func() *config.Config
 	Thresholds Thresholds
 	Log        *slog.Logger
 	// ProbeEvery is how long a replication-connection probe (IDENTIFY_SYSTEM,
@@ -34,8 +40,9 @@ type Collector struct {
 }
 
 type cachedProbe struct {
-	probe Probe
-	at    time.Time
+	probe    Probe
+	conninfo string
+	at       time.Time
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -82,6 +89,10 @@ var (
 	descOpProg    = desc("walhub_operation_progress_ratio", "How far the running operation has got, 0 to 1; absent when unknown.", "operation")
 	descOpSince   = desc("walhub_operation_start_timestamp_seconds", "When the running operation took the lock (Unix time).", "operation")
 	descCheck     = desc("walhub_check_status", "The result of each walhub check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.", "check")
+	descRecov     = desc("walhub_recoverable", "1 when some backup can be restored with the WAL held (all of its WAL is in the repository), else 0.")
+	descRecovEarl = desc("walhub_recoverable_earliest_timestamp_seconds", "The earliest point a restore can reach: when the oldest backup with all its WAL held finished (Unix time).")
+	descRecovLate = desc("walhub_recoverable_latest_timestamp_seconds", "The latest point a restore can reach: the newest commit or abort in the WAL held without a gap after a backup (Unix time); absent when none is indexed.")
+	descRecovLSN  = desc("walhub_recoverable_latest_lsn_bytes", "The end of the WAL held without a gap after a backup: how far a restore can replay, as a byte position.")
 	descRepoSize  = prometheus.NewDesc("walhub_repository_size_bytes", "Size of the file system that holds the repository.", nil, nil)
 	descRepoFree  = prometheus.NewDesc("walhub_repository_free_bytes", "Space available to walhub on the repository's file system.", nil, nil)
 )
@@ -91,6 +102,7 @@ var allDescs = []*prometheus.Desc{descStatusUp, descCollect, descPGUp, descPGLSN
 	descRepLag, descRepLagS, descRepStage, descRepMax, descRepInfo, descWALSegs, descWALBytes, descWALStored, descWALTLIs,
 	descWALLast, descWALGaps, descWALBlock, descBackups, descBkSize, descBkStored, descLastEnd, descLastAge, descLastDur,
 	descLastSize, descLastStore, descFailSince, descLastFail, descOpRun, descOpProg, descOpSince, descCheck,
+	descRecov, descRecovEarl, descRecovLate, descRecovLSN,
 	descRepoSize, descRepoFree}
 
 // Describe sends every metric's description.
@@ -109,14 +121,18 @@ const collectTimeout = 8 * time.Second
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
 	defer cancel()
-	servers := c.Source.Config.Servers
+	src := c.Source
+	if c.Config != nil {
+		src.Config = c.Config()
+	}
+	servers := src.Config.Servers
 	docs := make([]*Document, len(servers))
 	var wg sync.WaitGroup
 	for i := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			docs[i] = c.collectServer(ctx, servers[i].Name, ch)
+			docs[i] = c.collectServer(ctx, src, servers[i].Name, ch)
 		}()
 	}
 	wg.Wait()
@@ -145,26 +161,54 @@ func unixSeconds(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
 
 // collectServer builds one server's document and checks and sends their
 // metrics; it returns the document (nil when it could not be built).
-func (c *Collector) collectServer(ctx context.Context, name string, ch chan<- prometheus.Metric) *Document {
+func (c *Collector) collectServer(ctx context.Context, src Source, name string, ch chan<- prometheus.Metric) *Document {
 	start := time.Now()
-	doc, err := c.Source.Build(ctx, name)
+	doc, err := src.Build(ctx, name)
 	if err != nil {
 		c.log().Warn("metrics: cannot build status", "server", name, "err", err)
 		ch <- gauge(descStatusUp, 0, name)
 		return nil
 	}
-	srv, err := c.Source.Config.Server(name)
+	srv, err := src.Config.Server(name)
 	if err != nil {
 		ch <- gauge(descStatusUp, 0, name)
 		return nil
 	}
-	results := Evaluate(doc, srv, c.probe(ctx, doc), c.thresholds())
+	results := Evaluate(doc, srv, c.probe(ctx, src, srv, doc), c.thresholds())
 	ch <- gauge(descStatusUp, 1, name)
 	for _, m := range DocumentMetrics(doc, results) {
 		ch <- m
 	}
+	if doc.WAL.InCatalog {
+		c.collectWindow(ctx, src, name, ch)
+	}
 	ch <- gauge(descCollect, time.Since(start).Seconds(), name)
 	return doc
+}
+
+// collectWindow sends the recoverable window of the server: what its
+// backups and the WAL held after them can recover to.
+func (c *Collector) collectWindow(ctx context.Context, src Source, name string, ch chan<- prometheus.Metric) {
+	server, err := src.Catalog.ServerByName(ctx, name)
+	if err != nil {
+		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
+		return
+	}
+	w, err := src.Catalog.RecoverableWindow(ctx, server.ID)
+	switch {
+	case errors.Is(err, catalog.ErrNotFound):
+		ch <- gauge(descRecov, 0, name)
+		return
+	case err != nil:
+		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
+		return
+	}
+	ch <- gauge(descRecov, 1, name)
+	ch <- gauge(descRecovEarl, unixSeconds(w.Earliest.Time), name)
+	if !w.Latest.Time.IsZero() {
+		ch <- gauge(descRecovLate, unixSeconds(w.Latest.Time), name)
+	}
+	ch <- gauge(descRecovLSN, float64(w.Latest.LSN), name)
 }
 
 func (c *Collector) log() *slog.Logger {
@@ -185,7 +229,7 @@ func (c *Collector) thresholds() Thresholds {
 // "replication connection" check. A receiver that streams is such a
 // connection, so it is taken as the probe; otherwise IDENTIFY_SYSTEM is run,
 // at most once per ProbeEvery, so that scrapes do not take a wal sender each.
-func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
+func (c *Collector) probe(ctx context.Context, src Source, srv *config.Server, doc *Document) Probe {
 	rc := doc.Receiver
 	if rc.Running && rc.State == "streaming" && rc.SystemID != "" {
 		return Probe{Identity: replication.Identity{SystemID: rc.SystemID, TimeLine: rc.TimeLine, XLogPos: rc.ServerLSN}}
@@ -197,14 +241,10 @@ func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
 	c.mu.Lock()
 	cached, ok := c.probes[doc.Server]
 	c.mu.Unlock()
-	if ok && time.Since(cached.at) < every {
+	if ok && cached.conninfo == srv.Conninfo && time.Since(cached.at) < every {
 		return cached.probe
 	}
-	srv, err := c.Source.Config.Server(doc.Server)
-	if err != nil {
-		return Probe{Err: err}
-	}
-	timeout := c.Source.ConnectTimeout
+	timeout := src.ConnectTimeout
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
@@ -214,7 +254,7 @@ func (c *Collector) probe(ctx context.Context, doc *Document) Probe {
 	if c.probes == nil {
 		c.probes = map[string]cachedProbe{}
 	}
-	c.probes[doc.Server] = cachedProbe{probe: p, at: time.Now()}
+	c.probes[doc.Server] = cachedProbe{probe: p, conninfo: srv.Conninfo, at: time.Now()}
 	c.mu.Unlock()
 	return p
 }

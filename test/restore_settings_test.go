@@ -1,6 +1,7 @@
 package test
 
 import (
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -88,4 +89,82 @@ func keepSwitchingWAL(c *pgtest.Cluster) (stop func()) {
 	}()
 	var once sync.Once
 	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// TestDeltaRestoreOfADivergedFormerPrimaryThenFollowsTheNewOne: after a
+// failover the old primary wrote on timeline 1 past the switch point. A delta
+// restore from a backup of the new primary (refused while the old one runs)
+// must make it a standby that follows the new primary.
+func TestDeltaRestoreOfADivergedFormerPrimaryThenFollowsTheNewOne(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{})
+	p.PgbenchInit(1)
+	sb := p.NewStandby("standby", pgtest.StandbyOptions{})
+	s := newSiteOn(t, p, sb)
+	sb.WaitReplay(p.CurrentLSN(), 60*time.Second)
+
+	sb.Promote()
+	p.Pgbench(2, 200) // the old primary diverges
+	sb.Pgbench(2, 200)
+	s.walhub("backup", "--server", "main")
+	sb.Pgbench(1, 50)
+
+	args := []string{"restore", "--server", "main", "--target-dir", p.DataDir, "--delta", "--standby",
+		"--primary-conninfo", sb.ConnString(""), "--walfetch-token-file", s.tokenFile}
+	if out, err := s.tryWalhub(args...); err == nil || !strings.Contains(out, "runs on") {
+		t.Fatalf("delta restore while the server runs: %v\n%s", err, out)
+	}
+	p.Stop("fast")
+	out := s.walhub(args...)
+	if !strings.Contains(out, "delta: wrote") || !strings.Contains(out, "verified against its manifest") {
+		t.Fatalf("delta restore output:\n%s", out)
+	}
+	t.Logf("delta restore: %s", out[strings.Index(out, "delta: wrote"):][:strings.Index(out[strings.Index(out, "delta: wrote"):], "\n")])
+	former := startRestored(t, "former-primary", p.DataDir)
+	sb.Query("CREATE TABLE after_delta AS SELECT 7 AS x")
+	former.WaitReplay(sb.CurrentLSN(), 120*time.Second)
+	if got, want := former.Query(checksum), sb.Query(checksum); got != want {
+		t.Fatal("the former primary's data differs from the new primary's")
+	}
+	former.WaitFor(60*time.Second, "the former primary to stream from the new one", func() bool {
+		out, err := former.TryQuery("SELECT status FROM pg_stat_wal_receiver")
+		return err == nil && out == "streaming"
+	})
+}
+
+// TestDeadPrimaryRecoveredToItsLastCommit is the RPO-0 story: the hub is the
+// primary's synchronous standby, so a commit returns only once the hub has
+// fsynced its WAL. The primary is killed with kill -9 and never started
+// again; a restore to the end of WAL must hold the last committed row, which
+// is in the segment the hub had not completed (its .partial).
+func TestDeadPrimaryRecoveredToItsLastCommit(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{Conf: []string{"synchronous_standby_names = 'walhub_main'"}})
+	s := newSiteOn(t, p, p, "synchronous = true")
+	p.PgbenchInit(1)
+	p.WaitFor(60*time.Second, "the hub to be the synchronous standby", func() bool {
+		out, err := p.TryQuery("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'walhub_main'")
+		return err == nil && out == "sync"
+	})
+	s.walhub("backup", "--server", "main")
+	p.Pgbench(2, 200)
+	p.Query("CREATE TABLE ledger (entry text); INSERT INTO ledger VALUES ('last commit before the crash')")
+	want := p.Query(checksum)
+	p.Kill9()
+
+	dir := pgtest.TempDir(t, "rpo0") + "/data"
+	s.walhub("restore", "--server", "main", "--target-dir", dir, "--walfetch-token-file", s.tokenFile)
+	c := startRestored(t, "rpo0", dir)
+	waitPromoted(t, c)
+	if got, _ := c.TryQuery("SELECT entry FROM ledger"); got != "last commit before the crash" {
+		log, _ := os.ReadFile(c.LogFile)
+		t.Fatalf("the last commit is not in the restore (ledger: %q)\n%s", got, log)
+	}
+	if c.Query(checksum) != want {
+		t.Fatal("the restore's pgbench data differs from the dead primary's")
+	}
+	log, _ := os.ReadFile(c.LogFile)
+	if !strings.Contains(string(log), ".partial") {
+		t.Errorf("the restore's log does not show the .partial used")
+	}
 }

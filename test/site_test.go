@@ -69,15 +69,16 @@ func newSite(t *testing.T, opts pgtest.Options) *site {
 
 // newSiteOn starts a walhub serve process whose server "main" is source (the
 // primary p, or one of its standbys: the hub then streams from and backs up
-// that standby); s.primary is p, where writes and WAL switches go.
-func newSiteOn(t *testing.T, p, source *pgtest.Cluster) *site {
-	return newSiteWith(t, p, source, nil)
+// that standby); s.primary is p, where writes and WAL switches go. Lines in
+// serverConf are added to the server's section (e.g. "synchronous = true").
+func newSiteOn(t *testing.T, p, source *pgtest.Cluster, serverConf ...string) *site {
+	return newSiteWith(t, p, source, nil, serverConf...)
 }
 
 // newSiteWith is newSiteOn with the repository's lines of the configuration
 // (top-level keys and sections before [hub]) from repository, which also sets
 // s.repo to the directory that holds catalog.db; nil is a local repository.
-func newSiteWith(t *testing.T, p, source *pgtest.Cluster, repository func(s *site) string) *site {
+func newSiteWith(t *testing.T, p, source *pgtest.Cluster, repository func(s *site) string, serverConf ...string) *site {
 	t.Helper()
 	s := &site{t: t, primary: p, dir: pgtest.TempDir(t, "site")}
 	if repository == nil {
@@ -98,9 +99,10 @@ admin_tokens = ["admin-secret"]
 [[server]]
 name = "main"
 conninfo = %q
+%s
 [server.backup]
 wal_timeout = "2m"
-`, repoTOML, port, source.ConnString(""))
+`, repoTOML, port, source.ConnString(""), strings.Join(serverConf, "\n"))
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

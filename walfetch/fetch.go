@@ -69,6 +69,48 @@ func fetchInto(ctx context.Context, c *client.Client, name, dir string, systemID
 	return f.Name(), nil
 }
 
+// fetchPartialInto downloads name.partial (the part of segment name the hub
+// received) into a temporary file in dir, checks it as fetchInto checks a
+// segment (system identifier, page header), pads it with zeros to the segment
+// size and returns the temporary file's path. An empty .partial is
+// client.ErrNotFound: there is nothing to recover from it.
+func fetchPartialInto(ctx context.Context, c *client.Client, name, dir string, systemID uint64, reg *TempFiles) (string, client.WALInfo, error) {
+	f, err := os.CreateTemp(dir, ".walfetch-*.tmp")
+	if err != nil {
+		return "", client.WALInfo{}, fmt.Errorf("create temporary file in %s: %w", dir, err)
+	}
+	reg.add(f.Name())
+	fail := func(info client.WALInfo, err error) (string, client.WALInfo, error) {
+		f.Close()
+		os.Remove(f.Name())
+		reg.remove(f.Name())
+		return "", info, err
+	}
+	hw := &headerWriter{w: f}
+	info, err := c.FetchWAL(ctx, name+".partial", hw)
+	switch {
+	case err != nil:
+		return fail(info, err)
+	case info.Size == 0:
+		return fail(info, fmt.Errorf("%w: %s.partial is empty", client.ErrNotFound, name))
+	case systemID != 0 && info.SystemID != fmt.Sprint(systemID):
+		return fail(info, fmt.Errorf("%w: the hub's server %s is database system %s, but this data directory belongs to %d: wrong --server or --url?",
+			client.ErrRefused, c.Server(), info.SystemID, systemID))
+	case walname.ValidSegmentSize(info.SegmentSize) != nil || uint64(info.Size) > info.SegmentSize:
+		return fail(info, fmt.Errorf("%w: %s.partial is %d bytes, the server's segment size is %d", client.ErrCorrupt, name, info.Size, info.SegmentSize))
+	}
+	if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, info.SegmentSize, systemID); err != nil {
+		return fail(info, fmt.Errorf("%w: %s.partial: %v", client.ErrCorrupt, name, err))
+	}
+	if err := f.Truncate(int64(info.SegmentSize)); err != nil {
+		return fail(info, fmt.Errorf("pad %s to the segment size: %w", f.Name(), err))
+	}
+	if err := f.Close(); err != nil {
+		return fail(info, fmt.Errorf("write %s: %w", f.Name(), err))
+	}
+	return f.Name(), info, nil
+}
+
 // TempFiles remembers temporary files, so a signal handler can remove them.
 type TempFiles struct {
 	mu    sync.Mutex

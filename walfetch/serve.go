@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/walname"
@@ -123,6 +124,8 @@ func Serve(ctx context.Context, s Settings, m Mode, name, dst string, temps *Tem
 			return Served
 		}
 		switch {
+		case errors.Is(err, client.ErrNotFound) && m == ModePITR && s.Partial && n.Kind == walname.KindSegment:
+			return servePartial(ctx, c, s, m, name, dst, systemID, temps, stderr)
 		case errors.Is(err, client.ErrNotFound):
 			return NotAvailable
 		case m == ModeStandby:
@@ -158,4 +161,48 @@ func Serve(ctx context.Context, s Settings, m Mode, name, dst string, temps *Tem
 		case <-time.After(wait):
 		}
 	}
+}
+
+// servePartial ends a point-in-time recovery to the end of WAL with all the
+// hub received: the hub lacks segment name as a complete segment, but holds
+// what it received of it as name.partial (the primary is gone, or its last
+// segment is not complete yet). Only the newest segment of its timeline
+// qualifies: when the hub holds the next segment, name is a gap, and a gap is
+// never papered over. The .partial, checked like a segment, is padded with
+// zeros to the segment size (PostgreSQL wants whole segments), which recovery
+// reads as the end of WAL.
+func servePartial(ctx context.Context, c *client.Client, s Settings, m Mode, name, dst string, systemID uint64,
+	temps *TempFiles, stderr io.Writer) Result {
+	tmp, info, err := fetchPartialInto(ctx, c, name, filepath.Dir(dst), systemID, temps)
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		return NotAvailable
+	case err != nil:
+		fmt.Fprintf(stderr, "walfetch: stopping point-in-time recovery: %s.partial: %v\n", name, err)
+		return Fail(m)
+	}
+	tli, segno, err := walname.ParseSegment(name, info.SegmentSize)
+	if err == nil {
+		var p api.Peek
+		if p, err = c.Peek(ctx, walname.SegmentName(tli, segno+1, info.SegmentSize), 1); err == nil && len(p.Segments) > 0 {
+			os.Remove(tmp)
+			temps.remove(tmp)
+			fmt.Fprintf(stderr, "walfetch: %s is missing from the hub but %s is there: a gap, not the end of WAL; its .partial is not used\n",
+				name, p.Segments[0].Name)
+			return NotAvailable
+		}
+	}
+	if err != nil {
+		os.Remove(tmp)
+		temps.remove(tmp)
+		fmt.Fprintf(stderr, "walfetch: stopping point-in-time recovery: %s.partial: %v\n", name, err)
+		return Fail(m)
+	}
+	if err := install(tmp, dst, temps); err != nil {
+		fmt.Fprintf(stderr, "walfetch: %v\n", err)
+		return Fail(m)
+	}
+	fmt.Fprintf(stderr, "walfetch: %s restored from the hub's %s.partial (%d bytes received, padded to %d): the end of the WAL the hub holds\n",
+		name, name, info.Size, info.SegmentSize)
+	return Served
 }

@@ -18,4 +18,7 @@ type Settings struct {
 	Timeout   time.Duration `toml:"-" json:"timeout"`
 	PITRRetry time.Duration `toml:"-" json:"pitr_retry"`
 	IdleExit  time.Duration `toml:"-" json:"idle_exit"`
+	// Partial lets point-in-time recovery use the hub's .partial of the
+	// newest segment when the complete segment does not exist.
+	Partial bool `toml:"partial" json:"partial"`
 }

@@ -1,3 +1,12 @@
+// PostgreSQL starts walfetch once per WAL file: what the Go runtime does at
+// every start is on replay's critical path. It need not size itself to a
+// container's CPU quota (one request, or the prefetcher's few downloads), nor
+// name its memory mappings.
+
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
+//go:debug decoratemappings=0
+
 // Command walfetch is PostgreSQL's restore_command for standbys and restores
 // fed by a walhub hub: restore_command = 'walfetch %f %p'. See walfetch --help
 // (the usage text below) for the whole contract.
@@ -55,6 +64,14 @@ What it does:
     than --spool-max-mb, and exits after --idle-exit without requests. A spool
     left by another restore, another hub, another cluster or before a reboot is
     never used, and is removed.
+
+  - During point-in-time recovery (recovery.signal, no standby.signal), when the
+    hub does not have a segment complete, walfetch asks for its .partial: the WAL
+    the hub received of the newest segment of that timeline (never for a segment
+    followed by others: that is a gap). It is checked like a segment and padded
+    with zeros to the segment size, so recovery replays every byte the hub holds
+    and then ends: with a synchronous hub, a primary lost for good is recovered
+    to its last committed transaction. --partial off turns this off.
 
 Exit status (the contract with PostgreSQL):
   0    the file is at %p, complete and verified.

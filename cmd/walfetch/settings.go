@@ -28,7 +28,7 @@ type fileSettings struct {
 
 func defaults() walfetch.Settings {
 	return walfetch.Settings{Spool: "pg_wal/walfetch-spool", Prefetch: 16, Parallel: 4, SpoolMax: 1024,
-		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute}
+		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute, Partial: true}
 }
 
 // option describes one setting once, for flags, environment and file.
@@ -78,6 +78,17 @@ var options = []option{
 	}},
 	{"timeout", "WALFETCH_TIMEOUT", "how long one request may wait for the hub", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.Timeout })},
 	{"pitr-retry", "WALFETCH_PITR_RETRY", "point-in-time recovery only: how long to retry an unreachable hub before stopping recovery", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.PITRRetry })},
+	{"partial", "WALFETCH_PARTIAL", "point-in-time recovery only: when the hub lacks the newest segment, use the part it received (.partial): on or off", func(s *walfetch.Settings, v string) error {
+		switch strings.ToLower(v) {
+		case "on", "true", "1", "yes":
+			s.Partial = true
+		case "off", "false", "0", "no":
+			s.Partial = false
+		default:
+			return fmt.Errorf("%q is not on or off", v)
+		}
+		return nil
+	}},
 	{"idle-exit", "WALFETCH_IDLE_EXIT", "the prefetcher exits after this long without a request", durationSetter(func(s *walfetch.Settings) *time.Duration { return &s.IdleExit })},
 }
 

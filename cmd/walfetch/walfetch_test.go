@@ -12,16 +12,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/pgfile"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/walfeed"
@@ -71,7 +73,8 @@ func fakeSegment(tli walname.TimeLine, segno walname.SegNo) []byte {
 // testHub is a hub over a repository of fake segments, counting requests per path.
 type testHub struct {
 	url    string
-	repo   storage.Local
+	dir    string
+	repo   *repository.Repository
 	feeder *walfeed.Feeder
 	segs   map[string][]byte
 	mu     sync.Mutex
@@ -87,19 +90,19 @@ func newTestHub(t *testing.T, count int) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(ctx, filepath.Join(dir, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	h := &testHub{repo: storage.Local{Root: dir}, segs: map[string][]byte{}, gets: map[string]int{}}
-	if h.feeder, err = walfeed.New(ctx, h.repo, cat, "main", fmt.Sprint(uint64(testSystemID)), testSegSize, "zstd"); err != nil {
+	t.Cleanup(func() { repo.Close() })
+	h := &testHub{dir: dir, repo: repo, segs: map[string][]byte{}, gets: map[string]int{}}
+	if h.feeder, err = walfeed.New(ctx, h.repo, "main", fmt.Sprint(uint64(testSystemID)), testSegSize, "zstd"); err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; i <= count; i++ {
 		h.add(t, 1, walname.SegNo(i))
 	}
-	srv, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: h.repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := hub.New(hub.Options{Config: cfg, Repo: h.repo, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +271,7 @@ func TestExitStatusByModeAndFailure(t *testing.T) {
 func TestCorruptStoredSegmentNeverReachesPostgreSQL(t *testing.T) {
 	h := newTestHub(t, 3)
 	name := walname.SegmentName(1, 2, testSegSize)
-	path, _ := h.repo.Path(storage.SegmentPath("main", name, "zstd"))
+	path := filepath.Join(h.dir, storage.SegmentPath("main", name, "zstd"))
 	stored, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -378,6 +381,16 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 	for _, p := range spooled() {
 		t.Errorf("spool still holds %s after recovery passed it", filepath.Base(p))
 	}
+	// The prefetcher yields to recovery: every one of its threads is niced.
+	if threads := prefetcherNice(t, dir); len(threads) == 0 {
+		t.Error("no prefetcher thread found")
+	} else {
+		for tid, nice := range threads {
+			if nice != 10 {
+				t.Errorf("prefetcher thread %s runs at nice %d, want 10", tid, nice)
+			}
+		}
+	}
 	// A .history file is never prefetched.
 	for path, n := range h.gets {
 		if strings.HasSuffix(path, ".history") {
@@ -468,4 +481,84 @@ func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
 	waitFor(t, 20*time.Second, "the spool to hold timeline 2's next segments only", func() bool {
 		return spooled("00000001") == 0 && spooled("00000002") == 3
 	})
+}
+
+// prefetcherNice returns the nice value of every thread of the prefetcher
+// running for the data directory dir (its pid is in its log).
+func prefetcherNice(t *testing.T, dir string) map[string]int {
+	t.Helper()
+	log, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "walfetch-spool", "prefetcher.log"))
+	m := regexp.MustCompile(`prefetcher started.* pid=(\d+)|pid=(\d+) .*prefetcher started`).FindSubmatch(log)
+	if m == nil {
+		t.Fatalf("no prefetcher start in its log:\n%s", log)
+	}
+	pid := string(m[1]) + string(m[2])
+	tasks, _ := os.ReadDir(filepath.Join("/proc", pid, "task"))
+	out := map[string]int{}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(filepath.Join("/proc", pid, "task", task.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which ends with ')'): nice is the 19th field overall.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		nice, _ := strconv.Atoi(fields[16])
+		out[task.Name()] = nice
+	}
+	return out
+}
+
+// TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly: the hub holds
+// segments 1 to 3 and what it received of 4 (a .partial). During
+// point-in-time recovery, segment 4 is served from the .partial, padded with
+// zeros; not on a standby, not with --partial off, and not for a segment
+// followed by a stored one (a gap).
+func TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly(t *testing.T) {
+	h := newTestHub(t, 3)
+	writePartial := func(segno walname.SegNo, n int) string {
+		name := walname.SegmentName(1, segno, testSegSize)
+		p := h.repo.Work.PartialFile("main", name)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, fakeSegment(1, segno)[:n], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	newest := writePartial(4, 300000)
+	gap := writePartial(6, 8192)
+	h.add(t, 1, 7)
+
+	tests := []struct {
+		name, signal, segment string
+		extra                 []string
+		want                  int
+	}{
+		{"point-in-time recovery", "recovery.signal", newest, nil, 0},
+		{"standby", "standby.signal", newest, nil, 1},
+		{"--partial off", "recovery.signal", newest, []string{"--partial", "off"}, 1},
+		{"a gap, not the newest segment", "recovery.signal", gap, nil, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := dataDir(t, tt.signal, true)
+			code, stderr := runWalfetch(t, dir, hubArgs(h, append(tt.extra, tt.segment, "pg_wal/RECOVERYXLOG")...)...)
+			if code != tt.want {
+				t.Fatalf("exit %d, want %d: %s", code, tt.want, stderr)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG"))
+			if tt.want != 0 {
+				if err == nil {
+					t.Error("RECOVERYXLOG exists")
+				}
+				return
+			}
+			want := append(fakeSegment(1, 4)[:300000:300000], make([]byte, testSegSize-300000)...)
+			if !bytes.Equal(got, want) {
+				t.Errorf("RECOVERYXLOG (%d bytes) is not the .partial padded with zeros to %d", len(got), testSegSize)
+			}
+			if l := leftovers(t, dir, "RECOVERYXLOG"); len(l) > 0 {
+				t.Errorf("left in pg_wal: %v", l)
+			}
+		})
+	}
 }

@@ -21,6 +21,7 @@ func (a *app) restoreCommand() *cobra.Command {
 		server, backupID, targetDir, snapshotDir, hubURL, token, walfetch, walfetchTokenFile string
 		targetTime, targetLSN                                                                string
 		tablespaces                                                                          []string
+		delta                                                                                bool
 		s                                                                                    restore.Settings
 	)
 	cmd := &cobra.Command{
@@ -46,6 +47,12 @@ target that no backup reaches); a restore that fails half-way removes what it wr
 With a target and no --backup, the newest backup that ends before the target is used.
 Run it as the user PostgreSQL runs as (the files get that owner).
 
+--delta restores into an existing data directory instead of an empty one (a former
+primary after a failover, a broken standby): files whose size and checksum match the
+backup's manifest are kept, the others written, files the backup does not have removed
+(all of pg_wal among them), everything fsynced; it says how much it wrote against a full
+restore. It refuses while a PostgreSQL server runs on the directory.
+
 --snapshot-dir finishes an external snapshot instead (walhub snapshot start/stop): the
 directory holds the copied files; walhub writes the backup_label and tablespace_map
 recorded at snapshot stop, removes postmaster.pid and the copied pg_wal, and writes the
@@ -54,6 +61,7 @@ recovery settings.`,
   walhub restore --server main --target-dir /srv/pitr --target-time '2026-11-21 09:59:00+00' --target-action promote
   walhub restore --server main --target-dir /srv/standby --standby --primary-conninfo 'host=db1 user=replicator'
   walhub restore --server main --target-dir /srv/copy --tablespace 16385=/srv/copy_ts
+  walhub restore --server main --target-dir /var/lib/postgresql/15/main --delta --standby
   walhub restore --hub-url https://walhub.example:7480 --server main --target-dir /srv/copy
   walhub restore --server main --snapshot-dir /mnt/snap/pgdata`,
 		Args: cobra.NoArgs,
@@ -103,16 +111,12 @@ recovery settings.`,
 				if _, err := cfg.Server(server); err != nil {
 					return err
 				}
-				repo, err := a.repository()
+				repo, err := a.repository(ctx)
 				if err != nil {
 					return err
 				}
-				cat, err := a.catalog(ctx)
-				if err != nil {
-					return err
-				}
-				defer cat.Close()
-				src = restore.Local{Catalog: cat, Repo: repo, Server: server}
+				defer repo.Close()
+				src = restore.Local{Repo: repo, Server: server}
 				url = cfg.Hub.URL
 				if len(cfg.Hub.ReadTokens)+len(cfg.Hub.AdminTokens) > 0 && walfetchTokenFile == "" {
 					a.log.Warn("the hub wants a read token: unless walfetch finds one in WALFETCH_TOKEN or its config file, " +
@@ -141,7 +145,7 @@ recovery settings.`,
 			}
 			bar := a.newProgressReporter(server)
 			res, err := restore.Run(ctx, restore.Options{Source: src, BackupID: backupID, TargetDir: dir, Tablespaces: tsDirs,
-				Settings: s, Progress: func(done, total int64) {
+				Settings: s, Delta: delta, Progress: func(done, total int64) {
 					bar.report(basebackup.Progress{Phase: "restoring", Done: done, Total: total})
 				}})
 			bar.finish()
@@ -155,6 +159,14 @@ recovery settings.`,
 				}
 				fmt.Fprintf(w, "restored backup %s into %s: %s in %.1fs (%.0f MB/s), verified against its manifest\n",
 					res.BackupID, res.TargetDir, humanBytes(res.Bytes), res.Seconds, mbps)
+				if d := res.Delta; d != nil {
+					pct := 0.0
+					if d.FullBytes > 0 {
+						pct = 100 * float64(d.WrittenBytes) / float64(d.FullBytes)
+					}
+					fmt.Fprintf(w, "  delta: wrote %d files, %s (%.1f%% of the %s a full restore writes); kept %d files (%s); removed %d\n",
+						d.WrittenFiles, humanBytes(d.WrittenBytes), pct, humanBytes(d.FullBytes), d.KeptFiles, humanBytes(d.KeptBytes), len(d.Removed))
+				}
 				for oid, d := range res.Tablespaces {
 					fmt.Fprintf(w, "  tablespace %d in %s\n", oid, d)
 				}
@@ -169,6 +181,7 @@ recovery settings.`,
 	f.StringVar(&snapshotDir, "snapshot-dir", "", "finish the copy of an external snapshot in this directory")
 	f.StringVar(&backupID, "backup", "latest", "backup id, or latest (the newest that reaches the target)")
 	f.StringArrayVar(&tablespaces, "tablespace", nil, "move a tablespace: OID=DIR (repeatable)")
+	f.BoolVar(&delta, "delta", false, "restore into an existing data directory: keep the files that match, rewrite the rest, remove extras")
 	f.StringVar(&hubURL, "hub-url", "", "restore from this hub over HTTP instead of the local repository")
 	f.StringVar(&token, "token", "", "read token for --hub-url (default: env WALHUB_TOKEN)")
 	f.StringVar(&walfetch, "walfetch", "", "walfetch path for restore_command (default: beside walhub, else from PATH)")

@@ -38,6 +38,8 @@ const (
 	CodeInternal      = "internal"       // the hub failed; see its log
 	CodeConflict      = "conflict"       // the request clashes with work in progress (a running snapshot or backup)
 	CodeFailed        = "failed"         // the hub tried and PostgreSQL refused or failed
+	CodeTooLarge      = "too_large"      // the request's headers or body are over the hub's limit
+	CodeTimeout       = "timeout"        // the request's body did not arrive in time
 )
 
 // ErrorBody is the JSON body of every error response.

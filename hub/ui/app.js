@@ -231,9 +231,9 @@ function walPart(doc) {
 }
 
 // Backups on a time axis, with the window a restore can reach shaded. The
-// window here is approximate: from the end of the oldest done backup to the
-// newest WAL held (now, while the receiver streams), when no gap after the
-// oldest backup breaks it.
+// window here is approximate: from the end of the oldest done backup that no
+// gap follows (recovery cannot cross a gap) to the newest WAL held (now,
+// while the receiver streams).
 function backupsPart(doc, backups) {
   const now = new Date(doc.generated_at).getTime();
   const part = el("div", { class: "backups" }, el("h3", {},
@@ -250,18 +250,20 @@ function backupsPart(doc, backups) {
   lo -= pad; hi += pad;
   const x = t => ((t - lo) / (hi - lo)) * 1000;
   const svg = svgEl("svg", { viewBox: "0 0 1000 56", preserveAspectRatio: "none", height: "56", class: "timeaxis" });
-  const done = backups.filter(b => b.state === "done");
-  const blocking = doc.wal.gaps.filter(g => g.after_oldest_backup).length;
+  const lastGapEnd = Math.max(0, ...doc.wal.gaps.map(g => lsnBytes(g.end_lsn)));
+  const usable = backups.filter(b => b.state === "done" && lsnBytes(b.start_lsn) >= lastGapEnd);
+  const skipped = backups.filter(b => b.state === "done").length - usable.length;
   let windowText = "no backup to recover from";
-  if (done.length && !blocking) {
-    const from = end(done[0]);
+  if (usable.length) {
+    const from = end(usable[0]);
     const streaming = doc.receiver.running && doc.receiver.state === "streaming";
     const to = streaming ? now : (doc.wal.last_segment_at ? new Date(doc.wal.last_segment_at).getTime() : from);
     svg.append(svgEl("rect", { class: "window", x: x(from), y: 0, width: Math.max(2, x(to) - x(from)), height: 40 },
       "recoverable (approx.): " + when(from) + " … " + when(to)));
     windowText = "recoverable window (approx.): " + when(from) + " … " + (streaming ? "now" : when(to));
-  } else if (done.length) {
-    windowText = "recoverable window broken by " + blocking + " gap(s) after the oldest backup";
+  }
+  if (skipped) {
+    windowText += " · " + skipped + " older backup(s) cannot be recovered past a gap in the WAL";
   }
   for (const b of backups) {
     svg.append(svgEl("rect", { class: "backup " + b.state, x: x(start(b)), y: 8, width: Math.max(4, x(end(b)) - x(start(b))), height: 24,
@@ -271,10 +273,10 @@ function backupsPart(doc, backups) {
   for (let i = 0; i <= 4; i++) {
     const t = lo + ((hi - lo) * i) / 4;
     const tx = svgEl("text", { x: i === 0 ? 2 : i === 4 ? 998 : x(t), y: 53, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
-    tx.textContent = shortFormat.format(new Date(t));
+    tx.textContent = (hi - lo < 3 * 3600000 ? timeFormat : shortFormat).format(new Date(t));
     svg.append(tx);
   }
-  part.append(svg, el("p", { class: blocking ? "error" : "muted", text: windowText }));
+  part.append(svg, el("p", { class: skipped || !usable.length ? "error" : "muted", text: windowText }));
   const t = el("table", {}, el("tr", {}, ["id", "kind", "state", "started", "took", "size", "stored", ""].map(h => el("th", { text: h }))));
   for (const b of backups.slice().reverse().slice(0, 20)) {
     t.append(el("tr", { "data-backup-row": b.id },

@@ -22,7 +22,7 @@
 //
 // Each object's metadata records the ID of the key that encrypted it
 // (MetaKeyID; Stat and List leave it out of Meta, so the wrapper is
-// transparent, and ObjectKeyID reads it), so keys can be rotated without
+// transparent, and StatKey reads it), so keys can be rotated without
 // rewriting: new objects use the current key while objects under previous keys
 // stay readable. An object no configured key opens is a *KeyError naming the
 // key it needs.
@@ -231,35 +231,40 @@ func plainInfo(info storage.ObjectInfo) (storage.ObjectInfo, error) {
 }
 
 // Stat implements storage.ObjectStore: Size is the plaintext size and Meta
-// what the caller gave Create (ObjectKeyID tells the key). An object without
+// what the caller gave Create (StatKey also tells the key). An object without
 // a key ID was not written through this layer: ErrNotEncrypted.
 func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
-	info, err := s.inner.Stat(ctx, key)
-	if err != nil {
-		return info, err
-	}
-	if info.Meta[MetaKeyID] == "" {
-		return info, fmt.Errorf("stat %s: %w (no %s in its metadata)", key, ErrNotEncrypted, MetaKeyID)
-	}
-	info, err = plainInfo(info)
-	if err != nil {
-		return info, fmt.Errorf("stat %w", err)
-	}
-	return info, nil
+	info, _, err := s.StatKey(ctx, key)
+	return info, err
 }
 
-// ObjectKeyID returns the ID of the key that encrypted the object at key, as
-// its metadata records it (for the catalog, and for messages).
-func (s *Store) ObjectKeyID(ctx context.Context, key string) (string, error) {
+// StatKey is Stat that also returns the ID of the key that encrypted the
+// object, as its metadata records it, in one request to the inner store (for
+// the catalog when it is rebuilt from the store, and for messages).
+func (s *Store) StatKey(ctx context.Context, key string) (storage.ObjectInfo, string, error) {
 	info, err := s.inner.Stat(ctx, key)
 	if err != nil {
-		return "", err
+		return info, "", err
 	}
 	id := info.Meta[MetaKeyID]
 	if id == "" {
-		return "", fmt.Errorf("stat %s: %w (no %s in its metadata)", key, ErrNotEncrypted, MetaKeyID)
+		return info, "", fmt.Errorf("stat %s: %w (no %s in its metadata)", key, ErrNotEncrypted, MetaKeyID)
 	}
-	return id, nil
+	info, err = plainInfo(info)
+	if err != nil {
+		return info, "", fmt.Errorf("stat %w", err)
+	}
+	return info, id, nil
+}
+
+// CurrentKeyID returns the ID of the key store encrypts new objects with, ""
+// when store is not an encrypting Store: what the catalog records beside each
+// object stored.
+func CurrentKeyID(store storage.ObjectStore) string {
+	if s, ok := store.(*Store); ok {
+		return s.keys.CurrentID()
+	}
+	return ""
 }
 
 // List implements storage.ObjectStore; sizes are plaintext sizes, computed

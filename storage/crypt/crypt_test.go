@@ -127,8 +127,8 @@ func TestRoundTripKeepsBytesSizesAndMeta(t *testing.T) {
 		if info.Size != int64(n) || len(info.Meta) != 1 || info.Meta["crc32c"] != "1234" {
 			t.Fatalf("size %d: Stat = %+v", n, info)
 		}
-		if id, err := s.ObjectKeyID(ctx, key); err != nil || id != kr.CurrentID() {
-			t.Fatalf("size %d: ObjectKeyID = %s, %v; want %s", n, id, err, kr.CurrentID())
+		if info2, id, err := s.StatKey(ctx, key); err != nil || id != kr.CurrentID() || info2.Size != info.Size || len(info2.Meta) != 1 {
+			t.Fatalf("size %d: StatKey = %+v, %s, %v; want key %s", n, info2, id, err, kr.CurrentID())
 		}
 		got, err := readAll(s, key)
 		if err != nil {
@@ -179,6 +179,9 @@ func TestRoundTripKeepsBytesSizesAndMeta(t *testing.T) {
 	})
 	if err != nil || listed == 0 {
 		t.Fatalf("List: %d objects, %v", listed, err)
+	}
+	if CurrentKeyID(s) != kr.CurrentID() || CurrentKeyID(inner) != "" {
+		t.Errorf("CurrentKeyID: %q over the wrapper, %q over the plain store", CurrentKeyID(s), CurrentKeyID(inner))
 	}
 	if s.Features().LocalPaths {
 		t.Error("Features().LocalPaths: the files hold ciphertext and must not be read directly")
@@ -370,8 +373,8 @@ func TestRotationReadsObjectsUnderBothKeys(t *testing.T) {
 			t.Fatalf("%s: %q, %v", key, got, err)
 		}
 	}
-	ia, _ := rotated.ObjectKeyID(ctx, "a")
-	ib, _ := rotated.ObjectKeyID(ctx, "b")
+	_, ia, _ := rotated.StatKey(ctx, "a")
+	_, ib, _ := rotated.StatKey(ctx, "b")
 	if ia != KeyID(old.Recipient().String()) || ib != KeyID(cur.Recipient().String()) {
 		t.Fatalf("key IDs recorded: a %s, b %s", ia, ib)
 	}
