@@ -23,6 +23,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/s3store"
 )
 
 // Repository is an open repository: object store, working area, catalog.
@@ -119,6 +120,20 @@ func catalogExists(work *storage.WorkArea) error {
 // one case here.
 func OpenStore(ctx context.Context, cfg *config.Config) (storage.ObjectStore, error) {
 	switch {
+	case cfg.IsS3():
+		c := cfg.S3
+		return s3store.New(s3store.Config{
+			Bucket:          c.Bucket,
+			Prefix:          c.Prefix,
+			Endpoint:        c.Endpoint,
+			Region:          c.Region,
+			PathStyle:       c.ForcePathStyle,
+			AccessKeyID:     string(c.AccessKeyID),
+			SecretAccessKey: string(c.SecretAccessKey),
+			CAFile:          c.CAFile,
+			PartSize:        int64(c.PartSizeMB) << 20,
+			Concurrency:     c.UploadConcurrency,
+		})
 	default:
 		return storage.NewLocalStore(cfg.Repository)
 	}

@@ -104,9 +104,15 @@ type expireReport struct {
 
 func runExpire(t *testing.T, s *site, args ...string) expireReport {
 	t.Helper()
-	out := s.walhub(append([]string{"expire", "--server", "main", "--output=json"}, args...)...)
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), append([]string{"expire", "--server", "main", "--output=json", "--config", s.config}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("walhub expire: %v\n%s", err, stderr.String())
+	}
 	var reps []expireReport
-	if err := json.Unmarshal([]byte(out), &reps); err != nil || len(reps) != 1 {
+	if err := json.Unmarshal(out, &reps); err != nil || len(reps) != 1 {
 		t.Fatalf("expire output: %v\n%s", err, out)
 	}
 	return reps[0]
