@@ -76,6 +76,9 @@ func newS3TestRepo(t *testing.T, bucket *s3test.Server) *testRepo {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := repository.Init(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
 	repo, err := repository.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
