@@ -193,3 +193,26 @@ func TestS3ExpireRemovesExactlyWhatItSays(t *testing.T) {
 		t.Fatalf("list-backups after expire:\n%s", list)
 	}
 }
+
+// TestS3CatalogRebuiltFromTheBucketAlone: catalog.db deleted, rebuilt from
+// the bucket alone, gives the same catalog and a restore with the primary's
+// data; a new hub (another working area) over that bucket refuses to start
+// an empty repository there and says to rebuild the catalog.
+func TestS3CatalogRebuiltFromTheBucketAlone(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
+	checkCatalogRebuilt(t, s)
+
+	other := filepath.Join(s.dir, "other.toml")
+	text := strings.Replace(string(mustRead(t, s.config)), "work_dir = \""+s.repo+"\"", "work_dir = \""+filepath.Join(s.dir, "work2")+"\"", 1)
+	if err := os.WriteFile(other, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "walhub"), "init", "--config", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "holds a repository already") || !strings.Contains(string(out), "repair --rebuild-catalog") {
+		t.Fatalf("init of a new working area over a bucket holding a repository: %v\n%s", err, out)
+	}
+	if p := bucket.PendingUploads(); len(p) != 0 {
+		t.Fatalf("multipart uploads left pending: %v", p)
+	}
+}
