@@ -64,8 +64,25 @@ func newEncryptedSite(t *testing.T, opts ...pgtest.Options) (s *site, keyPath, k
 	t.Helper()
 	keyPath, keyID = newKey(t, pgtest.TempDir(t, "keys"), "repo")
 	p := pgtest.NewPrimary(t, "primary", append(opts, pgtest.Options{})[0])
-	s = newSiteWith(t, p, p, siteOptions{serverLines: `compression = "none"`, sections: encryptionSection(keyPath)})
+	s = newSiteWith(t, p, p, func(s *site) string {
+		s.repo = filepath.Join(s.dir, "repo")
+		return fmt.Sprintf("repository = %q\n", s.repo) + encryptionSection(keyPath)
+	}, `compression = "none"`)
 	return s, keyPath, keyID
+}
+
+// withEncryption writes to path the site's configuration with its
+// [encryption] section (from) replaced by to, and returns path.
+func (s *site) withEncryption(path, from, to string) string {
+	s.t.Helper()
+	cfg, err := os.ReadFile(s.config)
+	if err != nil || !strings.Contains(string(cfg), from) {
+		s.t.Fatalf("%s holds no %q (%v)", s.config, from, err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(cfg), from, to, 1)), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	return path
 }
 
 // writeSecret fills the marker table.
@@ -212,8 +229,7 @@ func TestEncryptedRepositoryRefusesTamperingAndWrongKeys(t *testing.T) {
 		{"wrong key", encryptionSection(otherKey), keyID},
 		{"no key", "", "configure [encryption]"},
 	} {
-		cfg := filepath.Join(scratch, tc.name+".toml")
-		os.WriteFile(cfg, []byte(s.baseConfig+tc.sections), 0o600)
+		cfg := s.withEncryption(filepath.Join(scratch, tc.name+".toml"), encryptionSection(keyPath), tc.sections)
 		dir := filepath.Join(scratch, strings.ReplaceAll(tc.name, " ", "-"))
 		out, err := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", cfg, "--server", "main",
 			"--target-dir", dir, "--walfetch-token-file", s.tokenFile).CombinedOutput()
@@ -311,7 +327,7 @@ func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
 
 	s.stopServe()
 	newKeyPath, newID := newKey(t, filepath.Dir(oldKey), "rotated")
-	os.WriteFile(s.config, []byte(s.baseConfig+encryptionSection(newKeyPath, oldKey)), 0o600)
+	s.withEncryption(s.config, encryptionSection(oldKey), encryptionSection(newKeyPath, oldKey))
 	s.startServe()
 	writeSecret(p, 2001, 4000)
 	p.Pgbench(2, 100)
@@ -334,8 +350,7 @@ func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
 	}
 
 	// Without the previous key, its objects cannot be read, and say so.
-	cfg := filepath.Join(s.dir, "new-only.toml")
-	os.WriteFile(cfg, []byte(s.baseConfig+encryptionSection(newKeyPath)), 0o600)
+	cfg := s.withEncryption(filepath.Join(s.dir, "new-only.toml"), encryptionSection(newKeyPath, oldKey), encryptionSection(newKeyPath))
 	o, err := exec.Command(filepath.Join(binDir, "walhub"), "verify", "--config", cfg, "--server", "main").CombinedOutput()
 	if err == nil || !strings.Contains(string(o), oldID) {
 		t.Fatalf("verify without the previous key: %v\n%s", err, o)
@@ -348,7 +363,7 @@ func TestEncryptionKeyRotationRestoresAcrossKeys(t *testing.T) {
 // key the rebuild fails naming it, and leaves no catalog behind.
 func TestEncryptedCatalogRebuiltGivenTheKey(t *testing.T) {
 	t.Parallel()
-	s, _, keyID := newEncryptedSite(t, pgtest.Options{SegmentSizeMB: 1})
+	s, keyPath, keyID := newEncryptedSite(t, pgtest.Options{SegmentSizeMB: 1})
 	p := s.primary
 	p.PgbenchInit(1)
 	writeSecret(p, 1, 1000)
@@ -372,8 +387,7 @@ func TestEncryptedCatalogRebuiltGivenTheKey(t *testing.T) {
 	removeCatalog()
 
 	otherKey, _ := newKey(t, s.dir, "other")
-	cfg := filepath.Join(s.dir, "other.toml")
-	os.WriteFile(cfg, []byte(s.baseConfig+encryptionSection(otherKey)), 0o600)
+	cfg := s.withEncryption(filepath.Join(s.dir, "other.toml"), encryptionSection(keyPath), encryptionSection(otherKey))
 	out, err := exec.Command(filepath.Join(binDir, "walhub"), "repair", "--rebuild-catalog", "--config", cfg).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), keyID) {
 		t.Fatalf("rebuild with another key: %v\n%s", err, out)
