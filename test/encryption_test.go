@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,9 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/s3test"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
 
 // secretMarker is written into a table: it must never be found in the
@@ -232,7 +236,7 @@ func TestEncryptedRepositoryRefusesTamperingAndWrongKeys(t *testing.T) {
 		cfg := s.withEncryption(filepath.Join(scratch, tc.name+".toml"), encryptionSection(keyPath), tc.sections)
 		dir := filepath.Join(scratch, strings.ReplaceAll(tc.name, " ", "-"))
 		out, err := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", cfg, "--server", "main",
-			"--target-dir", dir, "--walfetch-token-file", s.tokenFile).CombinedOutput()
+			"--target-dir", dir, "--walfetch-token-file", s.tokenFile, "--owner", pgOwner()).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {
 			t.Fatalf("%s: restore: %v, want an error naming %s:\n%s", tc.name, err, tc.want, out)
 		}
@@ -419,4 +423,64 @@ func keyUsage(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("%+v", use)
+}
+
+// TestEncryptedS3RepositoryHoldsNoPlaintext is the marker test with the
+// repository in a bucket: no object the bucket's owner can read holds the
+// marker, and a point-in-time restore over HTTP from the S3-backed hub (backup
+// and WAL decrypted by the hub) reaches the primary's data.
+func TestEncryptedS3RepositoryHoldsNoPlaintext(t *testing.T) {
+	t.Parallel()
+	bucket := s3test.Start(t)
+	keyPath, _ := newKey(t, pgtest.TempDir(t, "keys"), "repo")
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{})
+	s := newSiteWith(t, p, p, func(s *site) string {
+		s.repo = filepath.Join(s.dir, "work")
+		return bucket.TOML(s3Prefix, s.repo, s.dir) + encryptionSection(keyPath)
+	}, `compression = "none"`)
+	p.PgbenchInit(1)
+	writeSecret(p, 1, 5000)
+	s.walhub("backup", "--server", "main")
+	writeSecret(p, 5001, 8000)
+	p.Query("SELECT pg_create_restore_point('s3_encrypted')")
+	want := p.Query(secretChecksum)
+	writeSecret(p, 8001, 9000)
+	s.waitArchived()
+
+	keys := bucket.Objects(s3Prefix + "/")
+	var segments int
+	for _, key := range keys {
+		out, err := bucket.Client().GetObject(context.Background(), &s3.GetObjectInput{Bucket: &bucket.Bucket, Key: &key})
+		if err != nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		b, err := io.ReadAll(out.Body)
+		out.Body.Close()
+		if err != nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		if bytes.Contains(b, []byte(secretMarker)) {
+			t.Fatalf("the bucket's object %s holds the marker", key)
+		}
+		if strings.Contains(key, "/wal/0") {
+			segments++
+		}
+	}
+	if segments < 2 || !slices.Contains(keys, s3Prefix+"/encryption.json") {
+		t.Fatalf("bucket objects: %v", keys)
+	}
+
+	dir := filepath.Join(pgtest.TempDir(t, "pitr"), "data")
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", "/nonexistent/walhub.toml",
+		"--hub-url", s.hubURL, "--server", "main", "--target-dir", dir, "--target-name", "s3_encrypted",
+		"--target-action", "promote", "--walfetch-token-file", s.tokenFile, "--owner", pgOwner())
+	cmd.Env = append(os.Environ(), "WALHUB_TOKEN=read-secret")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restore over HTTP from the encrypted S3-backed hub: %v\n%s", err, out)
+	}
+	c := startRestored(t, "pitr", dir)
+	waitPromoted(t, c)
+	if got := c.Query(secretChecksum); got != want {
+		t.Fatal("PITR from the encrypted bucket reached other data than the primary's at the restore point")
+	}
 }
