@@ -36,16 +36,19 @@ type Document struct {
 	Server      string    `json:"server"`
 	GeneratedAt time.Time `json:"generated_at"`
 	// Slot and ApplicationName are what the hub's receiver uses on the server.
-	SlotName        string     `json:"slot_name"`
-	ApplicationName string     `json:"application_name"`
-	Postgres        Postgres   `json:"postgres"`
-	Receiver        Receiver   `json:"receiver"`
-	Slot            Slot       `json:"slot"`
-	Clients         []Client   `json:"clients"`
-	WAL             WAL        `json:"wal"`
-	Backups         Backups    `json:"backups"`
-	Lock            Locks      `json:"lock"`
-	Repository      Repository `json:"repository"`
+	SlotName        string   `json:"slot_name"`
+	ApplicationName string   `json:"application_name"`
+	Postgres        Postgres `json:"postgres"`
+	Receiver        Receiver `json:"receiver"`
+	Slot            Slot     `json:"slot"`
+	Clients         []Client `json:"clients"`
+	WAL             WAL      `json:"wal"`
+	Backups         Backups  `json:"backups"`
+	// Recoverable is the window a restore can reach; absent when no backup
+	// can be restored with the WAL held.
+	Recoverable *RecoverableWindow `json:"recoverable,omitempty"`
+	Lock        Locks              `json:"lock"`
+	Repository  Repository         `json:"repository"`
 }
 
 // Repository is the file system of the repository's local working area (for a
