@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 
 	"github.com/walhub/walhub/catalog"
@@ -22,6 +23,16 @@ type contentIndex struct {
 	segSize  uint64
 	log      *slog.Logger
 	dec      *walrecord.Decoder
+}
+
+// Begin implements repository.SegmentIndex.
+func (x *contentIndex) Begin(ctx context.Context, tli walname.TimeLine, segno walname.SegNo, name string) io.Writer {
+	return x.segment(ctx, completedSegment{TimeLine: tli, SegNo: segno, Name: name})
+}
+
+// Contents implements repository.SegmentIndex.
+func (x *contentIndex) Contents(tli walname.TimeLine, segno walname.SegNo) *catalog.SegmentContents {
+	return x.contents(completedSegment{TimeLine: tli, SegNo: segno})
 }
 
 // segment returns the writer the bytes of seg are to be written through, in order.

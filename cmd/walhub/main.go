@@ -11,13 +11,11 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/version"
 )
 
@@ -99,6 +97,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.statusCommand(),
 		a.checkCommand(),
 		a.expireCommand(),
+		a.repairCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
 		a.keysCommand(),
@@ -162,69 +161,37 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// errNoRepository says the configured repository has not been created.
-var errNoRepository = errors.New("no walhub repository there")
-
-// repository returns the repository's store. It must exist: only walhub init
-// (or serve --init) creates one, so that a mistyped path or an unmounted
-// volume is an error, not a fresh empty repository on the root disk.
-func (a *app) repository() (storage.Local, error) {
+// repository opens the configured repository (store, working area,
+// catalog); the caller closes it. It must exist: only walhub init (or serve
+// --init) creates one, so that a mistyped path or an unmounted volume is an
+// error, not a fresh empty repository on the root disk.
+func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	cfg, err := a.config()
-	if err != nil {
-		return storage.Local{}, err
-	}
-	if err := repositoryExists(cfg.Repository); err != nil {
-		return storage.Local{}, fmt.Errorf("repository %s: %w; is its volume mounted, is the path in %s right? "+
-			"To create a new repository there: walhub init --config %s", cfg.Repository, err, a.configPath, a.configPath)
-	}
-	return storage.Local{Root: cfg.Repository}, nil
-}
-
-// repositoryExists tells whether root holds a repository (its catalog).
-func repositoryExists(root string) error {
-	fi, err := os.Stat(filepath.Join(root, storage.CatalogFile))
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if _, derr := os.Stat(root); errors.Is(derr, os.ErrNotExist) {
-			return fmt.Errorf("%w: the directory does not exist", errNoRepository)
-		}
-		return fmt.Errorf("%w: the directory has no %s", errNoRepository, storage.CatalogFile)
-	case err != nil:
-		return err
-	case !fi.Mode().IsRegular():
-		return fmt.Errorf("%w: %s is not a file", errNoRepository, storage.CatalogFile)
-	}
-	return nil
-}
-
-// catalog opens the repository's catalog; the caller closes it.
-func (a *app) catalog(ctx context.Context) (*catalog.Catalog, error) {
-	repo, err := a.repository()
 	if err != nil {
 		return nil, err
 	}
-	return catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
+	repo, err := repository.Open(ctx, cfg)
+	if errors.Is(err, repository.ErrNoRepository) {
+		return nil, fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
+			"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
+	}
+	return repo, err
 }
 
 // openServers loads the configuration, selects the servers a command names
-// ("all" or "" for every one), and opens the repository and its catalog; the
-// caller closes the catalog.
-func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, storage.Local, *catalog.Catalog, error) {
+// ("all" or "" for every one), and opens the repository; the caller closes it.
+func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, *repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
 	servers, err := cfg.Select(name)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	repo, err := a.repository()
+	repo, err := a.repository(ctx)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	cat, err := a.catalog(ctx)
-	if err != nil {
-		return nil, storage.Local{}, nil, err
-	}
-	return servers, repo, cat, nil
+	return servers, repo, nil
 }

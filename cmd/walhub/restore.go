@@ -111,16 +111,12 @@ recovery settings.`,
 				if _, err := cfg.Server(server); err != nil {
 					return err
 				}
-				repo, err := a.repository()
+				repo, err := a.repository(ctx)
 				if err != nil {
 					return err
 				}
-				cat, err := a.catalog(ctx)
-				if err != nil {
-					return err
-				}
-				defer cat.Close()
-				src = restore.Local{Catalog: cat, Repo: repo, Server: server}
+				defer repo.Close()
+				src = restore.Local{Repo: repo, Server: server}
 				url = cfg.Hub.URL
 				if len(cfg.Hub.ReadTokens)+len(cfg.Hub.AdminTokens) > 0 && walfetchTokenFile == "" {
 					a.log.Warn("the hub wants a read token: unless walfetch finds one in WALFETCH_TOKEN or its config file, " +
