@@ -8,15 +8,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/version"
+	"golang.org/x/sys/unix"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -170,12 +176,41 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := workAreaWritable(cfg.WorkDir); err != nil {
+		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
 	repo, err := repository.Open(ctx, cfg)
 	if errors.Is(err, repository.ErrNoRepository) {
 		return nil, fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
 			"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
 	}
 	return repo, err
+}
+
+// workAreaWritable tells whether this process may use the catalog in the
+// working area dir: read and write catalog.db, and create its journal beside
+// it. A working area or catalog that does not exist passes (Open says so).
+func workAreaWritable(dir string) error {
+	for _, p := range []string{dir, filepath.Join(dir, storage.CatalogFile)} {
+		err := unix.Access(p, unix.R_OK|unix.W_OK)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		who := "this user"
+		if u, uerr := user.Current(); uerr == nil {
+			who = "user " + u.Username
+		}
+		owner := ""
+		if fi, serr := os.Stat(p); serr == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if u, uerr := user.LookupId(strconv.Itoa(int(st.Uid))); uerr == nil {
+					owner = " (owned by " + u.Username + ")"
+				}
+			}
+		}
+		return fmt.Errorf("%s cannot read and write %s%s: %w; run walhub as the repository's owner", who, p, owner, fs.ErrPermission)
+	}
+	return nil
 }
 
 // openServers loads the configuration, selects the servers a command names
