@@ -2,7 +2,7 @@ package basebackup
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -148,7 +148,10 @@ func describeMissing(missing []catalog.SegRange, tli walname.TimeLine, segSize u
 // ReapInterrupted turns the running backups of server whose process is gone
 // (killed, host crashed) into failed ones with the reason "interrupted" and
 // removes their files. A backup is alive while the server's lock is held by
-// the process recorded in its row. It returns the ids it reaped.
+// the process recorded in its row. The rows are read before the lock, and a
+// row is failed only if it is still running then (FailBackup's
+// compare-and-set), so a backup that finishes in between is left alone. It
+// returns the ids it reaped.
 func ReapInterrupted(ctx context.Context, repo *repository.Repository, server string) ([]string, error) {
 	srv, err := repo.Catalog.ServerByName(ctx, server)
 	if err != nil {
@@ -171,7 +174,11 @@ func ReapInterrupted(ctx context.Context, repo *repository.Repository, server st
 			continue
 		}
 		reason := fmt.Sprintf("interrupted: process %d on %s stopped before the backup finished", b.PID, b.Host)
-		if _, err := repo.FailBackup(b, reason); err != nil {
+		_, err := repo.FailBackup(b, reason)
+		if errors.Is(err, repository.ErrNotRunning) {
+			continue // it finished between the two reads: alive after all
+		}
+		if err != nil {
 			return reaped, fmt.Errorf("interrupted backup %s: %w", b.ID, err)
 		}
 		reaped = append(reaped, b.ID)
