@@ -324,3 +324,56 @@ func TestReceiverReconnectingWarnsThenTurnsCritical(t *testing.T) {
 		}
 	}
 }
+
+// TestSlotCheckReadsTheReceiversState: an inactive slot while the receiver
+// runs but cannot store says so, with the receiver's error, instead of
+// asking to start walhub serve.
+func TestSlotCheckReadsTheReceiversState(t *testing.T) {
+	srv := &config.Server{Name: "main"}
+	doc := &Document{Server: "main", Slot: Slot{Name: "walhub_main", Known: true, Exists: true, RestartLSN: 1 << 24},
+		Receiver: Receiver{Running: true, State: "waiting", LastError: "store WAL at 0/1000000: write: no space left on device"}}
+	r := checkSlot(doc, srv, Probe{}, DefaultThresholds)
+	if r.Level != Critical || !strings.Contains(r.Message, "the receiver runs (waiting) but is not streaming: store WAL") ||
+		!strings.Contains(r.Message, "no space left on device") || strings.Contains(r.Hint, "start walhub serve") {
+		t.Errorf("receiver running: %s %q hint %q", r.Level, r.Message, r.Hint)
+	}
+	doc.Receiver = Receiver{Running: false, State: "stopped"}
+	if r := checkSlot(doc, srv, Probe{}, DefaultThresholds); !strings.Contains(r.Hint, "start walhub serve") {
+		t.Errorf("receiver stopped: %q hint %q", r.Message, r.Hint)
+	}
+}
+
+// TestASnapshotDoesNotPassTheBackupChecks: a done snapshot is newer than the
+// only base backup, which is too old. The checks go by the backups whose
+// files walhub holds: the snapshot neither makes the last backup young nor
+// counts toward the minimum redundancy.
+func TestASnapshotDoesNotPassTheBackupChecks(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(t, t.TempDir(), closedConninfo)
+	srv, _ := src.Catalog.EnsureServer(ctx, "main")
+	if err := src.Catalog.BindIdentity(ctx, srv.ID, "7000000000000000001", segSize); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	addSegments(t, src.Catalog, srv.ID, 1, 3, 10, now)
+	for _, b := range []catalog.Backup{
+		{ID: "old", Kind: catalog.KindBase, StartLSN: walname.SegmentStart(4, segSize), StopLSN: walname.SegmentStart(5, segSize),
+			StartedAt: now.Add(-72 * time.Hour), FinishedAt: now.Add(-71 * time.Hour)},
+		{ID: "snap-new", Kind: catalog.KindSnapshot, StartLSN: walname.SegmentStart(8, segSize), StopLSN: walname.SegmentStart(9, segSize),
+			StartedAt: now.Add(-time.Hour), FinishedAt: now.Add(-time.Hour)},
+	} {
+		b.ServerID, b.State, b.StartTLI, b.StopTLI = srv.ID, catalog.StateDone, 1, 1
+		if err := src.Catalog.AddBackup(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	doc := build(t, src)
+	if doc.Backups.Count != 1 || doc.Backups.Uncounted != 1 || doc.Backups.Last == nil || doc.Backups.Last.ID != "old" {
+		t.Fatalf("backups %+v", doc.Backups)
+	}
+	th := DefaultThresholds
+	th.BackupAgeWarning, th.BackupAgeCritical = 24*time.Hour, 48*time.Hour
+	if r := result(t, Evaluate(doc, &src.Config.Servers[0], Probe{}, th), "last backup age"); r.Level != Critical {
+		t.Fatalf("last backup age = %+v", r)
+	}
+}
