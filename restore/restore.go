@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/walhub/walhub/basebackup"
@@ -72,11 +73,16 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if o.BackupID == "" || o.BackupID == "latest" {
+		// Chosen automatically: only among the kinds walhub restores (not a
+		// snapshot, whose files are in the user's copy).
+		backups = slices.DeleteFunc(backups, func(b catalog.Backup) bool { return !catalog.KindOf(b).Restorable })
+	}
 	b, err := ChooseBackup(backups, o.BackupID, o.Settings.Target)
 	if err != nil {
 		return Result{}, err
 	}
-	if b.Kind != catalog.KindBase {
+	if !catalog.KindOf(b).Restorable {
 		return Result{}, fmt.Errorf("backup %s is a %s backup: its files are not in walhub (see walhub restore --snapshot-dir)", b.ID, b.Kind)
 	}
 	tsDirs := map[uint32]string{}
