@@ -68,11 +68,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	} else if err := checkEmpty("target directory", o.TargetDir); err != nil {
 		return Result{}, err
 	}
-	backups, err := o.Source.Backups(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	b, err := ChooseBackup(backups, o.BackupID, o.Settings.Target)
+	b, err := o.Source.Choose(ctx, o.BackupID, o.Settings.Target)
 	if err != nil {
 		return Result{}, err
 	}
