@@ -12,6 +12,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
@@ -277,7 +278,7 @@ func SwitchWALOn(conninfo string) func(ctx context.Context) error {
 		}
 		defer conn.Close(context.Background())
 		if _, err := conn.Exec(ctx, "SELECT pg_switch_wal()").ReadAll(); err != nil {
-			return fmt.Errorf("pg_switch_wal(): %w", err)
+			return fmt.Errorf("pg_switch_wal(): %w", privileges.Explain(err, privileges.SwitchWAL, cfg.User))
 		}
 		return nil
 	}

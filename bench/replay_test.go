@@ -7,8 +7,11 @@
 //
 // BENCH_SEGMENT_MB (default 1) sets the segment size, BENCH_SEGMENTS (default
 // 250) the backlog, BENCH_DELAY (default 20ms) the added delay, BENCH_ROUNDS
-// (default 2) the rounds (the best is kept), BENCH_ONLY a substring of the
-// runs to do.
+// (default 2) the rounds (each round runs every command once, interleaved; the
+// median and the best of the rounds are reported), BENCH_ONLY substrings of
+// the runs to do, separated by commas. BENCH_WALFETCH_BASELINE names another
+// walfetch binary (e.g. built from main) to run beside this one, on
+// loopback, so that a change is measured against the same noise.
 package bench
 
 import (
@@ -21,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,12 +133,29 @@ func BenchmarkReplay(b *testing.B) {
 		{fmt.Sprintf("walfetch, %s delay", delay), wf(delayedURL, "")},
 		{fmt.Sprintf("walfetch --prefetch 0, %s delay", delay), wf(delayedURL, "--prefetch 0")},
 	}
-	rates := map[string]float64{}
+	const baselineRun = "walfetch baseline binary"
+	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); bin != "" {
+		runs = append(runs, struct{ name, command string }{baselineRun,
+			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, hubURL)})
+	}
+	selected := func(name string) bool {
+		only := os.Getenv("BENCH_ONLY")
+		if only == "" {
+			return true
+		}
+		for _, o := range strings.Split(only, ",") {
+			if o != "" && strings.Contains(name, o) {
+				return true
+			}
+		}
+		return false
+	}
+	rates := map[string][]float64{}
 	rounds := envInt("BENCH_ROUNDS", 2)
 	b.ResetTimer()
 	for round := 1; round <= rounds; round++ {
 		for i, r := range runs {
-			if only := os.Getenv("BENCH_ONLY"); only != "" && !strings.Contains(r.name, only) {
+			if !selected(r.name) {
 				continue
 			}
 			dir := pgtest.TempDir(b, fmt.Sprintf("replay%d", i))
@@ -173,18 +194,34 @@ func BenchmarkReplay(b *testing.B) {
 			}
 			os.RemoveAll(dir)
 			rate := float64(n) / elapsed.Seconds()
-			rates[r.name] = max(rates[r.name], rate)
+			rates[r.name] = append(rates[r.name], rate)
 			fmt.Printf("round %d: %-40s %4d segments of %d MiB in %6.2fs: %7.1f segments/s\n", round, r.name, n, segMB, elapsed.Seconds(), rate)
 		}
 	}
 	b.StopTimer()
-	fmt.Printf("best of %d rounds:\n", rounds)
+	median := map[string]float64{}
+	fmt.Printf("median and best of %d rounds:\n", rounds)
 	for _, r := range runs {
-		fmt.Printf("best: %-40s %7.1f segments/s\n", r.name, rates[r.name])
+		if v := rates[r.name]; len(v) > 0 {
+			slices.Sort(v)
+			median[r.name] = v[len(v)/2]
+			if len(v)%2 == 0 {
+				median[r.name] = (v[len(v)/2-1] + v[len(v)/2]) / 2
+			}
+			fmt.Printf("median: %-40s %7.1f segments/s (best %.1f)\n", r.name, median[r.name], v[len(v)-1])
+		}
 	}
-	fmt.Printf("walfetch / cp (loopback):                      %.2fx\n", rates[runs[2].name]/rates[runs[1].name])
-	fmt.Printf("walfetch --prefetch 0 / cp (loopback):         %.2fx\n", rates[runs[3].name]/rates[runs[1].name])
-	fmt.Printf("walfetch / WAL already in pg_wal:              %.2fx\n", rates[runs[2].name]/rates[runs[0].name])
-	fmt.Printf("walfetch / walfetch --prefetch 0 (%s delay): %.2fx\n", delay, rates[runs[4].name]/rates[runs[5].name])
-	fmt.Printf("walfetch %s delay / walfetch loopback:      %.2fx\n", delay, rates[runs[4].name]/rates[runs[2].name])
+	ratio := func(label, a, b string) {
+		if median[a] > 0 && median[b] > 0 {
+			fmt.Printf("%-48s %.2fx\n", label+":", median[a]/median[b])
+		}
+	}
+	ratio("walfetch / cp (loopback)", runs[2].name, runs[1].name)
+	ratio("walfetch --prefetch 0 / cp (loopback)", runs[3].name, runs[1].name)
+	ratio("walfetch / WAL already in pg_wal", runs[2].name, runs[0].name)
+	ratio("cp / WAL already in pg_wal", runs[1].name, runs[0].name)
+	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), runs[4].name, runs[5].name)
+	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), runs[4].name, runs[2].name)
+	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
+	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
 }

@@ -56,37 +56,68 @@ func (c *Catalog) TimeLinePath(ctx context.Context, serverID int64, segSize uint
 // start, that is not stored (where recovery from start runs out of WAL),
 // with the timeline it would be read from.
 func (c *Catalog) ContiguousEnd(ctx context.Context, serverID int64, path []PathPart, start walname.SegNo) (walname.TimeLine, walname.SegNo, error) {
-	ranges, err := c.SegmentRanges(ctx, serverID)
+	h, err := c.heldAlong(ctx, serverID, path)
 	if err != nil {
 		return 0, 0, err
 	}
-	last := map[walname.TimeLine]walname.SegNo{}
-	for _, r := range ranges {
-		last[r.TimeLine] = r.Last
+	tli, end := h.contiguousEnd(start)
+	return tli, end, nil
+}
+
+// held is what is stored along a path: the last segment of each timeline and
+// the holes of each part of the path, read once so that the contiguous end
+// from any number of starts costs no more queries.
+type held struct {
+	path  []PathPart
+	last  map[walname.TimeLine]walname.SegNo
+	holes [][]SegRange // by part of path, ascending
+}
+
+// heldAlong reads the holes of each part of path up to the last segment held
+// on its timeline: over a whole stored range MissingSegments needs no count.
+func (c *Catalog) heldAlong(ctx context.Context, serverID int64, path []PathPart) (*held, error) {
+	ranges, err := c.SegmentRanges(ctx, serverID)
+	if err != nil {
+		return nil, err
 	}
-	for _, p := range path {
+	h := &held{path: path, last: map[walname.TimeLine]walname.SegNo{}, holes: make([][]SegRange, len(path))}
+	for _, r := range ranges {
+		h.last[r.TimeLine] = r.Last
+	}
+	for i, p := range path {
+		l, ok := h.last[p.TimeLine]
+		if !ok || l < p.From {
+			continue
+		}
+		if h.holes[i], err = c.MissingSegments(ctx, serverID, p.TimeLine, p.From, min(p.To, l+1)); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+func (h *held) contiguousEnd(start walname.SegNo) (walname.TimeLine, walname.SegNo) {
+	for i, p := range h.path {
 		if p.To <= start {
 			continue
 		}
 		from := max(p.From, start)
-		l, ok := last[p.TimeLine]
+		l, ok := h.last[p.TimeLine]
 		if !ok || l < from {
-			return p.TimeLine, from, nil
+			return p.TimeLine, from
 		}
 		to := min(p.To, l+1)
-		missing, err := c.MissingSegments(ctx, serverID, p.TimeLine, from, to)
-		if err != nil {
-			return 0, 0, err
-		}
-		if len(missing) > 0 {
-			return p.TimeLine, missing[0].From, nil
+		for _, hole := range h.holes[i] {
+			if hole.To > from && hole.From < to {
+				return p.TimeLine, max(hole.From, from)
+			}
 		}
 		if to < p.To {
-			return p.TimeLine, to, nil
+			return p.TimeLine, to
 		}
 	}
-	p := path[len(path)-1]
-	return p.TimeLine, max(start, p.From), nil
+	p := h.path[len(h.path)-1]
+	return p.TimeLine, max(start, p.From)
 }
 
 // Point is a point in the WAL that recovery can stop at.
@@ -129,16 +160,17 @@ func (c *Catalog) RecoverableWindow(ctx context.Context, serverID int64) (Window
 	if err != nil {
 		return Window{}, err
 	}
+	h, err := c.heldAlong(ctx, serverID, path)
+	if err != nil {
+		return Window{}, err
+	}
 	var w Window
 	found := false
 	for _, b := range backups { // oldest first
 		if !Restorable(b) || segSize == 0 {
 			continue
 		}
-		tli, end, err := c.ContiguousEnd(ctx, serverID, path, walname.SegmentOf(b.StartLSN, segSize))
-		if err != nil {
-			return Window{}, err
-		}
+		tli, end := h.contiguousEnd(walname.SegmentOf(b.StartLSN, segSize))
 		endLSN := walname.SegmentStart(end, segSize)
 		if endLSN < b.StopLSN {
 			continue // its WAL is not all held

@@ -21,6 +21,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
@@ -168,7 +169,8 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 		Scan(&startText, &walFile)
 	if err != nil {
 		conn.Close(context.Background())
-		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: pg_backup_start: %w", server, err)
+		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: pg_backup_start: %w", server,
+			privileges.Explain(err, privileges.BackupStart, conn.Config().User))
 	}
 	start, err := walname.ParseLSN(startText)
 	if err != nil {
@@ -246,7 +248,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 	err = s.conn.QueryRow(ctx, `SELECT lsn::text, pg_walfile_name(lsn), labelfile, COALESCE(spcmapfile, '')
 		FROM pg_backup_stop(false)`).Scan(&stopText, &walFile, &label, &spcmap)
 	if err != nil {
-		return fail(fmt.Errorf("pg_backup_stop: %w", err))
+		return fail(fmt.Errorf("pg_backup_stop: %w", privileges.Explain(err, privileges.BackupStop, s.conn.Config().User)))
 	}
 	stop, err := walname.ParseLSN(stopText)
 	if err != nil {

@@ -84,6 +84,14 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 			}
 		}
 	})
+	// The recoverable window alone (part of each scrape), over 20 backups.
+	b.Run("recoverable_window", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := src.Catalog.RecoverableWindow(ctx, srv.ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	var holes []catalog.Segment
 	for _, n := range []walname.SegNo{1000, 500000, 999000} {
 		holes = append(holes, catalog.Segment{ServerID: srv.ID, TimeLine: 1, SegNo: n})

@@ -3,10 +3,12 @@ package status
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/walname"
 )
@@ -98,10 +100,34 @@ var DefaultThresholds = Thresholds{
 	FreeSendersWarning: 1, FreeSendersCritical: 0,
 }
 
-// Probe is the outcome of opening a replication connection (IdentifySystem).
+// Probe is the outcome of opening a replication connection (IdentifySystem)
+// and, when asked for, of testing the role's privileges.
 type Probe struct {
 	Identity replication.Identity
 	Err      error
+	// Privileges is nil when they were not tested: the check is left out.
+	Privileges *PrivilegeProbe
+}
+
+// PrivilegeProbe is what the role of the conninfo holds (ProbePrivileges).
+type PrivilegeProbe struct {
+	Role    string
+	Missing []privileges.Privilege
+	Err     error
+}
+
+// ProbePrivileges connects as the server's conninfo does and tests every
+// right walhub needs (package privileges).
+func ProbePrivileges(ctx context.Context, conninfo string, timeout time.Duration) *PrivilegeProbe {
+	ctx, cancel := context.WithTimeout(ctx, 3*timeout)
+	defer cancel()
+	conn, err := connect(ctx, conninfo, timeout)
+	if err != nil {
+		return &PrivilegeProbe{Err: err}
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	role, missing, err := privileges.Missing(ctx, conn)
+	return &PrivilegeProbe{Role: role, Missing: missing, Err: err}
 }
 
 // Check builds the server's document, probes a replication connection and
@@ -117,16 +143,18 @@ func (s Source) Check(ctx context.Context, server string, th Thresholds) (*Docum
 		timeout = 5 * time.Second
 	}
 	id, err := IdentifySystem(ctx, srv.Conninfo, timeout)
-	return doc, Evaluate(doc, srv, Probe{Identity: id, Err: err}, th), nil
+	probe := Probe{Identity: id, Err: err, Privileges: ProbePrivileges(ctx, srv.Conninfo, timeout)}
+	return doc, Evaluate(doc, srv, probe, th), nil
 }
 
 // Evaluate runs every check on a document.
 func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []Result {
-	checks := []func(*Document, *config.Server, Probe, Thresholds) Result{
-		checkConnection, checkReplicationConnection, checkWALLevel, checkWALSenders, checkSlot,
-		checkReceiver, checkContinuity, checkWALAge, checkBackupAge, checkRedundancy,
-		checkFailedBackups, checkDiskSpace, checkSystemID,
+	checks := []func(*Document, *config.Server, Probe, Thresholds) Result{checkConnection, checkReplicationConnection}
+	if probe.Privileges != nil {
+		checks = append(checks, checkPrivileges)
 	}
+	checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
+		checkBackupAge, checkRedundancy, checkFailedBackups, checkDiskSpace, checkSystemID)
 	out := make([]Result, 0, len(checks))
 	for _, c := range checks {
 		r := c(doc, srv, probe, th)
@@ -186,6 +214,32 @@ func checkReplicationConnection(doc *Document, srv *config.Server, p Probe, _ Th
 		return bad(name, Critical, oneLine(msg), hint)
 	}
 	return ok(name, fmt.Sprintf("IDENTIFY_SYSTEM: system %s, timeline %d, at %s", p.Identity.SystemID, p.Identity.TimeLine, p.Identity.XLogPos))
+}
+
+// checkPrivileges names every right the role lacks and the statement that
+// grants it, ready to paste into psql as a superuser.
+func checkPrivileges(doc *Document, srv *config.Server, p Probe, _ Thresholds) Result {
+	const name = "privileges"
+	pp := p.Privileges
+	switch {
+	case pp.Err != nil && !doc.Postgres.Reachable:
+		return unreachable(name, doc)
+	case pp.Err != nil:
+		return bad(name, Unknown, "cannot read the role's privileges: "+oneLine(pp.Err.Error()), "fix the connection check first")
+	case len(pp.Missing) == 0:
+		return ok(name, fmt.Sprintf("role %s holds every privilege walhub needs", pp.Role))
+	}
+	var lacks, grants []string
+	for _, m := range pp.Missing {
+		lacks = append(lacks, fmt.Sprintf("%s (%s)", m.Name, m.For))
+		grants = append(grants, m.Grant(pp.Role))
+	}
+	level := Warning
+	if slices.ContainsFunc(pp.Missing, func(m privileges.Privilege) bool { return m.Name == privileges.Replication.Name }) {
+		level = Critical
+	}
+	return bad(name, level, fmt.Sprintf("role %s lacks %s", pp.Role, strings.Join(lacks, "; ")),
+		"as a superuser on the server: "+strings.Join(grants, " "))
 }
 
 func checkWALLevel(doc *Document, _ *config.Server, _ Probe, _ Thresholds) Result {

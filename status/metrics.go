@@ -2,12 +2,14 @@ package status
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/replication"
 )
@@ -87,6 +89,10 @@ var (
 	descOpProg    = desc("walhub_operation_progress_ratio", "How far the running operation has got, 0 to 1; absent when unknown.", "operation")
 	descOpSince   = desc("walhub_operation_start_timestamp_seconds", "When the running operation took the lock (Unix time).", "operation")
 	descCheck     = desc("walhub_check_status", "The result of each walhub check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.", "check")
+	descRecov     = desc("walhub_recoverable", "1 when some backup can be restored with the WAL held (all of its WAL is in the repository), else 0.")
+	descRecovEarl = desc("walhub_recoverable_earliest_timestamp_seconds", "The earliest point a restore can reach: when the oldest backup with all its WAL held finished (Unix time).")
+	descRecovLate = desc("walhub_recoverable_latest_timestamp_seconds", "The latest point a restore can reach: the newest commit or abort in the WAL held without a gap after a backup (Unix time); absent when none is indexed.")
+	descRecovLSN  = desc("walhub_recoverable_latest_lsn_bytes", "The end of the WAL held without a gap after a backup: how far a restore can replay, as a byte position.")
 	descRepoSize  = prometheus.NewDesc("walhub_repository_size_bytes", "Size of the file system that holds the repository.", nil, nil)
 	descRepoFree  = prometheus.NewDesc("walhub_repository_free_bytes", "Space available to walhub on the repository's file system.", nil, nil)
 )
@@ -96,6 +102,7 @@ var allDescs = []*prometheus.Desc{descStatusUp, descCollect, descPGUp, descPGLSN
 	descRepLag, descRepLagS, descRepStage, descRepMax, descRepInfo, descWALSegs, descWALBytes, descWALStored, descWALTLIs,
 	descWALLast, descWALGaps, descWALBlock, descBackups, descBkSize, descBkStored, descLastEnd, descLastAge, descLastDur,
 	descLastSize, descLastStore, descFailSince, descLastFail, descOpRun, descOpProg, descOpSince, descCheck,
+	descRecov, descRecovEarl, descRecovLate, descRecovLSN,
 	descRepoSize, descRepoFree}
 
 // Describe sends every metric's description.
@@ -172,8 +179,36 @@ func (c *Collector) collectServer(ctx context.Context, src Source, name string, 
 	for _, m := range DocumentMetrics(doc, results) {
 		ch <- m
 	}
+	if doc.WAL.InCatalog {
+		c.collectWindow(ctx, src, name, ch)
+	}
 	ch <- gauge(descCollect, time.Since(start).Seconds(), name)
 	return doc
+}
+
+// collectWindow sends the recoverable window of the server: what its
+// backups and the WAL held after them can recover to.
+func (c *Collector) collectWindow(ctx context.Context, src Source, name string, ch chan<- prometheus.Metric) {
+	server, err := src.Catalog.ServerByName(ctx, name)
+	if err != nil {
+		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
+		return
+	}
+	w, err := src.Catalog.RecoverableWindow(ctx, server.ID)
+	switch {
+	case errors.Is(err, catalog.ErrNotFound):
+		ch <- gauge(descRecov, 0, name)
+		return
+	case err != nil:
+		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
+		return
+	}
+	ch <- gauge(descRecov, 1, name)
+	ch <- gauge(descRecovEarl, unixSeconds(w.Earliest.Time), name)
+	if !w.Latest.Time.IsZero() {
+		ch <- gauge(descRecovLate, unixSeconds(w.Latest.Time), name)
+	}
+	ch <- gauge(descRecovLSN, float64(w.Latest.LSN), name)
 }
 
 func (c *Collector) log() *slog.Logger {

@@ -110,6 +110,9 @@ func TestCollectorExposesBackupsWALLocksAndChecks(t *testing.T) {
 		"walhub_operation_running{operation=backup,server=main}":        1,
 		"walhub_operation_running{operation=expire,server=main}":        0,
 		"walhub_operation_progress_ratio{operation=backup,server=main}": 0.43,
+		"walhub_recoverable{server=main}":                               1,
+		"walhub_recoverable_earliest_timestamp_seconds{server=main}":    unixSeconds(started.Add(90 * time.Second).UTC().Truncate(time.Microsecond)),
+		"walhub_recoverable_latest_lsn_bytes{server=main}":              float64(walname.SegmentStart(20, segSize)),
 		"walhub_check_status{check=connection,server=main}":             float64(Critical),
 		"walhub_check_status{check=wal continuity,server=main}":         float64(Critical),
 		"walhub_check_status{check=failed backups,server=main}":         float64(Warning),
@@ -136,7 +139,9 @@ func TestCollectorExposesBackupsWALLocksAndChecks(t *testing.T) {
 		t.Errorf("last backup age %v s, want about 2 h", a)
 	}
 	for _, absent := range []string{"walhub_slot_exists{server=main}", "walhub_postgres_current_lsn_bytes{server=main}",
-		"walhub_receiver_lag_bytes{server=main}", "walhub_operation_progress_ratio{operation=expire,server=main}"} {
+		"walhub_receiver_lag_bytes{server=main}", "walhub_operation_progress_ratio{operation=expire,server=main}",
+		// No commit is indexed in these made-up segments.
+		"walhub_recoverable_latest_timestamp_seconds{server=main}"} {
 		if _, ok := got[absent]; ok {
 			t.Errorf("%s is exposed, but nothing is known of it", absent)
 		}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,7 +78,20 @@ func cpuUsed() time.Duration {
 // errPartTaken: a .part file exists that this prefetcher did not create.
 var errPartTaken = errors.New("being written by another process")
 
-var spoolKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+// isSpoolKey tells whether name has the form of a spool key (16 lowercase
+// hex digits). Not a regexp: its compilation would run at the start of every
+// restore_command call, hit or not.
+func isSpoolKey(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // RunPrefetcher is the prefetcher process, started by the spool with
 // PrefetcherArg and its settings in the environment. It returns the exit status.
@@ -98,6 +110,7 @@ func RunPrefetcher() int {
 	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
 		return 1
 	}
+	yieldToRecovery()
 	lockFile, err := os.OpenFile(sp.path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return 1
@@ -150,6 +163,30 @@ func RunPrefetcher() int {
 	return 0
 }
 
+// prefetcherNice is the nice value the prefetcher runs at.
+const prefetcherNice = 10
+
+// yieldToRecovery lowers the prefetcher's scheduling priority below the
+// startup process's: on a machine with few cores, replay is what must not
+// wait, and the prefetcher only needs to stay ahead of it, which it does on
+// the spare cycles. Linux keeps a nice value per thread, and a new thread
+// inherits its creator's: every thread of the process is niced (twice over,
+// for one created meanwhile), and the runtime's later threads inherit it.
+// Failing is harmless: the prefetcher then runs at the standby's priority.
+func yieldToRecovery() {
+	for range 2 {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			return
+		}
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				syscall.Setpriority(syscall.PRIO_PROCESS, tid, prefetcherNice)
+			}
+		}
+	}
+}
+
 func (p *prefetcher) listen(conn *net.UnixConn) {
 	buf := make([]byte, 128)
 	for {
@@ -170,7 +207,7 @@ func (p *prefetcher) removeOtherSpools() {
 	}
 	for _, e := range entries {
 		dir := filepath.Join(p.sp.root, e.Name())
-		if !e.IsDir() || !spoolKeyRE.MatchString(e.Name()) || dir == filepath.Clean(p.sp.dir) {
+		if !e.IsDir() || !isSpoolKey(e.Name()) || dir == filepath.Clean(p.sp.dir) {
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(dir, "prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)

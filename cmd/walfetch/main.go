@@ -1,3 +1,12 @@
+// PostgreSQL starts walfetch once per WAL file: what the Go runtime does at
+// every start is on replay's critical path. It need not size itself to a
+// container's CPU quota (one request, or the prefetcher's few downloads), nor
+// name its memory mappings.
+
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
+//go:debug decoratemappings=0
+
 // Command walfetch is PostgreSQL's restore_command for standbys and restores
 // fed by a walhub hub: restore_command = 'walfetch %f %p'. See walfetch --help
 // (the usage text below) for the whole contract.

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -378,6 +380,16 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 	for _, p := range spooled() {
 		t.Errorf("spool still holds %s after recovery passed it", filepath.Base(p))
 	}
+	// The prefetcher yields to recovery: every one of its threads is niced.
+	if threads := prefetcherNice(t, dir); len(threads) == 0 {
+		t.Error("no prefetcher thread found")
+	} else {
+		for tid, nice := range threads {
+			if nice != 10 {
+				t.Errorf("prefetcher thread %s runs at nice %d, want 10", tid, nice)
+			}
+		}
+	}
 	// A .history file is never prefetched.
 	for path, n := range h.gets {
 		if strings.HasSuffix(path, ".history") {
@@ -468,6 +480,31 @@ func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
 	waitFor(t, 20*time.Second, "the spool to hold timeline 2's next segments only", func() bool {
 		return spooled("00000001") == 0 && spooled("00000002") == 3
 	})
+}
+
+// prefetcherNice returns the nice value of every thread of the prefetcher
+// running for the data directory dir (its pid is in its log).
+func prefetcherNice(t *testing.T, dir string) map[string]int {
+	t.Helper()
+	log, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "walfetch-spool", "prefetcher.log"))
+	m := regexp.MustCompile(`prefetcher started.* pid=(\d+)|pid=(\d+) .*prefetcher started`).FindSubmatch(log)
+	if m == nil {
+		t.Fatalf("no prefetcher start in its log:\n%s", log)
+	}
+	pid := string(m[1]) + string(m[2])
+	tasks, _ := os.ReadDir(filepath.Join("/proc", pid, "task"))
+	out := map[string]int{}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(filepath.Join("/proc", pid, "task", task.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which ends with ')'): nice is the 19th field overall.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		nice, _ := strconv.Atoi(fields[16])
+		out[task.Name()] = nice
+	}
+	return out
 }
 
 // TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly: the hub holds

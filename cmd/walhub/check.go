@@ -22,10 +22,11 @@ type checkOptions struct {
 func (a *app) checkCommand() *cobra.Command {
 	o := &checkOptions{th: status.DefaultThresholds}
 	cmd := &cobra.Command{
-		Use:   "check [SERVER|all]",
+		Use:   "check [--server NAME|all]",
 		Short: "Run health checks (OK/WARNING/CRITICAL), optionally as a Nagios plugin",
 		Long: `Run named checks on one server or all, each OK, WARNING, CRITICAL or UNKNOWN with a hint
-saying what to do: connection, replication connection, wal_level, max_wal_senders,
+saying what to do: connection, replication connection, privileges (each right walhub's
+role lacks, with the exact GRANT that gives it), wal_level, max_wal_senders,
 replication slot, receiver (process alive and its state fresh, never just a lock),
 wal continuity from the oldest backup, last wal age, last backup age, minimum redundancy,
 failed backups, repository disk space, system id.
@@ -33,18 +34,19 @@ failed backups, repository disk space, system id.
 Exit status: 0 all OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (as Nagios plugins).
 --nagios prints one line: "WALHUB CRITICAL - ... | perfdata".`,
 		Example: `  walhub check
-  walhub check main --nagios
-  walhub check all --output=json --backup-age-critical 50h`,
+  walhub check --server main --nagios
+  walhub check --output=json --backup-age-critical 50h`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := ""
-			if len(args) == 1 {
-				name = args[0]
+			name, err := serverArg(cmd, args)
+			if err != nil {
+				return err
 			}
 			return a.runCheck(cmd, name, o)
 		},
 	}
 	a.addOutputFlag(cmd)
+	addServerFlag(cmd)
 	f := cmd.Flags()
 	f.BoolVar(&o.nagios, "nagios", false, "print one Nagios plugin line with perfdata")
 	f.DurationVar(&o.th.WALAgeWarning, "wal-age-warning", o.th.WALAgeWarning, "warn when the newest stored segment is older than this while the server has newer ones")

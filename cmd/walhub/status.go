@@ -12,7 +12,7 @@ import (
 
 func (a *app) statusCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "status [SERVER|all]",
+		Use:   "status [--server NAME|all]",
 		Short: "Show receivers, slots, standbys, backups and running work",
 		Long: `Show, for one server or all of them: the hub's receiver (really running or not, positions,
 lag, last segment), the replication slot on the server (active, restart_lsn, wal_status,
@@ -23,17 +23,18 @@ the backups, and a backup or expire in progress with its progress.
 A server that cannot be reached is reported as such; the rest still shows.
 --output=json prints the document the hub serves at GET /v1/servers/{server}/status
 (schema in docs/status.md): one object for one server, an array for all.`,
-		Example: "  walhub status\n  walhub status main --output=json",
+		Example: "  walhub status\n  walhub status --server main --output=json",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := ""
-			if len(args) == 1 {
-				name = args[0]
+			name, err := serverArg(cmd, args)
+			if err != nil {
+				return err
 			}
 			return a.runStatus(cmd, name)
 		},
 	}
 	a.addOutputFlag(cmd)
+	addServerFlag(cmd)
 	return cmd
 }
 

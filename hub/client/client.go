@@ -223,30 +223,36 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 		return info, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 	}
 	transport := &errorReader{r: resp.Body}
-	var body io.Reader = transport
+	h := checksum.New()
+	dst := &errorWriter{w: w}
+	// The bytes go to w and the checksum at once; more than announced is
+	// refused as it arrives.
+	out := &sizeLimit{w: io.MultiWriter(dst, h), left: info.Size}
+	var n int64
 	switch enc := resp.Header.Get("Content-Encoding"); enc {
 	case "", "identity":
+		buffered := bufio.NewWriterSize(out, 256<<10)
+		n, err = io.Copy(buffered, transport)
+		if ferr := buffered.Flush(); err == nil {
+			err = ferr
+		}
 	case "zstd":
 		dec := getDecoder()
 		defer putDecoder(dec)
 		if err := dec.Reset(transport); err != nil {
 			return info, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 		}
-		body = dec
+		// WriteTo hands over the decoder's own blocks: no copy into a
+		// buffer of ours in between (a 16 MiB segment is 16 MiB less memmove).
+		n, err = dec.WriteTo(out)
 	default:
 		return info, fmt.Errorf("%w: %s: unexpected Content-Encoding %q", ErrCorrupt, name, enc)
-	}
-	h := checksum.New()
-	dst := &errorWriter{w: w}
-	buffered := bufio.NewWriterSize(io.MultiWriter(dst, h), 256<<10)
-	// One byte more than announced lets us see an overlong body.
-	n, err := io.Copy(buffered, io.LimitReader(body, info.Size+1))
-	if ferr := buffered.Flush(); err == nil {
-		err = ferr
 	}
 	switch {
 	case dst.err != nil:
 		return info, fmt.Errorf("write %s: %w", name, dst.err)
+	case out.over:
+		return info, fmt.Errorf("%w: %s: got more than the %d bytes the hub announced", ErrCorrupt, name, info.Size)
 	case transport.err != nil && ctx.Err() != nil:
 		return info, fmt.Errorf("%w: download %s: %w", ErrUnreachable, name, ctx.Err())
 	case transport.err != nil:
@@ -292,6 +298,27 @@ func putDecoder(d *zstd.Decoder) {
 	default:
 		d.Close()
 	}
+}
+
+// sizeLimit passes at most left bytes to w and fails the write that would
+// pass more: a body longer than announced is corrupt, whatever it holds.
+type sizeLimit struct {
+	w    io.Writer
+	left int64
+	over bool
+}
+
+// errOverlong stops a copy at the first byte beyond the announced size.
+var errOverlong = errors.New("more bytes than announced")
+
+func (s *sizeLimit) Write(p []byte) (int, error) {
+	if int64(len(p)) > s.left {
+		s.over = true
+		return 0, errOverlong
+	}
+	n, err := s.w.Write(p)
+	s.left -= int64(n)
+	return n, err
 }
 
 // errorReader remembers the transport's read error, to tell "the bytes
