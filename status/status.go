@@ -46,6 +46,10 @@ type Document struct {
 	Clients         []Client   `json:"clients"`
 	WAL             WAL        `json:"wal"`
 	Backups         Backups    `json:"backups"`
+	// Recoverable is the window of points in time that the backups plus the
+	// WAL held without a gap can recover to; nil when no backup can be
+	// restored with its WAL.
+	Recoverable *catalog.Window `json:"recoverable"`
 	Lock            Locks      `json:"lock"`
 	Repository      Repository `json:"repository"`
 }

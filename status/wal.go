@@ -179,6 +179,13 @@ func (s Source) fromCatalog(ctx context.Context, srv *config.Server, now time.Ti
 		return err
 	}
 	w.Gaps = gaps
+	win, err := s.Catalog.RecoverableWindow(ctx, server.ID)
+	switch {
+	case err == nil:
+		doc.Recoverable = &win
+	case !errors.Is(err, catalog.ErrNotFound):
+		return err
+	}
 	return nil
 }
 
