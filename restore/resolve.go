@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
@@ -286,7 +284,7 @@ func (r *Resolver) scan(ctx context.Context, tli walname.TimeLine, segno walname
 		prev, err := r.Catalog.Segment(ctx, r.Server.ID, walname.SegmentName(prevTLI, segno-1, segSize))
 		if err == nil {
 			dec = walrecord.NewDecoder(segSize, start-walname.LSN(segSize))
-			if err := ReadSegment(r.Repo, prev, dec); err != nil {
+			if err := storage.ReadSegment(r.Repo, prev.StoredPath, prev.Compression, dec); err != nil {
 				return nil, err
 			}
 			dec.Events()
@@ -298,36 +296,10 @@ func (r *Resolver) scan(ctx context.Context, tli walname.TimeLine, segno walname
 	if err != nil {
 		return nil, err
 	}
-	if err := ReadSegment(r.Repo, seg, dec); err != nil {
+	if err := storage.ReadSegment(r.Repo, seg.StoredPath, seg.Compression, dec); err != nil {
 		return nil, err
 	}
 	return dec.Events(), nil
-}
-
-// ReadSegment writes the uncompressed bytes of a stored segment to w.
-func ReadSegment(repo storage.Local, seg catalog.Segment, w io.Writer) error {
-	f, err := repo.Open(seg.StoredPath)
-	if err != nil {
-		return fmt.Errorf("read segment %s: %w", seg.Name, err)
-	}
-	defer f.Close()
-	var in io.Reader = f
-	switch seg.Compression {
-	case "none":
-	case "zstd":
-		d, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return fmt.Errorf("read segment %s: %w", seg.Name, err)
-		}
-		defer d.Close()
-		in = d
-	default:
-		return fmt.Errorf("read segment %s: unknown compression %q", seg.Name, seg.Compression)
-	}
-	if _, err := io.Copy(w, in); err != nil {
-		return fmt.Errorf("read segment %s: %w", seg.Name, err)
-	}
-	return nil
 }
 
 // UnreachableError is a recovery target that no backup plus the WAL held
