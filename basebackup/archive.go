@@ -8,14 +8,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
-	"path"
 	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 )
 
@@ -33,87 +34,78 @@ type Compression struct {
 }
 
 // archiveWriter streams one archive into the repository: the bytes given to
-// Write are compressed (or not) and written to a temporary file, which Close
-// makes durable under its final name. Abort leaves nothing behind.
-//
-// Store.Put runs in a goroutine and hands its writer over; Write then writes
-// into it directly from the caller's goroutine (the zstd encoder copies the
-// bytes and compresses them on its own goroutines), so no copy or goroutine
-// switch is paid per message.
+// Write are compressed (or not) straight into the object being written, and
+// Close commits it (durable and visible). Abort leaves nothing behind. The
+// zstd encoder copies the bytes and compresses them on its own goroutines, so
+// no copy or goroutine switch is paid per message.
 type archiveWriter struct {
-	w        io.Writer // set before ready is closed
-	ready    chan struct{}
-	finish   chan error
-	done     chan struct{}
-	err      error
+	obj      storage.ObjectWriter
+	w        io.Writer // the encoder or buffer in front of obj
+	close    func() error
+	sha      hash.Hash
 	stored   int64
-	sha      string
 	original int64
 }
 
-// newArchiveWriter starts the writer of rel in store.
-func newArchiveWriter(ctx context.Context, store storage.Store, rel string, c Compression) *archiveWriter {
-	a := &archiveWriter{ready: make(chan struct{}), finish: make(chan error, 1), done: make(chan struct{})}
-	go func() {
-		defer close(a.done)
-		sum := sha256.New()
-		n, err := store.Put(ctx, rel, func(w io.Writer) error {
-			out := io.MultiWriter(w, sum)
-			if c.Method != "zstd" {
-				buf := bufio.NewWriterSize(out, 1<<20)
-				a.w = buf
-				close(a.ready)
-				if err := <-a.finish; err != nil {
-					return err
-				}
-				return buf.Flush()
-			}
-			workers := c.Workers
-			if workers <= 0 {
-				workers = runtime.GOMAXPROCS(0)
-			}
-			enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.EncoderLevel(c.Level)),
-				zstd.WithEncoderConcurrency(workers), zstd.WithConcurrentBlocks(workers > 1))
-			if err != nil {
-				return err
-			}
-			a.w = enc
-			close(a.ready)
-			if err := <-a.finish; err != nil {
-				enc.Close()
-				return err
-			}
-			return enc.Close()
-		})
-		a.err, a.stored, a.sha = err, n, hex.EncodeToString(sum.Sum(nil))
-	}()
-	return a
+// newArchiveWriter starts writing the file name of backup b.
+func newArchiveWriter(ctx context.Context, repo *repository.Repository, b catalog.Backup, name string, c Compression) (*archiveWriter, error) {
+	obj, err := repo.CreateBackupFile(ctx, b, name)
+	if err != nil {
+		return nil, err
+	}
+	a := &archiveWriter{obj: obj, sha: sha256.New()}
+	out := io.MultiWriter(obj, a.sha)
+	if c.Method != "zstd" {
+		buf := bufio.NewWriterSize(out, 1<<20)
+		a.w, a.close = buf, buf.Flush
+		return a, nil
+	}
+	workers := c.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.EncoderLevel(c.Level)),
+		zstd.WithEncoderConcurrency(workers), zstd.WithConcurrentBlocks(workers > 1))
+	if err != nil {
+		obj.Abort()
+		return nil, err
+	}
+	a.w, a.close = enc, enc.Close
+	return a, nil
 }
 
 // Write passes p on; p may be reused once Write returns.
 func (a *archiveWriter) Write(p []byte) (int, error) {
-	select {
-	case <-a.ready:
-	case <-a.done: // Put failed before it could write
-		return 0, a.err
-	}
 	n, err := a.w.Write(p)
 	a.original += int64(n)
 	return n, err
 }
 
-// Close finishes the archive and waits until it is durable.
-func (a *archiveWriter) Close() error {
-	a.finish <- nil
-	<-a.done
-	return a.err
+// Close finishes the archive and commits it: when it returns nil, the
+// archive is durable.
+func (a *archiveWriter) Close(ctx context.Context) error {
+	if err := a.close(); err != nil {
+		a.obj.Abort()
+		return err
+	}
+	n, err := a.obj.Commit(ctx)
+	if err != nil {
+		return err
+	}
+	a.stored = n
+	return nil
 }
 
-// Abort stops the archive; its temporary file is removed.
-func (a *archiveWriter) Abort(cause error) {
-	a.finish <- cause
-	<-a.done
+// Abort stops the archive; nothing of it is left.
+func (a *archiveWriter) Abort() {
+	if enc, ok := a.w.(*zstd.Encoder); ok {
+		enc.Reset(io.Discard) // stops its goroutines
+	}
+	a.obj.Abort()
 }
+
+// SHA256 is the hex SHA-256 of the stored bytes, once closed.
+func (a *archiveWriter) SHA256() string { return hex.EncodeToString(a.sha.Sum(nil)) }
 
 // storedName is the file name under which an archive the server called name
 // is stored ("base.tar" → "base.tar.zst").
@@ -141,10 +133,10 @@ func tablespaceOfArchive(name string) (uint32, error) {
 // through it, so a backup can come from the local repository or over HTTP.
 type Opener func(ctx context.Context, name string) (io.ReadCloser, error)
 
-// StoreOpener opens the files of backup b in store.
-func StoreOpener(store storage.Store, b catalog.Backup) Opener {
+// RepoOpener opens the files of backup b in the repository.
+func RepoOpener(repo *repository.Repository, b catalog.Backup) Opener {
 	return func(ctx context.Context, name string) (io.ReadCloser, error) {
-		return store.Open(path.Join(b.StoredPath, name))
+		return repo.OpenBackupFile(ctx, b, name)
 	}
 }
 

@@ -17,16 +17,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/replication"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -49,9 +46,8 @@ type Options struct {
 	// Server is the configured name; Conninfo how to reach it.
 	Server   string
 	Conninfo string
-	// Repo is the repository; Catalog is open on it.
-	Repo    storage.Local
-	Catalog *catalog.Catalog
+	// Repo is the repository (store, working area, catalog).
+	Repo *repository.Repository
 	// Compression of the stored archives.
 	Compression Compression
 	// FastCheckpoint asks for an immediate checkpoint instead of a spread one.
@@ -93,11 +89,11 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		opts.ManifestChecksums = "CRC32C"
 	}
 	log := opts.Log.With("server", opts.Server)
-	srv, err := opts.Catalog.EnsureServer(ctx, opts.Server)
+	srv, err := opts.Repo.Catalog.EnsureServer(ctx, opts.Server)
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	lk, err := lock.Acquire(filepath.Join(opts.Repo.Root, storage.LockPath(opts.Server)), "backup", "")
+	lk, err := opts.Repo.Work.Lock(opts.Server, "backup", "")
 	if err != nil {
 		var held *lock.HeldError
 		if errors.As(err, &held) {
@@ -106,10 +102,11 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		return catalog.Backup{}, err
 	}
 	defer lk.Release()
-	if _, err := ReapInterrupted(ctx, opts.Catalog, opts.Repo, opts.Server); err != nil {
+	if _, err := ReapInterrupted(ctx, opts.Repo, opts.Server); err != nil {
 		return catalog.Backup{}, err
 	}
-	b, err := addRunningBackup(ctx, opts, srv)
+	b, err := opts.Repo.NewBackup(ctx, opts.Server, "", catalog.Backup{ServerID: srv.ID, Kind: catalog.KindBase,
+		Compression: opts.Compression.Method})
 	if err != nil {
 		return catalog.Backup{}, err
 	}
@@ -128,7 +125,10 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		// receiver). Keep it: it becomes done when the WAL arrives.
 		r.backup.State, r.backup.Reason = catalog.StateWaitingWAL, "waiting for WAL: "+late.Error()
 		r.backup.FinishedAt = time.Now().UTC()
-		if err := opts.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+		if err := opts.Repo.StoreBackupInfo(ctx, opts.Server, r.backup); err != nil {
+			return r.fail(err)
+		}
+		if err := opts.Repo.Catalog.UpdateBackup(ctx, r.backup); err != nil {
 			return r.fail(err)
 		}
 		log.Warn("backup copied and verified, waiting for its WAL: it becomes done when the WAL reaches the hub",
@@ -141,12 +141,10 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		}
 		return r.fail(err)
 	}
-	r.backup.State = catalog.StateDone
 	r.backup.FinishedAt = time.Now().UTC()
-	if err := opts.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+	if b, err = opts.Repo.FinishBackup(ctx, opts.Server, r.backup); err != nil {
 		return r.fail(err)
 	}
-	b = r.backup
 	log.Info("backup done", "start_lsn", b.StartLSN, "stop_lsn", b.StopLSN, "timeline", b.StopTLI,
 		"size", b.OriginalSize, "stored", b.StoredSize, "duration", b.FinishedAt.Sub(b.StartedAt).Round(time.Millisecond),
 		"stream", r.streamTime.Round(time.Millisecond), "verify", r.verifyTime.Round(time.Millisecond),
@@ -159,53 +157,6 @@ func checkpointName(fast bool) string {
 		return "fast"
 	}
 	return "spread"
-}
-
-// addRunningBackup records a new running backup under a fresh id. Another
-// server's backup may take the same id at the same instant: then it tries the
-// next one.
-func addRunningBackup(ctx context.Context, opts Options, srv catalog.Server) (catalog.Backup, error) {
-	host, _ := os.Hostname()
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		var id string
-		if id, err = newBackupID(ctx, opts.Catalog, time.Now()); err != nil {
-			return catalog.Backup{}, err
-		}
-		b := catalog.Backup{
-			ID: id, ServerID: srv.ID, Kind: catalog.KindBase, State: catalog.StateRunning,
-			Label: "walhub " + opts.Server + " " + id, StartedAt: time.Now().UTC(),
-			Compression: opts.Compression.Method, StoredPath: storage.BackupDir(opts.Server, id),
-			PID: os.Getpid(), Host: host,
-		}
-		if err = opts.Catalog.AddBackup(ctx, b); err == nil {
-			return b, nil
-		}
-		if _, lookErr := opts.Catalog.Backup(ctx, id); lookErr != nil {
-			break // not a clash of ids
-		}
-	}
-	return catalog.Backup{}, err
-}
-
-// newBackupID returns a UTC timestamp id ("20261121T104500Z") that no backup
-// has yet, with a suffix when the second is taken.
-func newBackupID(ctx context.Context, cat *catalog.Catalog, now time.Time) (string, error) {
-	base := now.UTC().Format("20060102T150405Z")
-	for i := 1; i < 1000; i++ {
-		id := base
-		if i > 1 {
-			id = fmt.Sprintf("%s-%d", base, i)
-		}
-		_, err := cat.Backup(ctx, id)
-		if errors.Is(err, catalog.ErrNotFound) {
-			return id, nil
-		}
-		if err != nil {
-			return "", err
-		}
-	}
-	return "", fmt.Errorf("no free backup id for %s", base)
 }
 
 // run is the state of one backup in progress.
@@ -222,32 +173,13 @@ type run struct {
 // fail records the backup as failed with err as the reason and removes its
 // files. It runs even when ctx was cancelled (an interrupted backup).
 func (r *run) fail(cause error) (catalog.Backup, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	r.backup.State = catalog.StateFailed
-	r.backup.Reason = cause.Error()
-	r.backup.FinishedAt = time.Now().UTC()
-	r.backup.Files = nil
-	r.backup.StoredSize = 0
-	if err := removeBackupDir(r.opts.Repo, r.backup.StoredPath); err != nil {
-		r.log.Error("remove files of failed backup", "err", err)
-	}
-	if err := r.opts.Catalog.UpdateBackup(ctx, r.backup); err != nil {
+	b, err := r.opts.Repo.FailBackup(r.backup, cause.Error())
+	if err != nil {
 		r.log.Error("record failed backup", "err", err)
 	}
-	r.log.Error("backup failed", "reason", r.backup.Reason)
-	return r.backup, fmt.Errorf("backup %s of %s failed: %w", r.backup.ID, r.opts.Server, cause)
-}
-
-func removeBackupDir(repo storage.Local, rel string) error {
-	dir, err := repo.Path(rel)
-	if err != nil {
-		return err
-	}
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return repo.RemoveAll(rel)
+	r.backup = b
+	r.log.Error("backup failed", "reason", b.Reason)
+	return b, fmt.Errorf("backup %s of %s failed: %w", b.ID, r.opts.Server, cause)
 }
 
 // take streams, stores, verifies and waits for the WAL.
@@ -269,7 +201,7 @@ func (r *run) take(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.opts.Catalog.BindIdentity(ctx, r.server.ID, id.SystemID, segSize); err != nil {
+	if err := r.opts.Repo.Catalog.BindIdentity(ctx, r.server.ID, id.SystemID, segSize); err != nil {
 		return err
 	}
 	r.server.SystemID, r.server.SegmentSize = id.SystemID, segSize
@@ -302,13 +234,13 @@ func (r *run) take(ctx context.Context) error {
 	started = time.Now()
 	go func() {
 		walDone <- WaitWAL(walCtx, WALWait{
-			Catalog: r.opts.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
+			Catalog: r.opts.Repo.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
 			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
 			Timeout: r.opts.WALTimeout, SwitchWAL: SwitchWALOn(r.opts.Conninfo), Log: r.log,
 		})
 	}()
 	r.report(Progress{Phase: PhaseVerifying})
-	checked, err := Verify(ctx, StoreOpener(r.opts.Repo, r.backup), r.backup)
+	checked, err := Verify(ctx, RepoOpener(r.opts.Repo, r.backup), r.backup)
 	r.verifyTime = time.Since(started)
 	if err != nil {
 		cancelWAL()
@@ -364,7 +296,7 @@ func (s *sink) Start(lsn walname.LSN, tli walname.TimeLine, tablespaces []Tables
 	s.run.log.Info("backup start position", "start_lsn", lsn, "timeline", tli, "tablespaces", len(tablespaces)-1,
 		"estimated_size", s.total)
 	// Record the start position at once, so an interrupted backup shows it.
-	return s.run.opts.Catalog.UpdateBackup(s.ctx, *b)
+	return s.run.opts.Repo.Catalog.UpdateBackup(s.ctx, *b)
 }
 
 func (s *sink) NewArchive(name, location string) error {
@@ -380,7 +312,9 @@ func (s *sink) NewArchive(name, location string) error {
 	}
 	c := s.run.opts.Compression
 	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method}
-	s.cur = newArchiveWriter(s.ctx, s.run.opts.Repo, path.Join(s.run.backup.StoredPath, s.curFile.Name), c)
+	if s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c); err != nil {
+		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
+	}
 	s.inBase = oid == 0
 	s.run.log.Debug("archive started", "archive", name, "location", location)
 	return nil
@@ -405,11 +339,11 @@ func (s *sink) closeArchive() error {
 	}
 	a := s.cur
 	s.cur = nil
-	if err := a.Close(); err != nil {
+	if err := a.Close(s.ctx); err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
 	}
 	f := s.curFile
-	f.Size, f.StoredSize, f.SHA256Stored = a.original, a.stored, a.sha
+	f.Size, f.StoredSize, f.SHA256Stored = a.original, a.stored, a.SHA256()
 	b := &s.run.backup
 	b.Files = append(b.Files, f)
 	b.OriginalSize += f.Size
@@ -440,7 +374,7 @@ func (s *sink) End(lsn walname.LSN, tli walname.TimeLine) error {
 // abort removes what an unfinished archive wrote.
 func (s *sink) abort(cause error) {
 	if s.cur != nil {
-		s.cur.Abort(cause)
+		s.cur.Abort()
 		s.cur = nil
 	}
 }
@@ -459,10 +393,7 @@ func (s *sink) finish() error {
 	if _, err := ParseManifest(s.manifest.Bytes()); err != nil {
 		return err
 	}
-	n, err := s.run.opts.Repo.Put(s.ctx, path.Join(b.StoredPath, ManifestName), func(w io.Writer) error {
-		_, err := w.Write(s.manifest.Bytes())
-		return err
-	})
+	n, err := s.storeManifest()
 	if err != nil {
 		return fmt.Errorf("store manifest: %w", err)
 	}
@@ -474,6 +405,18 @@ func (s *sink) finish() error {
 	}
 	b.BackupLabel, b.TablespaceMap = label, tsmap
 	return nil
+}
+
+func (s *sink) storeManifest() (int64, error) {
+	w, err := s.run.opts.Repo.CreateBackupFile(s.ctx, s.run.backup, ManifestName)
+	if err != nil {
+		return 0, err
+	}
+	defer w.Abort()
+	if _, err := w.Write(s.manifest.Bytes()); err != nil {
+		return 0, err
+	}
+	return w.Commit(s.ctx)
 }
 
 // readLabel reads backup_label and tablespace_map from the first entries of

@@ -14,6 +14,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
@@ -24,7 +25,8 @@ import (
 type env struct {
 	t       *testing.T
 	primary *pgtest.Cluster
-	repo    storage.Local
+	root    string
+	repo    *repository.Repository
 	cat     *catalog.Catalog
 	server  string
 }
@@ -38,17 +40,17 @@ func newEnv(t *testing.T, opts pgtest.Options) *env {
 	// The repository must be readable by the postgres user: restored copies
 	// fetch WAL from it.
 	root := pgtest.TempDir(t, "repo")
-	cat, err := catalog.Open(context.Background(), filepath.Join(root, storage.CatalogFile))
+	repo, err := repository.OpenLocal(context.Background(), root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	return &env{t: t, primary: p, repo: storage.Local{Root: root}, cat: cat, server: "main"}
+	t.Cleanup(func() { repo.Close() })
+	return &env{t: t, primary: p, root: root, repo: repo, cat: repo.Catalog, server: "main"}
 }
 
 func (e *env) options() Options {
 	return Options{
-		Server: e.server, Conninfo: e.primary.ConnString(""), Repo: e.repo, Catalog: e.cat,
+		Server: e.server, Conninfo: e.primary.ConnString(""), Repo: e.repo,
 		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, WALTimeout: 2 * time.Minute,
 	}
 }
@@ -58,11 +60,11 @@ func (e *env) options() Options {
 func (e *env) startReceiver() {
 	e.t.Helper()
 	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = %q\nconninfo = %q\n",
-		e.repo.Root, e.server, e.primary.ConnString("")))
+		e.root, e.server, e.primary.ConnString("")))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: e.cat, Repo: e.repo})
+	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Repo: e.repo})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -130,7 +132,7 @@ func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	if err != nil || got.State != catalog.StateDone || got.StopLSN != b.StopLSN || len(got.Files) != len(b.Files) {
 		t.Fatalf("catalog row %+v, %v", got, err)
 	}
-	checked, err := Verify(context.Background(), StoreOpener(e.repo, b), b)
+	checked, err := Verify(context.Background(), RepoOpener(e.repo, b), b)
 	if err != nil {
 		t.Fatalf("verify stored backup: %v", err)
 	}
@@ -167,12 +169,12 @@ case $f in *.history) src=$d/$f ;; *) src=$d/$(echo "$f" | cut -c1-16)/$f ;; esa
 if [ -f "$src.zst" ]; then exec zstd -q -d -f -o "$2" "$src.zst"; fi
 if [ -f "$src" ]; then exec cp "$src" "$2"; fi
 exit 1
-`, filepath.Join(e.repo.Root, storage.WALDir(e.server)))
+`, filepath.Join(e.root, storage.WALDir(e.server)))
 	if err := os.WriteFile(script, []byte(fetch), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.Chown(t, newTS)
-	pgtest.Chown(t, e.repo.Root)
+	pgtest.Chown(t, e.root)
 	c := pgtest.AdoptDataDir(t, "copy", target)
 	c.AppendConf(fmt.Sprintf("restore_command = '%s %%f %%p'", script), "recovery_target_action = 'promote'")
 	if err := os.WriteFile(filepath.Join(target, "recovery.signal"), nil, 0o600); err != nil {
@@ -217,7 +219,7 @@ func TestBackupWhoseWALIsLateWaitsThenBecomesDone(t *testing.T) {
 	if row.State != catalog.StateWaitingWAL || len(row.Files) == 0 {
 		t.Fatalf("catalog row: %s, %d files", row.State, len(row.Files))
 	}
-	if _, err := Verify(context.Background(), StoreOpener(e.repo, row), row); err != nil {
+	if _, err := Verify(context.Background(), RepoOpener(e.repo, row), row); err != nil {
 		t.Fatalf("the waiting backup's files: %v", err)
 	}
 	if done, err := CompleteWaiting(context.Background(), e.cat, e.server); err != nil || len(done) != 0 {
@@ -244,7 +246,7 @@ func TestBackupWhoseWALIsLateWaitsThenBecomesDone(t *testing.T) {
 
 func assertNoFiles(t *testing.T, e *env, b catalog.Backup) {
 	t.Helper()
-	dir, _ := e.repo.Path(b.StoredPath)
+	dir := filepath.Join(e.root, filepath.FromSlash(b.StoredPath))
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		entries, _ := os.ReadDir(dir)
 		t.Errorf("failed backup left %s with %d entries", dir, len(entries))
@@ -331,12 +333,13 @@ func TestMain(m *testing.M) {
 
 func backupChild(root, conninfo string) int {
 	ctx := context.Background()
-	cat, err := catalog.Open(ctx, filepath.Join(root, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	_, err = Run(ctx, Options{Server: "main", Conninfo: conninfo, Repo: storage.Local{Root: root}, Catalog: cat,
+	defer repo.Close()
+	_, err = Run(ctx, Options{Server: "main", Conninfo: conninfo, Repo: repo,
 		Compression: Compression{Method: "zstd", Level: 1}, FastCheckpoint: true, MaxRate: 32, WALTimeout: time.Minute})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -350,7 +353,7 @@ func TestKilledBackupIsMarkedFailedByTheNextCommand(t *testing.T) {
 	e := newEnv(t, pgtest.Options{})
 	e.primary.PgbenchInit(1)
 	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), "WALHUB_TEST_BACKUP_CHILD_REPO="+e.repo.Root,
+	child.Env = append(os.Environ(), "WALHUB_TEST_BACKUP_CHILD_REPO="+e.root,
 		"WALHUB_TEST_BACKUP_CHILD_CONNINFO="+e.primary.ConnString(""))
 	child.Stderr = os.Stderr
 	if err := child.Start(); err != nil {
@@ -363,7 +366,7 @@ func TestKilledBackupIsMarkedFailedByTheNextCommand(t *testing.T) {
 		if b, ok = e.runningBackup(); !ok {
 			return false
 		}
-		dir, _ := e.repo.Path(b.StoredPath)
+		dir := filepath.Join(e.root, filepath.FromSlash(b.StoredPath))
 		entries, _ := os.ReadDir(dir)
 		return len(entries) > 0
 	})
@@ -371,13 +374,13 @@ func TestKilledBackupIsMarkedFailedByTheNextCommand(t *testing.T) {
 		t.Fatalf("running backup pid %d, child is %d", b.PID, child.Process.Pid)
 	}
 	// While the child lives, its backup is not reaped.
-	if reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server); err != nil || len(reaped) != 0 {
+	if reaped, err := ReapInterrupted(context.Background(), e.repo, e.server); err != nil || len(reaped) != 0 {
 		t.Fatalf("reaped a live backup: %v %v", reaped, err)
 	}
 	child.Process.Signal(syscall.SIGKILL)
 	child.Wait()
 
-	reaped, err := ReapInterrupted(context.Background(), e.cat, e.repo, e.server)
+	reaped, err := ReapInterrupted(context.Background(), e.repo, e.server)
 	if err != nil || len(reaped) != 1 || reaped[0] != b.ID {
 		t.Fatalf("reaped %v, %v; want [%s]", reaped, err, b.ID)
 	}

@@ -9,11 +9,15 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 func TestDeltaKeepsMatchingFilesRewritesTheRestAndRemovesExtras(t *testing.T) {
-	repo := storage.Local{Root: t.TempDir()}
+	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
 	backup := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096),
 		"base/1/2000": strings.Repeat("a", 100), "global/pg_control": "control"}
 	b := storeFakeBackup(t, repo, "b1", backup, backup)
@@ -38,7 +42,7 @@ func TestDeltaKeepsMatchingFilesRewritesTheRestAndRemovesExtras(t *testing.T) {
 	}
 	keptInode := inode("base/1/1259")
 
-	st, err := DeltaFrom(context.Background(), StoreOpener(repo, b), b, dir, nil, nil)
+	st, err := DeltaFrom(context.Background(), RepoOpener(repo, b), b, dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +61,7 @@ func TestDeltaKeepsMatchingFilesRewritesTheRestAndRemovesExtras(t *testing.T) {
 		t.Fatalf("after the delta restore: %v", err)
 	}
 	// A second delta restore writes nothing.
-	st, err = DeltaFrom(context.Background(), StoreOpener(repo, b), b, dir, nil, nil)
+	st, err = DeltaFrom(context.Background(), RepoOpener(repo, b), b, dir, nil, nil)
 	if err != nil || st.WrittenFiles != 0 || st.KeptFiles != 4 || len(st.Removed) != 0 {
 		t.Fatalf("second delta: %+v %v", st, err)
 	}

@@ -8,13 +8,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -178,7 +178,7 @@ func TestParseSize(t *testing.T) {
 
 // storeFakeBackup stores a base archive holding files and a manifest that
 // describes manifestFiles, and returns its catalog row.
-func storeFakeBackup(t *testing.T, repo storage.Local, id string, files, manifestFiles map[string]string) catalog.Backup {
+func storeFakeBackup(t *testing.T, repo *repository.Repository, id string, files, manifestFiles map[string]string) catalog.Backup {
 	t.Helper()
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
@@ -195,16 +195,22 @@ func storeFakeBackup(t *testing.T, repo storage.Local, id string, files, manifes
 			name, len(content), h.Hex()))
 	}
 	b := catalog.Backup{ID: id, StoredPath: storage.BackupDir("main", id)}
-	w := newArchiveWriter(context.Background(), repo, b.StoredPath+"/base.tar.zst", Compression{Method: "zstd", Level: 1})
+	ctx := context.Background()
+	w, err := newArchiveWriter(ctx, repo, b, "base.tar.zst", Compression{Method: "zstd", Level: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
 	w.Write(tarBuf.Bytes())
-	if err := w.Close(); err != nil {
+	if err := w.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	m := manifestFor(strings.Join(entries, ",\n"))
-	if _, err := repo.Put(context.Background(), b.StoredPath+"/"+ManifestName, func(w io.Writer) error {
-		_, err := w.Write(m)
-		return err
-	}); err != nil {
+	mw, err := repo.CreateBackupFile(ctx, b, ManifestName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw.Write(m)
+	if _, err := mw.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	b.Files = []catalog.BackupFile{{Name: "base.tar.zst", Compression: "zstd"}, {Name: ManifestName, Compression: "none"}}
@@ -212,24 +218,28 @@ func storeFakeBackup(t *testing.T, repo storage.Local, id string, files, manifes
 }
 
 func TestVerifyFindsDamageInAStoredArchive(t *testing.T) {
-	repo := storage.Local{Root: t.TempDir()}
+	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
 	good := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096)}
 	b := storeFakeBackup(t, repo, "good", good, good)
-	checked, err := Verify(context.Background(), StoreOpener(repo, b), b)
+	checked, err := Verify(context.Background(), RepoOpener(repo, b), b)
 	if err != nil || checked.Files != 2 || checked.Bytes != 3+4*4096 {
 		t.Fatalf("intact backup: %+v %v", checked, err)
 	}
 
 	damaged := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4095) + "PAGE"}
 	b = storeFakeBackup(t, repo, "damaged", damaged, good)
-	_, err = Verify(context.Background(), StoreOpener(repo, b), b)
+	_, err = Verify(context.Background(), RepoOpener(repo, b), b)
 	if err == nil || !strings.Contains(err.Error(), "base/1/1259 has CRC32C checksum") {
 		t.Fatalf("damaged file: err = %v", err)
 	}
 
 	short := map[string]string{"PG_VERSION": "15\n"}
 	b = storeFakeBackup(t, repo, "short", short, good)
-	_, err = Verify(context.Background(), StoreOpener(repo, b), b)
+	_, err = Verify(context.Background(), RepoOpener(repo, b), b)
 	if err == nil || !strings.Contains(err.Error(), "base/1/1259 is in the manifest but not in the backup") {
 		t.Fatalf("missing file: err = %v", err)
 	}

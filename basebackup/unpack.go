@@ -18,14 +18,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 )
 
-// Unpack writes stored backup b from store into the empty (or missing)
+// Unpack writes stored backup b from repo into the empty (or missing)
 // directory target, and each tablespace into tablespaceDirs[oid] (default:
 // its original location). See UnpackFrom.
-func Unpack(ctx context.Context, store storage.Store, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
-	return UnpackFrom(ctx, StoreOpener(store, b), b, target, tablespaceDirs, progress)
+func Unpack(ctx context.Context, repo *repository.Repository, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
+	return UnpackFrom(ctx, RepoOpener(repo, b), b, target, tablespaceDirs, progress)
 }
 
 // UnpackFrom writes backup b, whose files open reads, into target: base.tar

@@ -4,17 +4,16 @@ import (
 	"context"
 
 	"fmt"
-	"github.com/jackc/pgx/v5/pgconn"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -150,16 +149,16 @@ func describeMissing(missing []catalog.SegRange, tli walname.TimeLine, segSize u
 // (killed, host crashed) into failed ones with the reason "interrupted" and
 // removes their files. A backup is alive while the server's lock is held by
 // the process recorded in its row. It returns the ids it reaped.
-func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Local, server string) ([]string, error) {
-	srv, err := cat.ServerByName(ctx, server)
+func ReapInterrupted(ctx context.Context, repo *repository.Repository, server string) ([]string, error) {
+	srv, err := repo.Catalog.ServerByName(ctx, server)
 	if err != nil {
 		return nil, err
 	}
-	backups, err := cat.Backups(ctx, srv.ID)
+	backups, err := repo.Catalog.Backups(ctx, srv.ID)
 	if err != nil {
 		return nil, err
 	}
-	holder, held, err := lock.Read(filepath.Join(repo.Root, storage.LockPath(server)))
+	holder, held, err := repo.Work.ReadLock(server)
 	if err != nil {
 		return nil, err
 	}
@@ -171,17 +170,9 @@ func ReapInterrupted(ctx context.Context, cat *catalog.Catalog, repo storage.Loc
 		if held && holder.PID == b.PID && holder.Host == b.Host {
 			continue
 		}
-		b.State = catalog.StateFailed
-		b.Reason = fmt.Sprintf("interrupted: process %d on %s stopped before the backup finished", b.PID, b.Host)
-		b.Files, b.StoredSize = nil, 0
-		if b.FinishedAt.IsZero() {
-			b.FinishedAt = time.Now().UTC()
-		}
-		if err := removeBackupDir(repo, b.StoredPath); err != nil {
-			return reaped, fmt.Errorf("remove files of interrupted backup %s: %w", b.ID, err)
-		}
-		if err := cat.UpdateBackup(ctx, b); err != nil {
-			return reaped, err
+		reason := fmt.Sprintf("interrupted: process %d on %s stopped before the backup finished", b.PID, b.Host)
+		if _, err := repo.FailBackup(b, reason); err != nil {
+			return reaped, fmt.Errorf("interrupted backup %s: %w", b.ID, err)
 		}
 		reaped = append(reaped, b.ID)
 	}

@@ -30,10 +30,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/walfeed"
 	"github.com/walhub/walhub/walname"
@@ -67,12 +66,12 @@ func BenchmarkReplay(b *testing.B) {
 	primary := pgtest.NewPrimary(b, "primary", pgtest.Options{SegmentSizeMB: segMB, Conf: []string{
 		"archive_mode = on", "archive_command = '" + walfeed.ArchiveCommand(archive) + "'"}})
 	repoDir := b.TempDir()
-	cat, err := catalog.Open(ctx, filepath.Join(repoDir, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, repoDir)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer cat.Close()
-	feeder, err := walfeed.New(ctx, storage.Local{Root: repoDir}, cat, "main",
+	defer repo.Close()
+	feeder, err := walfeed.New(ctx, repo, "main",
 		primary.Query("SELECT system_identifier FROM pg_control_system()"), segSize, "zstd")
 	if err != nil {
 		b.Fatal(err)
@@ -104,7 +103,7 @@ func BenchmarkReplay(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: feeder.Repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := hub.New(hub.Options{Config: cfg, Repo: repo, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

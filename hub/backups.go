@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path"
 	"regexp"
 	"strconv"
 
@@ -34,7 +33,7 @@ func (s *Server) listBackups(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, err := s.o.Catalog.Backups(c.Request().Context(), srv.ID)
+	bs, err := s.o.Repo.Catalog.Backups(c.Request().Context(), srv.ID)
 	if err != nil {
 		return err
 	}
@@ -54,7 +53,7 @@ func (s *Server) lookupBackup(c echo.Context, srv catalog.Server) (catalog.Backu
 	if !backupIDRE.MatchString(id) {
 		return catalog.Backup{}, errorf(http.StatusBadRequest, api.CodeBadRequest, "invalid backup id %.80q", id)
 	}
-	b, err := s.o.Catalog.Backup(c.Request().Context(), id)
+	b, err := s.o.Repo.Catalog.Backup(c.Request().Context(), id)
 	if errors.Is(err, catalog.ErrNotFound) || (err == nil && b.ServerID != srv.ID) {
 		return catalog.Backup{}, errorf(http.StatusNotFound, api.CodeNotFound, "server %s has no backup %s", srv.Name, id)
 	}
@@ -98,18 +97,14 @@ func (s *Server) getBackupFile(c echo.Context) error {
 	if file == nil || !backupIDRE.MatchString(name) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "backup %s has no file %.80q", b.ID, name)
 	}
-	f, err := s.o.Repo.Open(path.Join(b.StoredPath, file.Name))
+	f, err := s.o.Repo.OpenBackupFile(c.Request().Context(), b, file.Name)
 	if err != nil {
 		return fmt.Errorf("backup %s file %s: %w", b.ID, file.Name, err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("backup %s file %s: %w", b.ID, file.Name, err)
-	}
 	h := c.Response().Header()
 	h.Set(echo.HeaderContentType, echo.MIMEOctetStream)
-	h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+	h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	h.Set(api.HeaderSize, strconv.FormatInt(file.Size, 10))
 	if file.SHA256Stored != "" {
 		h.Set(api.HeaderSHA256Stored, file.SHA256Stored)

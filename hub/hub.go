@@ -30,15 +30,15 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 // Options are what the hub serves from.
 type Options struct {
 	// Config supplies the hub section: listen address, TLS, tokens, max_peek.
-	Config  *config.Config
-	Catalog *catalog.Catalog
-	Repo    storage.Local
+	Config *config.Config
+	// Repo is the repository served: store, working area (the .partial), catalog.
+	Repo *repository.Repository
 	// Registry is served at /metrics; the hub registers its HTTP metrics in it.
 	// Nil makes a private registry.
 	Registry *prometheus.Registry
@@ -72,8 +72,8 @@ func (s *Server) SetConfig(cfg *config.Config) { s.cfg.Store(cfg) }
 
 // New builds the hub's routes. It does not listen: call Run, or use Handler.
 func New(o Options) (*Server, error) {
-	if o.Config == nil || o.Catalog == nil || o.Repo.Root == "" {
-		return nil, errors.New("hub: Config, Catalog and Repo are required")
+	if o.Config == nil || o.Repo == nil {
+		return nil, errors.New("hub: Config and Repo are required")
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -278,7 +278,7 @@ func (s *Server) lookupServer(c echo.Context) (catalog.Server, error) {
 	if !serverNameRE.MatchString(name) {
 		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %.80q", name)
 	}
-	srv, err := s.o.Catalog.ServerByName(c.Request().Context(), name)
+	srv, err := s.o.Repo.Catalog.ServerByName(c.Request().Context(), name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return catalog.Server{}, errorf(http.StatusNotFound, api.CodeUnknownServer, "unknown server %q: the hub holds nothing from it", name)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/walfeed"
 	"github.com/walhub/walhub/walname"
@@ -38,7 +39,8 @@ const (
 type fixture struct {
 	srv     *Server
 	http    *httptest.Server
-	repo    storage.Local
+	dir     string
+	repo    *repository.Repository
 	cat     *catalog.Catalog
 	feeder  *walfeed.Feeder
 	segs    map[string][]byte
@@ -70,17 +72,17 @@ max_peek = 8
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(ctx, filepath.Join(dir, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	repo := storage.Local{Root: dir}
-	feeder, err := walfeed.New(ctx, repo, cat, "main", "7300000000000000001", segSize, compression)
+	t.Cleanup(func() { repo.Close() })
+	cat := repo.Catalog
+	feeder, err := walfeed.New(ctx, repo, "main", "7300000000000000001", segSize, compression)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{repo: repo, cat: cat, feeder: feeder, segs: map[string][]byte{}}
+	f := &fixture{dir: dir, repo: repo, cat: cat, feeder: feeder, segs: map[string][]byte{}}
 	for i := walname.SegNo(1); i <= 12; i++ {
 		if i == 7 {
 			continue // a hole: peek must stop before it
@@ -95,7 +97,7 @@ max_peek = 8
 	if err := feeder.StoreHistory(ctx, 2, f.history); err != nil {
 		t.Fatal(err)
 	}
-	if f.srv, err = New(Options{Config: cfg, Catalog: cat, Repo: repo, Log: slog.New(slog.DiscardHandler), Status: status}); err != nil {
+	if f.srv, err = New(Options{Config: cfg, Repo: repo, Log: slog.New(slog.DiscardHandler), Status: status}); err != nil {
 		t.Fatal(err)
 	}
 	f.http = httptest.NewServer(f.srv.Handler())
@@ -210,7 +212,7 @@ func TestPartialOnlyWhenAskedFor(t *testing.T) {
 	ctx := context.Background()
 	name := walname.SegmentName(1, 13, segSize)
 	content := bytes.Repeat([]byte("p"), 4096)
-	path, _ := f.repo.Path(storage.PartialPath("main", name))
+	path := f.repo.Work.PartialFile("main", name)
 	if err := os.WriteFile(path, content, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +342,7 @@ func TestCorruptStoredSegmentIsNeverAcceptedByTheClient(t *testing.T) {
 			f := newFixture(t, compression, nil)
 			c := f.client(t, "main", readToken)
 			name := walname.SegmentName(1, 4, segSize)
-			path, _ := f.repo.Path(storage.SegmentPath("main", name, compression))
+			path := filepath.Join(f.dir, storage.SegmentPath("main", name, compression))
 			data, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -387,7 +389,12 @@ func TestBackupListingAndFiles(t *testing.T) {
 	ctx := context.Background()
 	content := []byte("stored tar bytes")
 	rel := storage.BackupDir("main", "20260101T000000") + "/base.tar.zst"
-	if _, err := f.repo.Put(ctx, rel, func(w io.Writer) error { _, err := w.Write(content); return err }); err != nil {
+	w, err := f.repo.Store.Create(ctx, rel, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(content)
+	if _, err := w.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	b := catalog.Backup{ID: "20260101T000000", ServerID: f.feeder.Server.ID, Kind: "base", State: catalog.StateDone,

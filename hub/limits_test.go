@@ -21,7 +21,6 @@ import (
 
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -36,11 +35,11 @@ func (f *fixture) running(t *testing.T, lim limits, hubConf string) string {
 	addr := l.Addr().String()
 	l.Close()
 	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = %q\nread_tokens = [%q]\nadmin_tokens = [%q]\n%s",
-		f.repo.Root, addr, readToken, adminToken, hubConf))
+		f.dir, addr, readToken, adminToken, hubConf))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, Catalog: f.cat, Repo: f.repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := New(Options{Config: cfg, Repo: f.repo, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +240,7 @@ func TestSlowSteadyDownloadIsNotCutButAStalledOneIs(t *testing.T) {
 	// A 16 MiB .partial, served uncompressed, larger than the socket buffers.
 	big := bytes.Repeat([]byte("walhub-partial-"), (16<<20)/15)
 	name := walname.SegmentName(1, 13, segSize)
-	partial := filepath.Join(f.repo.Root, filepath.FromSlash(storage.PartialPath("main", name)))
+	partial := f.repo.Work.PartialFile("main", name)
 	os.MkdirAll(filepath.Dir(partial), 0o750)
 	if err := os.WriteFile(partial, big, 0o600); err != nil {
 		t.Fatal(err)
@@ -351,7 +350,7 @@ func (f *fixture) concurrentGets(t *testing.T, n int, path string, want int) {
 func TestPartialIsStreamedNotHeldInMemory(t *testing.T) {
 	f := newFixture(t, "zstd", nil)
 	name := walname.SegmentName(1, 13, segSize)
-	partial := filepath.Join(f.repo.Root, filepath.FromSlash(storage.PartialPath("main", name)))
+	partial := f.repo.Work.PartialFile("main", name)
 	os.MkdirAll(filepath.Dir(partial), 0o750)
 	if err := os.WriteFile(partial, bytes.Repeat([]byte{7}, 14<<20), 0o600); err != nil {
 		t.Fatal(err)

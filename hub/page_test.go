@@ -16,7 +16,7 @@ import (
 // withConfig puts a configuration with extra [hub] lines and one server "main" in force.
 func (f *fixture) withConfig(t *testing.T, hubLines string) {
 	t.Helper()
-	cfg, err := config.Parse(`repository = "` + f.repo.Root + `"
+	cfg, err := config.Parse(`repository = "` + f.dir + `"
 [hub]
 read_tokens = ["` + readToken + `"]
 admin_tokens = ["` + adminToken + `"]

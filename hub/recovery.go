@@ -26,7 +26,7 @@ func (s *Server) chooseBackup(c echo.Context) error {
 	if id != "" && id != "latest" && !backupIDRE.MatchString(id) {
 		return errorf(http.StatusBadRequest, api.CodeBadRequest, "invalid backup id %.80q", id)
 	}
-	r := restore.Resolver{Catalog: s.o.Catalog, Repo: s.o.Repo, Server: srv}
+	r := restore.Resolver{Repo: s.o.Repo, Server: srv}
 	b, err := r.Choose(c.Request().Context(), id, t)
 	var u *restore.UnreachableError
 	if errors.As(err, &u) {
@@ -44,7 +44,7 @@ func (s *Server) restorePoints(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	rps, err := s.o.Catalog.RestorePoints(c.Request().Context(), srv.ID, "")
+	rps, err := s.o.Repo.Catalog.RestorePoints(c.Request().Context(), srv.ID, "")
 	if err != nil {
 		return err
 	}

@@ -58,11 +58,11 @@ func TestRunServesTLSAndShutsDownOnCancel(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = %q\ntls_cert = %q\ntls_key = %q\nread_tokens = [%q]\n",
-		f.repo.Root, addr, certPath, keyPath, readToken))
+		f.dir, addr, certPath, keyPath, readToken))
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Options{Config: cfg, Catalog: f.cat, Repo: f.repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := New(Options{Config: cfg, Repo: f.repo, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

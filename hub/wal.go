@@ -18,7 +18,6 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -76,22 +75,18 @@ func (s *Server) setIdentity(c echo.Context, srv catalog.Server) {
 // serveSegment sends a stored segment: as stored when the client accepts its
 // encoding, else decompressed on the fly.
 func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) error {
-	seg, err := s.o.Catalog.Segment(c.Request().Context(), srv.ID, name)
+	seg, err := s.o.Repo.Catalog.Segment(c.Request().Context(), srv.ID, name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "segment %s of server %s is not in the hub", name, srv.Name)
 	}
 	if err != nil {
 		return err
 	}
-	f, err := s.o.Repo.Open(seg.StoredPath)
+	f, err := s.o.Repo.OpenSegment(c.Request().Context(), seg)
 	if err != nil {
-		return fmt.Errorf("segment %s is in the catalog but its file cannot be opened: %w", name, err)
+		return fmt.Errorf("segment %s is in the catalog but its object cannot be opened: %w", name, err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("stat segment %s: %w", name, err)
-	}
 	h := c.Response().Header()
 	s.setIdentity(c, srv)
 	h.Set(api.HeaderChecksum, seg.Checksum)
@@ -101,10 +96,10 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 	var body io.Reader = f
 	switch {
 	case seg.Compression == "none":
-		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	case seg.Compression == "zstd" && acceptsZstd(c.Request()):
 		h.Set("Content-Encoding", "zstd")
-		h.Set(echo.HeaderContentLength, strconv.FormatInt(fi.Size(), 10))
+		h.Set(echo.HeaderContentLength, strconv.FormatInt(f.Size(), 10))
 	case seg.Compression == "zstd":
 		dec, err := s.decoders.get(c.Request().Context())
 		if err != nil {
@@ -153,8 +148,7 @@ func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
 func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name) error {
 	seg := n
 	seg.Kind = walname.KindSegment
-	rel := storage.PartialPath(srv.Name, seg.String())
-	f, err := s.o.Repo.Open(rel)
+	f, err := s.o.Repo.Work.OpenPartial(srv.Name, seg.String())
 	if errors.Is(err, os.ErrNotExist) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "no partial segment %s.partial for server %s", seg, srv.Name)
 	}
@@ -188,7 +182,7 @@ func (s *Server) sendGrowing(c echo.Context, srv catalog.Server, f io.ReaderAt, 
 // serveHistory sends a timeline's history file.
 func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.TimeLine) error {
 	name := walname.HistoryName(tli)
-	tl, err := s.o.Catalog.TimeLine(c.Request().Context(), srv.ID, tli)
+	tl, err := s.o.Repo.Catalog.TimeLine(c.Request().Context(), srv.ID, tli)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
 	}
@@ -197,11 +191,7 @@ func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.Ti
 	}
 	data := tl.History
 	if len(data) == 0 {
-		rel := tl.StoredPath
-		if rel == "" {
-			rel = storage.HistoryPath(srv.Name, tli)
-		}
-		f, err := s.o.Repo.Open(rel)
+		f, err := s.o.Repo.OpenHistory(c.Request().Context(), srv, tl)
 		if errors.Is(err, os.ErrNotExist) {
 			return errorf(http.StatusNotFound, api.CodeNotFound, "history file %s of server %s is not in the hub", name, srv.Name)
 		}
@@ -210,7 +200,7 @@ func (s *Server) serveHistory(c echo.Context, srv catalog.Server, tli walname.Ti
 		}
 		defer f.Close()
 		if data, err = io.ReadAll(io.LimitReader(f, 1<<24)); err != nil {
-			return fmt.Errorf("read %s: %w", rel, err)
+			return fmt.Errorf("read %s: %w", name, err)
 		}
 	}
 	return s.sendBytes(c, srv, data, name)
@@ -256,7 +246,7 @@ func (s *Server) peek(c echo.Context) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, api.CodeBadRequest, "%v", err)
 	}
-	segs, err := s.o.Catalog.Peek(c.Request().Context(), srv.ID, n.TimeLine, segno, count)
+	segs, err := s.o.Repo.Catalog.Peek(c.Request().Context(), srv.ID, n.TimeLine, segno, count)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 	"github.com/walhub/walhub/walrecord"
 )
@@ -31,9 +31,8 @@ import (
 // commit or abort after the time; for an xid, its commit or abort; for an
 // LSN, the first record at or after it.
 type Resolver struct {
-	Catalog *catalog.Catalog
-	Repo    storage.Local
-	Server  catalog.Server
+	Repo   *repository.Repository
+	Server catalog.Server
 
 	path []catalog.PathPart
 }
@@ -47,7 +46,7 @@ func (r *Resolver) Choose(ctx context.Context, id string, t Target) (catalog.Bac
 }
 
 func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Backup, error) {
-	backups, err := r.Catalog.Backups(ctx, r.Server.ID)
+	backups, err := r.Repo.Catalog.Backups(ctx, r.Server.ID)
 	if err != nil {
 		return catalog.Backup{}, internalError{err}
 	}
@@ -55,7 +54,7 @@ func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Bac
 	if t.Kind() == "" || t.Kind() == "immediate" || segSize == 0 {
 		return ChooseBackup(backups, id, t)
 	}
-	if r.path, err = r.Catalog.TimeLinePath(ctx, r.Server.ID, segSize); err != nil {
+	if r.path, err = r.Repo.Catalog.TimeLinePath(ctx, r.Server.ID, segSize); err != nil {
 		return catalog.Backup{}, internalError{err}
 	}
 	var candidates []catalog.Backup
@@ -63,10 +62,10 @@ func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Bac
 		if id != "" && id != "latest" && b.ID != id {
 			continue
 		}
-		if id != "" && id != "latest" && !catalog.Restorable(b) {
+		if id != "" && id != "latest" && !repository.Restorable(b) {
 			return ChooseBackup(backups, id, t) // says why it cannot be used
 		}
-		if catalog.Restorable(b) {
+		if repository.Restorable(b) {
 			candidates = append(candidates, b)
 		}
 	}
@@ -94,7 +93,7 @@ func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Bac
 
 // reachable says what the archive can recover to, for error messages.
 func (r *Resolver) reachable(ctx context.Context) string {
-	w, err := r.Catalog.RecoverableWindow(ctx, r.Server.ID)
+	w, err := r.Repo.Catalog.RecoverableWindow(ctx, r.Server.ID)
 	if err != nil {
 		return ""
 	}
@@ -124,7 +123,7 @@ func uniq(s []string) []string {
 // reaches returns "" when recovery from b stops at t, else why not.
 func (r *Resolver) reaches(ctx context.Context, b catalog.Backup, t Target) (string, error) {
 	segSize := r.Server.SegmentSize
-	_, end, err := r.Catalog.ContiguousEnd(ctx, r.Server.ID, r.path, walname.SegmentOf(b.StartLSN, segSize))
+	_, end, err := r.Repo.Catalog.ContiguousEnd(ctx, r.Server.ID, r.path, walname.SegmentOf(b.StartLSN, segSize))
 	if err != nil {
 		return "", err
 	}
@@ -140,7 +139,7 @@ func (r *Resolver) reaches(ctx context.Context, b catalog.Backup, t Target) (str
 		}
 		stop = t.LSN
 	case "name":
-		rps, err := r.Catalog.RestorePoints(ctx, r.Server.ID, t.Name)
+		rps, err := r.Repo.Catalog.RestorePoints(ctx, r.Server.ID, t.Name)
 		if err != nil {
 			return "", err
 		}
@@ -214,7 +213,7 @@ func (r *Resolver) firstXactAfter(ctx context.Context, from, held walname.LSN, t
 	for _, p := range r.path {
 		lo, hi := max(p.From, walname.SegmentOf(from, segSize)), min(p.To, walname.SegmentOf(held, segSize))
 		for lo < hi {
-			s, err := r.Catalog.FirstSegmentAfter(ctx, r.Server.ID, p.TimeLine, lo, hi, after)
+			s, err := r.Repo.Catalog.FirstSegmentAfter(ctx, r.Server.ID, p.TimeLine, lo, hi, after)
 			if errors.Is(err, catalog.ErrNotFound) {
 				break
 			}
@@ -248,7 +247,7 @@ func (r *Resolver) xactOf(ctx context.Context, from, held walname.LSN, xid uint3
 		if lo >= hi {
 			continue
 		}
-		segs, err := r.Catalog.SegmentsWithXID(ctx, r.Server.ID, p.TimeLine, lo, hi, xid)
+		segs, err := r.Repo.Catalog.SegmentsWithXID(ctx, r.Server.ID, p.TimeLine, lo, hi, xid)
 		if err != nil {
 			return 0, false, err
 		}
@@ -281,10 +280,10 @@ func (r *Resolver) scan(ctx context.Context, tli walname.TimeLine, segno walname
 				prevTLI = p.TimeLine
 			}
 		}
-		prev, err := r.Catalog.Segment(ctx, r.Server.ID, walname.SegmentName(prevTLI, segno-1, segSize))
+		prev, err := r.Repo.Catalog.Segment(ctx, r.Server.ID, walname.SegmentName(prevTLI, segno-1, segSize))
 		if err == nil {
 			dec = walrecord.NewDecoder(segSize, start-walname.LSN(segSize))
-			if err := storage.ReadSegment(r.Repo, prev.StoredPath, prev.Compression, dec); err != nil {
+			if err := r.Repo.ReadSegment(ctx, prev, dec); err != nil {
 				return nil, err
 			}
 			dec.Events()
@@ -292,11 +291,11 @@ func (r *Resolver) scan(ctx context.Context, tli walname.TimeLine, segno walname
 			return nil, err
 		}
 	}
-	seg, err := r.Catalog.Segment(ctx, r.Server.ID, walname.SegmentName(tli, segno, segSize))
+	seg, err := r.Repo.Catalog.Segment(ctx, r.Server.ID, walname.SegmentName(tli, segno, segSize))
 	if err != nil {
 		return nil, err
 	}
-	if err := storage.ReadSegment(r.Repo, seg.StoredPath, seg.Compression, dec); err != nil {
+	if err := r.Repo.ReadSegment(ctx, seg, dec); err != nil {
 		return nil, err
 	}
 	return dec.Events(), nil

@@ -15,7 +15,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 // Source is where a restore reads backups from: the local repository on the
@@ -32,42 +32,41 @@ type Source interface {
 	String() string
 }
 
-// Local reads from the repository and catalog on this host.
+// Local reads from the repository this host opens (its catalog and store).
 type Local struct {
-	Catalog *catalog.Catalog
-	Repo    storage.Local
-	Server  string
+	Repo   *repository.Repository
+	Server string
 }
 
 // Backups implements Source.
 func (l Local) Backups(ctx context.Context) ([]catalog.Backup, error) {
-	srv, err := l.Catalog.ServerByName(ctx, l.Server)
+	srv, err := l.Repo.Catalog.ServerByName(ctx, l.Server)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, fmt.Errorf("the repository %s has nothing for server %s", l.Repo.Root, l.Server)
+		return nil, fmt.Errorf("the repository %s has nothing for server %s", l.Repo, l.Server)
 	}
 	if err != nil {
 		return nil, err
 	}
-	return l.Catalog.Backups(ctx, srv.ID)
+	return l.Repo.Catalog.Backups(ctx, srv.ID)
 }
 
 // Choose implements Source.
 func (l Local) Choose(ctx context.Context, id string, t Target) (catalog.Backup, error) {
-	srv, err := l.Catalog.ServerByName(ctx, l.Server)
+	srv, err := l.Repo.Catalog.ServerByName(ctx, l.Server)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return catalog.Backup{}, fmt.Errorf("the repository %s has nothing for server %s", l.Repo.Root, l.Server)
+		return catalog.Backup{}, fmt.Errorf("the repository %s has nothing for server %s", l.Repo, l.Server)
 	}
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	r := Resolver{Catalog: l.Catalog, Repo: l.Repo, Server: srv}
+	r := Resolver{Repo: l.Repo, Server: srv}
 	return r.Choose(ctx, id, t)
 }
 
 // Opener implements Source.
-func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.StoreOpener(l.Repo, b) }
+func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.RepoOpener(l.Repo, b) }
 
-func (l Local) String() string { return "repository " + l.Repo.Root }
+func (l Local) String() string { return "repository " + l.Repo.String() }
 
 // Remote reads from a hub over HTTP.
 type Remote struct {

@@ -4,18 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -35,12 +29,12 @@ type Report struct {
 
 // Options are the inputs of one expire.
 type Options struct {
-	Server  *config.Server
-	Catalog *catalog.Catalog
-	Repo    storage.Local
-	DryRun  bool
-	Log     *slog.Logger
-	Now     time.Time
+	Server *config.Server
+	// Repo is the repository (store, working area, catalog).
+	Repo   *repository.Repository
+	DryRun bool
+	Log    *slog.Logger
+	Now    time.Time
 }
 
 // batch is how many segments one catalog transaction removes.
@@ -51,13 +45,12 @@ const batch = 1000
 func Expire(ctx context.Context, o Options) (Report, error) {
 	name := o.Server.Name
 	rep := Report{Server: name, DryRun: o.DryRun}
-	lockPath := filepath.Join(o.Repo.Root, filepath.FromSlash(storage.LockPath(name)))
-	l, err := lock.Acquire(lockPath, "expire", "")
+	l, err := o.Repo.Work.Lock(name, "expire", "")
 	if err != nil {
 		return rep, fmt.Errorf("expire %s: %w", name, err)
 	}
 	defer l.Release()
-	srv, err := o.Catalog.ServerByName(ctx, name)
+	srv, err := o.Repo.Catalog.ServerByName(ctx, name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		rep.Plan = Plan{Policy: Describe(o.Server.Retention)}
 		return rep, nil // nothing was ever stored for it
@@ -65,7 +58,7 @@ func Expire(ctx context.Context, o Options) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	backups, err := o.Catalog.Backups(ctx, srv.ID)
+	backups, err := o.Repo.Catalog.Backups(ctx, srv.ID)
 	if err != nil {
 		return rep, err
 	}
@@ -82,7 +75,7 @@ func Expire(ctx context.Context, o Options) (Report, error) {
 		}
 	}
 	if o.DryRun {
-		segs, err := o.Catalog.SegmentsBefore(ctx, srv.ID, rep.WALBefore, 1<<30)
+		segs, err := o.Repo.Catalog.SegmentsBefore(ctx, srv.ID, rep.WALBefore, 1<<30)
 		if err != nil {
 			return rep, err
 		}
@@ -96,39 +89,32 @@ func Expire(ctx context.Context, o Options) (Report, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, err
 		}
-		// Row first, files after: a crash in between leaves an orphan directory
+		// Row first, files after: a crash in between leaves orphan objects
 		// that the sweep below removes next time, never a row without files.
-		if err := o.Catalog.DeleteBackup(ctx, b.ID); err != nil {
-			return rep, err
-		}
-		if err := o.Repo.RemoveAll(storage.BackupDir(name, b.ID)); err != nil {
+		if err := o.Repo.RemoveBackup(ctx, name, b); err != nil {
 			return rep, err
 		}
 		o.log().Info("backup removed", "server", name, "backup", b.ID)
 	}
 	for rep.WALBefore > 0 {
-		segs, err := o.Catalog.SegmentsBefore(ctx, srv.ID, rep.WALBefore, batch)
+		segs, err := o.Repo.Catalog.SegmentsBefore(ctx, srv.ID, rep.WALBefore, batch)
 		if err != nil {
 			return rep, err
 		}
 		if len(segs) == 0 {
 			break
 		}
-		if err := o.Catalog.DeleteSegments(ctx, segs); err != nil {
+		n, err := o.Repo.RemoveSegments(ctx, segs)
+		if err != nil {
 			return rep, err
 		}
-		for _, s := range segs {
-			if err := o.Repo.Remove(s.StoredPath); err != nil {
-				return rep, err
-			}
-			rep.RemovedSegments++
-			rep.RemovedBytes += s.StoredSize
-		}
+		rep.RemovedSegments += len(segs)
+		rep.RemovedBytes += n
 		if err := l.Update(-1, fmt.Sprintf("%d segments removed", rep.RemovedSegments)); err != nil {
 			return rep, err
 		}
 	}
-	orphans, err := sweep(ctx, o, srv, rep.WALBefore)
+	orphans, err := o.Repo.Sweep(ctx, srv, rep.WALBefore)
 	rep.Orphans = orphans
 	if err != nil {
 		return rep, err
@@ -143,69 +129,4 @@ func (o Options) log() *slog.Logger {
 		return o.Log
 	}
 	return slog.Default()
-}
-
-// sweep removes what no catalog row points at: backup directories without a
-// row, and segment files below the cut-off. It runs under the lock, so no
-// backup is writing meanwhile; the receiver never writes below the cut-off.
-func sweep(ctx context.Context, o Options, srv catalog.Server, walBefore walname.SegNo) ([]string, error) {
-	var orphans []string
-	backupsDir := filepath.Join(o.Repo.Root, filepath.FromSlash(path.Join(srv.Name, "backups")))
-	entries, err := os.ReadDir(backupsDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("sweep backups: %w", err)
-	}
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		if _, err := o.Catalog.Backup(ctx, e.Name()); err == nil {
-			continue
-		} else if !errors.Is(err, catalog.ErrNotFound) {
-			return orphans, err
-		}
-		rel := storage.BackupDir(srv.Name, e.Name())
-		if err := o.Repo.RemoveAll(rel); err != nil {
-			return orphans, err
-		}
-		orphans = append(orphans, rel)
-	}
-	if walBefore == 0 || srv.SegmentSize == 0 {
-		return orphans, nil
-	}
-	walDir := filepath.Join(o.Repo.Root, filepath.FromSlash(storage.WALDir(srv.Name)))
-	dirs, err := os.ReadDir(walDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return orphans, fmt.Errorf("sweep WAL: %w", err)
-	}
-	for _, d := range dirs {
-		if !d.IsDir() || len(d.Name()) != 16 {
-			continue
-		}
-		files, err := os.ReadDir(filepath.Join(walDir, d.Name()))
-		if err != nil {
-			return orphans, fmt.Errorf("sweep WAL: %w", err)
-		}
-		left := len(files)
-		for _, f := range files {
-			base := strings.TrimSuffix(f.Name(), storage.Extension("zstd"))
-			tli, segno, err := walname.ParseSegment(base, srv.SegmentSize)
-			if err != nil || segno >= walBefore {
-				continue // .partial, temp files and anything still needed stay
-			}
-			if _, err := o.Catalog.Segment(ctx, srv.ID, walname.SegmentName(tli, segno, srv.SegmentSize)); err == nil {
-				continue
-			}
-			rel := path.Join(storage.WALDir(srv.Name), d.Name(), f.Name())
-			if err := o.Repo.Remove(rel); err != nil {
-				return orphans, err
-			}
-			orphans = append(orphans, rel)
-			left--
-		}
-		if left == 0 {
-			os.Remove(filepath.Join(walDir, d.Name())) // only succeeds when empty
-		}
-	}
-	return orphans, nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -21,7 +22,8 @@ import (
 // segments after the previous, and segments 5..49 stored.
 type fixture struct {
 	cat  *catalog.Catalog
-	repo storage.Local
+	root string
+	repo *repository.Repository
 	srv  catalog.Server
 	cfg  *config.Server
 }
@@ -30,18 +32,23 @@ func newFixture(t *testing.T) fixture {
 	t.Helper()
 	ctx := context.Background()
 	root := t.TempDir()
-	cat, err := catalog.Open(ctx, filepath.Join(root, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
+	t.Cleanup(func() { repo.Close() })
+	cat := repo.Catalog
 	srv, _ := cat.EnsureServer(ctx, "main")
 	if err := cat.BindIdentity(ctx, srv.ID, "1", segSize); err != nil {
 		t.Fatal(err)
 	}
-	repo := storage.Local{Root: root}
 	put := func(rel string) {
-		if _, err := repo.Put(ctx, rel, func(w io.Writer) error { _, err := io.WriteString(w, "x"); return err }); err != nil {
+		w, err := repo.Store.Create(ctx, rel, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(w, "x")
+		if _, err := w.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -64,18 +71,18 @@ func newFixture(t *testing.T) fixture {
 	}
 	put(storage.HistoryPath("main", 2))
 	cfg := &config.Server{Name: "main", Retention: config.Retention{Redundancy: 2, MinRedundancy: 1}}
-	return fixture{cat, repo, srv, cfg}
+	return fixture{cat, root, repo, srv, cfg}
 }
 
 func (f fixture) exists(t *testing.T, rel string) bool {
-	_, err := os.Stat(filepath.Join(f.repo.Root, rel))
+	_, err := os.Stat(filepath.Join(f.root, rel))
 	return err == nil
 }
 
 func TestExpireRemovesObsoleteBackupsAndTheirWAL(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
-	dry, err := Expire(ctx, Options{Server: f.cfg, Catalog: f.cat, Repo: f.repo, DryRun: true, Now: now})
+	dry, err := Expire(ctx, Options{Server: f.cfg, Repo: f.repo, DryRun: true, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +99,7 @@ func TestExpireRemovesObsoleteBackupsAndTheirWAL(t *testing.T) {
 	if err := f.cat.DeleteSegments(ctx, []catalog.Segment{seg6}); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := Expire(ctx, Options{Server: f.cfg, Catalog: f.cat, Repo: f.repo, Now: now})
+	rep, err := Expire(ctx, Options{Server: f.cfg, Repo: f.repo, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +127,7 @@ func TestExpireRemovesObsoleteBackupsAndTheirWAL(t *testing.T) {
 	if !strings.Contains(joined, "backups/b1") || !strings.Contains(joined, walname.SegmentName(1, 6, segSize)) {
 		t.Errorf("orphans = %v, want b1's directory and segment 6", rep.Orphans)
 	}
-	again, err := Expire(ctx, Options{Server: f.cfg, Catalog: f.cat, Repo: f.repo, Now: now})
+	again, err := Expire(ctx, Options{Server: f.cfg, Repo: f.repo, Now: now})
 	if err != nil || len(again.Removed()) != 0 || again.RemovedSegments != 0 || len(again.Orphans) != 0 {
 		t.Fatalf("a second expire must find nothing: %+v, %v", again, err)
 	}
@@ -128,12 +135,12 @@ func TestExpireRemovesObsoleteBackupsAndTheirWAL(t *testing.T) {
 
 func TestExpireRefusedWhileBackupRuns(t *testing.T) {
 	f := newFixture(t)
-	l, err := lock.Acquire(filepath.Join(f.repo.Root, storage.LockPath("main")), "backup", "b9")
+	l, err := f.repo.Work.Lock("main", "backup", "b9")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	_, err = Expire(context.Background(), Options{Server: f.cfg, Catalog: f.cat, Repo: f.repo, Now: now})
+	_, err = Expire(context.Background(), Options{Server: f.cfg, Repo: f.repo, Now: now})
 	var held *lock.HeldError
 	if !errors.As(err, &held) || held.Holder.Command != "backup" {
 		t.Fatalf("err = %v, want refusal naming the backup", err)
@@ -151,7 +158,7 @@ func TestExpireNeverRemovesRunningBackup(t *testing.T) {
 	if err := f.cat.AddBackup(ctx, running); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := Expire(ctx, Options{Server: f.cfg, Catalog: f.cat, Repo: f.repo, Now: now})
+	rep, err := Expire(ctx, Options{Server: f.cfg, Repo: f.repo, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}

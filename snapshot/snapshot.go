@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +21,7 @@ import (
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/privileges"
 	"github.com/walhub/walhub/replication"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -53,9 +51,9 @@ func HubWAL(cat *catalog.Catalog, log *slog.Logger) WaitWAL {
 
 // Manager holds the sessions of running snapshots, at most one per server.
 type Manager struct {
-	Config  *config.Config
-	Catalog *catalog.Catalog
-	Repo    storage.Local
+	Config *config.Config
+	// Repo is the repository (store, working area, catalog).
+	Repo    *repository.Repository
 	Log     *slog.Logger
 	WaitWAL WaitWAL
 	// Timeout, when set, overrides every server's snapshot_timeout (tests).
@@ -97,12 +95,12 @@ func (m *Manager) timeout(srv *config.Server) time.Duration {
 // the session that held pg_backup_start died with it, so PostgreSQL has ended
 // that backup and its backup_label can never be had. Call it at daemon start.
 func (m *Manager) FailInterrupted(ctx context.Context) error {
-	servers, err := m.Catalog.Servers(ctx)
+	servers, err := m.Repo.Catalog.Servers(ctx)
 	if err != nil {
 		return err
 	}
 	for _, s := range servers {
-		backups, err := m.Catalog.Backups(ctx, s.ID)
+		backups, err := m.Repo.Catalog.Backups(ctx, s.ID)
 		if err != nil {
 			return err
 		}
@@ -112,7 +110,7 @@ func (m *Manager) FailInterrupted(ctx context.Context) error {
 			}
 			b.State, b.FinishedAt = catalog.StateFailed, time.Now()
 			b.Reason = "the walhub daemon restarted during the snapshot: the session holding pg_backup_start was lost, so this copy has no backup_label and cannot be restored"
-			if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+			if err := m.Repo.Catalog.UpdateBackup(ctx, b); err != nil {
 				return err
 			}
 			m.log().Error("snapshot failed", "server", s.Name, "backup", b.ID, "reason", b.Reason)
@@ -136,7 +134,7 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 		return api.SnapshotStarted{}, fmt.Errorf("%w: a snapshot of %s is already running (backup %s, started %s): stop it first",
 			ErrBusy, server, s.backup.ID, s.backup.StartedAt.Local().Format(time.DateTime))
 	}
-	l, err := lock.Acquire(filepath.Join(m.Repo.Root, filepath.FromSlash(storage.LockPath(server))), "snapshot", "")
+	l, err := m.Repo.Work.Lock(server, "snapshot", "")
 	if err != nil {
 		return api.SnapshotStarted{}, fmt.Errorf("%w: snapshot of %s: %w", ErrBusy, server, err)
 	}
@@ -146,7 +144,7 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 			l.Release()
 		}
 	}()
-	cs, err := m.Catalog.EnsureServer(ctx, server)
+	cs, err := m.Repo.Catalog.EnsureServer(ctx, server)
 	if err != nil {
 		return api.SnapshotStarted{}, err
 	}
@@ -178,12 +176,10 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 		return api.SnapshotStarted{}, err
 	}
 	tli, _ := walname.Parse(walFile)
-	host, _ := os.Hostname()
 	now := time.Now().UTC()
-	b := catalog.Backup{ID: "snap-" + now.Format("20060102T150405Z"), ServerID: cs.ID, Kind: catalog.KindSnapshot,
-		State: catalog.StateRunning, Label: label, StartLSN: start, StartTLI: tli.TimeLine, StartedAt: now,
-		PID: os.Getpid(), Host: host}
-	if err := m.Catalog.AddBackup(ctx, b); err != nil {
+	b, err := m.Repo.NewBackup(ctx, server, "snap-", catalog.Backup{ServerID: cs.ID, Kind: catalog.KindSnapshot,
+		Label: label, StartLSN: start, StartTLI: tli.TimeLine, StartedAt: now})
+	if err != nil {
 		conn.Close(context.Background())
 		return api.SnapshotStarted{}, err
 	}
@@ -210,7 +206,7 @@ func (m *Manager) abandon(server string, s *session, timeout time.Duration) {
 	s.lock.Release()
 	s.backup.State, s.backup.FinishedAt = catalog.StateFailed, time.Now().UTC()
 	s.backup.Reason = fmt.Sprintf("abandoned: not stopped within %s", timeout)
-	if err := m.Catalog.UpdateBackup(context.Background(), s.backup); err != nil {
+	if err := m.Repo.Catalog.UpdateBackup(context.Background(), s.backup); err != nil {
 		m.log().Error("snapshot: record failure", "server", server, "err", err)
 	}
 	m.log().Error("snapshot abandoned", "server", server, "backup", s.backup.ID, "timeout", timeout)
@@ -239,7 +235,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 	b := s.backup
 	fail := func(err error) (api.SnapshotStopped, error) {
 		b.State, b.FinishedAt, b.Reason = catalog.StateFailed, time.Now().UTC(), err.Error()
-		if uerr := m.Catalog.UpdateBackup(context.Background(), b); uerr != nil {
+		if uerr := m.Repo.Catalog.UpdateBackup(context.Background(), b); uerr != nil {
 			m.log().Error("snapshot: record failure", "server", server, "err", uerr)
 		}
 		return api.SnapshotStopped{}, fmt.Errorf("snapshot stop %s: %w", server, err)
@@ -258,7 +254,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 	b.StopLSN, b.StopTLI, b.BackupLabel, b.TablespaceMap = stop, stopName.TimeLine, label, spcmap
 	b.FinishedAt = time.Now().UTC()
 	// Recorded before the wait, so a copy is never left without its label.
-	if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+	if err := m.Repo.Catalog.UpdateBackup(ctx, b); err != nil {
 		return fail(err)
 	}
 	if m.WaitWAL != nil {
@@ -266,8 +262,7 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 			return fail(fmt.Errorf("WAL up to %s not in the hub: %w", b.StopLSN, err))
 		}
 	}
-	b.State = catalog.StateDone
-	if err := m.Catalog.UpdateBackup(ctx, b); err != nil {
+	if b, err = m.Repo.FinishBackup(ctx, server, b); err != nil {
 		return fail(err)
 	}
 	m.log().Info("snapshot stopped", "server", server, "backup", b.ID, "stop_lsn", stop)
@@ -284,7 +279,7 @@ func (m *Manager) Close() {
 		s.lock.Release()
 		s.backup.State, s.backup.FinishedAt = catalog.StateFailed, time.Now().UTC()
 		s.backup.Reason = "the walhub daemon stopped during the snapshot"
-		m.Catalog.UpdateBackup(context.Background(), s.backup)
+		m.Repo.Catalog.UpdateBackup(context.Background(), s.backup)
 		delete(m.running, server)
 	}
 }

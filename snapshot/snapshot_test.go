@@ -3,7 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
-	"path/filepath"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,7 +11,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/test/pgtest"
 )
 
@@ -22,12 +22,12 @@ func newManager(t *testing.T, p *pgtest.Cluster, timeout time.Duration) *Manager
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(context.Background(), filepath.Join(root, storage.CatalogFile))
+	repo, err := repository.OpenLocal(context.Background(), root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	m := &Manager{Config: cfg, Catalog: cat, Repo: storage.Local{Root: root}, Timeout: timeout}
+	t.Cleanup(func() { repo.Close() })
+	m := &Manager{Config: cfg, Repo: repo, Timeout: timeout}
 	t.Cleanup(m.Close)
 	return m
 }
@@ -48,7 +48,7 @@ func TestSnapshotStartStopRecordsLabel(t *testing.T) {
 		t.Fatalf("second start: %v", err)
 	}
 	// The lock keeps a backup or expire out meanwhile.
-	_, err = lock.Acquire(filepath.Join(m.Repo.Root, storage.LockPath("main")), "backup", "")
+	_, err = m.Repo.Work.Lock("main", "backup", "")
 	var held *lock.HeldError
 	if !errors.As(err, &held) || held.Holder.Command != "snapshot" {
 		t.Fatalf("backup during snapshot: %v", err)
@@ -65,11 +65,11 @@ func TestSnapshotStartStopRecordsLabel(t *testing.T) {
 		!strings.Contains(stopped.BackupLabel, "LABEL: nightly") || stopped.StopLSN <= started.StartLSN {
 		t.Fatalf("stopped = %+v", stopped)
 	}
-	b, err := m.Catalog.Backup(ctx, started.BackupID)
+	b, err := m.Repo.Catalog.Backup(ctx, started.BackupID)
 	if err != nil || b.State != catalog.StateDone || b.Kind != catalog.KindSnapshot || b.BackupLabel != stopped.BackupLabel {
 		t.Fatalf("catalog row = %+v, %v", b, err)
 	}
-	if _, held, _ := lock.Read(filepath.Join(m.Repo.Root, storage.LockPath("main"))); held {
+	if _, held, _ := m.Repo.Work.ReadLock("main"); held {
 		t.Fatal("lock still held after stop")
 	}
 }
@@ -84,7 +84,7 @@ func TestAbandonedSnapshotTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.WaitFor(t, 30*time.Second, "the snapshot to be abandoned", func() bool {
-		b, err := m.Catalog.Backup(ctx, started.BackupID)
+		b, err := m.Repo.Catalog.Backup(ctx, started.BackupID)
 		return err == nil && b.State == catalog.StateFailed && strings.Contains(b.Reason, "abandoned")
 	})
 	if _, err := m.Stop(ctx, "main"); !errors.Is(err, ErrNotRunning) {
@@ -106,12 +106,55 @@ func TestDaemonRestartFailsRunningSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new daemon: same catalog, no sessions.
-	m2 := &Manager{Config: m.Config, Catalog: m.Catalog, Repo: m.Repo}
+	m2 := &Manager{Config: m.Config, Repo: m.Repo}
 	if err := m2.FailInterrupted(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := m.Catalog.Backup(ctx, started.BackupID)
+	b, _ := m.Repo.Catalog.Backup(ctx, started.BackupID)
 	if b.State != catalog.StateFailed || !strings.Contains(b.Reason, "daemon restarted") {
 		t.Fatalf("after restart: %+v", b)
+	}
+}
+
+// Two servers' snapshots started in the same second get distinct backup IDs
+// (they used to collide on the catalog's unique ID, failing the second).
+func TestSnapshotsOfTwoServersStartedTogetherBothStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := pgtest.NewPrimary(t, "snap2", pgtest.Options{})
+	root := t.TempDir()
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = \"a\"\nconninfo = %q\n[[server]]\nname = \"b\"\nconninfo = %q\n",
+		root, p.ConnString(""), p.ConnString("")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := repository.OpenLocal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	m := &Manager{Config: cfg, Repo: repo, Timeout: time.Hour}
+	t.Cleanup(m.Close)
+	// Both within one second, as far as the clock allows: retry until they
+	// start in the same second, which is what made them collide.
+	for attempt := 0; ; attempt++ {
+		a, errA := m.Start(ctx, "a", "", true)
+		b, errB := m.Start(ctx, "b", "", true)
+		if errA != nil || errB != nil {
+			t.Fatalf("starting two snapshots: %v; %v", errA, errB)
+		}
+		if a.BackupID == b.BackupID {
+			t.Fatalf("both snapshots got backup ID %s", a.BackupID)
+		}
+		sameSecond := strings.TrimSuffix(b.BackupID, "-2") == a.BackupID
+		for _, s := range []string{"a", "b"} {
+			if _, err := m.Stop(ctx, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if sameSecond || attempt == 5 {
+			t.Logf("snapshot IDs %s and %s", a.BackupID, b.BackupID)
+			return
+		}
 	}
 }

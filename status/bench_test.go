@@ -3,14 +3,12 @@ package status
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -60,7 +58,7 @@ func BenchmarkStatusMillionSegments(b *testing.B) {
 	// What `walhub status main` does per run: open the catalog, build, close.
 	b.Run("open_build_close", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			cat, err := catalog.Open(ctx, filepath.Join(src.Repository, storage.CatalogFile))
+			cat, err := catalog.Open(ctx, src.Work.CatalogPath())
 			if err != nil {
 				b.Fatal(err)
 			}

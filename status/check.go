@@ -486,10 +486,10 @@ func checkRecoverable(doc *Document, _ *config.Server, _ Probe, _ Thresholds) Re
 		return bad(name, Critical, "no backup can be restored: none has all its WAL in the hub",
 			"see the WAL gaps in walhub status; take a new backup with walhub backup")
 	}
-	res := ok(name, fmt.Sprintf("from %s (%s, end of backup %s) to %s (%s)", pointTime(r.Earliest.Time), r.Earliest.LSN,
-		r.EarliestBackup, pointTime(r.Latest.Time), r.Latest.LSN))
-	if !r.Earliest.Time.IsZero() && !r.Latest.Time.IsZero() {
-		res.Perf = []Perf{{Label: "recoverable_window", Value: r.Latest.Time.Sub(r.Earliest.Time).Seconds(), Unit: "s"}}
+	res := ok(name, fmt.Sprintf("from %s (%s, end of backup %s) to %s (%s)", pointTime(r.EarliestTime), r.EarliestLSN,
+		r.EarliestBackup, pointTime(r.LatestTime), r.LatestLSN))
+	if !r.EarliestTime.IsZero() && !r.LatestTime.IsZero() {
+		res.Perf = []Perf{{Label: "recoverable_window", Value: r.LatestTime.Sub(r.EarliestTime).Seconds(), Unit: "s"}}
 	}
 	return res
 }

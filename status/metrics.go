@@ -2,14 +2,12 @@ package status
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/replication"
 )
@@ -75,7 +73,7 @@ var (
 	descWALLast   = desc("walhub_wal_last_segment_timestamp_seconds", "When the newest segment in the catalog was stored (Unix time).")
 	descWALGaps   = desc("walhub_wal_gaps", "Ranges of WAL missing from the repository (recorded or found), whether harmless or not.")
 	descWALBlock  = desc("walhub_wal_blocking_gaps", "Gaps after the oldest backup's start: recovery from the backups cannot cross them.")
-	descBackups   = desc("walhub_backups", "Backups in the catalog, by state (done, failed, running).", "state")
+	descBackups   = desc("walhub_backups", "Backups in the catalog, by state (done, failed, running, waiting_wal).", "state")
 	descBkSize    = desc("walhub_backups_size_bytes", "Size of all done backups, as the server sent them.")
 	descBkStored  = desc("walhub_backups_stored_bytes", "Size of all done backups as stored (compressed).")
 	descLastEnd   = desc("walhub_backup_last_success_timestamp_seconds", "When the newest done backup finished (Unix time).")
@@ -179,36 +177,8 @@ func (c *Collector) collectServer(ctx context.Context, src Source, name string, 
 	for _, m := range DocumentMetrics(doc, results) {
 		ch <- m
 	}
-	if doc.WAL.InCatalog {
-		c.collectWindow(ctx, src, name, ch)
-	}
 	ch <- gauge(descCollect, time.Since(start).Seconds(), name)
 	return doc
-}
-
-// collectWindow sends the recoverable window of the server: what its
-// backups and the WAL held after them can recover to.
-func (c *Collector) collectWindow(ctx context.Context, src Source, name string, ch chan<- prometheus.Metric) {
-	server, err := src.Catalog.ServerByName(ctx, name)
-	if err != nil {
-		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
-		return
-	}
-	w, err := src.Catalog.RecoverableWindow(ctx, server.ID)
-	switch {
-	case errors.Is(err, catalog.ErrNotFound):
-		ch <- gauge(descRecov, 0, name)
-		return
-	case err != nil:
-		c.log().Warn("metrics: recoverable window", "server", name, "err", err)
-		return
-	}
-	ch <- gauge(descRecov, 1, name)
-	ch <- gauge(descRecovEarl, unixSeconds(w.Earliest.Time), name)
-	if !w.Latest.Time.IsZero() {
-		ch <- gauge(descRecovLate, unixSeconds(w.Latest.Time), name)
-	}
-	ch <- gauge(descRecovLSN, float64(w.Latest.LSN), name)
 }
 
 func (c *Collector) log() *slog.Logger {
@@ -356,6 +326,7 @@ func DocumentMetrics(doc *Document, results []Result) []prometheus.Metric {
 	add(descBackups, float64(b.Count), "done")
 	add(descBackups, float64(b.Failed), "failed")
 	add(descBackups, float64(b.Running), "running")
+	add(descBackups, float64(b.WaitingWAL), "waiting_wal")
 	add(descBkSize, float64(b.Size))
 	add(descBkStored, float64(b.StoredSize))
 	if l := b.Last; l != nil {
@@ -368,6 +339,17 @@ func DocumentMetrics(doc *Document, results []Result) []prometheus.Metric {
 	add(descFailSince, float64(b.FailedSinceLast))
 	if b.LastFailed != nil {
 		add(descLastFail, unixSeconds(b.LastFailed.StartedAt))
+	}
+
+	if w.InCatalog {
+		add(descRecov, boolValue(doc.Recoverable != nil))
+	}
+	if r := doc.Recoverable; r != nil {
+		add(descRecovEarl, unixSeconds(r.EarliestTime))
+		if !r.LatestTime.IsZero() {
+			add(descRecovLate, unixSeconds(r.LatestTime))
+		}
+		add(descRecovLSN, float64(r.LatestLSN))
 	}
 
 	ops := []struct {

@@ -99,6 +99,7 @@ func TestCollectorExposesBackupsWALLocksAndChecks(t *testing.T) {
 		"walhub_wal_blocking_gaps{server=main}":                         1,
 		"walhub_backups{server=main,state=done}":                        2,
 		"walhub_backups{server=main,state=failed}":                      1,
+		"walhub_backups{server=main,state=waiting_wal}":                 0,
 		"walhub_backups{server=main,state=running}":                     0,
 		"walhub_backups_size_bytes{server=main}":                        4000,
 		"walhub_backups_stored_bytes{server=main}":                      1600,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/walname"
 )
@@ -58,14 +59,14 @@ func staleAfter(srv *config.Server) time.Duration {
 }
 
 // ReadReceiver judges the receiver of srv now, from its state file in the
-// repository at repoRoot.
-func ReadReceiver(repoRoot string, srv *config.Server) Receiver {
-	return readReceiver(repoRoot, srv, time.Now())
+// working area.
+func ReadReceiver(work *storage.WorkArea, srv *config.Server) Receiver {
+	return readReceiver(work, srv, time.Now())
 }
 
-func readReceiver(repoRoot string, srv *config.Server, now time.Time) Receiver {
+func readReceiver(work *storage.WorkArea, srv *config.Server, now time.Time) Receiver {
 	r := Receiver{StaleAfterSeconds: staleAfter(srv).Seconds()}
-	st, err := stream.ReadState(repoRoot, srv.Name)
+	st, err := stream.ReadState(work, srv.Name)
 	if err != nil {
 		r.State = "absent"
 		if errors.Is(err, os.ErrNotExist) {

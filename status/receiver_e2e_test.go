@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
@@ -60,8 +61,12 @@ func waitReceiverCritical(t *testing.T, src Source, since time.Time) {
 // returned function stops it (it is also called when the test ends).
 func startReceiver(t *testing.T, src Source) (stop func()) {
 	t.Helper()
-	rcv := stream.NewReceiver(stream.Options{Server: &src.Config.Servers[0], Catalog: src.Catalog,
-		Repo: storage.Local{Root: src.Repository}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	store, err := storage.NewLocalStore(src.Work.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := stream.NewReceiver(stream.Options{Server: &src.Config.Servers[0], Repo: repository.New(store, src.Work, src.Catalog),
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rcv.Run(ctx) }()

@@ -16,14 +16,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
-	"golang.org/x/sys/unix"
 )
 
 // Schema names the version of the document's layout.
@@ -38,23 +36,23 @@ type Document struct {
 	Server      string    `json:"server"`
 	GeneratedAt time.Time `json:"generated_at"`
 	// Slot and ApplicationName are what the hub's receiver uses on the server.
-	SlotName        string     `json:"slot_name"`
-	ApplicationName string     `json:"application_name"`
-	Postgres        Postgres   `json:"postgres"`
-	Receiver        Receiver   `json:"receiver"`
-	Slot            Slot       `json:"slot"`
-	Clients         []Client   `json:"clients"`
-	WAL             WAL        `json:"wal"`
-	Backups         Backups    `json:"backups"`
-	// Recoverable is the window of points in time that the backups plus the
-	// WAL held without a gap can recover to; nil when no backup can be
-	// restored with its WAL.
-	Recoverable *catalog.Window `json:"recoverable"`
-	Lock            Locks      `json:"lock"`
-	Repository      Repository `json:"repository"`
+	SlotName        string   `json:"slot_name"`
+	ApplicationName string   `json:"application_name"`
+	Postgres        Postgres `json:"postgres"`
+	Receiver        Receiver `json:"receiver"`
+	Slot            Slot     `json:"slot"`
+	Clients         []Client `json:"clients"`
+	WAL             WAL      `json:"wal"`
+	Backups         Backups  `json:"backups"`
+	// Recoverable is the window a restore can reach; absent when no backup
+	// can be restored with the WAL held.
+	Recoverable *RecoverableWindow `json:"recoverable,omitempty"`
+	Lock        Locks              `json:"lock"`
+	Repository  Repository         `json:"repository"`
 }
 
-// Repository is the file system that holds the repository.
+// Repository is the file system of the repository's local working area (for a
+// repository on local disk, the repository's own).
 type Repository struct {
 	Path        string  `json:"path"`
 	TotalBytes  uint64  `json:"total_bytes"`
@@ -99,12 +97,12 @@ func (l Locks) Running() (LockState, bool) {
 	return LockState{}, false
 }
 
-// Source is what Build reads: the configuration, the open catalog and the repository root.
+// Source is what Build reads: the configuration, the open catalog and the
+// repository's local working area (locks, receiver state, free space).
 type Source struct {
 	Config  *config.Config
 	Catalog *catalog.Catalog
-	// Repository is the repository's root directory.
-	Repository string
+	Work    *storage.WorkArea
 	// ConnectTimeout bounds each connection to PostgreSQL (default 5 s).
 	ConnectTimeout time.Duration
 }
@@ -112,8 +110,8 @@ type Source struct {
 // Provider returns the function the hub calls to serve
 // GET /v1/servers/{server}/status: it builds the document of the named server.
 // An unconfigured name gives an error wrapping ErrUnknownServer.
-func Provider(cfg *config.Config, cat *catalog.Catalog, repoRoot string) func(ctx context.Context, server string) (any, error) {
-	src := Source{Config: cfg, Catalog: cat, Repository: repoRoot}
+func Provider(cfg *config.Config, cat *catalog.Catalog, work *storage.WorkArea) func(ctx context.Context, server string) (any, error) {
+	src := Source{Config: cfg, Catalog: cat, Work: work}
 	return func(ctx context.Context, server string) (any, error) {
 		return src.Build(ctx, server)
 	}
@@ -143,22 +141,22 @@ func (s Source) Build(ctx context.Context, server string) (*Document, error) {
 	}()
 
 	catErr := s.fromCatalog(ctx, srv, now, doc)
-	doc.Lock = readLock(filepath.Join(s.Repository, filepath.FromSlash(storage.LockPath(srv.Name))))
-	doc.Repository = diskSpace(s.Repository)
+	doc.Lock = readLock(s.Work, srv.Name)
+	doc.Repository = diskSpace(s.Work)
 	<-pgDone
 	if catErr != nil {
 		return nil, catErr
 	}
-	doc.Receiver = readReceiver(s.Repository, srv, now)
+	doc.Receiver = readReceiver(s.Work, srv, now)
 	finish(doc)
 	return doc, nil
 }
 
 // readLock reports the server's lock; a lock that cannot be read is reported as
 // held by "unknown" so that nothing is started on top of it by someone reading status.
-func readLock(path string) Locks {
+func readLock(work *storage.WorkArea, server string) Locks {
 	locks := Locks{}
-	h, held, err := lock.Read(path)
+	h, held, err := work.ReadLock(server)
 	if err != nil {
 		h, held = lock.Holder{Command: "unknown", Progress: -1, Detail: err.Error()}, true
 	}
@@ -184,15 +182,14 @@ func readLock(path string) Locks {
 	return locks
 }
 
-func diskSpace(path string) Repository {
-	r := Repository{Path: path}
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		r.Error = fmt.Sprintf("statfs %s: %v", path, err)
+func diskSpace(work *storage.WorkArea) Repository {
+	r := Repository{Path: work.Dir()}
+	total, free, err := work.FreeSpace()
+	if err != nil {
+		r.Error = err.Error()
 		return r
 	}
-	r.TotalBytes = st.Blocks * uint64(st.Bsize)
-	r.FreeBytes = st.Bavail * uint64(st.Bsize)
+	r.TotalBytes, r.FreeBytes = total, free
 	if r.TotalBytes > 0 {
 		r.FreePercent = float64(r.FreeBytes) * 100 / float64(r.TotalBytes)
 	}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/walname"
@@ -35,12 +34,16 @@ func newSource(t testing.TB, repo, conninfo string, extra ...string) Source {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(context.Background(), filepath.Join(repo, storage.CatalogFile))
+	work, err := storage.NewWorkArea(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Open(context.Background(), work.CatalogPath())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cat.Close() })
-	return Source{Config: cfg, Catalog: cat, Repository: repo, ConnectTimeout: 5 * time.Second}
+	return Source{Config: cfg, Catalog: cat, Work: work, ConnectTimeout: 5 * time.Second}
 }
 
 func build(t testing.TB, src Source) *Document {
@@ -93,10 +96,10 @@ func TestReceiverIsRunningOnlyWhenAliveAndFresh(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			os.Remove(filepath.Join(repo, stream.StatePath("main")))
+			os.Remove(filepath.Join(repo, storage.ReceiverStatePath("main")))
 			if c.state != nil {
 				c.state.Server = "main"
-				if err := stream.WriteState(repo, *c.state); err != nil {
+				if err := stream.WriteState(src.Work, *c.state); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -118,7 +121,7 @@ func TestReceiverIsRunningOnlyWhenAliveAndFresh(t *testing.T) {
 func TestBackupInProgressShowsAsRunningInTextAndJSON(t *testing.T) {
 	repo := t.TempDir()
 	src := newSource(t, repo, closedConninfo)
-	l, err := lock.Acquire(filepath.Join(repo, storage.LockPath("main")), "backup", "20261121T100000")
+	l, err := storage.OpenWorkArea(repo).Lock("main", "backup", "20261121T100000")
 	if err != nil {
 		t.Fatal(err)
 	}

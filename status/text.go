@@ -138,8 +138,8 @@ func WriteText(w io.Writer, doc *Document) error {
 		p.f("                      oldest %s, from %s on timeline %d\n", b.Oldest.ID, b.Oldest.StartLSN, b.Oldest.StartTLI)
 	}
 	if r := doc.Recoverable; r != nil {
-		p.f("  Recoverable       : %s (%s, end of backup %s) .. %s (%s on timeline %d)\n", pointTime(r.Earliest.Time),
-			r.Earliest.LSN, r.EarliestBackup, pointTime(r.Latest.Time), r.Latest.LSN, r.Latest.TimeLine)
+		p.f("  Recoverable       : %s (%s, end of backup %s) .. %s (%s on timeline %d)\n", pointTime(r.EarliestTime),
+			r.EarliestLSN, r.EarliestBackup, pointTime(r.LatestTime), r.LatestLSN, r.LatestTimeLine)
 	} else if b.Count > 0 {
 		p.f("  Recoverable       : nothing: no backup has all its WAL in the hub\n")
 	}

@@ -81,6 +81,23 @@ type Backups struct {
 	FailedSinceLast int `json:"failed_since_last"`
 }
 
+// RecoverableWindow is what the backups and the WAL held after them can
+// recover to (catalog.RecoverableWindow): any point from the end of the
+// oldest backup whose WAL is all held to the end of the WAL held without a
+// gap after a backup.
+type RecoverableWindow struct {
+	EarliestTime     time.Time        `json:"earliest_time"`
+	EarliestLSN      walname.LSN      `json:"earliest_lsn"`
+	EarliestTimeLine walname.TimeLine `json:"earliest_timeline"`
+	EarliestBackup   string           `json:"earliest_backup"`
+	// LatestTime is the newest commit or abort indexed before LatestLSN;
+	// absent when none is indexed.
+	LatestTime     time.Time        `json:"latest_time,omitzero"`
+	LatestLSN      walname.LSN      `json:"latest_lsn"`
+	LatestTimeLine walname.TimeLine `json:"latest_timeline"`
+	LatestBackup   string           `json:"latest_backup"`
+}
+
 // BackupSummary is one backup, briefly.
 type BackupSummary struct {
 	ID         string           `json:"id"`
@@ -181,10 +198,16 @@ func (s Source) fromCatalog(ctx context.Context, srv *config.Server, now time.Ti
 	w.Gaps = gaps
 	win, err := s.Catalog.RecoverableWindow(ctx, server.ID)
 	switch {
-	case err == nil:
-		doc.Recoverable = &win
-	case !errors.Is(err, catalog.ErrNotFound):
+	case errors.Is(err, catalog.ErrNotFound):
+	case err != nil:
 		return err
+	default:
+		doc.Recoverable = &RecoverableWindow{EarliestTime: win.Earliest.Time.UTC(), EarliestLSN: win.Earliest.LSN,
+			EarliestTimeLine: win.Earliest.TimeLine, EarliestBackup: win.EarliestBackup, LatestLSN: win.Latest.LSN,
+			LatestTimeLine: win.Latest.TimeLine, LatestBackup: win.LatestBackup}
+		if !win.Latest.Time.IsZero() {
+			doc.Recoverable.LatestTime = win.Latest.Time.UTC()
+		}
 	}
 	return nil
 }

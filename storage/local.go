@@ -317,12 +317,41 @@ func (l *LocalStore) Remove(ctx context.Context, key string) error {
 	}
 	// Leave no empty directory behind (a backup's, or a WAL directory whose
 	// segments expired); the repository root and server directories stay.
-	for d := filepath.Dir(p); strings.Count(strings.TrimPrefix(d, l.root), string(filepath.Separator)) > 1; d = filepath.Dir(d) {
+	l.removeEmptyDirs(filepath.Dir(p))
+	return nil
+}
+
+// RemoveTemp implements TempRemover: it removes the temporary files below the
+// directory of prefix, and that directory when it is left empty.
+func (l *LocalStore) RemoveTemp(ctx context.Context, prefix string) error {
+	if l.readOnly {
+		return nil
+	}
+	dir := l.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		p, err := l.path(prefix[:i])
+		if err != nil {
+			return err
+		}
+		dir = p
+	}
+	if err := CleanTemp(dir); err != nil {
+		return fmt.Errorf("remove temporary files below %s: %w", prefix, err)
+	}
+	if dir != l.root {
+		l.removeEmptyDirs(dir)
+	}
+	return nil
+}
+
+// removeEmptyDirs removes dir and its parents while they are empty, up to
+// (not including) the server directories at the top.
+func (l *LocalStore) removeEmptyDirs(dir string) {
+	for d := dir; strings.Count(strings.TrimPrefix(d, l.root), string(filepath.Separator)) > 1; d = filepath.Dir(d) {
 		if os.Remove(d) != nil {
 			break
 		}
 	}
-	return nil
 }
 
 // List implements ObjectStore. Meta is not filled in (Stat gives it).

@@ -1,14 +1,16 @@
-// Package storage is where walhub's bytes live: the repository. Store is one
-// small interface; Local keeps files under a directory. Every file is written
-// to a temporary name, fsynced, renamed and its directory fsynced before Put
-// returns, so a reader never sees a torn file under a final name.
+// Package storage is where walhub's bytes live. ObjectStore is the one
+// interface every archived byte goes through (LocalStore keeps objects as
+// files under a directory; an S3-compatible bucket is another); WorkArea is
+// the repository's local working area; layout.go defines every key and path.
+//
+// TempFile is the one way walhub writes a local file durably: to a temporary
+// name beside the final one, fsynced, renamed, directory fsynced, so a reader
+// never sees a torn file under a final name.
 package storage
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -17,99 +19,6 @@ import (
 
 // ErrNotExist is returned (wrapped) when a stored file does not exist.
 var ErrNotExist = fs.ErrNotExist
-
-// Store holds files by relative, slash-separated path.
-type Store interface {
-	// Put writes the file at rel with what write writes, durably and atomically:
-	// when Put returns nil the whole file is there and survives a crash; when it
-	// fails nothing is left under rel. It returns the bytes written.
-	Put(ctx context.Context, rel string, write func(w io.Writer) error) (int64, error)
-	// Open opens a stored file for reading.
-	Open(rel string) (File, error)
-	// Remove deletes a file; removing a missing file is not an error.
-	Remove(rel string) error
-}
-
-// File is an open stored file.
-type File interface {
-	io.ReadSeekCloser
-	io.ReaderAt
-	Stat() (fs.FileInfo, error)
-}
-
-// Local is a Store on the local file system, rooted at Root.
-type Local struct {
-	Root string
-}
-
-// Path returns the local path of rel, refusing anything that would leave Root.
-func (l Local) Path(rel string) (string, error) {
-	if rel == "" || strings.HasPrefix(rel, "/") || !fs.ValidPath(rel) {
-		return "", fmt.Errorf("invalid repository path %q", rel)
-	}
-	return filepath.Join(l.Root, filepath.FromSlash(rel)), nil
-}
-
-// Put implements Store.
-func (l Local) Put(ctx context.Context, rel string, write func(w io.Writer) error) (int64, error) {
-	path, err := l.Path(rel)
-	if err != nil {
-		return 0, err
-	}
-	f, err := CreateTemp(path)
-	if err != nil {
-		return 0, err
-	}
-	cw := &countingWriter{w: f}
-	if err := write(cw); err != nil {
-		f.Abort()
-		return 0, fmt.Errorf("write %s: %w", rel, err)
-	}
-	if err := ctx.Err(); err != nil {
-		f.Abort()
-		return 0, fmt.Errorf("write %s: %w", rel, err)
-	}
-	if err := f.Commit(); err != nil {
-		return 0, err
-	}
-	return cw.n, nil
-}
-
-// Open implements Store.
-func (l Local) Open(rel string) (File, error) {
-	path, err := l.Path(rel)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", rel, err)
-	}
-	return f, nil
-}
-
-// Remove implements Store.
-func (l Local) Remove(rel string) error {
-	path, err := l.Path(rel)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", rel, err)
-	}
-	return nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
 
 // TempFile is a file being written under a temporary name next to its final
 // path. Commit makes it durable under the final name; Abort removes it.
@@ -218,17 +127,4 @@ func CleanTemp(dir string) error {
 		}
 		return nil
 	})
-}
-
-// RemoveAll deletes a directory and everything in it; a missing directory is
-// not an error.
-func (l Local) RemoveAll(rel string) error {
-	path, err := l.Path(rel)
-	if err != nil {
-		return err
-	}
-	if err := os.RemoveAll(path); err != nil {
-		return fmt.Errorf("remove %s: %w", rel, err)
-	}
-	return SyncDir(filepath.Dir(path))
 }

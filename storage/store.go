@@ -91,3 +91,12 @@ type Features struct {
 // ErrReadOnly is returned (wrapped) by a store opened read-only when asked to
 // write or remove.
 var ErrReadOnly = errors.New("repository is read-only")
+
+// TempRemover is implemented by stores in which a writer that died (kill -9)
+// can leave something behind that is not an object: the local store's
+// temporary files, an S3 store's incomplete multipart uploads. RemoveTemp
+// removes those below prefix. Call it only where no writer can be active (a
+// failed or interrupted backup, under the server's lock).
+type TempRemover interface {
+	RemoveTemp(ctx context.Context, prefix string) error
+}

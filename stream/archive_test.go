@@ -11,15 +11,15 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
 // writeCompletePartial writes a whole segment as a .partial, as walWriter leaves it.
-func writeCompletePartial(t *testing.T, repo storage.Local, segNo walname.SegNo) (completedSegment, []byte) {
+func writeCompletePartial(t *testing.T, repo *repository.Repository, segNo walname.SegNo) (completedSegment, []byte) {
 	t.Helper()
 	name := walname.SegmentName(1, segNo, testSegSize)
-	path, _ := repo.Path(storage.PartialPath("main", name))
+	path := repo.Work.PartialFile("main", name)
 	os.MkdirAll(filepath.Dir(path), 0o750)
 	data := pattern(walname.SegmentStart(segNo, testSegSize), testSegSize)
 	if err := os.WriteFile(path, data, 0o640); err != nil {
@@ -32,15 +32,9 @@ func TestSegmentStoreStoresThenCatalogsThenRemovesPartial(t *testing.T) {
 	for _, compression := range []string{"zstd", "none"} {
 		t.Run(compression, func(t *testing.T) {
 			ctx := context.Background()
-			repo := storage.Local{Root: t.TempDir()}
-			cat, err := catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cat.Close()
-			srv, _ := cat.EnsureServer(ctx, "main")
+			repo, cat, srv := testRepository(t)
 			var stored []string
-			store, err := newSegmentStore(repo, cat, srv.ID, "main", testSegSize, compression, 1,
+			store, err := newSegmentStore(repo, srv, compression, 1,
 				func(c completedSegment, _ catalog.Segment) { stored = append(stored, c.Name) })
 			if err != nil {
 				t.Fatal(err)
@@ -56,7 +50,7 @@ func TestSegmentStoreStoresThenCatalogsThenRemovesPartial(t *testing.T) {
 			if row.Checksum != checksum.Of(data) || row.Size != testSegSize || row.Compression != compression {
 				t.Errorf("catalog row %+v", row)
 			}
-			f, err := repo.Open(row.StoredPath)
+			f, err := repo.Store.Open(ctx, row.StoredPath)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,14 +87,8 @@ func TestSegmentStoreStoresThenCatalogsThenRemovesPartial(t *testing.T) {
 
 func TestSegmentStoreRefusesShortPartial(t *testing.T) {
 	ctx := context.Background()
-	repo := storage.Local{Root: t.TempDir()}
-	cat, err := catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cat.Close()
-	srv, _ := cat.EnsureServer(ctx, "main")
-	store, _ := newSegmentStore(repo, cat, srv.ID, "main", testSegSize, "zstd", 1, func(completedSegment, catalog.Segment) {})
+	repo, cat, srv := testRepository(t)
+	store, _ := newSegmentStore(repo, srv, "zstd", 1, func(completedSegment, catalog.Segment) {})
 	seg, _ := writeCompletePartial(t, repo, 3)
 	os.Truncate(seg.Partial, 1000)
 	if err := store.store(ctx, seg); err == nil {
@@ -109,4 +97,28 @@ func TestSegmentStoreRefusesShortPartial(t *testing.T) {
 	if _, err := cat.Segment(ctx, srv.ID, seg.Name); err == nil {
 		t.Fatal("a torn segment was cataloged")
 	}
+}
+
+// testRepository is a local repository in a temporary directory with server
+// "main" registered (segments of testSegSize).
+func testRepository(t *testing.T) (*repository.Repository, *catalog.Catalog, catalog.Server) {
+	t.Helper()
+	ctx := context.Background()
+	repo, err := repository.OpenLocal(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	srv, err := repo.Catalog.EnsureServer(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Catalog.BindIdentity(ctx, srv.ID, "7000000000000000001", testSegSize); err != nil {
+		t.Fatal(err)
+	}
+	srv, err = repo.Catalog.ServerByName(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, repo.Catalog, srv
 }

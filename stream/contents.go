@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 	"github.com/walhub/walhub/walrecord"
 )
@@ -25,6 +26,16 @@ type contentIndex struct {
 	segSize  uint64
 	log      *slog.Logger
 	dec      *walrecord.Decoder
+}
+
+// Begin implements repository.SegmentIndex.
+func (x *contentIndex) Begin(ctx context.Context, tli walname.TimeLine, segno walname.SegNo, name string) io.Writer {
+	return x.segment(ctx, completedSegment{TimeLine: tli, SegNo: segno, Name: name})
+}
+
+// Contents implements repository.SegmentIndex.
+func (x *contentIndex) Contents(tli walname.TimeLine, segno walname.SegNo) *catalog.SegmentContents {
+	return x.contents(completedSegment{TimeLine: tli, SegNo: segno})
 }
 
 // segment returns the writer the bytes of seg are to be written through, in order.
@@ -72,14 +83,14 @@ func summarize(events []walrecord.Event, tli walname.TimeLine, segno walname.Seg
 	}
 	return c
 }
-
 // backfillBatch is how many segments the backfill reads per catalog transaction.
 const backfillBatch = 64
 
 // backfill indexes the stored segments whose contents are not recorded (an
 // archive stored before the WAL index existed), oldest first, reading each
 // from the repository. It runs beside the receiver and stops with ctx.
-func backfill(ctx context.Context, cat *catalog.Catalog, repo storage.Local, server string, log *slog.Logger) error {
+func backfill(ctx context.Context, repo *repository.Repository, server string, log *slog.Logger) error {
+	cat := repo.Catalog
 	srv, err := cat.ServerByName(ctx, server)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
@@ -102,7 +113,7 @@ func backfill(ctx context.Context, cat *catalog.Catalog, repo storage.Local, ser
 		var done []catalog.IndexedSegment
 		for _, s := range segs {
 			seg := completedSegment{TimeLine: s.TimeLine, SegNo: s.SegNo, Name: s.Name}
-			if err := storage.ReadSegment(repo, s.StoredPath, s.Compression, x.segment(ctx, seg)); err != nil {
+			if err := repo.ReadSegment(ctx, s, x.segment(ctx, seg)); err != nil {
 				// Expire may have removed it meanwhile: its row is gone too.
 				if _, lookErr := cat.Segment(ctx, srv.ID, s.Name); errors.Is(lookErr, catalog.ErrNotFound) {
 					x.dec = nil

@@ -19,7 +19,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -45,21 +45,22 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testRepo is a repository with its catalog, for one test.
+// testRepo is a local repository with its catalog, for one test.
 type testRepo struct {
-	repo storage.Local
+	dir  string
+	repo *repository.Repository
 	cat  *catalog.Catalog
 }
 
 func newTestRepo(t *testing.T) *testRepo {
 	t.Helper()
-	repo := storage.Local{Root: t.TempDir()}
-	cat, err := catalog.Open(context.Background(), filepath.Join(repo.Root, storage.CatalogFile))
+	dir := t.TempDir()
+	repo, err := repository.OpenLocal(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	return &testRepo{repo: repo, cat: cat}
+	t.Cleanup(func() { repo.Close() })
+	return &testRepo{dir: dir, repo: repo, cat: repo.Catalog}
 }
 
 // serverTOML is the [[server]] section for a cluster, with extra keys.
@@ -70,7 +71,7 @@ func serverTOML(c *pgtest.Cluster, name, extra string) string {
 // serverConfig parses a server section the way walhub does, defaults included.
 func serverConfig(t *testing.T, tr *testRepo, c *pgtest.Cluster, name, extra string) *config.Server {
 	t.Helper()
-	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n%s", tr.repo.Root, serverTOML(c, name, extra)))
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n%s", tr.dir, serverTOML(c, name, extra)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +87,7 @@ func runReceiver(t *testing.T, tr *testRepo, srv *config.Server) (*stream.Receiv
 func runReceiverWithMetrics(t *testing.T, tr *testRepo, srv *config.Server, m *stream.Metrics) (*stream.Receiver, func()) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r := stream.NewReceiver(stream.Options{Server: srv, Catalog: tr.cat, Repo: tr.repo, Log: log, Metrics: m})
+	r := stream.NewReceiver(stream.Options{Server: srv, Repo: tr.repo, Log: log, Metrics: m})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -129,7 +130,7 @@ func writeConfig(t *testing.T, tr *testRepo, sections ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "walhub.toml")
 	// Each daemon's hub listens on a port of its own: tests run in parallel.
-	text := fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n%s", tr.repo.Root, pgtest.FreePort(t),
+	text := fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n%s", tr.dir, pgtest.FreePort(t),
 		strings.Join(sections, "\n"))
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
@@ -262,7 +263,7 @@ func checkTimeLine(t *testing.T, tr *testRepo, name string, tli walname.TimeLine
 	}
 	defer dec.Close()
 	for _, s := range segs {
-		f, err := tr.repo.Open(s.StoredPath)
+		f, err := tr.repo.Store.Open(context.Background(), s.StoredPath)
 		if err != nil {
 			t.Fatalf("segment %s cataloged but not readable: %v", s.Name, err)
 		}
@@ -315,8 +316,7 @@ func heldEnd(t *testing.T, tr *testRepo, name string, tli walname.TimeLine) waln
 	// Complete .partial files not yet stored count too, then the newest.
 	for {
 		segName := walname.SegmentName(tli, walname.SegmentOf(end, segSize), segSize)
-		path, _ := tr.repo.Path(storage.PartialPath(name, segName))
-		fi, err := os.Stat(path)
+		fi, err := os.Stat(tr.repo.Work.PartialFile(name, segName))
 		if err != nil {
 			return end
 		}

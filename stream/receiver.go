@@ -6,14 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path"
 	"sync"
 	"time"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -21,17 +18,13 @@ import (
 type Options struct {
 	// Server is the server's configuration section: conninfo, slot, create_slot,
 	// compression and level, synchronous, application_name, status_interval.
-	Server  *config.Server
-	Catalog *catalog.Catalog
-	Repo    storage.Local
-	Log     *slog.Logger
+	Server *config.Server
+	// Repo is the repository: store, working area, catalog.
+	Repo *repository.Repository
+	Log  *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
 }
-
-// ReceiverLockPath is the lock a running receiver holds, relative to the
-// repository root: one receiver per server and repository.
-func ReceiverLockPath(server string) string { return path.Join(server, "receiver.lock") }
 
 // Reconnect backoff: the first retry after minBackoff, doubling up to maxBackoff.
 const (
@@ -98,7 +91,7 @@ func (r *Receiver) publish() {
 	r.state.UpdatedAt = time.Now().UTC()
 	s := r.state
 	r.mu.Unlock()
-	if err := WriteState(r.o.Repo.Root, s); err != nil {
+	if err := WriteState(r.o.Repo.Work, s); err != nil {
 		r.log.Warn("cannot write receiver state file", "error", err)
 	}
 }
@@ -129,11 +122,7 @@ func (e *walRemovedError) Unwrap() error { return e.err }
 // error at once, touching nothing, when another receiver (in this process or
 // another) already runs for the same server and repository.
 func (r *Receiver) Run(ctx context.Context) error {
-	lockPath, err := r.o.Repo.Path(ReceiverLockPath(r.o.Server.Name))
-	if err != nil {
-		return err
-	}
-	held, err := lock.Acquire(lockPath, "walhub serve", "WAL receiver")
+	held, err := r.o.Repo.Work.ReceiverLock(r.o.Server.Name)
 	if err != nil {
 		return fmt.Errorf("receiver for %s: %w", r.o.Server.Name, err)
 	}
@@ -147,7 +136,7 @@ func (r *Receiver) Run(ctx context.Context) error {
 	indexing.Add(1)
 	go func() {
 		defer indexing.Done()
-		if err := backfill(indexCtx, r.o.Catalog, r.o.Repo, r.o.Server.Name, r.log); err != nil && indexCtx.Err() == nil {
+		if err := backfill(indexCtx, r.o.Repo, r.o.Server.Name, r.log); err != nil && indexCtx.Err() == nil {
 			r.log.Warn("WAL index: backfill stopped", "error", err)
 		}
 	}()

@@ -5,14 +5,15 @@ import (
 	"errors"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/storetest"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -30,7 +31,7 @@ func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
 	end := pg.SwitchWAL()
 	waitStored(t, tr, "main", 1, end)
 	// The state file says where the receiver is.
-	st, err := stream.ReadState(tr.repo.Root, "main")
+	st, err := stream.ReadState(tr.repo.Work, "main")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestReceiverFollowsTimelineSwitchOfCascadingStandby(t *testing.T) {
 	if err != nil || len(hist) != 1 {
 		t.Fatalf("history of timeline 2: %v %+v", err, hist)
 	}
-	if _, err := tr.repo.Open(tl.StoredPath); err != nil {
+	if _, err := tr.repo.Store.Open(context.Background(), tl.StoredPath); err != nil {
 		t.Fatalf("history file: %v", err)
 	}
 	_, last1 := checkTimeLine(t, tr, "main", 1)
@@ -210,25 +211,72 @@ func TestReceiverRecordsGapWhenSlotIsLost(t *testing.T) {
 	}
 }
 
-// TestReceiverStopsAcknowledgingWhenDiskIsFull puts the repository on a tiny
-// tmpfs: when it fills, the receiver says why and never reports as flushed
-// what it could not store; given room, it carries on by itself, with no gap.
+// TestReceiverStopsAcknowledgingWhenStoreIsFull fills the object store (by
+// fault injection: no root, no mount): the receiver says why and never
+// reports as flushed what it holds neither in the store nor in fsynced
+// .partial files; given room, it carries on by itself, with no gap.
+func TestReceiverStopsAcknowledgingWhenStoreIsFull(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	local, err := storage.NewLocalStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := storetest.NewFaulty(local)
+	work, err := storage.NewWorkArea(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Open(context.Background(), work.CatalogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	tr := &testRepo{dir: dir, repo: repository.New(store, work, cat), cat: cat}
+
+	pg := pgtest.NewPrimary(t, "storefull", pgtest.Options{SegmentSizeMB: 1})
+	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)
+	r, stop := runReceiver(t, tr, srv)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	store.SetFreeSpace(2<<20 + 4096) // two more segments, then full
+	pg.GenerateWAL(12)
+	pg.SwitchWAL()
+	pgtest.WaitFor(t, 120*time.Second, "the receiver to report the full store", func() bool {
+		return strings.Contains(r.State().LastError, "no space left on device")
+	})
+	t.Logf("receiver says: %s", r.State().LastError)
+	if restart, held := pg.SlotRestartLSN(srv.Slot), heldEnd(t, tr, "main", 1); restart > held {
+		t.Fatalf("slot restart_lsn %s is beyond what the hub holds (%s)", restart, held)
+	}
+	if store.Failures() == 0 {
+		t.Fatal("no write failed")
+	}
+	store.Heal()
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	stop()
+	checkTimeLine(t, tr, "main", 1)
+}
+
+// TestReceiverStopsAcknowledgingWhenDiskIsFull puts the whole repository
+// (store and working area, .partial files included) on a tiny tmpfs: when it
+// fills, the receiver says why and never reports as flushed what it could not
+// store; given room, it carries on by itself, with no gap.
 func TestReceiverStopsAcknowledgingWhenDiskIsFull(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs for the repository needs root")
+		t.Skip("mounting a small tmpfs for the repository needs root (TestReceiverStopsAcknowledgingWhenStoreIsFull needs none)")
 	}
 	dir := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs (%v): %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	cat, err := catalog.Open(context.Background(), filepath.Join(dir, storage.CatalogFile))
+	repo, err := repository.OpenLocal(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	tr := &testRepo{repo: storage.Local{Root: dir}, cat: cat}
+	t.Cleanup(func() { repo.Close() })
+	tr := &testRepo{dir: dir, repo: repo, cat: repo.Catalog}
 
 	pg := pgtest.NewPrimary(t, "diskfull", pgtest.Options{SegmentSizeMB: 1})
 	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)

@@ -5,18 +5,20 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 func TestSecondReceiverForTheSameServerIsRefused(t *testing.T) {
-	repo := storage.Local{Root: t.TempDir()}
+	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
 	cfg, err := config.Parse(`repository = "/unused"
 [[server]]
 name = "main"
@@ -26,13 +28,8 @@ status_interval = "1s"
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(context.Background(), filepath.Join(repo.Root, storage.CatalogFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cat.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError + 1}))
-	first := NewReceiver(Options{Server: &cfg.Servers[0], Catalog: cat, Repo: repo, Log: log})
+	first := NewReceiver(Options{Server: &cfg.Servers[0], Repo: repo, Log: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- first.Run(ctx) }()
@@ -40,18 +37,18 @@ status_interval = "1s"
 	for first.State().State == "starting" && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	before, err := ReadState(repo.Root, "main")
+	before, err := ReadState(repo.Work, "main")
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	second := NewReceiver(Options{Server: &cfg.Servers[0], Catalog: cat, Repo: repo, Log: log})
+	second := NewReceiver(Options{Server: &cfg.Servers[0], Repo: repo, Log: log})
 	err = second.Run(context.Background())
 	var held *lock.HeldError
 	if !errors.As(err, &held) || held.Holder.PID != os.Getpid() {
 		t.Fatalf("second receiver: %v, want a refusal naming the holder", err)
 	}
-	if after, _ := ReadState(repo.Root, "main"); after.PID != before.PID || after.State == "stopped" {
+	if after, _ := ReadState(repo.Work, "main"); after.PID != before.PID || after.State == "stopped" {
 		t.Errorf("the refused receiver touched the state file: %+v", after)
 	}
 	cancel()

@@ -45,7 +45,7 @@ func TestServeResumesAfterKill9WithoutGap(t *testing.T) {
 			waitStored(t, tr, "main", 1, pg.SwitchWAL())
 			c.stop()
 			checkTimeLine(t, tr, "main", 1)
-			filepath.WalkDir(tr.repo.Root, func(path string, d fs.DirEntry, err error) error {
+			filepath.WalkDir(tr.dir, func(path string, d fs.DirEntry, err error) error {
 				if err == nil && strings.Contains(d.Name(), ".tmp-") {
 					t.Errorf("temporary file left: %s", path)
 				}
@@ -69,7 +69,7 @@ func TestServeReceivesFromTwoServers(t *testing.T) {
 	checkTimeLine(t, tr, "alpha", 1)
 	checkTimeLine(t, tr, "beta", 1)
 	for name, size := range map[string]uint64{"alpha": 1 << 20, "beta": 16 << 20} {
-		st, err := stream.ReadState(tr.repo.Root, name)
+		st, err := stream.ReadState(tr.repo.Work, name)
 		if err != nil {
 			t.Fatal(err)
 		}

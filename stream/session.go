@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -12,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/replication"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -37,7 +35,7 @@ type session struct {
 func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 	srvCfg := r.o.Server
 	r.update(true, func(s *State) { s.State = "connecting" })
-	srv, err := r.o.Catalog.EnsureServer(ctx, srvCfg.Name)
+	srv, err := r.o.Repo.Catalog.EnsureServer(ctx, srvCfg.Name)
 	if err != nil {
 		return false, err
 	}
@@ -63,7 +61,7 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 	}()
 	for {
 		r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli)
-		s.w, err = newWALWriter(r.o.Repo, srvCfg.Name, s.segSize, tli, start, s.arch.add)
+		s.w, err = newWALWriter(r.o.Repo.Work, srvCfg.Name, s.segSize, tli, start, s.arch.add)
 		if err != nil {
 			return streamed, err
 		}
@@ -122,7 +120,7 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if s.segSize, err = replication.SegmentSize(setupCtx, conn); err != nil {
 		return nil, 0, 0, err
 	}
-	if err := s.r.o.Catalog.BindIdentity(setupCtx, s.srv.ID, id.SystemID, s.segSize); err != nil {
+	if err := s.r.o.Repo.Catalog.BindIdentity(setupCtx, s.srv.ID, id.SystemID, s.segSize); err != nil {
 		if errors.Is(err, catalog.ErrIdentityMismatch) {
 			return nil, 0, 0, &failedError{fmt.Errorf("refusing to stream from %s: %w", cfg.Name, err)}
 		}
@@ -135,8 +133,8 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	store, err := newSegmentStore(s.r.o.Repo, s.r.o.Catalog, s.srv.ID, cfg.Name, s.segSize, cfg.Compression,
-		cfg.CompressionLevel, s.r.segmentStored)
+	s.srv.SystemID, s.srv.SegmentSize = id.SystemID, s.segSize
+	store, err := newSegmentStore(s.r.o.Repo, s.srv, cfg.Compression, cfg.CompressionLevel, s.r.segmentStored)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -222,14 +220,14 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 	// The segments stored so far are contiguous up to the last one (a gap is
 	// recorded, never left): only what follows it can need attention.
 	var from walname.SegNo
-	last, err := s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	last, err := s.r.o.Repo.Catalog.LastSegment(ctx, s.srv.ID)
 	switch {
 	case err == nil:
 		from = last.SegNo
 	case !errors.Is(err, catalog.ErrNotFound):
 		return 0, 0, err
 	}
-	partials, err := scanRecentWAL(s.r.o.Repo, s.srv.Name, s.segSize, from)
+	partials, err := s.r.o.Repo.Work.Partials(s.srv.Name, s.segSize, from)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -238,12 +236,13 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 	// timeline that was left (kept as it is, like PostgreSQL's archiver does).
 	for i := 0; i+1 < len(partials); i++ {
 		if uint64(partials[i].Size) == s.segSize {
-			if err := store.store(ctx, partials[i].completedSegment); err != nil {
+			p := partials[i]
+			if err := store.store(ctx, completedSegment{TimeLine: p.TimeLine, SegNo: p.SegNo, Name: p.Name, Partial: p.Path}); err != nil {
 				return 0, 0, err
 			}
 		}
 	}
-	last, err = s.r.o.Catalog.LastSegment(ctx, s.srv.ID)
+	last, err = s.r.o.Repo.Catalog.LastSegment(ctx, s.srv.ID)
 	switch {
 	case err == nil:
 		start = walname.SegmentStart(last.SegNo+1, s.segSize)
@@ -265,7 +264,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 func (s *session) storeHistories(ctx context.Context, tli walname.TimeLine) ([]walname.HistoryEntry, error) {
 	var content []byte
 	for t := walname.TimeLine(2); t <= tli; t++ {
-		row, err := s.r.o.Catalog.TimeLine(ctx, s.srv.ID, t)
+		row, err := s.r.o.Repo.Catalog.TimeLine(ctx, s.srv.ID, t)
 		if err == nil {
 			content = row.History
 			continue
@@ -279,15 +278,7 @@ func (s *session) storeHistories(ctx context.Context, tli walname.TimeLine) ([]w
 		if _, err := walname.ParseHistory(content); err != nil {
 			return nil, fmt.Errorf("history of timeline %d from the server: %w", t, err)
 		}
-		rel := storage.HistoryPath(s.srv.Name, t)
-		if _, err := s.r.o.Repo.Put(ctx, rel, func(w io.Writer) error {
-			_, err := w.Write(content)
-			return err
-		}); err != nil {
-			return nil, fmt.Errorf("store history of timeline %d: %w", t, err)
-		}
-		if err := s.r.o.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: s.srv.ID, TimeLine: t, History: content,
-			StoredPath: rel, AddedAt: time.Now()}); err != nil {
+		if err := s.r.o.Repo.StoreHistory(ctx, s.srv, t, content); err != nil {
 			return nil, err
 		}
 		s.r.log.Info("stored timeline history", "timeline", t)
@@ -325,7 +316,7 @@ func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, star
 	}
 	gap := catalog.Gap{ServerID: s.srv.ID, TimeLine: tli, StartLSN: held, EndLSN: next,
 		Reason: s.r.walRemoved.Error(), DetectedAt: time.Now()}
-	if err := s.r.o.Catalog.AddGap(ctx, gap); err != nil {
+	if err := s.r.o.Repo.Catalog.AddGap(ctx, gap); err != nil {
 		return 0, err
 	}
 	s.r.log.Error("GAP IN THE WAL ARCHIVE: WAL the server removed before the hub received it is lost; "+

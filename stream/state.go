@@ -5,15 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
-	"path/filepath"
 	"time"
 
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
 // State is what a running receiver tells the world about itself. The daemon
-// writes it to <repo>/<server>/receiver.json on every change of state and at
+// writes it to <work area>/<server>/receiver.json on every change of state and at
 // least every status interval, so `walhub status` and `walhub check` can read
 // it without the hub; a stale UpdatedAt or a dead PID means the receiver is not
 // running, whatever the file says.
@@ -46,39 +45,24 @@ type State struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// StatePath is where the receiver of server keeps its State, relative to the
-// repository root.
-func StatePath(server string) string { return path.Join(server, "receiver.json") }
-
-// WriteState writes s atomically under the repository root.
-func WriteState(repoRoot string, s State) error {
+// WriteState writes s into the working area, atomically.
+func WriteState(work *storage.WorkArea, s State) error {
 	data, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	final := filepath.Join(repoRoot, filepath.FromSlash(StatePath(s.Server)))
-	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
-		return fmt.Errorf("write receiver state: %w", err)
-	}
-	tmp := final + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o640); err != nil {
-		return fmt.Errorf("write receiver state: %w", err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("write receiver state: %w", err)
-	}
-	return nil
+	return work.WriteState(s.Server, data)
 }
 
 // ReadState reads the last State written for server. It returns an error
 // wrapping os.ErrNotExist when no receiver ever ran.
-func ReadState(repoRoot, server string) (State, error) {
-	data, err := os.ReadFile(filepath.Join(repoRoot, filepath.FromSlash(StatePath(server))))
+func ReadState(work *storage.WorkArea, server string) (State, error) {
+	data, err := work.ReadState(server)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return State{}, fmt.Errorf("no receiver has run for %s: %w", server, err)
 		}
-		return State{}, fmt.Errorf("read receiver state: %w", err)
+		return State{}, err
 	}
 	var s State
 	if err := json.Unmarshal(data, &s); err != nil {

@@ -31,7 +31,7 @@ const writebackChunk = 1 << 20
 // (and its directory entry fsynced) only after the previous one is complete
 // and fsynced. A restart relies on that to tell the two apart.
 type walWriter struct {
-	repo    storage.Local
+	work    *storage.WorkArea
 	server  string
 	segSize uint64
 	tli     walname.TimeLine
@@ -54,18 +54,13 @@ type walWriter struct {
 
 // newWALWriter prepares to write timeline tli from start, which must be a
 // segment boundary. Everything before start is already durable in the hub.
-func newWALWriter(repo storage.Local, server string, segSize uint64, tli walname.TimeLine, start walname.LSN,
+func newWALWriter(work *storage.WorkArea, server string, segSize uint64, tli walname.TimeLine, start walname.LSN,
 	completed func(completedSegment) error) (*walWriter, error) {
 	if walname.SegmentOffset(start, segSize) != 0 {
 		return nil, fmt.Errorf("stream start %s is not at a segment boundary", start)
 	}
-	return &walWriter{repo: repo, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
+	return &walWriter{work: work, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
 		completed: completed}, nil
-}
-
-// partialPath is the local path of a segment's .partial file.
-func (w *walWriter) partialPath(name string) (string, error) {
-	return w.repo.Path(storage.PartialPath(w.server, name))
 }
 
 // open creates (or truncates: the server sends the segment again from its
@@ -73,16 +68,9 @@ func (w *walWriter) partialPath(name string) (string, error) {
 func (w *walWriter) open() error {
 	w.segNo = walname.SegmentOf(w.pos, w.segSize)
 	w.name = walname.SegmentName(w.tli, w.segNo, w.segSize)
-	path, err := w.partialPath(w.name)
+	f, err := w.work.CreatePartial(w.server, w.name)
 	if err != nil {
 		return err
-	}
-	if err := storage.MkdirAllDurable(filepath.Dir(path)); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
 	}
 	w.file = f
 	w.dirDirty = true

@@ -40,9 +40,9 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			repo := storage.Local{Root: t.TempDir()}
+			work, _ := storage.NewWorkArea(t.TempDir())
 			var got []completedSegment
-			w, err := newWALWriter(repo, "main", testSegSize, 1, tc.start, func(c completedSegment) error {
+			w, err := newWALWriter(work, "main", testSegSize, 1, tc.start, func(c completedSegment) error {
 				got = append(got, c)
 				return nil
 			})
@@ -83,8 +83,7 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 				t.Fatalf("sync: %v, synced %s want %s", err, w.synced, pos)
 			}
 			name := walname.SegmentName(1, walname.SegmentOf(pos, testSegSize), testSegSize)
-			path, _ := repo.Path(storage.PartialPath("main", name))
-			fi, err := os.Stat(path)
+			fi, err := os.Stat(work.PartialFile("main", name))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,14 +96,14 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 }
 
 func TestWALWriterRefusesUnalignedStart(t *testing.T) {
-	if _, err := newWALWriter(storage.Local{Root: t.TempDir()}, "main", testSegSize, 1, 3<<20+16, nil); err == nil {
+	if _, err := newWALWriter(storage.OpenWorkArea(t.TempDir()), "main", testSegSize, 1, 3<<20+16, nil); err == nil {
 		t.Fatal("a start inside a segment was accepted")
 	}
 }
 
 func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
-	repo := storage.Local{Root: t.TempDir()}
-	w, _ := newWALWriter(repo, "main", testSegSize, 1, 1<<20, func(completedSegment) error { return nil })
+	work, _ := storage.NewWorkArea(t.TempDir())
+	w, _ := newWALWriter(work, "main", testSegSize, 1, 1<<20, func(completedSegment) error { return nil })
 	if err := w.write(pattern(1<<20, testSegSize)); err != nil {
 		t.Fatal(err)
 	}
@@ -113,11 +112,11 @@ func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	if err := w.endTimeline(); err != nil {
 		t.Fatal(err)
 	}
-	path, _ := repo.Path(storage.PartialPath("main", "000000010000000000000002"))
+	path := work.PartialFile("main", "000000010000000000000002")
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("empty .partial left at the end of the timeline: %v", err)
 	}
-	w, _ = newWALWriter(repo, "main", testSegSize, 1, 2<<20, func(completedSegment) error { return nil })
+	w, _ = newWALWriter(work, "main", testSegSize, 1, 2<<20, func(completedSegment) error { return nil })
 	w.write(pattern(2<<20, 100))
 	if err := w.endTimeline(); err != nil {
 		t.Fatal(err)
@@ -128,9 +127,10 @@ func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 }
 
 func TestScanRecentWALOrdersPartialsAndRemovesTemporaryFiles(t *testing.T) {
-	repo := storage.Local{Root: t.TempDir()}
+	dir := t.TempDir()
+	work := storage.OpenWorkArea(dir)
 	touch := func(rel string) string {
-		path, _ := repo.Path(rel)
+		path := filepath.Join(dir, filepath.FromSlash(rel))
 		os.MkdirAll(filepath.Dir(path), 0o750)
 		os.WriteFile(path, []byte("x"), 0o640)
 		return path
@@ -143,7 +143,7 @@ func TestScanRecentWALOrdersPartialsAndRemovesTemporaryFiles(t *testing.T) {
 	temps := []string{touch("main/wal/0000000100000001/.000000010000000100000009.zst.tmp-1"),
 		touch("main/wal/.00000002.history.tmp-7")}
 	old := touch("main/wal/0000000100000000/.000000010000000000000001.zst.tmp-3")
-	got, err := scanRecentWAL(repo, "main", testSegSize, 0x1000)
+	got, err := work.Partials("main", testSegSize, 0x1000)
 	if err != nil {
 		t.Fatal(err)
 	}

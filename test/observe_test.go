@@ -122,7 +122,7 @@ func humanBytes(n int64) string {
 // every metric the shipped alert rules and dashboard use is in the hub's
 // /metrics, agreeing with the status document; and the status page, in a
 // real headless Chromium, shows what the JSON status says, marks the gap,
-// and shows a new backup without a reload.
+// and shows a new backup and running work without a reload.
 func TestObservabilityOfARealHub(t *testing.T) {
 	s := newSite(t, pgtest.Options{SegmentSizeMB: 1, Conf: []string{"max_slot_wal_keep_size = 2GB"}})
 	standby := s.primary.NewStandby("standby1", pgtest.StandbyOptions{})
@@ -323,6 +323,9 @@ func testStatusPage(t *testing.T, s *site, hole string) {
 			t.Errorf("the page does not show %q; it shows:\n%s", want, text)
 		}
 	}
+	if doc.Recoverable == nil || !strings.Contains(text, "recoverable window: ") || !strings.Contains(text, "end of "+doc.Recoverable.EarliestBackup) {
+		t.Errorf("recoverable window: the status has %+v, the page shows:\n%s", doc.Recoverable, text)
+	}
 	// The standbys are those the JSON status lists.
 	var wantClients []string
 	for _, c := range doc.Clients {
@@ -351,15 +354,28 @@ func testStatusPage(t *testing.T, s *site, hole string) {
 		t.Fatalf("the page did not show backup %s: %v", newest.ID, err)
 	}
 
-	// The new backup starts after the gap: the window starts at its end,
-	// and the older one is said to be cut off by the gap.
+	// The new backup starts after the gap: the recoverable window now reaches
+	// the end of the WAL from it.
 	do(t, ctx, console, chromedp.WaitVisible(`section.server[data-server="main"] rect.window`))
-	if text := run(t, ctx, chromedp.Text(`section.server[data-server="main"] .backups`)); !strings.Contains(text, "recoverable window (approx.)") ||
-		!strings.Contains(text, "1 older backup(s) cannot be recovered past a gap") {
-		t.Errorf("after a backup that follows the gap, the backups part says:\n%s", text)
+	var windowText string
+	pgtest.WaitFor(t, 20*time.Second, "the window to reach past the gap", func() bool {
+		windowText = run(t, ctx, chromedp.Text(`section.server[data-server="main"] [data-field="recoverable"]`))
+		return strings.Contains(windowText, "from "+newest.ID)
+	})
+	if doc := s.statusDoc(); doc.Recoverable == nil || !strings.Contains(windowText, "end of "+doc.Recoverable.EarliestBackup) ||
+		!strings.Contains(windowText, doc.Recoverable.LatestLSN.String()) || !strings.Contains(windowText, "1 gap(s)") {
+		t.Errorf("the page's recoverable window %q, the status has %+v", windowText, doc.Recoverable)
+	}
+
+	// Running work: a snapshot holds the server's lock until it is stopped.
+	s.walhub("snapshot", "start", "--server", "main", "--fast")
+	do(t, ctx, console, chromedp.WaitVisible(`section.server[data-server="main"] [data-work="snapshot"]`))
+	if m := string(s.hubGet("/metrics", "")); !strings.Contains(m, `walhub_operation_running{operation="snapshot",server="main"} 1`) {
+		t.Error("/metrics does not show the snapshot running")
 	}
 
 	png := run(t, ctx, chromedp.FullScreenshot(100))
+	s.walhub("snapshot", "stop", "--server", "main")
 	dir := os.Getenv("WALHUB_SCREENSHOT_DIR")
 	if dir == "" {
 		dir = os.TempDir()

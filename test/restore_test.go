@@ -171,7 +171,7 @@ func TestRestoreFromAnotherHostOverHTTP(t *testing.T) {
 	dir := filepath.Join(pgtest.TempDir(t, "remote"), "data")
 	run := func(env []string, args ...string) (string, error) {
 		cmd := exec.Command(filepath.Join(binDir, "walhub"), append([]string{"restore", "--config", "/nonexistent/walhub.toml",
-			"--hub-url", s.hubURL, "--server", "main"}, args...)...)
+			"--hub-url", s.hubURL, "--server", "main", "--owner", pgOwner()}, args...)...)
 		cmd.Env = append(os.Environ(), env...)
 		out, err := cmd.CombinedOutput()
 		return string(out), err

@@ -5,8 +5,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -134,5 +136,73 @@ func TestBothProgramsPrintTheirVersion(t *testing.T) {
 				t.Errorf("%s --version = %q, lacks %q", prog, line, want)
 			}
 		}
+	}
+}
+
+// pgOwner is the --owner of a restore in these tests: postgres when they run
+// as root, else the user running them.
+func pgOwner() string {
+	if os.Geteuid() == 0 {
+		return "postgres"
+	}
+	u, _ := user.Current()
+	return u.Username
+}
+
+// TestRestoreAsRootOrAsAnotherUserSaysWhatToDo: as root, restore refuses
+// without --owner and gives every file to --owner with it; as postgres on the
+// hub host, where the repository is the hub's, it says to restore through the
+// hub (--hub-url).
+func TestRestoreAsRootOrAsAnotherUserSaysWhatToDo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: restores as root and as postgres") // the suite runs as root (README)
+	}
+	t.Parallel()
+	s := newSite(t, pgtest.Options{})
+	s.walhub("backup", "--server", "main")
+	scratch := pgtest.TempDir(t, "owner")
+	dir := filepath.Join(scratch, "data")
+	run := func(cred *syscall.Credential, config string, args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "walhub"), append([]string{"restore", "--config", config, "--server", "main"}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run(nil, s.config, "--target-dir", dir)
+	if err == nil || !strings.Contains(out, "restore run as root") || !strings.Contains(out, "--owner postgres") {
+		t.Fatalf("as root without --owner: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatal("the refused restore created the target directory")
+	}
+	pg, err := user.Lookup("postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(nil, s.config, "--target-dir", dir, "--owner", "postgres"); err != nil {
+		t.Fatalf("as root with --owner postgres: %v\n%s", err, out)
+	}
+	err = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		if uid := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid); uid != pg.Uid {
+			return fmt.Errorf("%s belongs to uid %s, not postgres (%s)", p, uid, pg.Uid)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// As postgres on the hub host: a configuration it can read, a repository it cannot write.
+	readable := filepath.Join(scratch, "walhub.toml")
+	data, _ := os.ReadFile(s.config)
+	os.WriteFile(readable, data, 0o644)
+	uid, _ := strconv.Atoi(pg.Uid)
+	gid, _ := strconv.Atoi(pg.Gid)
+	out, err = run(&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, readable, "--target-dir", filepath.Join(scratch, "data2"))
+	if err == nil || !strings.Contains(out, "user postgres cannot read and write") || !strings.Contains(out, "--hub-url "+s.hubURL) {
+		t.Fatalf("as postgres on the hub host: %v\n%s", err, out)
 	}
 }

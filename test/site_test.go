@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -168,10 +169,14 @@ func (s *site) walhub(args ...string) string {
 	return out
 }
 
-// tryWalhub runs the walhub CLI and returns its output and error.
+// tryWalhub runs the walhub CLI and returns its output and error. A restore
+// run as root gives its files to postgres (--owner), as an operator must.
 func (s *site) tryWalhub(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	if len(args) > 0 && args[0] == "restore" && os.Geteuid() == 0 && !slices.Contains(args, "--owner") {
+		args = append(args, "--owner", "postgres")
+	}
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "walhub"), append(args, "--config", s.config)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err

@@ -15,7 +15,7 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/hub/client"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -28,7 +28,7 @@ type e2e struct {
 	t        *testing.T
 	primary  *pgtest.Cluster
 	cat      *catalog.Catalog
-	repo     storage.Local
+	repo     *repository.Repository
 	cfg      *config.Config
 	receiver *stream.Receiver
 	url      string
@@ -40,12 +40,13 @@ func newE2E(t *testing.T, segMB int) *e2e {
 	t.Helper()
 	ctx := context.Background()
 	primary := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: segMB})
-	repo := storage.Local{Root: t.TempDir()}
-	cat, err := catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
+	dir := t.TempDir()
+	repo, err := repository.OpenLocal(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
+	t.Cleanup(func() { repo.Close() })
+	cat := repo.Catalog
 	port := pgtest.FreePort(t)
 	cfg, err := config.Parse(fmt.Sprintf(`repository = %q
 [hub]
@@ -55,12 +56,12 @@ read_tokens = [%q]
 name = "main"
 conninfo = %q
 status_interval = "1s"
-`, repo.Root, port, testToken, primary.ConnString("")))
+`, dir, port, testToken, primary.ConnString("")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &e2e{t: t, primary: primary, cat: cat, repo: repo, cfg: cfg, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	e.receiver = stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: cat, Repo: repo,
+	e.receiver = stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Repo: repo,
 		Log: slog.New(slog.DiscardHandler)})
 	recvCtx, stopReceiver := context.WithCancel(ctx)
 	received := make(chan error, 1)
@@ -90,7 +91,7 @@ func (e *e2e) holds(name string) bool {
 
 func (e *e2e) startHub() {
 	e.t.Helper()
-	srv, err := hub.New(hub.Options{Config: e.cfg, Catalog: e.cat, Repo: e.repo, Log: slog.New(slog.DiscardHandler),
+	srv, err := hub.New(hub.Options{Config: e.cfg, Repo: e.repo, Log: slog.New(slog.DiscardHandler),
 		Status: func(context.Context, string) (any, error) { return e.receiver.State(), nil }})
 	if err != nil {
 		e.t.Fatal(err)

@@ -20,10 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/pgfile"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/walfeed"
@@ -73,7 +73,8 @@ func fakeSegment(tli walname.TimeLine, segno walname.SegNo) []byte {
 // testHub is a hub over a repository of fake segments, counting requests per path.
 type testHub struct {
 	url    string
-	repo   storage.Local
+	dir    string
+	repo   *repository.Repository
 	feeder *walfeed.Feeder
 	segs   map[string][]byte
 	mu     sync.Mutex
@@ -89,19 +90,19 @@ func newTestHub(t *testing.T, count int) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cat, err := catalog.Open(ctx, filepath.Join(dir, storage.CatalogFile))
+	repo, err := repository.OpenLocal(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cat.Close() })
-	h := &testHub{repo: storage.Local{Root: dir}, segs: map[string][]byte{}, gets: map[string]int{}}
-	if h.feeder, err = walfeed.New(ctx, h.repo, cat, "main", fmt.Sprint(uint64(testSystemID)), testSegSize, "zstd"); err != nil {
+	t.Cleanup(func() { repo.Close() })
+	h := &testHub{dir: dir, repo: repo, segs: map[string][]byte{}, gets: map[string]int{}}
+	if h.feeder, err = walfeed.New(ctx, h.repo, "main", fmt.Sprint(uint64(testSystemID)), testSegSize, "zstd"); err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; i <= count; i++ {
 		h.add(t, 1, walname.SegNo(i))
 	}
-	srv, err := hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: h.repo, Log: slog.New(slog.DiscardHandler)})
+	srv, err := hub.New(hub.Options{Config: cfg, Repo: h.repo, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +271,7 @@ func TestExitStatusByModeAndFailure(t *testing.T) {
 func TestCorruptStoredSegmentNeverReachesPostgreSQL(t *testing.T) {
 	h := newTestHub(t, 3)
 	name := walname.SegmentName(1, 2, testSegSize)
-	path, _ := h.repo.Path(storage.SegmentPath("main", name, "zstd"))
+	path := filepath.Join(h.dir, storage.SegmentPath("main", name, "zstd"))
 	stored, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
@@ -516,10 +517,7 @@ func TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly(t *testing.T) {
 	h := newTestHub(t, 3)
 	writePartial := func(segno walname.SegNo, n int) string {
 		name := walname.SegmentName(1, segno, testSegSize)
-		p, err := h.repo.Path(storage.PartialPath("main", name))
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := h.repo.Work.PartialFile("main", name)
 		os.MkdirAll(filepath.Dir(p), 0o700)
 		if err := os.WriteFile(p, fakeSegment(1, segno)[:n], 0o600); err != nil {
 			t.Fatal(err)

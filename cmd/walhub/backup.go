@@ -16,9 +16,9 @@ import (
 	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/retention"
 	"github.com/walhub/walhub/status"
-	"github.com/walhub/walhub/storage"
 )
 
 func (a *app) backupCommand() *cobra.Command {
@@ -55,22 +55,22 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
 			}
-			servers, repo, cat, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
+			defer repo.Close()
 			var views []backupView
 			var failed []error
 			for _, s := range servers {
 				// Without a receiver the backup's WAL never reaches the hub:
 				// say so now, not after wal_timeout.
-				if rc := status.ReadReceiver(repo.Root, s); !rc.Running {
+				if rc := status.ReadReceiver(repo.Work, s); !rc.Running {
 					failed = append(failed, fmt.Errorf("backup of %s refused: no WAL receiver is running for it (%s), "+
 						"so the backup's WAL would never reach the hub: start walhub serve", s.Name, rc.NotRunning))
 					continue
 				}
-				o := backupOptions(s, repo, cat, a.log)
+				o := backupOptions(s, repo, a.log)
 				if checkpoint != "" {
 					o.FastCheckpoint = checkpoint == "fast"
 				}
@@ -93,7 +93,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				}
 				views = append(views, viewOf(s.Name, b, nil))
 				if err == nil && *s.Retention.AutoExpire {
-					if _, err := retention.Expire(cmd.Context(), retention.Options{Server: s, Catalog: cat, Repo: repo, Log: a.log}); err != nil {
+					if _, err := retention.Expire(cmd.Context(), retention.Options{Server: s, Repo: repo, Log: a.log}); err != nil {
 						a.log.Warn("expire after backup failed", "server", s.Name, "err", err)
 					}
 				}
@@ -113,9 +113,9 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 }
 
 // backupOptions turns a server's configuration into backup options.
-func backupOptions(s *config.Server, repo storage.Local, cat *catalog.Catalog, log *slog.Logger) basebackup.Options {
+func backupOptions(s *config.Server, repo *repository.Repository, log *slog.Logger) basebackup.Options {
 	return basebackup.Options{
-		Server: s.Name, Conninfo: s.Conninfo, Repo: repo, Catalog: cat,
+		Server: s.Name, Conninfo: s.Conninfo, Repo: repo,
 		Compression:    basebackup.Compression{Method: s.Compression, Level: s.CompressionLevel, Workers: s.Backup.Workers},
 		FastCheckpoint: s.Backup.Checkpoint == "fast", MaxRate: s.Backup.MaxRate,
 		WALTimeout: s.Backup.WALTimeout.Duration, Log: log,

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 )
@@ -79,12 +78,12 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cat, err := a.catalog(ctx)
+	repo, err := a.repository(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cat.Close()
-	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Catalog: cat, Repo: storage.Local{Root: cfg.Repository}})
+	defer repo.Close()
+	r := stream.NewReceiver(stream.Options{Server: &cfg.Servers[0], Repo: repo})
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()

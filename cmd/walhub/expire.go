@@ -29,15 +29,15 @@ hourly in the daemon unless retention.auto_expire = false.`,
   walhub expire --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			servers, repo, cat, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
+			defer repo.Close()
 			var reports []retention.Report
 			var failed error
 			for _, s := range servers {
-				rep, err := retention.Expire(cmd.Context(), retention.Options{Server: s, Catalog: cat, Repo: repo, DryRun: dryRun, Log: a.log})
+				rep, err := retention.Expire(cmd.Context(), retention.Options{Server: s, Repo: repo, DryRun: dryRun, Log: a.log})
 				if err != nil {
 					failed = fmt.Errorf("server %s: %w", s.Name, err)
 					a.log.Error("expire failed", "server", s.Name, "err", err)

@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"slices"
 
 	"github.com/spf13/cobra"
-	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 func (a *app) initCommand() *cobra.Command {
@@ -37,38 +32,15 @@ func (a *app) initRepository(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	root := cfg.Repository
-	err = repositoryExists(root)
-	if err == nil {
-		fmt.Fprintf(out, "repository %s exists; nothing to do\n", root)
+	created, err := repository.Init(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("create repository %s: %w", cfg.Repository, err)
+	}
+	if !created {
+		fmt.Fprintf(out, "repository %s exists; nothing to do\n", cfg.Repository)
 		return nil
 	}
-	if !errors.Is(err, errNoRepository) {
-		return fmt.Errorf("repository %s: %w", root, err)
-	}
-	entries, err := os.ReadDir(root)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("repository %s: %w", root, err)
-	}
-	entries = slices.DeleteFunc(entries, func(e os.DirEntry) bool { return e.Name() == "lost+found" })
-	if len(entries) > 0 {
-		return fmt.Errorf("repository %s: the directory is not empty (%s, ...) but holds no %s: "+
-			"not a repository walhub can take over; give an empty or new directory", root, entries[0].Name(), storage.CatalogFile)
-	}
-	if err := storage.MkdirAllDurable(root); err != nil {
-		return fmt.Errorf("create repository %s: %w", root, err)
-	}
-	cat, err := catalog.Open(ctx, filepath.Join(root, storage.CatalogFile))
-	if err != nil {
-		return fmt.Errorf("create repository %s: %w", root, err)
-	}
-	if err := cat.Close(); err != nil {
-		return fmt.Errorf("create repository %s: %w", root, err)
-	}
-	if err := storage.SyncDir(root); err != nil {
-		return fmt.Errorf("create repository %s: %w", root, err)
-	}
-	a.log.Info("repository created", "repository", root)
-	fmt.Fprintf(out, "repository %s created\n", root)
+	a.log.Info("repository created", "repository", cfg.Repository, "work_dir", cfg.WorkDir)
+	fmt.Fprintf(out, "repository %s created\n", cfg.Repository)
 	return nil
 }

@@ -50,12 +50,12 @@ be read until it is.`,
 					return fmt.Errorf("encryption: %w", err)
 				}
 			}
-			cat, err := a.catalog(cmd.Context())
+			repo, err := a.repository(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
-			use, err := cat.KeyUsage(cmd.Context())
+			defer repo.Close()
+			use, err := repo.Catalog.KeyUsage(cmd.Context())
 			if err != nil {
 				return err
 			}

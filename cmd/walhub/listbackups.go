@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 )
 
 func (a *app) listBackupsCommand() *cobra.Command {
@@ -28,14 +26,14 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
   walhub list-backups --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			servers, repo, cat, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
+			defer repo.Close()
 			views := []backupView{}
 			for _, s := range servers {
-				vs, err := listBackups(cmd.Context(), s, repo, cat)
+				vs, err := listBackups(cmd.Context(), s, repo)
 				if err != nil {
 					return err
 				}
@@ -51,7 +49,8 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
 
 // serverBackups returns a server's backups after marking the interrupted ones
 // failed and those whose late WAL has arrived done; a server that never had anything stored has none.
-func serverBackups(ctx context.Context, s *config.Server, repo storage.Local, cat *catalog.Catalog) ([]catalog.Backup, error) {
+func serverBackups(ctx context.Context, s *config.Server, repo *repository.Repository) ([]catalog.Backup, error) {
+	cat := repo.Catalog
 	srv, err := cat.ServerByName(ctx, s.Name)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, nil
@@ -59,7 +58,7 @@ func serverBackups(ctx context.Context, s *config.Server, repo storage.Local, ca
 	if err != nil {
 		return nil, err
 	}
-	if _, err := basebackup.ReapInterrupted(ctx, cat, repo, s.Name); err != nil {
+	if _, err := basebackup.ReapInterrupted(ctx, repo, s.Name); err != nil {
 		return nil, err
 	}
 	if _, err := basebackup.CompleteWaiting(ctx, cat, s.Name); err != nil {
@@ -68,12 +67,12 @@ func serverBackups(ctx context.Context, s *config.Server, repo storage.Local, ca
 	return cat.Backups(ctx, srv.ID)
 }
 
-func listBackups(ctx context.Context, s *config.Server, repo storage.Local, cat *catalog.Catalog) ([]backupView, error) {
-	backups, err := serverBackups(ctx, s, repo, cat)
+func listBackups(ctx context.Context, s *config.Server, repo *repository.Repository) ([]backupView, error) {
+	backups, err := serverBackups(ctx, s, repo)
 	if err != nil {
 		return nil, err
 	}
-	holder, held, err := lock.Read(filepath.Join(repo.Root, storage.LockPath(s.Name)))
+	holder, held, err := repo.Work.ReadLock(s.Name)
 	if err != nil {
 		return nil, err
 	}

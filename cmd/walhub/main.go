@@ -8,17 +8,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/version"
+	"golang.org/x/sys/unix"
 )
 
 // app holds what every subcommand shares: the global flags and, once loaded,
@@ -100,6 +104,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.statusCommand(),
 		a.checkCommand(),
 		a.expireCommand(),
+		a.repairCommand(),
 		a.snapshotCommand(),
 		a.keygenCommand(),
 		a.keysCommand(),
@@ -163,69 +168,66 @@ func (a *app) config() (*config.Config, error) {
 	return cfg, nil
 }
 
-// errNoRepository says the configured repository has not been created.
-var errNoRepository = errors.New("no walhub repository there")
-
-// repository returns the repository's store. It must exist: only walhub init
-// (or serve --init) creates one, so that a mistyped path or an unmounted
-// volume is an error, not a fresh empty repository on the root disk.
-func (a *app) repository() (storage.Local, error) {
+// repository opens the configured repository (store, working area,
+// catalog); the caller closes it. It must exist: only walhub init (or serve
+// --init) creates one, so that a mistyped path or an unmounted volume is an
+// error, not a fresh empty repository on the root disk.
+func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
-		return storage.Local{}, err
+		return nil, err
 	}
-	if err := repositoryExists(cfg.Repository); err != nil {
-		return storage.Local{}, fmt.Errorf("repository %s: %w; is its volume mounted, is the path in %s right? "+
-			"To create a new repository there: walhub init --config %s", cfg.Repository, err, a.configPath, a.configPath)
+	if err := workAreaWritable(cfg.WorkDir); err != nil {
+		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
 	}
-	return storage.Local{Root: cfg.Repository}, nil
+	repo, err := repository.Open(ctx, cfg)
+	if errors.Is(err, repository.ErrNoRepository) {
+		return nil, fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
+			"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
+	}
+	return repo, err
 }
 
-// repositoryExists tells whether root holds a repository (its catalog).
-func repositoryExists(root string) error {
-	fi, err := os.Stat(filepath.Join(root, storage.CatalogFile))
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if _, derr := os.Stat(root); errors.Is(derr, os.ErrNotExist) {
-			return fmt.Errorf("%w: the directory does not exist", errNoRepository)
+// workAreaWritable tells whether this process may use the catalog in the
+// working area dir: read and write catalog.db, and create its journal beside
+// it. A working area or catalog that does not exist passes (Open says so).
+func workAreaWritable(dir string) error {
+	for _, p := range []string{dir, filepath.Join(dir, storage.CatalogFile)} {
+		err := unix.Access(p, unix.R_OK|unix.W_OK)
+		if err == nil || errors.Is(err, unix.ENOENT) {
+			continue
 		}
-		return fmt.Errorf("%w: the directory has no %s", errNoRepository, storage.CatalogFile)
-	case err != nil:
-		return err
-	case !fi.Mode().IsRegular():
-		return fmt.Errorf("%w: %s is not a file", errNoRepository, storage.CatalogFile)
+		who := "this user"
+		if u, uerr := user.Current(); uerr == nil {
+			who = "user " + u.Username
+		}
+		owner := ""
+		if fi, serr := os.Stat(p); serr == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				if u, uerr := user.LookupId(strconv.Itoa(int(st.Uid))); uerr == nil {
+					owner = " (owned by " + u.Username + ")"
+				}
+			}
+		}
+		return fmt.Errorf("%s cannot read and write %s%s: %w; run walhub as the repository's owner", who, p, owner, fs.ErrPermission)
 	}
 	return nil
 }
 
-// catalog opens the repository's catalog; the caller closes it.
-func (a *app) catalog(ctx context.Context) (*catalog.Catalog, error) {
-	repo, err := a.repository()
-	if err != nil {
-		return nil, err
-	}
-	return catalog.Open(ctx, filepath.Join(repo.Root, storage.CatalogFile))
-}
-
 // openServers loads the configuration, selects the servers a command names
-// ("all" or "" for every one), and opens the repository and its catalog; the
-// caller closes the catalog.
-func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, storage.Local, *catalog.Catalog, error) {
+// ("all" or "" for every one), and opens the repository; the caller closes it.
+func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, *repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
 	servers, err := cfg.Select(name)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	repo, err := a.repository()
+	repo, err := a.repository(ctx)
 	if err != nil {
-		return nil, storage.Local{}, nil, err
+		return nil, nil, err
 	}
-	cat, err := a.catalog(ctx)
-	if err != nil {
-		return nil, storage.Local{}, nil, err
-	}
-	return servers, repo, cat, nil
+	return servers, repo, nil
 }

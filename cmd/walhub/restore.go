@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,11 +21,11 @@ import (
 
 func (a *app) restoreCommand() *cobra.Command {
 	var (
-		server, backupID, targetDir, snapshotDir, hubURL, token, walfetch, walfetchTokenFile string
-		targetTime, targetLSN                                                                string
-		tablespaces                                                                          []string
-		delta                                                                                bool
-		s                                                                                    restore.Settings
+		server, backupID, targetDir, snapshotDir, hubURL, token, walfetch, walfetchTokenFile, ownerSpec string
+		targetTime, targetLSN                                                                           string
+		tablespaces                                                                                     []string
+		delta                                                                                           bool
+		s                                                                                               restore.Settings
 	)
 	cmd := &cobra.Command{
 		Use:   "restore",
@@ -45,7 +48,9 @@ HTTP. Nothing is written when an input is wrong (non-empty target, unknown backu
 target that no backup reaches); a restore that fails half-way removes what it wrote.
 
 With a target and no --backup, the newest backup that ends before the target is used.
-Run it as the user PostgreSQL runs as (the files get that owner).
+Run it as the user PostgreSQL runs as (the files get that owner), or as root with
+--owner postgres (the files are then given to that user); as root without --owner it
+refuses, since PostgreSQL will not start on files it does not own.
 
 --delta restores into an existing data directory instead of an empty one (a former
 primary after a failover, a broken standby): files whose size and checksum match the
@@ -73,7 +78,10 @@ recovery settings.`,
 			if (targetDir == "") == (snapshotDir == "") {
 				return errors.New("give --target-dir (restore a backup) or --snapshot-dir (finish a snapshot), one of them")
 			}
-			var err error
+			owner, err := restoreOwner(ownerSpec)
+			if err != nil {
+				return err
+			}
 			if targetTime != "" {
 				if s.Target.Time, err = restore.ParseTime(targetTime); err != nil {
 					return err
@@ -111,16 +119,21 @@ recovery settings.`,
 				if _, err := cfg.Server(server); err != nil {
 					return err
 				}
-				repo, err := a.repository()
-				if err != nil {
+				// The repository belongs to the hub's user; a restore runs as
+				// PostgreSQL's. Over HTTP the hub reads it for them.
+				viaHub := func(err error) error {
+					if errors.Is(err, fs.ErrPermission) {
+						return fmt.Errorf("%w\nto restore on this host as another user than the hub's, restore through the hub: "+
+							"walhub restore --hub-url %s --server %s ... (read token in WALHUB_TOKEN)", err, cfg.Hub.URL, server)
+					}
 					return err
 				}
-				cat, err := a.catalog(ctx)
+				repo, err := a.repository(ctx)
 				if err != nil {
-					return err
+					return viaHub(err)
 				}
-				defer cat.Close()
-				src = restore.Local{Catalog: cat, Repo: repo, Server: server}
+				defer repo.Close()
+				src = restore.Local{Repo: repo, Server: server}
 				url = cfg.Hub.URL
 				if len(cfg.Hub.ReadTokens)+len(cfg.Hub.AdminTokens) > 0 && walfetchTokenFile == "" {
 					a.log.Warn("the hub wants a read token: unless walfetch finds one in WALFETCH_TOKEN or its config file, " +
@@ -135,6 +148,9 @@ recovery settings.`,
 				}
 				b, cleared, err := restore.FinishSnapshot(ctx, src, backupID, dir, s)
 				if err != nil {
+					return err
+				}
+				if err := owner.give(dir); err != nil {
 					return err
 				}
 				w := cmd.OutOrStdout()
@@ -154,6 +170,9 @@ recovery settings.`,
 				}})
 			bar.finish()
 			if err != nil {
+				return err
+			}
+			if err := owner.give(append([]string{res.TargetDir}, slices.Collect(maps.Values(res.Tablespaces))...)...); err != nil {
 				return err
 			}
 			return a.render(cmd.OutOrStdout(), res, func(w io.Writer) error {
@@ -189,6 +208,7 @@ recovery settings.`,
 	f.StringVar(&hubURL, "hub-url", "", "restore from this hub over HTTP instead of the local repository")
 	f.StringVar(&token, "token", "", "read token for --hub-url (default: env WALHUB_TOKEN)")
 	f.StringVar(&walfetch, "walfetch", "", "walfetch path for restore_command (default: beside walhub, else from PATH)")
+	f.StringVar(&ownerSpec, "owner", "", "USER[:GROUP] to own the restored files; required when run as root")
 	f.StringVar(&walfetchTokenFile, "walfetch-token-file", "", "token file walfetch reads (when the hub wants a read token)")
 	f.BoolVar(&s.Standby, "standby", false, "write standby.signal: a standby that keeps following (archive only, unless --primary-conninfo)")
 	f.StringVar(&s.PrimaryConninfo, "primary-conninfo", "", "with --standby: stream from this primary once the archive is exhausted")

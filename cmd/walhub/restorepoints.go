@@ -61,11 +61,12 @@ list comes from a hub over HTTP.`,
 						EndLSN: rp.EndLSN, Time: rp.Time})
 				}
 			} else {
-				servers, _, cat, err := a.openServers(cmd.Context(), server)
+				servers, repo, err := a.openServers(cmd.Context(), server)
 				if err != nil {
 					return err
 				}
-				defer cat.Close()
+				defer repo.Close()
+				cat := repo.Catalog
 				for _, s := range servers {
 					srv, err := cat.ServerByName(cmd.Context(), s.Name)
 					if errors.Is(err, catalog.ErrNotFound) {

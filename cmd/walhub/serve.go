@@ -24,10 +24,10 @@ import (
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/lock"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/retention"
 	"github.com/walhub/walhub/snapshot"
 	"github.com/walhub/walhub/status"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/stream"
 )
 
@@ -52,7 +52,7 @@ hub.listen, hub.tls_cert and hub.tls_key need a restart; "env:NAME" values
 come from the daemon's environment, which a reload does not change.
 
 A receiver that fails (server down, network, full disk) says why in the log and in
-<repository>/<server>/receiver.json, and reconnects by itself (1 s doubling to 30 s).`,
+<work_dir>/<server>/receiver.json, and reconnects by itself (1 s doubling to 30 s).`,
 		Example: "  walhub serve --config /etc/walhub/walhub.toml\n  walhub serve --log-level debug",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -84,41 +84,38 @@ func (a *app) serve(ctx context.Context) error {
 	if len(cfg.Servers) == 0 {
 		return fmt.Errorf("nothing to serve: no [[server]] section in %s", a.configPath)
 	}
-	repo, err := a.repository()
+	repo, err := a.repository(ctx)
 	if err != nil {
 		return err
 	}
-	cat, err := a.catalog(ctx)
-	if err != nil {
-		return err
-	}
-	defer cat.Close()
+	defer repo.Close()
+	cat := repo.Catalog
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := stream.NewMetrics(registry)
 
 	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
 		newReceiver: func(srv *config.Server) service {
-			return stream.NewReceiver(stream.Options{Server: srv, Catalog: cat, Repo: repo, Log: a.log, Metrics: metrics}).Run
+			return stream.NewReceiver(stream.Options{Server: srv, Repo: repo, Log: a.log, Metrics: metrics}).Run
 		}}
 	d.cfg.Store(cfg)
 	// Status, backups, replication and check results, built at each scrape
 	// from the configuration in force.
-	registry.MustRegister(&status.Collector{Source: status.Source{Catalog: cat, Repository: repo.Root}, Config: d.cfg.Load, Log: a.log})
-	d.snapshots = &snapshot.Manager{Config: cfg, Catalog: cat, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
+	registry.MustRegister(&status.Collector{Source: status.Source{Catalog: cat, Work: repo.Work}, Config: d.cfg.Load, Log: a.log})
+	d.snapshots = &snapshot.Manager{Config: cfg, Repo: repo, Log: a.log, WaitWAL: snapshot.HubWAL(cat, a.log)}
 	if err := d.snapshots.FailInterrupted(ctx); err != nil {
 		return err
 	}
 	defer d.snapshots.Close()
-	d.hub, err = hub.New(hub.Options{Config: cfg, Catalog: cat, Repo: repo, Registry: registry, Log: a.log,
+	d.hub, err = hub.New(hub.Options{Config: cfg, Repo: repo, Registry: registry, Log: a.log,
 		Status: func(ctx context.Context, server string) (any, error) {
-			return status.Provider(d.cfg.Load(), cat, repo.Root)(ctx, server)
+			return status.Provider(d.cfg.Load(), cat, repo.Work)(ctx, server)
 		},
 		Snapshots: d.snapshots})
 	if err != nil {
 		return err
 	}
-	a.log.Info("walhub serving", "repository", repo.Root, "servers", len(cfg.Servers), "config", a.configPath)
+	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
 	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
 	a.log.Info("walhub stopped")
 	return err
@@ -131,7 +128,7 @@ type daemon struct {
 	configPath string
 	cfg        atomic.Pointer[config.Config]
 	cat        *catalog.Catalog
-	repo       storage.Local
+	repo       *repository.Repository
 	hub        *hub.Server
 	snapshots  *snapshot.Manager
 	// newReceiver makes the receiver of one server section.
@@ -300,7 +297,7 @@ func (d *daemon) expireLoop(ctx context.Context) error {
 			if !*srv.Retention.AutoExpire {
 				continue
 			}
-			_, err := retention.Expire(ctx, retention.Options{Server: srv, Catalog: d.cat, Repo: d.repo, Log: d.log})
+			_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: d.repo, Log: d.log})
 			var held *lock.HeldError
 			switch {
 			case errors.As(err, &held):

@@ -48,13 +48,14 @@ ID is as walhub list-backups shows it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			servers, repo, cat, err := a.openServers(ctx, server)
+			servers, repo, err := a.openServers(ctx, server)
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
+			defer repo.Close()
+			cat := repo.Catalog
 			for _, s := range servers {
-				backups, err := serverBackups(ctx, s, repo, cat)
+				backups, err := serverBackups(ctx, s, repo)
 				if err != nil {
 					return err
 				}

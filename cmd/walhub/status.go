@@ -49,11 +49,11 @@ func (a *app) statusSource(ctx context.Context, name string) (status.Source, []*
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	cat, err := a.catalog(ctx)
+	repo, err := a.repository(ctx)
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	return status.Source{Config: cfg, Catalog: cat, Repository: cfg.Repository}, servers, func() { cat.Close() }, nil
+	return status.Source{Config: cfg, Catalog: repo.Catalog, Work: repo.Work}, servers, func() { repo.Close() }, nil
 }
 
 func (a *app) runStatus(cmd *cobra.Command, name string) error {

@@ -39,18 +39,18 @@ manifest is missing. Exits 1 when any backup fails the check, listing every prob
   walhub verify --backup all --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			servers, repo, cat, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.openServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}
-			defer cat.Close()
+			defer repo.Close()
 			type pick struct {
 				server string
 				b      catalog.Backup
 			}
 			var picks []pick
 			for _, s := range servers {
-				backups, err := serverBackups(cmd.Context(), s, repo, cat)
+				backups, err := serverBackups(cmd.Context(), s, repo)
 				if err != nil {
 					return err
 				}
@@ -82,7 +82,7 @@ manifest is missing. Exits 1 when any backup fails the check, listing every prob
 			failed := 0
 			for _, p := range picks {
 				started := time.Now()
-				checked, err := basebackup.Verify(cmd.Context(), basebackup.StoreOpener(repo, p.b), p.b)
+				checked, err := basebackup.Verify(cmd.Context(), basebackup.RepoOpener(repo, p.b), p.b)
 				r := verifyResult{Server: p.server, ID: p.b.ID, OK: err == nil, Files: checked.Files, Bytes: checked.Bytes,
 					Seconds: time.Since(started).Round(time.Millisecond).Seconds()}
 				var ve *basebackup.VerifyError

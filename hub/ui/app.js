@@ -230,15 +230,17 @@ function walPart(doc) {
   return part;
 }
 
-// Backups on a time axis, with the window a restore can reach shaded. The
-// window here is approximate: from the end of the oldest done backup that no
-// gap follows (recovery cannot cross a gap) to the newest WAL held (now,
-// while the receiver streams).
+// Backups on a time axis, with the window a restore can reach shaded: the
+// status document's recoverable window, from the end of the oldest backup
+// whose WAL is all held to the newest commit indexed in the WAL held without
+// a gap (or, when none is indexed, the newest WAL held).
 function backupsPart(doc, backups) {
   const now = new Date(doc.generated_at).getTime();
   const part = el("div", { class: "backups" }, el("h3", {},
     "Backups: " + doc.backups.count + " done, " + doc.backups.failed + " failed" +
-    (doc.backups.running ? ", " + doc.backups.running + " running" : "") + " · " + bytes(doc.backups.size) + " (" + bytes(doc.backups.stored_size) + " stored)"));
+    (doc.backups.running ? ", " + doc.backups.running + " running" : "") +
+    (doc.backups.waiting_wal ? ", " + doc.backups.waiting_wal + " waiting for WAL" : "") +
+    " · " + bytes(doc.backups.size) + " (" + bytes(doc.backups.stored_size) + " stored)"));
   if (backups.length === 0) {
     part.append(el("p", { class: "muted", text: "No backup." }));
     return part;
@@ -250,20 +252,25 @@ function backupsPart(doc, backups) {
   lo -= pad; hi += pad;
   const x = t => ((t - lo) / (hi - lo)) * 1000;
   const svg = svgEl("svg", { viewBox: "0 0 1000 56", preserveAspectRatio: "none", height: "56", class: "timeaxis" });
-  const lastGapEnd = Math.max(0, ...doc.wal.gaps.map(g => lsnBytes(g.end_lsn)));
-  const usable = backups.filter(b => b.state === "done" && lsnBytes(b.start_lsn) >= lastGapEnd);
-  const skipped = backups.filter(b => b.state === "done").length - usable.length;
-  let windowText = "no backup to recover from";
-  if (usable.length) {
-    const from = end(usable[0]);
-    const streaming = doc.receiver.running && doc.receiver.state === "streaming";
-    const to = streaming ? now : (doc.wal.last_segment_at ? new Date(doc.wal.last_segment_at).getTime() : from);
+  const r = doc.recoverable;
+  let windowText = "no backup can be restored with the WAL held", windowClass = "error";
+  if (r) {
+    const from = new Date(r.earliest_time).getTime();
+    let to = r.latest_time ? new Date(r.latest_time).getTime() : null, toText = when(r.latest_time) + " (newest commit)";
+    if (to === null) {
+      to = doc.wal.last_segment_at ? new Date(doc.wal.last_segment_at).getTime() : from;
+      toText = when(to) + " (newest WAL held)";
+    }
     svg.append(svgEl("rect", { class: "window", x: x(from), y: 0, width: Math.max(2, x(to) - x(from)), height: 40 },
-      "recoverable (approx.): " + when(from) + " … " + when(to)));
-    windowText = "recoverable window (approx.): " + when(from) + " … " + (streaming ? "now" : when(to));
-  }
-  if (skipped) {
-    windowText += " · " + skipped + " older backup(s) cannot be recovered past a gap in the WAL";
+      "recoverable: " + when(from) + " … " + toText));
+    windowText = "recoverable window: " + when(from) + " (end of " + r.earliest_backup + ") … " + toText +
+      ", WAL up to " + r.latest_lsn + " from " + r.latest_backup;
+    windowClass = "muted";
+    const blocking = doc.wal.gaps.filter(g => g.after_oldest_backup).length;
+    if (blocking) {
+      windowText += " · " + blocking + " gap(s) in the WAL after the oldest backup: a point inside a gap cannot be reached";
+      windowClass = "error";
+    }
   }
   for (const b of backups) {
     svg.append(svgEl("rect", { class: "backup " + b.state, x: x(start(b)), y: 8, width: Math.max(4, x(end(b)) - x(start(b))), height: 24,
@@ -276,7 +283,7 @@ function backupsPart(doc, backups) {
     tx.textContent = (hi - lo < 3 * 3600000 ? timeFormat : shortFormat).format(new Date(t));
     svg.append(tx);
   }
-  part.append(svg, el("p", { class: skipped || !usable.length ? "error" : "muted", text: windowText }));
+  part.append(svg, el("p", { class: windowClass, "data-field": "recoverable", text: windowText }));
   const t = el("table", {}, el("tr", {}, ["id", "kind", "state", "started", "took", "size", "stored", ""].map(h => el("th", { text: h }))));
   for (const b of backups.slice().reverse().slice(0, 20)) {
     t.append(el("tr", { "data-backup-row": b.id },

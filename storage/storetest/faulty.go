@@ -146,6 +146,14 @@ func (f *Faulty) Remove(ctx context.Context, key string) error {
 	return nil
 }
 
+// RemoveTemp implements storage.TempRemover when the wrapped store does.
+func (f *Faulty) RemoveTemp(ctx context.Context, prefix string) error {
+	if t, ok := f.ObjectStore.(storage.TempRemover); ok {
+		return t.RemoveTemp(ctx, prefix)
+	}
+	return nil
+}
+
 // String implements storage.ObjectStore.
 func (f *Faulty) String() string { return "faulty " + f.ObjectStore.String() }
 

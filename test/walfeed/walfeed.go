@@ -1,7 +1,7 @@
 // Package walfeed fills a walhub repository with real WAL for tests and
-// benchmarks, the way the receiver stores it (zstd or none, checksum of the
-// uncompressed bytes, file written durably before its catalog row), without
-// the receiver: it ingests completed segments and history files that a
+// benchmarks, the way the receiver stores it (through the repository layer:
+// zstd or none, checksum of the uncompressed bytes, object durable before its
+// catalog row), without the receiver: it ingests completed segments and history files that a
 // PostgreSQL archive_command copied into a directory.
 package walfeed
 
@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,8 +19,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/checksum"
-	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -32,20 +30,20 @@ func ArchiveCommand(dir string) string {
 	return fmt.Sprintf(`test ! -f %[1]s/%%f && cp %%p %[1]s/.%%f.tmp && mv %[1]s/.%%f.tmp %[1]s/%%f`, dir)
 }
 
-// Feeder stores WAL files into one server's part of a repository.
+// Feeder stores WAL files into one server's part of a repository, through
+// the repository layer that the receiver uses.
 type Feeder struct {
-	Repo        storage.Local
-	Catalog     *catalog.Catalog
-	Server      catalog.Server
-	Compression string // "zstd" or "none"
+	Repo   *repository.Repository
+	Server catalog.Server
 
-	mu   sync.Mutex
-	enc  *zstd.Encoder
-	done map[string]bool
+	mu     sync.Mutex
+	storer *repository.SegmentStorer
+	done   map[string]bool
 }
 
 // New registers server in the catalog with its identity and returns a feeder for it.
-func New(ctx context.Context, repo storage.Local, cat *catalog.Catalog, server, systemID string, segSize uint64, compression string) (*Feeder, error) {
+func New(ctx context.Context, repo *repository.Repository, server, systemID string, segSize uint64, compression string) (*Feeder, error) {
+	cat := repo.Catalog
 	srv, err := cat.EnsureServer(ctx, server)
 	if err != nil {
 		return nil, err
@@ -56,46 +54,24 @@ func New(ctx context.Context, repo storage.Local, cat *catalog.Catalog, server, 
 	if srv, err = cat.ServerByName(ctx, server); err != nil {
 		return nil, err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	storer, err := repo.SegmentStorer(srv, compression, int(zstd.SpeedFastest))
 	if err != nil {
 		return nil, err
 	}
-	return &Feeder{Repo: repo, Catalog: cat, Server: srv, Compression: compression, enc: enc, done: map[string]bool{}}, nil
+	return &Feeder{Repo: repo, Server: srv, storer: storer, done: map[string]bool{}}, nil
 }
 
 // StoreSegment stores one complete segment as the receiver does.
 func (f *Feeder) StoreSegment(ctx context.Context, name string, data []byte) error {
-	tli, segno, err := walname.ParseSegment(name, f.Server.SegmentSize)
-	if err != nil {
-		return err
-	}
-	if uint64(len(data)) != f.Server.SegmentSize {
-		return fmt.Errorf("segment %s has %d bytes, want %d", name, len(data), f.Server.SegmentSize)
-	}
-	stored := data
-	if f.Compression == "zstd" {
-		f.mu.Lock()
-		stored = f.enc.EncodeAll(data, nil)
-		f.mu.Unlock()
-	}
-	rel := storage.SegmentPath(f.Server.Name, name, f.Compression)
-	n, err := f.Repo.Put(ctx, rel, func(w io.Writer) error { _, err := w.Write(stored); return err })
-	if err != nil {
-		return fmt.Errorf("store segment %s: %w", name, err)
-	}
-	return f.Catalog.AddSegment(ctx, catalog.Segment{ServerID: f.Server.ID, TimeLine: tli, SegNo: segno, Name: name,
-		Size: int64(len(data)), StoredSize: n, Compression: f.Compression, Checksum: checksum.Of(data),
-		StoredPath: rel, ReceivedAt: time.Now()})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, err := f.storer.Store(ctx, name, data)
+	return err
 }
 
 // StoreHistory stores a timeline history file.
 func (f *Feeder) StoreHistory(ctx context.Context, tli walname.TimeLine, content []byte) error {
-	rel := storage.HistoryPath(f.Server.Name, tli)
-	if _, err := f.Repo.Put(ctx, rel, func(w io.Writer) error { _, err := w.Write(content); return err }); err != nil {
-		return fmt.Errorf("store history %d: %w", tli, err)
-	}
-	return f.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: f.Server.ID, TimeLine: tli, History: content,
-		StoredPath: rel, AddedAt: time.Now()})
+	return f.Repo.StoreHistory(ctx, f.Server, tli, content)
 }
 
 // IngestDir stores every segment and history file in dir not stored yet, in

@@ -1,0 +1,193 @@
+// Package repository is the layer between walhub's commands and where their
+// bytes live: an object store (storage.ObjectStore: local files, an
+// S3-compatible bucket), its local working area (storage.WorkArea) and the
+// catalog. It owns the contract between them, once:
+//
+//   - an object is durable before the catalog row that points at it;
+//   - on removal the rows go first, then the objects, so a crash in between
+//     leaves an orphan object that Sweep removes, never a row without data;
+//   - backup IDs are unique in the repository, across servers and commands;
+//   - every object carries what its catalog row needs (segment meta, a
+//     backup.info beside each backup's files), so Rebuild can re-create the
+//     catalog from the store alone.
+//
+// Open is the one place that opens a repository from the configuration.
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/storage"
+)
+
+// Repository is an open repository: object store, working area, catalog.
+type Repository struct {
+	Store   storage.ObjectStore
+	Work    *storage.WorkArea
+	Catalog *catalog.Catalog
+}
+
+// ErrNoRepository is returned (wrapped) by Open when the configured
+// repository was never created (Init creates it): a mistyped path or an
+// unmounted volume is an error, not a fresh empty repository.
+var ErrNoRepository = errors.New("no walhub repository there")
+
+// Open opens the existing repository cfg configures: its object store, its
+// local working area (cfg.WorkDir) and the catalog kept there. The caller
+// closes it.
+func Open(ctx context.Context, cfg *config.Config) (*Repository, error) {
+	work := storage.OpenWorkArea(cfg.WorkDir)
+	if err := catalogExists(work); err != nil {
+		if cfg.WorkDir != cfg.Repository {
+			return nil, fmt.Errorf("repository %s (working area %s): %w", cfg.Repository, cfg.WorkDir, err)
+		}
+		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
+	store, err := OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, store, work)
+}
+
+// Init creates the repository cfg configures: its working area and an empty
+// catalog (and, for local disk, the repository directory). It returns false
+// when the repository exists already, and refuses a working area that holds
+// other files but no catalog: not a repository walhub can take over.
+func Init(ctx context.Context, cfg *config.Config) (bool, error) {
+	work := storage.OpenWorkArea(cfg.WorkDir)
+	err := catalogExists(work)
+	if err == nil {
+		return false, nil
+	}
+	if !errors.Is(err, ErrNoRepository) {
+		return false, err
+	}
+	if name, err := work.Foreign(); err != nil {
+		return false, err
+	} else if name != "" {
+		return false, fmt.Errorf("working area %s is not empty (%s, ...) but holds no %s: "+
+			"not a repository walhub can take over; give an empty or new directory", cfg.WorkDir, name, storage.CatalogFile)
+	}
+	r, err := OpenForRebuild(ctx, cfg)
+	if err != nil {
+		return false, err
+	}
+	if err := r.Close(); err != nil {
+		return false, err
+	}
+	return true, storage.SyncDir(cfg.WorkDir)
+}
+
+// OpenForRebuild opens the repository cfg configures like Open, creating a
+// new, empty catalog when there is none (Rebuild fills it).
+func OpenForRebuild(ctx context.Context, cfg *config.Config) (*Repository, error) {
+	store, err := OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	work, err := storage.NewWorkArea(cfg.WorkDir)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, store, work)
+}
+
+// catalogExists tells whether the working area holds a catalog.
+func catalogExists(work *storage.WorkArea) error {
+	fi, err := os.Stat(work.CatalogPath())
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if _, derr := os.Stat(work.Dir()); errors.Is(derr, os.ErrNotExist) {
+			return fmt.Errorf("%w: the directory does not exist", ErrNoRepository)
+		}
+		return fmt.Errorf("%w: the directory has no %s", ErrNoRepository, storage.CatalogFile)
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%w: %s is not a file", ErrNoRepository, storage.CatalogFile)
+	}
+	return nil
+}
+
+// OpenStore opens the object store of cfg.Repository. Each kind of store is
+// one case here.
+func OpenStore(ctx context.Context, cfg *config.Config) (storage.ObjectStore, error) {
+	switch {
+	default:
+		return storage.NewLocalStore(cfg.Repository)
+	}
+}
+
+// OpenLocal opens a repository on local disk whose working area is the
+// repository directory itself (tests, tools).
+func OpenLocal(ctx context.Context, dir string) (*Repository, error) {
+	store, err := storage.NewLocalStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	work, err := storage.NewWorkArea(dir)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, store, work)
+}
+
+// New returns a repository over an already open store, working area and
+// catalog (tests that inject faults into the store).
+func New(store storage.ObjectStore, work *storage.WorkArea, cat *catalog.Catalog) *Repository {
+	return &Repository{Store: store, Work: work, Catalog: cat}
+}
+
+func open(ctx context.Context, store storage.ObjectStore, work *storage.WorkArea) (*Repository, error) {
+	cat, err := catalog.Open(ctx, work.CatalogPath())
+	if err != nil {
+		return nil, err
+	}
+	return &Repository{Store: store, Work: work, Catalog: cat}, nil
+}
+
+// Close closes the catalog.
+func (r *Repository) Close() error { return r.Catalog.Close() }
+
+// String names the repository for messages: its store.
+func (r *Repository) String() string { return r.Store.String() }
+
+// removeAll removes the objects below prefix, and what dead writers left
+// there (see storage.TempRemover): call it only where no writer is active.
+func (r *Repository) removeAll(ctx context.Context, prefix string) error {
+	if t, ok := r.Store.(storage.TempRemover); ok {
+		if err := t.RemoveTemp(ctx, prefix); err != nil {
+			return err
+		}
+	}
+	var keys []string
+	if err := r.Store.List(ctx, prefix, func(o storage.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	var errs []error
+	for _, k := range keys {
+		if err := r.Store.Remove(ctx, k); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ServerByName returns the catalog row of server, an error wrapping
+// catalog.ErrNotFound when nothing was ever stored for it.
+func (r *Repository) ServerByName(ctx context.Context, server string) (catalog.Server, error) {
+	srv, err := r.Catalog.ServerByName(ctx, server)
+	if err != nil {
+		return catalog.Server{}, fmt.Errorf("server %s: %w", server, err)
+	}
+	return srv, nil
+}

@@ -1,0 +1,369 @@
+package repository_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/repository"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/storetest"
+	"github.com/walhub/walhub/walname"
+)
+
+const segSize = 1 << 20
+
+// newRepo is a local repository whose store injects faults, with server
+// "main" registered.
+func newRepo(t *testing.T) (*repository.Repository, *storetest.Faulty, catalog.Server, string) {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	local, err := storage.NewLocalStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	faulty := storetest.NewFaulty(local)
+	work, err := storage.NewWorkArea(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.Open(ctx, work.CatalogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	srv := addServer(t, cat, "main")
+	return repository.New(faulty, work, cat), faulty, srv, dir
+}
+
+func addServer(t *testing.T, cat *catalog.Catalog, name string) catalog.Server {
+	t.Helper()
+	ctx := context.Background()
+	srv, err := cat.EnsureServer(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cat.BindIdentity(ctx, srv.ID, "7300000000000000001", segSize); err != nil {
+		t.Fatal(err)
+	}
+	srv, err = cat.ServerByName(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+func segmentData(n walname.SegNo) []byte {
+	return bytes.Repeat([]byte{byte(n), 0x5a, byte(n >> 8)}, segSize/3+1)[:segSize]
+}
+
+// Two servers' backups (and snapshots) started in the same second, and two
+// processes racing for an ID, get distinct IDs.
+func TestBackupIDsAreUniqueAcrossServersAndCommands(t *testing.T) {
+	repo, _, main, _ := newRepo(t)
+	other := addServer(t, repo.Catalog, "other")
+	ctx := context.Background()
+	at := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	seen := map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			srv, kind, prefix := main, catalog.KindBase, ""
+			if i%2 == 1 {
+				srv = other
+			}
+			if i%4 >= 2 {
+				kind, prefix = catalog.KindSnapshot, "snap-"
+			}
+			b, err := repo.NewBackup(ctx, srv.Name, prefix, catalog.Backup{ServerID: srv.ID, Kind: kind, StartedAt: at})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[b.ID] {
+				t.Errorf("backup ID %s given twice", b.ID)
+			}
+			seen[b.ID] = true
+			if b.StoredPath != storage.BackupDir(srv.Name, b.ID) || b.State != catalog.StateRunning {
+				t.Errorf("backup %+v", b)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, id := range []string{"20261202T100000Z", "20261202T100000Z-4", "snap-20261202T100000Z", "snap-20261202T100000Z-4"} {
+		if !seen[id] {
+			t.Errorf("no backup got ID %s (got %v)", id, seen)
+		}
+	}
+}
+
+// A segment whose object could not be committed has no catalog row, and
+// nothing is left in the store; storing it again works.
+func TestSegmentIsDurableBeforeItsRow(t *testing.T) {
+	repo, faulty, srv, dir := newRepo(t)
+	ctx := context.Background()
+	storer, err := repo.SegmentStorer(srv, "none", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := walname.SegmentName(1, 5, segSize)
+	src := filepath.Join(dir, "src")
+	os.WriteFile(src, segmentData(5), 0o600)
+
+	faulty.FailWriteAt("main/wal/", 1000, syscall.EIO)
+	if _, _, err := storer.StoreFile(ctx, name, src); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("StoreFile with a failing store: %v", err)
+	}
+	if _, err := repo.Catalog.Segment(ctx, srv.ID, name); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("a segment that was not stored has a row: %v", err)
+	}
+	var keys []string
+	repo.Store.List(ctx, "main/", func(o storage.ObjectInfo) error { keys = append(keys, o.Key); return nil })
+	if len(keys) != 0 {
+		t.Fatalf("the failed store left %v", keys)
+	}
+
+	faulty.Heal()
+	row, stored, err := storer.StoreFile(ctx, name, src)
+	if err != nil || !stored {
+		t.Fatalf("StoreFile = %v, %v", stored, err)
+	}
+	if row.Checksum != checksum.Of(segmentData(5)) || row.StoredSize != segSize {
+		t.Fatalf("row %+v", row)
+	}
+	info, err := repo.Store.Stat(ctx, row.StoredPath)
+	if err != nil || info.Meta["checksum"] != row.Checksum || info.Meta["size"] != "1048576" || info.Meta["system-id"] != srv.SystemID {
+		t.Fatalf("object %+v, %v: does not carry its row's checksum, size and system id", info, err)
+	}
+	if _, stored, err := storer.StoreFile(ctx, name, src); err != nil || stored {
+		t.Fatalf("storing a cataloged segment again: stored %v, %v", stored, err)
+	}
+}
+
+// A failed backup leaves nothing, not even what a killed writer left; its
+// row says why.
+func TestFailBackupRemovesEverything(t *testing.T) {
+	repo, _, srv, dir := newRepo(t)
+	ctx := context.Background()
+	b, err := repo.NewBackup(ctx, srv.Name, "", catalog.Backup{ServerID: srv.ID, Kind: catalog.KindBase})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := repo.CreateBackupFile(ctx, b, "base.tar.zst")
+	io.WriteString(w, "archive")
+	w.Commit(ctx)
+	dead, _ := repo.CreateBackupFile(ctx, b, "16384.tar.zst") // a writer killed half-way: never aborted
+	io.WriteString(dead, "half")
+
+	b, err = repo.FailBackup(b, "interrupted")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, b.StoredPath)); !errors.Is(err, os.ErrNotExist) {
+		entries, _ := os.ReadDir(filepath.Join(dir, b.StoredPath))
+		t.Fatalf("failed backup left %v", entries)
+	}
+	row, err := repo.Catalog.Backup(ctx, b.ID)
+	if err != nil || row.State != catalog.StateFailed || row.Reason != "interrupted" {
+		t.Fatalf("row %+v, %v", row, err)
+	}
+}
+
+// A finished backup has its info object; removal takes the row first, then
+// the objects; a sweep removes objects whose row is gone (a crash in
+// between) and segments below the cut-off without a row.
+func TestRemoveBackupAndSweep(t *testing.T) {
+	repo, _, srv, _ := newRepo(t)
+	ctx := context.Background()
+	newDone := func() catalog.Backup {
+		b, err := repo.NewBackup(ctx, srv.Name, "", catalog.Backup{ServerID: srv.ID, Kind: catalog.KindBase})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, _ := repo.CreateBackupFile(ctx, b, "base.tar")
+		io.WriteString(w, "archive")
+		w.Commit(ctx)
+		if b, err = repo.FinishBackup(ctx, srv.Name, b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b1, b2 := newDone(), newDone()
+	if _, err := repo.Store.Stat(ctx, b1.StoredPath+"/"+repository.InfoName); err != nil {
+		t.Fatalf("finished backup has no info object: %v", err)
+	}
+
+	// A crash between removing b1's row and its objects.
+	if err := repo.Catalog.DeleteBackup(ctx, b1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.RemoveBackup(ctx, srv.Name, b2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Catalog.Backup(ctx, b2.ID); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("removed backup's row: %v", err)
+	}
+
+	storer, _ := repo.SegmentStorer(srv, "zstd", 1)
+	var segs []catalog.Segment
+	for n := walname.SegNo(1); n <= 4; n++ {
+		row, err := storer.Store(ctx, walname.SegmentName(1, n, segSize), segmentData(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		segs = append(segs, row)
+	}
+	// Segment 1's row is gone but its object stayed (a crash in an expire).
+	if err := repo.Catalog.DeleteSegments(ctx, segs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	orphans, err := repo.Sweep(ctx, srv, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{b1.StoredPath, segs[0].StoredPath}
+	if strings.Join(orphans, " ") != strings.Join(want, " ") {
+		t.Fatalf("Sweep removed %v, want %v", orphans, want)
+	}
+	var keys []string
+	repo.Store.List(ctx, "main/", func(o storage.ObjectInfo) error { keys = append(keys, o.Key); return nil })
+	if len(keys) != 3 {
+		t.Fatalf("after the sweep the store holds %v, want segments 2..4", keys)
+	}
+	if n, err := repo.RemoveSegments(ctx, segs[1:2]); err != nil || n != segs[1].StoredSize {
+		t.Fatalf("RemoveSegments = %d, %v", n, err)
+	}
+	if _, err := repo.Store.Stat(ctx, segs[1].StoredPath); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("removed segment's object: %v", err)
+	}
+}
+
+// The catalog re-created from the store alone equals the one that was lost:
+// servers with their identity, segments (compressed or not, with meta or,
+// as written by older versions, without), histories, finished backups;
+// unfinished backups are reported, not cataloged.
+func TestRebuildRecreatesTheCatalogFromTheStore(t *testing.T) {
+	repo, _, srv, dir := newRepo(t)
+	ctx := context.Background()
+	zstdStorer, _ := repo.SegmentStorer(srv, "zstd", 1)
+	for n := walname.SegNo(3); n <= 6; n++ {
+		if _, err := zstdStorer.Store(ctx, walname.SegmentName(1, n, segSize), segmentData(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plainStorer, _ := repo.SegmentStorer(srv, "none", 1)
+	if _, err := plainStorer.Store(ctx, walname.SegmentName(2, 7, segSize), segmentData(7)); err != nil {
+		t.Fatal(err)
+	}
+	// A segment as an older walhub stored it: no meta.
+	old := walname.SegmentName(2, 8, segSize)
+	w, _ := repo.Store.Create(ctx, storage.SegmentPath("main", old, "none"), nil)
+	w.Write(segmentData(8))
+	w.Commit(ctx)
+	if err := repo.Catalog.AddSegment(ctx, catalog.Segment{ServerID: srv.ID, TimeLine: 2, SegNo: 8, Name: old, Size: segSize,
+		StoredSize: segSize, Compression: "none", Checksum: checksum.Of(segmentData(8)),
+		StoredPath: storage.SegmentPath("main", old, "none"), ReceivedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.StoreHistory(ctx, srv, 2, []byte("1\t0/7000000\tno recovery target specified\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{catalog.KindBase, catalog.KindSnapshot, "unfinished"} {
+		k := kind
+		if kind == "unfinished" {
+			k = catalog.KindBase
+		}
+		b, err := repo.NewBackup(ctx, "main", "", catalog.Backup{ServerID: srv.ID, Kind: k, StartLSN: 0x3000028, StartTLI: 1,
+			StopLSN: 0x5000100, StopTLI: 1, StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), BackupLabel: "label " + kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k == catalog.KindBase {
+			w, _ := repo.CreateBackupFile(ctx, b, "base.tar.zst")
+			io.WriteString(w, "archive of "+kind)
+			n, _ := w.Commit(ctx)
+			b.Files = []catalog.BackupFile{{Name: "base.tar.zst", Size: 100, StoredSize: n, Compression: "zstd", SHA256Stored: "ab"}}
+			b.OriginalSize, b.StoredSize = 100, n
+		}
+		if kind == "unfinished" {
+			continue
+		}
+		b.FinishedAt = time.Date(2026, 12, 1, 10, 5, 0, 0, time.UTC)
+		if _, err := repo.FinishBackup(ctx, "main", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The unfinished one is running in the old catalog; it is not in the new.
+	before := catalogDump(t, repo.Catalog, "main", true)
+
+	fresh, err := catalog.Open(ctx, filepath.Join(dir, "rebuilt.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	rebuilt := repository.New(repo.Store, repo.Work, fresh)
+	rep, err := rebuilt.Rebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Segments != 6 || rep.TimeLines != 1 || rep.Backups != 2 || rep.Checksummed != 1 || len(rep.Skipped) != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	if after := catalogDump(t, fresh, "main", false); after != before {
+		t.Fatalf("rebuilt catalog differs:\n%s\nwant\n%s", after, before)
+	}
+	if _, err := rebuilt.Rebuild(ctx); err == nil {
+		t.Fatal("a second rebuild into a catalog with rows was accepted")
+	}
+}
+
+// catalogDump is what status and restore read from a catalog, as text;
+// without running, only finished backups are shown.
+func catalogDump(t *testing.T, cat *catalog.Catalog, server string, skipRunning bool) string {
+	t.Helper()
+	ctx := context.Background()
+	srv, err := cat.ServerByName(ctx, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "server %s %s %d\n", srv.Name, srv.SystemID, srv.SegmentSize)
+	ranges, _ := cat.SegmentRanges(ctx, srv.ID)
+	fmt.Fprintf(&sb, "ranges %+v\n", ranges)
+	for _, r := range ranges {
+		segs, _ := cat.Segments(ctx, srv.ID, r.TimeLine, r.First, r.Last+1)
+		for _, s := range segs {
+			fmt.Fprintf(&sb, "segment %s %d %d %s %s %s\n", s.Name, s.Size, s.StoredSize, s.Compression, s.Checksum, s.StoredPath)
+		}
+	}
+	tls, _ := cat.TimeLines(ctx, srv.ID)
+	for _, tl := range tls {
+		fmt.Fprintf(&sb, "timeline %d %q %s\n", tl.TimeLine, tl.History, tl.StoredPath)
+	}
+	backups, _ := cat.Backups(ctx, srv.ID)
+	for _, b := range backups {
+		if skipRunning && b.State == catalog.StateRunning {
+			continue
+		}
+		b.ServerID = 0
+		fmt.Fprintf(&sb, "backup %+v\n", b)
+	}
+	return sb.String()
+}

@@ -1,0 +1,299 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
+)
+
+// Meta keys of a stored segment: what its catalog row needs beyond what the
+// key says (timeline, segment number, compression) and the object's size.
+const (
+	metaChecksum = "checksum"  // of the uncompressed bytes, "crc32c:1a2b3c4d"
+	metaSize     = "size"      // the uncompressed size, the segment size
+	metaSystemID = "system-id" // the server's system identifier
+)
+
+// SegmentStorer stores the complete WAL segments of one server, as the
+// receiver does and the test feeder must: compressed as configured, the
+// object durable before its catalog row. It is not safe for concurrent use.
+type SegmentStorer struct {
+	r           *Repository
+	srv         catalog.Server
+	compression string
+	enc         *zstd.Encoder
+	buf         []byte
+	index       SegmentIndex
+}
+
+// SegmentIndex reads the bytes of each segment stored, in order, on their
+// way to the store (the WAL index: restore points, commit times), and gives
+// what the catalog records with the segment's row, in the same transaction.
+type SegmentIndex interface {
+	// Begin returns the writer the bytes of the segment go through.
+	Begin(ctx context.Context, tli walname.TimeLine, segno walname.SegNo, name string) io.Writer
+	// Contents is what was read from the segment since Begin.
+	Contents(tli walname.TimeLine, segno walname.SegNo) *catalog.SegmentContents
+}
+
+// SetIndex makes every segment stored from now on pass through x.
+func (s *SegmentStorer) SetIndex(x SegmentIndex) { s.index = x }
+
+// SegmentStorer returns a storer for srv (its row with system id and segment
+// size bound), compressing with compression ("zstd" or "none") at level.
+func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level int) (*SegmentStorer, error) {
+	if srv.SegmentSize == 0 {
+		return nil, fmt.Errorf("server %s has no segment size yet", srv.Name)
+	}
+	s := &SegmentStorer{r: r, srv: srv, compression: compression, buf: make([]byte, 256<<10)}
+	switch compression {
+	case "zstd":
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevel(level)), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("zstd encoder: %w", err)
+		}
+		s.enc = enc
+	case "none":
+	default:
+		return nil, fmt.Errorf("unknown compression %q", compression)
+	}
+	return s, nil
+}
+
+// StoreFile stores the complete segment name held by the local file src
+// (fsynced by the caller; it is only read). It is idempotent: a segment
+// already cataloged (a crash came between the catalog and the removal of the
+// caller's file) is returned as it is, with stored false.
+//
+// Without compression, on a store that can link a local file (local disk),
+// src becomes the object without being copied, as pg_receivewal renames it.
+func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg catalog.Segment, stored bool, err error) {
+	tli, segno, err := walname.ParseSegment(name, s.srv.SegmentSize)
+	if err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	if row, err := s.r.Catalog.Segment(ctx, s.srv.ID, name); err == nil {
+		return row, false, nil
+	} else if !errors.Is(err, catalog.ErrNotFound) {
+		return catalog.Segment{}, false, err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	if uint64(fi.Size()) != s.srv.SegmentSize {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %s holds %d bytes, a segment %d",
+			name, src, fi.Size(), s.srv.SegmentSize)
+	}
+	// The checksum goes into the object's meta, which a bucket takes when the
+	// upload starts: compute it first (the second read comes from the page cache).
+	sum := checksum.New()
+	var read io.Writer = sum
+	if s.index != nil {
+		read = io.MultiWriter(sum, s.index.Begin(ctx, tli, segno, name))
+	}
+	if _, err := io.CopyBuffer(read, in, s.buf); err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
+	}
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	row := s.row(tli, segno, name, checksum.Format(sum.Sum32()))
+	if s.index != nil {
+		row.Contents = s.index.Contents(tli, segno)
+	}
+	linked := false
+	if l, ok := s.r.Store.(storage.Linker); ok && s.compression == "none" {
+		row.StoredSize, err = l.Link(ctx, src, row.StoredPath, s.meta(row))
+		// A working area on another file system than the store: copy.
+		linked = !errors.Is(err, syscall.EXDEV)
+	}
+	if !linked {
+		row.StoredSize, err = s.put(ctx, row, in)
+	}
+	if err != nil {
+		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	// Durable object first, catalog row second.
+	if err := s.r.Catalog.AddSegment(ctx, row); err != nil {
+		return catalog.Segment{}, false, err
+	}
+	return row, true, nil
+}
+
+// Store stores the complete segment name from memory (the test feeder).
+func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (catalog.Segment, error) {
+	tli, segno, err := walname.ParseSegment(name, s.srv.SegmentSize)
+	if err != nil {
+		return catalog.Segment{}, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	if uint64(len(data)) != s.srv.SegmentSize {
+		return catalog.Segment{}, fmt.Errorf("segment %s has %d bytes, want %d", name, len(data), s.srv.SegmentSize)
+	}
+	row := s.row(tli, segno, name, checksum.Of(data))
+	if s.index != nil {
+		if _, err := s.index.Begin(ctx, tli, segno, name).Write(data); err != nil {
+			return catalog.Segment{}, fmt.Errorf("index segment %s: %w", name, err)
+		}
+		row.Contents = s.index.Contents(tli, segno)
+	}
+	stored := data
+	if s.enc != nil {
+		stored = s.enc.EncodeAll(data, nil) // one frame, one segment
+	}
+	if row.StoredSize, err = s.write(ctx, row, bytes.NewReader(stored)); err != nil {
+		return catalog.Segment{}, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	if err := s.r.Catalog.AddSegment(ctx, row); err != nil {
+		return catalog.Segment{}, err
+	}
+	return row, nil
+}
+
+func (s *SegmentStorer) row(tli walname.TimeLine, segno walname.SegNo, name, sum string) catalog.Segment {
+	return catalog.Segment{ServerID: s.srv.ID, TimeLine: tli, SegNo: segno, Name: name,
+		Size: int64(s.srv.SegmentSize), Compression: s.compression, Checksum: sum,
+		StoredPath: storage.SegmentPath(s.srv.Name, name, s.compression), ReceivedAt: time.Now()}
+}
+
+func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
+	return storage.Meta{metaChecksum: row.Checksum, metaSize: strconv.FormatInt(row.Size, 10), metaSystemID: s.srv.SystemID}
+}
+
+// write writes in (stored bytes) as the segment's object and commits it.
+func (s *SegmentStorer) write(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
+	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
+	if err != nil {
+		return 0, err
+	}
+	defer w.Abort()
+	if _, err := io.CopyBuffer(w, in, s.buf); err != nil {
+		return 0, err
+	}
+	return w.Commit(ctx)
+}
+
+// put writes the segment's bytes from in, compressed, and commits the object.
+func (s *SegmentStorer) put(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
+	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
+	if err != nil {
+		return 0, err
+	}
+	defer w.Abort()
+	if s.enc != nil {
+		// The frame then says its size, and its window is no larger: a
+		// decoder (the hub's, walfetch's) allocates no more than a segment.
+		s.enc.ResetContentSize(w, row.Size)
+		if _, err := io.CopyBuffer(s.enc, in, s.buf); err != nil {
+			return 0, err
+		}
+		if err := s.enc.Close(); err != nil {
+			return 0, err
+		}
+	} else if _, err := io.CopyBuffer(w, in, s.buf); err != nil {
+		return 0, err
+	}
+	return w.Commit(ctx)
+}
+
+// StoreHistory stores the history file of timeline tli of srv and catalogs
+// it (the object first).
+func (r *Repository) StoreHistory(ctx context.Context, srv catalog.Server, tli walname.TimeLine, content []byte) error {
+	key := storage.HistoryPath(srv.Name, tli)
+	if err := r.put(ctx, key, nil, content); err != nil {
+		return fmt.Errorf("store history of timeline %d: %w", tli, err)
+	}
+	return r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: tli, History: content,
+		StoredPath: key, AddedAt: time.Now()})
+}
+
+// put stores a small object from memory.
+func (r *Repository) put(ctx context.Context, key string, meta storage.Meta, data []byte) error {
+	w, err := r.Store.Create(ctx, key, meta)
+	if err != nil {
+		return err
+	}
+	defer w.Abort()
+	if _, err := w.Write(data); err != nil {
+		return err
+	}
+	_, err = w.Commit(ctx)
+	return err
+}
+
+// OpenSegment opens the stored object of a cataloged segment.
+func (r *Repository) OpenSegment(ctx context.Context, seg catalog.Segment) (storage.ObjectReader, error) {
+	return r.Store.Open(ctx, seg.StoredPath)
+}
+
+// OpenHistory opens the stored history file of timeline tl.
+func (r *Repository) OpenHistory(ctx context.Context, srv catalog.Server, tl catalog.TimeLine) (storage.ObjectReader, error) {
+	key := tl.StoredPath
+	if key == "" {
+		key = storage.HistoryPath(srv.Name, tl.TimeLine)
+	}
+	return r.Store.Open(ctx, key)
+}
+
+// RemoveSegments removes segments: their rows first, then their objects.
+// It returns the bytes the objects took.
+func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment) (int64, error) {
+	if err := r.Catalog.DeleteSegments(ctx, segs); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, s := range segs {
+		if err := r.Store.Remove(ctx, s.StoredPath); err != nil {
+			return n, err
+		}
+		n += s.StoredSize
+	}
+	return n, nil
+}
+
+// ReadSegment writes the uncompressed bytes of a stored segment to w.
+func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
+	return r.readSegment(ctx, seg.StoredPath, seg.Compression, w)
+}
+
+func (r *Repository) readSegment(ctx context.Context, key, compression string, w io.Writer) error {
+	f, err := r.Store.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var in io.Reader = f
+	switch compression {
+	case "none":
+	case "zstd":
+		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return err
+		}
+		defer dec.Close()
+		in = dec
+	default:
+		return fmt.Errorf("read %s: unknown compression %q", key, compression)
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	return nil
+}
