@@ -144,7 +144,7 @@ func TestPITRChoosesTheBackupThatReachesEachTarget(t *testing.T) {
 			var err error
 			if remote {
 				cmd := exec.Command(filepath.Join(binDir, "walhub"), append(args, "--config", "/nonexistent/walhub.toml",
-					"--hub-url", s.hubURL, "--token", "read-secret")...)
+					"--hub-url", s.hubURL, "--token", "read-secret", "--owner", pgOwner())...)
 				b, e := cmd.CombinedOutput()
 				out, err = string(b), e
 			} else {
@@ -175,7 +175,7 @@ func TestPITRChoosesTheBackupThatReachesEachTarget(t *testing.T) {
 		var out string
 		if r.remote {
 			cmd := exec.Command(filepath.Join(binDir, "walhub"), append(args, "--config", "/nonexistent/walhub.toml",
-				"--hub-url", s.hubURL, "--token", "read-secret")...)
+				"--hub-url", s.hubURL, "--token", "read-secret", "--owner", pgOwner())...)
 			b, err := cmd.CombinedOutput()
 			if out = string(b); err != nil {
 				t.Fatalf("restore to the %s target over HTTP: %v\n%s", r.kind, err, out)
