@@ -2,7 +2,7 @@ package basebackup
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -148,7 +148,10 @@ func describeMissing(missing []catalog.SegRange, tli walname.TimeLine, segSize u
 // ReapInterrupted turns the running backups of server whose process is gone
 // (killed, host crashed) into failed ones with the reason "interrupted" and
 // removes their files. A backup is alive while the server's lock is held by
-// the process recorded in its row. It returns the ids it reaped.
+// the process recorded in its row. The rows are read before the lock, and a
+// row is failed only if it is still running then (FailBackup's
+// compare-and-set), so a backup that finishes in between is left alone. It
+// returns the ids it reaped.
 func ReapInterrupted(ctx context.Context, repo *repository.Repository, server string) ([]string, error) {
 	srv, err := repo.Catalog.ServerByName(ctx, server)
 	if err != nil {
@@ -171,7 +174,11 @@ func ReapInterrupted(ctx context.Context, repo *repository.Repository, server st
 			continue
 		}
 		reason := fmt.Sprintf("interrupted: process %d on %s stopped before the backup finished", b.PID, b.Host)
-		if _, err := repo.FailBackup(b, reason); err != nil {
+		_, err := repo.FailBackup(b, reason)
+		if errors.Is(err, repository.ErrNotRunning) {
+			continue // it finished between the two reads: alive after all
+		}
+		if err != nil {
 			return reaped, fmt.Errorf("interrupted backup %s: %w", b.ID, err)
 		}
 		reaped = append(reaped, b.ID)
@@ -218,10 +225,12 @@ func BackupWAL(ctx context.Context, cat *catalog.Catalog, srv catalog.Server, b 
 }
 
 // CompleteWaiting marks done every backup of server that waits for its WAL
-// (state waiting_wal) once the catalog holds all of it. Each is finished by a
-// compare-and-set, so processes that run it at the same time agree. It
-// returns the ids it finished.
-func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) ([]string, error) {
+// (state waiting_wal) once the catalog holds all of it: its info object is
+// rewritten as done, then its row is finished by a compare-and-set, so
+// processes that run it at the same time agree. It returns the ids it
+// finished.
+func CompleteWaiting(ctx context.Context, repo *repository.Repository, server string) ([]string, error) {
+	cat := repo.Catalog
 	srv, err := cat.ServerByName(ctx, server)
 	if err != nil {
 		return nil, err
@@ -242,6 +251,11 @@ func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) (
 		}
 		if len(missing) > 0 {
 			continue
+		}
+		done := b
+		done.State, done.Reason = catalog.StateDone, ""
+		if err := repo.StoreBackupInfo(ctx, server, done); err != nil {
+			return finished, err
 		}
 		ok, err := cat.FinishWaitingBackup(ctx, b.ID)
 		if err != nil {

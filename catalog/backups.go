@@ -17,6 +17,46 @@ const (
 	KindSnapshot = "snapshot" // pg_backup_start/stop around an external copy
 )
 
+// What each kind of backup means to the commands that handle backups lives
+// here, beside the kinds, so that restore, verify, retention, the backup
+// checks and the recoverable window all ask the same place.
+
+// KindInfo is what one kind of backup is to walhub.
+type KindInfo struct {
+	// Restorable: walhub restore --target-dir restores it from the files it
+	// stored. A snapshot is finished from the user's own copy instead
+	// (walhub restore --snapshot-dir).
+	Restorable bool
+	// Verifiable: it has stored files to check against its manifest.
+	Verifiable bool
+	// Counted: it counts toward retention's redundancy and min_redundancy and
+	// in the backup checks (last backup age, minimum redundancy). Only what
+	// walhub holds counts: a snapshot's copy is somewhere walhub neither
+	// holds nor can check, so counting it would let retention remove the
+	// only backup walhub can restore, and let the checks pass without one.
+	Counted bool
+}
+
+// kinds holds every kind of backup there is.
+var kinds = map[string]KindInfo{
+	KindBase:     {Restorable: true, Verifiable: true, Counted: true},
+	KindSnapshot: {},
+}
+
+// KindOf says what b's kind is; an unknown kind is none of the above.
+func KindOf(b Backup) KindInfo { return kinds[b.Kind] }
+
+// Restorable tells whether walhub restore can restore b by itself: done, and
+// of a restorable kind.
+func Restorable(b Backup) bool { return b.State == StateDone && KindOf(b).Restorable }
+
+// Verifiable tells whether b has stored files to verify against its manifest.
+func Verifiable(b Backup) bool { return b.State == StateDone && KindOf(b).Verifiable }
+
+// Counted tells whether b counts as a usable backup for retention and for
+// the backup checks: done, and of a kind that counts.
+func Counted(b Backup) bool { return b.State == StateDone && KindOf(b).Counted }
+
 // Backup states: running, then done or failed; a backup whose copy is
 // complete but whose WAL has not reached the hub in time is waiting_wal until
 // the WAL arrives (then done).
@@ -120,21 +160,41 @@ func (c *Catalog) AddBackup(ctx context.Context, b Backup) error {
 
 // UpdateBackup writes every field of an existing backup.
 func (c *Catalog) UpdateBackup(ctx context.Context, b Backup) error {
+	ok, err := c.updateBackup(ctx, b, "")
+	if err == nil && !ok {
+		err = fmt.Errorf("update backup %s: %w", b.ID, ErrNotFound)
+	}
+	return err
+}
+
+// UpdateBackupIf writes every field of backup b only when its row is still in
+// state from: a compare-and-set, for a process that decides from a row it
+// read earlier (another process may have finished the backup since). It
+// returns false, changing nothing, when the row is in another state or gone.
+func (c *Catalog) UpdateBackupIf(ctx context.Context, b Backup, from string) (bool, error) {
+	return c.updateBackup(ctx, b, from)
+}
+
+func (c *Catalog) updateBackup(ctx context.Context, b Backup, from string) (bool, error) {
 	args, err := backupArgs(b)
 	if err != nil {
-		return fmt.Errorf("update backup %s: %w", b.ID, err)
+		return false, fmt.Errorf("update backup %s: %w", b.ID, err)
 	}
-	res, err := c.db.ExecContext(ctx, `UPDATE backups SET server_id = ?, kind = ?, state = ?, reason = ?,
+	q := `UPDATE backups SET server_id = ?, kind = ?, state = ?, reason = ?,
 		label = ?, start_lsn = ?, start_tli = ?, stop_lsn = ?, stop_tli = ?, started_at = ?, finished_at = ?,
 		original_size = ?, stored_size = ?, compression = ?, stored_path = ?, files = ?, backup_label = ?,
-		tablespace_map = ?, pid = ?, host = ? WHERE id = ?`, append(args[1:], b.ID)...)
+		tablespace_map = ?, pid = ?, host = ? WHERE id = ?`
+	args = append(args[1:], b.ID)
+	if from != "" {
+		q += ` AND state = ?`
+		args = append(args, from)
+	}
+	res, err := c.db.ExecContext(ctx, q, args...)
 	if err != nil {
-		return fmt.Errorf("update backup %s: %w", b.ID, err)
+		return false, fmt.Errorf("update backup %s: %w", b.ID, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("update backup %s: %w", b.ID, ErrNotFound)
-	}
-	return nil
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // Backup looks up a backup by id.

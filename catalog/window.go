@@ -141,9 +141,6 @@ type Window struct {
 	LatestBackup   string `json:"latest_backup"`
 }
 
-// Restorable reports whether walhub restore can restore b by itself.
-func Restorable(b Backup) bool { return b.State == StateDone && b.Kind == KindBase }
-
 // RecoverableWindow returns the window of points a server's backups and the
 // WAL held after them can recover to. ErrNotFound when no backup can be
 // restored with the WAL held.

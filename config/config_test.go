@@ -128,6 +128,7 @@ func TestREADMEExampleParses(t *testing.T) {
 	}
 	t.Setenv("WALHUB_READ_TOKEN", "r")
 	t.Setenv("WALHUB_ADMIN_TOKEN", "a")
+	t.Setenv("WALHUB_METRICS_TOKEN", "m")
 	// Uncomment every optional key too: they must all be valid.
 	full := strings.NewReplacer("\n# ", "\n").Replace(example)
 	for _, text := range []string{example, full} {

@@ -245,7 +245,7 @@ func TestSlowSteadyDownloadIsNotCutButAStalledOneIs(t *testing.T) {
 	if err := os.WriteFile(partial, big, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lim := limits{headerTimeout: 500 * time.Millisecond, bodyTimeout: 500 * time.Millisecond, idleTimeout: time.Second, writeStall: time.Second}
+	lim := limits{headerTimeout: 500 * time.Millisecond, bodyTimeout: 500 * time.Millisecond, idleTimeout: 5 * time.Second, writeStall: 3 * time.Second}
 	addr := f.running(t, lim, "")
 	get := func() *http.Response {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+api.WALPath("main", name+".partial"), nil)
@@ -256,25 +256,30 @@ func TestSlowSteadyDownloadIsNotCutButAStalledOneIs(t *testing.T) {
 		}
 		return resp
 	}
-	// Steady: 1 MiB every 300 ms, 16 MiB over ~5 s, five times every timeout.
+	// Steady: 1 MiB every 300 ms, 16 MiB over ~5 s: longer than the header,
+	// body and stall timeouts. The idle timeout starts when the hub has handed
+	// the last byte to the kernel; the client still has the socket buffers
+	// (a few MiB) to read then, so it is longer here, as it is (60 s) by default.
 	resp := get()
 	var got bytes.Buffer
+	var readErr error
 	for {
 		n, err := io.CopyN(&got, resp.Body, 1<<20)
 		if err != nil || n < 1<<20 {
+			readErr = err
 			break
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	resp.Body.Close()
 	if !bytes.Equal(got.Bytes(), big) {
-		t.Fatalf("slow download: got %d bytes of %d", got.Len(), len(big))
+		t.Fatalf("slow download: got %d bytes of %d (%v)", got.Len(), len(big), readErr)
 	}
 	// Stalled: reads one buffer, then nothing; the hub gives up.
 	resp = get()
 	defer resp.Body.Close()
 	io.CopyN(io.Discard, resp.Body, 64<<10)
-	time.Sleep(3 * time.Second)
+	time.Sleep(5 * time.Second)
 	n, err := io.Copy(io.Discard, resp.Body)
 	if err == nil && n+64<<10 == int64(len(big)) {
 		t.Fatalf("a stalled reader still got the whole body")

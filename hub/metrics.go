@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/version"
 )
 
 // metrics are the hub's HTTP metrics. Labels take their values from route
@@ -57,21 +57,17 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 }
 
 // buildInfo is walhub_build_info: 1, with the version, VCS revision and Go
-// version the binary was built with.
+// version the binary was built with (what --version prints).
 func buildInfo() prometheus.Collector {
-	version, revision, goVersion := "unknown", "unknown", "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		version, goVersion = bi.Main.Version, bi.GoVersion
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				revision = s.Value
-			}
-		}
+	v := version.Get()
+	revision := v.Commit
+	if revision == "" {
+		revision = "unknown"
 	}
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "walhub_build_info",
 		Help:        "Always 1; the labels say which walhub this is.",
-		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
+		ConstLabels: prometheus.Labels{"version": v.Version, "revision": revision, "goversion": v.Go},
 	})
 	g.Set(1)
 	return g

@@ -113,9 +113,18 @@ func (r *Repository) StoreBackupInfo(ctx context.Context, server string, b catal
 	return nil
 }
 
-// FailBackup removes what backup b stored and records it as failed with
-// reason. It runs even when ctx is done (an interrupted backup), bounded by
-// its own timeout.
+// ErrNotRunning is returned by FailBackup when the backup's row is no longer
+// running: another process finished or failed it after the caller read it.
+var ErrNotRunning = errors.New("the backup is no longer running")
+
+// FailBackup records running backup b as failed with reason, then removes
+// what it stored. The row changes only if it is still running (a
+// compare-and-set): a caller that judged b from a row read earlier (a reap of
+// interrupted backups) never fails a backup that finished meanwhile, nor
+// deletes its files; it gets ErrNotRunning. The files go after the row says
+// failed: a crash in between leaves files of a failed backup, which retention
+// removes with it. It runs even when ctx is done (an interrupted backup),
+// bounded by its own timeout.
 func (r *Repository) FailBackup(b catalog.Backup, reason string) (catalog.Backup, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -124,17 +133,22 @@ func (r *Repository) FailBackup(b catalog.Backup, reason string) (catalog.Backup
 	if b.FinishedAt.IsZero() {
 		b.FinishedAt = time.Now().UTC()
 	}
+	files := b.Files
 	b.Files, b.StoredSize = nil, 0
-	var errs []error
+	ok, err := r.Catalog.UpdateBackupIf(ctx, b, catalog.StateRunning)
+	if err != nil {
+		return b, fmt.Errorf("record failed backup %s: %w", b.ID, err)
+	}
+	if !ok {
+		b.Files = files
+		return b, fmt.Errorf("fail backup %s: %w", b.ID, ErrNotRunning)
+	}
 	if b.StoredPath != "" {
 		if err := r.removeAll(ctx, b.StoredPath+"/"); err != nil {
-			errs = append(errs, fmt.Errorf("remove files of failed backup %s: %w", b.ID, err))
+			return b, fmt.Errorf("remove files of failed backup %s: %w", b.ID, err)
 		}
 	}
-	if err := r.Catalog.UpdateBackup(ctx, b); err != nil {
-		errs = append(errs, fmt.Errorf("record failed backup %s: %w", b.ID, err))
-	}
-	return b, errors.Join(errs...)
+	return b, nil
 }
 
 // RemoveBackup removes backup b: its row first, then its objects. A crash in

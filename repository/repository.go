@@ -23,6 +23,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/s3store"
 )
 
 // Repository is an open repository: object store, working area, catalog.
@@ -78,6 +79,26 @@ func Init(ctx context.Context, cfg *config.Config) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	// A bucket that holds objects already (its hub was lost) is rebuilt
+	// from, not started afresh over; looking also checks that it can be
+	// reached with the credentials given. (A local store is the working
+	// area's directory, or one of its own: Foreign covered the first.)
+	var found string
+	errFound := errors.New("found")
+	if !r.Store.Features().LocalPaths {
+		err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error { found = o.Key; return errFound })
+		if err != nil && !errors.Is(err, errFound) {
+			r.Close()
+			os.Remove(work.CatalogPath())
+			return false, fmt.Errorf("repository %s: %w", r.Store, err)
+		}
+	}
+	if found != "" {
+		r.Close()
+		os.Remove(work.CatalogPath())
+		return false, fmt.Errorf("repository %s holds a repository already (%s, ...): "+
+			"to make its catalog here, walhub repair --rebuild-catalog", r.Store, found)
+	}
 	if err := r.Close(); err != nil {
 		return false, err
 	}
@@ -119,6 +140,20 @@ func catalogExists(work *storage.WorkArea) error {
 // one case here.
 func OpenStore(ctx context.Context, cfg *config.Config) (storage.ObjectStore, error) {
 	switch {
+	case cfg.IsS3():
+		c := cfg.S3
+		return s3store.New(s3store.Config{
+			Bucket:          c.Bucket,
+			Prefix:          c.Prefix,
+			Endpoint:        c.Endpoint,
+			Region:          c.Region,
+			PathStyle:       c.ForcePathStyle,
+			AccessKeyID:     string(c.AccessKeyID),
+			SecretAccessKey: string(c.SecretAccessKey),
+			CAFile:          c.CAFile,
+			PartSize:        int64(c.PartSizeMB) << 20,
+			Concurrency:     c.UploadConcurrency,
+		})
 	default:
 		return storage.NewLocalStore(cfg.Repository)
 	}

@@ -186,6 +186,38 @@ func TestFailBackupRemovesEverything(t *testing.T) {
 	}
 }
 
+// TestFailingABackupThatFinishedMeanwhileChangesNothing is the race of a
+// reap (list-backups, verify) with a backup finishing: the reaper read the
+// row as running, the backup then finished. Failing it from the stale row
+// must neither change the row nor delete the files.
+func TestFailingABackupThatFinishedMeanwhileChangesNothing(t *testing.T) {
+	repo, _, srv, dir := newRepo(t)
+	ctx := context.Background()
+	stale, err := repo.NewBackup(ctx, srv.Name, "", catalog.Backup{ServerID: srv.ID, Kind: catalog.KindBase})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := repo.CreateBackupFile(ctx, stale, "base.tar.zst")
+	io.WriteString(w, "archive")
+	w.Commit(ctx)
+	finished := stale
+	finished.Files = []catalog.BackupFile{{Name: "base.tar.zst", Size: 7, StoredSize: 7, Compression: "none"}}
+	if _, err := repo.FinishBackup(ctx, srv.Name, finished); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := repo.FailBackup(stale, "interrupted"); !errors.Is(err, repository.ErrNotRunning) {
+		t.Fatalf("failing a finished backup from a stale row: %v", err)
+	}
+	row, err := repo.Catalog.Backup(ctx, stale.ID)
+	if err != nil || row.State != catalog.StateDone || len(row.Files) != 1 {
+		t.Fatalf("row after the stale fail: %+v, %v", row, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stale.StoredPath, "base.tar.zst")); err != nil {
+		t.Fatalf("the finished backup's files: %v", err)
+	}
+}
+
 // A finished backup has its info object; removal takes the row first, then
 // the objects; a sweep removes objects whose row is gone (a crash in
 // between) and segments below the cut-off without a row.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,6 +51,11 @@ func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Bac
 	if err != nil {
 		return catalog.Backup{}, internalError{err}
 	}
+	if id == "" || id == "latest" {
+		// Chosen automatically: only among the kinds walhub restores (not a
+		// snapshot, whose files are in the user's copy).
+		backups = slices.DeleteFunc(backups, func(b catalog.Backup) bool { return !catalog.KindOf(b).Restorable })
+	}
 	segSize := r.Server.SegmentSize
 	if t.Kind() == "" || t.Kind() == "immediate" || segSize == 0 {
 		return ChooseBackup(backups, id, t)
@@ -62,10 +68,10 @@ func (r *Resolver) choose(ctx context.Context, id string, t Target) (catalog.Bac
 		if id != "" && id != "latest" && b.ID != id {
 			continue
 		}
-		if id != "" && id != "latest" && !repository.Restorable(b) {
+		if id != "" && id != "latest" && !catalog.Restorable(b) {
 			return ChooseBackup(backups, id, t) // says why it cannot be used
 		}
-		if repository.Restorable(b) {
+		if catalog.Restorable(b) {
 			candidates = append(candidates, b)
 		}
 	}

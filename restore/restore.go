@@ -72,7 +72,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	if b.Kind != catalog.KindBase {
+	if !catalog.KindOf(b).Restorable {
 		return Result{}, fmt.Errorf("backup %s is a %s backup: its files are not in walhub (see walhub restore --snapshot-dir)", b.ID, b.Kind)
 	}
 	tsDirs := map[uint32]string{}

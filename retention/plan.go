@@ -87,6 +87,7 @@ func Decide(r config.Retention, backups []catalog.Backup, now time.Time, segSize
 	done, newestDone := 0, time.Time{}
 	beforeWindowKept := false
 	var oldestKept *catalog.Backup
+	var uncounted []int
 	for i := range sorted {
 		b := sorted[i]
 		v := Verdict{Backup: b, ID: b.ID}
@@ -102,6 +103,11 @@ func Decide(r config.Retention, backups []catalog.Backup, now time.Time, segSize
 				v.Why = "failed, and a newer backup succeeded"
 			}
 		case catalog.StateDone:
+			if !catalog.Counted(b) {
+				// Decided below, once the oldest kept counted backup is known.
+				uncounted = append(uncounted, len(plan.Verdicts))
+				break
+			}
 			done++
 			if newestDone.IsZero() {
 				newestDone = b.StartedAt
@@ -131,6 +137,22 @@ func Decide(r config.Retention, backups []catalog.Backup, now time.Time, segSize
 			v.Keep, v.Why = true, "unknown state "+b.State
 		}
 		plan.Verdicts = append(plan.Verdicts, v)
+	}
+	// A done backup that does not count (a snapshot: its copy is not in
+	// walhub) is kept while the WAL it needs is: while it is not older than
+	// the oldest kept counted backup.
+	for _, i := range uncounted {
+		v := &plan.Verdicts[i]
+		switch {
+		case noPolicy:
+			v.Keep, v.Why = true, "no retention policy"
+		case oldestKept == nil:
+			v.Keep, v.Why = true, fmt.Sprintf("a %s, not counted; no %s backup is kept, so all WAL is", v.Backup.Kind, catalog.KindBase)
+		case v.Backup.StartedAt.Before(oldestKept.StartedAt):
+			v.Why = fmt.Sprintf("a %s older than the oldest kept backup %s: the WAL it needs goes", v.Backup.Kind, oldestKept.ID)
+		default:
+			v.Keep, v.Why = true, fmt.Sprintf("a %s (not counted toward redundancy), not older than the oldest kept backup", v.Backup.Kind)
+		}
 	}
 	// WAL older than the oldest kept done backup's start is needed by nobody.
 	// Without a done backup, keep all WAL. A running or failed backup does not

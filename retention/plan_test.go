@@ -24,10 +24,18 @@ func daily(n int, states map[int]string) []catalog.Backup {
 		if s, ok := states[i]; ok {
 			state = s
 		}
-		out = append(out, catalog.Backup{ID: fmt.Sprintf("b%d", i), State: state, StartedAt: start,
+		out = append(out, catalog.Backup{ID: fmt.Sprintf("b%d", i), Kind: catalog.KindBase, State: state, StartedAt: start,
 			FinishedAt: start.Add(time.Hour), StartLSN: walname.LSN(uint64(i+1) * 10 * segSize)})
 	}
 	return out
+}
+
+// snapshots turns the backups at the given indexes into snapshots.
+func snapshots(backups []catalog.Backup, idx ...int) []catalog.Backup {
+	for _, i := range idx {
+		backups[i].Kind = catalog.KindSnapshot
+	}
+	return backups
 }
 
 func kept(p Plan) string {
@@ -58,6 +66,10 @@ func TestDecide(t *testing.T) {
 			daily(3, map[int]string{2: catalog.StateRunning}), "b1 b2 ", 20},
 		{"waiting for WAL kept, not counted", config.Retention{Redundancy: 1, MinRedundancy: 1},
 			daily(3, map[int]string{2: catalog.StateWaitingWAL}), "b1 b2 ", 20},
+		{"a snapshot is not counted toward redundancy", config.Retention{Redundancy: 1, MinRedundancy: 1},
+			snapshots(daily(3, nil), 2), "b1 b2 ", 20},
+		{"a snapshot older than the oldest kept backup goes", config.Retention{Redundancy: 1, MinRedundancy: 1},
+			snapshots(daily(3, nil), 0), "b2 ", 30},
 		{"window 2d keeps the one before it", config.Retention{Window: config.Duration{Duration: 48 * time.Hour}, MinRedundancy: 1},
 			daily(5, nil), "b2 b3 b4 ", 30},
 		{"min redundancy wins over a short window", config.Retention{Window: config.Duration{Duration: time.Hour}, MinRedundancy: 3},

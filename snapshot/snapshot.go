@@ -59,8 +59,12 @@ type Manager struct {
 	// Timeout, when set, overrides every server's snapshot_timeout (tests).
 	Timeout time.Duration
 
+	// mu guards running and closed only: it is never held across a
+	// connection, a checkpoint or a wait, so one server's slow start does not
+	// hold up another's snapshot, or a stop.
 	mu      sync.Mutex
 	running map[string]*session
+	closed  bool
 	// reloaded is the configuration put in force by SetConfig, if any.
 	reloaded atomic.Pointer[config.Config]
 }
@@ -78,10 +82,13 @@ func (m *Manager) config() *config.Config {
 }
 
 type session struct {
-	conn   *pgx.Conn
-	lock   *lock.Lock
-	backup catalog.Backup
-	timer  *time.Timer
+	// starting is set while Start connects and runs pg_backup_start: the
+	// server is taken, but the session is not ready to stop.
+	starting bool
+	conn     *pgx.Conn
+	lock     *lock.Lock
+	backup   catalog.Backup
+	timer    *time.Timer
 }
 
 func (m *Manager) timeout(srv *config.Server) time.Duration {
@@ -125,15 +132,37 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 	if err != nil {
 		return api.SnapshotStarted{}, err
 	}
+	// Take the server, then do the slow part (lock, connect, checkpoint)
+	// without holding the manager's mutex.
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.running == nil {
 		m.running = map[string]*session{}
 	}
 	if s, ok := m.running[server]; ok {
+		m.mu.Unlock()
+		if s.starting {
+			return api.SnapshotStarted{}, fmt.Errorf("%w: a snapshot of %s is starting", ErrBusy, server)
+		}
 		return api.SnapshotStarted{}, fmt.Errorf("%w: a snapshot of %s is already running (backup %s, started %s): stop it first",
 			ErrBusy, server, s.backup.ID, s.backup.StartedAt.Local().Format(time.DateTime))
 	}
+	if m.closed {
+		m.mu.Unlock()
+		return api.SnapshotStarted{}, fmt.Errorf("%w: the daemon is stopping", ErrBusy)
+	}
+	s := &session{starting: true}
+	m.running[server] = s
+	m.mu.Unlock()
+	started := false
+	defer func() {
+		if !started {
+			m.mu.Lock()
+			if m.running[server] == s {
+				delete(m.running, server)
+			}
+			m.mu.Unlock()
+		}
+	}()
 	l, err := m.Repo.Work.Lock(server, "snapshot", "")
 	if err != nil {
 		return api.SnapshotStarted{}, fmt.Errorf("%w: snapshot of %s: %w", ErrBusy, server, err)
@@ -184,12 +213,20 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 		return api.SnapshotStarted{}, err
 	}
 	l.Update(-1, "backup "+b.ID)
-	s := &session{conn: conn, lock: l, backup: b}
 	timeout := m.timeout(srv)
 	deadline := now.Add(timeout)
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		conn.Close(context.Background())
+		b.State, b.FinishedAt, b.Reason = catalog.StateFailed, time.Now().UTC(), "the walhub daemon stopped during the snapshot's start"
+		m.Repo.Catalog.UpdateBackup(context.Background(), b)
+		return api.SnapshotStarted{}, fmt.Errorf("%w: the daemon is stopping", ErrBusy)
+	}
+	s.starting, s.conn, s.lock, s.backup = false, conn, l, b
 	s.timer = time.AfterFunc(timeout, func() { m.abandon(server, s, timeout) })
-	m.running[server] = s
-	ok = true
+	ok, started = true, true
+	m.mu.Unlock()
 	m.log().Info("snapshot started", "server", server, "backup", b.ID, "start_lsn", start, "deadline", deadline)
 	return api.SnapshotStarted{Server: server, BackupID: b.ID, StartLSN: start, TimeLine: tli.TimeLine, Deadline: deadline}, nil
 }
@@ -222,6 +259,10 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 	}
 	m.mu.Lock()
 	s, ok := m.running[server]
+	if ok && s.starting {
+		m.mu.Unlock()
+		return api.SnapshotStopped{}, fmt.Errorf("%w: the snapshot of %s is still starting: stop it once walhub snapshot start has returned", ErrBusy, server)
+	}
 	if ok {
 		delete(m.running, server)
 		s.timer.Stop()
@@ -273,7 +314,11 @@ func (m *Manager) Stop(ctx context.Context, server string) (api.SnapshotStopped,
 func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	for server, s := range m.running {
+		if s.starting {
+			continue // its Start sees closed and ends it
+		}
 		s.timer.Stop()
 		s.conn.Close(context.Background())
 		s.lock.Release()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -156,5 +157,65 @@ func TestSnapshotsOfTwoServersStartedTogetherBothStart(t *testing.T) {
 			t.Logf("snapshot IDs %s and %s", a.BackupID, b.BackupID)
 			return
 		}
+	}
+}
+
+// TestASlowStartHoldsUpNoOtherSnapshot: the start of a snapshot on a server
+// that takes long to answer (here one that accepts connections and never
+// replies) must not hold up a snapshot of another server, as it did while
+// the manager held its one mutex across the connect and the checkpoint.
+func TestASlowStartHoldsUpNoOtherSnapshot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := pgtest.NewPrimary(t, "snapfast", pgtest.Options{})
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			time.AfterFunc(6*time.Second, func() { c.Close() })
+		}
+	}()
+	root := t.TempDir()
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = \"main\"\nconninfo = %q\n[[server]]\nname = \"slow\"\nconninfo = \"host=127.0.0.1 port=%d user=x sslmode=disable\"\n",
+		root, p.ConnString(""), silent.Addr().(*net.TCPAddr).Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := repository.OpenLocal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	m := &Manager{Config: cfg, Repo: repo, Timeout: time.Hour}
+	defer m.Close()
+
+	slowDone := make(chan time.Time, 1)
+	go func() {
+		m.Start(ctx, "slow", "", true)
+		slowDone <- time.Now()
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := m.Start(ctx, "slow", "", true); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "starting") {
+		t.Errorf("a second start of the slow server: %v", err)
+	}
+	if _, err := m.Stop(ctx, "slow"); !errors.Is(err, ErrBusy) {
+		t.Errorf("stop of the starting snapshot: %v", err)
+	}
+	if _, err := m.Start(ctx, "main", "", true); err != nil {
+		t.Fatal(err)
+	}
+	mainDone := time.Now()
+	if _, err := m.Stop(ctx, "main"); err != nil {
+		t.Fatal(err)
+	}
+	if slow := <-slowDone; !mainDone.Before(slow) {
+		t.Fatalf("the snapshot of main started only after the slow server's start gave up (%s later)", mainDone.Sub(slow))
 	}
 }

@@ -2,6 +2,7 @@ package status
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
@@ -173,5 +175,29 @@ func TestCollectorReportsAServerItCannotBuild(t *testing.T) {
 	}
 	if _, ok := got["walhub_check_status{check=connection,server=main}"]; ok {
 		t.Error("checks exposed for a server whose status could not be built")
+	}
+}
+
+// TestCollectorFollowsTheConfigurationInForce: a server added by a reload is
+// scraped from the next scrape on.
+func TestCollectorFollowsTheConfigurationInForce(t *testing.T) {
+	src := newSource(t, t.TempDir(), closedConninfo)
+	cfg := src.Config
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&Collector{Source: src, Config: func() *config.Config { return cfg }})
+	if got := gathered(t, reg); got["walhub_status_up{server=main}"] != 1 || len(got) == 0 {
+		t.Fatalf("before the reload: walhub_status_up{server=main} = %v", got["walhub_status_up{server=main}"])
+	}
+	reloaded, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = \"other\"\nconninfo = %q\n", src.Config.Repository, closedConninfo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = reloaded
+	got := gathered(t, reg)
+	if _, ok := got["walhub_status_up{server=main}"]; ok {
+		t.Error("a server removed by the reload is still scraped")
+	}
+	if _, ok := got["walhub_status_up{server=other}"]; !ok {
+		t.Error("a server added by the reload is not scraped")
 	}
 }

@@ -324,3 +324,38 @@ func TestReceiverReconnectingWarnsThenTurnsCritical(t *testing.T) {
 		}
 	}
 }
+
+// TestASnapshotDoesNotPassTheBackupChecks: a done snapshot is newer than the
+// only base backup, which is too old. The checks go by the backups whose
+// files walhub holds: the snapshot neither makes the last backup young nor
+// counts toward the minimum redundancy.
+func TestASnapshotDoesNotPassTheBackupChecks(t *testing.T) {
+	ctx := context.Background()
+	src := newSource(t, t.TempDir(), closedConninfo)
+	srv, _ := src.Catalog.EnsureServer(ctx, "main")
+	if err := src.Catalog.BindIdentity(ctx, srv.ID, "7000000000000000001", segSize); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	addSegments(t, src.Catalog, srv.ID, 1, 3, 10, now)
+	for _, b := range []catalog.Backup{
+		{ID: "old", Kind: catalog.KindBase, StartLSN: walname.SegmentStart(4, segSize), StopLSN: walname.SegmentStart(5, segSize),
+			StartedAt: now.Add(-72 * time.Hour), FinishedAt: now.Add(-71 * time.Hour)},
+		{ID: "snap-new", Kind: catalog.KindSnapshot, StartLSN: walname.SegmentStart(8, segSize), StopLSN: walname.SegmentStart(9, segSize),
+			StartedAt: now.Add(-time.Hour), FinishedAt: now.Add(-time.Hour)},
+	} {
+		b.ServerID, b.State, b.StartTLI, b.StopTLI = srv.ID, catalog.StateDone, 1, 1
+		if err := src.Catalog.AddBackup(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	doc := build(t, src)
+	if doc.Backups.Count != 1 || doc.Backups.Uncounted != 1 || doc.Backups.Last == nil || doc.Backups.Last.ID != "old" {
+		t.Fatalf("backups %+v", doc.Backups)
+	}
+	th := DefaultThresholds
+	th.BackupAgeWarning, th.BackupAgeCritical = 24*time.Hour, 48*time.Hour
+	if r := result(t, Evaluate(doc, &src.Config.Servers[0], Probe{}, th), "last backup age"); r.Level != Critical {
+		t.Fatalf("last backup age = %+v", r)
+	}
+}

@@ -124,6 +124,9 @@ func WriteText(w io.Writer, doc *Document) error {
 		p.f("  Backups           : %d done, %s (%s stored); last %s finished %s ago", b.Count, bytesText(b.Size),
 			bytesText(b.StoredSize), b.Last.ID, age(time.Duration(b.Last.AgeSeconds*float64(time.Second))))
 	}
+	if b.Uncounted > 0 {
+		p.f(", %d snapshot(s) not counted", b.Uncounted)
+	}
 	if b.WaitingWAL > 0 {
 		p.f(", %d waiting for WAL", b.WaitingWAL)
 	}

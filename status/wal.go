@@ -63,10 +63,14 @@ type Gap struct {
 
 // Backups summarises the server's backups.
 type Backups struct {
-	// Count is the number of done (usable) backups.
-	Count   int `json:"count"`
-	Failed  int `json:"failed"`
-	Running int `json:"running"`
+	// Count is the number of done backups that count (catalog.Counted:
+	// those whose files walhub holds); the checks and Last, Oldest, Size
+	// and StoredSize go by them.
+	Count int `json:"count"`
+	// Uncounted is the number of done backups that do not count (snapshots).
+	Uncounted int `json:"uncounted"`
+	Failed    int `json:"failed"`
+	Running   int `json:"running"`
 	// WaitingWAL counts backups copied whose WAL has not reached the hub yet.
 	WaitingWAL int `json:"waiting_wal"`
 	// Size and StoredSize add up the done backups.
@@ -143,8 +147,10 @@ func (s Source) fromCatalog(ctx context.Context, srv *config.Server, now time.Ti
 	}
 	var oldest *catalog.Backup
 	for i, b := range backups {
-		switch b.State {
-		case catalog.StateDone:
+		switch {
+		case b.State == catalog.StateDone && !catalog.Counted(b):
+			doc.Backups.Uncounted++
+		case b.State == catalog.StateDone:
 			doc.Backups.Count++
 			doc.Backups.Size += b.OriginalSize
 			doc.Backups.StoredSize += b.StoredSize
@@ -154,13 +160,13 @@ func (s Source) fromCatalog(ctx context.Context, srv *config.Server, now time.Ti
 			}
 			doc.Backups.Last = summarise(b, now)
 			doc.Backups.FailedSinceLast = 0
-		case catalog.StateFailed:
+		case b.State == catalog.StateFailed:
 			doc.Backups.Failed++
 			doc.Backups.LastFailed = summarise(b, now)
 			doc.Backups.FailedSinceLast++
-		case catalog.StateRunning:
+		case b.State == catalog.StateRunning:
 			doc.Backups.Running++
-		case catalog.StateWaitingWAL:
+		case b.State == catalog.StateWaitingWAL:
 			doc.Backups.WaitingWAL++
 		}
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/walname"
 )
 
 // segmentStore turns complete .partial files into stored, cataloged segments
@@ -57,10 +59,16 @@ type archiver struct {
 	jobs  chan completedSegment
 	done  chan struct{}
 	err   error // set before done is closed
+	// next is the number of the segment after the last one stored: every
+	// segment before it is in the store.
+	next atomic.Uint64
 }
 
-func startArchiver(ctx context.Context, store *segmentStore, queue int) *archiver {
+// startArchiver starts storing the segments added, from segment next on
+// (every segment before it is stored).
+func startArchiver(ctx context.Context, store *segmentStore, queue int, next walname.SegNo) *archiver {
 	a := &archiver{store: store, jobs: make(chan completedSegment, queue), done: make(chan struct{})}
+	a.next.Store(uint64(next))
 	go func() {
 		defer close(a.done)
 		for seg := range a.jobs {
@@ -70,10 +78,14 @@ func startArchiver(ctx context.Context, store *segmentStore, queue int) *archive
 				a.err = err
 				return
 			}
+			a.next.Store(uint64(seg.SegNo + 1))
 		}
 	}()
 	return a
 }
+
+// storedUpTo is the number of the first segment not known to be stored.
+func (a *archiver) storedUpTo() walname.SegNo { return walname.SegNo(a.next.Load()) }
 
 // add queues a complete segment, waiting while the queue is full.
 func (a *archiver) add(seg completedSegment) error {

@@ -22,6 +22,7 @@ import (
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/s3test"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -45,9 +46,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// testRepo is a local repository with its catalog, for one test.
+// testRepo is a repository with its catalog, for one test.
 type testRepo struct {
-	dir  string
+	dir  string // the working area (the repository itself when local)
+	toml string // the configuration's repository lines
 	repo *repository.Repository
 	cat  *catalog.Catalog
 }
@@ -60,7 +62,29 @@ func newTestRepo(t *testing.T) *testRepo {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { repo.Close() })
-	return &testRepo{dir: dir, repo: repo, cat: repo.Catalog}
+	return &testRepo{dir: dir, toml: fmt.Sprintf("repository = %q\n", dir), repo: repo, cat: repo.Catalog}
+}
+
+// newS3TestRepo is a repository in the bucket of a real S3 server (under
+// the prefix "repo"), with its working area in a temporary directory,
+// opened the way walhub opens it from its configuration.
+func newS3TestRepo(t *testing.T, bucket *s3test.Server) *testRepo {
+	t.Helper()
+	dir := t.TempDir()
+	text := bucket.TOML("repo", dir, t.TempDir())
+	cfg, err := config.Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repository.Init(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	repo, err := repository.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	return &testRepo{dir: dir, toml: text, repo: repo, cat: repo.Catalog}
 }
 
 // serverTOML is the [[server]] section for a cluster, with extra keys.
@@ -71,7 +95,7 @@ func serverTOML(c *pgtest.Cluster, name, extra string) string {
 // serverConfig parses a server section the way walhub does, defaults included.
 func serverConfig(t *testing.T, tr *testRepo, c *pgtest.Cluster, name, extra string) *config.Server {
 	t.Helper()
-	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n%s", tr.dir, serverTOML(c, name, extra)))
+	cfg, err := config.Parse(tr.toml + serverTOML(c, name, extra))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +154,7 @@ func writeConfig(t *testing.T, tr *testRepo, sections ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "walhub.toml")
 	// Each daemon's hub listens on a port of its own: tests run in parallel.
-	text := fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n%s", tr.dir, pgtest.FreePort(t),
+	text := fmt.Sprintf("%s\n[hub]\nlisten = \"127.0.0.1:%d\"\n%s", tr.toml, pgtest.FreePort(t),
 		strings.Join(sections, "\n"))
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		t.Fatal(err)

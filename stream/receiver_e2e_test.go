@@ -66,7 +66,8 @@ func TestReceiverReconnectsAfterPrimaryRestart(t *testing.T) {
 	pg := pgtest.NewPrimary(t, "restart", pgtest.Options{SegmentSizeMB: 1})
 	tr := newTestRepo(t)
 	srv := serverConfig(t, tr, pg, "main", "")
-	_, stop := runReceiver(t, tr, srv)
+	reg := prometheus.NewRegistry()
+	_, stop := runReceiverWithMetrics(t, tr, srv, stream.NewMetrics(reg))
 	pg.PgbenchInit(2)
 	for _, mode := range []string{"fast", "immediate"} {
 		wait := pg.StartPgbench(2, 5*time.Second)
@@ -83,6 +84,10 @@ func TestReceiverReconnectsAfterPrimaryRestart(t *testing.T) {
 	}
 	stop()
 	checkTimeLine(t, tr, "main", 1)
+	// Each restart ended a session with an error and started another.
+	if r, e := metricValue(t, reg, "walhub_receiver_reconnects_total", "main"), metricValue(t, reg, "walhub_receiver_errors_total", "main"); r < 2 || e < 2 {
+		t.Errorf("after two restarts: %v reconnects, %v errors counted, want at least 2 each", r, e)
+	}
 }
 
 func TestReceiverRefusesAnotherSystemID(t *testing.T) {

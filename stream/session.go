@@ -53,7 +53,7 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	s.arch = startArchiver(context.WithoutCancel(ctx), store, archiveQueue)
+	s.arch = startArchiver(context.WithoutCancel(ctx), store, archiveQueue, walname.SegmentOf(start, s.segSize))
 	defer func() {
 		if ferr := s.arch.finish(); ferr != nil && err == nil {
 			err = ferr
@@ -400,8 +400,8 @@ func (s *session) handleCopyData(data []byte) error {
 			// segment boundaries report.)
 			return s.flushAndReport()
 		}
-		if s.w.synced > s.reported {
-			// A segment was completed: let the slot advance now.
+		if s.flushed() > s.reported {
+			// A segment was completed (or stored): let the slot advance now.
 			return s.report()
 		}
 	case pglogrepl.PrimaryKeepaliveMessageByteID:
@@ -440,17 +440,33 @@ func (s *session) flushAndReport() error {
 	return s.report()
 }
 
-// report sends a status update: written up to pos, flushed up to synced.
+// flushed is the flush position to report: what is fsynced, and, when the
+// repository is not on local disk (a bucket), no further than the end of the
+// segment that follows the last one stored. The working area holds the
+// .partial as durably as pg_receivewal would; but the complete segments that
+// wait for their upload hold WAL only the working area has, so while the
+// store fails (a bucket out of reach) the slot stops and the primary keeps
+// that WAL. With the repository on local disk the working area is the
+// repository's file system: what is fsynced is in it.
+func (s *session) flushed() walname.LSN {
+	if s.r.o.Repo.Store.Features().LocalPaths {
+		return s.w.synced
+	}
+	return min(s.w.synced, walname.SegmentStart(s.arch.storedUpTo()+1, s.segSize))
+}
+
+// report sends a status update: written up to pos, flushed up to flushed().
 func (s *session) report() error {
-	if err := sendStatus(s.conn, s.w.pos, s.w.synced); err != nil {
+	flushed := s.flushed()
+	if err := sendStatus(s.conn, s.w.pos, flushed); err != nil {
 		return err
 	}
-	s.reported = s.w.synced
+	s.reported = flushed
 	s.r.update(false, func(st *State) {
-		st.ReceivedLSN, st.FlushedLSN, st.Partial = s.w.pos, s.w.synced, s.w.partialName()
+		st.ReceivedLSN, st.FlushedLSN, st.Partial = s.w.pos, flushed, s.w.partialName()
 	})
 	if s.r.m != nil {
-		s.r.m.flushedLSN.Set(float64(s.w.synced))
+		s.r.m.flushedLSN.Set(float64(flushed))
 	}
 	return nil
 }

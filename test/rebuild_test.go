@@ -20,7 +20,13 @@ import (
 // restore from the rebuilt catalog gives the primary's data.
 func TestCatalogRebuiltFromTheRepositoryAlone(t *testing.T) {
 	t.Parallel()
-	s := newSite(t, pgtest.Options{SegmentSizeMB: 1})
+	checkCatalogRebuilt(t, newSite(t, pgtest.Options{SegmentSizeMB: 1}))
+}
+
+// checkCatalogRebuilt is the test above on the site s (its repository local
+// or in a bucket; catalog.db is in s.repo).
+func checkCatalogRebuilt(t *testing.T, s *site) {
+	t.Helper()
 	p := s.primary
 	p.PgbenchInit(1)
 	s.walhub("backup", "--server", "main")

@@ -73,13 +73,26 @@ func newSite(t *testing.T, opts pgtest.Options) *site {
 // that standby); s.primary is p, where writes and WAL switches go. Lines in
 // serverConf are added to the server's section (e.g. "synchronous = true").
 func newSiteOn(t *testing.T, p, source *pgtest.Cluster, serverConf ...string) *site {
+	return newSiteWith(t, p, source, nil, serverConf...)
+}
+
+// newSiteWith is newSiteOn with the repository's lines of the configuration
+// (top-level keys and sections before [hub]) from repository, which also sets
+// s.repo to the directory that holds catalog.db; nil is a local repository.
+func newSiteWith(t *testing.T, p, source *pgtest.Cluster, repository func(s *site) string, serverConf ...string) *site {
 	t.Helper()
 	s := &site{t: t, primary: p, dir: pgtest.TempDir(t, "site")}
-	s.repo = filepath.Join(s.dir, "repo")
+	if repository == nil {
+		repository = func(s *site) string {
+			s.repo = filepath.Join(s.dir, "repo")
+			return fmt.Sprintf("repository = %q\n", s.repo)
+		}
+	}
+	repoTOML := repository(s)
 	port := pgtest.FreePort(t)
 	s.hubURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 	s.config = filepath.Join(s.dir, "walhub.toml")
-	cfg := fmt.Sprintf(`repository = %q
+	cfg := fmt.Sprintf(`%s
 [hub]
 listen = "127.0.0.1:%d"
 read_tokens = ["read-secret"]
@@ -90,7 +103,7 @@ conninfo = %q
 %s
 [server.backup]
 wal_timeout = "2m"
-`, s.repo, port, source.ConnString(""), strings.Join(serverConf, "\n"))
+`, repoTOML, port, source.ConnString(""), strings.Join(serverConf, "\n"))
 	if err := os.WriteFile(s.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -107,11 +107,21 @@ func main() {
 }
 
 func printUsage() {
+	fmt.Fprint(os.Stdout, usageText())
+}
+
+// usageText is --help: the contract, with every setting and its default.
+func usageText() string {
 	opts := ""
+	defs := defaultTexts(defaults())
 	for _, o := range options {
-		opts += fmt.Sprintf("  --%-19s %-22s %s\n", o.name+" X", o.env, o.help)
+		help := o.help
+		if d, ok := defs[o.name]; ok {
+			help += " (default " + d + ")"
+		}
+		opts += fmt.Sprintf("  --%-19s %-22s %s\n", o.name+" X", o.env, help)
 	}
-	fmt.Fprint(os.Stdout, strings.Replace(usage, "OPTIONS\n", opts, 1))
+	return strings.Replace(usage, "OPTIONS\n", opts, 1)
 }
 
 // run returns walfetch's exit status: that of walfetch.Result, the contract

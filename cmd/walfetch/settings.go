@@ -31,6 +31,27 @@ func defaults() walfetch.Settings {
 		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute, Partial: true}
 }
 
+// defaultTexts is how --help shows the defaults d, by option name; the
+// settings without a default (url, server, token, ...) are absent.
+func defaultTexts(d walfetch.Settings) map[string]string {
+	onOff := map[bool]string{true: "on", false: "off"}
+	dur := func(d time.Duration) string { // 10m, not 10m0s
+		s := d.String()
+		if strings.HasSuffix(s, "m0s") {
+			s = strings.TrimSuffix(s, "0s")
+		}
+		if strings.HasSuffix(s, "h0m") {
+			s = strings.TrimSuffix(s, "0m")
+		}
+		return s
+	}
+	return map[string]string{
+		"spool": d.Spool, "prefetch": strconv.Itoa(d.Prefetch), "parallel": strconv.Itoa(d.Parallel),
+		"spool-max-mb": strconv.FormatInt(d.SpoolMax, 10), "timeout": dur(d.Timeout),
+		"pitr-retry": dur(d.PITRRetry), "partial": onOff[d.Partial], "idle-exit": dur(d.IdleExit),
+	}
+}
+
 // option describes one setting once, for flags, environment and file.
 type option struct {
 	name, env, help string

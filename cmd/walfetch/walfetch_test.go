@@ -27,6 +27,7 @@ import (
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/walfeed"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -560,5 +561,28 @@ func TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly(t *testing.T) {
 				t.Errorf("left in pg_wal: %v", l)
 			}
 		})
+	}
+}
+
+// TestHelpShowsEveryDefault: the defaults --help prints, set as values, give
+// back exactly the defaults: none is missing from the help, none is wrong.
+func TestHelpShowsEveryDefault(t *testing.T) {
+	texts := defaultTexts(defaults())
+	var s walfetch.Settings
+	for _, o := range options {
+		if v, ok := texts[o.name]; ok {
+			if err := o.set(&s, v); err != nil {
+				t.Fatalf("--%s default %q does not parse: %v", o.name, v, err)
+			}
+		}
+	}
+	if s != defaults() {
+		t.Errorf("the defaults shown give %+v,\nthe defaults are %+v", s, defaults())
+	}
+	help := usageText()
+	for _, want := range []string{"(default 10m)", "(default 16)", "(default pg_wal/walfetch-spool)", "(default 30s)", "(default on)"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help lacks %q", want)
+		}
 	}
 }

@@ -327,7 +327,7 @@ func (d *daemon) waitingWALLoop(ctx context.Context) error {
 		cfg := d.cfg.Load()
 		for i := range cfg.Servers {
 			name := cfg.Servers[i].Name
-			done, err := basebackup.CompleteWaiting(ctx, d.cat, name)
+			done, err := basebackup.CompleteWaiting(ctx, d.repo, name)
 			switch {
 			case errors.Is(err, catalog.ErrNotFound):
 			case err != nil && ctx.Err() == nil:

@@ -33,7 +33,8 @@ func (a *app) verifyCommand() *cobra.Command {
 		Long: `Reads the stored archives of a backup, decompresses them, and checks every file
 against the backup_manifest the server sent (size and checksum), and that no file of the
 manifest is missing. Exits 1 when any backup fails the check, listing every problem.
---backup takes an id, "latest" (the newest done backup of each server; the default) or "all".`,
+--backup takes an id, "latest" (the newest done backup of each server whose files walhub
+holds, so not a snapshot; the default) or "all" (every one of those).`,
 		Example: `  walhub verify --server main
   walhub verify --server main --backup 20261121T104500Z
   walhub verify --backup all --output=json`,
@@ -57,13 +58,16 @@ manifest is missing. Exits 1 when any backup fails the check, listing every prob
 				var latest *catalog.Backup
 				for i, b := range backups {
 					switch {
-					case backup == "all" && b.State == catalog.StateDone:
+					case backup == "all" && catalog.Verifiable(b):
 						picks = append(picks, pick{s.Name, b})
-					case backup == "latest" && b.State == catalog.StateDone:
+					case backup == "latest" && catalog.Verifiable(b):
 						latest = &backups[i]
 					case backup == b.ID:
 						if b.State != catalog.StateDone {
 							return fmt.Errorf("backup %s of %s is %s: it has no files to verify", b.ID, s.Name, b.State)
+						}
+						if !catalog.Verifiable(b) {
+							return fmt.Errorf("backup %s of %s is a %s: walhub holds no files of it to verify", b.ID, s.Name, b.Kind)
 						}
 						picks = append(picks, pick{s.Name, b})
 					}
@@ -74,7 +78,7 @@ manifest is missing. Exits 1 when any backup fails the check, listing every prob
 			}
 			if len(picks) == 0 {
 				if backup == "latest" || backup == "all" {
-					return fmt.Errorf("no done backup to verify for %s", server)
+					return fmt.Errorf("no done backup with stored files to verify for %s", server)
 				}
 				return fmt.Errorf("no backup %s for %s", backup, server)
 			}

@@ -119,7 +119,7 @@ func New(o Options) (*Client, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
 	return &Client{base: strings.TrimRight(u.String(), "/"), server: o.Server, token: o.Token, ua: o.UserAgent,
-		http: &http.Client{Transport: tr}}, nil
+		http: &http.Client{Transport: tr, CheckRedirect: refuseRedirect}}, nil
 }
 
 // Server is the server name the client asks about.
@@ -151,6 +151,10 @@ func (c *Client) send(ctx context.Context, method, path string, header http.Head
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
+	var redirect *redirectError
+	if errors.As(err, &redirect) {
+		return nil, fmt.Errorf("%w: %s %s%s: %w", ErrRefused, method, c.base, path, redirect)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, path, ctx.Err())
@@ -182,6 +186,21 @@ func (c *Client) send(ctx context.Context, method, path string, header http.Head
 		return nil, fmt.Errorf("%w: %s", ErrUnreachable, msg)
 	}
 	return nil, fmt.Errorf("%w: %s", ErrRefused, msg)
+}
+
+// redirectError is a redirect the client refused to follow.
+type redirectError struct{ from, to *url.URL }
+
+func (e *redirectError) Error() string {
+	return fmt.Sprintf("the hub at %s redirects to %s: walhub's client follows no redirect (it would carry the token "+
+		"to another origin, or over plain http); give the URL the hub answers at (hub url, or the proxy's)", e.from.Redacted(), e.to.Redacted())
+}
+
+// refuseRedirect stops every redirect: the request is not sent again, to
+// another origin or the same, with or without the token. walfetch must get
+// WAL from the hub it was told, and the token must never travel elsewhere.
+func refuseRedirect(req *http.Request, via []*http.Request) error {
+	return &redirectError{from: via[len(via)-1].URL, to: req.URL}
 }
 
 func unwrapURLError(err error) error {

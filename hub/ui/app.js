@@ -74,12 +74,6 @@ function ago(t, now) {
   return seconds(Math.max(0, (now - new Date(t)) / 1000)) + " ago";
 }
 
-// An LSN "16/B374D848" as a number of bytes (exact below 8 PiB).
-function lsnBytes(lsn) {
-  const [hi, lo] = String(lsn).split("/");
-  return parseInt(hi, 16) * 4294967296 + parseInt(lo, 16);
-}
-
 // A segment name's number, from its log and segment parts.
 function segNo(name, segSize) {
   const log = parseInt(name.slice(8, 16), 16), seg = parseInt(name.slice(16, 24), 16);
@@ -166,8 +160,10 @@ function lagCell(b, s) {
 
 function clientsPart(doc) {
   const part = el("div", { class: "clients" }, el("h3", { text: "Standbys and WAL streamers" }));
-  if (!doc.postgres.reachable) return part.appendChild(el("p", { class: "muted", text: "PostgreSQL cannot be asked." })).parentNode;
-  if (doc.clients.length === 0) return part.appendChild(el("p", { class: "muted", text: "No replication connection." })).parentNode;
+  if (!doc.postgres.reachable || doc.clients.length === 0) {
+    part.append(el("p", { class: "muted", text: doc.postgres.reachable ? "No replication connection." : "PostgreSQL cannot be asked." }));
+    return part;
+  }
   const t = el("table", {}, el("tr", {},
     ["application_name", "client", "state", "sync stage"].map(h => el("th", { text: h })),
     ["sent lag", "write lag", "flush lag", "replay lag"].map(h => el("th", { class: "num", text: h }))));

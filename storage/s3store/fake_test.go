@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/storage/s3store"
 )
 
@@ -127,7 +128,13 @@ func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>%s</Key><UploadId>%s</UploadId></InitiateMultipartUploadResult>", key, id)
 	case "UploadPart":
 		n, _ := strconv.Atoi(q.Get("partNumber"))
-		f.uploads[q.Get("uploadId")][n] = body
+		up, ok := f.uploads[q.Get("uploadId")]
+		if !ok { // aborted while this request was on its way
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, "<Error><Code>NoSuchUpload</Code></Error>")
+			return
+		}
+		up[n] = body
 		w.Header().Set("ETag", fmt.Sprintf(`"p%d"`, n))
 	case "CompleteMultipartUpload":
 		parts := f.uploads[q.Get("uploadId")]
@@ -165,14 +172,18 @@ func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 			return
 		}
-		var from, to int
-		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &from, &to); err != nil {
-			to = len(data) - 1
+		from, to := 0, len(data)-1
+		if rng := r.Header.Get("Range"); rng != "" {
+			if _, err := fmt.Sscanf(rng, "bytes=%d-%d", &from, &to); err != nil {
+				to = len(data) - 1
+			}
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, to, len(data)))
 		}
 		part := data[from : to+1]
 		w.Header().Set("Content-Length", strconv.Itoa(len(part)))
-		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, to, len(data)))
-		w.WriteHeader(http.StatusPartialContent)
+		if r.Header.Get("Range") != "" {
+			w.WriteHeader(http.StatusPartialContent)
+		}
 		if f.cutGet > 0 && len(part) > f.cutGet {
 			w.Write(part[:f.cutGet])
 			w.(http.Flusher).Flush()
@@ -222,6 +233,9 @@ func TestRetriesTransientErrors(t *testing.T) {
 			}
 			data := randomBytes(size, 5)
 			put(t, st, "k", data, nil)
+			if info, err := st.Stat(context.Background(), "k"); err != nil || info.Size != int64(size) {
+				t.Fatalf("stat: %+v, %v", info, err)
+			}
 			r, err := st.Open(context.Background(), "k")
 			if err != nil {
 				t.Fatal(err)
@@ -337,4 +351,17 @@ func TestReadResumesBrokenStream(t *testing.T) {
 	if n := f.count("GetObject"); n < 3 {
 		t.Fatalf("%d GETs, want the stream resumed after each cut", n)
 	}
+}
+
+// TestUnreachableBucketIsSaid: when nothing listens at the endpoint, the
+// error says the bucket cannot be reached, after the retries.
+func TestUnreachableBucketIsSaid(t *testing.T) {
+	_, srv := newFake(t)
+	st := fakeStore(t, srv, func(c *s3store.Config) { c.MaxAttempts = 3 })
+	srv.Close()
+	_, err := st.Stat(context.Background(), "k")
+	if err == nil || !strings.Contains(err.Error(), "cannot reach the bucket") || errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("stat on a closed endpoint: %v", err)
+	}
+	t.Log(err)
 }

@@ -12,21 +12,22 @@ import (
 	"github.com/walhub/walhub/storage"
 )
 
-// Open implements storage.ObjectStore. It HEADs the object for its size and
-// ETag; reads are Range GETs of that ETag (If-Match), so a replaced object is
-// an error rather than a mix of two. Sequential reads stream one GET from the
-// current offset; Seek drops it; ReadAt is a GET of exactly the range asked.
-// Nothing reads a whole object into memory.
+// Open implements storage.ObjectStore. It starts a GET of the whole object,
+// which gives its size and ETag and is the stream sequential reads go on
+// with; later GETs (after a Seek elsewhere, a broken stream, ReadAt) are
+// Range GETs of that ETag (If-Match), so a replaced object is an error rather
+// than a mix of two. Nothing reads a whole object into memory, and serving a
+// segment costs one request.
 func (s *Store) Open(ctx context.Context, key string) (storage.ObjectReader, error) {
 	ok, err := s.objectKey(key)
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.cfg.Bucket, Key: &ok})
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: &ok})
 	if err != nil {
 		return nil, s.wrap("open", key, err)
 	}
-	return &reader{s: s, ctx: ctx, key: key, objKey: ok, size: aws.ToInt64(out.ContentLength), etag: out.ETag}, nil
+	return &reader{s: s, ctx: ctx, key: key, objKey: ok, size: aws.ToInt64(out.ContentLength), etag: out.ETag, body: out.Body}, nil
 }
 
 // reader is an open object.
@@ -38,8 +39,9 @@ type reader struct {
 	size   int64
 	etag   *string
 
-	pos  int64
-	body io.ReadCloser // a GET streaming from pos, or nil
+	pos     int64
+	body    io.ReadCloser // a GET streaming from bodyPos, or nil
+	bodyPos int64
 }
 
 // Size implements storage.ObjectReader.
@@ -77,15 +79,20 @@ func (r *reader) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
+		if r.body != nil && r.bodyPos != r.pos {
+			r.body.Close() // a Seek moved away from the stream
+			r.body = nil
+		}
 		if r.body == nil {
 			body, err := r.get(r.pos, -1)
 			if err != nil {
 				return 0, err // the SDK has retried already
 			}
-			r.body = body
+			r.body, r.bodyPos = body, r.pos
 		}
 		n, err := r.body.Read(p)
 		r.pos += int64(n)
+		r.bodyPos = r.pos
 		switch {
 		case err == nil && n > 0:
 			return n, nil
@@ -145,10 +152,8 @@ func (r *reader) Seek(offset int64, whence int) (int64, error) {
 	if pos < 0 {
 		return 0, fmt.Errorf("seek %s: negative position %d", r.key, pos)
 	}
-	if pos != r.pos && r.body != nil {
-		r.body.Close()
-		r.body = nil
-	}
+	// The stream is dropped by the next Read if it is not at pos: seeking to
+	// the end for the size and back (http.ServeContent) costs nothing.
 	r.pos = pos
 	return pos, nil
 }

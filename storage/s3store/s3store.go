@@ -152,9 +152,14 @@ func New(cfg Config) (*Store, error) {
 			// failures; an outage of the bucket must be waited out instead.
 			o.RateLimiter = ratelimit.None
 		}),
-		// Range reads cannot check a whole-object checksum: check when asked only.
+		// No flexible checksums (x-amz-checksum-*) unless an operation
+		// requires them: several S3-compatible servers refuse or mishandle
+		// them. In transit, TLS protects the payload (over plain http the SDK
+		// signs its SHA-256, which the server checks); at rest, walhub checks
+		// what it reads against its own CRC-32C (segments) and the backup
+		// manifest.
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenSupported,
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
 	}
 	if cfg.Endpoint != "" {
 		opts.BaseEndpoint = aws.String(cfg.Endpoint)
@@ -292,6 +297,11 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectI
 func (s *Store) wrap(op, key string, err error) error {
 	if isNotFound(err) {
 		return fmt.Errorf("%s %s in %s: %w", op, key, s, storage.ErrNotExist)
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		// Said first: the SDK's message buries it at its end.
+		return fmt.Errorf("%s %s in %s: cannot reach the bucket: %w", op, key, s, err)
 	}
 	return fmt.Errorf("%s %s in %s: %w", op, key, s, err)
 }

@@ -192,10 +192,9 @@ func (w *writer) grow() {
 func (w *writer) sendPart() error {
 	if w.uploadID == nil {
 		out, err := w.s.client.CreateMultipartUpload(w.ctx, &s3.CreateMultipartUploadInput{
-			Bucket:            &w.s.cfg.Bucket,
-			Key:               &w.objKey,
-			Metadata:          w.meta,
-			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			Bucket:   &w.s.cfg.Bucket,
+			Key:      &w.objKey,
+			Metadata: w.meta,
 		})
 		if err != nil {
 			err = w.s.wrap("start multipart upload of", w.key, err)
@@ -224,13 +223,12 @@ func (w *writer) sendPart() error {
 			return
 		}
 		out, err := w.s.client.UploadPart(w.ctx, &s3.UploadPartInput{
-			Bucket:            &w.s.cfg.Bucket,
-			Key:               &w.objKey,
-			UploadId:          w.uploadID,
-			PartNumber:        aws.Int32(num),
-			Body:              bytes.NewReader(data),
-			ContentLength:     aws.Int64(int64(len(data))),
-			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			Bucket:        &w.s.cfg.Bucket,
+			Key:           &w.objKey,
+			UploadId:      w.uploadID,
+			PartNumber:    aws.Int32(num),
+			Body:          bytes.NewReader(data),
+			ContentLength: aws.Int64(int64(len(data))),
 		})
 		if err != nil {
 			w.fail(w.s.wrap(fmt.Sprintf("upload part %d of", num), w.key, err))
@@ -238,7 +236,7 @@ func (w *writer) sendPart() error {
 			return
 		}
 		w.mu.Lock()
-		w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num), ChecksumCRC32C: out.ChecksumCRC32C})
+		w.parts = append(w.parts, types.CompletedPart{ETag: out.ETag, PartNumber: aws.Int32(num)})
 		w.mu.Unlock()
 	}()
 	return nil
@@ -257,12 +255,11 @@ func (w *writer) Commit(ctx context.Context) (int64, error) {
 		w.finished = true
 		defer w.release()
 		_, err := w.s.client.PutObject(ctx, &s3.PutObjectInput{
-			Bucket:            &w.s.cfg.Bucket,
-			Key:               &w.objKey,
-			Body:              bytes.NewReader(w.buf),
-			ContentLength:     aws.Int64(int64(len(w.buf))),
-			Metadata:          w.meta,
-			ChecksumAlgorithm: types.ChecksumAlgorithmCrc32c,
+			Bucket:        &w.s.cfg.Bucket,
+			Key:           &w.objKey,
+			Body:          bytes.NewReader(w.buf),
+			ContentLength: aws.Int64(int64(len(w.buf))),
+			Metadata:      w.meta,
 		})
 		if err != nil {
 			return 0, w.s.wrap("put", w.key, err)

@@ -214,24 +214,27 @@ func (s *Server) Config(prefix string) s3store.Config {
 }
 
 // TOML is the configuration walhub needs for the bucket under prefix: the
-// repository line and the [s3] section, with the credentials read from the
-// environment variables WALHUB_TEST_S3_KEY and WALHUB_TEST_S3_SECRET (Env
-// gives them).
-func (s *Server) TOML(prefix string) string {
+// repository and work_dir lines and the [s3] section. The credentials go into
+// files in credDir (mode 0600), read with "file:" as a user would.
+func (s *Server) TOML(prefix, workDir, credDir string) string {
+	s.t.Helper()
+	key, secret := filepath.Join(credDir, "s3.key"), filepath.Join(credDir, "s3.secret")
+	if err := os.WriteFile(key, []byte(AccessKeyID+"\n"), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	if err := os.WriteFile(secret, []byte(SecretAccessKey+"\n"), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
 	return fmt.Sprintf(`repository = "s3://%s/%s"
+work_dir = %q
 
 [s3]
 endpoint = %q
 region = %q
 force_path_style = true
-access_key_id = "env:WALHUB_TEST_S3_KEY"
-secret_access_key = "env:WALHUB_TEST_S3_SECRET"
-`, s.Bucket, prefix, s.Endpoint, Region)
-}
-
-// Env is the environment TOML's configuration reads the credentials from.
-func Env() []string {
-	return []string{"WALHUB_TEST_S3_KEY=" + AccessKeyID, "WALHUB_TEST_S3_SECRET=" + SecretAccessKey}
+access_key_id = "file:%s"
+secret_access_key = "file:%s"
+`, s.Bucket, prefix, workDir, s.Endpoint, Region, key, secret)
 }
 
 // Client is a raw S3 client of the server, for tests to look at the bucket

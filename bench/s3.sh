@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The repository in an S3-compatible bucket against the same on local disk, in
+# one run: receive catch-up and base backup, and the peak RSS (VmHWM) of the
+# process that uploads a backup.
+#
+# A PostgreSQL 15 primary and versitygw v1.8.0 (posix backend, on loopback,
+# same disk) are started. Receive: two physical slots at the same LSN, then
+# WAL_MB megabytes of WAL while nothing receives; `walhub serve` with a local
+# repository, then with the bucket, each catches up from its own slot to the
+# same target (timed until receiver.json names the last segment before it:
+# stored and cataloged). Backup: pgbench at SCALE, then `walhub backup` into
+# each repository (a `walhub serve` streaming beside it), timed as a whole
+# command (stream, verify against the manifest, wait for the backup's WAL),
+# with its peak RSS from /usr/bin/time. Each runs TRIALS times, interleaved;
+# the median counts.
+#
+# Usage: bash bench/s3.sh      (as root or a user that can run initdb)
+#   WAL_MB=1024 SCALE=100 TRIALS=3 bash bench/s3.sh
+set -euo pipefail
+
+WAL_MB=${WAL_MB:-512}
+SCALE=${SCALE:-60}
+TRIALS=${TRIALS:-3}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+here=$(cd "$(dirname "$0")/.." && pwd)
+VGW=${VERSITYGW:-$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")}
+[ -x "$VGW" ] || { echo "versitygw not found: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"; exit 1; }
+[ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
+work=$(mktemp -d /tmp/walhub-bench-s3-XXXXXX)
+chmod 755 "$work"
+port=$((20000 + RANDOM % 20000))
+s3port=$((port + 1))
+hubport=$((port + 2))
+export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0b5c
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
+lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+now() { date +%s.%N; }
+calc() { awk "BEGIN { print $* }"; }
+
+cleanup() {
+	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true
+	[ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building walhub"
+(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+
+echo "versitygw on port $s3port"
+mkdir -p "$work/s3"
+ROOT_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+	"$VGW" --port "127.0.0.1:$s3port" --health /health --quiet posix "$work/s3" >"$work/vgw.log" 2>&1 &
+vgw_pid=$!
+until curl -sf "http://127.0.0.1:$s3port/health" >/dev/null; do sleep 0.1; done
+# A bucket of the posix backend is a directory under its root.
+mkdir "$work/s3/bench"
+
+echo "primary on port $port in $work"
+mkdir "$work/data"
+if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
+as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync --data-checksums >/dev/null
+cat >> "$work/data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 20
+max_wal_size = 8GB
+checkpoint_timeout = 1h
+shared_buffers = 256MB
+CONF
+as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
+
+# config KIND SLOT: writes walhub.toml for the local repository or the bucket.
+config() {
+	local repo
+	if [ "$1" = local ]; then
+		repo="repository = \"$work/repo-local\""
+	else
+		repo="repository = \"s3://bench/$2\"
+work_dir = \"$work/work-s3\"
+[s3]
+endpoint = \"http://127.0.0.1:$s3port\"
+force_path_style = true"
+	fi
+	cat > "$work/walhub.toml" <<TOML
+$repo
+[hub]
+listen = "127.0.0.1:$hubport"
+[[server]]
+name = "bench"
+conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
+slot = "$2"
+create_slot = true
+[server.backup]
+wal_timeout = "2m"
+TOML
+}
+workdir() { if [ "$1" = local ]; then echo "$work/repo-local"; else echo "$work/work-s3"; fi; }
+reset_repo() { rm -rf "$work/repo-local" "$work/work-s3" "$work/s3/bench/"*; }
+
+# ---- receive catch-up
+psql_ "CHECKPOINT" >/dev/null
+for i in $(seq 1 "$TRIALS"); do
+	for kind in local s3; do
+		psql_ "SELECT pg_create_physical_replication_slot('bench_${kind}_$i', true)" >/dev/null
+	done
+done
+start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
+echo "generating ${WAL_MB} MB of WAL while nothing receives"
+psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
+target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
+last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
+bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
+echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last"
+
+run_receive() { # KIND TRIAL: prints seconds
+	reset_repo
+	config "$1" "bench_$1_$2"
+	local wd t0 t1
+	wd=$(workdir "$1")
+	t0=$(now)
+	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	hub_pid=$!
+	until grep -q "\"last_segment\": \"$last\"" "$wd/bench/receiver.json" 2>/dev/null; do
+		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
+		sleep 0.02
+	done
+	t1=$(now)
+	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+	calc "$t1 - $t0"
+}
+
+declare -A secs
+for i in $(seq 1 "$TRIALS"); do
+	for kind in local s3; do
+		t=$(run_receive "$kind" "$i"); secs[recv_$kind]+="$t "
+		printf "  trial %d  receive into %-5s %6.2f s\n" "$i" "$kind" "$t"
+	done
+done
+for i in $(seq 1 "$TRIALS"); do
+	for kind in local s3; do psql_ "SELECT pg_drop_replication_slot('bench_${kind}_$i')" >/dev/null; done
+done
+psql_ "DROP TABLE fill" >/dev/null
+
+# ---- backup
+echo "pgbench scale $SCALE"
+"$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
+psql_ "CHECKPOINT" >/dev/null
+dbsize=$(du -sb "$work/data/base" | cut -f1)
+echo "database: $((dbsize >> 20)) MB in base/"
+
+run_backup() { # KIND: prints "seconds peak-RSS-kB stored-MB"
+	reset_repo
+	config "$1" "bench_backup_$1"
+	local wd t0 t1
+	wd=$(workdir "$1")
+	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	hub_pid=$!
+	until grep -qs '"state": "streaming"' "$wd/bench/receiver.json"; do
+		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
+		sleep 0.1
+	done
+	t0=$(now)
+	/usr/bin/time -f "%M" -o "$work/rss" "$work/walhub" --config "$work/walhub.toml" backup --server bench \
+		>"$work/backup.log" 2>&1 || { cat "$work/backup.log" >&2; exit 1; }
+	t1=$(now)
+	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+	local stored
+	if [ "$1" = local ]; then stored=$(du -sm "$work/repo-local/bench/backups" | cut -f1)
+	else stored=$(du -sm "$work/s3/bench/bench_backup_s3/bench/backups" | cut -f1); fi
+	psql_ "SELECT pg_drop_replication_slot('bench_backup_$1')" >/dev/null
+	echo "$(calc "$t1 - $t0") $(tail -1 "$work/rss") $stored"
+}
+
+for i in $(seq 1 "$TRIALS"); do
+	for kind in local s3; do
+		read -r t rss stored <<<"$(run_backup "$kind")"
+		secs[backup_$kind]+="$t "
+		secs[rss_$kind]+="$rss "
+		printf "  trial %d  backup into %-5s %6.2f s  peak RSS %d MB  stored %d MB\n" "$i" "$kind" "$t" $((rss / 1024)) "$stored"
+	done
+done
+
+med() { tr ' ' '\n' <<<"${secs[$1]}" | grep . | median; }
+echo "median of $TRIALS trials:"
+rl=$(med recv_local); rs=$(med recv_s3)
+printf "  receive catch-up, %d MB of WAL: local %.2f s (%.0f MB/s), S3 %.2f s (%.0f MB/s), S3/local throughput %.2f\n" \
+	$((bytes >> 20)) "$rl" "$(calc "$bytes / 1048576 / $rl")" "$rs" "$(calc "$bytes / 1048576 / $rs")" "$(calc "$rl / $rs")"
+bl=$(med backup_local); bs=$(med backup_s3)
+printf "  backup, %d MB database: local %.2f s, S3 %.2f s, S3/local throughput %.2f\n" $((dbsize >> 20)) "$bl" "$bs" "$(calc "$bl / $bs")"
+printf "  peak RSS of walhub backup: local %d MB, S3 %d MB\n" $(( $(med rss_local | cut -d. -f1) / 1024 )) $(( $(med rss_s3 | cut -d. -f1) / 1024 ))

@@ -1,0 +1,218 @@
+package test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/s3test"
+)
+
+// s3Prefix is where an S3 site keeps its repository in the bucket.
+const s3Prefix = "site"
+
+// newS3Site starts versitygw, a primary and `walhub serve` whose repository
+// is the prefix s3Prefix of the bucket; s.repo is the local working area
+// (catalog.db, .partial files, locks, receiver state).
+func newS3Site(t *testing.T, opts pgtest.Options) (*site, *s3test.Server) {
+	t.Helper()
+	bucket := s3test.Start(t)
+	p := pgtest.NewPrimary(t, "primary", opts)
+	s := newSiteWith(t, p, p, func(s *site) string {
+		s.repo = filepath.Join(s.dir, "work")
+		return bucket.TOML(s3Prefix, s.repo, s.dir)
+	})
+	return s, bucket
+}
+
+// TestS3BackupRestorePITRAndArchiveOnlyStandby: with the repository in a
+// bucket, a backup goes to the bucket (nothing of it on local disk); a
+// point-in-time restore over HTTP from the S3-backed hub, and an archive-only
+// standby fed by walfetch alone, reach the primary's data.
+func TestS3BackupRestorePITRAndArchiveOnlyStandby(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{})
+	p := s.primary
+	p.PgbenchInit(2)
+	s.walhub("backup", "--server", "main")
+	id := newestBackup(t, s).ID
+	objs := bucket.Objects(s3Prefix + "/main/backups/" + id + "/")
+	for _, f := range []string{"base.tar.zst", "backup_manifest"} {
+		if !slices.Contains(objs, s3Prefix+"/main/backups/"+id+"/"+f) {
+			t.Fatalf("backup %s: no %s in the bucket (holds %v)", id, f, objs)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.repo, "main", "backups")); !os.IsNotExist(err) {
+		t.Fatalf("backup files in the local working area: %v", err)
+	}
+	if p := bucket.PendingUploads(); len(p) != 0 {
+		t.Fatalf("multipart uploads left pending: %v", p)
+	}
+
+	p.Pgbench(2, 200)
+	want := p.Query(checksum)
+	p.Query("SELECT pg_create_restore_point('s3_point')")
+	p.Pgbench(2, 100)
+	s.waitArchived()
+
+	// PITR from another host: backup and WAL through the hub, from the bucket.
+	dir := filepath.Join(pgtest.TempDir(t, "pitr"), "data")
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", "/nonexistent/walhub.toml",
+		"--hub-url", s.hubURL, "--server", "main", "--target-dir", dir, "--target-name", "s3_point",
+		"--target-action", "promote", "--walfetch-token-file", s.tokenFile)
+	cmd.Env = append(os.Environ(), "WALHUB_TOKEN=read-secret")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "verified against its manifest") {
+		t.Fatalf("restore over HTTP from the S3-backed hub: %v\n%s", err, out)
+	}
+	c := startRestored(t, "pitr", dir)
+	waitPromoted(t, c)
+	if got := c.Query(checksum); got != want {
+		t.Fatal("PITR from the bucket reached other data than the primary's at the restore point")
+	}
+
+	// An archive-only standby (no primary_conninfo): every segment it
+	// replays comes from the bucket through the hub and walfetch.
+	sdir := filepath.Join(pgtest.TempDir(t, "standby"), "data")
+	s.walhub("restore", "--server", "main", "--target-dir", sdir, "--standby", "--walfetch-token-file", s.tokenFile)
+	sb := startRestored(t, "standby", sdir)
+	p.Pgbench(2, 100)
+	lsn := s.waitArchived()
+	sb.WaitReplay(lsn, 120*time.Second)
+	if got, want := sb.Query(checksum), p.Query(checksum); got != want {
+		t.Fatal("the archive-only standby's data differs from the primary's")
+	}
+	if out := sb.Query("SELECT count(*) FROM pg_stat_wal_receiver"); out != "0" {
+		t.Fatalf("the archive-only standby streams (%s wal receivers)", out)
+	}
+}
+
+// expireReport is the part of `walhub expire --output=json` this test reads.
+type expireReport struct {
+	Backups []struct {
+		ID   string `json:"id"`
+		Keep bool   `json:"keep"`
+	} `json:"backups"`
+	WALBefore       string `json:"wal_before"`
+	RemovedSegments int    `json:"removed_segments"`
+}
+
+func runExpire(t *testing.T, s *site, args ...string) expireReport {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), append([]string{"expire", "--server", "main", "--output=json", "--config", s.config}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("walhub expire: %v\n%s", err, stderr.String())
+	}
+	var reps []expireReport
+	if err := json.Unmarshal(out, &reps); err != nil || len(reps) != 1 {
+		t.Fatalf("expire output: %v\n%s", err, out)
+	}
+	return reps[0]
+}
+
+// TestS3ExpireRemovesExactlyWhatItSays: with redundancy 1, expire on a
+// bucket removes the older backup's objects and the WAL objects before the
+// kept backup's start, exactly what --dry-run announced and nothing else.
+func TestS3ExpireRemovesExactlyWhatItSays(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
+	os.WriteFile(s.config, append(mustRead(t, s.config), []byte("[server.retention]\nredundancy = 1\nauto_expire = false\n")...), 0o600)
+	p := s.primary
+	p.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+	first := newestBackup(t, s).ID
+	p.Pgbench(2, 300)
+	s.walhub("backup", "--server", "main")
+	second := newestBackup(t, s).ID
+	s.waitArchived()
+
+	before := bucket.Objects(s3Prefix + "/")
+	dry := runExpire(t, s, "--dry-run")
+	var drop []string
+	for _, b := range dry.Backups {
+		if !b.Keep {
+			drop = append(drop, b.ID)
+		}
+	}
+	if !slices.Equal(drop, []string{first}) || dry.WALBefore == "" || dry.RemovedSegments == 0 {
+		t.Fatalf("dry run: removes backups %v, WAL before %q (%d segments); want %s and some WAL", drop, dry.WALBefore, dry.RemovedSegments, first)
+	}
+	if after := bucket.Objects(s3Prefix + "/"); !slices.Equal(after, before) {
+		t.Fatal("expire --dry-run changed the bucket")
+	}
+	rep := runExpire(t, s)
+	if rep.WALBefore != dry.WALBefore || rep.RemovedSegments != dry.RemovedSegments {
+		t.Fatalf("expire did %+v, the dry run said %+v", rep, dry)
+	}
+	after := bucket.Objects(s3Prefix + "/")
+	var removed []string
+	for _, k := range before {
+		if !slices.Contains(after, k) {
+			removed = append(removed, k)
+		}
+	}
+	walRemoved := 0
+	for _, k := range removed {
+		rel := strings.TrimPrefix(k, s3Prefix+"/main/")
+		switch {
+		case strings.HasPrefix(rel, "backups/"+first+"/"):
+		case strings.HasPrefix(rel, "wal/"):
+			name := filepath.Base(rel)
+			if name[:24] >= dry.WALBefore {
+				t.Errorf("expire removed %s, at or after the kept WAL's start %s", k, dry.WALBefore)
+			}
+			walRemoved++
+		default:
+			t.Errorf("expire removed %s, which it did not announce", k)
+		}
+	}
+	if walRemoved != dry.RemovedSegments {
+		t.Errorf("%d WAL objects left the bucket, expire said %d", walRemoved, dry.RemovedSegments)
+	}
+	for _, k := range after {
+		rel := strings.TrimPrefix(k, s3Prefix+"/main/")
+		if strings.HasPrefix(rel, "backups/"+first+"/") {
+			t.Errorf("the expired backup's object %s remains", k)
+		}
+		if strings.HasPrefix(rel, "wal/") && !strings.HasSuffix(rel, ".history") && filepath.Base(rel)[:24] < dry.WALBefore {
+			t.Errorf("WAL object %s before %s remains", k, dry.WALBefore)
+		}
+	}
+	if !slices.ContainsFunc(after, func(k string) bool { return strings.Contains(k, "/backups/"+second+"/base.tar") }) {
+		t.Fatalf("the kept backup %s lost its base archive", second)
+	}
+	if list := s.walhub("list-backups", "--server", "main"); strings.Contains(list, first) || !strings.Contains(list, second) {
+		t.Fatalf("list-backups after expire:\n%s", list)
+	}
+}
+
+// TestS3CatalogRebuiltFromTheBucketAlone: catalog.db deleted, rebuilt from
+// the bucket alone, gives the same catalog and a restore with the primary's
+// data; a new hub (another working area) over that bucket refuses to start
+// an empty repository there and says to rebuild the catalog.
+func TestS3CatalogRebuiltFromTheBucketAlone(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
+	checkCatalogRebuilt(t, s)
+
+	other := filepath.Join(s.dir, "other.toml")
+	text := strings.Replace(string(mustRead(t, s.config)), "work_dir = \""+s.repo+"\"", "work_dir = \""+filepath.Join(s.dir, "work2")+"\"", 1)
+	if err := os.WriteFile(other, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "walhub"), "init", "--config", other).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "holds a repository already") || !strings.Contains(string(out), "repair --rebuild-catalog") {
+		t.Fatalf("init of a new working area over a bucket holding a repository: %v\n%s", err, out)
+	}
+	if p := bucket.PendingUploads(); len(p) != 0 {
+		t.Fatalf("multipart uploads left pending: %v", p)
+	}
+}
