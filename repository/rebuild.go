@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/pgfile"
@@ -238,25 +238,25 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 
 // segmentBytes reads a stored segment, uncompressed.
 func (r *Repository) segmentBytes(ctx context.Context, key, compression string) ([]byte, error) {
-	f, err := r.Store.Open(ctx, key)
-	if err != nil {
+	var buf bytes.Buffer
+	if err := r.readSegment(ctx, key, compression, &limitedWriter{w: &buf, n: walname.MaxSegmentSize}); err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var in io.Reader = f
-	if compression == "zstd" {
-		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, err
-		}
-		defer dec.Close()
-		in = dec
+	return buf.Bytes(), nil
+}
+
+// limitedWriter fails once more than n bytes are written.
+type limitedWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errors.New("more than a segment's bytes")
 	}
-	data, err := io.ReadAll(io.LimitReader(in, walname.MaxSegmentSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	return data, nil
+	l.n -= int64(len(p))
+	return l.w.Write(p)
 }
 
 func (r *Repository) readAll(ctx context.Context, key string, limit int64) ([]byte, error) {
