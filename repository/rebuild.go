@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,11 +10,11 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/crypt"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -90,6 +91,9 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 		var infos []backupInfo
 		for _, o := range s.infos {
 			info, err := r.readInfo(ctx, o.Key)
+			if errors.Is(err, crypt.ErrWrongKey) {
+				return rep, err // the keys are wrong, not this object
+			}
 			if err != nil {
 				rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", o.Key, err))
 				continue
@@ -124,8 +128,12 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 			if err != nil {
 				return rep, fmt.Errorf("server %s: %w", name, err)
 			}
+			_, keyID, err := r.statKey(ctx, o.Key)
+			if err != nil {
+				return rep, fmt.Errorf("server %s: %w", name, err)
+			}
 			if err := r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: hn.TimeLine,
-				History: content, StoredPath: o.Key, AddedAt: o.ModTime}); err != nil {
+				History: content, StoredPath: o.Key, AddedAt: o.ModTime, KeyID: keyID}); err != nil {
 				return rep, err
 			}
 			rep.TimeLines++
@@ -210,7 +218,7 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 		if err != nil {
 			return n, computed, fmt.Errorf("%s: %w", o.Key, err)
 		}
-		info, err := r.Store.Stat(ctx, o.Key)
+		info, keyID, err := r.statKey(ctx, o.Key)
 		if err != nil {
 			return n, computed, err
 		}
@@ -226,7 +234,7 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 		}
 		batch = append(batch, catalog.Segment{ServerID: srv.ID, TimeLine: tli, SegNo: segno, Name: k.Name,
 			Size: size, StoredSize: info.Size, Compression: k.Compression, Checksum: sum, StoredPath: o.Key,
-			ReceivedAt: info.ModTime})
+			ReceivedAt: info.ModTime, KeyID: keyID})
 		if len(batch) == 1000 {
 			if err := flush(); err != nil {
 				return n, computed, err
@@ -238,25 +246,25 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 
 // segmentBytes reads a stored segment, uncompressed.
 func (r *Repository) segmentBytes(ctx context.Context, key, compression string) ([]byte, error) {
-	f, err := r.Store.Open(ctx, key)
-	if err != nil {
+	var buf bytes.Buffer
+	if err := r.readSegment(ctx, key, compression, &limitedWriter{w: &buf, n: walname.MaxSegmentSize}); err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var in io.Reader = f
-	if compression == "zstd" {
-		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, err
-		}
-		defer dec.Close()
-		in = dec
+	return buf.Bytes(), nil
+}
+
+// limitedWriter fails once more than n bytes are written.
+type limitedWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errors.New("more than a segment's bytes")
 	}
-	data, err := io.ReadAll(io.LimitReader(in, walname.MaxSegmentSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	return data, nil
+	l.n -= int64(len(p))
+	return l.w.Write(p)
 }
 
 func (r *Repository) readAll(ctx context.Context, key string, limit int64) ([]byte, error) {
