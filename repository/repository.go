@@ -83,10 +83,12 @@ func Init(ctx context.Context, cfg *config.Config) (bool, error) {
 	// A bucket that holds objects already (its hub was lost) is rebuilt
 	// from, not started afresh over; looking also checks that it can be
 	// reached with the credentials given. (A local store is the working
-	// area's directory, or one of its own: Foreign covered the first.)
+	// area's directory, or one of its own: Foreign covered the first. A
+	// read-only hub follows a repository another hub writes: its catalog
+	// fills at its first refresh.)
 	var found string
 	errFound := errors.New("found")
-	if !r.Store.Features().LocalPaths {
+	if !r.Store.Features().LocalPaths && !cfg.ReadOnly {
 		err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error { found = o.Key; return errFound })
 		if err != nil && !errors.Is(err, errFound) {
 			r.Close()
@@ -178,7 +180,10 @@ func openBackend(ctx context.Context, cfg *config.Config) (storage.ObjectStore, 
 			CAFile:          c.CAFile,
 			PartSize:        int64(c.PartSizeMB) << 20,
 			Concurrency:     c.UploadConcurrency,
+			ReadOnly:        cfg.ReadOnly,
 		})
+	case cfg.ReadOnly:
+		return storage.NewLocalStoreReadOnly(cfg.Repository), nil
 	default:
 		return storage.NewLocalStore(cfg.Repository)
 	}

@@ -267,3 +267,33 @@ func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment)
 	}
 	return n, nil
 }
+
+// ReadSegment writes the uncompressed bytes of a stored segment to w.
+func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
+	return r.readSegment(ctx, seg.StoredPath, seg.Compression, w)
+}
+
+func (r *Repository) readSegment(ctx context.Context, key, compression string, w io.Writer) error {
+	f, err := r.Store.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var in io.Reader = f
+	switch compression {
+	case "none":
+	case "zstd":
+		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return err
+		}
+		defer dec.Close()
+		in = dec
+	default:
+		return fmt.Errorf("read %s: unknown compression %q", key, compression)
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	return nil
+}

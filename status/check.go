@@ -154,7 +154,7 @@ func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []R
 		checks = append(checks, checkPrivileges)
 	}
 	checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
-		checkBackupAge, checkRedundancy, checkFailedBackups, checkDiskSpace, checkSystemID)
+		checkBackupAge, checkRedundancy, checkRecoverable, checkFailedBackups, checkDiskSpace, checkSystemID)
 	out := make([]Result, 0, len(checks))
 	for _, c := range checks {
 		r := c(doc, srv, probe, th)
@@ -294,6 +294,15 @@ func checkSlot(doc *Document, srv *config.Server, _ Probe, _ Thresholds) Result 
 	case sl.WALStatus == "lost":
 		r = bad(name, Critical, fmt.Sprintf("slot %s is invalidated (wal_status lost): the server removed WAL the hub needed", sl.Name),
 			fmt.Sprintf("drop and recreate the slot (SELECT pg_drop_replication_slot('%s')), restart walhub serve, then take a new backup: the archive has a gap; consider raising max_slot_wal_keep_size", sl.Name))
+	case !sl.Active && doc.Receiver.Running:
+		// The receiver runs but is not connected: what it reports is the cause.
+		why := doc.Receiver.LastError
+		if why == "" {
+			why = "no error reported yet"
+		}
+		r = bad(name, Critical, fmt.Sprintf("slot %s is not in use: the receiver runs (%s) but is not streaming: %s; the slot holds %s of WAL on the server",
+			sl.Name, doc.Receiver.State, oneLine(why), bytesText(sl.RetainedBytes)),
+			"fix what the receiver reports (see the receiver check and walhub serve's log); it reconnects by itself, and the server keeps WAL for the slot until then")
 	case !sl.Active:
 		r = bad(name, Critical, fmt.Sprintf("slot %s is not in use: no receiver streams from it, and it holds %s of WAL on the server", sl.Name, bytesText(sl.RetainedBytes)),
 			"start walhub serve (systemctl start walhub) and look at its log; the server keeps WAL for the slot until then and its disk may fill")
@@ -471,6 +480,27 @@ func checkRedundancy(doc *Document, srv *config.Server, _ Probe, _ Thresholds) R
 	}
 	r.Perf = []Perf{{Label: "backups", Value: float64(doc.Backups.Count), Crit: fmt.Sprint(want) + ":"}}
 	return r
+}
+
+// checkRecoverable says what the archive can recover to: from the end of
+// the oldest backup whose WAL is all held to the end of the WAL held
+// without a gap. Backups none of which has all its WAL are critical.
+func checkRecoverable(doc *Document, _ *config.Server, _ Probe, _ Thresholds) Result {
+	const name = "recoverable window"
+	r := doc.Recoverable
+	if r == nil {
+		if doc.Backups.Count == 0 {
+			return ok(name, "no backup yet (see minimum redundancy)")
+		}
+		return bad(name, Critical, "no backup can be restored: none has all its WAL in the hub",
+			"see the WAL gaps in walhub status; take a new backup with walhub backup")
+	}
+	res := ok(name, fmt.Sprintf("from %s (%s, end of backup %s) to %s (%s)", pointTime(r.EarliestTime), r.EarliestLSN,
+		r.EarliestBackup, pointTime(r.LatestTime), r.LatestLSN))
+	if !r.EarliestTime.IsZero() && !r.LatestTime.IsZero() {
+		res.Perf = []Perf{{Label: "recoverable_window", Value: r.LatestTime.Sub(r.EarliestTime).Seconds(), Unit: "s"}}
+	}
+	return res
 }
 
 func checkFailedBackups(doc *Document, srv *config.Server, _ Probe, _ Thresholds) Result {
