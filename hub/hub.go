@@ -49,6 +49,9 @@ type Options struct {
 	// Snapshots answers the admin routes .../snapshot/start and /stop. Nil
 	// makes them answer 503.
 	Snapshots Snapshots
+	// Ready says whether the daemon does its work (every receiver storing):
+	// GET /healthz answers 200, or 503 with its error. Nil is always ready.
+	Ready func() error
 }
 
 // Server is the hub's HTTP server.
@@ -101,7 +104,8 @@ func New(o Options) (*Server, error) {
 // routes declares every route. Read routes need a read (or admin) token,
 // admin routes an admin token.
 func (s *Server) routes() {
-	s.echo.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	s.echo.GET("/healthz", s.healthz)
+	s.echo.GET("/livez", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	s.metricsRoute()
 	s.pageRoutes()
 
@@ -116,6 +120,17 @@ func (s *Server) routes() {
 	s.read(http.MethodGet, "/servers/:server/restore-points", s.restorePoints)
 	s.admin(http.MethodPost, "/servers/:server/snapshot/start", s.snapshotStart)
 	s.admin(http.MethodPost, "/servers/:server/snapshot/stop", s.snapshotStop)
+}
+
+// healthz is readiness: 200 "ok" while every receiver stores WAL, else 503
+// with the reason. /livez only says the process answers.
+func (s *Server) healthz(c echo.Context) error {
+	if s.o.Ready != nil {
+		if err := s.o.Ready(); err != nil {
+			return errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "not storing WAL: %v", err)
+		}
+	}
+	return c.String(http.StatusOK, "ok\n")
 }
 
 // read adds a versioned route that needs a read or an admin token.

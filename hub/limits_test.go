@@ -114,13 +114,13 @@ func TestSlowOrMissingBodyIsRefusedWithinSeconds(t *testing.T) {
 			}
 		})
 		jsonError(t, resp, http.StatusRequestTimeout, api.CodeTimeout)
-		if took > 3*time.Second {
+		if took > 5*time.Second {
 			t.Errorf("slow body (token %v) answered after %s", token != "", took)
 		}
 	}
 	// Headers that never end: the connection is closed.
 	resp, took := rawRequest(t, addr, func(c net.Conn) { fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n") })
-	if resp != nil || took > 3*time.Second {
+	if resp != nil || took > 5*time.Second {
 		t.Errorf("unfinished headers: response %v after %s, want the connection closed within seconds", resp, took)
 	}
 	// A read route takes no body: refused at once, the body never read.
@@ -128,7 +128,7 @@ func TestSlowOrMissingBodyIsRefusedWithinSeconds(t *testing.T) {
 		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 1000\r\n\r\n", api.WALPath("main", "00000002.history"), readToken)
 	})
 	jsonError(t, resp, http.StatusRequestEntityTooLarge, api.CodeTooLarge)
-	if took > time.Second {
+	if took > 3*time.Second {
 		t.Errorf("a body on a read route answered after %s", took)
 	}
 }
@@ -142,7 +142,7 @@ func TestLargeBodyRefusedBeforeItIsRead(t *testing.T) {
 		fmt.Fprintf(c, "POST /v1/servers/main/snapshot/start HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", adminToken, 64<<20)
 	})
 	jsonError(t, resp, http.StatusRequestEntityTooLarge, api.CodeTooLarge)
-	if took > time.Second {
+	if took > 3*time.Second {
 		t.Errorf("answered after %s", took)
 	}
 	// 64 MiB chunked: refused once the limit is crossed, long before the end.

@@ -3,6 +3,7 @@ package hub
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"net/http"
@@ -104,5 +105,24 @@ func TestClientBehindAPathPrefix(t *testing.T) {
 	_, err := wrong.FetchWAL(context.Background(), name, &buf)
 	if !errors.Is(err, client.ErrRefused) || errors.Is(err, client.ErrNotFound) {
 		t.Errorf("a 404 of the proxy: %v, want a refusal", err)
+	}
+}
+
+func TestHealthzIsReadinessLivezIsLiveness(t *testing.T) {
+	f := newFixture(t, "zstd", nil)
+	var ready error = errors.New("main: receiver waiting: write /srv/walhub/main/wal/x.partial: no space left on device")
+	f.srv.o.Ready = func() error { return ready }
+	resp := f.get(t, http.MethodGet, "/healthz", "", nil)
+	var body struct{ Code, Error string }
+	json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body.Error, "main: receiver waiting") || strings.Contains(body.Error, "/srv/") {
+		t.Errorf("healthz while not storing: %d %+v", resp.StatusCode, body)
+	}
+	if resp := f.get(t, http.MethodGet, "/livez", "", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("livez while not storing: %d", resp.StatusCode)
+	}
+	ready = nil
+	if resp := f.get(t, http.MethodGet, "/healthz", "", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("healthz while storing: %d", resp.StatusCode)
 	}
 }

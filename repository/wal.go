@@ -170,7 +170,7 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 func (s *SegmentStorer) row(tli walname.TimeLine, segno walname.SegNo, name, sum string) catalog.Segment {
 	return catalog.Segment{ServerID: s.srv.ID, TimeLine: tli, SegNo: segno, Name: name,
 		Size: int64(s.srv.SegmentSize), Compression: s.compression, Checksum: sum,
-		StoredPath: storage.SegmentPath(s.srv.Name, name, s.compression), ReceivedAt: time.Now()}
+		StoredPath: storage.SegmentPath(s.srv.Name, name, s.compression), ReceivedAt: time.Now(), KeyID: s.r.KeyID()}
 }
 
 func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
@@ -221,7 +221,7 @@ func (r *Repository) StoreHistory(ctx context.Context, srv catalog.Server, tli w
 		return fmt.Errorf("store history of timeline %d: %w", tli, err)
 	}
 	return r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: tli, History: content,
-		StoredPath: key, AddedAt: time.Now()})
+		StoredPath: key, AddedAt: time.Now(), KeyID: r.KeyID()})
 }
 
 // put stores a small object from memory.

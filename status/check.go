@@ -294,6 +294,15 @@ func checkSlot(doc *Document, srv *config.Server, _ Probe, _ Thresholds) Result 
 	case sl.WALStatus == "lost":
 		r = bad(name, Critical, fmt.Sprintf("slot %s is invalidated (wal_status lost): the server removed WAL the hub needed", sl.Name),
 			fmt.Sprintf("drop and recreate the slot (SELECT pg_drop_replication_slot('%s')), restart walhub serve, then take a new backup: the archive has a gap; consider raising max_slot_wal_keep_size", sl.Name))
+	case !sl.Active && doc.Receiver.Running:
+		// The receiver runs but is not connected: what it reports is the cause.
+		why := doc.Receiver.LastError
+		if why == "" {
+			why = "no error reported yet"
+		}
+		r = bad(name, Critical, fmt.Sprintf("slot %s is not in use: the receiver runs (%s) but is not streaming: %s; the slot holds %s of WAL on the server",
+			sl.Name, doc.Receiver.State, oneLine(why), bytesText(sl.RetainedBytes)),
+			"fix what the receiver reports (see the receiver check and walhub serve's log); it reconnects by itself, and the server keeps WAL for the slot until then")
 	case !sl.Active:
 		r = bad(name, Critical, fmt.Sprintf("slot %s is not in use: no receiver streams from it, and it holds %s of WAL on the server", sl.Name, bytesText(sl.RetainedBytes)),
 			"start walhub serve (systemctl start walhub) and look at its log; the server keeps WAL for the slot until then and its disk may fill")

@@ -325,6 +325,24 @@ func TestReceiverReconnectingWarnsThenTurnsCritical(t *testing.T) {
 	}
 }
 
+// TestSlotCheckReadsTheReceiversState: an inactive slot while the receiver
+// runs but cannot store says so, with the receiver's error, instead of
+// asking to start walhub serve.
+func TestSlotCheckReadsTheReceiversState(t *testing.T) {
+	srv := &config.Server{Name: "main"}
+	doc := &Document{Server: "main", Slot: Slot{Name: "walhub_main", Known: true, Exists: true, RestartLSN: 1 << 24},
+		Receiver: Receiver{Running: true, State: "waiting", LastError: "store WAL at 0/1000000: write: no space left on device"}}
+	r := checkSlot(doc, srv, Probe{}, DefaultThresholds)
+	if r.Level != Critical || !strings.Contains(r.Message, "the receiver runs (waiting) but is not streaming: store WAL") ||
+		!strings.Contains(r.Message, "no space left on device") || strings.Contains(r.Hint, "start walhub serve") {
+		t.Errorf("receiver running: %s %q hint %q", r.Level, r.Message, r.Hint)
+	}
+	doc.Receiver = Receiver{Running: false, State: "stopped"}
+	if r := checkSlot(doc, srv, Probe{}, DefaultThresholds); !strings.Contains(r.Hint, "start walhub serve") {
+		t.Errorf("receiver stopped: %q hint %q", r.Message, r.Hint)
+	}
+}
+
 // TestASnapshotDoesNotPassTheBackupChecks: a done snapshot is newer than the
 // only base backup, which is too old. The checks go by the backups whose
 // files walhub holds: the snapshot neither makes the last backup young nor

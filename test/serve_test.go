@@ -2,6 +2,7 @@ package test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -205,4 +206,31 @@ func TestRestoreAsRootOrAsAnotherUserSaysWhatToDo(t *testing.T) {
 	if err == nil || !strings.Contains(out, "user postgres cannot read and write") || !strings.Contains(out, "--hub-url "+s.hubURL) {
 		t.Fatalf("as postgres on the hub host: %v\n%s", err, out)
 	}
+}
+
+// TestHealthzSaysWhetherEveryReceiverStores drives the real daemon: /healthz
+// is 200 while the receiver streams, 503 with the reason while its server is
+// down, 200 again once it streams; /livez stays 200 throughout.
+func TestHealthzSaysWhetherEveryReceiverStores(t *testing.T) {
+	t.Parallel()
+	s := newSite(t, pgtest.Options{}) // waits for /healthz: the receiver streams
+	get := func(path string) (int, string) {
+		resp, err := http.Get(s.hubURL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	s.primary.Stop("fast")
+	pgtest.WaitFor(t, 60*time.Second, "/healthz to say the receiver is not storing", func() bool {
+		code, body := get("/healthz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "main: receiver")
+	})
+	if code, _ := get("/livez"); code != http.StatusOK {
+		t.Errorf("/livez while the server is down: %d", code)
+	}
+	s.primary.Start()
+	pgtest.WaitFor(t, 90*time.Second, "/healthz to be 200 again", func() bool { code, _ := get("/healthz"); return code == http.StatusOK })
 }

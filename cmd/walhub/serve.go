@@ -81,7 +81,7 @@ func (a *app) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Servers) == 0 {
+	if len(cfg.Servers) == 0 && !cfg.ReadOnly {
 		return fmt.Errorf("nothing to serve: no [[server]] section in %s", a.configPath)
 	}
 	repo, err := a.repository(ctx)
@@ -95,8 +95,8 @@ func (a *app) serve(ctx context.Context) error {
 	metrics := stream.NewMetrics(registry)
 
 	d := &daemon{log: a.log, configPath: a.configPath, cat: cat, repo: repo, receivers: map[string]*runningReceiver{},
-		newReceiver: func(srv *config.Server) service {
-			return stream.NewReceiver(stream.Options{Server: srv, Repo: repo, Log: a.log, Metrics: metrics}).Run
+		newReceiver: func(srv *config.Server) *stream.Receiver {
+			return stream.NewReceiver(stream.Options{Server: srv, Repo: repo, Log: a.log, Metrics: metrics})
 		}}
 	d.cfg.Store(cfg)
 	// Status, backups, replication and check results, built at each scrape
@@ -111,12 +111,17 @@ func (a *app) serve(ctx context.Context) error {
 		Status: func(ctx context.Context, server string) (any, error) {
 			return status.Provider(d.cfg.Load(), cat, repo.Work)(ctx, server)
 		},
-		Snapshots: d.snapshots})
+		Snapshots: d.snapshots, Ready: d.storing})
 	if err != nil {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
-	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
+	services := []service{d.hub.Run, d.expireLoop, d.waitingWALLoop}
+	if cfg.ReadOnly {
+		// Another hub writes the repository: this one serves it and follows.
+		services = []service{d.hub.Run, d.refreshLoop(cfg.RefreshInterval.Duration)}
+	}
+	err = d.run(ctx, hup, services)
 	a.log.Info("walhub stopped")
 	return err
 }
@@ -132,16 +137,48 @@ type daemon struct {
 	hub        *hub.Server
 	snapshots  *snapshot.Manager
 	// newReceiver makes the receiver of one server section.
-	newReceiver func(srv *config.Server) service
-	// receivers are the running receivers by server name; only run's
-	// goroutine touches the map.
+	newReceiver func(srv *config.Server) *stream.Receiver
+	// receivers are the running receivers by server name; run's goroutine
+	// changes the map, under mu, which /healthz takes to read it.
+	mu        sync.Mutex
 	receivers map[string]*runningReceiver
 }
 
 // runningReceiver is one receiver goroutine.
 type runningReceiver struct {
-	stop context.CancelFunc
-	done chan struct{}
+	receiver *stream.Receiver
+	stop     context.CancelFunc
+	done     chan struct{}
+}
+
+// storing is the daemon's readiness (/healthz): nil when every configured
+// server's receiver is streaming, else which are not and why.
+func (d *daemon) storing() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var not []string
+	for _, name := range slices.Sorted(maps.Keys(d.receivers)) {
+		r := d.receivers[name]
+		select {
+		case <-r.done:
+			not = append(not, name+": the receiver is not running")
+			continue
+		default:
+		}
+		st := r.receiver.State()
+		if st.State == "streaming" {
+			continue
+		}
+		why := name + ": receiver " + st.State
+		if st.LastError != "" {
+			why += ": " + st.LastError
+		}
+		not = append(not, why)
+	}
+	if len(not) > 0 {
+		return errors.New(strings.Join(not, "; "))
+	}
+	return nil
 }
 
 // run starts every receiver and the other services, and reloads the
@@ -187,12 +224,13 @@ func (d *daemon) run(ctx context.Context, hup <-chan os.Signal, services []servi
 // failed (a server added by a reload) the error is logged and the rest runs on.
 func (d *daemon) startReceiver(ctx context.Context, srv *config.Server, failed chan<- error) {
 	rctx, stop := context.WithCancel(ctx)
-	r := &runningReceiver{stop: stop, done: make(chan struct{})}
+	r := &runningReceiver{receiver: d.newReceiver(srv), stop: stop, done: make(chan struct{})}
+	d.mu.Lock()
 	d.receivers[srv.Name] = r
-	run := d.newReceiver(srv)
+	d.mu.Unlock()
 	go func() {
 		defer close(r.done)
-		err := run(rctx)
+		err := r.receiver.Run(rctx)
 		switch {
 		case err == nil:
 		case failed != nil:
@@ -212,7 +250,9 @@ func (d *daemon) stopReceiver(name string) {
 	}
 	r.stop()
 	<-r.done
+	d.mu.Lock()
 	delete(d.receivers, name)
+	d.mu.Unlock()
 }
 
 // hubRestartKeys are the [hub] settings read once, when the hub starts listening.
@@ -335,6 +375,30 @@ func (d *daemon) waitingWALLoop(ctx context.Context) error {
 			}
 			for _, id := range done {
 				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
+			}
+		}
+	}
+}
+
+// refreshLoop keeps the catalog of a read-only hub up to date with the
+// repository another hub writes: at once, then every interval.
+func (d *daemon) refreshLoop(interval time.Duration) service {
+	return func(ctx context.Context) error {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			rep, err := d.repo.Refresh(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
+			case rep.Changed():
+				d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
+					"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
 			}
 		}
 	}
