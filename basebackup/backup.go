@@ -311,7 +311,8 @@ func (s *sink) NewArchive(name, location string) error {
 		return fmt.Errorf("archive %s comes with tablespace location %q", name, location)
 	}
 	c := s.run.opts.Compression
-	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method}
+	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method,
+		KeyID: s.run.opts.Repo.KeyID()}
 	if s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c); err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
 	}
@@ -397,7 +398,8 @@ func (s *sink) finish() error {
 	if err != nil {
 		return fmt.Errorf("store manifest: %w", err)
 	}
-	b.Files = append(b.Files, catalog.BackupFile{Name: ManifestName, Size: n, StoredSize: n, Compression: "none"})
+	b.Files = append(b.Files, catalog.BackupFile{Name: ManifestName, Size: n, StoredSize: n, Compression: "none",
+		KeyID: s.run.opts.Repo.KeyID()})
 	b.StoredSize += n
 	label, tsmap, err := readLabel(s.head.Bytes())
 	if err != nil {

@@ -222,14 +222,14 @@ func TestBackupWhoseWALIsLateWaitsThenBecomesDone(t *testing.T) {
 	if _, err := Verify(context.Background(), RepoOpener(e.repo, row), row); err != nil {
 		t.Fatalf("the waiting backup's files: %v", err)
 	}
-	if done, err := CompleteWaiting(context.Background(), e.cat, e.server); err != nil || len(done) != 0 {
+	if done, err := CompleteWaiting(context.Background(), e.repo, e.server); err != nil || len(done) != 0 {
 		t.Fatalf("completed without its WAL: %v %v", done, err)
 	}
 
 	e.startReceiver()
 	e.primary.SwitchWAL()
 	waitFor(t, time.Minute, "the waiting backup to become done", func() bool {
-		done, err := CompleteWaiting(context.Background(), e.cat, e.server)
+		done, err := CompleteWaiting(context.Background(), e.repo, e.server)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -238,6 +238,10 @@ func TestBackupWhoseWALIsLateWaitsThenBecomesDone(t *testing.T) {
 	row, _ = e.cat.Backup(context.Background(), b.ID)
 	if row.State != catalog.StateDone || row.Reason != "" || !row.FinishedAt.Equal(b.FinishedAt) {
 		t.Fatalf("after the WAL arrived: %s %q finished %s (was %s)", row.State, row.Reason, row.FinishedAt, b.FinishedAt)
+	}
+	info, err := os.ReadFile(filepath.Join(e.root, filepath.FromSlash(b.StoredPath), repository.InfoName))
+	if err != nil || !strings.Contains(string(info), `"state": "done"`) {
+		t.Errorf("the backup's info object after the WAL arrived: %v\n%s", err, info)
 	}
 	if again, _ := e.cat.FinishWaitingBackup(context.Background(), b.ID); again {
 		t.Error("a done backup was finished a second time")

@@ -225,10 +225,12 @@ func BackupWAL(ctx context.Context, cat *catalog.Catalog, srv catalog.Server, b 
 }
 
 // CompleteWaiting marks done every backup of server that waits for its WAL
-// (state waiting_wal) once the catalog holds all of it. Each is finished by a
-// compare-and-set, so processes that run it at the same time agree. It
-// returns the ids it finished.
-func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) ([]string, error) {
+// (state waiting_wal) once the catalog holds all of it: its info object is
+// rewritten as done, then its row is finished by a compare-and-set, so
+// processes that run it at the same time agree. It returns the ids it
+// finished.
+func CompleteWaiting(ctx context.Context, repo *repository.Repository, server string) ([]string, error) {
+	cat := repo.Catalog
 	srv, err := cat.ServerByName(ctx, server)
 	if err != nil {
 		return nil, err
@@ -249,6 +251,11 @@ func CompleteWaiting(ctx context.Context, cat *catalog.Catalog, server string) (
 		}
 		if len(missing) > 0 {
 			continue
+		}
+		done := b
+		done.State, done.Reason = catalog.StateDone, ""
+		if err := repo.StoreBackupInfo(ctx, server, done); err != nil {
+			return finished, err
 		}
 		ok, err := cat.FinishWaitingBackup(ctx, b.ID)
 		if err != nil {

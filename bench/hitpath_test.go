@@ -28,6 +28,10 @@ import (
 // slows both alike. Run it with
 //
 //	go test -run XXX -bench RestoreCommandCost -benchtime 1x ./bench
+//
+// BENCH_SEGMENT_MB (default 16), BENCH_CALLS (default 300);
+// BENCH_WALFETCH_BASELINE names another walfetch binary to time in the same
+// rounds (e.g. one built from main before a change).
 func BenchmarkRestoreCommandCost(b *testing.B) {
 	const systemID = 7300000000000000042
 	segSize := envInt("BENCH_SEGMENT_MB", 16) << 20
@@ -97,19 +101,28 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	if err := os.WriteFile(source, segment(2), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	var cpTimes, hitTimes []time.Duration
-	b.ResetTimer()
-	for i := 0; i < calls; i++ {
-		cpTimes = append(cpTimes, run("cp archive/segment pg_wal/RECOVERYXLOG"))
+	// BENCH_WALFETCH_BASELINE: another walfetch binary, run in the same rounds.
+	baseline := os.Getenv("BENCH_WALFETCH_BASELINE")
+	hit := func(bin string, segno walname.SegNo) time.Duration {
 		// The prefetcher's work, done before the call as it would be: a
 		// verified segment in the spool (a hard link stands in for the download).
-		name := walname.SegmentName(1, walname.SegNo(i+2), uint64(segSize))
+		name := walname.SegmentName(1, segno, uint64(segSize))
 		if err := os.Link(source, filepath.Join(spool, name)); err != nil {
 			b.Fatal(err)
 		}
-		hitTimes = append(hitTimes, run(wf(name)))
+		d := run(strings.Replace(wf(name), walfetch, bin, 1))
 		if _, err := os.Stat(filepath.Join(spool, name)); err == nil {
 			b.Fatalf("%s was not taken from the spool", name)
+		}
+		return d
+	}
+	var cpTimes, hitTimes, baseTimes []time.Duration
+	b.ResetTimer()
+	for i := 0; i < calls; i++ {
+		cpTimes = append(cpTimes, run("cp archive/segment pg_wal/RECOVERYXLOG"))
+		hitTimes = append(hitTimes, hit(walfetch, walname.SegNo(2*i+2)))
+		if baseline != "" {
+			baseTimes = append(baseTimes, hit(baseline, walname.SegNo(2*i+3)))
 		}
 	}
 	b.StopTimer()
@@ -119,4 +132,9 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	fmt.Printf("  cp from a local directory:  %v\n", mc.Round(time.Microsecond))
 	fmt.Printf("  walfetch, spool hit:        %v\n", mh.Round(time.Microsecond))
 	fmt.Printf("  walfetch / cp time:         %.2fx\n", float64(mh)/float64(mc))
+	if baseline != "" {
+		mb := median(baseTimes)
+		fmt.Printf("  baseline walfetch, hit:     %v\n", mb.Round(time.Microsecond))
+		fmt.Printf("  baseline / cp time:         %.2fx\n", float64(mb)/float64(mc))
+	}
 }

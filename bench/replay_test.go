@@ -8,8 +8,8 @@
 // BENCH_SEGMENT_MB (default 1) sets the segment size, BENCH_SEGMENTS (default
 // 250) the backlog, BENCH_DELAY (default 20ms) the added delay, BENCH_ROUNDS
 // (default 2) the rounds (each round runs every command once, interleaved; the
-// median and the best of the rounds are reported), BENCH_ONLY substrings of
-// the runs to do, separated by commas. BENCH_WALFETCH_BASELINE names another
+// median and the best of the rounds are reported), BENCH_ONLY the runs to do,
+// separated by commas (a run's whole name, or a part of the names). BENCH_WALFETCH_BASELINE names another
 // walfetch binary (e.g. built from main) to run beside this one, on
 // loopback, so that a change is measured against the same noise.
 package bench
@@ -137,13 +137,16 @@ func BenchmarkReplay(b *testing.B) {
 		runs = append(runs, struct{ name, command string }{baselineRun,
 			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, hubURL)})
 	}
+	// An item of BENCH_ONLY that is a run's whole name selects that run only,
+	// else every run whose name contains it.
 	selected := func(name string) bool {
 		only := os.Getenv("BENCH_ONLY")
 		if only == "" {
 			return true
 		}
 		for _, o := range strings.Split(only, ",") {
-			if o != "" && strings.Contains(name, o) {
+			exact := slices.ContainsFunc(runs, func(r struct{ name, command string }) bool { return r.name == o })
+			if o != "" && (o == name || !exact && strings.Contains(name, o)) {
 				return true
 			}
 		}

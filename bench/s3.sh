@@ -126,7 +126,7 @@ run_receive() { # KIND TRIAL: prints seconds
 	local wd t0 t1
 	wd=$(workdir "$1")
 	t0=$(now)
-	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
 	until grep -q "\"last_segment\": \"$last\"" "$wd/bench/receiver.json" 2>/dev/null; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
@@ -161,7 +161,7 @@ run_backup() { # KIND: prints "seconds peak-RSS-kB stored-MB"
 	config "$1" "bench_backup_$1"
 	local wd t0 t1
 	wd=$(workdir "$1")
-	"$work/walhub" serve --config "$work/walhub.toml" 2>"$work/hub.log" &
+	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
 	until grep -qs '"state": "streaming"' "$wd/bench/receiver.json"; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi

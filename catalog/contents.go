@@ -88,16 +88,19 @@ func putContents(ctx context.Context, tx *sql.Tx, serverID int64, tli walname.Ti
 	return nil
 }
 
-// SetSegmentContents records the contents of a stored segment read after
-// the fact (the backfill of an archive stored before the index existed).
-func (c *Catalog) SetSegmentContents(ctx context.Context, serverID int64, tli walname.TimeLine, segno walname.SegNo, sc SegmentContents) error {
+// SetSegmentContents records, in one transaction, the contents of stored
+// segments read after the fact (the backfill of an archive stored before
+// the index existed).
+func (c *Catalog) SetSegmentContents(ctx context.Context, serverID int64, segs []IndexedSegment) error {
 	tx, err := c.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("record segment contents: %w", err)
 	}
 	defer tx.Rollback()
-	if err := putContents(ctx, tx, serverID, tli, segno, sc); err != nil {
-		return err
+	for _, s := range segs {
+		if err := putContents(ctx, tx, serverID, s.TimeLine, s.SegNo, s.SegmentContents); err != nil {
+			return err
+		}
 	}
 	return tx.Commit()
 }
@@ -116,6 +119,23 @@ func (c *Catalog) Carry(ctx context.Context, serverID int64, tli walname.TimeLin
 		return nil, fmt.Errorf("read state after segment %d: %w", segno, err)
 	}
 	return carry, nil
+}
+
+// ClearSegmentContents forgets the recorded contents of every segment of a
+// server (and its restore points), so that they are read again: the
+// receiver's backfill does it at its next start.
+func (c *Catalog) ClearSegmentContents(ctx context.Context, serverID int64) error {
+	tx, err := c.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("clear segment contents: %w", err)
+	}
+	defer tx.Rollback()
+	for _, q := range []string{`DELETE FROM segment_contents WHERE server_id = ?`, `DELETE FROM restore_points WHERE server_id = ?`} {
+		if _, err := tx.ExecContext(ctx, q, serverID); err != nil {
+			return fmt.Errorf("clear segment contents: %w", err)
+		}
+	}
+	return tx.Commit()
 }
 
 // SegmentsWithoutContents lists, oldest first, at most limit stored segments

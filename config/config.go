@@ -29,6 +29,12 @@ type Config struct {
 	// received (.partial), locks and the receivers' state. It defaults to
 	// Repository for a local repository, to /var/lib/walhub for a bucket.
 	WorkDir string `toml:"work_dir"`
+	// ReadOnly makes a hub that serves a repository another hub writes (a
+	// bucket shared with a hub in another site): no [[server]] streams into
+	// it, nothing is written to it, and the catalog in WorkDir is refreshed
+	// from it every RefreshInterval (default 1m).
+	ReadOnly        bool     `toml:"read_only"`
+	RefreshInterval Duration `toml:"refresh_interval"`
 	// S3 is the bucket when Repository is an s3:// URL.
 	S3  S3  `toml:"s3"`
 	Hub Hub `toml:"hub"`
@@ -263,6 +269,16 @@ func (c *Config) resolve(s3Section bool) error {
 		if !strings.HasPrefix(c.WorkDir, "/") {
 			return fmt.Errorf("work_dir: %q must be an absolute path", c.WorkDir)
 		}
+	}
+	if c.ReadOnly {
+		if len(c.Servers) > 0 {
+			return fmt.Errorf("read_only: a read-only hub streams from no server and backs none up: remove the [[server]] sections (%s, ...)", c.Servers[0].Name)
+		}
+		if c.RefreshInterval.Duration == 0 {
+			c.RefreshInterval.Duration = time.Minute
+		}
+	} else if c.RefreshInterval.Duration != 0 {
+		return errors.New("refresh_interval: only for a read_only hub")
 	}
 	if c.Hub.Listen == "" {
 		c.Hub.Listen = "127.0.0.1:7480"

@@ -204,6 +204,8 @@ func TestParseS3ErrorsNameTheKey(t *testing.T) {
 		{"missing secret file", repo + "[s3]\nsecret_access_key = \"file:/nonexistent/s\"\n", "s3.secret_access_key: open /nonexistent/s"},
 		{"unset env", repo + "[s3]\naccess_key_id = \"env:WALHUB_SURELY_UNSET\"\n", "s3.access_key_id: environment variable WALHUB_SURELY_UNSET is not set"},
 		{"ca file", repo + "[s3]\nca_file = \"/nonexistent/ca.pem\"\n", "s3.ca_file"},
+		{"read-only with servers", repo + "read_only = true\n[[server]]\nname = \"a\"\nconninfo = \"x\"\n", "read_only: a read-only hub streams from no server"},
+		{"refresh without read-only", repo + "refresh_interval = \"1m\"\n", "refresh_interval: only for a read_only hub"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -116,6 +116,8 @@ func (s *Server) routes() {
 	s.read(http.MethodGet, "/servers/:server/backups/:id", s.getBackup)
 	s.read(http.MethodGet, "/servers/:server/backups/:id/files/:file", s.getBackupFile)
 	s.read(http.MethodGet, "/servers/:server/status", s.status)
+	s.read(http.MethodGet, "/servers/:server/choose-backup", s.chooseBackup)
+	s.read(http.MethodGet, "/servers/:server/restore-points", s.restorePoints)
 	s.admin(http.MethodPost, "/servers/:server/snapshot/start", s.snapshotStart)
 	s.admin(http.MethodPost, "/servers/:server/snapshot/stop", s.snapshotStop)
 }

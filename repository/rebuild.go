@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,11 +10,11 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/crypt"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -45,40 +46,9 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 	} else if len(srvs) > 0 {
 		return rep, fmt.Errorf("the catalog already holds %d servers: rebuild into a new, empty catalog", len(srvs))
 	}
-	type server struct {
-		segments  []storage.ObjectInfo
-		histories []storage.ObjectInfo
-		infos     []storage.ObjectInfo
-		backupIDs map[string]bool
-	}
-	servers := map[string]*server{}
-	err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error {
-		k, ok := storage.ParseKey(o.Key)
-		if !ok {
-			return nil
-		}
-		s := servers[k.Server]
-		if s == nil {
-			s = &server{backupIDs: map[string]bool{}}
-			servers[k.Server] = s
-		}
-		switch {
-		case k.Kind == storage.KeySegment:
-			s.segments = append(s.segments, o)
-		case k.Kind == storage.KeyHistory:
-			s.histories = append(s.histories, o)
-		case k.Kind == storage.KeyBackupFile && k.Name == InfoName:
-			s.infos = append(s.infos, o)
-			s.backupIDs[k.BackupID] = true
-		case k.Kind == storage.KeyBackupFile:
-			if !s.backupIDs[k.BackupID] {
-				s.backupIDs[k.BackupID] = false
-			}
-		}
-		return nil
-	})
+	servers, err := r.scan(ctx)
 	if err != nil {
-		return rep, fmt.Errorf("list the repository: %w", err)
+		return rep, err
 	}
 	names := make([]string, 0, len(servers))
 	for name := range servers {
@@ -90,6 +60,9 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 		var infos []backupInfo
 		for _, o := range s.infos {
 			info, err := r.readInfo(ctx, o.Key)
+			if errors.Is(err, crypt.ErrWrongKey) {
+				return rep, err // the keys are wrong, not this object
+			}
 			if err != nil {
 				rep.Skipped = append(rep.Skipped, fmt.Sprintf("%s: %v", o.Key, err))
 				continue
@@ -118,15 +91,8 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 			return rep, fmt.Errorf("server %s: %w", name, err)
 		}
 		for _, o := range s.histories {
-			k, _ := storage.ParseKey(o.Key)
-			hn, _ := walname.Parse(k.Name)
-			content, err := r.readAll(ctx, o.Key, 1<<24)
-			if err != nil {
+			if err := r.addHistory(ctx, srv, o); err != nil {
 				return rep, fmt.Errorf("server %s: %w", name, err)
-			}
-			if err := r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: hn.TimeLine,
-				History: content, StoredPath: o.Key, AddedAt: o.ModTime}); err != nil {
-				return rep, err
 			}
 			rep.TimeLines++
 		}
@@ -146,6 +112,66 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 		rep.Skipped = append(rep.Skipped, unfinished...)
 	}
 	return rep, nil
+}
+
+// scannedServer is what scan found in the store for one server.
+type scannedServer struct {
+	segments  []storage.ObjectInfo
+	histories []storage.ObjectInfo
+	infos     []storage.ObjectInfo
+	// backupIDs: true for a backup with its backup.info (finished), false
+	// for files without one.
+	backupIDs map[string]bool
+}
+
+// scan lists the store and sorts its objects by server and kind.
+func (r *Repository) scan(ctx context.Context) (map[string]*scannedServer, error) {
+	servers := map[string]*scannedServer{}
+	err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error {
+		k, ok := storage.ParseKey(o.Key)
+		if !ok {
+			return nil
+		}
+		s := servers[k.Server]
+		if s == nil {
+			s = &scannedServer{backupIDs: map[string]bool{}}
+			servers[k.Server] = s
+		}
+		switch {
+		case k.Kind == storage.KeySegment:
+			s.segments = append(s.segments, o)
+		case k.Kind == storage.KeyHistory:
+			s.histories = append(s.histories, o)
+		case k.Kind == storage.KeyBackupFile && k.Name == InfoName:
+			s.infos = append(s.infos, o)
+			s.backupIDs[k.BackupID] = true
+		case k.Kind == storage.KeyBackupFile:
+			if !s.backupIDs[k.BackupID] {
+				s.backupIDs[k.BackupID] = false
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the repository: %w", err)
+	}
+	return servers, nil
+}
+
+// addHistory catalogs the stored history file o of srv.
+func (r *Repository) addHistory(ctx context.Context, srv catalog.Server, o storage.ObjectInfo) error {
+	k, _ := storage.ParseKey(o.Key)
+	hn, _ := walname.Parse(k.Name)
+	content, err := r.readAll(ctx, o.Key, 1<<24)
+	if err != nil {
+		return err
+	}
+	_, keyID, err := r.statKey(ctx, o.Key)
+	if err != nil {
+		return err
+	}
+	return r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: hn.TimeLine,
+		History: content, StoredPath: o.Key, AddedAt: o.ModTime, KeyID: keyID})
 }
 
 type identity struct {
@@ -210,7 +236,7 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 		if err != nil {
 			return n, computed, fmt.Errorf("%s: %w", o.Key, err)
 		}
-		info, err := r.Store.Stat(ctx, o.Key)
+		info, keyID, err := r.statKey(ctx, o.Key)
 		if err != nil {
 			return n, computed, err
 		}
@@ -226,7 +252,7 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 		}
 		batch = append(batch, catalog.Segment{ServerID: srv.ID, TimeLine: tli, SegNo: segno, Name: k.Name,
 			Size: size, StoredSize: info.Size, Compression: k.Compression, Checksum: sum, StoredPath: o.Key,
-			ReceivedAt: info.ModTime})
+			ReceivedAt: info.ModTime, KeyID: keyID})
 		if len(batch) == 1000 {
 			if err := flush(); err != nil {
 				return n, computed, err
@@ -238,25 +264,25 @@ func (r *Repository) rebuildSegments(ctx context.Context, srv catalog.Server, ob
 
 // segmentBytes reads a stored segment, uncompressed.
 func (r *Repository) segmentBytes(ctx context.Context, key, compression string) ([]byte, error) {
-	f, err := r.Store.Open(ctx, key)
-	if err != nil {
+	var buf bytes.Buffer
+	if err := r.readSegment(ctx, key, compression, &limitedWriter{w: &buf, n: walname.MaxSegmentSize}); err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var in io.Reader = f
-	if compression == "zstd" {
-		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, err
-		}
-		defer dec.Close()
-		in = dec
+	return buf.Bytes(), nil
+}
+
+// limitedWriter fails once more than n bytes are written.
+type limitedWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > l.n {
+		return 0, errors.New("more than a segment's bytes")
 	}
-	data, err := io.ReadAll(io.LimitReader(in, walname.MaxSegmentSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", key, err)
-	}
-	return data, nil
+	l.n -= int64(len(p))
+	return l.w.Write(p)
 }
 
 func (r *Repository) readAll(ctx context.Context, key string, limit int64) ([]byte, error) {

@@ -23,6 +23,7 @@ import (
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/crypt"
 	"github.com/walhub/walhub/storage/s3store"
 )
 
@@ -82,10 +83,12 @@ func Init(ctx context.Context, cfg *config.Config) (bool, error) {
 	// A bucket that holds objects already (its hub was lost) is rebuilt
 	// from, not started afresh over; looking also checks that it can be
 	// reached with the credentials given. (A local store is the working
-	// area's directory, or one of its own: Foreign covered the first.)
+	// area's directory, or one of its own: Foreign covered the first. A
+	// read-only hub follows a repository another hub writes: its catalog
+	// fills at its first refresh.)
 	var found string
 	errFound := errors.New("found")
-	if !r.Store.Features().LocalPaths {
+	if !r.Store.Features().LocalPaths && !cfg.ReadOnly {
 		err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error { found = o.Key; return errFound })
 		if err != nil && !errors.Is(err, errFound) {
 			r.Close()
@@ -136,9 +139,33 @@ func catalogExists(work *storage.WorkArea) error {
 	return nil
 }
 
-// OpenStore opens the object store of cfg.Repository. Each kind of store is
-// one case here.
+// OpenStore opens the object store of cfg.Repository, encrypting and
+// decrypting every object when cfg has an [encryption] section (crypt.Guard
+// first makes sure the repository is encrypted, or plain, as configured).
 func OpenStore(ctx context.Context, cfg *config.Config) (storage.ObjectStore, error) {
+	store, err := openBackend(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var keys *crypt.Keyring
+	if e := cfg.Encryption; e != nil {
+		if keys, err = crypt.LoadKeyring(e.Key, e.PreviousKeys); err != nil {
+			return nil, fmt.Errorf("encryption: %w", err)
+		}
+	}
+	isObject := func(key string) bool { _, ok := storage.ParseKey(key); return ok }
+	if err := crypt.Guard(ctx, store, keys, isObject); err != nil {
+		return nil, err
+	}
+	if keys == nil {
+		return store, nil
+	}
+	return crypt.New(store, keys), nil
+}
+
+// openBackend opens where the objects are kept. Each kind of store is one
+// case here.
+func openBackend(ctx context.Context, cfg *config.Config) (storage.ObjectStore, error) {
 	switch {
 	case cfg.IsS3():
 		c := cfg.S3
@@ -153,7 +180,10 @@ func OpenStore(ctx context.Context, cfg *config.Config) (storage.ObjectStore, er
 			CAFile:          c.CAFile,
 			PartSize:        int64(c.PartSizeMB) << 20,
 			Concurrency:     c.UploadConcurrency,
+			ReadOnly:        cfg.ReadOnly,
 		})
+	case cfg.ReadOnly:
+		return storage.NewLocalStoreReadOnly(cfg.Repository), nil
 	default:
 		return storage.NewLocalStore(cfg.Repository)
 	}
@@ -185,6 +215,26 @@ func open(ctx context.Context, store storage.ObjectStore, work *storage.WorkArea
 		return nil, err
 	}
 	return &Repository{Store: store, Work: work, Catalog: cat}, nil
+}
+
+// KeyID is the ID of the key new objects are encrypted with, "" when the
+// repository is not encrypted: what catalog rows record beside each object.
+func (r *Repository) KeyID() string { return crypt.CurrentKeyID(r.Store) }
+
+// statKey is Stat that also tells the key an object is encrypted with ("" in
+// a plain repository), in one request; an object under a key that is not
+// configured is a *crypt.KeyError.
+func (r *Repository) statKey(ctx context.Context, key string) (storage.ObjectInfo, string, error) {
+	cs, ok := r.Store.(*crypt.Store)
+	if !ok {
+		info, err := r.Store.Stat(ctx, key)
+		return info, "", err
+	}
+	info, id, err := cs.StatKey(ctx, key)
+	if err == nil && !cs.Keys().Has(id) {
+		err = &crypt.KeyError{Key: key, KeyID: id, Configured: cs.Keys().IDs()}
+	}
+	return info, id, err
 }
 
 // Close closes the catalog.

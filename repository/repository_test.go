@@ -399,3 +399,77 @@ func catalogDump(t *testing.T, cat *catalog.Catalog, server string, skipRunning 
 	}
 	return sb.String()
 }
+
+// A read-only hub's catalog follows the store another hub writes: Refresh
+// adds what appeared (segments, histories, finished backups), deletes the
+// rows of what was removed, and changes nothing when nothing changed.
+func TestRefreshFollowsTheStore(t *testing.T) {
+	writer, _, srv, dir := newRepo(t)
+	ctx := context.Background()
+	storer, _ := writer.SegmentStorer(srv, "zstd", 1)
+	var segs []catalog.Segment
+	for n := walname.SegNo(3); n <= 5; n++ {
+		seg, err := storer.Store(ctx, walname.SegmentName(1, n, segSize), segmentData(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		segs = append(segs, seg)
+	}
+	b, err := writer.NewBackup(ctx, "main", "", catalog.Backup{ServerID: srv.ID, Kind: catalog.KindBase, StartLSN: 0x3000028, StartTLI: 1,
+		StopLSN: 0x4000100, StopTLI: 1, StartedAt: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), BackupLabel: "label"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := writer.CreateBackupFile(ctx, b, "base.tar.zst")
+	io.WriteString(w, "archive")
+	n, _ := w.Commit(ctx)
+	b.Files = []catalog.BackupFile{{Name: "base.tar.zst", Size: 100, StoredSize: n, Compression: "zstd", SHA256Stored: "ab"}}
+	b.OriginalSize, b.StoredSize, b.FinishedAt = 100, n, time.Date(2026, 12, 1, 10, 5, 0, 0, time.UTC)
+	if b, err = writer.FinishBackup(ctx, "main", b); err != nil {
+		t.Fatal(err)
+	}
+
+	cat, err := catalog.Open(ctx, filepath.Join(dir, "reader.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	reader := repository.New(writer.Store, writer.Work, cat)
+	rep, err := reader.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep != (repository.RefreshReport{SegmentsAdded: 3, BackupsAdded: 1}) {
+		t.Fatalf("first refresh: %+v", rep)
+	}
+	if got, want := catalogDump(t, cat, "main", false), catalogDump(t, writer.Catalog, "main", false); got != want {
+		t.Fatalf("refreshed catalog differs:\n%s\nwant\n%s", got, want)
+	}
+	if rep, err := reader.Refresh(ctx); err != nil || rep.Changed() {
+		t.Fatalf("refresh with nothing new: %+v, %v", rep, err)
+	}
+
+	// The writer stores more, expires a segment and the backup.
+	if _, err := storer.Store(ctx, walname.SegmentName(1, 6, segSize), segmentData(6)); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.StoreHistory(ctx, srv, 2, []byte("1\t0/7000000\tno recovery target specified\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writer.RemoveSegments(ctx, segs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.RemoveBackup(ctx, "main", b); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = reader.Refresh(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep != (repository.RefreshReport{SegmentsAdded: 1, SegmentsRemoved: 1, TimeLinesAdded: 1, BackupsRemoved: 1}) {
+		t.Fatalf("second refresh: %+v", rep)
+	}
+	if got, want := catalogDump(t, cat, "main", false), catalogDump(t, writer.Catalog, "main", false); got != want {
+		t.Fatalf("refreshed catalog differs:\n%s\nwant\n%s", got, want)
+	}
+}

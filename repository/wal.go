@@ -170,7 +170,7 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 func (s *SegmentStorer) row(tli walname.TimeLine, segno walname.SegNo, name, sum string) catalog.Segment {
 	return catalog.Segment{ServerID: s.srv.ID, TimeLine: tli, SegNo: segno, Name: name,
 		Size: int64(s.srv.SegmentSize), Compression: s.compression, Checksum: sum,
-		StoredPath: storage.SegmentPath(s.srv.Name, name, s.compression), ReceivedAt: time.Now()}
+		StoredPath: storage.SegmentPath(s.srv.Name, name, s.compression), ReceivedAt: time.Now(), KeyID: s.r.KeyID()}
 }
 
 func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
@@ -221,7 +221,7 @@ func (r *Repository) StoreHistory(ctx context.Context, srv catalog.Server, tli w
 		return fmt.Errorf("store history of timeline %d: %w", tli, err)
 	}
 	return r.Catalog.AddTimeLine(ctx, catalog.TimeLine{ServerID: srv.ID, TimeLine: tli, History: content,
-		StoredPath: key, AddedAt: time.Now()})
+		StoredPath: key, AddedAt: time.Now(), KeyID: r.KeyID()})
 }
 
 // put stores a small object from memory.
@@ -266,4 +266,34 @@ func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment)
 		n += s.StoredSize
 	}
 	return n, nil
+}
+
+// ReadSegment writes the uncompressed bytes of a stored segment to w.
+func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
+	return r.readSegment(ctx, seg.StoredPath, seg.Compression, w)
+}
+
+func (r *Repository) readSegment(ctx context.Context, key, compression string, w io.Writer) error {
+	f, err := r.Store.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var in io.Reader = f
+	switch compression {
+	case "none":
+	case "zstd":
+		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return err
+		}
+		defer dec.Close()
+		in = dec
+	default:
+		return fmt.Errorf("read %s: unknown compression %q", key, compression)
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	return nil
 }

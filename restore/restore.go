@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/walhub/walhub/basebackup"
@@ -69,16 +68,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	} else if err := checkEmpty("target directory", o.TargetDir); err != nil {
 		return Result{}, err
 	}
-	backups, err := o.Source.Backups(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	if o.BackupID == "" || o.BackupID == "latest" {
-		// Chosen automatically: only among the kinds walhub restores (not a
-		// snapshot, whose files are in the user's copy).
-		backups = slices.DeleteFunc(backups, func(b catalog.Backup) bool { return !catalog.KindOf(b).Restorable })
-	}
-	b, err := ChooseBackup(backups, o.BackupID, o.Settings.Target)
+	b, err := o.Source.Choose(ctx, o.BackupID, o.Settings.Target)
 	if err != nil {
 		return Result{}, err
 	}

@@ -23,6 +23,9 @@ import (
 type Source interface {
 	// Backups lists the server's backups.
 	Backups(ctx context.Context) ([]catalog.Backup, error)
+	// Choose picks the backup for a recovery target (see Resolver.Choose):
+	// id names one ("" or "latest" for the newest that reaches t).
+	Choose(ctx context.Context, id string, t Target) (catalog.Backup, error)
 	// Opener opens the stored files of backup b.
 	Opener(b catalog.Backup) basebackup.Opener
 	// String says where the backups come from, for messages.
@@ -47,6 +50,19 @@ func (l Local) Backups(ctx context.Context) ([]catalog.Backup, error) {
 	return l.Repo.Catalog.Backups(ctx, srv.ID)
 }
 
+// Choose implements Source.
+func (l Local) Choose(ctx context.Context, id string, t Target) (catalog.Backup, error) {
+	srv, err := l.Repo.Catalog.ServerByName(ctx, l.Server)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return catalog.Backup{}, fmt.Errorf("the repository %s has nothing for server %s", l.Repo, l.Server)
+	}
+	if err != nil {
+		return catalog.Backup{}, err
+	}
+	r := Resolver{Repo: l.Repo, Server: srv}
+	return r.Choose(ctx, id, t)
+}
+
 // Opener implements Source.
 func (l Local) Opener(b catalog.Backup) basebackup.Opener { return basebackup.RepoOpener(l.Repo, b) }
 
@@ -68,6 +84,15 @@ func (r Remote) Backups(ctx context.Context) ([]catalog.Backup, error) {
 		out[i] = fromAPI(b)
 	}
 	return out, nil
+}
+
+// Choose implements Source: the hub decides, with its WAL index.
+func (r Remote) Choose(ctx context.Context, id string, t Target) (catalog.Backup, error) {
+	b, err := r.Client.ChooseBackup(ctx, id, t.Query())
+	if err != nil {
+		return catalog.Backup{}, fmt.Errorf("choose a backup on %s: %w", r.Client.URL(), err)
+	}
+	return fromAPI(b), nil
 }
 
 // Opener implements Source: each file is downloaded through a pipe as it is

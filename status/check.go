@@ -154,7 +154,7 @@ func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []R
 		checks = append(checks, checkPrivileges)
 	}
 	checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
-		checkBackupAge, checkRedundancy, checkFailedBackups, checkDiskSpace, checkSystemID)
+		checkBackupAge, checkRedundancy, checkRecoverable, checkFailedBackups, checkDiskSpace, checkSystemID)
 	out := make([]Result, 0, len(checks))
 	for _, c := range checks {
 		r := c(doc, srv, probe, th)
@@ -480,6 +480,27 @@ func checkRedundancy(doc *Document, srv *config.Server, _ Probe, _ Thresholds) R
 	}
 	r.Perf = []Perf{{Label: "backups", Value: float64(doc.Backups.Count), Crit: fmt.Sprint(want) + ":"}}
 	return r
+}
+
+// checkRecoverable says what the archive can recover to: from the end of
+// the oldest backup whose WAL is all held to the end of the WAL held
+// without a gap. Backups none of which has all its WAL are critical.
+func checkRecoverable(doc *Document, _ *config.Server, _ Probe, _ Thresholds) Result {
+	const name = "recoverable window"
+	r := doc.Recoverable
+	if r == nil {
+		if doc.Backups.Count == 0 {
+			return ok(name, "no backup yet (see minimum redundancy)")
+		}
+		return bad(name, Critical, "no backup can be restored: none has all its WAL in the hub",
+			"see the WAL gaps in walhub status; take a new backup with walhub backup")
+	}
+	res := ok(name, fmt.Sprintf("from %s (%s, end of backup %s) to %s (%s)", pointTime(r.EarliestTime), r.EarliestLSN,
+		r.EarliestBackup, pointTime(r.LatestTime), r.LatestLSN))
+	if !r.EarliestTime.IsZero() && !r.LatestTime.IsZero() {
+		res.Perf = []Perf{{Label: "recoverable_window", Value: r.LatestTime.Sub(r.EarliestTime).Seconds(), Unit: "s"}}
+	}
+	return res
 }
 
 func checkFailedBackups(doc *Document, srv *config.Server, _ Probe, _ Thresholds) Result {

@@ -140,6 +140,12 @@ func WriteText(w io.Writer, doc *Document) error {
 	if b.Oldest != nil {
 		p.f("                      oldest %s, from %s on timeline %d\n", b.Oldest.ID, b.Oldest.StartLSN, b.Oldest.StartTLI)
 	}
+	if r := doc.Recoverable; r != nil {
+		p.f("  Recoverable       : %s (%s, end of backup %s) .. %s (%s on timeline %d)\n", pointTime(r.EarliestTime),
+			r.EarliestLSN, r.EarliestBackup, pointTime(r.LatestTime), r.LatestLSN, r.LatestTimeLine)
+	} else if b.Count > 0 {
+		p.f("  Recoverable       : nothing: no backup has all its WAL in the hub\n")
+	}
 	if l, held := doc.Lock.Running(); held {
 		p.f("  Running           : %s\n", lockText(l))
 	} else {
@@ -190,6 +196,14 @@ func WriteText(w io.Writer, doc *Document) error {
 		lsnLine(p, "Replay LSN", c.ReplayLSN, c.ReplayLagBytes, c.ReplayLagSeconds)
 	}
 	return p.err
+}
+
+// pointTime formats a point of the recoverable window.
+func pointTime(t time.Time) string {
+	if t.IsZero() {
+		return "no commit indexed"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z07:00")
 }
 
 func lsnLine(p *printer, label string, lsn *walname.LSN, lag *int64, secs *float64) {

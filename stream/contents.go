@@ -3,10 +3,13 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 	"github.com/walhub/walhub/walrecord"
 )
@@ -79,4 +82,51 @@ func summarize(events []walrecord.Event, tli walname.TimeLine, segno walname.Seg
 		c.Add(catalog.XactRecord{LSN: e.LSN, Time: e.Time, XID: e.XID})
 	}
 	return c
+}
+// backfillBatch is how many segments the backfill reads per catalog transaction.
+const backfillBatch = 64
+
+// backfill indexes the stored segments whose contents are not recorded (an
+// archive stored before the WAL index existed), oldest first, reading each
+// from the repository. It runs beside the receiver and stops with ctx.
+func backfill(ctx context.Context, repo *repository.Repository, server string, log *slog.Logger) error {
+	cat := repo.Catalog
+	srv, err := cat.ServerByName(ctx, server)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil
+	}
+	if err != nil || srv.SegmentSize == 0 {
+		return err
+	}
+	x := &contentIndex{cat: cat, serverID: srv.ID, segSize: srv.SegmentSize, log: log}
+	total := 0
+	start := time.Now()
+	for ctx.Err() == nil {
+		segs, err := cat.SegmentsWithoutContents(ctx, srv.ID, backfillBatch)
+		if err != nil || len(segs) == 0 {
+			if total > 0 && err == nil {
+				log.Info("WAL index: read the segments stored before it existed", "segments", total,
+					"seconds", time.Since(start).Seconds())
+			}
+			return err
+		}
+		var done []catalog.IndexedSegment
+		for _, s := range segs {
+			seg := completedSegment{TimeLine: s.TimeLine, SegNo: s.SegNo, Name: s.Name}
+			if err := repo.ReadSegment(ctx, s, x.segment(ctx, seg)); err != nil {
+				// Expire may have removed it meanwhile: its row is gone too.
+				if _, lookErr := cat.Segment(ctx, srv.ID, s.Name); errors.Is(lookErr, catalog.ErrNotFound) {
+					x.dec = nil
+					continue
+				}
+				return fmt.Errorf("WAL index of segment %s: %w", s.Name, err)
+			}
+			done = append(done, catalog.IndexedSegment{TimeLine: s.TimeLine, SegNo: s.SegNo, SegmentContents: *x.contents(seg)})
+		}
+		if err := cat.SetSegmentContents(ctx, srv.ID, done); err != nil {
+			return err
+		}
+		total += len(done)
+	}
+	return nil
 }

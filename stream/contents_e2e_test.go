@@ -93,4 +93,25 @@ func TestReceiverIndexesRestorePointsAndCommits(t *testing.T) {
 		t.Errorf("the index holds %d commits and aborts in segments %d..%d, pg_waldump shows %d\n%s", xacts, first, last, n,
 			tail([]byte(strings.TrimSpace(string(out))), 300))
 	}
+
+	// An archive stored before the index existed is read at the receiver's
+	// start, to the same result.
+	if err := tr.cat.ClearSegmentContents(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	_, stop = runReceiver(t, tr, srv)
+	pgtest.WaitFor(t, 60*time.Second, "the backfill", func() bool {
+		todo, err := tr.cat.SegmentsWithoutContents(ctx, id, 1)
+		return err == nil && len(todo) == 0
+	})
+	stop()
+	again, err := tr.cat.RestorePoints(ctx, id, "")
+	if err != nil || len(again) != len(rps) {
+		t.Fatalf("after the backfill: %d restore points, %v; want %d", len(again), err, len(rps))
+	}
+	for i := range rps {
+		if again[i] != rps[i] {
+			t.Errorf("after the backfill: %+v, want %+v", again[i], rps[i])
+		}
+	}
 }

@@ -128,6 +128,18 @@ func (r *Receiver) Run(ctx context.Context) error {
 	}
 	defer held.Release()
 	r.update(true, func(s *State) { s.State = "starting" })
+	// Segments stored before the WAL index existed are read in the background.
+	var indexing sync.WaitGroup
+	defer indexing.Wait()
+	indexCtx, stopIndexing := context.WithCancel(ctx)
+	defer stopIndexing()
+	indexing.Add(1)
+	go func() {
+		defer indexing.Done()
+		if err := backfill(indexCtx, r.o.Repo, r.o.Server.Name, r.log); err != nil && indexCtx.Err() == nil {
+			r.log.Warn("WAL index: backfill stopped", "error", err)
+		}
+	}()
 	heartbeatCtx, stopHeartbeat := context.WithCancel(ctx)
 	var heartbeat sync.WaitGroup
 	heartbeat.Add(1)

@@ -3,6 +3,7 @@ package stream_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -237,7 +238,7 @@ func TestReceiverStopsAcknowledgingWhenStoreIsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cat.Close() })
-	tr := &testRepo{dir: dir, repo: repository.New(store, work, cat), cat: cat}
+	tr := &testRepo{dir: dir, toml: fmt.Sprintf("repository = %q\n", dir), repo: repository.New(store, work, cat), cat: cat}
 
 	pg := pgtest.NewPrimary(t, "storefull", pgtest.Options{SegmentSizeMB: 1})
 	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)
@@ -281,7 +282,7 @@ func TestReceiverStopsAcknowledgingWhenDiskIsFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { repo.Close() })
-	tr := &testRepo{dir: dir, repo: repo, cat: repo.Catalog}
+	tr := &testRepo{dir: dir, toml: fmt.Sprintf("repository = %q\n", dir), repo: repo, cat: repo.Catalog}
 
 	pg := pgtest.NewPrimary(t, "diskfull", pgtest.Options{SegmentSizeMB: 1})
 	srv := serverConfig(t, tr, pg, "main", `compression = "none"`)

@@ -2,10 +2,14 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +68,7 @@ func TestS3BackupRestorePITRAndArchiveOnlyStandby(t *testing.T) {
 	// PITR from another host: backup and WAL through the hub, from the bucket.
 	dir := filepath.Join(pgtest.TempDir(t, "pitr"), "data")
 	cmd := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", "/nonexistent/walhub.toml",
-		"--hub-url", s.hubURL, "--server", "main", "--target-dir", dir, "--target-name", "s3_point",
+		"--hub-url", s.hubURL, "--server", "main", "--owner", pgOwner(), "--target-dir", dir, "--target-name", "s3_point",
 		"--target-action", "promote", "--walfetch-token-file", s.tokenFile)
 	cmd.Env = append(os.Environ(), "WALHUB_TOKEN=read-secret")
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "verified against its manifest") {
@@ -211,6 +215,66 @@ func TestS3CatalogRebuiltFromTheBucketAlone(t *testing.T) {
 	out, err := exec.Command(filepath.Join(binDir, "walhub"), "init", "--config", other).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "holds a repository already") || !strings.Contains(string(out), "repair --rebuild-catalog") {
 		t.Fatalf("init of a new working area over a bucket holding a repository: %v\n%s", err, out)
+	}
+	if p := bucket.PendingUploads(); len(p) != 0 {
+		t.Fatalf("multipart uploads left pending: %v", p)
+	}
+}
+
+// TestS3SecondHubServesTheBucketReadOnly: a second hub over the same bucket,
+// read-only (no [[server]], its own working area), builds its catalog from
+// the bucket and keeps it refreshed; a point-in-time restore through it
+// alone (backup and WAL from the bucket, walfetch pointed at it) gives the
+// primary's data.
+func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
+	p := s.primary
+	p.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+
+	dir := pgtest.TempDir(t, "hub2")
+	port := pgtest.FreePort(t)
+	hub2 := &site{t: t, primary: p, dir: dir, repo: filepath.Join(dir, "work"), config: filepath.Join(dir, "walhub.toml"),
+		hubURL: "http://127.0.0.1:" + strconv.Itoa(port), tokenFile: s.tokenFile}
+	text := strings.Replace(bucket.TOML(s3Prefix, hub2.repo, dir), "\n[s3]", "read_only = true\nrefresh_interval = \"1s\"\n\n[s3]", 1) +
+		fmt.Sprintf("\n[hub]\nlisten = \"127.0.0.1:%d\"\nread_tokens = [\"read-secret\"]\n", port)
+	if err := os.WriteFile(hub2.config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hub2.startServe()
+
+	p.Pgbench(2, 200)
+	want := p.Query(checksum)
+	p.Query("SELECT pg_create_restore_point('via_hub2')")
+	p.Pgbench(2, 100)
+	s.waitArchived()
+	hub2.waitArchived() // its catalog follows the bucket
+	req, _ := http.NewRequest(http.MethodGet, hub2.hubURL+"/v1/servers/main/backups", nil)
+	req.Header.Set("Authorization", "Bearer read-secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if id := newestBackup(t, s).ID; resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
+		t.Fatalf("the read-only hub's backups (%d) do not list %s:\n%s", resp.StatusCode, id, body)
+	}
+
+	target := filepath.Join(pgtest.TempDir(t, "via-hub2"), "data")
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", "/nonexistent/walhub.toml",
+		"--hub-url", hub2.hubURL, "--server", "main", "--owner", pgOwner(), "--target-dir", target, "--target-name", "via_hub2",
+		"--target-action", "promote", "--walfetch-token-file", s.tokenFile)
+	cmd.Env = append(os.Environ(), "WALHUB_TOKEN=read-secret")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), hub2.hubURL) {
+		t.Fatalf("restore through the read-only hub: %v\n%s", err, out)
+	}
+	s.stopServe() // everything now comes from the second hub and the bucket
+	c := startRestored(t, "via-hub2", target)
+	waitPromoted(t, c)
+	if got := c.Query(checksum); got != want {
+		t.Fatal("restore through the read-only hub reached other data than the primary's at the restore point")
 	}
 	if p := bucket.PendingUploads(); len(p) != 0 {
 		t.Fatalf("multipart uploads left pending: %v", p)

@@ -61,7 +61,7 @@ func serverBackups(ctx context.Context, s *config.Server, repo *repository.Repos
 	if _, err := basebackup.ReapInterrupted(ctx, repo, s.Name); err != nil {
 		return nil, err
 	}
-	if _, err := basebackup.CompleteWaiting(ctx, cat, s.Name); err != nil {
+	if _, err := basebackup.CompleteWaiting(ctx, repo, s.Name); err != nil {
 		return nil, err
 	}
 	return cat.Backups(ctx, srv.ID)

@@ -97,6 +97,7 @@ Everything is configured in one TOML file (default ` + config.DefaultPath + `).`
 		a.serveCommand(),
 		a.backupCommand(),
 		a.listBackupsCommand(),
+		a.restorePointsCommand(),
 		a.showBackupCommand(),
 		a.verifyCommand(),
 		a.restoreCommand(),

@@ -81,7 +81,7 @@ func (a *app) serve(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Servers) == 0 {
+	if len(cfg.Servers) == 0 && !cfg.ReadOnly {
 		return fmt.Errorf("nothing to serve: no [[server]] section in %s", a.configPath)
 	}
 	repo, err := a.repository(ctx)
@@ -116,7 +116,12 @@ func (a *app) serve(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
-	err = d.run(ctx, hup, []service{d.hub.Run, d.expireLoop, d.waitingWALLoop})
+	services := []service{d.hub.Run, d.expireLoop, d.waitingWALLoop}
+	if cfg.ReadOnly {
+		// Another hub writes the repository: this one serves it and follows.
+		services = []service{d.hub.Run, d.refreshLoop(cfg.RefreshInterval.Duration)}
+	}
+	err = d.run(ctx, hup, services)
 	a.log.Info("walhub stopped")
 	return err
 }
@@ -362,7 +367,7 @@ func (d *daemon) waitingWALLoop(ctx context.Context) error {
 		cfg := d.cfg.Load()
 		for i := range cfg.Servers {
 			name := cfg.Servers[i].Name
-			done, err := basebackup.CompleteWaiting(ctx, d.cat, name)
+			done, err := basebackup.CompleteWaiting(ctx, d.repo, name)
 			switch {
 			case errors.Is(err, catalog.ErrNotFound):
 			case err != nil && ctx.Err() == nil:
@@ -370,6 +375,30 @@ func (d *daemon) waitingWALLoop(ctx context.Context) error {
 			}
 			for _, id := range done {
 				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
+			}
+		}
+	}
+}
+
+// refreshLoop keeps the catalog of a read-only hub up to date with the
+// repository another hub writes: at once, then every interval.
+func (d *daemon) refreshLoop(interval time.Duration) service {
+	return func(ctx context.Context) error {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			rep, err := d.repo.Refresh(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
+			case rep.Changed():
+				d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
+					"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
 			}
 		}
 	}

@@ -30,16 +30,17 @@ const (
 
 // Error codes in ErrorBody.Code, for clients that must tell cases apart.
 const (
-	CodeNotFound      = "not_found"      // the file or backup does not exist (yet)
-	CodeUnknownServer = "unknown_server" // the hub does not serve this server
-	CodeBadRequest    = "bad_request"    // malformed name, id or parameter
-	CodeUnauthorized  = "unauthorized"   // missing or wrong token
-	CodeUnavailable   = "unavailable"    // the hub cannot answer this now
-	CodeInternal      = "internal"       // the hub failed; see its log
-	CodeConflict      = "conflict"       // the request clashes with work in progress (a running snapshot or backup)
-	CodeFailed        = "failed"         // the hub tried and PostgreSQL refused or failed
-	CodeTooLarge      = "too_large"      // the request's headers or body are over the hub's limit
-	CodeTimeout       = "timeout"        // the request's body did not arrive in time
+	CodeNotFound      = "not_found"          // the file or backup does not exist (yet)
+	CodeUnknownServer = "unknown_server"     // the hub does not serve this server
+	CodeBadRequest    = "bad_request"        // malformed name, id or parameter
+	CodeUnauthorized  = "unauthorized"       // missing or wrong token
+	CodeUnavailable   = "unavailable"        // the hub cannot answer this now
+	CodeInternal      = "internal"           // the hub failed; see its log
+	CodeConflict      = "conflict"           // the request clashes with work in progress (a running snapshot or backup)
+	CodeFailed        = "failed"             // the hub tried and PostgreSQL refused or failed
+	CodeTooLarge      = "too_large"          // the request's headers or body are over the hub's limit
+	CodeTimeout       = "timeout"            // the request's body did not arrive in time
+	CodeUnreachable   = "unreachable_target" // no backup plus the WAL held can reach the recovery target
 )
 
 // ErrorBody is the JSON body of every error response.
@@ -133,6 +134,28 @@ func BackupPath(server, id string) string { return BackupsPath(server) + "/" + u
 // BackupFilePath is the route of one stored file of a backup.
 func BackupFilePath(server, id, file string) string {
 	return BackupPath(server, id) + "/files/" + url.PathEscape(file)
+}
+
+// ChooseBackupPath is the route that picks the backup a restore to a
+// recovery target starts from; q holds "backup" (an id, or empty for the
+// newest that reaches the target) and the target (restore.Target.Query).
+// It answers a Backup, or 422 with CodeUnreachable saying what the archive
+// can reach.
+func ChooseBackupPath(server string, q url.Values) string {
+	return ServerPath(server) + "/choose-backup?" + q.Encode()
+}
+
+// RestorePointsPath is the route of a server's restore points ([]RestorePoint).
+func RestorePointsPath(server string) string { return ServerPath(server) + "/restore-points" }
+
+// RestorePoint is a named restore point in the WAL the hub holds.
+type RestorePoint struct {
+	Name     string           `json:"name"`
+	TimeLine walname.TimeLine `json:"timeline"`
+	// LSN is where its record starts, EndLSN where it ends.
+	LSN    walname.LSN `json:"lsn"`
+	EndLSN walname.LSN `json:"end_lsn"`
+	Time   time.Time   `json:"time"`
 }
 
 // StatusPath is the route of a server's status.

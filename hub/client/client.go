@@ -442,3 +442,19 @@ func (c *Client) DownloadBackupFile(ctx context.Context, id, file string, w io.W
 	}
 	return n, nil
 }
+
+// ChooseBackup asks the hub which backup a restore to a recovery target
+// starts from (q: restore.Target.Query, plus "backup" for a named one).
+func (c *Client) ChooseBackup(ctx context.Context, id string, q url.Values) (api.Backup, error) {
+	q.Set("backup", id)
+	var out api.Backup
+	err := c.getJSON(ctx, api.ChooseBackupPath(c.server, q), &out)
+	return out, err
+}
+
+// RestorePoints lists the restore points in the WAL the hub holds.
+func (c *Client) RestorePoints(ctx context.Context) ([]api.RestorePoint, error) {
+	var out []api.RestorePoint
+	err := c.getJSON(ctx, api.RestorePointsPath(c.server), &out)
+	return out, err
+}

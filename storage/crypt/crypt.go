@@ -92,12 +92,11 @@ func (s *Store) String() string {
 	return fmt.Sprintf("%s (encrypted, key %s)", s.inner.String(), s.keys.CurrentID())
 }
 
-// Features implements storage.ObjectStore. LocalPaths is false: the files
-// under the directory hold ciphertext, so nothing may read them directly.
+// Features implements storage.ObjectStore: the inner store's. (Store does
+// not implement storage.Linker: a local file linked in would be stored in the
+// clear, so callers copy it through Create.)
 func (s *Store) Features() storage.Features {
-	f := s.inner.Features()
-	f.LocalPaths = false
-	return f
+	return s.inner.Features()
 }
 
 // Remove implements storage.ObjectStore.
@@ -272,9 +271,12 @@ func CurrentKeyID(store storage.ObjectStore) string {
 // written through this layer (a local working area sharing the repository's
 // directory keeps .partial and state files there) are listed as they are, with
 // their own size when it is not one an encrypted object can have; Stat and
-// Open refuse them with ErrNotEncrypted.
+// Open refuse them with ErrNotEncrypted. MarkerKey is not listed.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
 	return s.inner.List(ctx, prefix, func(info storage.ObjectInfo) error {
+		if info.Key == MarkerKey {
+			return nil // the layer's own, not an object of the repository
+		}
 		if plain, err := plainInfo(info); err == nil {
 			info = plain
 		}

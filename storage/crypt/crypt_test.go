@@ -183,8 +183,8 @@ func TestRoundTripKeepsBytesSizesAndMeta(t *testing.T) {
 	if CurrentKeyID(s) != kr.CurrentID() || CurrentKeyID(inner) != "" {
 		t.Errorf("CurrentKeyID: %q over the wrapper, %q over the plain store", CurrentKeyID(s), CurrentKeyID(inner))
 	}
-	if s.Features().LocalPaths {
-		t.Error("Features().LocalPaths: the files hold ciphertext and must not be read directly")
+	if _, ok := storage.ObjectStore(s).(storage.Linker); ok {
+		t.Error("the wrapper offers Link, which would store a file in the clear")
 	}
 }
 

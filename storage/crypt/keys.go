@@ -142,8 +142,8 @@ func (kr *Keyring) identities(preferID string) []age.Identity {
 	return out
 }
 
-// has tells whether the keyring holds the key with that ID.
-func (kr *Keyring) has(id string) bool {
+// Has tells whether the keyring holds the key with that ID.
+func (kr *Keyring) Has(id string) bool {
 	for _, k := range kr.all {
 		if k.id == id {
 			return true

@@ -22,6 +22,14 @@ func TestGuardKeepsARepositoryOneWay(t *testing.T) {
 	if err := Guard(ctx, enc, kr, isObject); err != nil {
 		t.Fatalf("second open: %v", err)
 	}
+	if err := New(enc, kr).List(ctx, "", func(o storage.ObjectInfo) error {
+		if o.Key == MarkerKey {
+			t.Errorf("the wrapper lists %s", MarkerKey)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := Guard(ctx, enc, nil, isObject); err == nil || !strings.Contains(err.Error(), "configure [encryption]") {
 		t.Fatalf("encrypted repository opened without keys: %v", err)
 	}
