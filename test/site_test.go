@@ -5,6 +5,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
 )
@@ -151,6 +153,12 @@ func (s *site) startServe() {
 	pgtest.WaitFor(s.t, 60*time.Second, "the hub to answer", func() bool {
 		out, err := exec.Command("curl", "-sf", s.hubURL+"/healthz").Output()
 		return err == nil && strings.TrimSpace(string(out)) == "ok"
+	})
+	// walhub backup refuses to run until this daemon's receiver has said it runs.
+	pgtest.WaitFor(s.t, 60*time.Second, "the receiver to write its state", func() bool {
+		var st stream.State
+		data, err := os.ReadFile(filepath.Join(s.repo, filepath.FromSlash(storage.ReceiverStatePath("main"))))
+		return err == nil && json.Unmarshal(data, &st) == nil && st.PID == cmd.Process.Pid && st.State != "stopped"
 	})
 }
 

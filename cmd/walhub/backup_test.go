@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 )
@@ -87,6 +88,10 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	// walhub backup refuses to run without a receiver: wait until it is seen.
+	pgtest.WaitFor(t, 30*time.Second, "the receiver to run", func() bool {
+		return status.ReadReceiver(repo.Work, &cfg.Servers[0]).Running
+	})
 
 	out, err := run(t, "--config", conf, "-q", "backup", "--checkpoint", "fast", "--output=json")
 	if err != nil {
