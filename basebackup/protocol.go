@@ -28,9 +28,8 @@ func connect(ctx context.Context, conninfo string) (*pgconn.PgConn, error) {
 	// large chunks rather than pgproto3's default 8 kB, saving system calls.
 	conn, err := replication.Connect(ctx, conninfo, replication.Options{
 		ApplicationName: replication.AppBackup, ReadBufferSize: readBufferSize})
-	var parseErr *pgconn.ParseConfigError
 	switch {
-	case errors.As(err, &parseErr):
+	case replication.IsBadConninfo(err):
 		return nil, fmt.Errorf("parse conninfo: %w", err)
 	case err != nil:
 		return nil, fmt.Errorf("connect for replication: %w", err)

@@ -111,7 +111,7 @@ receive() {
 	rm -rf "$work/repo-$name"
 	local t0 t1 pid
 	t0=$(now)
-	"$work/walhub" serve --config "$work/$name.toml" 2>"$work/hub.log" &
+	"$work/walhub" serve --init --config "$work/$name.toml" 2>"$work/hub.log" &
 	pid=$!
 	until grep -qs "\"last_segment\": \"$last\"" "$work/repo-$name/bench/receiver.json"; do
 		if ! kill -0 "$pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
@@ -142,7 +142,7 @@ psql_ "DROP TABLE fill; CHECKPOINT" >/dev/null
 psql_ "CHECKPOINT" >/dev/null
 for v in plain age; do
 	config "b-$v" zstd "$([ $v = age ] && echo yes || echo no)" "b_$v" true
-	"$work/walhub" serve --config "$work/b-$v.toml" 2>"$work/serve-$v.log" &
+	"$work/walhub" serve --init --config "$work/b-$v.toml" 2>"$work/serve-$v.log" &
 	pids+=($!)
 done
 for v in plain age; do

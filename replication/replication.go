@@ -82,6 +82,9 @@ func ParseConfig(conninfo string, o Options) (*pgconn.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkKeywords(conninfo, cfg); err != nil {
+		return nil, err
+	}
 	cfg.RuntimeParams["replication"] = "true"
 	o.apply(cfg)
 	return cfg, nil
@@ -95,7 +98,8 @@ func Connect(ctx context.Context, conninfo string, o Options) (*pgconn.PgConn, e
 	if err != nil {
 		return nil, err
 	}
-	return pgconn.ConnectConfig(ctx, cfg)
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	return conn, Explain(err)
 }
 
 // ParseSQLConfig parses a conninfo for a normal (SQL) connection, named and
@@ -103,6 +107,9 @@ func Connect(ctx context.Context, conninfo string, o Options) (*pgconn.PgConn, e
 func ParseSQLConfig(conninfo string, o Options) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(conninfo)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkKeywords(conninfo, &cfg.Config); err != nil {
 		return nil, err
 	}
 	o.apply(&cfg.Config)

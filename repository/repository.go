@@ -89,7 +89,13 @@ func Init(ctx context.Context, cfg *config.Config) (bool, error) {
 	var found string
 	errFound := errors.New("found")
 	if !r.Store.Features().LocalPaths && !cfg.ReadOnly {
-		err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error { found = o.Key; return errFound })
+		err := r.Store.List(ctx, "", func(o storage.ObjectInfo) error {
+			if _, ok := storage.ParseKey(o.Key); !ok {
+				return nil // not a repository object (the encryption marker)
+			}
+			found = o.Key
+			return errFound
+		})
 		if err != nil && !errors.Is(err, errFound) {
 			r.Close()
 			os.Remove(work.CatalogPath())

@@ -185,7 +185,7 @@ func checkConnection(doc *Document, srv *config.Server, _ Probe, _ Thresholds) R
 	switch {
 	case !pg.Reachable:
 		return bad(name, Critical, pg.Error, fmt.Sprintf("check that PostgreSQL runs and that conninfo of server %q "+
-			"(host, port, user, dbname) and pg_hba.conf let walhub in; try: psql %q", srv.Name, srv.Conninfo))
+			"(host, port, user, dbname) and pg_hba.conf let walhub in; try: psql %q", srv.Name, replication.Redact(srv.Conninfo)))
 	case pg.Error != "":
 		return bad(name, Critical, "connected, but a query failed: "+pg.Error,
 			"walhub's user needs the pg_monitor role: GRANT pg_monitor TO <user>")

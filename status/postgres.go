@@ -2,12 +2,10 @@ package status
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/walname"
@@ -98,7 +96,8 @@ func connect(ctx context.Context, conninfo string, timeout time.Duration) (*pgx.
 	}
 	// Simple protocol: no prepared statements, one round trip per query, works through poolers.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
-	return pgx.ConnectConfig(ctx, cfg)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return conn, replication.Explain(err)
 }
 
 // queryPostgres fills doc.Postgres, doc.Slot and doc.Clients. Whatever fails is
@@ -283,9 +282,8 @@ func IdentifySystem(ctx context.Context, conninfo string, timeout time.Duration)
 	ctx, cancel := context.WithTimeout(ctx, 3*timeout)
 	defer cancel()
 	conn, err := replication.Connect(ctx, conninfo, replication.Options{ApplicationName: replication.AppCheck, ConnectTimeout: timeout})
-	var parseErr *pgconn.ParseConfigError
 	switch {
-	case errors.As(err, &parseErr):
+	case replication.IsBadConninfo(err):
 		return replication.Identity{}, fmt.Errorf("conninfo: %w", err)
 	case err != nil:
 		return replication.Identity{}, err

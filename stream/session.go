@@ -170,9 +170,8 @@ func (r *Receiver) connect(ctx context.Context) (*pgconn.PgConn, error) {
 	connectCtx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
 	conn, err := replication.Connect(connectCtx, r.o.Server.Conninfo, replication.Options{ApplicationName: r.o.Server.ApplicationName})
-	var parseErr *pgconn.ParseConfigError
 	switch {
-	case errors.As(err, &parseErr):
+	case replication.IsBadConninfo(err):
 		return nil, &failedError{fmt.Errorf("conninfo of %s: %w", r.o.Server.Name, err)}
 	case err != nil:
 		return nil, fmt.Errorf("connect: %w", err)

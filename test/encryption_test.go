@@ -280,6 +280,10 @@ func TestEncryptedRepositoryRefusesTamperingAndWrongKeys(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(pwal, "RECOVERYXLOG")); !os.IsNotExist(err) {
 		t.Fatal("walfetch left a file at RECOVERYXLOG for a tampered segment")
 	}
+	if out, err := s.tryWalhub("verify", "--backup", "none", "--wal"); err == nil || !strings.Contains(out, "WAL: FAILED") ||
+		!strings.Contains(out, "segment "+name) || strings.Count(out, "\n  segment") != 1 {
+		t.Fatalf("verify --wal with one tampered segment: %v\n%s", err, out)
+	}
 
 	// A flipped byte in a backup archive: verify says which object, restore fails.
 	archives, _ := filepath.Glob(filepath.Join(s.repo, "main", "backups", "*", "base.tar*"))

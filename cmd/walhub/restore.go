@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/walhub/walhub/basebackup"
 	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/restore"
 	"github.com/walhub/walhub/walname"
 )
@@ -230,7 +231,7 @@ recovery settings.`,
 func printSettings(w io.Writer, signal string, lines []string, cleared restore.Cleared) {
 	fmt.Fprintf(w, "  %s written; the recovery settings that apply (postgresql.auto.conf):\n", signal)
 	for _, l := range lines {
-		fmt.Fprintf(w, "    %s\n", l)
+		fmt.Fprintf(w, "    %s\n", replication.Redact(l))
 	}
 	if len(cleared.Settings)+len(cleared.SignalFiles) > 0 {
 		fmt.Fprintln(w, "  came with the backup and taken out:")
