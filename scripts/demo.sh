@@ -86,12 +86,13 @@ $WALHUB backup --server demo
 $WALHUB list-backups --server demo
 
 step "walhub restore --standby: a standby that follows the primary through walfetch only"
-$WALHUB restore --server demo --target-dir "$WORK/standby" --standby
+# As root, the restored files are given to the PostgreSQL user (--owner).
+OWNER=(); [ "$(id -u)" = 0 ] && OWNER=(--owner postgres)
+$WALHUB restore --server demo --target-dir "$WORK/standby" --standby "${OWNER[@]}"
 cat >> "$WORK/standby/postgresql.conf" <<CONF
 port = $STANDBYPORT
 unix_socket_directories = '$WORK'
 CONF
-[ "$(id -u)" = 0 ] && chown -R postgres "$WORK/standby"
 as_pg "$PGBIN/pg_ctl" -D "$WORK/standby" -l "$WORK/standby.log" -w start >/dev/null
 echo "standby started on port $STANDBYPORT"
 

@@ -58,8 +58,10 @@ type site struct {
 	config    string
 	hubURL    string
 	serve     *exec.Cmd
-	logMu     sync.Mutex
-	log       strings.Builder
+	// readOnly: the hub is read_only (no [[server]], no receiver).
+	readOnly bool
+	logMu    sync.Mutex
+	log      strings.Builder
 }
 
 // newSite starts a primary (extra postgresql.conf lines in conf) and a
@@ -154,6 +156,9 @@ func (s *site) startServe() {
 		out, err := exec.Command("curl", "-sf", s.hubURL+"/healthz").Output()
 		return err == nil && strings.TrimSpace(string(out)) == "ok"
 	})
+	if s.readOnly {
+		return // no receiver: a read-only hub follows the repository another writes
+	}
 	// walhub backup refuses to run until this daemon's receiver has said it runs.
 	pgtest.WaitFor(s.t, 60*time.Second, "the receiver to write its state", func() bool {
 		var st stream.State
