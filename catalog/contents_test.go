@@ -22,7 +22,9 @@ func TestSegmentContentsAndWindow(t *testing.T) {
 		t.Fatalf("window without backups: %v, want ErrNotFound", err)
 	}
 	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
-	lsn := func(n walname.SegNo, off uint64) walname.LSN { return walname.SegmentStart(n, segSize) + walname.LSN(off) }
+	lsn := func(n walname.SegNo, off uint64) walname.LSN {
+		return walname.SegmentStart(n, segSize) + walname.LSN(off)
+	}
 	for n := walname.SegNo(1); n <= 6; n++ {
 		row := seg(s.ID, 1, n)
 		row.Contents = &SegmentContents{}

@@ -35,7 +35,9 @@ func TestResolverChoosesWithTheWALIndex(t *testing.T) {
 	}
 	srv.SegmentSize = segSize
 	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
-	lsn := func(n walname.SegNo, off uint64) walname.LSN { return walname.SegmentStart(n, segSize) + walname.LSN(off) }
+	lsn := func(n walname.SegNo, off uint64) walname.LSN {
+		return walname.SegmentStart(n, segSize) + walname.LSN(off)
+	}
 	var segs []catalog.Segment
 	for n := walname.SegNo(1); n <= 9; n++ {
 		name := walname.SegmentName(1, n, segSize)

@@ -83,6 +83,7 @@ func summarize(events []walrecord.Event, tli walname.TimeLine, segno walname.Seg
 	}
 	return c
 }
+
 // backfillBatch is how many segments the backfill reads per catalog transaction.
 const backfillBatch = 64
 
