@@ -46,7 +46,7 @@ func TestCheckNagiosExitsCriticalWhenServerIsDown(t *testing.T) {
 			Name, Level, Hint string
 		} `json:"results"`
 	}
-	if jerr := json.Unmarshal([]byte(out), &report); jerr != nil || report.Level != "CRITICAL" || len(report.Results) != 14 {
+	if jerr := json.Unmarshal([]byte(out), &report); jerr != nil || report.Level != "CRITICAL" || len(report.Results) != 15 {
 		t.Fatalf("json check: %v %v\n%s", err, jerr, out)
 	}
 	_, err = run(t, "--config", cfg, "check", "other", "--nagios")
