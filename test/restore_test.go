@@ -132,7 +132,7 @@ func TestRestoreRefusesBadInputAndWritesNothing(t *testing.T) {
 	}{
 		{"non-empty target", []string{"--target-dir", full}, "is not empty"},
 		{"unknown backup", []string{"--target-dir", empty, "--backup", "19990101T000000Z"}, "no backup 19990101T000000Z"},
-		{"target before every backup", []string{"--target-dir", empty, "--target-time", backupEnd}, "before the end of every backup"},
+		{"target before every backup", []string{"--target-dir", empty, "--target-time", backupEnd}, "no backup can reach the time target"},
 		{"two targets", []string{"--target-dir", empty, "--target-name", "x", "--target-immediate"}, "at most one"},
 		{"bad lsn", []string{"--target-dir", empty, "--target-lsn", "zz"}, "--target-lsn"},
 		{"bad tablespace flag", []string{"--target-dir", empty, "--tablespace", "x=/y"}, "want OID=DIR"},
