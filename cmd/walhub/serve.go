@@ -116,10 +116,10 @@ func (a *app) serve(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
-	services := []service{d.hub.Run, d.expireLoop, d.waitingWALLoop}
+	services := []service{d.hub.Run, periodic(expireInterval, false, d.expireRound), periodic(waitingWALInterval, false, d.waitingWALRound)}
 	if cfg.ReadOnly {
 		// Another hub writes the repository: this one serves it and follows.
-		services = []service{d.hub.Run, d.refreshLoop(cfg.RefreshInterval.Duration)}
+		services = []service{d.hub.Run, periodic(cfg.RefreshInterval.Duration, true, d.refreshRound(cfg.RefreshInterval.Duration))}
 	}
 	err = d.run(ctx, hup, services)
 	a.log.Info("walhub stopped")
@@ -318,33 +318,44 @@ func (d *daemon) reload(ctx context.Context) {
 // expireInterval is how often the daemon applies the retention policies.
 const expireInterval = time.Hour
 
-// expireLoop applies each server's retention policy every expireInterval
-// (servers with retention.auto_expire = false are left alone), as the
-// configuration in force says. A failure is logged and retried at the next
-// round; it never stops the daemon.
-func (d *daemon) expireLoop(ctx context.Context) error {
-	tick := time.NewTicker(expireInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
+// periodic is a service that runs round every interval (first at once when
+// immediate) until ctx ends. A round logs its own failures: none stops the
+// daemon.
+func periodic(interval time.Duration, immediate bool, round func(ctx context.Context)) service {
+	return func(ctx context.Context) error {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		if immediate {
+			round(ctx)
 		}
-		cfg := d.cfg.Load()
-		for i := range cfg.Servers {
-			srv := &cfg.Servers[i]
-			if !*srv.Retention.AutoExpire {
-				continue
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
 			}
-			_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: d.repo, Log: d.log})
-			var held *lock.HeldError
-			switch {
-			case errors.As(err, &held):
-				d.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
-			case err != nil && ctx.Err() == nil:
-				d.log.Error("expire failed", "server", srv.Name, "err", err)
-			}
+			round(ctx)
+		}
+	}
+}
+
+// expireRound applies each server's retention policy (servers with
+// retention.auto_expire = false are left alone), as the configuration in
+// force says. A failure is logged and retried at the next round.
+func (d *daemon) expireRound(ctx context.Context) {
+	cfg := d.cfg.Load()
+	for i := range cfg.Servers {
+		srv := &cfg.Servers[i]
+		if !*srv.Retention.AutoExpire {
+			continue
+		}
+		_, err := retention.Expire(ctx, retention.Options{Server: srv, Repo: d.repo, Log: d.log})
+		var held *lock.HeldError
+		switch {
+		case errors.As(err, &held):
+			d.log.Info("expire skipped: the server is busy", "server", srv.Name, "holder", held.Holder.String())
+		case err != nil && ctx.Err() == nil:
+			d.log.Error("expire failed", "server", srv.Name, "err", err)
 		}
 	}
 }
@@ -353,53 +364,35 @@ func (d *daemon) expireLoop(ctx context.Context) error {
 // has arrived.
 const waitingWALInterval = 5 * time.Second
 
-// waitingWALLoop marks done the backups waiting for their WAL once the
+// waitingWALRound marks done the backups waiting for their WAL once the
 // receivers have stored it.
-func (d *daemon) waitingWALLoop(ctx context.Context) error {
-	tick := time.NewTicker(waitingWALInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
+func (d *daemon) waitingWALRound(ctx context.Context) {
+	cfg := d.cfg.Load()
+	for i := range cfg.Servers {
+		name := cfg.Servers[i].Name
+		done, err := basebackup.CompleteWaiting(ctx, d.repo, name)
+		switch {
+		case errors.Is(err, catalog.ErrNotFound):
+		case err != nil && ctx.Err() == nil:
+			d.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
 		}
-		cfg := d.cfg.Load()
-		for i := range cfg.Servers {
-			name := cfg.Servers[i].Name
-			done, err := basebackup.CompleteWaiting(ctx, d.repo, name)
-			switch {
-			case errors.Is(err, catalog.ErrNotFound):
-			case err != nil && ctx.Err() == nil:
-				d.log.Error("finishing backups waiting for WAL", "server", name, "err", err)
-			}
-			for _, id := range done {
-				d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
-			}
+		for _, id := range done {
+			d.log.Info("backup done: its WAL has reached the hub", "server", name, "backup", id)
 		}
 	}
 }
 
-// refreshLoop keeps the catalog of a read-only hub up to date with the
-// repository another hub writes: at once, then every interval.
-func (d *daemon) refreshLoop(interval time.Duration) service {
-	return func(ctx context.Context) error {
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for {
-			rep, err := d.repo.Refresh(ctx)
-			switch {
-			case err != nil && ctx.Err() == nil:
-				d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
-			case rep.Changed():
-				d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
-					"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved)
-			}
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-tick.C:
-			}
+// refreshRound brings the catalog of a read-only hub up to date with the
+// repository another hub writes.
+func (d *daemon) refreshRound(interval time.Duration) func(ctx context.Context) {
+	return func(ctx context.Context) {
+		rep, err := d.repo.Refresh(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
+		case rep.Changed():
+			d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
+				"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved)
 		}
 	}
 }
