@@ -173,9 +173,12 @@ func BenchmarkReplay(b *testing.B) {
 		runs = append(runs, struct{ name, command string }{s3Run, wf(s3HubURL, "")})
 	}
 	const baselineRun = "walfetch baseline binary"
+	baselineDelayed := fmt.Sprintf("walfetch baseline binary, %s delay", delay)
 	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); bin != "" {
 		runs = append(runs, struct{ name, command string }{baselineRun,
 			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, hubURL)})
+		runs = append(runs, struct{ name, command string }{baselineDelayed,
+			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, delayedURL)})
 	}
 	// An item of BENCH_ONLY that is a run's whole name selects that run only,
 	// else every run whose name contains it.
@@ -267,4 +270,5 @@ func BenchmarkReplay(b *testing.B) {
 	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, runs[2].name)
 	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
 	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
+	ratio(fmt.Sprintf("walfetch baseline %s delay / baseline loopback", delay), baselineDelayed, baselineRun)
 }
