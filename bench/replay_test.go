@@ -11,7 +11,8 @@
 // median and the best of the rounds are reported), BENCH_ONLY the runs to do,
 // separated by commas (a run's whole name, or a part of the names). BENCH_WALFETCH_BASELINE names another
 // walfetch binary (e.g. built from main) to run beside this one, on
-// loopback, so that a change is measured against the same noise. BENCH_S3=1
+// loopback and with the delay, so that a change is measured against the same
+// noise. BENCH_S3=1
 // also feeds the backlog into a repository in an S3 bucket (versitygw on
 // loopback, test/s3test) and replays from a second hub serving that bucket:
 // the row "walfetch, S3-backed hub" against "walfetch" (the same hub code
