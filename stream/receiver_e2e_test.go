@@ -22,6 +22,7 @@ import (
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
+	"golang.org/x/sys/unix"
 )
 
 func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
@@ -443,4 +444,64 @@ func (l *logLines) find(s string) string {
 		}
 	}
 	return ""
+}
+
+// TestReceiverBacksOffWhileItCannotStore runs `walhub serve` (compression
+// "none") with a file size limit (RLIMIT_FSIZE, no root, no mount) below the
+// segment size, so every write into the .partial past the limit fails, as on
+// a full disk. Each session streams but stores nothing: the retries must back
+// off (1 s, 2 s, 4 s), not come every second, and each resumes inside the
+// .partial instead of truncating it. Given room, it carries on by itself.
+func TestReceiverBacksOffWhileItCannotStore(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "cannot-store", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	cfg := writeConfig(t, tr, serverTOML(pg, "main", `compression = "none"`))
+	c := startServe(t, cfg)
+	limit := func(n uint64) {
+		t.Helper()
+		if err := unix.Prlimit(c.cmd.Process.Pid, unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: n, Max: unix.RLIM_INFINITY}, nil); err != nil {
+			t.Fatalf("prlimit: %v", err)
+		}
+	}
+	limit(900 << 10)
+	pg.GenerateWAL(2)
+
+	failures := func() []string {
+		data, _ := os.ReadFile(c.log)
+		var out []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "receiver failed, will retry") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	pgtest.WaitFor(t, 90*time.Second, "three failed sessions", func() bool { return len(failures()) >= 3 })
+	var waits []string
+	for _, l := range failures()[:3] {
+		m := regexp.MustCompile(` retry_in=(\S+)`).FindStringSubmatch(l)
+		if m == nil || !strings.Contains(l, "file too large") {
+			t.Fatalf("failure line: %s", l)
+		}
+		waits = append(waits, m[1])
+	}
+	// The first session stored WAL up to the limit; the next ones stored none.
+	if strings.Join(waits, " ") != "1s 2s 4s" {
+		t.Errorf("retries after %v, want 1s 2s 4s", waits)
+	}
+	data, _ := os.ReadFile(c.log)
+	starts := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.Contains(l, "starting replication") {
+			continue
+		}
+		if starts++; starts > 1 && !strings.Contains(l, "resuming_in=") {
+			t.Errorf("a retry started over instead of resuming inside the .partial: %s", l)
+		}
+	}
+	limit(unix.RLIM_INFINITY)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	c.stop()
+	checkTimeLine(t, tr, "main", 1)
 }
