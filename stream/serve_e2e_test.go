@@ -37,6 +37,9 @@ func TestServeResumesAfterKill9WithoutGap(t *testing.T) {
 				if _, err := tr.cat.ServerByName(t.Context(), "main"); err != nil {
 					continue
 				}
+				if pg.Query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhub_main'") == "0" {
+					continue // killed before it created the slot
+				}
 				restart, held := pg.SlotRestartLSN("walhub_main"), heldEnd(t, tr, "main", 1)
 				t.Logf("killed after %s: slot restart_lsn %s, hub holds up to %s", delay, restart, held)
 				if restart > held {
