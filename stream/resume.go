@@ -145,12 +145,14 @@ func (r *Receiver) loadDurable(ctx context.Context, prev State, prevErr error) e
 			end, tli = walname.SegmentStart(p.SegNo+1, segSize), p.TimeLine
 		}
 	}
+	// The newest .partial, unless it lies before what is stored (the end of
+	// a timeline that was left: kept as it is), is where streaming resumes.
 	var res partialResume
-	if n := len(partials); n > 0 {
+	if n := len(partials); n > 0 && walname.SegmentStart(partials[n-1].SegNo, segSize) >= end {
 		if res, err = recoverPartial(ctx, cat, srv.ID, segSize, partials[n-1]); err != nil {
 			return err
 		}
-		if walname.SegmentStart(res.Partial.SegNo, segSize) <= end && res.End > end {
+		if walname.SegmentStart(res.Partial.SegNo, segSize) == end {
 			end, tli = res.End, res.Partial.TimeLine
 		}
 	}
