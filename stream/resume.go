@@ -170,8 +170,13 @@ func (r *Receiver) loadDurable(ctx context.Context, prev State, prevErr error) e
 		}
 	})
 	if r.m != nil {
+		st := r.State()
 		r.m.flushedLSN.Set(float64(end))
 		r.m.receivedLSN.Set(float64(end))
+		r.m.serverLSN.Set(float64(st.ServerLSN))
+		if !st.LastSegmentAt.IsZero() {
+			r.m.lastSegmentAt.Set(float64(st.LastSegmentAt.Unix()))
+		}
 	}
 	if prevErr == nil && prev.State != "stopped" {
 		attrs := []any{"durable_lsn", end, "last_stored_segment", last.Name, "complete_partials_to_store", complete}
