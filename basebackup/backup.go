@@ -25,6 +25,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/replication"
@@ -242,12 +244,16 @@ func (r *run) take(ctx context.Context) error {
 	defer cancelWAL()
 	walDone := make(chan error, 1)
 	started = time.Now()
+	switchWAL := SwitchWALOn(r.opts.Conninfo)
+	if r.stopSegmentComplete(ctx, conn) {
+		switchWAL = nil
+	}
 	var walTime time.Duration
 	go func() {
 		err := WaitWAL(walCtx, WALWait{
 			Catalog: r.opts.Repo.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
 			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
-			Timeout: r.opts.WALTimeout, SwitchWAL: SwitchWALOn(r.opts.Conninfo), Log: r.log,
+			Timeout: r.opts.WALTimeout, SwitchWAL: switchWAL, Log: r.log,
 		})
 		walTime = time.Since(started) // read after the receive below
 		walDone <- err
@@ -266,6 +272,28 @@ func (r *run) take(ctx context.Context) error {
 	err = <-walDone
 	r.walTime = walTime
 	return err
+}
+
+// stopSegmentComplete says whether the server has already completed the WAL
+// segment that holds the backup's stop position, so that no WAL switch is
+// needed for the receiver to store it. A primary ends every backup with a
+// switch of its own (do_pg_backup_stop), which it flushes before BASE_BACKUP
+// returns: a pg_switch_wal() after that would only cut another, partly empty
+// segment when the server is busy. A standby cannot switch, and completes the
+// segment when its primary does. The server's flushed position comes from
+// IDENTIFY_SYSTEM on the backup's own connection; when that fails, the answer
+// is no (and the caller switches, as a fallback).
+func (r *run) stopSegmentComplete(ctx context.Context, conn *pgconn.PgConn) bool {
+	id, err := replication.IdentifySystem(ctx, conn)
+	if err != nil {
+		r.log.Debug("could not read the server's WAL position after the backup", "err", err)
+		return false
+	}
+	stopSeg := walname.SegmentOf(r.backup.StopLSN-1, r.server.SegmentSize)
+	complete := id.TimeLine == r.backup.StopTLI && id.XLogPos >= walname.SegmentStart(stopSeg+1, r.server.SegmentSize)
+	r.log.Debug("server WAL position after the backup", "flushed", id.XLogPos, "timeline", id.TimeLine,
+		"stop_segment_complete", complete)
+	return complete
 }
 
 // report passes progress on to the caller and to the lock, for status.

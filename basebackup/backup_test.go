@@ -526,3 +526,51 @@ func TestFileCorruptedInTransitFailsTheBackupAndNothingIsKept(t *testing.T) {
 	}
 	assertNoFiles(t, e, b)
 }
+
+// TestBackupOfAPrimaryDoesNotSwitchWALAgain: the server completes the segment
+// of the backup's stop position itself (a primary switches WAL at the end of
+// every backup), so walhub must not switch again, which on a busy server cuts
+// another, mostly empty segment. The receiver starts only once the backup has
+// streamed, so the stop segment is surely not in the catalog when walhub
+// first looks; the backup must wait for it and be done once the catalog
+// holds its WAL up to the stop position.
+func TestBackupOfAPrimaryDoesNotSwitchWALAgain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.CreateSlot("walhub_" + e.server) // the receiver started later gets the backup's WAL from it
+	e.primary.PgbenchInit(1)
+	e.primary.Query("ALTER SYSTEM SET log_statement = 'all'")
+	e.primary.Query("SELECT pg_reload_conf()")
+	opts := e.options()
+	var receiverStarted bool
+	opts.OnProgress = func(p Progress) {
+		if p.Phase == PhaseVerifying && !receiverStarted {
+			receiverStarted = true
+			e.startReceiver()
+		}
+	}
+	b := e.runBackup(opts)
+	if !receiverStarted || b.State != catalog.StateDone {
+		t.Fatalf("backup state %s (%s), receiver started %v; want done", b.State, b.Reason, receiverStarted)
+	}
+	srv, err := e.cat.ServerByName(context.Background(), e.server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing, err := (WALWait{Catalog: e.cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+		StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(context.Background())
+	if err != nil || len(missing) != 0 {
+		t.Fatalf("done backup, but its WAL is missing from the catalog: %v %v", missing, err)
+	}
+	e.primary.Query("SELECT 'walhub log probe'")
+	log, err := os.ReadFile(e.primary.LogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "walhub log probe") {
+		t.Fatal("the server logs no statements: log_statement did not take effect")
+	}
+	if strings.Contains(string(log), "pg_switch_wal") {
+		t.Error("walhub switched WAL although the server had completed the backup's last segment")
+	}
+}
