@@ -173,16 +173,8 @@ func archives(b catalog.Backup) []catalog.BackupFile {
 
 // readManifest reads and parses a backup's stored manifest.
 func readManifest(ctx context.Context, open Opener) (*Manifest, error) {
-	rc, err := open(ctx, ManifestName)
-	if err != nil {
-		return nil, fmt.Errorf("open manifest: %w", err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		return nil, fmt.Errorf("read manifest: %w", err)
-	}
-	return ParseManifest(data)
+	_, m, err := loadManifest(ctx, open)
+	return m, err
 }
 
 // walkArchive reads the stored archive f through open and calls fn for each

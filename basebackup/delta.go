@@ -41,7 +41,7 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 	if err != nil {
 		return DeltaStats{}, err
 	}
-	m, err := readManifest(ctx, open)
+	manifest, m, err := loadManifest(ctx, open)
 	if err != nil {
 		return DeltaStats{}, err
 	}
@@ -57,22 +57,14 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 	for _, f := range m.Files {
 		d.want[f.Path] = f
 	}
-	x := &extractor{progress: progress, delta: d}
-	for _, f := range arcs {
-		dir, prefix := target, ""
-		if f.Tablespace != 0 {
-			dir, prefix = dirs[f.Tablespace], fmt.Sprintf("pg_tblspc/%d/", f.Tablespace)
-		}
-		d.prefix = prefix
-		rc, err := open(ctx, f.Name)
-		if err != nil {
-			return d.stats, fmt.Errorf("open %s: %w", f.Name, err)
-		}
-		err = x.extractCompressed(ctx, rc, f.Compression, dir)
-		rc.Close()
-		if err != nil {
-			return d.stats, fmt.Errorf("unpack %s into %s: %w", f.Name, dir, err)
-		}
+	x := newExtractor(progress)
+	x.delta = d
+	x.check = newFileCheck(m, nil)
+	if err := x.extractArchives(ctx, open, arcs, target, dirs); err != nil {
+		return d.stats, err
+	}
+	if err := x.check.result(); err != nil {
+		return d.stats, err
 	}
 	if len(dirs) > 0 {
 		if err := linkTablespaces(target, dirs); err != nil {
@@ -84,7 +76,7 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 			return d.stats, err
 		}
 	}
-	if err := copyManifest(ctx, open, target); err != nil {
+	if err := writeDurable(filepath.Join(target, ManifestName), manifest); err != nil {
 		return d.stats, err
 	}
 	if err := d.removeExtras(x, target, "", dirs); err != nil {
@@ -92,16 +84,13 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 	}
 	d.stats.FullBytes = x.done
 	d.stats.WrittenBytes = x.done - d.stats.KeptBytes
-	return d.stats, x.syncDirs()
+	return d.stats, x.finish(ctx)
 }
 
 // delta is the state of a delta restore, in manifest paths (relative to the
 // data directory, slash-separated).
 type delta struct {
 	want map[string]ManifestFile
-	// prefix is the manifest path of the archive being unpacked ("" for
-	// base, "pg_tblspc/OID/" for a tablespace).
-	prefix string
 	// inBackup and dirs are the files and directories the archives hold.
 	inBackup map[string]bool
 	dirs     map[string]bool
@@ -112,7 +101,7 @@ type delta struct {
 // archive: what is in the way is removed, and a file that already matches the
 // manifest is kept (then its data is skipped and entry returns true).
 func (d *delta) entry(x *extractor, isDir bool, rel, full string, r io.Reader) (bool, error) {
-	mpath := d.prefix + rel
+	mpath := x.prefix + rel
 	lfi, err := os.Lstat(full)
 	exists := err == nil
 	if isDir {
@@ -141,6 +130,7 @@ func (d *delta) entry(x *extractor, isDir bool, rel, full string, r io.Reader) (
 			if err != nil {
 				return false, fmt.Errorf("read %s: %w", mpath, err)
 			}
+			x.check.expect(mpath) // checked just now
 			d.stats.KeptFiles++
 			d.stats.KeptBytes += n
 			x.done += n
@@ -185,7 +175,7 @@ func (d *delta) removeExtras(x *extractor, dir, mpath string, tablespaces map[ui
 	for _, e := range entries {
 		full := filepath.Join(dir, e.Name())
 		child := path.Join(mpath, e.Name())
-		if child == ManifestName {
+		if child == ManifestName || full == x.heldBack {
 			continue
 		}
 		if mpath == "pg_tblspc" {

@@ -197,6 +197,22 @@ func (c *fileCheck) problem(format string, args ...any) {
 	c.problems = append(c.problems, fmt.Sprintf(format, args...))
 }
 
+// expect says which manifest entry the file at path must match, and
+// counts it as seen; want is nil for a path not to check, ok false for a
+// path the manifest does not have. The size and checksum are then checked
+// by whoever reads the file.
+func (c *fileCheck) expect(path string) (want *ManifestFile, ok bool) {
+	c.seen[path] = true
+	if c.ignore[path] {
+		return nil, true
+	}
+	mf, ok := c.want[path]
+	if !ok {
+		return nil, false
+	}
+	return &mf, true
+}
+
 // file checks the file at path (relative to the data directory) by reading r
 // to its end.
 func (c *fileCheck) file(path string, r io.Reader, buf []byte) error {

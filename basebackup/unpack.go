@@ -13,9 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/repository"
@@ -32,12 +29,24 @@ func Unpack(ctx context.Context, repo *repository.Repository, b catalog.Backup, 
 // UnpackFrom writes backup b, whose files open reads, into target: base.tar
 // into target, each tablespace archive into its directory, the symbolic links
 // pg_tblspc/<oid> to them, and the manifest as target/backup_manifest (where
-// pg_verifybackup looks). When a tablespace is moved, tablespace_map is
-// rewritten with the new directory (so it no longer matches the manifest:
-// verify with VerifyDir(ctx, target, "tablespace_map")). Every file and
-// directory is fsynced. progress, when set, gets the bytes written so far.
+// pg_verifybackup looks). Every file is checked against the manifest (size and
+// checksum) as it is written; any difference, like any error, stops the unpack
+// and is returned (a *VerifyError names the file). When a tablespace is moved,
+// tablespace_map is rewritten with the new directory after it was checked (so
+// the copy no longer matches the manifest: verify it later with
+// VerifyDir(ctx, target, "tablespace_map")).
+//
+// Every file and directory is fsynced before it returns, and global/pg_control
+// is written under another name and put in place only after everything else is
+// durable: a directory whose unpack failed or was killed half-way has no
+// pg_control, and PostgreSQL refuses to start on it. progress, when set, gets
+// the bytes unpacked so far.
 func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
 	arcs, dirs, moved, err := tablespaceTargets(b, tablespaceDirs)
+	if err != nil {
+		return err
+	}
+	manifest, m, err := loadManifest(ctx, open)
 	if err != nil {
 		return err
 	}
@@ -49,21 +58,13 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 			return err
 		}
 	}
-	x := &extractor{progress: progress}
-	for _, f := range arcs {
-		dir := target
-		if f.Tablespace != 0 {
-			dir = dirs[f.Tablespace]
-		}
-		rc, err := open(ctx, f.Name)
-		if err != nil {
-			return fmt.Errorf("open %s: %w", f.Name, err)
-		}
-		err = x.extractCompressed(ctx, rc, f.Compression, dir)
-		rc.Close()
-		if err != nil {
-			return fmt.Errorf("unpack %s into %s: %w", f.Name, dir, err)
-		}
+	x := newExtractor(progress)
+	x.check = newFileCheck(m, nil)
+	if err := x.extractArchives(ctx, open, arcs, target, dirs); err != nil {
+		return err
+	}
+	if err := x.check.result(); err != nil {
+		return err
 	}
 	if len(dirs) > 0 {
 		if err := linkTablespaces(target, dirs); err != nil {
@@ -75,10 +76,65 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 			return err
 		}
 	}
-	if err := copyManifest(ctx, open, target); err != nil {
+	if err := writeDurable(filepath.Join(target, ManifestName), manifest); err != nil {
 		return err
 	}
-	return x.syncDirs()
+	return x.finish(ctx)
+}
+
+// extractArchives unpacks arcs (base first) into target and the tablespace
+// directories, one archive after the other through one pool of writers, and
+// waits for the last file to be written (not yet fsynced: see finish).
+func (x *extractor) extractArchives(ctx context.Context, open Opener, arcs []catalog.BackupFile, target string, dirs map[uint32]string) error {
+	x.w = newFileWriters(ctx, x.writers)
+	for _, f := range arcs {
+		dir, prefix := target, ""
+		if f.Tablespace != 0 {
+			dir, prefix = dirs[f.Tablespace], fmt.Sprintf("pg_tblspc/%d/", f.Tablespace)
+		}
+		x.prefix = prefix
+		if err := x.extractStored(open, f, dir); err != nil {
+			x.w.fail(err)
+			break
+		}
+	}
+	return x.w.wait()
+}
+
+// extractStored unpacks the stored archive f into dir.
+func (x *extractor) extractStored(open Opener, f catalog.BackupFile, dir string) error {
+	rc, err := open(x.w.ctx, f.Name)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", f.Name, err)
+	}
+	defer rc.Close()
+	dr, err := Decompress(rc, f.Compression)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name, err)
+	}
+	defer dr.Close()
+	if err := x.extract(dr, dir); err != nil {
+		return fmt.Errorf("unpack %s into %s: %w", f.Name, dir, err)
+	}
+	return nil
+}
+
+// loadManifest reads a backup's stored manifest, as stored and parsed.
+func loadManifest(ctx context.Context, open Opener) ([]byte, *Manifest, error) {
+	rc, err := open(ctx, ManifestName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open manifest: %w", err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read manifest: %w", err)
+	}
+	m, err := ParseManifest(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return data, m, nil
 }
 
 // tablespaceTargets returns the archives of b (base first) and the directory
@@ -111,38 +167,65 @@ func tablespaceTargets(b catalog.Backup, tablespaceDirs map[uint32]string) ([]ca
 }
 
 // ExtractTar writes the uncompressed tar stream r into dir (which must exist),
-// refusing any entry that would land outside it. It returns the bytes of file
-// data written. Use it for archives that come from elsewhere (over HTTP).
+// refusing any entry that would land outside it, and fsyncs what it wrote. It
+// returns the bytes of file data written. Use it for archives that come from
+// elsewhere (over HTTP).
 func ExtractTar(ctx context.Context, r io.Reader, dir string, progress func(done int64)) (int64, error) {
-	x := &extractor{progress: progress}
-	if err := x.extract(ctx, r, dir); err != nil {
+	x := newExtractor(progress)
+	x.w = newFileWriters(ctx, x.writers)
+	err := x.extract(r, dir)
+	if err != nil {
+		x.w.fail(err)
+	}
+	if err := x.w.wait(); err != nil {
 		return x.done, err
 	}
-	return x.done, x.syncDirs()
+	return x.done, x.finish(ctx)
 }
 
-// extractor unpacks archives, remembering the files and directories it must
-// fsync. Like PostgreSQL's own sync of a data directory, it starts each file's
-// writeback as soon as the file is written (sync_file_range, which does not
-// wait) and fsyncs them all at the end, when most of the data is already on
-// disk: one fsync after each file would serialise a thousand disk waits.
+// controlFile is the manifest path of pg_control, which an unpack puts in
+// place last (see UnpackFrom).
+const controlFile = "global/pg_control"
+
+// heldBackSuffix is added to the name of pg_control while the rest of an
+// unpack is not yet durable.
+const heldBackSuffix = ".walhub-restoring"
+
+// extractor unpacks archives. One goroutine (the caller's) reads and
+// decompresses the tar stream, makes the directories, and hands each regular
+// file to a pool of writers (fileWriters), which write, check and start the
+// writeback of many files at once. The extractor remembers every file and
+// directory, and finish fsyncs them all at the end in one parallel pass: like
+// PostgreSQL's own sync of a data directory, one fsync after each file would
+// serialise a thousand disk waits.
 type extractor struct {
 	progress func(int64)
-	done     int64
-	dirs     []string
-	files    []string
-	buf      []byte
+	// done is the bytes of file data read from the archives so far.
+	done int64
+	// dirs and files are what finish fsyncs.
+	dirs  []string
+	files []string
+	// made are the directories known to exist (the archive's, and the
+	// parents made for files whose directory it does not list).
+	made map[string]bool
+	// heldBack is pg_control's temporary path, once written; finish renames
+	// it into place.
+	heldBack string
+	// check, when set, checks every file against a manifest: the writers
+	// check sizes and checksums, the extractor which files there are.
+	check *fileCheck
+	// prefix is the manifest path of the archive being unpacked ("" for
+	// base, "pg_tblspc/OID/" for a tablespace).
+	prefix  string
+	writers int
+	w       *fileWriters
+	buf     []byte
 	// delta, when set, makes a delta restore into an existing directory.
 	delta *delta
 }
 
-func (x *extractor) extractCompressed(ctx context.Context, r io.Reader, compression, dir string) error {
-	dr, err := Decompress(r, compression)
-	if err != nil {
-		return err
-	}
-	defer dr.Close()
-	return x.extract(ctx, dr, dir)
+func newExtractor(progress func(int64)) *extractor {
+	return &extractor{progress: progress, made: map[string]bool{}, buf: make([]byte, 256<<10)}
 }
 
 // entryPath validates a tar entry name and returns it relative to the target,
@@ -158,14 +241,13 @@ func entryPath(name string) (string, error) {
 	return n, nil
 }
 
-func (x *extractor) extract(ctx context.Context, r io.Reader, dir string) error {
-	if x.buf == nil {
-		x.buf = make([]byte, 256<<10)
-	}
+// extract reads the tar stream r into dir, handing regular files to x.w.
+func (x *extractor) extract(r io.Reader, dir string) error {
 	x.dirs = append(x.dirs, dir)
+	x.made[dir] = true
 	tr := tar.NewReader(r)
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := x.w.failed(); err != nil {
 			return err
 		}
 		h, err := tr.Next()
@@ -195,15 +277,21 @@ func (x *extractor) extract(ctx context.Context, r io.Reader, dir string) error 
 		}
 		switch h.Typeflag {
 		case tar.TypeDir:
+			if err := x.mkdirParents(filepath.Dir(full)); err != nil {
+				return err
+			}
 			if err := os.Mkdir(full, mode|0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 				return err
 			}
 			if err := os.Chmod(full, mode|0o700); err != nil {
 				return err
 			}
-			x.dirs = append(x.dirs, full)
+			if !x.made[full] {
+				x.made[full] = true
+				x.dirs = append(x.dirs, full)
+			}
 		case tar.TypeReg:
-			if err := x.writeFile(full, mode, tr); err != nil {
+			if err := x.sendFile(x.prefix+rel, full, mode, h.Size, tr); err != nil {
 				return err
 			}
 		case tar.TypeSymlink:
@@ -219,67 +307,115 @@ func (x *extractor) extract(ctx context.Context, r io.Reader, dir string) error 
 	}
 }
 
-func (x *extractor) writeFile(full string, mode os.FileMode, r io.Reader) error {
-	if err := os.MkdirAll(filepath.Dir(full), 0o700); err != nil {
+// sendFile hands the regular file at full (manifest path mpath), whose size
+// bytes r holds, to the writers, chunk by chunk.
+func (x *extractor) sendFile(mpath, full string, mode os.FileMode, size int64, r io.Reader) error {
+	if err := x.mkdirParents(filepath.Dir(full)); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, mode|0o600)
-	if err != nil {
+	j := &fileJob{path: full, mpath: mpath, mode: mode, size: size, chunks: make(chan []byte, 4)}
+	if x.check != nil {
+		want, ok := x.check.expect(mpath)
+		if !ok {
+			return mismatch(fmt.Sprintf("%s is in the backup but not in the manifest", mpath))
+		}
+		j.want = want
+	}
+	if mpath == controlFile {
+		j.path = full + heldBackSuffix
+		if err := os.Remove(j.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err // left by a delta restore that failed
+		}
+		x.heldBack = j.path
+	}
+	x.files = append(x.files, j.path)
+	if err := send(x.w, x.w.jobs, j); err != nil {
 		return err
 	}
+	defer close(j.chunks) // on an error, before all of size: the writer drops the file
+	return x.sendChunks(j, r)
+}
+
+func (x *extractor) sendChunks(j *fileJob, r io.Reader) error {
 	for {
-		n, rerr := r.Read(x.buf)
+		b, err := x.w.buffer()
+		if err != nil {
+			return err
+		}
+		n, rerr := fill(r, b)
 		if n > 0 {
-			if _, err := f.Write(x.buf[:n]); err != nil {
-				f.Close()
+			if err := send(x.w, j.chunks, b[:n]); err != nil {
 				return err
 			}
 			x.done += int64(n)
 			if x.progress != nil {
 				x.progress(x.done)
 			}
+		} else {
+			x.w.free <- b
 		}
-		if errors.Is(rerr, io.EOF) {
-			break
-		}
-		if rerr != nil {
-			f.Close()
-			return rerr
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF):
+			return nil
+		default:
+			return fmt.Errorf("read %s: %w", j.mpath, rerr)
 		}
 	}
-	// Start writeback now; the fsync in syncDirs waits for it. Not every file
-	// system supports it: then the fsync does all the work.
-	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-	if err := f.Close(); err != nil {
-		return err
-	}
-	x.files = append(x.files, full)
-	return os.Chmod(full, mode|0o600)
 }
 
-// syncDirs fsyncs every file written, then every directory written to,
-// deepest first.
-func (x *extractor) syncDirs() error {
-	for _, p := range x.files {
-		f, err := os.Open(p)
+// fill reads r into b until b is full or r ends: unlike io.ReadFull, it
+// returns io.EOF for an end after some bytes, and passes on any other error
+// (tar's io.ErrUnexpectedEOF for a cut archive among them).
+func fill(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
 		if err != nil {
-			return fmt.Errorf("fsync %s: %w", p, err)
-		}
-		err = f.Sync()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("fsync %s: %w", p, err)
+			return n, err
 		}
 	}
-	x.files = nil
-	sort.Slice(x.dirs, func(i, j int) bool { return len(x.dirs[i]) > len(x.dirs[j]) })
-	for _, d := range x.dirs {
-		if err := storage.SyncDir(d); err != nil {
-			return err
-		}
+	return n, nil
+}
+
+// mkdirParents makes dir and its missing parents, remembering them for the
+// final fsync (an archive need not list every directory).
+func (x *extractor) mkdirParents(dir string) error {
+	if x.made[dir] {
+		return nil
 	}
-	x.dirs = nil
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		x.made[dir] = true
+		return nil
+	}
+	if err := x.mkdirParents(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	x.made[dir] = true
+	x.dirs = append(x.dirs, dir)
 	return nil
+}
+
+// finish fsyncs every file and directory written, then puts pg_control in
+// place and fsyncs its directory: only now is the unpacked copy startable.
+func (x *extractor) finish(ctx context.Context) error {
+	if err := syncAll(ctx, x.files, x.dirs); err != nil {
+		return err
+	}
+	x.files, x.dirs = nil, nil
+	if x.heldBack == "" {
+		return nil
+	}
+	final := strings.TrimSuffix(x.heldBack, heldBackSuffix)
+	if err := os.Rename(x.heldBack, final); err != nil {
+		return fmt.Errorf("put %s in place: %w", final, err)
+	}
+	x.heldBack = ""
+	return storage.SyncDir(filepath.Dir(final))
 }
 
 // prepareEmptyDir creates dir (mode 0700) or checks that it is empty.
@@ -342,19 +478,6 @@ func rewriteTablespaceMap(target string, dirs map[uint32]string) error {
 		sb.WriteByte('\n')
 	}
 	return writeDurable(filepath.Join(target, "tablespace_map"), []byte(sb.String()))
-}
-
-func copyManifest(ctx context.Context, open Opener, target string) error {
-	rc, err := open(ctx, ManifestName)
-	if err != nil {
-		return fmt.Errorf("open manifest: %w", err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(rc)
-	if err != nil {
-		return fmt.Errorf("read manifest: %w", err)
-	}
-	return writeDurable(filepath.Join(target, ManifestName), data)
 }
 
 func writeDurable(path string, data []byte) error {

@@ -10,14 +10,21 @@
 # (pg_receivewal: renamed from .partial; walhub: stored and cataloged).
 # Each runs TRIALS times from its own slot, interleaved, and the median counts:
 # on a shared machine single runs are noisy. Times include process start.
+# Each run also reports the CPU time (user + system) the receiving process
+# spent per MB of WAL, a figure less disturbed by the machine's load.
 #
 # Usage: bench/receive.sh            (as root or as a user that can run initdb)
 #   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
+# COMPRESSIONS="zstd none" picks walhub's runs; BASE_REV=<git revision> adds
+# a walhub zstd run built from that revision, interleaved with the others (a
+# before/after comparison in one run).
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-1024}
 TRIALS=${TRIALS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+COMPRESSIONS=${COMPRESSIONS:-zstd none}
+BASE_REV=${BASE_REV:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$work"
@@ -37,6 +44,15 @@ trap cleanup EXIT
 
 echo "building walhub"
 (cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+variants=$COMPRESSIONS
+if [ -n "$BASE_REV" ]; then
+	echo "building walhub at $BASE_REV"
+	mkdir "$work/base-src"
+	git -C "$here" archive "$BASE_REV" | tar -x -C "$work/base-src"
+	(cd "$work/base-src" && go build -o "$work/walhub-base" ./cmd/walhub)
+	rm -rf "$work/base-src"
+	variants="$variants base"
+fi
 
 echo "primary on port $port in $work"
 mkdir "$work/data"
@@ -61,7 +77,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 
 psql_ "CHECKPOINT" >/dev/null
 for i in $(seq 1 "$TRIALS"); do
-	for s in rw zstd none; do
+	for s in rw $variants; do
 		psql_ "SELECT pg_create_physical_replication_slot('bench_${s}_$i', true)" >/dev/null
 	done
 done
@@ -74,7 +90,10 @@ last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
 bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
 echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last; $TRIALS trials each, interleaved"
 
-# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds.
+# cpu_secs PID: the CPU time (user + system) the process has used, in seconds.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+
+# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds and CPU seconds.
 run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
 	local t0 t1
@@ -83,27 +102,31 @@ run_rw() {
 	rw_pid=$!
 	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
 	t1=$(date +%s.%N)
+	cpu=$(cpu_secs "$rw_pid")
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
 	rm -rf "$work/rw"
-	echo "$t1 - $t0" | bc -l
+	echo "$(echo "$t1 - $t0" | bc -l) $cpu"
 }
 
-# run_hub COMPRESSION TRIAL: walhub serve catches up; prints seconds and peak RSS in kB.
+# run_hub VARIANT TRIAL: walhub serve catches up; prints seconds, peak RSS in
+# kB, stored MB and CPU seconds. VARIANT is a compression, or base (zstd,
+# the binary built from BASE_REV).
 run_hub() {
-	local comp=$1 repo="$work/repo-$1"
+	local comp=$1 repo="$work/repo-$1" bin="$work/walhub"
+	if [ "$comp" = base ]; then comp=zstd bin="$work/walhub-base"; fi
 	rm -rf "$repo"
 	cat > "$work/walhub.toml" <<TOML
 repository = "$repo"
 [[server]]
 name = "bench"
 conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
-slot = "bench_${comp}_$2"
+slot = "bench_${1}_$2"
 create_slot = false
 compression = "$comp"
 TOML
-	local t0 t1 hwm
+	local t0 t1 hwm cpu
 	t0=$(date +%s.%N)
-	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
+	"$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
 	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
@@ -111,31 +134,39 @@ TOML
 	done
 	t1=$(date +%s.%N)
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
+	cpu=$(cpu_secs "$hub_pid")
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
 	stored_mb=$(du -sm "$repo/bench/wal" | cut -f1)
 	rm -rf "$repo"
-	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb"
+	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu"
 }
 
-declare -A secs
+declare -A secs cpus
 peak=0
+mb=$(echo "$bytes / 1048576" | bc -l)
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for i in $(seq 1 "$TRIALS"); do
-	t=$(run_rw "$i"); secs[rw]+="$t "
-	printf "  trial %d  pg_receivewal %6.2f s\n" "$i" "$t"
-	for comp in zstd none; do
-		read -r t hwm stored <<<"$(run_hub "$comp" "$i")"
-		secs[$comp]+="$t "
+	read -r t cpu <<<"$(run_rw "$i")"
+	secs[rw]+="$t " cpus[rw]+="$cpu "
+	printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB)\n" "$i" "$t" "$(echo "$cpu * 1000 / $mb" | bc -l)"
+	for comp in $variants; do
+		read -r t hwm stored cpu <<<"$(run_hub "$comp" "$i")"
+		secs[$comp]+="$t " cpus[$comp]+="$cpu "
 		[ "$hwm" -gt "$peak" ] && peak=$hwm
-		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB)\n" "$i" "$comp" "$t" $((hwm / 1024)) "$stored"
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB)\n" "$i" "$comp" "$t" \
+			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)"
 	done
 done
-rw_med=$(tr ' ' '\n' <<<"${secs[rw]}" | grep . | median)
-rw_mbs=$(echo "$bytes / 1048576 / $rw_med" | bc -l)
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+med_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
+rw_med=$(med_of "${secs[rw]}")
+rw_mbs=$(echo "$mb / $rw_med" | bc -l)
 echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL:"
-printf "  pg_receivewal      %6.2f s  %7.1f MB/s\n" "$rw_med" "$rw_mbs"
-for comp in zstd none; do
-	med=$(tr ' ' '\n' <<<"${secs[$comp]}" | grep . | median)
-	mbs=$(echo "$bytes / 1048576 / $med" | bc -l)
-	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f\n" "$comp" "$med" "$mbs" "$(echo "$mbs / $rw_mbs" | bc -l)"
+printf "  pg_receivewal      %6.2f s  %7.1f MB/s  CPU %.2f ms/MB\n" "$rw_med" "$rw_mbs" "$(echo "$(med_of "${cpus[rw]}") * 1000 / $mb" | bc -l)"
+for comp in $variants; do
+	med=$(med_of "${secs[$comp]}")
+	mbs=$(echo "$mb / $med" | bc -l)
+	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f  CPU %.2f ms/MB\n" "$comp" "$med" "$mbs" \
+		"$(echo "$mbs / $rw_mbs" | bc -l)" "$(echo "$(med_of "${cpus[$comp]}") * 1000 / $mb" | bc -l)"
 done
 echo "walhub peak RSS (VmHWM, any trial): $((peak / 1024)) MB"

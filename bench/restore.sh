@@ -3,19 +3,23 @@
 # file checked against the manifest, fsynced) against unpacking the same
 # database's `pg_basebackup -Ft -X none` with tar (with and without a final
 # sync, since tar does not fsync). Same database, same run, interleaved rounds;
-# the best round of each counts. Data directories are written to the same
-# file system.
+# the median round of each counts (the machine may be shared: the load average
+# is printed with the figures). Data directories are written to the same file
+# system.
 #
-# Usage: SCALE=50 ROUNDS=3 bash bench/restore.sh
+# Usage: SCALE=30 ROUNDS=5 bash bench/restore.sh
+# KEEP=1 keeps the working directory (repository, configuration, tar) for
+# profiling a restore by hand.
 set -euo pipefail
 SCALE=${SCALE:-50}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 W=$(mktemp -d /tmp/walhub-bench-restore.XXXXXX); chmod 755 "$W"
 SERVE=
@@ -23,7 +27,7 @@ cleanup() {
   set +e
   [ -n "$SERVE" ] && kill "$SERVE" && wait "$SERVE"
   as_pg "$PGBIN/pg_ctl" -D "$W/primary" -m immediate -w stop >/dev/null 2>&1
-  rm -rf "$W"
+  if [ -n "${KEEP:-}" ]; then echo "kept $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 go build -o "$W/bin/" ./cmd/walhub
@@ -49,10 +53,13 @@ sleep 2
 SIZE=$(du -sb "$W/primary/base" | cut -f1)
 echo "database: pgbench scale $SCALE, base/ is $((SIZE / 1048576)) MiB; backup $(ls -la "$W"/repo/b/backups/*/base.tar* | awk '{print $5}') bytes stored"
 
-best_w=999999; best_t=999999; best_ts=999999
+all_w=; all_t=; all_ts=
+# As root, restore refuses files PostgreSQL would not own: give them to
+# postgres, as tar -x run by root gives them the owner recorded in the archive.
+OWNER=; [ "$(id -u)" = 0 ] && OWNER="--owner postgres"
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$W/r1" "$W/r2" "$W/r3"; sync
-  t0=$(now); "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" >/dev/null 2>&1; t1=$(now)
+  t0=$(now); "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER >/dev/null 2>&1; t1=$(now)
   w=$(echo "$t1 - $t0" | bc)
   mkdir "$W/r2"; sync
   t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r2"; t1=$(now)
@@ -61,13 +68,13 @@ for r in $(seq 1 "$ROUNDS"); do
   t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r3"; sync; t1=$(now)
   ts=$(echo "$t1 - $t0" | bc)
   echo "round $r: walhub restore ${w}s, tar ${t}s, tar+sync ${ts}s"
-  best_w=$(echo "if ($w < $best_w) $w else $best_w" | bc)
-  best_t=$(echo "if ($t < $best_t) $t else $best_t" | bc)
-  best_ts=$(echo "if ($ts < $best_ts) $ts else $best_ts" | bc)
+  all_w="$all_w $w"; all_t="$all_t $t"; all_ts="$all_ts $ts"
 done
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+med_w=$(med "$all_w"); med_t=$(med "$all_t"); med_ts=$(med "$all_ts")
 MB=$(du -sb "$W/r1" | cut -f1)
 mbps() { echo "scale=1; $MB / 1048576 / $1" | bc; }
-echo "restored $((MB / 1048576)) MiB; best of $ROUNDS:"
-echo "  walhub restore : $(mbps "$best_w") MB/s (verified against the manifest, fsynced)"
-echo "  tar            : $(mbps "$best_t") MB/s (no fsync)   ratio walhub/tar      $(echo "scale=2; $best_t / $best_w" | bc)"
-echo "  tar + sync     : $(mbps "$best_ts") MB/s             ratio walhub/tar+sync $(echo "scale=2; $best_ts / $best_w" | bc)"
+echo "restored $((MB / 1048576)) MiB; median of $ROUNDS rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg):"
+echo "  walhub restore : $(mbps "$med_w") MB/s (verified against the manifest, fsynced)"
+echo "  tar            : $(mbps "$med_t") MB/s (no fsync)   ratio walhub/tar      $(echo "scale=2; $med_t / $med_w" | bc)"
+echo "  tar + sync     : $(mbps "$med_ts") MB/s             ratio walhub/tar+sync $(echo "scale=2; $med_ts / $med_w" | bc)"

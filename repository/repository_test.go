@@ -473,3 +473,71 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 		t.Fatalf("refreshed catalog differs:\n%s\nwant\n%s", got, want)
 	}
 }
+
+// PutFile runs for many segments at once, each with an encoder of its own:
+// every object gives back its own segment, none is cataloged before
+// CatalogFile, and CatalogFile in order catalogs them all.
+func TestPutFileConcurrently(t *testing.T) {
+	for _, compression := range []string{"zstd", "none"} {
+		t.Run(compression, func(t *testing.T) {
+			repo, _, srv, dir := newRepo(t)
+			ctx := context.Background()
+			storer, err := repo.SegmentStorer(srv, compression, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 8
+			rows := make([]catalog.Segment, n)
+			srcs := make([]string, n)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			for i := range n {
+				srcs[i] = filepath.Join(dir, fmt.Sprintf("src%d", i))
+				if err := os.WriteFile(srcs[i], segmentData(walname.SegNo(20+i)), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var cataloged bool
+					rows[i], cataloged, errs[i] = storer.PutFile(ctx, walname.SegmentName(1, walname.SegNo(20+i), segSize), srcs[i])
+					if cataloged {
+						errs[i] = fmt.Errorf("segment %d reported cataloged", 20+i)
+					}
+				}()
+			}
+			wg.Wait()
+			for i := range n {
+				if errs[i] != nil {
+					t.Fatal(errs[i])
+				}
+				if _, err := repo.Catalog.Segment(ctx, srv.ID, rows[i].Name); !errors.Is(err, catalog.ErrNotFound) {
+					t.Fatalf("segment %s cataloged by PutFile: %v", rows[i].Name, err)
+				}
+			}
+			for i := range n {
+				if _, err := storer.CatalogFile(ctx, rows[i], srcs[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range n {
+				row, err := repo.Catalog.Segment(ctx, srv.ID, rows[i].Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got bytes.Buffer
+				if err := repo.ReadSegment(ctx, row, &got); err != nil {
+					t.Fatal(err)
+				}
+				want := segmentData(walname.SegNo(20 + i))
+				if !bytes.Equal(got.Bytes(), want) || row.Checksum != checksum.Of(want) {
+					t.Errorf("segment %s does not give back its bytes", row.Name)
+				}
+			}
+			// Cataloged segments are not stored again.
+			if _, cataloged, err := storer.PutFile(ctx, rows[0].Name, srcs[0]); err != nil || !cataloged {
+				t.Errorf("PutFile of a cataloged segment: cataloged %v, %v", cataloged, err)
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,14 +29,34 @@ const (
 
 // SegmentStorer stores the complete WAL segments of one server, as the
 // receiver does and the test feeder must: compressed as configured, the
-// object durable before its catalog row. It is not safe for concurrent use.
+// object durable before its catalog row.
+//
+// Storing a file has two steps, which a caller may run apart: PutFile (read,
+// checksum, compress, make the object durable) is safe for concurrent use,
+// each call with an encoder and buffer of its own; CatalogFile (the WAL
+// index, then the catalog row) is not, and takes the segments in order.
+// StoreFile does both, for one segment at a time.
 type SegmentStorer struct {
 	r           *Repository
 	srv         catalog.Server
 	compression string
-	enc         *zstd.Encoder
-	buf         []byte
+	level       zstd.EncoderLevel
 	index       SegmentIndex
+
+	// mu guards coders, the idle encoders and buffers of PutFile: as many are
+	// made as calls ever ran at once, and reused.
+	mu     sync.Mutex
+	coders []*segmentCoder
+	// memEnc compresses Store's segments from memory: EncodeAll may be
+	// called concurrently.
+	memEnc *zstd.Encoder
+}
+
+// segmentCoder is what one PutFile call works with: a streaming zstd encoder
+// (nil without compression) and a read buffer.
+type segmentCoder struct {
+	enc *zstd.Encoder
+	buf []byte
 }
 
 // SegmentIndex reads the bytes of each segment stored, in order, on their
@@ -57,14 +78,15 @@ func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level
 	if srv.SegmentSize == 0 {
 		return nil, fmt.Errorf("server %s has no segment size yet", srv.Name)
 	}
-	s := &SegmentStorer{r: r, srv: srv, compression: compression, buf: make([]byte, 256<<10)}
+	s := &SegmentStorer{r: r, srv: srv, compression: compression, level: zstd.EncoderLevel(level)}
 	switch compression {
 	case "zstd":
-		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevel(level)), zstd.WithEncoderConcurrency(1))
+		// Made now, so that a bad level fails here rather than at the first segment.
+		c, err := s.newCoder()
 		if err != nil {
-			return nil, fmt.Errorf("zstd encoder: %w", err)
+			return nil, err
 		}
-		s.enc = enc
+		s.coders = append(s.coders, c)
 	case "none":
 	default:
 		return nil, fmt.Errorf("unknown compression %q", compression)
@@ -72,53 +94,90 @@ func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level
 	return s, nil
 }
 
+func (s *SegmentStorer) newCoder() (*segmentCoder, error) {
+	c := &segmentCoder{buf: make([]byte, 256<<10)}
+	if s.compression == "zstd" {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("zstd encoder: %w", err)
+		}
+		c.enc = enc
+	}
+	return c, nil
+}
+
+// coder takes an idle coder, or makes one.
+func (s *SegmentStorer) coder() (*segmentCoder, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.coders); n > 0 {
+		c := s.coders[n-1]
+		s.coders = s.coders[:n-1]
+		return c, nil
+	}
+	return s.newCoder()
+}
+
+func (s *SegmentStorer) release(c *segmentCoder) {
+	s.mu.Lock()
+	s.coders = append(s.coders, c)
+	s.mu.Unlock()
+}
+
 // StoreFile stores the complete segment name held by the local file src
-// (fsynced by the caller; it is only read). It is idempotent: a segment
-// already cataloged (a crash came between the catalog and the removal of the
-// caller's file) is returned as it is, with stored false.
+// (fsynced by the caller; it is only read) and catalogs it: PutFile, then
+// CatalogFile. It is idempotent: a segment already cataloged (a crash came
+// between the catalog and the removal of the caller's file) is returned as
+// it is, with stored false.
+func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg catalog.Segment, stored bool, err error) {
+	row, cataloged, err := s.PutFile(ctx, name, src)
+	if err != nil || cataloged {
+		return row, false, err
+	}
+	if row, err = s.CatalogFile(ctx, row, src); err != nil {
+		return catalog.Segment{}, false, err
+	}
+	return row, true, nil
+}
+
+// PutFile makes the object of the complete segment name, held by the local
+// file src (fsynced by the caller; it is only read), durable in the store,
+// and returns the catalog row that CatalogFile is to commit. A segment
+// already cataloged is returned as it is, with cataloged true, and nothing
+// is written. It is safe for concurrent use.
 //
 // Without compression, on a store that can link a local file (local disk),
 // src becomes the object without being copied, as pg_receivewal renames it.
-func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg catalog.Segment, stored bool, err error) {
+func (s *SegmentStorer) PutFile(ctx context.Context, name, src string) (row catalog.Segment, cataloged bool, err error) {
 	tli, segno, err := walname.ParseSegment(name, s.srv.SegmentSize)
 	if err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
 	}
 	if row, err := s.r.Catalog.Segment(ctx, s.srv.ID, name); err == nil {
-		return row, false, nil
+		return row, true, nil
 	} else if !errors.Is(err, catalog.ErrNotFound) {
 		return catalog.Segment{}, false, err
 	}
-	in, err := os.Open(src)
+	in, err := s.openSegmentFile(name, src)
 	if err != nil {
-		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+		return catalog.Segment{}, false, err
 	}
 	defer in.Close()
-	fi, err := in.Stat()
+	c, err := s.coder()
 	if err != nil {
-		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+		return catalog.Segment{}, false, err
 	}
-	if uint64(fi.Size()) != s.srv.SegmentSize {
-		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %s holds %d bytes, a segment %d",
-			name, src, fi.Size(), s.srv.SegmentSize)
-	}
+	defer s.release(c)
 	// The checksum goes into the object's meta, which a bucket takes when the
 	// upload starts: compute it first (the second read comes from the page cache).
 	sum := checksum.New()
-	var read io.Writer = sum
-	if s.index != nil {
-		read = io.MultiWriter(sum, s.index.Begin(ctx, tli, segno, name))
-	}
-	if _, err := io.CopyBuffer(read, in, s.buf); err != nil {
+	if _, err := io.CopyBuffer(sum, in, c.buf); err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
 	}
 	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
 	}
-	row := s.row(tli, segno, name, checksum.Format(sum.Sum32()))
-	if s.index != nil {
-		row.Contents = s.index.Contents(tli, segno)
-	}
+	row = s.row(tli, segno, name, checksum.Format(sum.Sum32()))
 	linked := false
 	if l, ok := s.r.Store.(storage.Linker); ok && s.compression == "none" {
 		row.StoredSize, err = l.Link(ctx, src, row.StoredPath, s.meta(row))
@@ -126,16 +185,56 @@ func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg ca
 		linked = !errors.Is(err, syscall.EXDEV)
 	}
 	if !linked {
-		row.StoredSize, err = s.put(ctx, row, in)
+		row.StoredSize, err = s.put(ctx, c, row, in)
 	}
 	if err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
 	}
-	// Durable object first, catalog row second.
-	if err := s.r.Catalog.AddSegment(ctx, row); err != nil {
-		return catalog.Segment{}, false, err
+	return row, false, nil
+}
+
+// CatalogFile commits row, the row PutFile returned for the segment held by
+// src, after reading src through the WAL index (when one is set) for the
+// contents committed with it. Calls must come one at a time and in segment
+// order, each after its segment's PutFile returned: the index reads records
+// across segment boundaries, and a restart resumes after the last segment
+// cataloged, which must therefore have every segment before it cataloged.
+func (s *SegmentStorer) CatalogFile(ctx context.Context, row catalog.Segment, src string) (catalog.Segment, error) {
+	if s.index != nil {
+		in, err := s.openSegmentFile(row.Name, src)
+		if err != nil {
+			return catalog.Segment{}, err
+		}
+		defer in.Close()
+		if _, err := io.Copy(s.index.Begin(ctx, row.TimeLine, row.SegNo, row.Name), in); err != nil {
+			return catalog.Segment{}, fmt.Errorf("index segment %s: read %s: %w", row.Name, src, err)
+		}
+		row.Contents = s.index.Contents(row.TimeLine, row.SegNo)
 	}
-	return row, true, nil
+	// Durable object first (PutFile returned), catalog row second.
+	if err := s.r.Catalog.AddSegment(ctx, row); err != nil {
+		return catalog.Segment{}, err
+	}
+	return row, nil
+}
+
+// openSegmentFile opens src, which must hold a whole segment.
+func (s *SegmentStorer) openSegmentFile(name, src string) (*os.File, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return nil, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	fi, err := in.Stat()
+	if err != nil {
+		in.Close()
+		return nil, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	if uint64(fi.Size()) != s.srv.SegmentSize {
+		in.Close()
+		return nil, fmt.Errorf("store segment %s: %s holds %d bytes, a segment %d",
+			name, src, fi.Size(), s.srv.SegmentSize)
+	}
+	return in, nil
 }
 
 // Store stores the complete segment name from memory (the test feeder).
@@ -155,8 +254,12 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 		row.Contents = s.index.Contents(tli, segno)
 	}
 	stored := data
-	if s.enc != nil {
-		stored = s.enc.EncodeAll(data, nil) // one frame, one segment
+	if s.compression == "zstd" {
+		enc, err := s.memEncoder()
+		if err != nil {
+			return catalog.Segment{}, err
+		}
+		stored = enc.EncodeAll(data, nil) // one frame, one segment
 	}
 	if row.StoredSize, err = s.write(ctx, row, bytes.NewReader(stored)); err != nil {
 		return catalog.Segment{}, fmt.Errorf("store segment %s: %w", name, err)
@@ -177,6 +280,20 @@ func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
 	return storage.Meta{metaChecksum: row.Checksum, metaSize: strconv.FormatInt(row.Size, 10), metaSystemID: s.srv.SystemID}
 }
 
+// memEncoder returns the encoder of Store, made at its first use.
+func (s *SegmentStorer) memEncoder() (*zstd.Encoder, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.memEnc == nil {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("zstd encoder: %w", err)
+		}
+		s.memEnc = enc
+	}
+	return s.memEnc, nil
+}
+
 // write writes in (stored bytes) as the segment's object and commits it.
 func (s *SegmentStorer) write(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
 	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
@@ -184,30 +301,32 @@ func (s *SegmentStorer) write(ctx context.Context, row catalog.Segment, in io.Re
 		return 0, err
 	}
 	defer w.Abort()
-	if _, err := io.CopyBuffer(w, in, s.buf); err != nil {
+	if _, err := io.Copy(w, in); err != nil {
 		return 0, err
 	}
 	return w.Commit(ctx)
 }
 
-// put writes the segment's bytes from in, compressed, and commits the object.
-func (s *SegmentStorer) put(ctx context.Context, row catalog.Segment, in io.Reader) (int64, error) {
+// put writes the segment's bytes from in, compressed with c, and commits the object.
+func (s *SegmentStorer) put(ctx context.Context, c *segmentCoder, row catalog.Segment, in io.Reader) (int64, error) {
 	w, err := s.r.Store.Create(ctx, row.StoredPath, s.meta(row))
 	if err != nil {
 		return 0, err
 	}
 	defer w.Abort()
-	if s.enc != nil {
+	if c.enc != nil {
 		// The frame then says its size, and its window is no larger: a
 		// decoder (the hub's, walfetch's) allocates no more than a segment.
-		s.enc.ResetContentSize(w, row.Size)
-		if _, err := io.CopyBuffer(s.enc, in, s.buf); err != nil {
+		c.enc.ResetContentSize(w, row.Size)
+		if _, err := io.CopyBuffer(c.enc, in, c.buf); err != nil {
+			c.enc.Reset(nil) // drop the writer of the failed object
 			return 0, err
 		}
-		if err := s.enc.Close(); err != nil {
+		if err := c.enc.Close(); err != nil {
+			c.enc.Reset(nil)
 			return 0, err
 		}
-	} else if _, err := io.CopyBuffer(w, in, s.buf); err != nil {
+	} else if _, err := io.CopyBuffer(w, in, c.buf); err != nil {
 		return 0, err
 	}
 	return w.Commit(ctx)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"github.com/walhub/walhub/catalog"
@@ -37,60 +39,151 @@ func newSegmentStore(repo *repository.Repository, srv catalog.Server, compressio
 // cataloged (a crash came between the catalog and the removal of the
 // .partial) only has its .partial removed.
 func (s *segmentStore) store(ctx context.Context, seg completedSegment) error {
-	row, stored, err := s.storer.StoreFile(ctx, seg.Name, seg.Partial)
+	row, cataloged, err := s.put(ctx, seg)
 	if err != nil {
 		return err
+	}
+	return s.catalog(ctx, seg, row, cataloged)
+}
+
+// put makes the object of seg durable (see repository.SegmentStorer.PutFile);
+// it may run for many segments at once.
+func (s *segmentStore) put(ctx context.Context, seg completedSegment) (catalog.Segment, bool, error) {
+	return s.storer.PutFile(ctx, seg.Name, seg.Partial)
+}
+
+// catalog commits the row of a segment whose object put made durable, then
+// removes its .partial. Segments must come one at a time, in order.
+func (s *segmentStore) catalog(ctx context.Context, seg completedSegment, row catalog.Segment, cataloged bool) error {
+	if !cataloged {
+		var err error
+		if row, err = s.storer.CatalogFile(ctx, row, seg.Partial); err != nil {
+			return err
+		}
 	}
 	if err := storage.RemovePartial(seg.Partial); err != nil {
 		return err
 	}
-	if stored {
+	if !cataloged {
 		s.stored(seg, row)
 	}
 	return nil
 }
 
-// archiver runs a segmentStore in the background so that receiving goes on
-// while the last segment is compressed. Its queue is bounded: when storing
-// falls behind, receiving waits, so neither memory nor the number of pending
-// .partial files grows with the WAL volume.
+// archiver stores complete segments in the background so that receiving goes
+// on while they are compressed and uploaded. Up to GOMAXPROCS workers make
+// the objects durable at once (checksum, compression, upload: the costly
+// part); one committer then takes the segments in their order, runs the WAL
+// index over each and commits its catalog row, and only then removes its
+// .partial. So the catalog grows as a contiguous run of segments, whatever
+// order the uploads finish in: a restart resumes after the last segment
+// cataloged (session.resumePoint) and must find every segment before it
+// cataloged, and storedUpTo, which caps the slot when the store is a bucket
+// (session.flushed), never passes a segment that is not stored.
+//
+// The number of segments in the archiver is bounded (queue waiting, plus
+// one per worker, plus the one being cataloged): when storing falls behind,
+// receiving waits, so neither memory nor the number of pending .partial
+// files grows with the WAL volume.
 type archiver struct {
 	store *segmentStore
-	jobs  chan completedSegment
-	done  chan struct{}
-	err   error // set before done is closed
+	// jobs go to the workers; order to the committer, in segment order.
+	jobs  chan *archiveJob
+	order chan *archiveJob
+	// stop ends the workers' uploads when the committer has failed.
+	stop    context.CancelFunc
+	workers sync.WaitGroup
+	done    chan struct{} // closed when the committer has returned
+	err     error         // set before done is closed
 	// next is the number of the segment after the last one stored: every
 	// segment before it is in the store.
 	next atomic.Uint64
 }
 
+// archiveJob is one complete segment on its way through the archiver.
+type archiveJob struct {
+	seg completedSegment
+	// put receives the outcome of the worker's upload, once.
+	put chan putResult
+}
+
+type putResult struct {
+	row       catalog.Segment
+	cataloged bool
+	err       error
+}
+
 // startArchiver starts storing the segments added, from segment next on
-// (every segment before it is stored).
+// (every segment before it is stored), with GOMAXPROCS workers; up to queue
+// segments wait for a worker.
 func startArchiver(ctx context.Context, store *segmentStore, queue int, next walname.SegNo) *archiver {
-	a := &archiver{store: store, jobs: make(chan completedSegment, queue), done: make(chan struct{})}
+	return startArchiverWorkers(ctx, store, queue, runtime.GOMAXPROCS(0), next)
+}
+
+// startArchiverWorkers is startArchiver with the number of workers given.
+func startArchiverWorkers(ctx context.Context, store *segmentStore, queue, workers int, next walname.SegNo) *archiver {
+	workers = max(workers, 1)
+	// A job is in order until the committer takes it, so at most cap(order)+1
+	// jobs are in the archiver: jobs can hold them all, and add never waits
+	// on it.
+	inFlight := queue + workers
+	a := &archiver{store: store, jobs: make(chan *archiveJob, inFlight+1), order: make(chan *archiveJob, inFlight),
+		done: make(chan struct{})}
 	a.next.Store(uint64(next))
-	go func() {
-		defer close(a.done)
-		for seg := range a.jobs {
-			if err := store.store(ctx, seg); err != nil {
-				// The .partial files of this and the queued segments stay, and are
-				// stored at the next start.
-				a.err = err
-				return
-			}
-			a.next.Store(uint64(seg.SegNo + 1))
-		}
-	}()
+	workCtx, stop := context.WithCancel(ctx)
+	a.stop = stop
+	a.workers.Add(workers)
+	for range workers {
+		go a.work(workCtx)
+	}
+	go a.commit(ctx)
 	return a
+}
+
+// work makes the objects of the segments it takes durable.
+func (a *archiver) work(ctx context.Context) {
+	defer a.workers.Done()
+	for job := range a.jobs {
+		var r putResult
+		if r.err = ctx.Err(); r.err == nil {
+			r.row, r.cataloged, r.err = a.store.put(ctx, job.seg)
+		}
+		job.put <- r
+	}
+}
+
+// commit catalogs the segments in order as their objects become durable. At
+// the first failure it stops: the .partial files of that segment and of all
+// after it stay, and are stored at the next start.
+func (a *archiver) commit(ctx context.Context) {
+	defer close(a.done)
+	defer a.stop()
+	for job := range a.order {
+		r := <-job.put
+		err := r.err
+		if err == nil {
+			err = a.store.catalog(ctx, job.seg, r.row, r.cataloged)
+		}
+		if err != nil {
+			a.err = err
+			return
+		}
+		a.next.Store(uint64(job.seg.SegNo + 1))
+	}
 }
 
 // storedUpTo is the number of the first segment not known to be stored.
 func (a *archiver) storedUpTo() walname.SegNo { return walname.SegNo(a.next.Load()) }
 
-// add queues a complete segment, waiting while the queue is full.
+// add queues a complete segment, waiting while the archiver is full.
 func (a *archiver) add(seg completedSegment) error {
+	if err := a.failure(); err != nil {
+		return err
+	}
+	job := &archiveJob{seg: seg, put: make(chan putResult, 1)}
 	select {
-	case a.jobs <- seg:
+	case a.order <- job:
+		a.jobs <- job
 		return nil
 	case <-a.done:
 		return a.failure()
@@ -112,7 +205,9 @@ func (a *archiver) failure() error {
 
 // finish stores what is queued and stops.
 func (a *archiver) finish() error {
+	close(a.order)
 	close(a.jobs)
 	<-a.done
+	a.workers.Wait()
 	return a.err
 }

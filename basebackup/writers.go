@@ -1,0 +1,265 @@
+package basebackup
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/walhub/walhub/storage"
+)
+
+// How the file writers of an unpack are sized. The memory an unpack holds is
+// at most chunkBuffers chunks, whatever the size of the files: a large file is
+// streamed through, never held whole.
+const (
+	// chunkSize is the most of one file handed to a writer at once.
+	chunkSize = 512 << 10
+	// writebackEvery is how much of a file is written before its writeback
+	// is started (sync_file_range), so the disk works while the archive is
+	// still being decompressed and the final fsync has little left to wait for.
+	writebackEvery = 8 << 20
+	// syncWorkers fsync files and directories at once in the final pass:
+	// each mostly waits for the disk, and the file system batches
+	// concurrent fsyncs into fewer journal commits.
+	syncWorkers = 16
+)
+
+// defaultWriters is how many files are written at once: enough that a file
+// system call that waits (creating a file, a full writeback queue) does not
+// stop the others, and few enough that memory stays small on a big machine.
+func defaultWriters() int { return min(8, max(4, runtime.GOMAXPROCS(0))) }
+
+// fileJob is one regular file of an archive, handed from the goroutine that
+// reads the tar stream to a writer: its data arrives in chunks, and chunks is
+// closed after the last one (or when the unpack fails).
+type fileJob struct {
+	// path is where the file is written.
+	path string
+	// mpath is its path in the manifest, for messages.
+	mpath string
+	mode  os.FileMode
+	// size is its size in the archive: the writer gets fewer bytes only when
+	// the reader failed, and says so itself.
+	size int64
+	// want is what the manifest says of it; nil when it is not checked.
+	want   *ManifestFile
+	chunks chan []byte
+}
+
+// fileWriters writes the files of an unpack on several goroutines while one
+// goroutine reads the tar stream (see extractor). Each writer checks the size
+// and checksum of the file it writes against the manifest as the bytes pass,
+// starts the file's writeback as it goes, and leaves the fsync to the final
+// pass (syncAll). The first error of any writer cancels the others and the
+// reader: err says it.
+type fileWriters struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	jobs   chan *fileJob
+	// free holds the chunk buffers not in use; the reader waits for one
+	// before it reads more of a file, which bounds memory.
+	free chan []byte
+	wg   sync.WaitGroup
+}
+
+func newFileWriters(ctx context.Context, writers int) *fileWriters {
+	if writers <= 0 {
+		writers = defaultWriters()
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &fileWriters{ctx: ctx, cancel: cancel, jobs: make(chan *fileJob, 2*writers), free: make(chan []byte, 4*writers)}
+	for range 4 * writers {
+		w.free <- make([]byte, chunkSize)
+	}
+	w.wg.Add(writers)
+	for range writers {
+		go w.run()
+	}
+	return w
+}
+
+// fail cancels everything else; the first error given is the one reported.
+func (w *fileWriters) fail(err error) { w.cancel(err) }
+
+// failed returns the error that stopped the unpack, if any.
+func (w *fileWriters) failed() error { return context.Cause(w.ctx) }
+
+// wait ends the writers (no more files will come) and returns the first
+// error that stopped the unpack, if any.
+func (w *fileWriters) wait() error {
+	close(w.jobs)
+	w.wg.Wait()
+	err := w.failed()
+	w.cancel(nil)
+	return err
+}
+
+// buffer returns a free chunk buffer, waiting for a writer to give one back.
+func (w *fileWriters) buffer() ([]byte, error) {
+	select {
+	case b := <-w.free:
+		return b, nil
+	case <-w.ctx.Done():
+		return nil, context.Cause(w.ctx)
+	}
+}
+
+// send hands a chunk (or a new file) to the writers.
+func send[T any](w *fileWriters, ch chan T, v T) error {
+	select {
+	case ch <- v:
+		return nil
+	case <-w.ctx.Done():
+		return context.Cause(w.ctx)
+	}
+}
+
+func (w *fileWriters) run() {
+	defer w.wg.Done()
+	for j := range w.jobs {
+		if w.ctx.Err() != nil {
+			w.drain(j)
+			continue
+		}
+		if err := w.write(j); err != nil {
+			w.fail(err)
+			w.drain(j)
+		}
+	}
+}
+
+// drain gives back the buffers of a file that will not be written.
+func (w *fileWriters) drain(j *fileJob) {
+	for b := range j.chunks {
+		w.free <- b[:cap(b)]
+	}
+}
+
+// write writes one file from its chunks, checking it against the manifest.
+func (w *fileWriters) write(j *fileJob) error {
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, j.mode|0o600)
+	if err != nil {
+		return err
+	}
+	var h manifestHash = noHash{}
+	if j.want != nil {
+		if h, err = newManifestHash(j.want.Algorithm); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	var size, started int64
+	for b := range j.chunks {
+		_, err := f.Write(b)
+		h.Write(b)
+		size += int64(len(b))
+		w.free <- b[:cap(b)]
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", j.path, err)
+		}
+		if size-started >= writebackEvery {
+			// Not every file system supports it: then the fsync does all the work.
+			_ = unix.SyncFileRange(int(f.Fd()), started, size-started, unix.SYNC_FILE_RANGE_WRITE)
+			started = size
+		}
+	}
+	if err := w.failed(); err != nil {
+		f.Close()
+		return err
+	}
+	if size < j.size {
+		f.Close()
+		return nil // the reader stopped in the middle of this file: it reports why
+	}
+	if j.want != nil {
+		if size != j.want.Size {
+			f.Close()
+			return mismatch(fmt.Sprintf("%s has size %d, the manifest says %d", j.mpath, size, j.want.Size))
+		}
+		if got := h.Hex(); got != j.want.Checksum {
+			f.Close()
+			return mismatch(fmt.Sprintf("%s has %s checksum %s, the manifest says %s", j.mpath, j.want.Algorithm, got, j.want.Checksum))
+		}
+	}
+	if size > started {
+		_ = unix.SyncFileRange(int(f.Fd()), started, 0, unix.SYNC_FILE_RANGE_WRITE)
+	}
+	// The mode as recorded, whatever the umask took away at creation.
+	if err := f.Chmod(j.mode | 0o600); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// mismatch is the error of one file that does not match the manifest.
+func mismatch(problem string) error {
+	return &VerifyError{Problems: []string{problem}, msg: problem}
+}
+
+// syncAll fsyncs every file, then every directory, syncWorkers at a time.
+//
+// Why per-file fsync and not syncfs(2) on the target's file system: syncfs
+// reports writeback errors only since Linux 5.8 (before, it returns 0 after a
+// failed write), it waits for every dirty page of the whole file system (on a
+// shared host, another cluster's data too, which can take far longer than the
+// restore itself), and tablespaces may sit on other file systems. Since each
+// file's writeback was started while it was written (sync_file_range), the
+// fsyncs mostly wait for what is already under way, and running them at once
+// lets the file system commit its journal for many of them together.
+func syncAll(ctx context.Context, files, dirs []string) error {
+	if err := parallel(ctx, files, syncFile); err != nil {
+		return err
+	}
+	return parallel(ctx, dirs, storage.SyncDir)
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", p, err)
+	}
+	return nil
+}
+
+// parallel runs fn on every path, syncWorkers at a time, and returns the
+// first error (the others stop taking new paths).
+func parallel(ctx context.Context, paths []string, fn func(string) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan string)
+	var wg sync.WaitGroup
+	for range min(syncWorkers, len(paths)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range next {
+				if err := fn(p); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+feed:
+	for _, p := range paths {
+		select {
+		case next <- p:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx) // nil unless a path failed or ctx ended
+}
