@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -179,7 +178,7 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := workAreaWritable(cfg.WorkDir); err != nil {
+	if err := workAreaWritable(storage.OpenWorkArea(cfg.WorkDir)); err != nil {
 		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
 	}
 	repo, err := repository.Open(ctx, cfg)
@@ -191,10 +190,10 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 }
 
 // workAreaWritable tells whether this process may use the catalog in the
-// working area dir: read and write catalog.db, and create its journal beside
+// working area: read and write catalog.db, and create its journal beside
 // it. A working area or catalog that does not exist passes (Open says so).
-func workAreaWritable(dir string) error {
-	for _, p := range []string{dir, filepath.Join(dir, storage.CatalogFile)} {
+func workAreaWritable(work *storage.WorkArea) error {
+	for _, p := range []string{work.Dir(), work.CatalogPath()} {
 		err := unix.Access(p, unix.R_OK|unix.W_OK)
 		if err == nil || errors.Is(err, unix.ENOENT) {
 			continue
