@@ -3,6 +3,7 @@ package basebackup
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -37,11 +38,14 @@ type Compression struct {
 // Write are compressed (or not) straight into the object being written, and
 // Close commits it (durable and visible). Abort leaves nothing behind. The
 // zstd encoder copies the bytes and compresses them on its own goroutines, so
-// no copy or goroutine switch is paid per message.
+// no copy or goroutine switch is paid per message. What the encoder produces
+// is decoded again as it is written (see decodeCheck), so an archive is
+// committed only if it decompresses to exactly what streamed in.
 type archiveWriter struct {
 	obj      storage.ObjectWriter
 	w        io.Writer // the encoder or buffer in front of obj
 	close    func() error
+	decoded  *decodeCheck // nil without compression
 	sha      hash.Hash
 	stored   int64
 	original int64
@@ -64,9 +68,11 @@ func newArchiveWriter(ctx context.Context, repo *repository.Repository, b catalo
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.EncoderLevel(c.Level)),
+	a.decoded = newDecodeCheck()
+	enc, err := zstd.NewWriter(io.MultiWriter(out, a.decoded), zstd.WithEncoderLevel(zstd.EncoderLevel(c.Level)),
 		zstd.WithEncoderConcurrency(workers), zstd.WithConcurrentBlocks(workers > 1))
 	if err != nil {
+		a.decoded.stop()
 		obj.Abort()
 		return nil, err
 	}
@@ -85,8 +91,18 @@ func (a *archiveWriter) Write(p []byte) (int, error) {
 // archive is durable.
 func (a *archiveWriter) Close(ctx context.Context) error {
 	if err := a.close(); err != nil {
-		a.obj.Abort()
+		a.Abort()
 		return err
+	}
+	if a.decoded != nil {
+		n, err := a.decoded.stop()
+		if err == nil && n != a.original {
+			err = fmt.Errorf("decodes to %d bytes", n)
+		}
+		if err != nil {
+			a.obj.Abort()
+			return fmt.Errorf("the compressed archive does not decode to the %d bytes that streamed in: %w", a.original, err)
+		}
 	}
 	n, err := a.obj.Commit(ctx)
 	if err != nil {
@@ -101,8 +117,92 @@ func (a *archiveWriter) Abort() {
 	if enc, ok := a.w.(*zstd.Encoder); ok {
 		enc.Reset(io.Discard) // stops its goroutines
 	}
+	if a.decoded != nil {
+		a.decoded.stop()
+	}
 	a.obj.Abort()
 }
+
+// decodeCheck decodes a zstd stream written to it, on a goroutine of its
+// own, as it is written: the encoder's output is known to decompress (every
+// frame's checksum of the encoder's input checked by the decoder) and to how
+// many bytes, without reading the stored archive back. It costs one copy of
+// the compressed bytes and the decoding, a fraction of the encoding.
+type decodeCheck struct {
+	// chunks carries copies of what was written; a nil chunk ends the stream.
+	chunks chan []byte
+	done   chan struct{}
+	// pending is what the decoder has not read of the current chunk; eof is
+	// set once the nil chunk was read.
+	pending []byte
+	eof     bool
+	// decoded and err are set when done is closed.
+	decoded int64
+	err     error
+	stopped bool
+}
+
+func newDecodeCheck() *decodeCheck {
+	d := &decodeCheck{chunks: make(chan []byte, 16), done: make(chan struct{})}
+	go d.run()
+	return d
+}
+
+func (d *decodeCheck) run() {
+	defer close(d.done)
+	dec, err := zstd.NewReader(readerFunc(d.read), zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		d.err = err
+		return
+	}
+	defer dec.Close()
+	d.decoded, d.err = io.Copy(io.Discard, dec)
+}
+
+// Write hands a copy of p to the decoder (the encoder reuses p). Once the
+// decoder has stopped (at an error, which stop reports), it drops p.
+func (d *decodeCheck) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil // a nil chunk would end the stream
+	}
+	select {
+	case d.chunks <- bytes.Clone(p):
+	case <-d.done:
+	}
+	return len(p), nil
+}
+
+func (d *decodeCheck) read(p []byte) (int, error) {
+	for len(d.pending) == 0 {
+		if d.eof {
+			return 0, io.EOF
+		}
+		d.pending = <-d.chunks
+		d.eof = d.pending == nil
+	}
+	n := copy(p, d.pending)
+	d.pending = d.pending[n:]
+	return n, nil
+}
+
+// stop ends the stream and waits for the decoder: it returns how many bytes
+// it decoded and whether the stream was valid zstd to its end. Call it once
+// nothing more is written.
+func (d *decodeCheck) stop() (int64, error) {
+	if !d.stopped {
+		d.stopped = true
+		select {
+		case d.chunks <- nil:
+		case <-d.done:
+		}
+	}
+	<-d.done
+	return d.decoded, d.err
+}
+
+type readerFunc func(p []byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // SHA256 is the hex SHA-256 of the stored bytes, once closed.
 func (a *archiveWriter) SHA256() string { return hex.EncodeToString(a.sha.Sum(nil)) }
@@ -208,6 +308,70 @@ func walkArchive(ctx context.Context, open Opener, f catalog.BackupFile, fn func
 	}
 }
 
+// checkStored reads back every stored file of backup b through open and
+// checks that the repository holds exactly what the backup wrote: the stored
+// bytes (in an encrypted repository, decrypted and each chunk authenticated;
+// in a bucket, downloaded) have the size and SHA-256 recorded while they were
+// written. Together with the checks made while the backup streamed in (each
+// file against the manifest; each compressed archive decoded back to what
+// streamed in), the stored backup is known to give back the files of the
+// manifest, without decompressing it again.
+func checkStored(ctx context.Context, open Opener, b catalog.Backup) error {
+	for _, f := range b.Files {
+		if err := checkStoredFile(ctx, open, f); err != nil {
+			return fmt.Errorf("stored %s: %w", f.Name, err)
+		}
+	}
+	return nil
+}
+
+func checkStoredFile(ctx context.Context, open Opener, f catalog.BackupFile) error {
+	if f.SHA256Stored == "" {
+		return errors.New("no SHA-256 was recorded when it was written")
+	}
+	rc, err := open(ctx, f.Name)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	sha := sha256.New()
+	n, err := copyCtx(ctx, sha, rc)
+	if err != nil {
+		return fmt.Errorf("read back: %w", err)
+	}
+	if n != f.StoredSize {
+		return fmt.Errorf("%d bytes stored, %d were written", n, f.StoredSize)
+	}
+	if got := hex.EncodeToString(sha.Sum(nil)); got != f.SHA256Stored {
+		return fmt.Errorf("SHA-256 of the stored bytes is %s, %s was written", got, f.SHA256Stored)
+	}
+	return nil
+}
+
+// copyCtx copies src to dst until EOF, stopping when ctx is done.
+func copyCtx(ctx context.Context, dst io.Writer, src io.Reader) (int64, error) {
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		m, err := src.Read(buf)
+		if m > 0 {
+			if _, werr := dst.Write(buf[:m]); werr != nil {
+				return n, werr
+			}
+			n += int64(m)
+		}
+		if errors.Is(err, io.EOF) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
 // Checked says what a verification read.
 type Checked struct {
 	// Files is how many files of the manifest were checked, Bytes their size.
@@ -217,8 +381,9 @@ type Checked struct {
 
 // Verify reads every stored archive of backup b through open, decompresses
 // it, and checks each file against the stored manifest (size and checksum),
-// and that every file of the manifest is there. A mismatch is a *VerifyError
-// listing every problem.
+// and that every file of the manifest is there, and that the manifest's WAL
+// ranges are the backup's start and stop positions. A mismatch is a
+// *VerifyError listing every problem.
 func Verify(ctx context.Context, open Opener, b catalog.Backup) (Checked, error) {
 	m, err := readManifest(ctx, open)
 	if err != nil {
@@ -241,5 +406,11 @@ func Verify(ctx context.Context, open Opener, b catalog.Backup) (Checked, error)
 			return check.checked, err
 		}
 	}
-	return check.checked, check.result()
+	if err := check.result(); err != nil {
+		return check.checked, err
+	}
+	if b.StopLSN != 0 {
+		return check.checked, checkWALRanges(m, b)
+	}
+	return check.checked, nil
 }

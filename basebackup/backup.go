@@ -1,8 +1,11 @@
 // Package basebackup takes base backups over PostgreSQL's replication
 // protocol (BASE_BACKUP, no SSH) and streams each archive straight into the
-// repository, compressed, with the server's backup_manifest beside it. It also
-// verifies stored backups against their manifests and unpacks them into a data
-// directory.
+// repository, compressed, with the server's backup_manifest beside it. A
+// backup is checked against its manifest as it streams in (streamCheck), its
+// compressed archives are decoded as they are written (decodeCheck) and its
+// stored objects read back by digest (checkStored): no second pass decodes the
+// stored backup. The package also verifies stored backups against their
+// manifests on demand (Verify) and unpacks them into a data directory.
 //
 // A backup is usable only once the WAL from its start to its stop position is
 // in the catalog: the hub streams WAL itself, so the backup includes none and
@@ -13,12 +16,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/lock"
@@ -206,8 +213,12 @@ func (r *run) take(ctx context.Context) error {
 	}
 	r.server.SystemID, r.server.SegmentSize = id.SystemID, segSize
 
+	check, err := newStreamCheck(r.opts.ManifestChecksums)
+	if err != nil {
+		return fmt.Errorf("manifest checksums: %w", err)
+	}
 	started := time.Now()
-	sink := &sink{ctx: ctx, run: r, lastReport: time.Now()}
+	sink := &sink{ctx: ctx, run: r, check: check, lastReport: time.Now()}
 	err = streamBackup(ctx, conn, command{
 		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
 		ManifestChecksums: r.opts.ManifestChecksums,
@@ -226,33 +237,63 @@ func (r *run) take(ctx context.Context) error {
 	r.log.Info("backup streamed", "start_lsn", r.backup.StartLSN, "stop_lsn", r.backup.StopLSN,
 		"size", r.backup.OriginalSize, "stored", r.backup.StoredSize, "duration", r.streamTime.Round(time.Millisecond))
 
-	// The read-back verification and the wait for the WAL overlap: the
-	// receiver stores the last segment while the archives are read.
+	// The files were checked against the manifest as they streamed in. What
+	// is left, the read-back of the stored objects and the wait for the WAL,
+	// overlap: the receiver stores the last segment while the objects are read.
 	walCtx, cancelWAL := context.WithCancel(ctx)
 	defer cancelWAL()
 	walDone := make(chan error, 1)
 	started = time.Now()
+	switchWAL := SwitchWALOn(r.opts.Conninfo)
+	if r.stopSegmentComplete(ctx, conn) {
+		switchWAL = nil
+	}
+	var walTime time.Duration
 	go func() {
-		walDone <- WaitWAL(walCtx, WALWait{
+		err := WaitWAL(walCtx, WALWait{
 			Catalog: r.opts.Repo.Catalog, ServerID: r.server.ID, SegmentSize: r.server.SegmentSize,
 			StartLSN: r.backup.StartLSN, StartTLI: r.backup.StartTLI, StopLSN: r.backup.StopLSN, StopTLI: r.backup.StopTLI,
-			Timeout: r.opts.WALTimeout, SwitchWAL: SwitchWALOn(r.opts.Conninfo), Log: r.log,
+			Timeout: r.opts.WALTimeout, SwitchWAL: switchWAL, Log: r.log,
 		})
+		walTime = time.Since(started) // read after the receive below
+		walDone <- err
 	}()
 	r.report(Progress{Phase: PhaseVerifying})
-	checked, err := Verify(ctx, RepoOpener(r.opts.Repo, r.backup), r.backup)
+	err = checkStored(ctx, RepoOpener(r.opts.Repo, r.backup), r.backup)
 	r.verifyTime = time.Since(started)
 	if err != nil {
 		cancelWAL()
 		<-walDone
-		return fmt.Errorf("verification against the manifest: %w", err)
+		return fmt.Errorf("the repository does not give back what the backup stored: %w", err)
 	}
-	r.log.Info("backup verified against its manifest", "files", checked.Files, "bytes", checked.Bytes,
+	r.log.Info("stored objects read back", "files", len(r.backup.Files), "stored", r.backup.StoredSize,
 		"duration", r.verifyTime.Round(time.Millisecond))
 	r.report(Progress{Phase: PhaseWAL})
 	err = <-walDone
-	r.walTime = time.Since(started)
+	r.walTime = walTime
 	return err
+}
+
+// stopSegmentComplete says whether the server has already completed the WAL
+// segment that holds the backup's stop position, so that no WAL switch is
+// needed for the receiver to store it. A primary ends every backup with a
+// switch of its own (do_pg_backup_stop), which it flushes before BASE_BACKUP
+// returns: a pg_switch_wal() after that would only cut another, partly empty
+// segment when the server is busy. A standby cannot switch, and completes the
+// segment when its primary does. The server's flushed position comes from
+// IDENTIFY_SYSTEM on the backup's own connection; when that fails, the answer
+// is no (and the caller switches, as a fallback).
+func (r *run) stopSegmentComplete(ctx context.Context, conn *pgconn.PgConn) bool {
+	id, err := replication.IdentifySystem(ctx, conn)
+	if err != nil {
+		r.log.Debug("could not read the server's WAL position after the backup", "err", err)
+		return false
+	}
+	stopSeg := walname.SegmentOf(r.backup.StopLSN-1, r.server.SegmentSize)
+	complete := id.TimeLine == r.backup.StopTLI && id.XLogPos >= walname.SegmentStart(stopSeg+1, r.server.SegmentSize)
+	r.log.Debug("server WAL position after the backup", "flushed", id.XLogPos, "timeline", id.TimeLine,
+		"stop_segment_complete", complete)
+	return complete
 }
 
 // report passes progress on to the caller and to the lock, for status.
@@ -278,9 +319,13 @@ type sink struct {
 	cur     *archiveWriter
 	curFile catalog.BackupFile
 	// head keeps the start of base.tar, where backup_label and tablespace_map are.
-	head       bytes.Buffer
-	inBase     bool
-	manifest   bytes.Buffer
+	head     bytes.Buffer
+	inBase   bool
+	manifest bytes.Buffer
+	// check follows every archive's tar stream, to check it against the
+	// manifest once that has arrived.
+	check      *streamCheck
+	checked    Checked
 	lastReport time.Time
 }
 
@@ -316,6 +361,9 @@ func (s *sink) NewArchive(name, location string) error {
 	if s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c); err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
 	}
+	if err := s.check.startArchive(name, oid); err != nil {
+		return err
+	}
 	s.inBase = oid == 0
 	s.run.log.Debug("archive started", "archive", name, "location", location)
 	return nil
@@ -331,7 +379,7 @@ func (s *sink) Data(p []byte) error {
 	if _, err := s.cur.Write(p); err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
 	}
-	return nil
+	return s.check.write(p)
 }
 
 func (s *sink) closeArchive() error {
@@ -391,15 +439,26 @@ func (s *sink) finish() error {
 	if s.manifest.Len() == 0 {
 		return errors.New("the server sent no backup manifest")
 	}
-	if _, err := ParseManifest(s.manifest.Bytes()); err != nil {
+	m, err := ParseManifest(s.manifest.Bytes())
+	if err != nil {
 		return err
 	}
+	started := time.Now()
+	if s.checked, err = s.check.check(m); err != nil {
+		return fmt.Errorf("verification against the manifest: %w", err)
+	}
+	if err := checkWALRanges(m, *b); err != nil {
+		return fmt.Errorf("verification against the manifest: %w", err)
+	}
+	s.run.log.Info("backup verified against its manifest while streaming", "files", s.checked.Files, "bytes", s.checked.Bytes,
+		"duration", time.Since(started).Round(time.Millisecond))
 	n, err := s.storeManifest()
 	if err != nil {
 		return fmt.Errorf("store manifest: %w", err)
 	}
+	sum := sha256.Sum256(s.manifest.Bytes())
 	b.Files = append(b.Files, catalog.BackupFile{Name: ManifestName, Size: n, StoredSize: n, Compression: "none",
-		KeyID: s.run.opts.Repo.KeyID()})
+		KeyID: s.run.opts.Repo.KeyID(), SHA256Stored: hex.EncodeToString(sum[:])})
 	b.StoredSize += n
 	label, tsmap, err := readLabel(s.head.Bytes())
 	if err != nil {

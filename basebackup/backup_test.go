@@ -1,13 +1,17 @@
 package basebackup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -423,4 +427,150 @@ func TestCorruptPageFailsTheBackupWithAChecksumMessage(t *testing.T) {
 		t.Errorf("reason %q does not say checksums failed", b.Reason)
 	}
 	assertNoFiles(t, e, b)
+}
+
+// corruptingProxy forwards TCP connections to the server on port, replacing
+// every occurrence of from in what the server sends by to (the same length,
+// so the protocol's framing stays intact). It returns the port it listens on.
+func corruptingProxy(t *testing.T, port int, from, to []byte) int {
+	t.Helper()
+	if len(from) != len(to) {
+		t.Fatal("corruptingProxy: from and to differ in length")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var replaced atomic.Int64
+	t.Cleanup(func() {
+		if replaced.Load() == 0 {
+			t.Errorf("the proxy never saw %q", from)
+		}
+	})
+	go func() {
+		for {
+			client, err := l.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				client.Close()
+				continue
+			}
+			go func() { io.Copy(server, client); server.Close() }()
+			go func() {
+				defer client.Close()
+				var held []byte
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := server.Read(buf)
+					data := append(held, buf[:n]...)
+					if c := bytes.Count(data, from); c > 0 {
+						replaced.Add(int64(c))
+						data = bytes.ReplaceAll(data, from, to)
+					}
+					// Hold back a tail that may be the start of from, and only
+					// that: the server may be waiting for an answer.
+					keep := 0
+					for k := min(len(from)-1, len(data)); k > 0; k-- {
+						if bytes.HasSuffix(data, from[:k]) {
+							keep = k
+							break
+						}
+					}
+					if _, werr := client.Write(data[:len(data)-keep]); werr != nil {
+						return
+					}
+					held = append([]byte{}, data[len(data)-keep:]...)
+					if err != nil {
+						client.Write(held)
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestFileCorruptedInTransitFailsTheBackupAndNothingIsKept changes a file's
+// bytes between the server (which wrote its checksum in the manifest) and
+// the hub: the check made while the backup streams in must fail the backup,
+// leave no file in the repository, and never let it be done.
+func TestFileCorruptedInTransitFailsTheBackupAndNothingIsKept(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.startReceiver()
+	content := strings.Repeat("walhub test: these bytes are changed on their way to the hub\n", 200)
+	if err := os.WriteFile(filepath.Join(e.primary.DataDir, "walhub_transit_test"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port := corruptingProxy(t, e.primary.Port, []byte("changed on their way"), []byte("CHANGED ON THEIR WAY"))
+	opts := e.options()
+	opts.Conninfo = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", port)
+	opts.WALTimeout = 10 * time.Second
+	b, err := Run(context.Background(), opts)
+	var ve *VerifyError
+	if !errors.As(err, &ve) || b.State != catalog.StateFailed {
+		t.Fatalf("backup with a file corrupted in transit: state %s, err %v; want failed by verification", b.State, err)
+	}
+	if len(ve.Problems) != 1 || !strings.Contains(ve.Problems[0], "walhub_transit_test has CRC32C checksum") {
+		t.Errorf("problems %q, want exactly the corrupted file's checksum", ve.Problems)
+	}
+	row, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil || row.State != catalog.StateFailed || len(row.Files) != 0 ||
+		!strings.Contains(row.Reason, "verification against the manifest") {
+		t.Fatalf("catalog row: %s, %d files, reason %q, %v", row.State, len(row.Files), row.Reason, err)
+	}
+	assertNoFiles(t, e, b)
+}
+
+// TestBackupOfAPrimaryDoesNotSwitchWALAgain: the server completes the segment
+// of the backup's stop position itself (a primary switches WAL at the end of
+// every backup), so walhub must not switch again, which on a busy server cuts
+// another, mostly empty segment. The receiver starts only once the backup has
+// streamed, so the stop segment is surely not in the catalog when walhub
+// first looks; the backup must wait for it and be done once the catalog
+// holds its WAL up to the stop position.
+func TestBackupOfAPrimaryDoesNotSwitchWALAgain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.CreateSlot("walhub_" + e.server) // the receiver started later gets the backup's WAL from it
+	e.primary.PgbenchInit(1)
+	e.primary.Query("ALTER SYSTEM SET log_statement = 'all'")
+	e.primary.Query("SELECT pg_reload_conf()")
+	opts := e.options()
+	var receiverStarted bool
+	opts.OnProgress = func(p Progress) {
+		if p.Phase == PhaseVerifying && !receiverStarted {
+			receiverStarted = true
+			e.startReceiver()
+		}
+	}
+	b := e.runBackup(opts)
+	if !receiverStarted || b.State != catalog.StateDone {
+		t.Fatalf("backup state %s (%s), receiver started %v; want done", b.State, b.Reason, receiverStarted)
+	}
+	srv, err := e.cat.ServerByName(context.Background(), e.server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing, err := (WALWait{Catalog: e.cat, ServerID: srv.ID, SegmentSize: srv.SegmentSize, StartLSN: b.StartLSN,
+		StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI}).MissingWAL(context.Background())
+	if err != nil || len(missing) != 0 {
+		t.Fatalf("done backup, but its WAL is missing from the catalog: %v %v", missing, err)
+	}
+	e.primary.Query("SELECT 'walhub log probe'")
+	log, err := os.ReadFile(e.primary.LogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "walhub log probe") {
+		t.Fatal("the server logs no statements: log_statement did not take effect")
+	}
+	if strings.Contains(string(log), "pg_switch_wal") {
+		t.Error("walhub switched WAL although the server had completed the backup's last segment")
+	}
 }

@@ -14,6 +14,9 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/walname"
 )
 
 // ManifestFile is one file listed in a backup manifest.
@@ -225,7 +228,6 @@ func (c *fileCheck) file(path string, r io.Reader, buf []byte) error {
 		c.problem("%s is in the backup but not in the manifest", path)
 		return nil
 	}
-	c.seen[path] = true
 	h, _ := newManifestHash(mf.Algorithm)
 	var size int64
 	for {
@@ -238,19 +240,40 @@ func (c *fileCheck) file(path string, r io.Reader, buf []byte) error {
 			if errors.Is(err, io.EOF) {
 				break
 			}
+			c.seen[path] = true
 			return fmt.Errorf("read %s: %w", path, err)
 		}
 	}
+	c.compare(path, size, mf.Algorithm, h.Hex())
+	return nil
+}
+
+// compare checks the file at path, whose size and checksum (of the named
+// algorithm, in the manifest's hex form) were computed by the caller.
+func (c *fileCheck) compare(path string, size int64, algorithm, checksum string) {
+	if c.ignore[path] {
+		c.seen[path] = true
+		return
+	}
+	mf, ok := c.want[path]
+	if !ok {
+		c.problem("%s is in the backup but not in the manifest", path)
+		return
+	}
+	c.seen[path] = true
 	c.checked.Files++
 	c.checked.Bytes += size
 	if size != mf.Size {
 		c.problem("%s has size %d, the manifest says %d", path, size, mf.Size)
-		return nil
+		return
 	}
-	if got := h.Hex(); got != mf.Checksum {
-		c.problem("%s has %s checksum %s, the manifest says %s", path, mf.Algorithm, got, mf.Checksum)
+	switch {
+	case mf.Algorithm == "NONE":
+	case algorithm != mf.Algorithm:
+		c.problem("%s has a %s checksum in the manifest, but was checked with %s", path, mf.Algorithm, algorithm)
+	case checksum != mf.Checksum:
+		c.problem("%s has %s checksum %s, the manifest says %s", path, mf.Algorithm, checksum, mf.Checksum)
 	}
-	return nil
 }
 
 // result returns an error listing every problem, including the manifest's
@@ -285,3 +308,37 @@ type VerifyError struct {
 }
 
 func (e *VerifyError) Error() string { return "backup does not match its manifest: " + e.msg }
+
+// checkWALRanges checks that the manifest's WAL ranges, the WAL a restore of
+// the backup must replay, begin at backup b's start position on its start
+// timeline and end at its stop position on its stop timeline: the range the
+// backup waits for in the catalog is the one the server wrote in the manifest.
+func checkWALRanges(m *Manifest, b catalog.Backup) error {
+	var problems []string
+	var start, stop bool
+	for _, r := range m.WAL {
+		s, err1 := walname.ParseLSN(r.StartLSN)
+		e, err2 := walname.ParseLSN(r.EndLSN)
+		if err := errors.Join(err1, err2); err != nil {
+			problems = append(problems, fmt.Sprintf("WAL range %s-%s on timeline %d: %v", r.StartLSN, r.EndLSN, r.TimeLine, err))
+			continue
+		}
+		if e < s {
+			problems = append(problems, fmt.Sprintf("WAL range %s-%s on timeline %d ends before it starts", s, e, r.TimeLine))
+		}
+		start = start || (walname.TimeLine(r.TimeLine) == b.StartTLI && s == b.StartLSN)
+		stop = stop || (walname.TimeLine(r.TimeLine) == b.StopTLI && e == b.StopLSN)
+	}
+	if !start {
+		problems = append(problems, fmt.Sprintf("no WAL range of the manifest starts at the backup's start %s on timeline %d",
+			b.StartLSN, b.StartTLI))
+	}
+	if !stop {
+		problems = append(problems, fmt.Sprintf("no WAL range of the manifest ends at the backup's stop %s on timeline %d",
+			b.StopLSN, b.StopTLI))
+	}
+	if len(problems) == 0 {
+		return nil
+	}
+	return &VerifyError{Problems: problems, msg: fmt.Sprintf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))}
+}

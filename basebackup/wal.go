@@ -36,8 +36,15 @@ type WALWait struct {
 	Log       *slog.Logger
 }
 
-// pollInterval is how often WaitWAL looks at the catalog.
-const pollInterval = 200 * time.Millisecond
+// How often WaitWAL looks at the catalog: often at first, since the receiver
+// usually stores the last segment within a fraction of a second of the
+// backup's end, and a look is one small query; less often once the WAL is
+// late.
+const (
+	fastPollInterval = 20 * time.Millisecond
+	fastPollFor      = 5 * time.Second
+	pollInterval     = 200 * time.Millisecond
+)
 
 // NeededSegments returns the range of segments [from, to) that hold the WAL
 // from start to stop (the stop position is the end of the last record needed).
@@ -118,7 +125,11 @@ func WaitWAL(ctx context.Context, w WALWait) error {
 			w.Log.Info("waiting for the backup's WAL to reach the hub", "missing", describeMissing(missing, w.StopTLI, w.SegmentSize),
 				"timeout_in", time.Until(deadline).Round(time.Second))
 		}
-		t := time.NewTimer(min(pollInterval, time.Until(deadline)))
+		interval := pollInterval
+		if now.Sub(started) < fastPollFor {
+			interval = fastPollInterval
+		}
+		t := time.NewTimer(min(interval, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
 			t.Stop()

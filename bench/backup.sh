@@ -7,14 +7,16 @@
 #
 # RUNS rounds (default 3, after one warm-up read of the cluster) run each tool
 # once in turn, so load from elsewhere on the machine hits them alike; each
-# tool's fastest run counts. Every tool fsyncs what it writes.
+# figure is the median over the rounds. Every tool fsyncs what it writes. The
+# load average is printed before and after: the machine may be shared.
 #
 # `walhub serve` runs beside, so each walhub backup ends "done". Timed for
 # walhub: from the start of the command until the archives and the manifest are
 # durable in the repository (its "backup streamed" log line), comparable to
-# what pg_basebackup does; and the whole command, which adds the read-back
-# verification against the manifest and the wait until the backup's WAL is in
-# the catalog (a pg_switch_wal() and one segment through the receiver).
+# what pg_basebackup does; and the whole command, which adds the checks against
+# the manifest and the wait until the backup's WAL is in the catalog. The
+# "backup done" log line splits the command into its phases (stream, verify,
+# WAL wait), printed as medians too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== load before: $(uptime)"
 echo "== cluster: pgbench scale $SCALE, port $PORT, in $ROOT"
 as_pg "$BIN/initdb" -D "$ROOT/data" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
 cat >>"$ROOT/data/postgresql.conf" <<EOF
@@ -100,21 +103,27 @@ pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes"
   rm -rf "$ROOT/pgbb"
 }
 
-walhub_run() { # prints "durable-seconds total-seconds stored-bytes sent-bytes"
+walhub_run() { # prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait"
   local t0; t0=$(now)
   "$ROOT/walhub" --config "$ROOT/walhub.toml" backup --server bench --output=json \
     >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || { cat "$ROOT/walhub.log" >&2; exit 1; }
   local total; total=$(calc "$(now) - $t0")
-  local streamed
+  local streamed done
   streamed=$(grep "backup streamed" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
+  done=$(grep "backup done" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
   # Durable: the "backup streamed" line is logged once the archives and the
   # manifest are fsynced and renamed in the repository.
   local ts; ts=$(sed -E 's/^time=([^ ]+) .*/\1/' <<<"$streamed")
   local durable; durable=$(calc "$(date -d "$ts" +%s.%N) - $t0")
-  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")"
+  local phase p out=""
+  for phase in stream verify wal_wait; do
+    p=$(sed -E "s/.* $phase=([^ ]+).*/\1/" <<<"$done")
+    out="$out $(seconds "$p")"
+  done
+  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")$out"
 }
 
-echo "== running $RUNS rounds (each round runs every tool once, in turn; the fastest run counts)"
+echo "== running $RUNS rounds (each round runs every tool once, in turn; medians count)"
 : >"$ROOT/times"
 for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
@@ -122,11 +131,15 @@ for r in $(seq "$RUNS"); do
   echo "walhub $(walhub_run)" >>"$ROOT/times"
   echo "round $r: $(tail -3 "$ROOT/times" | awk '{printf "%s %.2fs  ", $1, $2}')"
 done
-fastest() { awk -v k="$1" '$1 == k' "$ROOT/times" | sort -k2 -g | head -1; }
-read -r _ T_PLAIN S_PLAIN <<<"$(fastest plain)"
-read -r _ T_ZSTD S_ZSTD <<<"$(fastest zstd)"
-read -r _ T_STREAM _ S_WALHUB SIZE <<<"$(fastest walhub)"
-T_TOTAL=$(awk '$1 == "walhub" {print $3}' "$ROOT/times" | sort -g | head -1)
+# median KEY FIELD: the median of column FIELD over the rows of KEY.
+median() {
+  awk -v k="$1" -v f="$2" '$1 == k {print $f}' "$ROOT/times" | sort -g |
+    awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+T_PLAIN=$(median plain 2); S_PLAIN=$(median plain 3)
+T_ZSTD=$(median zstd 2); S_ZSTD=$(median zstd 3)
+T_STREAM=$(median walhub 2); T_TOTAL=$(median walhub 3); S_WALHUB=$(median walhub 4); SIZE=$(median walhub 5)
+P_STREAM=$(median walhub 6); P_VERIFY=$(median walhub 7); P_WAL=$(median walhub 8)
 
 mbps() { calc "$SIZE / 1048576 / $1"; }
 row() { # label seconds stored
@@ -134,13 +147,16 @@ row() { # label seconds stored
     "$(calc "$3 / 1048576")" "$(calc "$SIZE / $3")"
 }
 echo
-echo "== results: $((SIZE / 1048576)) MB sent by the server, $(nproc) cores"
+echo "== results (medians of $RUNS rounds): $((SIZE / 1048576)) MB sent by the server, $(nproc) cores"
 row "pg_basebackup -Ft -X none" "$T_PLAIN" "$S_PLAIN"
 row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
 row "walhub backup (whole: +verify, WAL)" "$T_TOTAL" "$S_WALHUB"
+printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f s, WAL wait %.2f s (verify and WAL wait overlap)\n' \
+  "$P_STREAM" "$P_VERIFY" "$P_WAL"
 echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.5x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
+echo "== load after: $(uptime)"

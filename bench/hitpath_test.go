@@ -25,7 +25,12 @@ import (
 // one restore_command call when the segment is already prefetched (a spool
 // hit), against `cp` of the same segment from a local directory, both run
 // through sh as PostgreSQL runs them, interleaved so that a busy machine
-// slows both alike. Run it with
+// slows both alike. A third command, an empty Go program (built here, static
+// like walfetch), is the floor of any Go restore_command: what the Go runtime
+// costs to start and exit. Each is reported by its median elapsed time and
+// its median CPU time (user + system of sh and the command: on a loaded
+// machine the elapsed time is mostly waiting for a core, and grows with the
+// CPU time asked for). Run it with
 //
 //	go test -run XXX -bench RestoreCommandCost -benchtime 1x ./bench
 //
@@ -75,7 +80,9 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	wf := func(name string) string {
 		return fmt.Sprintf("%s --url %s --server main --idle-exit 20s %s pg_wal/RECOVERYXLOG", walfetch, hub.URL, name)
 	}
-	run := func(command string) time.Duration {
+	// cost is one call's elapsed and CPU time.
+	type cost struct{ wall, cpu time.Duration }
+	run := func(command string) cost {
 		// PostgreSQL removes the previous RECOVERYXLOG before each call.
 		os.Remove(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
 		cmd := exec.Command("sh", "-c", command)
@@ -84,7 +91,18 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("%s: %v\n%s", command, err, out)
 		}
-		return time.Since(start)
+		// The rusage of sh includes the command it waited for (not the
+		// prefetcher, which is detached).
+		return cost{time.Since(start), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
+	}
+	goFloor := filepath.Join(dir, "gofloor")
+	os.MkdirAll(goFloor+".src", 0o700)
+	os.WriteFile(filepath.Join(goFloor+".src", "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o600)
+	os.WriteFile(filepath.Join(goFloor+".src", "go.mod"), []byte("module gofloor\n"), 0o600)
+	build := exec.Command("go", "build", "-o", goFloor, ".")
+	build.Dir, build.Env = goFloor+".src", append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("build the empty Go program: %v\n%s", err, out)
 	}
 	run(wf(walname.SegmentName(1, 1, uint64(segSize))))
 	var spool string
@@ -103,7 +121,7 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	}
 	// BENCH_WALFETCH_BASELINE: another walfetch binary, run in the same rounds.
 	baseline := os.Getenv("BENCH_WALFETCH_BASELINE")
-	hit := func(bin string, segno walname.SegNo) time.Duration {
+	hit := func(bin string, segno walname.SegNo) cost {
 		// The prefetcher's work, done before the call as it would be: a
 		// verified segment in the spool (a hard link stands in for the download).
 		name := walname.SegmentName(1, segno, uint64(segSize))
@@ -116,25 +134,36 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		}
 		return d
 	}
-	var cpTimes, hitTimes, baseTimes []time.Duration
+	var cpCosts, hitCosts, floorCosts, baseCosts []cost
 	b.ResetTimer()
 	for i := 0; i < calls; i++ {
-		cpTimes = append(cpTimes, run("cp archive/segment pg_wal/RECOVERYXLOG"))
-		hitTimes = append(hitTimes, hit(walfetch, walname.SegNo(2*i+2)))
+		cpCosts = append(cpCosts, run("cp archive/segment pg_wal/RECOVERYXLOG"))
+		hitCosts = append(hitCosts, hit(walfetch, walname.SegNo(2*i+2)))
+		floorCosts = append(floorCosts, run(goFloor+" %f %p"))
 		if baseline != "" {
-			baseTimes = append(baseTimes, hit(baseline, walname.SegNo(2*i+3)))
+			baseCosts = append(baseCosts, hit(baseline, walname.SegNo(2*i+3)))
 		}
 	}
 	b.StopTimer()
-	median := func(d []time.Duration) time.Duration { slices.Sort(d); return d[len(d)/2] }
-	mc, mh := median(cpTimes), median(hitTimes)
-	fmt.Printf("restore_command cost, %d calls each, %d MiB segments, median through sh:\n", calls, segSize>>20)
-	fmt.Printf("  cp from a local directory:  %v\n", mc.Round(time.Microsecond))
-	fmt.Printf("  walfetch, spool hit:        %v\n", mh.Round(time.Microsecond))
-	fmt.Printf("  walfetch / cp time:         %.2fx\n", float64(mh)/float64(mc))
+	median := func(c []cost) cost {
+		wall, cpu := make([]time.Duration, len(c)), make([]time.Duration, len(c))
+		for i := range c {
+			wall[i], cpu[i] = c[i].wall, c[i].cpu
+		}
+		slices.Sort(wall)
+		slices.Sort(cpu)
+		return cost{wall[len(c)/2], cpu[len(c)/2]}
+	}
+	mc := median(cpCosts)
+	fmt.Printf("restore_command cost, %d calls each, %d MiB segments, median through sh (elapsed, CPU):\n", calls, segSize>>20)
+	line := func(label string, m cost) {
+		fmt.Printf("  %-28s %9v %9v   %.2fx, %.2fx of cp\n", label+":", m.wall.Round(time.Microsecond), m.cpu.Round(time.Microsecond),
+			float64(m.wall)/float64(mc.wall), float64(m.cpu)/float64(mc.cpu))
+	}
+	line("cp from a local directory", mc)
+	line("walfetch, spool hit", median(hitCosts))
+	line("empty Go program (floor)", median(floorCosts))
 	if baseline != "" {
-		mb := median(baseTimes)
-		fmt.Printf("  baseline walfetch, hit:     %v\n", mb.Round(time.Microsecond))
-		fmt.Printf("  baseline / cp time:         %.2fx\n", float64(mb)/float64(mc))
+		line("baseline walfetch, hit", median(baseCosts))
 	}
 }

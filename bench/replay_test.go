@@ -11,7 +11,12 @@
 // median and the best of the rounds are reported), BENCH_ONLY the runs to do,
 // separated by commas (a run's whole name, or a part of the names). BENCH_WALFETCH_BASELINE names another
 // walfetch binary (e.g. built from main) to run beside this one, on
-// loopback, so that a change is measured against the same noise.
+// loopback and with the delay, so that a change is measured against the same
+// noise. BENCH_S3=1
+// also feeds the backlog into a repository in an S3 bucket (versitygw on
+// loopback, test/s3test) and replays from a second hub serving that bucket:
+// the row "walfetch, S3-backed hub" against "walfetch" (the same hub code
+// over a local repository).
 package bench
 
 import (
@@ -34,6 +39,7 @@ import (
 	"github.com/walhub/walhub/hub"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/test/s3test"
 	"github.com/walhub/walhub/test/walfeed"
 	"github.com/walhub/walhub/walname"
 )
@@ -99,18 +105,49 @@ func BenchmarkReplay(b *testing.B) {
 	wantRows := primary.Query("SELECT count(*) FROM filler")
 
 	// The hub on loopback, and a proxy adding the delay to every response.
-	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[hub]\nlisten = \"127.0.0.1:%d\"\n", repoDir, pgtest.FreePort(b)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv, err := hub.New(hub.Options{Config: cfg, Repo: repo, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
 	hubCtx, stopHub := context.WithCancel(ctx)
 	defer stopHub()
-	go srv.Run(hubCtx)
-	hubURL := "http://" + cfg.Hub.Listen
+	serve := func(repoConf string, repo *repository.Repository) string {
+		cfg, err := config.Parse(fmt.Sprintf("%s\n[hub]\nlisten = \"127.0.0.1:%d\"\n", repoConf, pgtest.FreePort(b)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv, err := hub.New(hub.Options{Config: cfg, Repo: repo, Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		go srv.Run(hubCtx)
+		return "http://" + cfg.Hub.Listen
+	}
+	hubURL := serve(fmt.Sprintf("repository = %q", repoDir), repo)
+	// BENCH_S3: the same backlog in a bucket, served by a hub of its own.
+	var s3HubURL string
+	if os.Getenv("BENCH_S3") != "" {
+		bucket := s3test.Start(b)
+		credDir := pgtest.TempDir(b, "s3cred")
+		s3Conf := bucket.TOML("bench", filepath.Join(credDir, "work"), credDir)
+		cfg, err := config.Parse(s3Conf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := repository.Init(ctx, cfg); err != nil {
+			b.Fatal(err)
+		}
+		s3Repo, err := repository.Open(ctx, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s3Repo.Close()
+		s3Feeder, err := walfeed.New(ctx, s3Repo, "main",
+			primary.Query("SELECT system_identifier FROM pg_control_system()"), segSize, "zstd")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s3Feeder.IngestDir(ctx, archive); err != nil {
+			b.Fatal(err)
+		}
+		s3HubURL = serve(s3Conf, s3Repo)
+	}
 	target, _ := url.Parse(hubURL)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	delayed := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(b)), Handler: http.HandlerFunc(
@@ -132,10 +169,17 @@ func BenchmarkReplay(b *testing.B) {
 		{fmt.Sprintf("walfetch, %s delay", delay), wf(delayedURL, "")},
 		{fmt.Sprintf("walfetch --prefetch 0, %s delay", delay), wf(delayedURL, "--prefetch 0")},
 	}
+	const s3Run = "walfetch, S3-backed hub"
+	if s3HubURL != "" {
+		runs = append(runs, struct{ name, command string }{s3Run, wf(s3HubURL, "")})
+	}
 	const baselineRun = "walfetch baseline binary"
+	baselineDelayed := fmt.Sprintf("walfetch baseline binary, %s delay", delay)
 	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); bin != "" {
 		runs = append(runs, struct{ name, command string }{baselineRun,
 			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, hubURL)})
+		runs = append(runs, struct{ name, command string }{baselineDelayed,
+			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, delayedURL)})
 	}
 	// An item of BENCH_ONLY that is a run's whole name selects that run only,
 	// else every run whose name contains it.
@@ -224,6 +268,8 @@ func BenchmarkReplay(b *testing.B) {
 	ratio("cp / WAL already in pg_wal", runs[1].name, runs[0].name)
 	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), runs[4].name, runs[5].name)
 	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), runs[4].name, runs[2].name)
+	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, runs[2].name)
 	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
 	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
+	ratio(fmt.Sprintf("walfetch baseline %s delay / baseline loopback", delay), baselineDelayed, baselineRun)
 }

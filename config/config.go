@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/walhub/walhub/replication"
 )
 
 // DefaultPath is where walhub looks for its configuration when --config is not given.
@@ -432,6 +433,10 @@ func (s *Server) resolve(key string) error {
 	s.Conninfo = v
 	if s.Conninfo == "" {
 		return fmt.Errorf("%s: conninfo: required", key)
+	}
+	// A mistyped keyword would otherwise surface only at the first connection.
+	if err := replication.CheckConninfo(s.Conninfo); err != nil {
+		return fmt.Errorf("%s: conninfo: %w", key, err)
 	}
 	if s.Slot == "" {
 		s.Slot = "walhub_" + strings.ReplaceAll(s.Name, "-", "_")

@@ -68,6 +68,9 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"bad level", base + srv + "compression_level = 9\n", "compression_level: 9"},
 		{"bad name", base + "[[server]]\nname = \"A B\"\nconninfo = \"x\"\n", "name: \"A B\""},
 		{"no conninfo", base + "[[server]]\nname = \"a\"\n", "conninfo: required"},
+		{"unknown conninfo keyword", base + "[[server]]\nname = \"a\"\nconninfo = \"hots=db1 password=s3cret\"\n",
+			`server "a": conninfo: conninfo "hots=db1 password=*****": unknown conninfo keyword "hots"`},
+		{"conninfo does not parse", base + "[[server]]\nname = \"a\"\nconninfo = \"host='db1\"\n", `server "a": conninfo: `},
 		{"dup", base + srv + srv, "declared twice"},
 		{"bad duration", base + srv + "[server.retention]\nwindow = \"7 days\"\n", "invalid duration"},
 		{"env missing", base + "[hub]\nread_tokens = [\"env:WALHUB_SURELY_UNSET\"]\n", "WALHUB_SURELY_UNSET is not set"},
@@ -102,7 +105,7 @@ func TestTokenFromFile(t *testing.T) {
 }
 
 func TestSelect(t *testing.T) {
-	cfg, err := Parse("repository = \"/r\"\n[[server]]\nname = \"a\"\nconninfo = \"x\"\n[[server]]\nname = \"b\"\nconninfo = \"y\"\n")
+	cfg, err := Parse("repository = \"/r\"\n[[server]]\nname = \"a\"\nconninfo = \"host=x\"\n[[server]]\nname = \"b\"\nconninfo = \"host=y\"\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +207,7 @@ func TestParseS3ErrorsNameTheKey(t *testing.T) {
 		{"missing secret file", repo + "[s3]\nsecret_access_key = \"file:/nonexistent/s\"\n", "s3.secret_access_key: open /nonexistent/s"},
 		{"unset env", repo + "[s3]\naccess_key_id = \"env:WALHUB_SURELY_UNSET\"\n", "s3.access_key_id: environment variable WALHUB_SURELY_UNSET is not set"},
 		{"ca file", repo + "[s3]\nca_file = \"/nonexistent/ca.pem\"\n", "s3.ca_file"},
-		{"read-only with servers", repo + "read_only = true\n[[server]]\nname = \"a\"\nconninfo = \"x\"\n", "read_only: a read-only hub streams from no server"},
+		{"read-only with servers", repo + "read_only = true\n[[server]]\nname = \"a\"\nconninfo = \"host=x\"\n", "read_only: a read-only hub streams from no server"},
 		{"refresh without read-only", repo + "refresh_interval = \"1m\"\n", "refresh_interval: only for a read_only hub"},
 	}
 	for _, tt := range tests {

@@ -188,16 +188,27 @@ func TestConnectionsPerClientAreCapped(t *testing.T) {
 	f := newFixture(t, "zstd", nil)
 	addr := f.running(t, limits{headerTimeout: 30 * time.Second, bodyTimeout: time.Second, idleTimeout: 30 * time.Second, writeStall: 2 * time.Second},
 		"max_client_connections = 4")
+	// Four connections, each proven accepted by a request answered on it. A
+	// connection may be refused at first: the hub may still count the one
+	// running() dialed to see it listen (it is released once the hub reads
+	// its end, which a loaded machine can delay).
 	var held []net.Conn
-	for range 4 {
+	for deadline := time.Now().Add(10 * time.Second); len(held) < 4; {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		held = append(held, c)
+		if servedOn(c) {
+			defer c.Close()
+			held = append(held, c)
+			continue
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d connections from one client are served, want 4", len(held))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // let the hub accept them
 	over, _ := rawRequest(t, addr, func(c net.Conn) { fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") })
 	if over != nil {
 		t.Fatalf("a fifth connection from the same client was served: %d", over.StatusCode)
@@ -208,6 +219,23 @@ func TestConnectionsPerClientAreCapped(t *testing.T) {
 	if resp == nil || resp.StatusCode != 200 {
 		t.Fatalf("after one connection closed, a new one is not served: %v", resp)
 	}
+}
+
+// servedOn sends a request on c, kept alive, and tells whether the hub
+// answered it.
+func servedOn(c net.Conn) bool {
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 func TestOnlyBearerSchemeIsAccepted(t *testing.T) {

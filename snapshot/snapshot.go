@@ -186,7 +186,7 @@ func (m *Manager) Start(ctx context.Context, server, label string, fast bool) (a
 		conn, err = pgx.ConnectConfig(connCtx, cfg)
 	}
 	if err != nil {
-		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: connect: %w", server, err)
+		return api.SnapshotStarted{}, fmt.Errorf("snapshot of %s: connect: %w", server, replication.Explain(err))
 	}
 	if label == "" {
 		label = "walhub snapshot"

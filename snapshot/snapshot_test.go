@@ -219,3 +219,37 @@ func TestASlowStartHoldsUpNoOtherSnapshot(t *testing.T) {
 		t.Fatalf("the snapshot of main started only after the slow server's start gave up (%s later)", mainDone.Sub(slow))
 	}
 }
+
+// TestStartExplainsAConnectionFailure checks that snapshot start says why it
+// could not connect and what to do, in one line, like the other connections.
+func TestStartExplainsAConnectionFailure(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().(*net.TCPAddr)
+	l.Close() // nothing listens there now
+	root := t.TempDir()
+	cfg, err := config.Parse(fmt.Sprintf("repository = %q\n[[server]]\nname = \"main\"\nconninfo = \"host=127.0.0.1 port=%d user=walhub password=s3cret sslmode=disable connect_timeout=5\"\n",
+		root, addr.Port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := repository.OpenLocal(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repo.Close() })
+	m := &Manager{Config: cfg, Repo: repo, Timeout: time.Hour}
+	t.Cleanup(m.Close)
+	_, err = m.Start(context.Background(), "main", "x", true)
+	if err == nil {
+		t.Fatal("snapshot start with nothing listening succeeded")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "connection refused") || !strings.Contains(msg, "-- fix: is PostgreSQL running") ||
+		strings.Contains(msg, "\n") || strings.Contains(msg, "s3cret") {
+		t.Errorf("snapshot start: %q, want one line with the cause and the fix", msg)
+	}
+}

@@ -139,3 +139,47 @@ func TestKilledWalhubServeTurnsCheckCritical(t *testing.T) {
 	serve.Wait()
 	waitReceiverCritical(t, src, time.Now())
 }
+
+// TestRestartedReceiverShowsStoredPositionWhileServerIsDown restarts the
+// receiver while PostgreSQL is down: before it ever connects, status shows
+// the position the hub holds (not 0/0), the lag as of the server's last
+// word, and the receiver check says WARNING (a recent outage), not CRITICAL.
+func TestRestartedReceiverShowsStoredPositionWhileServerIsDown(t *testing.T) {
+	t.Parallel()
+	p := pgtest.NewPrimary(t, "primary", pgtest.Options{SegmentSizeMB: 1})
+	src := newSource(t, t.TempDir(), p.ConnString(""))
+	stop := startReceiver(t, src)
+	waitHealthy(t, src, p)
+	stop()
+	before := build(t, src).Receiver
+	if before.FlushedLSN == 0 || before.LastSegment == "" {
+		t.Fatalf("after a clean stop: %+v", before)
+	}
+	p.Stop("fast")
+
+	startReceiver(t, src)
+	var doc *Document
+	pgtest.WaitFor(t, 60*time.Second, "the restarted receiver to fail to connect", func() bool {
+		doc = build(t, src)
+		return doc.Receiver.Running && doc.Receiver.LastError != ""
+	})
+	rc := doc.Receiver
+	t.Logf("restarted: state %s, flushed %s, server %s, lag %d, last segment %s: %s", rc.State, rc.FlushedLSN, rc.ServerLSN,
+		rc.LagBytes, rc.LastSegment, rc.LastError)
+	// The restart keeps the .partial up to its last whole record: at most a
+	// record less than the last session reported.
+	if rc.FlushedLSN > before.FlushedLSN || rc.FlushedLSN+8192 <= before.FlushedLSN || rc.ReceivedLSN != rc.FlushedLSN {
+		t.Errorf("flushed %s received %s, want %s (what the hub holds)", rc.FlushedLSN, rc.ReceivedLSN, before.FlushedLSN)
+	}
+	if rc.LastSegment != before.LastSegment || rc.ServerLSN < before.FlushedLSN || rc.LagBytes != int64(rc.ServerLSN-rc.FlushedLSN) ||
+		rc.LagBytes > 1<<20 {
+		t.Errorf("last segment %s (want %s), server %s, lag %d", rc.LastSegment, before.LastSegment, rc.ServerLSN, rc.LagBytes)
+	}
+	_, results, err := src.Check(context.Background(), "main", DefaultThresholds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := result(t, results, "receiver"); r.Level != Warning {
+		t.Errorf("receiver check %s: %s, want WARNING while the outage is recent", r.Level, r.Message)
+	}
+}

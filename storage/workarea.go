@@ -145,6 +145,38 @@ func (w *WorkArea) CreatePartial(server, name string) (*os.File, error) {
 	return f, nil
 }
 
+// AppendPartial opens the existing .partial file of segment name for
+// appending (a receiver resuming inside it); a missing one wraps ErrNotExist.
+func (w *WorkArea) AppendPartial(server, name string) (*os.File, error) {
+	p := w.PartialFile(server, name)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s for appending: %w", p, err)
+	}
+	return f, nil
+}
+
+// TruncatePartial cuts the .partial file at path to size bytes and makes
+// what is left durable: the file fsynced, then its directory (the file may
+// never have been synced since it was created).
+func TruncatePartial(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("truncate %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		return fmt.Errorf("truncate %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
 // Partial is a .partial segment file found in the working area.
 type Partial struct {
 	TimeLine walname.TimeLine

@@ -30,8 +30,7 @@ func newSegmentStore(repo *repository.Repository, srv catalog.Server, compressio
 		return nil, err
 	}
 	// The WAL index reads restore points and commit times from each segment.
-	storer.SetIndex(&contentIndex{cat: repo.Catalog, serverID: srv.ID, segSize: srv.SegmentSize,
-		log: slog.Default().With("server", srv.Name)})
+	storer.SetIndex(repo.WALIndex(srv, slog.Default().With("server", srv.Name)))
 	return &segmentStore{storer: storer, stored: stored}, nil
 }
 
@@ -71,15 +70,16 @@ func (s *segmentStore) catalog(ctx context.Context, seg completedSegment, row ca
 }
 
 // archiver stores complete segments in the background so that receiving goes
-// on while they are compressed and uploaded. Up to GOMAXPROCS workers make
-// the objects durable at once (checksum, compression, upload: the costly
-// part); one committer then takes the segments in their order, runs the WAL
-// index over each and commits its catalog row, and only then removes its
-// .partial. So the catalog grows as a contiguous run of segments, whatever
-// order the uploads finish in: a restart resumes after the last segment
-// cataloged (session.resumePoint) and must find every segment before it
-// cataloged, and storedUpTo, which caps the slot when the store is a bucket
-// (session.flushed), never passes a segment that is not stored.
+// on while they are compressed and uploaded. Up to GOMAXPROCS workers (at
+// most maxArchiveWorkers) make the objects durable at once (checksum,
+// compression, upload: the costly part); one committer then takes the
+// segments in their order, runs the WAL index over each, commits its catalog
+// row, and only then removes its .partial. So the catalog grows as a
+// contiguous run of segments, whatever order the uploads finish in: a
+// restart resumes after the last segment cataloged (session.resumePoint) and
+// must find every segment before it cataloged, and storedUpTo, which caps
+// the slot when the store is a bucket (session.flushed), never passes a
+// segment that is not stored.
 //
 // The number of segments in the archiver is bounded (queue waiting, plus
 // one per worker, plus the one being cataloged): when storing falls behind,
@@ -113,11 +113,17 @@ type putResult struct {
 	err       error
 }
 
+// maxArchiveWorkers caps the workers on a large machine: each holds an
+// encoder (a few MB) and a complete segment in the working area, and eight
+// compress faster than a server produces WAL.
+const maxArchiveWorkers = 8
+
 // startArchiver starts storing the segments added, from segment next on
-// (every segment before it is stored), with GOMAXPROCS workers; up to queue
-// segments wait for a worker.
+// (every segment before it is stored), with one worker per core
+// (GOMAXPROCS, at most maxArchiveWorkers); up to queue segments wait for a
+// worker.
 func startArchiver(ctx context.Context, store *segmentStore, queue int, next walname.SegNo) *archiver {
-	return startArchiverWorkers(ctx, store, queue, runtime.GOMAXPROCS(0), next)
+	return startArchiverWorkers(ctx, store, queue, min(runtime.GOMAXPROCS(0), maxArchiveWorkers), next)
 }
 
 // startArchiverWorkers is startArchiver with the number of workers given.

@@ -16,12 +16,14 @@
 // S.partial holds the whole segment and is fsynced. So after a crash every
 // .partial but the newest is either complete (and is stored at the next
 // start) or the end of a timeline that was left (kept as it is); the newest is
-// received again from its segment start, as pg_receivewal does.
+// kept up to the end of the WAL it proves whole and streaming resumes inside
+// it (see recoverPartial), where pg_receivewal would start its segment over.
 //
 // Durability: the flush position sent in standby status updates is only ever
 // walWriter.synced, which only walWriter.sync advances, after the fsyncs that
 // make it true. The slot's restart_lsn follows that position, so the server
-// never recycles WAL the hub does not hold. Completed segments are compressed
+// never recycles WAL the hub does not hold; a position below the restart_lsn
+// a session found is not reported, so the slot never moves backwards. Completed segments are compressed
 // by a background archiver with a bounded queue, so receiving continues while
 // the previous segment is compressed, and memory does not grow with WAL volume.
 //

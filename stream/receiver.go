@@ -127,7 +127,12 @@ func (r *Receiver) Run(ctx context.Context) error {
 		return fmt.Errorf("receiver for %s: %w", r.o.Server.Name, err)
 	}
 	defer held.Release()
+	prev, prevErr := ReadState(r.o.Repo.Work, r.o.Server.Name)
 	r.update(true, func(s *State) { s.State = "starting" })
+	if err := r.loadDurable(ctx, prev, prevErr); err != nil {
+		// The first session works it out again, or says what is wrong.
+		r.log.Warn("could not read the position the hub holds", "error", err)
+	}
 	// Segments stored before the WAL index existed are read in the background.
 	var indexing sync.WaitGroup
 	defer indexing.Wait()
@@ -136,8 +141,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 	indexing.Add(1)
 	go func() {
 		defer indexing.Done()
-		if err := backfill(indexCtx, r.o.Repo, r.o.Server.Name, r.log); err != nil && indexCtx.Err() == nil {
+		start := time.Now()
+		n, err := r.o.Repo.IndexStoredWAL(indexCtx, r.o.Server.Name, r.log)
+		if err != nil && indexCtx.Err() == nil {
 			r.log.Warn("WAL index: backfill stopped", "error", err)
+		}
+		if n > 0 {
+			r.log.Info("WAL index: read the segments stored before it existed", "segments", n,
+				"seconds", time.Since(start).Seconds())
 		}
 	}()
 	heartbeatCtx, stopHeartbeat := context.WithCancel(ctx)
@@ -168,14 +179,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 		if !first && r.m != nil {
 			r.m.reconnects.Inc()
 		}
-		streamed, err := r.session(ctx)
+		stored, err := r.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if r.m != nil && err != nil {
 			r.m.errors.Inc()
 		}
-		if streamed {
+		if stored {
 			backoff = minBackoff
 		}
 		var removed *walRemovedError

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +22,7 @@ import (
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
+	"golang.org/x/sys/unix"
 )
 
 func TestReceiverArchivesPgbenchLoadContiguously(t *testing.T) {
@@ -337,4 +342,166 @@ func TestReceiverCatchesUpAcrossTimelineSwitchAfterDowntime(t *testing.T) {
 	if last1+1 < first2 {
 		t.Errorf("timeline 1 ends at segment %d, timeline 2 starts at %d: a gap", last1, first2)
 	}
+}
+
+// TestReceiverResumesBeforeATornPage stops the receiver, then tears its
+// .partial as an OS crash can leave the bytes written after the last fsync
+// (a page whose header is intact and whose second half is zeros, the pages
+// after it intact) and restarts it: it resumes at or before the tear, and
+// the archive holds the server's WAL, not the zeros (pg_waldump reads it).
+func TestReceiverResumesBeforeATornPage(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "torn", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	srv := serverConfig(t, tr, pg, "main", "")
+	_, stop := runReceiver(t, tr, srv)
+	pg.PgbenchInit(1)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	// Fill the next segment part of the way.
+	pg.Pgbench(2, 400)
+	var partial string
+	var size int64
+	pgtest.WaitFor(t, 60*time.Second, "a .partial of at least 6 pages", func() bool {
+		partials, err := tr.repo.Work.Partials("main", 1<<20, 0)
+		if err != nil || len(partials) == 0 {
+			return false
+		}
+		p := partials[len(partials)-1]
+		partial, size = p.Path, p.Size
+		return size >= 6*8192
+	})
+	stop()
+	fi, err := os.Stat(partial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size = fi.Size()
+	tearAt := (size/8192-3)*8192 + 4096
+	f, err := os.OpenFile(partial, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), tearAt); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Logf("tore %s (%d bytes) at %d..%d", partial, size, tearAt, tearAt+4096)
+
+	var log logLines
+	r := stream.NewReceiver(stream.Options{Server: srv, Repo: tr.repo, Log: slog.New(slog.NewTextHandler(&log, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var runErr error
+	stopped := false
+	stopTorn := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			runErr = <-done
+		}
+	}
+	t.Cleanup(stopTorn)
+	// Segments after the torn one, so that pg_waldump reads it whole.
+	pg.GenerateWAL(2)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	stopTorn()
+	if runErr != nil {
+		t.Fatal(runErr)
+	}
+	line := log.find("starting replication")
+	t.Log(line)
+	m := regexp.MustCompile(` offset=(\d+)`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("the receiver did not resume inside the .partial: %s", line)
+	}
+	if off, _ := strconv.ParseInt(m[1], 10, 64); off > tearAt {
+		t.Errorf("resumed at offset %d, past the tear at %d", off, tearAt)
+	}
+	checkTimeLine(t, tr, "main", 1)
+}
+
+// logLines collects a logger's output, for tests that look for a line.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// find returns the first line containing s, "" when none does.
+func (l *logLines) find(s string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
+}
+
+// TestReceiverBacksOffWhileItCannotStore runs `walhub serve` (compression
+// "none") with a file size limit (RLIMIT_FSIZE, no root, no mount) below the
+// segment size, so every write into the .partial past the limit fails, as on
+// a full disk. Each session streams but stores nothing: the retries must back
+// off (1 s, 2 s, 4 s), not come every second, and each resumes inside the
+// .partial instead of truncating it. Given room, it carries on by itself.
+func TestReceiverBacksOffWhileItCannotStore(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "cannot-store", pgtest.Options{SegmentSizeMB: 1})
+	tr := newTestRepo(t)
+	cfg := writeConfig(t, tr, serverTOML(pg, "main", `compression = "none"`))
+	c := startServe(t, cfg)
+	limit := func(n uint64) {
+		t.Helper()
+		if err := unix.Prlimit(c.cmd.Process.Pid, unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: n, Max: unix.RLIM_INFINITY}, nil); err != nil {
+			t.Fatalf("prlimit: %v", err)
+		}
+	}
+	limit(900 << 10)
+	pg.GenerateWAL(2)
+
+	failures := func() []string {
+		data, _ := os.ReadFile(c.log)
+		var out []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "receiver failed, will retry") {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	pgtest.WaitFor(t, 90*time.Second, "three failed sessions", func() bool { return len(failures()) >= 3 })
+	var waits []string
+	for _, l := range failures()[:3] {
+		m := regexp.MustCompile(` retry_in=(\S+)`).FindStringSubmatch(l)
+		if m == nil || !strings.Contains(l, "file too large") {
+			t.Fatalf("failure line: %s", l)
+		}
+		waits = append(waits, m[1])
+	}
+	// The first session stored WAL up to the limit; the next ones stored none.
+	if strings.Join(waits, " ") != "1s 2s 4s" {
+		t.Errorf("retries after %v, want 1s 2s 4s", waits)
+	}
+	data, _ := os.ReadFile(c.log)
+	starts := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.Contains(l, "starting replication") {
+			continue
+		}
+		if starts++; starts > 1 && !strings.Contains(l, "resuming_in=") {
+			t.Errorf("a retry started over instead of resuming inside the .partial: %s", l)
+		}
+	}
+	limit(unix.RLIM_INFINITY)
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	c.stop()
+	checkTimeLine(t, tr, "main", 1)
 }

@@ -2,8 +2,10 @@ package stream_test
 
 import (
 	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/walname"
 )
 
 // TestServeResumesAfterKill9WithoutGap kills `walhub serve` with SIGKILL at
@@ -33,6 +36,9 @@ func TestServeResumesAfterKill9WithoutGap(t *testing.T) {
 				c.kill9()
 				if _, err := tr.cat.ServerByName(t.Context(), "main"); err != nil {
 					continue
+				}
+				if pg.Query("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'walhub_main'") == "0" {
+					continue // killed before it created the slot
 				}
 				restart, held := pg.SlotRestartLSN("walhub_main"), heldEnd(t, tr, "main", 1)
 				t.Logf("killed after %s: slot restart_lsn %s, hub holds up to %s", delay, restart, held)
@@ -127,4 +133,98 @@ func TestSynchronousReceiverHoldsCommits(t *testing.T) {
 		t.Fatal("the waiting commit did not complete after the hub came back")
 	}
 	stop()
+}
+
+// TestServeResumesInsidePartialAfterKill9 kills `walhub serve` with SIGKILL
+// in the middle of segments under pgbench load and restarts it: it resumes
+// inside the .partial at what it proves whole (not at the segment start),
+// logs what it recovered, the slot's restart_lsn never moves backwards, and
+// the archive ends up whole (pg_waldump reads it).
+func TestServeResumesInsidePartialAfterKill9(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.NewPrimary(t, "resume-partial", pgtest.Options{SegmentSizeMB: 1})
+	pg.PgbenchInit(2)
+	tr := newTestRepo(t)
+	cfg := writeConfig(t, tr, serverTOML(pg, "main", ""))
+
+	// Watch restart_lsn for the whole test.
+	stopWatch := make(chan struct{})
+	watched := make(chan []walname.LSN, 1)
+	go func() {
+		var seen []walname.LSN
+		defer func() { watched <- seen }()
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			out, err := pg.TryQuery("SELECT COALESCE(restart_lsn, '0/0') FROM pg_replication_slots WHERE slot_name = 'walhub_main'")
+			if lsn, perr := walname.ParseLSN(out); err == nil && perr == nil && lsn != 0 &&
+				(len(seen) == 0 || lsn != seen[len(seen)-1]) {
+				seen = append(seen, lsn)
+			}
+		}
+	}()
+
+	wait := pg.StartPgbench(2, 20*time.Second)
+	resumedInside := 0
+	c := startServe(t, cfg)
+	// A clean stop too: its last status update reported all it received,
+	// often in the middle of a record, past the page the restart resumes at.
+	for round, kill := range []bool{true, true, false, true} {
+		time.Sleep(2500 * time.Millisecond)
+		if kill {
+			c.kill9()
+		} else {
+			c.stop()
+		}
+		c = startServe(t, cfg)
+		line := waitLogLine(t, c, "starting replication")
+		t.Logf("after stop %d (kill: %v): %s", round+1, kill, line)
+		if m := regexp.MustCompile(` offset=(\d+)`).FindStringSubmatch(line); m != nil && m[1] != "0" {
+			resumedInside++
+		}
+		if !kill {
+			continue
+		}
+		if rec := waitLogLine(t, c, "recovered after an unclean stop"); !strings.Contains(rec, "durable_lsn=") {
+			t.Errorf("recovery line: %s", rec)
+		}
+	}
+	wait()
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	c.stop()
+	close(stopWatch)
+	seen := <-watched
+	for i := 1; i < len(seen); i++ {
+		if seen[i] < seen[i-1] {
+			t.Errorf("slot restart_lsn moved backwards from %s to %s", seen[i-1], seen[i])
+		}
+	}
+	if len(seen) < 5 {
+		t.Errorf("restart_lsn seen at %d positions only: %v", len(seen), seen)
+	}
+	if resumedInside == 0 {
+		t.Error("no restart resumed inside the .partial: each started at a segment boundary")
+	}
+	checkTimeLine(t, tr, "main", 1)
+}
+
+// waitLogLine waits until the child's log has a line containing s, after
+// the lines an earlier call returned, and returns it.
+func waitLogLine(t *testing.T, c *child, s string) string {
+	t.Helper()
+	var found string
+	pgtest.WaitFor(t, 60*time.Second, "walhub serve to log "+s, func() bool {
+		data, _ := os.ReadFile(c.log)
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, s) {
+				found = l
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }

@@ -28,11 +28,23 @@ type session struct {
 	w       *walWriter
 	// reported is the flush position last sent to the server.
 	reported walname.LSN
+	// resume is set when streaming resumes inside the newest .partial.
+	resume *partialResume
+	// slotFloor is the slot's restart_lsn as the session found it: a
+	// flush position below it is not reported (see report).
+	slotFloor walname.LSN
+	// began is the end of the WAL the hub held when the session began;
+	// stored is set once the session has made WAL beyond it durable.
+	began  walname.LSN
+	stored bool
 }
 
 // session connects, works out where to resume and streams until an error or
-// ctx ends. streamed tells whether streaming began (the backoff restarts).
-func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
+// ctx ends. stored tells whether it made new WAL durable: only such a session
+// counts as healthy and restarts the backoff. One that streams but cannot
+// store (a full disk) fails the same way at every try, and must not be
+// retried every second, each time fetching the same WAL again.
+func (r *Receiver) session(ctx context.Context) (stored bool, err error) {
 	srvCfg := r.o.Server
 	r.update(true, func(s *State) { s.State = "connecting" })
 	srv, err := r.o.Repo.Catalog.EnsureServer(ctx, srvCfg.Name)
@@ -49,6 +61,7 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		cancel()
 	}()
 	s := &session{r: r, conn: conn, srv: srv}
+	defer func() { stored = s.stored }()
 	store, start, tli, err := s.prepare(ctx)
 	if err != nil {
 		return false, err
@@ -60,10 +73,17 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		}
 	}()
 	for {
-		r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli)
-		s.w, err = newWALWriter(r.o.Repo.Work, srvCfg.Name, s.segSize, tli, start, s.arch.add)
+		if s.resume != nil {
+			r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli,
+				"resuming_in", s.resume.Partial.Name+".partial", "offset", walname.SegmentOffset(start, s.segSize),
+				"held_to", s.resume.End)
+		} else {
+			r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli)
+		}
+		s.w, err = newWALWriter(r.o.Repo.Work, srvCfg.Name, s.segSize, tli, start, s.resume, s.arch.add)
+		s.resume = nil
 		if err != nil {
-			return streamed, err
+			return false, err
 		}
 		startCtx, cancel := context.WithTimeout(ctx, commandTimeout)
 		err = startStreaming(startCtx, conn, srvCfg.Slot, start, tli)
@@ -73,11 +93,10 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		case errors.As(err, &end):
 			// start was the very end of timeline tli.
 		case isWALRemoved(err):
-			return streamed, &walRemovedError{TimeLine: tli, At: start, err: err}
+			return false, &walRemovedError{TimeLine: tli, At: start, err: err}
 		case err != nil:
-			return streamed, err
+			return false, err
 		default:
-			streamed = true
 			r.update(true, func(st *State) {
 				st.State, st.LastError, st.ConnectedSince, st.TimeLine = "streaming", "", time.Now().UTC(), tli
 			})
@@ -88,12 +107,12 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 			if err != nil {
 				s.w.close(false)
 				if isWALRemoved(err) {
-					return streamed, &walRemovedError{TimeLine: tli, At: s.w.pos, err: err}
+					return false, &walRemovedError{TimeLine: tli, At: s.w.pos, err: err}
 				}
-				return streamed, err
+				return false, err
 			}
 			if err := s.w.endTimeline(); err != nil {
-				return streamed, err
+				return false, err
 			}
 		}
 		r.log.Info("timeline switch", "timeline", tli, "ends_at", end.SwitchLSN, "next_timeline", end.NextTimeLine)
@@ -101,7 +120,7 @@ func (r *Receiver) session(ctx context.Context) (streamed bool, err error) {
 		_, err = s.storeHistories(histCtx, end.NextTimeLine)
 		cancel()
 		if err != nil {
-			return streamed, err
+			return false, err
 		}
 		tli, start = end.NextTimeLine, walname.AlignDown(end.SwitchLSN, s.segSize)
 	}
@@ -138,7 +157,7 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	start, held, err := s.resumePoint(setupCtx, store)
+	start, held, resume, err := s.resumePoint(setupCtx, store)
 	if err != nil {
 		return nil, 0, 0, err
 	}
@@ -160,6 +179,14 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 			return nil, 0, 0, err
 		}
 		s.r.walRemoved = nil
+	}
+	s.began = max(held, start)
+	// Resume inside the newest .partial when the server's history puts all
+	// it holds on its timeline; otherwise its segment is received again from
+	// its start (on the timeline the history says).
+	if resume != nil && resume.Partial.TimeLine == tli && start == walname.SegmentStart(resume.Partial.SegNo, s.segSize) &&
+		walname.TimeLineOf(history, id.TimeLine, resume.End) == tli {
+		s.resume, start = resume, resume.Page
 	}
 	return store, start, tli, nil
 }
@@ -198,6 +225,7 @@ func (s *session) ensureSlot(ctx context.Context, lost bool) (replication.Slot, 
 			return replication.Slot{}, err
 		}
 	case slot.Exists:
+		s.slotFloor = slot.RestartLSN
 		return slot, nil
 	case !*cfg.CreateSlot:
 		return replication.Slot{}, &failedError{fmt.Errorf("replication slot %s does not exist on the server and create_slot is false: "+
@@ -207,15 +235,19 @@ func (s *session) ensureSlot(ctx context.Context, lost bool) (replication.Slot, 
 		return replication.Slot{}, err
 	}
 	s.r.log.Info("created replication slot", "slot", cfg.Slot)
-	return replication.ReadSlot(ctx, s.conn, cfg.Slot)
+	slot, err = replication.ReadSlot(ctx, s.conn, cfg.Slot)
+	s.slotFloor = slot.RestartLSN
+	return slot, err
 }
 
 // resumePoint removes temporary files and stores the complete segments a
-// crash left as .partial files, then returns where streaming resumes as pg_receivewal chooses it: the segment
-// after the newest stored one, or the start of the newest .partial's segment.
-// held is the end of the WAL the hub holds there. Both are 0 when the
-// repository holds nothing for the server.
-func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, held walname.LSN, err error) {
+// crash left as .partial files, then returns where streaming resumes: the
+// segment after the newest stored one, or the start of the newest .partial's
+// segment, with resume saying how much of that .partial is kept (see
+// recoverPartial; prepare decides whether to resume inside it). held is the
+// end of the WAL the hub holds there. Both are 0 when the repository holds
+// nothing for the server.
+func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, held walname.LSN, resume *partialResume, err error) {
 	// The segments stored so far are contiguous up to the last one (a gap is
 	// recorded, never left): only what follows it can need attention.
 	var from walname.SegNo
@@ -224,11 +256,11 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 	case err == nil:
 		from = last.SegNo
 	case !errors.Is(err, catalog.ErrNotFound):
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	partials, err := s.r.o.Repo.Work.Partials(s.srv.Name, s.segSize, from)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	// Every .partial but the newest either holds a whole fsynced segment (the
 	// next one was created only after it was complete) or is the end of a
@@ -237,7 +269,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 		if uint64(partials[i].Size) == s.segSize {
 			p := partials[i]
 			if err := store.store(ctx, completedSegment{TimeLine: p.TimeLine, SegNo: p.SegNo, Name: p.Name, Partial: p.Path}); err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 		}
 	}
@@ -247,15 +279,19 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 		start = walname.SegmentStart(last.SegNo+1, s.segSize)
 		held = start
 	case !errors.Is(err, catalog.ErrNotFound):
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	if n := len(partials); n > 0 {
 		newest := partials[n-1]
 		if at := walname.SegmentStart(newest.SegNo, s.segSize); at >= start {
-			start, held = at, at+walname.LSN(newest.Size)
+			res, err := recoverPartial(ctx, s.r.o.Repo.Catalog, s.srv.ID, s.segSize, newest)
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			start, held, resume = at, res.End, &res
 		}
 	}
-	return start, held, nil
+	return start, held, resume, nil
 }
 
 // storeHistories makes sure the history files of timelines 2 to tli are
@@ -455,12 +491,26 @@ func (s *session) flushed() walname.LSN {
 }
 
 // report sends a status update: written up to pos, flushed up to flushed().
+//
+// A flush position below the slot's restart_lsn as the session found it is
+// sent as 0 (InvalidXLogRecPtr), which the walsender does not apply to the
+// slot: a session resumes at a page or segment boundary below what the last
+// one reported, and reporting that would move restart_lsn backwards.
+// Nothing below the floor needs the report: the previous session reported
+// it, after it was fsynced.
 func (s *session) report() error {
 	flushed := s.flushed()
-	if err := sendStatus(s.conn, s.w.pos, flushed); err != nil {
+	sent := flushed
+	if sent < s.slotFloor {
+		sent = 0
+	}
+	if err := sendStatus(s.conn, s.w.pos, sent); err != nil {
 		return err
 	}
 	s.reported = flushed
+	if flushed > s.began {
+		s.stored = true
+	}
 	s.r.update(false, func(st *State) {
 		st.ReceivedLSN, st.FlushedLSN, st.Partial = s.w.pos, flushed, s.w.partialName()
 	})

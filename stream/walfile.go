@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -44,6 +45,11 @@ type walWriter struct {
 	dirDirty bool
 	// writtenBack is the offset in the file up to which writeback was started.
 	writtenBack uint64
+	// resuming is set until the .partial that streaming resumes in is
+	// opened; held is what it holds from pos on, which the server sends
+	// again: compared, not written.
+	resuming bool
+	held     []byte
 
 	// pos is the end of the WAL written (last byte + 1); synced the end of
 	// what is fsynced. Nothing but sync advances synced.
@@ -53,21 +59,48 @@ type walWriter struct {
 }
 
 // newWALWriter prepares to write timeline tli from start, which must be a
-// segment boundary. Everything before start is already durable in the hub.
+// segment boundary, or, with resume, resume.Page inside the newest .partial
+// (see recoverPartial). Everything before start is already durable in the hub.
 func newWALWriter(work *storage.WorkArea, server string, segSize uint64, tli walname.TimeLine, start walname.LSN,
-	completed func(completedSegment) error) (*walWriter, error) {
-	if walname.SegmentOffset(start, segSize) != 0 {
+	resume *partialResume, completed func(completedSegment) error) (*walWriter, error) {
+	w := &walWriter{work: work, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
+		completed: completed}
+	if resume != nil {
+		if start != resume.Page || resume.Partial.TimeLine != tli {
+			return nil, fmt.Errorf("stream start %s on timeline %d is not where %s.partial resumes", start, tli, resume.Partial.Name)
+		}
+		w.resuming, w.held = true, resume.Tail
+	} else if walname.SegmentOffset(start, segSize) != 0 {
 		return nil, fmt.Errorf("stream start %s is not at a segment boundary", start)
 	}
-	return &walWriter{work: work, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
-		completed: completed}, nil
+	return w, nil
 }
 
 // open creates (or truncates: the server sends the segment again from its
-// start) the .partial of the segment that holds w.pos.
+// start) the .partial of the segment that holds w.pos; when resuming, it
+// opens the existing one to append to it.
 func (w *walWriter) open() error {
 	w.segNo = walname.SegmentOf(w.pos, w.segSize)
 	w.name = walname.SegmentName(w.tli, w.segNo, w.segSize)
+	offset := walname.SegmentOffset(w.pos, w.segSize)
+	if w.resuming {
+		w.resuming = false
+		f, err := w.work.AppendPartial(w.server, w.name)
+		if err != nil {
+			return err
+		}
+		fi, err := f.Stat()
+		if err == nil && uint64(fi.Size()) != offset+uint64(len(w.held)) {
+			err = fmt.Errorf("%s.partial holds %d bytes, expected %d", w.name, fi.Size(), offset+uint64(len(w.held)))
+		}
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("resume in %s.partial: %w", w.name, err)
+		}
+		// recoverPartial made the file and its directory entry durable.
+		w.file, w.dirDirty, w.writtenBack = f, false, offset
+		return nil
+	}
 	f, err := w.work.CreatePartial(w.server, w.name)
 	if err != nil {
 		return err
@@ -91,7 +124,16 @@ func (w *walWriter) write(data []byte) error {
 		if n > room {
 			n = room
 		}
-		if _, err := w.file.Write(data[:n]); err != nil {
+		if len(w.held) > 0 {
+			// The server sends again what the .partial holds from where
+			// streaming resumed: it must be the same WAL.
+			n = min(n, uint64(len(w.held)))
+			if !bytes.Equal(data[:n], w.held[:n]) {
+				return &failedError{fmt.Errorf("the server sent WAL at %s that differs from what %s.partial holds: "+
+					"the hub's WAL and the server's have diverged (another cluster or a restored server behind the same name?)", w.pos, w.name)}
+			}
+			w.held = w.held[n:]
+		} else if _, err := w.file.Write(data[:n]); err != nil {
 			return fmt.Errorf("store WAL at %s: %w", w.pos, err)
 		}
 		w.pos += walname.LSN(n)

@@ -42,7 +42,7 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			work, _ := storage.NewWorkArea(t.TempDir())
 			var got []completedSegment
-			w, err := newWALWriter(work, "main", testSegSize, 1, tc.start, func(c completedSegment) error {
+			w, err := newWALWriter(work, "main", testSegSize, 1, tc.start, nil, func(c completedSegment) error {
 				got = append(got, c)
 				return nil
 			})
@@ -96,14 +96,14 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 }
 
 func TestWALWriterRefusesUnalignedStart(t *testing.T) {
-	if _, err := newWALWriter(storage.OpenWorkArea(t.TempDir()), "main", testSegSize, 1, 3<<20+16, nil); err == nil {
+	if _, err := newWALWriter(storage.OpenWorkArea(t.TempDir()), "main", testSegSize, 1, 3<<20+16, nil, nil); err == nil {
 		t.Fatal("a start inside a segment was accepted")
 	}
 }
 
 func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	work, _ := storage.NewWorkArea(t.TempDir())
-	w, _ := newWALWriter(work, "main", testSegSize, 1, 1<<20, func(completedSegment) error { return nil })
+	w, _ := newWALWriter(work, "main", testSegSize, 1, 1<<20, nil, func(completedSegment) error { return nil })
 	if err := w.write(pattern(1<<20, testSegSize)); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("empty .partial left at the end of the timeline: %v", err)
 	}
-	w, _ = newWALWriter(work, "main", testSegSize, 1, 2<<20, func(completedSegment) error { return nil })
+	w, _ = newWALWriter(work, "main", testSegSize, 1, 2<<20, nil, func(completedSegment) error { return nil })
 	w.write(pattern(2<<20, 100))
 	if err := w.endTimeline(); err != nil {
 		t.Fatal(err)

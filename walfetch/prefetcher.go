@@ -130,7 +130,7 @@ func RunPrefetcher() int {
 	log := slog.New(slog.NewTextHandler(logFile, nil)).With("pid", os.Getpid())
 
 	c, err := client.New(client.Options{URL: cfg.Settings.URL, Server: cfg.Settings.Server, Token: cfg.Settings.Token,
-		CAFile: cfg.Settings.CAFile, Timeout: cfg.Settings.Timeout, MaxConns: cfg.Settings.Parallel + 1, UserAgent: "walfetch-prefetcher"})
+		CAFile: cfg.Settings.CAFile, Timeout: cfg.Settings.Timeout, MaxConns: maxDownloads(cfg.Settings) + 1, UserAgent: "walfetch-prefetcher"})
 	if err != nil {
 		log.Error("cannot make a hub client", "err", err)
 		return 1
@@ -251,10 +251,38 @@ func (p *prefetcher) window() int {
 	return max(w, 1)
 }
 
+// parallelSegmentSize is the segment size --parallel is meant for: the
+// default 16 MiB.
+const parallelSegmentSize = 16 << 20
+
+// downloadSlots is how many downloads run at once: --parallel for segments
+// of 16 MiB or more; for smaller segments as many more as keep the same
+// bytes in flight (4 x 16 MiB = 64 x 1 MiB), never more than the window
+// nor maxAutoDownloads.
+// Each download waits a round trip before its bytes flow: with a hub far
+// away, a count fixed for 16 MiB segments would leave recovery of small
+// segments waiting on round trips, not on bandwidth.
+func downloadSlots(parallel, window int, segSize uint64) int {
+	if segSize == 0 || segSize >= parallelSegmentSize {
+		return parallel
+	}
+	return max(parallel, min(parallel*int(parallelSegmentSize/segSize), window, maxAutoDownloads))
+}
+
+// maxAutoDownloads bounds what downloadSlots adds to --parallel: half of a
+// hub's default max_client_connections (64 from one address).
+const maxAutoDownloads = 32
+
+// maxDownloads is the most downloads s lets run at once, whatever the
+// segment size: the download workers and the hub connections to have.
+func maxDownloads(s Settings) int {
+	return downloadSlots(s.Parallel, s.Prefetch, 1<<20) // 1 MiB, the smallest segment size
+}
+
 func (p *prefetcher) loop() {
 	jobs := make(chan download, 1024)
 	var wg sync.WaitGroup
-	for range p.s.Parallel {
+	for range maxDownloads(p.s) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -374,7 +402,8 @@ func (p *prefetcher) trim() {
 }
 
 // plan peeks when what is known about the hub does not reach far enough
-// ahead, and queues the downloads the spool lacks, nearest first.
+// ahead, and queues the downloads the spool lacks, nearest first, as many as
+// there are free download slots.
 func (p *prefetcher) plan(jobs chan<- download) {
 	if p.current == "" {
 		return
@@ -386,9 +415,10 @@ func (p *prefetcher) plan(jobs chan<- download) {
 		return
 	}
 	last := min(p.horizon, p.segno+walname.SegNo(p.window()))
+	slots := downloadSlots(p.s.Parallel, p.window(), p.segSize)
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
-	for segno := p.segno + 1; segno <= last; segno++ {
+	for segno := p.segno + 1; segno <= last && len(p.inflight) < slots; segno++ {
 		seg, ok := p.known[segno]
 		if !ok || p.inflight[seg.Name] || p.fetched[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
 			continue

@@ -302,3 +302,90 @@ func FuzzRecordData(f *testing.F) {
 		twoPhaseXID(body, true)
 	})
 }
+
+// TestVerifiedStopsBeforeWhatCannotBeProven checks Verified on the cases a
+// receiver resuming inside a .partial meets after a crash: WAL cut short, a
+// torn page (header intact, second half zeroed), a segment opening with the
+// end of a record from the previous one (unprovable without the decoder state
+// saved with that segment, proven with it), and an uninteresting record
+// carried across the boundary.
+func TestVerifiedStopsBeforeWhatCannotBeProven(t *testing.T) {
+	const segSize = 1 << 20
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	s := newSynth(segSize, 0)
+	// Records of known ends: no-ops with 3000 bytes of data each.
+	data := make([]byte, 3000)
+	for i := range data {
+		data[i] = byte(i%251) + 1 // no zeros: a tear is never what was there
+	}
+	var recEnds []walname.LSN
+	for s.pos() < 5*PageSize {
+		lsn := s.record(21, 0, 0, data)
+		recEnds = append(recEnds, lsn+walname.LSN(recordHeaderSize+5+3000)+walname.LSN(pageHeadersWithin(lsn, recordHeaderSize+5+3000, segSize)))
+	}
+	lastEndBefore := func(cut walname.LSN) walname.LSN {
+		var e walname.LSN
+		for _, end := range recEnds {
+			if end <= cut {
+				e = end
+			}
+		}
+		return e
+	}
+	feed := func(d *Decoder, b []byte) walname.LSN {
+		d.Write(b)
+		return d.VerifiedAtEnd()
+	}
+	for _, cut := range []int{PageSize + 100, 2*PageSize + 4000, 3 * PageSize, len(s.buf)} {
+		got := feed(NewDecoder(segSize, 0), s.buf[:cut])
+		if want := lastEndBefore(walname.LSN(cut)); got != want {
+			t.Errorf("cut at %d: verified %s, want %s (the end of the last whole record)", cut, got, want)
+		}
+	}
+	// A record of zeros cut short: its CRC matches over the zero padding of
+	// the last page, yet it is not proven.
+	z := newSynth(segSize, 0)
+	z.record(21, 0, 0, make([]byte, 100))
+	zeros := z.record(21, 0, 0, make([]byte, 3000))
+	if got := feed(NewDecoder(segSize, 0), z.buf[:zeros+1000]); got > zeros {
+		t.Errorf("a record of zeros cut short: verified %s, beyond its start %s", got, zeros)
+	}
+	// A torn page: the second half of page 2 zeroed, page 3 intact.
+	torn := append([]byte(nil), s.buf...)
+	clear(torn[2*PageSize+PageSize/2 : 3*PageSize])
+	if got, limit := feed(NewDecoder(segSize, 0), torn), walname.LSN(2*PageSize+PageSize/2); got > limit || got != lastEndBefore(limit) {
+		t.Errorf("torn page: verified %s, want the last record end before %s", got, limit)
+	}
+
+	// A commit running from segment 0 into segment 1, then an uninteresting
+	// record running across the next boundary.
+	x := newSynth(segSize, 0)
+	x.fillTo(segSize - 100)
+	x.record(rmXact, xactCommit, 101, append(commitData(now), make([]byte, 20000)...))
+	x.fillTo(2*segSize - 50)
+	x.record(21, 0, 0, make([]byte, 5000))
+	afterCrossing := x.record(21, 0, 0, make([]byte, 100))
+	x.fillTo(2*segSize + 3*PageSize)
+	cold := NewDecoder(segSize, segSize)
+	if got := feed(cold, x.buf[segSize:2*segSize]); got != segSize {
+		t.Errorf("segment 1 opening with a record begun in segment 0, without state: verified %s, want %s (nothing)", got, walname.LSN(segSize))
+	}
+	first := NewDecoder(segSize, 0)
+	first.Write(x.buf[:segSize])
+	resumed, err := ResumeDecoder(segSize, first.MarshalState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := feed(resumed, x.buf[segSize:2*segSize]); got <= segSize+20000 || got > 2*segSize {
+		t.Errorf("segment 1 with the state saved after segment 0: verified %s, want past the commit", got)
+	}
+	second := NewDecoder(segSize, 0)
+	second.Write(x.buf[:2*segSize])
+	resumed, err = ResumeDecoder(segSize, second.MarshalState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := feed(resumed, x.buf[2*segSize:]); got < afterCrossing {
+		t.Errorf("segment 2 with the state saved after segment 1: verified %s, want past %s (the no-op record crossing the boundary checked)", got, afterCrossing)
+	}
+}

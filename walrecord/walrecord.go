@@ -137,6 +137,11 @@ type Decoder struct {
 	prev    walname.LSN
 	hasPrev bool
 
+	// verified is the end of the last record whose CRC checked, as long as
+	// nothing since the decoder began was skipped unchecked (unverified).
+	verified   walname.LSN
+	unverified bool
+
 	events []Event
 	// Records counts the valid records read.
 	Records int64
@@ -165,6 +170,36 @@ func (d *Decoder) Reset(start walname.LSN) {
 	}
 	d.hasPrev = false
 	d.body = d.body[:0]
+	d.verified, d.unverified = d.pos, d.state == stSegment
+}
+
+// Verified is the end (last byte + 1) of the WAL, from where the decoder
+// began (NewDecoder, Reset or ResumeDecoder), that is proven whole: every
+// record up to it passed its CRC check, every page header on the way checked
+// out, and not one byte was skipped unchecked (the end of a record whose
+// start the decoder does not hold, invalid or zeroed WAL, the padding after
+// an XLOG_SWITCH). It stops advancing at the first such byte, so a torn page
+// (its header intact, its second half zeroed) or a record cut short always
+// lies at or after it. It is where the decoder began when no record checked.
+func (d *Decoder) Verified() walname.LSN { return d.verified }
+
+// VerifiedAtEnd is Verified once the input has ended: the page that the
+// bytes fed last fall short of is decoded as if zero-filled to its end.
+// Records that end within those bytes count; one whose CRC matches only over
+// the zeros does not. The decoder must not be fed after it.
+func (d *Decoder) VerifiedAtEnd() walname.LSN {
+	if d.fill == 0 {
+		return d.verified
+	}
+	limit, before := d.pos+walname.LSN(d.fill), d.verified
+	clear(d.page[d.fill:])
+	d.decodePage(d.page)
+	d.pos += PageSize
+	d.fill = 0
+	if d.verified > limit {
+		d.verified = before
+	}
+	return d.verified
 }
 
 // Pos is the LSN of the next byte Write expects.
@@ -249,11 +284,11 @@ func (d *Decoder) decodePage(page []byte) {
 			d.Invalid++
 			d.hasPrev = false
 		}
-		d.state, d.cont = stCont, remLen
+		d.state, d.cont, d.unverified = stCont, remLen, true
 	case mid:
 		// The record in progress was abandoned (XLP_FIRST_IS_OVERWRITE_CONTRECORD
 		// after a crash): a new record starts here.
-		d.state, d.hasPrev = stSeek, false
+		d.state, d.hasPrev, d.unverified = stSeek, false, true
 	case d.state == stCont:
 		d.state = stSeek
 	}
@@ -330,6 +365,9 @@ func (d *Decoder) finishRecord() bool {
 	d.Records++
 	d.prev, d.hasPrev = d.recLSN, true
 	end := d.recLSN + walname.LSN(d.totLen) + walname.LSN(pageHeadersWithin(d.recLSN, d.totLen, d.segSize))
+	if !d.unverified {
+		d.verified = end
+	}
 	end = (end + 7) &^ 7 // where the next record may start, as XLogInsert reports it
 	rmid, info := d.hdr[17], d.hdr[16]
 	if d.keep {
@@ -341,7 +379,7 @@ func (d *Decoder) finishRecord() bool {
 	d.state = stSeek
 	if rmid == rmXLog && info&0xF0 == xlogSwitch {
 		// The rest of the segment is padding; the next record starts the next segment.
-		d.state = stSegment
+		d.state, d.unverified = stSegment, true
 		return false
 	}
 	return true
@@ -354,7 +392,7 @@ func (d *Decoder) endOfWAL(invalid bool) {
 		d.Invalid++
 	}
 	d.state = stSegment
-	d.hasPrev = false
+	d.hasPrev, d.unverified = false, true
 }
 
 // pageHeadersWithin returns the bytes of page headers between the start of a
@@ -621,11 +659,11 @@ const maxCarry = 1 << 20
 // the decoder has been fed up to the end of a page.
 func (d *Decoder) MarshalState() []byte {
 	st, cont, body, hasPrev := d.state, d.cont, d.body, d.hasPrev
-	if st == stHeader || st == stBody {
-		if !d.keep && st == stBody || len(body) > maxCarry {
-			// Its data is not needed: skip the rest without checking it.
-			st, cont, body, hasPrev = stCont, d.totLen-d.got, nil, false
-		}
+	if (st == stHeader || st == stBody) && len(body) > maxCarry {
+		// Too long to carry: skip the rest without checking it. (A record
+		// whose data is not needed carries no data, only its running CRC,
+		// so that its end is checked too: see Verified.)
+		st, cont, body, hasPrev = stCont, d.totLen-d.got, nil, false
 	}
 	if st != stBody && st != stHeader {
 		body = nil
@@ -678,5 +716,7 @@ func ResumeDecoder(segSize uint64, state []byte) (*Decoder, error) {
 		return nil, errors.New("walrecord: inconsistent decoder state")
 	}
 	d.body = append([]byte(nil), body...)
+	d.verified = d.pos
+	d.unverified = d.state == stCont || d.state == stSegment && uint64(d.pos)%segSize != 0
 	return d, nil
 }

@@ -34,11 +34,14 @@ repository, compressed with zstd on all cores (or not, per server.compression), 
 server's backup_manifest beside it. The server verifies page checksums while sending.
 
 The backup includes no WAL: the hub streams it, so a backup is refused at once when no
-receiver (walhub serve) is running for the server. The stored archives are read back and
-checked against the manifest. The backup becomes "done" once the WAL from its start to its
-stop position is in the catalog (walhub switches WAL on the server if the last segment is
-not complete); when that takes longer than backup.wal_timeout (default 5m) the backup is
-kept as "waiting_wal" and becomes done by itself when the WAL arrives.
+receiver (walhub serve) is running for the server. Every file is checked against the
+manifest while it streams in (size, checksum, nothing missing or extra); each compressed
+archive is decoded again as it is written, and every stored object is read back and must
+match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
+to its stop position is in the catalog (walhub switches WAL on the server only if the
+server has not completed the last segment itself, as a standby); when that takes longer
+than backup.wal_timeout (default 5m) the backup is kept as "waiting_wal" and becomes done by
+itself when the WAL arrives.
 
 One backup or expire per server at a time: a second one is refused, naming the holder.
 A failed backup keeps its row and reason (walhub list-backups) and leaves no files.

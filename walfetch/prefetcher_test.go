@@ -1,0 +1,149 @@
+package walfetch
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/walname"
+)
+
+func TestDownloadSlotsKeepBytesInFlightForSmallSegments(t *testing.T) {
+	tests := []struct {
+		name             string
+		parallel, window int
+		segSize          uint64
+		want             int
+	}{
+		{"16 MiB: --parallel", 4, 16, 16 << 20, 4},
+		{"64 MiB: --parallel", 4, 16, 64 << 20, 4},
+		{"segment size not known yet: --parallel", 4, 16, 0, 4},
+		{"1 MiB: up to the window", 4, 16, 1 << 20, 16},
+		{"4 MiB: 4 x 16/4", 4, 16, 4 << 20, 16},
+		{"8 MiB: 4 x 16/8", 4, 16, 8 << 20, 8},
+		{"1 MiB, large window: at most maxAutoDownloads", 4, 200, 1 << 20, maxAutoDownloads},
+		{"a window smaller than --parallel: --parallel", 4, 2, 1 << 20, 4},
+		{"--parallel above the bound stays", 40, 200, 1 << 20, 40},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := downloadSlots(tt.parallel, tt.window, tt.segSize); got != tt.want {
+				t.Errorf("downloadSlots(%d, %d, %d) = %d, want %d", tt.parallel, tt.window, tt.segSize, got, tt.want)
+			}
+		})
+	}
+	if got := maxDownloads(Settings{Parallel: 4, Prefetch: 16}); got != 16 {
+		t.Errorf("maxDownloads(parallel 4, prefetch 16) = %d, want 16 (1 MiB segments)", got)
+	}
+}
+
+// TestPlanQueuesAsManyDownloadsAsSlots: with 1 MiB segments and the hub
+// holding a whole window, the window's 16 segments are downloaded at once
+// (not 4, which leaves recovery waiting on round trips to a distant hub);
+// with 16 MiB segments, 4 at once.
+func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
+	for _, tt := range []struct {
+		segSize uint64
+		want    int
+	}{{1 << 20, 16}, {16 << 20, 4}} {
+		dir := t.TempDir()
+		p := &prefetcher{s: Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024}, sp: &spoolDir{dir: dir, root: dir},
+			log: slog.New(slog.NewTextHandler(io.Discard, nil)), segSize: tt.segSize, lastPeek: time.Now(),
+			inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+		p.current = walname.SegmentName(1, 10, tt.segSize)
+		p.setCurrent()
+		for segno := walname.SegNo(11); segno <= 10+16; segno++ {
+			p.known[segno] = api.PeekSegment{Name: walname.SegmentName(1, segno, tt.segSize)}
+			p.horizon = segno
+		}
+		jobs := make(chan download, 100)
+		p.plan(jobs)
+		if len(jobs) != tt.want {
+			t.Errorf("%d MiB segments: %d downloads queued, want %d", tt.segSize>>20, len(jobs), tt.want)
+		}
+		if first := <-jobs; first.seg.Name != walname.SegmentName(1, 11, tt.segSize) {
+			t.Errorf("%d MiB segments: first download %s, want the next segment", tt.segSize>>20, first.seg.Name)
+		}
+	}
+}
+
+// TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce runs the prefetcher
+// against a hub whose segment downloads all hang (a hub far away: every
+// response waits), and counts the downloads that are under way at once: with
+// 1 MiB segments, --parallel 4 and a window of 16, all 16.
+func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	var mu sync.Mutex
+	inFlight, peak := 0, 0
+	release := make(chan struct{})
+	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/peek") {
+			parts := strings.Split(r.URL.Path, "/")
+			_, from, err := walname.ParseSegment(parts[len(parts)-2], segSize)
+			n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+			if err != nil || n < 1 {
+				http.Error(w, "bad peek", http.StatusBadRequest)
+				return
+			}
+			p := api.Peek{Server: "main", SystemID: strconv.FormatUint(systemID, 10), SegmentSize: segSize, Limit: n}
+			for segno := from; segno < from+walname.SegNo(n); segno++ {
+				p.Segments = append(p.Segments, api.PeekSegment{Name: walname.SegmentName(1, segno, segSize), Checksum: "00000000"})
+			}
+			json.NewEncoder(w).Encode(p)
+			return
+		}
+		mu.Lock()
+		inFlight++
+		peak = max(peak, inFlight)
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		http.Error(w, "not now", http.StatusServiceUnavailable)
+	}))
+	defer hub.Close()
+	s := Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout, MaxConns: maxDownloads(s) + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dir := t.TempDir()
+	p := &prefetcher{s: s, sp: &spoolDir{dir: dir, root: dir, systemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
+		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		served: make(chan string, 64), finished: make(chan struct{}, 64),
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	p.served <- walname.SegmentName(1, 10, segSize)
+	done := make(chan struct{})
+	go func() { p.loop(); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := peak
+		mu.Unlock()
+		if got >= 16 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // more than 16 would show now
+	close(release)
+	<-done
+	if peak != 16 {
+		t.Errorf("%d downloads at once, want 16 (the window: 1 MiB segments, --parallel 4)", peak)
+	}
+}
