@@ -17,11 +17,16 @@
 # the manifest and the wait until the backup's WAL is in the catalog. The
 # "backup done" log line splits the command into its phases (stream, verify,
 # WAL wait), printed as medians too.
+#
+# BASE_REV=<git revision> adds a `walhub backup` built from that revision to
+# every round, interleaved with the others (a before/after comparison in one
+# run; the daemon is the current build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-60}
 RUNS=${RUNS:-3}
+BASE_REV=${BASE_REV:-}
 BIN=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
 
 ROOT=$(mktemp -d /tmp/walhub-bench-XXXXXX)
@@ -57,6 +62,13 @@ DBSIZE=$(du -sb "$ROOT/data/base" | cut -f1)
 echo "database: $((DBSIZE / 1048576)) MB in base/"
 
 go build -o "$ROOT/walhub" ./cmd/walhub
+if [ -n "$BASE_REV" ]; then
+  echo "== building walhub at $BASE_REV"
+  mkdir "$ROOT/base-src"
+  git archive "$BASE_REV" | tar -x -C "$ROOT/base-src"
+  (cd "$ROOT/base-src" && go build -o "$ROOT/walhub-base" ./cmd/walhub)
+  rm -rf "$ROOT/base-src"
+fi
 cat >"$ROOT/walhub.toml" <<EOF
 repository = "$ROOT/repo"
 [hub]
@@ -103,9 +115,10 @@ pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes"
   rm -rf "$ROOT/pgbb"
 }
 
-walhub_run() { # prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait"
+walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait"
+  local bin=${1:-$ROOT/walhub}
   local t0; t0=$(now)
-  "$ROOT/walhub" --config "$ROOT/walhub.toml" backup --server bench --output=json \
+  "$bin" --config "$ROOT/walhub.toml" backup --server bench --output=json \
     >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || { cat "$ROOT/walhub.log" >&2; exit 1; }
   local total; total=$(calc "$(now) - $t0")
   local streamed done
@@ -129,7 +142,8 @@ for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
   echo "walhub $(walhub_run)" >>"$ROOT/times"
-  echo "round $r: $(tail -3 "$ROOT/times" | awk '{printf "%s %.2fs  ", $1, $2}')"
+  [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
+  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 4 || echo 3) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
 # median KEY FIELD: the median of column FIELD over the rows of KEY.
 median() {
@@ -159,4 +173,14 @@ printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.5x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
+if [ -n "$BASE_REV" ]; then
+  B_STREAM=$(median base 2); B_TOTAL=$(median base 3)
+  echo
+  echo "== walhub built from $BASE_REV (same rounds, medians)"
+  row "base walhub (durable in repo)" "$B_STREAM" "$(median base 4)"
+  row "base walhub (whole: +verify, WAL)" "$B_TOTAL" "$(median base 4)"
+  printf 'base phases: stream %.2f s, verify %.2f s, WAL wait %.2f s\n' "$(median base 6)" "$(median base 7)" "$(median base 8)"
+  printf 'base (durable) vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_STREAM")" "$(calc "$T_ZSTD / $B_STREAM")"
+  printf 'base (whole)   vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_TOTAL")" "$(calc "$T_ZSTD / $B_TOTAL")"
+fi
 echo "== load after: $(uptime)"

@@ -16,6 +16,10 @@ type RefreshReport struct {
 	TimeLinesAdded  int `json:"timelines_added"`
 	BackupsAdded    int `json:"backups_added"`
 	BackupsRemoved  int `json:"backups_removed"`
+	// SegmentsIndexed counts the segments read into the WAL index (restore
+	// points, commit times), so that restores to a name or a time work
+	// through this hub too.
+	SegmentsIndexed int `json:"segments_indexed"`
 }
 
 // Changed tells whether the refresh changed anything.
@@ -25,7 +29,9 @@ func (rep RefreshReport) Changed() bool { return rep != RefreshReport{} }
 // writes (read-only) up to date with the store: the segments, timeline
 // histories and finished backups that appeared are cataloged as Rebuild
 // would, and the rows of those removed (by the other hub's expire) are
-// deleted. On an empty catalog it is Rebuild.
+// deleted. On an empty catalog it is Rebuild. The segments cataloged are
+// then read into the WAL index (IndexStoredWAL), as the writing hub's
+// receiver indexes what it stores.
 func (r *Repository) Refresh(ctx context.Context) (RefreshReport, error) {
 	var rep RefreshReport
 	servers, err := r.scan(ctx)
@@ -39,6 +45,11 @@ func (r *Repository) Refresh(ctx context.Context) (RefreshReport, error) {
 	sort.Strings(names)
 	for _, name := range names {
 		if err := r.refreshServer(ctx, name, servers[name], &rep); err != nil {
+			return rep, fmt.Errorf("refresh server %s: %w", name, err)
+		}
+		n, err := r.IndexStoredWAL(ctx, name, nil)
+		rep.SegmentsIndexed += n
+		if err != nil {
 			return rep, fmt.Errorf("refresh server %s: %w", name, err)
 		}
 	}

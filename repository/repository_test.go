@@ -439,7 +439,7 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (repository.RefreshReport{SegmentsAdded: 3, BackupsAdded: 1}) {
+	if rep != (repository.RefreshReport{SegmentsAdded: 3, BackupsAdded: 1, SegmentsIndexed: 3}) {
 		t.Fatalf("first refresh: %+v", rep)
 	}
 	if got, want := catalogDump(t, cat, "main", false), catalogDump(t, writer.Catalog, "main", false); got != want {
@@ -466,8 +466,17 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (repository.RefreshReport{SegmentsAdded: 1, SegmentsRemoved: 1, TimeLinesAdded: 1, BackupsRemoved: 1}) {
+	if rep != (repository.RefreshReport{SegmentsAdded: 1, SegmentsRemoved: 1, TimeLinesAdded: 1, BackupsRemoved: 1, SegmentsIndexed: 1}) {
 		t.Fatalf("second refresh: %+v", rep)
+	}
+	// Every segment cataloged was read into the WAL index (restore points,
+	// commit times): restores to a name or a time work through this hub.
+	followed, err := cat.ServerByName(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if todo, err := cat.SegmentsWithoutContents(ctx, followed.ID, 10); err != nil || len(todo) != 0 {
+		t.Fatalf("after the refresh, %d segments are not in the WAL index (%v)", len(todo), err)
 	}
 	if got, want := catalogDump(t, cat, "main", false), catalogDump(t, writer.Catalog, "main", false); got != want {
 		t.Fatalf("refreshed catalog differs:\n%s\nwant\n%s", got, want)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +20,6 @@ import (
 // segments after the previous, and segments 5..49 stored.
 type fixture struct {
 	cat  *catalog.Catalog
-	root string
 	repo *repository.Repository
 	srv  catalog.Server
 	cfg  *config.Server
@@ -71,12 +68,24 @@ func newFixture(t *testing.T) fixture {
 	}
 	put(storage.HistoryPath("main", 2))
 	cfg := &config.Server{Name: "main", Retention: config.Retention{Redundancy: 2, MinRedundancy: 1}}
-	return fixture{cat, root, repo, srv, cfg}
+	return fixture{cat, repo, srv, cfg}
 }
 
-func (f fixture) exists(t *testing.T, rel string) bool {
-	_, err := os.Stat(filepath.Join(f.root, rel))
-	return err == nil
+// exists tells whether the store holds the object key, or objects below it
+// (a backup's directory).
+func (f fixture) exists(t *testing.T, key string) bool {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := f.repo.Store.Stat(ctx, key); err == nil {
+		return true
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		t.Fatal(err)
+	}
+	found := false
+	if err := f.repo.Store.List(ctx, key+"/", func(storage.ObjectInfo) error { found = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return found
 }
 
 func TestExpireRemovesObsoleteBackupsAndTheirWAL(t *testing.T) {

@@ -3,7 +3,6 @@ package status
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/lock"
-	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -74,7 +71,7 @@ func TestCollectorExposesBackupsWALLocksAndChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l, err := lock.Acquire(filepath.Join(repo, storage.LockPath("main")), "backup", "b4")
+	l, err := src.Work.Lock("main", "backup", "b4")
 	if err != nil {
 		t.Fatal(err)
 	}

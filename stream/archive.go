@@ -30,8 +30,7 @@ func newSegmentStore(repo *repository.Repository, srv catalog.Server, compressio
 		return nil, err
 	}
 	// The WAL index reads restore points and commit times from each segment.
-	storer.SetIndex(&contentIndex{cat: repo.Catalog, serverID: srv.ID, segSize: srv.SegmentSize,
-		log: slog.Default().With("server", srv.Name)})
+	storer.SetIndex(repo.WALIndex(srv, slog.Default().With("server", srv.Name)))
 	return &segmentStore{storer: storer, stored: stored}, nil
 }
 

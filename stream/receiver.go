@@ -141,8 +141,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 	indexing.Add(1)
 	go func() {
 		defer indexing.Done()
-		if err := backfill(indexCtx, r.o.Repo, r.o.Server.Name, r.log); err != nil && indexCtx.Err() == nil {
+		start := time.Now()
+		n, err := r.o.Repo.IndexStoredWAL(indexCtx, r.o.Server.Name, r.log)
+		if err != nil && indexCtx.Err() == nil {
 			r.log.Warn("WAL index: backfill stopped", "error", err)
+		}
+		if n > 0 {
+			r.log.Info("WAL index: read the segments stored before it existed", "segments", n,
+				"seconds", time.Since(start).Seconds())
 		}
 	}()
 	heartbeatCtx, stopHeartbeat := context.WithCancel(ctx)

@@ -223,8 +223,10 @@ func TestS3CatalogRebuiltFromTheBucketAlone(t *testing.T) {
 
 // TestS3SecondHubServesTheBucketReadOnly: a second hub over the same bucket,
 // read-only (no [[server]], its own working area), builds its catalog from
-// the bucket and keeps it refreshed; a restore through it alone (backup and
-// WAL from the bucket, walfetch pointed at it) gives the primary's data.
+// the bucket and keeps it refreshed, WAL index included; the CLI works
+// against its configuration; a point-in-time restore to a named restore
+// point through it alone (backup and WAL from the bucket, walfetch pointed
+// at it) gives the primary's data at that point.
 func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 	t.Parallel()
 	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
@@ -245,8 +247,26 @@ func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 
 	p.Pgbench(2, 200)
 	want := p.Query(checksum)
+	p.Query("SELECT pg_create_restore_point('via_hub2')")
+	p.Pgbench(2, 100)
 	s.waitArchived()
 	hub2.waitArchived() // its catalog follows the bucket
+	// The restore point is in its WAL index, as the CLI run against the
+	// read-only configuration (no [[server]]) says.
+	pgtest.WaitFor(t, 60*time.Second, "the read-only hub's WAL index to hold the restore point", func() bool {
+		out, err := hub2.tryWalhub("restore-points", "--server", "main")
+		if err != nil {
+			t.Fatalf("walhub restore-points on the read-only hub: %v\n%s", err, out)
+		}
+		return strings.Contains(out, "via_hub2")
+	})
+	id := newestBackup(t, s).ID
+	if out := hub2.walhub("list-backups"); !strings.Contains(out, id) {
+		t.Fatalf("walhub list-backups on the read-only hub does not list %s:\n%s", id, out)
+	}
+	if out, err := hub2.tryWalhub("backup", "--server", "main"); err == nil || !strings.Contains(out, "read-only hub") {
+		t.Fatalf("walhub backup on the read-only hub: %v\n%s", err, out)
+	}
 	req, _ := http.NewRequest(http.MethodGet, hub2.hubURL+"/v1/servers/main/backups", nil)
 	req.Header.Set("Authorization", "Bearer read-secret")
 	resp, err := http.DefaultClient.Do(req)
@@ -255,14 +275,14 @@ func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if id := newestBackup(t, s).ID; resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
 		t.Fatalf("the read-only hub's backups (%d) do not list %s:\n%s", resp.StatusCode, id, body)
 	}
 
 	target := filepath.Join(pgtest.TempDir(t, "via-hub2"), "data")
 	cmd := exec.Command(filepath.Join(binDir, "walhub"), "restore", "--config", "/nonexistent/walhub.toml",
-		"--hub-url", hub2.hubURL, "--server", "main", "--owner", pgOwner(), "--target-dir", target,
-		"--walfetch-token-file", s.tokenFile)
+		"--hub-url", hub2.hubURL, "--server", "main", "--owner", pgOwner(), "--target-dir", target, "--target-name", "via_hub2",
+		"--target-action", "promote", "--walfetch-token-file", s.tokenFile)
 	cmd.Env = append(os.Environ(), "WALHUB_TOKEN=read-secret")
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), hub2.hubURL) {
 		t.Fatalf("restore through the read-only hub: %v\n%s", err, out)
@@ -271,7 +291,7 @@ func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 	c := startRestored(t, "via-hub2", target)
 	waitPromoted(t, c)
 	if got := c.Query(checksum); got != want {
-		t.Fatal("restore through the read-only hub reached other data than the primary's")
+		t.Fatal("restore through the read-only hub reached other data than the primary's at the restore point")
 	}
 	if p := bucket.PendingUploads(); len(p) != 0 {
 		t.Fatalf("multipart uploads left pending: %v", p)

@@ -26,7 +26,7 @@ A backup recorded as running whose process is gone (killed, host crashed) is mar
   walhub list-backups --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			servers, repo, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.readServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

@@ -13,11 +13,12 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
-	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
@@ -177,7 +178,7 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := workAreaWritable(cfg.WorkDir); err != nil {
+	if err := workAreaWritable(storage.OpenWorkArea(cfg.WorkDir)); err != nil {
 		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
 	}
 	repo, err := repository.Open(ctx, cfg)
@@ -189,10 +190,10 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 }
 
 // workAreaWritable tells whether this process may use the catalog in the
-// working area dir: read and write catalog.db, and create its journal beside
+// working area: read and write catalog.db, and create its journal beside
 // it. A working area or catalog that does not exist passes (Open says so).
-func workAreaWritable(dir string) error {
-	for _, p := range []string{dir, filepath.Join(dir, storage.CatalogFile)} {
+func workAreaWritable(work *storage.WorkArea) error {
+	for _, p := range []string{work.Dir(), work.CatalogPath()} {
 		err := unix.Access(p, unix.R_OK|unix.W_OK)
 		if err == nil || errors.Is(err, unix.ENOENT) {
 			continue
@@ -216,10 +217,16 @@ func workAreaWritable(dir string) error {
 
 // openServers loads the configuration, selects the servers a command names
 // ("all" or "" for every one), and opens the repository; the caller closes it.
+// It is for the commands that work on the servers (backup, expire): a
+// read-only hub's configuration is refused.
 func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, *repository.Repository, error) {
 	cfg, err := a.config()
 	if err != nil {
 		return nil, nil, err
+	}
+	if cfg.ReadOnly {
+		return nil, nil, fmt.Errorf("%s is the configuration of a read-only hub (read_only = true): "+
+			"it backs up and expires nothing; run this on the hub that writes the repository", a.configPath)
 	}
 	servers, err := cfg.Select(name)
 	if err != nil {
@@ -230,4 +237,56 @@ func (a *app) openServers(ctx context.Context, name string) ([]*config.Server, *
 		return nil, nil, err
 	}
 	return servers, repo, nil
+}
+
+// readServers is openServers for the commands that only read what the
+// repository holds (list-backups, show-backup, verify, restore-points). A
+// read-only hub has no [[server]] section: its servers are those its catalog
+// follows from the repository, known by name only.
+func (a *app) readServers(ctx context.Context, name string) ([]*config.Server, *repository.Repository, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !cfg.ReadOnly {
+		return a.openServers(ctx, name)
+	}
+	repo, err := a.repository(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	servers, err := followedServers(ctx, repo.Catalog, name)
+	if err != nil {
+		repo.Close()
+		return nil, nil, err
+	}
+	return servers, repo, nil
+}
+
+// followedServers selects, by name or all ("all" or ""), the servers a
+// read-only hub's catalog holds.
+func followedServers(ctx context.Context, cat *catalog.Catalog, name string) ([]*config.Server, error) {
+	srvs, err := cat.Servers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range srvs {
+		names = append(names, s.Name)
+	}
+	var out []*config.Server
+	for _, n := range names {
+		if name == "" || name == "all" || n == name {
+			out = append(out, &config.Server{Name: n})
+		}
+	}
+	switch {
+	case len(out) > 0:
+		return out, nil
+	case len(names) == 0:
+		return nil, errors.New("the read-only hub's catalog holds no server yet: it fills at the daemon's first refresh " +
+			"(walhub serve), or walhub repair --rebuild-catalog")
+	default:
+		return nil, fmt.Errorf("no server %q in the repository this read-only hub follows (it holds: %s)", name, strings.Join(names, ", "))
+	}
 }

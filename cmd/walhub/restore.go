@@ -117,8 +117,8 @@ recovery settings.`,
 				if err != nil {
 					return fmt.Errorf("%w (or restore from a hub with --hub-url)", err)
 				}
-				if _, err := cfg.Server(server); err != nil {
-					return err
+				if _, err := cfg.Server(server); err != nil && !cfg.ReadOnly {
+					return err // a read-only hub has no [[server]]: its catalog says which it holds
 				}
 				// The repository belongs to the hub's user; a restore runs as
 				// PostgreSQL's. Over HTTP the hub reads it for them.

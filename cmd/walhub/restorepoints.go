@@ -61,7 +61,7 @@ list comes from a hub over HTTP.`,
 						EndLSN: rp.EndLSN, Time: rp.Time})
 				}
 			} else {
-				servers, repo, err := a.openServers(cmd.Context(), server)
+				servers, repo, err := a.readServers(cmd.Context(), server)
 				if err != nil {
 					return err
 				}

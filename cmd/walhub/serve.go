@@ -392,7 +392,8 @@ func (d *daemon) refreshRound(interval time.Duration) func(ctx context.Context) 
 			d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
 		case rep.Changed():
 			d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
-				"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved)
+				"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved,
+				"segments_indexed", rep.SegmentsIndexed)
 		}
 	}
 }

@@ -48,7 +48,7 @@ ID is as walhub list-backups shows it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			servers, repo, err := a.openServers(ctx, server)
+			servers, repo, err := a.readServers(ctx, server)
 			if err != nil {
 				return err
 			}

@@ -57,7 +57,7 @@ chunks authenticated, so a flipped bit or a truncation anywhere is found; --wal 
   walhub verify --backup all --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			servers, repo, err := a.openServers(cmd.Context(), server)
+			servers, repo, err := a.readServers(cmd.Context(), server)
 			if err != nil {
 				return err
 			}

@@ -475,11 +475,32 @@ func (c *Cluster) TimeLine() walname.TimeLine {
 	return walname.TimeLine(n)
 }
 
-// SwitchWAL forces a segment switch and returns the LSN after it.
+// SwitchWAL forces a segment switch and returns the end of the segment it
+// completed (the segment boundary after the switch): every segment before
+// the LSN returned is complete, so a test can wait for all of them to be
+// stored. It is computed from what pg_switch_wal() returns, not read
+// afterwards with pg_current_wal_lsn(): WAL written after the switch (the
+// bgwriter's running-xacts record, a checkpoint, another session) would put
+// that in the next segment, which nothing completes on an idle server.
 func (c *Cluster) SwitchWAL() walname.LSN {
 	c.t.Helper()
-	c.Query("SELECT pg_switch_wal()")
-	return c.CurrentLSN()
+	out := c.Query("SELECT pg_switch_wal() || ' ' || setting FROM pg_settings WHERE name = 'wal_segment_size'")
+	lsnText, sizeText, _ := strings.Cut(out, " ")
+	lsn, err := walname.ParseLSN(lsnText)
+	if err != nil {
+		c.t.Fatalf("pg_switch_wal on %s: %q: %v", c.Name, out, err)
+	}
+	segSize, err := strconv.ParseUint(sizeText, 10, 64)
+	if err != nil || segSize == 0 {
+		c.t.Fatalf("wal_segment_size of %s: %q: %v", c.Name, out, err)
+	}
+	// pg_switch_wal returns the end of its switch record, inside the segment
+	// it completed, or, when there was nothing to switch, the start of the
+	// segment in use.
+	if off := walname.SegmentOffset(lsn, segSize); off != 0 {
+		lsn += walname.LSN(segSize - off)
+	}
+	return lsn
 }
 
 // CreateSlot creates a physical replication slot reserving WAL now.

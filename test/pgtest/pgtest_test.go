@@ -1,10 +1,13 @@
 package pgtest
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/walhub/walhub/walname"
 )
 
 // TestPrimaryStandbyReplayAndTeardown is the harness's own proof: a primary
@@ -62,5 +65,38 @@ func TestSmallSegments(t *testing.T) {
 	}
 	if n, _ := strconv.Atoi(p.Query("SELECT 1")); n != 1 {
 		t.Fatal("query failed")
+	}
+}
+
+// TestSwitchWALReturnsTheEndOfTheSegmentItCompleted: while another session
+// writes WAL all the time, SwitchWAL still returns a segment boundary that
+// the server has reached, the end of the segment it completed: a test that
+// waits for the segments before it to be stored waits for complete ones
+// only. (Read afterwards with pg_current_wal_lsn(), it would lie in the next,
+// incomplete segment: an outage test waited three minutes for one.)
+func TestSwitchWALReturnsTheEndOfTheSegmentItCompleted(t *testing.T) {
+	t.Parallel()
+	p := NewPrimary(t, "switch", Options{SegmentSizeMB: 1})
+	const segSize = 1 << 20
+	conn := p.Connect("postgres")
+	ctx, stop := context.WithCancel(context.Background())
+	writing := make(chan struct{})
+	go func() {
+		defer close(writing)
+		for ctx.Err() == nil {
+			// Small records, one at a time, non-transactional: WAL written
+			// between any two statements of the test.
+			conn.Exec(ctx, "SELECT pg_logical_emit_message(false, 'pgtest', 'x')")
+		}
+	}()
+	defer func() { stop(); <-writing }()
+	for range 5 {
+		lsn := p.SwitchWAL()
+		if off := walname.SegmentOffset(lsn, segSize); off != 0 {
+			t.Fatalf("SwitchWAL returned %s, %d bytes into a segment: not the end of the segment it completed", lsn, off)
+		}
+		if now := p.CurrentLSN(); now < lsn {
+			t.Fatalf("SwitchWAL returned %s, beyond the server's %s", lsn, now)
+		}
 	}
 }
