@@ -10,8 +10,8 @@ LDFLAGS := -X github.com/walhub/walhub/version.Version=$(VERSION) -X github.com/
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
-	# walfetch without cgo: a static binary that starts fast on any standby.
-	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/walfetch
+	# walfetch and walfetch-net without cgo: static binaries that start fast on any standby.
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/walfetch ./cmd/walfetch-net
 
 # Builds once (cgo SQLite is the slow part), then runs every package's tests,
 # the end-to-end ones against real PostgreSQL 15 clusters included.

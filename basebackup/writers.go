@@ -19,10 +19,6 @@ import (
 const (
 	// chunkSize is the most of one file handed to a writer at once.
 	chunkSize = 512 << 10
-	// writebackEvery is how much of a file is written before its writeback
-	// is started (sync_file_range), so the disk works while the archive is
-	// still being decompressed and the final fsync has little left to wait for.
-	writebackEvery = 8 << 20
 	// syncWorkers fsync files and directories at once in the final pass:
 	// each mostly waits for the disk, and the file system batches
 	// concurrent fsyncs into fewer journal commits.
@@ -54,8 +50,8 @@ type fileJob struct {
 // fileWriters writes the files of an unpack on several goroutines while one
 // goroutine reads the tar stream (see extractor). Each writer checks the size
 // and checksum of the file it writes against the manifest as the bytes pass,
-// starts the file's writeback as it goes, and leaves the fsync to the final
-// pass (syncAll). The first error of any writer cancels the others and the
+// starts the file's writeback when it is written, and leaves the fsync to the
+// final pass (syncAll). The first error of any writer cancels the others and the
 // reader: err says it.
 type fileWriters struct {
 	ctx    context.Context
@@ -153,7 +149,7 @@ func (w *fileWriters) write(j *fileJob) error {
 			return err
 		}
 	}
-	var size, started int64
+	var size int64
 	for b := range j.chunks {
 		_, err := f.Write(b)
 		h.Write(b)
@@ -162,11 +158,6 @@ func (w *fileWriters) write(j *fileJob) error {
 		if err != nil {
 			f.Close()
 			return fmt.Errorf("write %s: %w", j.path, err)
-		}
-		if size-started >= writebackEvery {
-			// Not every file system supports it: then the fsync does all the work.
-			_ = unix.SyncFileRange(int(f.Fd()), started, size-started, unix.SYNC_FILE_RANGE_WRITE)
-			started = size
 		}
 	}
 	if err := w.failed(); err != nil {
@@ -187,9 +178,12 @@ func (w *fileWriters) write(j *fileJob) error {
 			return mismatch(fmt.Sprintf("%s has %s checksum %s, the manifest says %s", j.mpath, j.want.Algorithm, got, j.want.Checksum))
 		}
 	}
-	if size > started {
-		_ = unix.SyncFileRange(int(f.Fd()), started, 0, unix.SYNC_FILE_RANGE_WRITE)
-	}
+	// Start the writeback now, without waiting for it; the fsync in syncAll
+	// waits. Starting it every few MiB of a large file instead made restores
+	// slower on a busy machine (the writer then waits for the disk while the
+	// reader could go on). Not every file system supports it: then the fsync
+	// does all the work.
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	// The mode as recorded, whatever the umask took away at creation.
 	if err := f.Chmod(j.mode | 0o600); err != nil {
 		f.Close()
@@ -210,7 +204,7 @@ func mismatch(problem string) error {
 // failed write), it waits for every dirty page of the whole file system (on a
 // shared host, another cluster's data too, which can take far longer than the
 // restore itself), and tablespaces may sit on other file systems. Since each
-// file's writeback was started while it was written (sync_file_range), the
+// file's writeback was started as soon as it was written (sync_file_range), the
 // fsyncs mostly wait for what is already under way, and running them at once
 // lets the file system commit its journal for many of them together.
 func syncAll(ctx context.Context, files, dirs []string) error {

@@ -102,7 +102,7 @@ func openTestRepo(t *testing.T) *repository.Repository {
 
 func TestUnpackWritesManySmallFilesAndALargeOneThroughTheWriterPool(t *testing.T) {
 	repo := openTestRepo(t)
-	files := dataDirFiles(writebackEvery + 3*chunkSize + 123)
+	files := dataDirFiles(20*chunkSize + 123)
 	b := storeArchive(t, repo, "b1", files, files, 0)
 	target := filepath.Join(t.TempDir(), "data")
 	var total int64

@@ -9,7 +9,9 @@
 #
 # Usage: SCALE=30 ROUNDS=5 bash bench/restore.sh
 # KEEP=1 keeps the working directory (repository, configuration, tar) for
-# profiling a restore by hand.
+# profiling a restore by hand. BEFORE=/path/to/walhub adds that binary's
+# restore of the same backup to every round (another version, for a
+# before/after comparison under the same load).
 set -euo pipefail
 SCALE=${SCALE:-50}
 ROUNDS=${ROUNDS:-5}
@@ -53,7 +55,7 @@ sleep 2
 SIZE=$(du -sb "$W/primary/base" | cut -f1)
 echo "database: pgbench scale $SCALE, base/ is $((SIZE / 1048576)) MiB; backup $(ls -la "$W"/repo/b/backups/*/base.tar* | awk '{print $5}') bytes stored"
 
-all_w=; all_t=; all_ts=
+all_w=; all_t=; all_ts=; all_b=
 # As root, restore refuses files PostgreSQL would not own: give them to
 # postgres, as tar -x run by root gives them the owner recorded in the archive.
 OWNER=; [ "$(id -u)" = 0 ] && OWNER="--owner postgres"
@@ -61,13 +63,20 @@ for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$W/r1" "$W/r2" "$W/r3"; sync
   t0=$(now); "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER >/dev/null 2>&1; t1=$(now)
   w=$(echo "$t1 - $t0" | bc)
+  b=
+  if [ -n "${BEFORE:-}" ]; then
+    rm -rf "$W/r1"; sync
+    t0=$(now); "$BEFORE" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER >/dev/null 2>&1; t1=$(now)
+    b=$(echo "$t1 - $t0" | bc)
+    all_b="$all_b $b"
+  fi
   mkdir "$W/r2"; sync
   t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r2"; t1=$(now)
   t=$(echo "$t1 - $t0" | bc)
   mkdir "$W/r3"; sync
   t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r3"; sync; t1=$(now)
   ts=$(echo "$t1 - $t0" | bc)
-  echo "round $r: walhub restore ${w}s, tar ${t}s, tar+sync ${ts}s"
+  echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} tar ${t}s, tar+sync ${ts}s"
   all_w="$all_w $w"; all_t="$all_t $t"; all_ts="$all_ts $ts"
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -78,3 +87,8 @@ echo "restored $((MB / 1048576)) MiB; median of $ROUNDS rounds, $(nproc) cores, 
 echo "  walhub restore : $(mbps "$med_w") MB/s (verified against the manifest, fsynced)"
 echo "  tar            : $(mbps "$med_t") MB/s (no fsync)   ratio walhub/tar      $(echo "scale=2; $med_t / $med_w" | bc)"
 echo "  tar + sync     : $(mbps "$med_ts") MB/s             ratio walhub/tar+sync $(echo "scale=2; $med_ts / $med_w" | bc)"
+if [ -n "${BEFORE:-}" ]; then
+  med_b=$(med "$all_b")
+  echo "  before ($BEFORE): $(mbps "$med_b") MB/s   ratio walhub/before $(echo "scale=2; $med_b / $med_w" | bc)," \
+    "before/tar $(echo "scale=2; $med_t / $med_b" | bc), before/tar+sync $(echo "scale=2; $med_ts / $med_b" | bc)"
+fi

@@ -32,7 +32,7 @@ trap cleanup EXIT
 
 step "building walhub and walfetch"
 go build -o "$WORK/bin/" ./cmd/walhub
-CGO_ENABLED=0 go build -o "$WORK/bin/" ./cmd/walfetch   # static: starts fast on every call
+CGO_ENABLED=0 go build -o "$WORK/bin/" ./cmd/walfetch ./cmd/walfetch-net   # static: start fast on every call
 chmod 755 "$WORK/bin"
 WALHUB="$WORK/bin/walhub --config $WORK/walhub.toml"
 

@@ -1,12 +1,16 @@
-// Package walfetch is the mechanism behind the walfetch restore_command:
-// serving one WAL file to PostgreSQL (Serve: from the spool by a rename, or
-// downloaded from the hub into a temporary file beside %p, verified, renamed),
-// the spool of prefetched segments and the detached prefetcher process that
-// fills it (RunPrefetcher). cmd/walfetch only resolves the settings from
-// flags, environment and config file, and turns a Result into an exit status.
+// Package walfetch is what the walfetch restore_command does without the
+// hub: its settings, the recovery mode and exit statuses (the contract with
+// PostgreSQL), and the spool of prefetched segments: finding it, taking a
+// segment from it by a rename (a spool hit), waiting for a download under
+// way, and telling the prefetcher (or starting it) which segment was served.
+// It links no HTTP, TLS or zstd: the walfetch program PostgreSQL starts for
+// every segment is made of it alone, so a hit costs little more than starting
+// a Go program. Everything that talks to the hub (downloads, verification,
+// the prefetcher) is package hubfetch, in the program NetProgram, which
+// walfetch executes when it must go to the hub.
 //
-// Verification (size, CRC-32C, the segment's page header against its name,
-// the segment size and the cluster's system identifier) is done before any
-// file gets a name PostgreSQL or the spool reader would take: what Serve
-// hands over at %p is complete and verified, or absent.
+// The prefetcher verifies every segment (size, CRC-32C, the segment's page
+// header against its name, the segment size and the cluster's system
+// identifier) before giving it its name in the spool: what a hit hands over
+// at %p is complete and verified.
 package walfetch

@@ -32,17 +32,17 @@ import (
 // machine (whose unsynced files may be torn), has another key, is never read,
 // and is removed by the next prefetcher. That is why spool files need no fsync.
 
-// spoolDir is one spool, identified.
-type spoolDir struct {
-	dir      string // <spool>/<key>
-	root     string // <spool>
-	systemID uint64 // from global/pg_control
+// Spool is one spool, identified.
+type Spool struct {
+	Dir      string // <spool>/<key>
+	Root     string // <spool>
+	SystemID uint64 // from global/pg_control
 }
 
-// openSpool finds the spool for these settings in the data directory (the
+// OpenSpool finds the spool for these settings in the data directory (the
 // working directory). It returns nil when there is no spool: prefetch off, or
 // no pg_control to identify the cluster by.
-func openSpool(s Settings) *spoolDir {
+func OpenSpool(s Settings) *Spool {
 	if s.Prefetch == 0 || s.Spool == "" {
 		return nil
 	}
@@ -54,16 +54,19 @@ func openSpool(s Settings) *spoolDir {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%d\n%s", s.URL, s.Server, sysid, boot)
 	key := hex.EncodeToString(h.Sum(nil))[:16]
-	return &spoolDir{dir: filepath.Join(s.Spool, key), root: s.Spool, systemID: sysid}
+	return &Spool{Dir: filepath.Join(s.Spool, key), Root: s.Spool, SystemID: sysid}
 }
 
-func (sp *spoolDir) path(name string) string { return filepath.Join(sp.dir, name) }
-func (sp *spoolDir) sockPath() string        { return filepath.Join(sp.dir, "prefetcher.sock") }
+// Path is where the spool keeps name.
+func (sp *Spool) Path(name string) string { return filepath.Join(sp.Dir, name) }
 
-// take moves a prefetched segment into dst. It reports false when the spool
+// SockPath is the prefetcher's socket.
+func (sp *Spool) SockPath() string { return filepath.Join(sp.Dir, "prefetcher.sock") }
+
+// Take moves a prefetched segment into dst. It reports false when the spool
 // does not hold it. The rename is atomic: dst is either absent or complete.
-func (sp *spoolDir) take(name, dst string) (bool, error) {
-	err := os.Rename(sp.path(name), dst)
+func (sp *Spool) Take(name, dst string) (bool, error) {
+	err := os.Rename(sp.Path(name), dst)
 	if err == nil {
 		return true, nil
 	}
@@ -72,16 +75,16 @@ func (sp *spoolDir) take(name, dst string) (bool, error) {
 	}
 	var le *os.LinkError
 	if errors.As(err, &le) && errors.Is(le.Err, syscall.EXDEV) {
-		return false, fmt.Errorf("spool %s is not on the file system of %s: set --spool to a directory there (default pg_wal/walfetch-spool)", sp.root, filepath.Dir(dst))
+		return false, fmt.Errorf("spool %s is not on the file system of %s: set --spool to a directory there (default pg_wal/walfetch-spool)", sp.Root, filepath.Dir(dst))
 	}
 	return false, err
 }
 
-// waitInProgress waits while the prefetcher is downloading name, and reports
+// WaitInProgress waits while the prefetcher is downloading name, and reports
 // whether the finished segment appeared. It gives up when the download stops
 // growing for stall, or after max; the caller then fetches it itself.
-func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
-	part := sp.path(name + ".part")
+func (sp *Spool) WaitInProgress(name string, stall, max time.Duration) bool {
+	part := sp.Path(name + ".part")
 	fi, err := os.Stat(part)
 	if err != nil {
 		return false
@@ -89,13 +92,13 @@ func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
 	lastSize, lastChange, start := fi.Size(), time.Now(), time.Now()
 	for sleep := 100 * time.Microsecond; time.Since(start) < max; sleep = min(sleep*2, time.Millisecond) {
 		time.Sleep(sleep)
-		if _, err := os.Stat(sp.path(name)); err == nil {
+		if _, err := os.Stat(sp.Path(name)); err == nil {
 			return true
 		}
 		fi, err := os.Stat(part)
 		if err != nil {
 			// Finished between the two stats, or abandoned.
-			_, err := os.Stat(sp.path(name))
+			_, err := os.Stat(sp.Path(name))
 			return err == nil
 		}
 		if fi.Size() != lastSize {
@@ -107,14 +110,14 @@ func (sp *spoolDir) waitInProgress(name string, stall, max time.Duration) bool {
 	return false
 }
 
-// poke tells the running prefetcher that name was served; when none runs, it
+// Poke tells the running prefetcher that name was served; when none runs, it
 // starts one. It never fails the caller: prefetching is an optimisation.
-func (sp *spoolDir) poke(s Settings, name string, stderr io.Writer) {
+func (sp *Spool) Poke(s Settings, name string, stderr io.Writer) {
 	// One datagram, without the net package's machinery: this is on the path
 	// of every restore_command call.
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
 	if err == nil {
-		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: shortPath(sp.sockPath())})
+		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: ShortPath(sp.SockPath())})
 		syscall.Close(fd)
 	}
 	if err == nil || errors.Is(err, syscall.EAGAIN) {
@@ -125,9 +128,9 @@ func (sp *spoolDir) poke(s Settings, name string, stderr io.Writer) {
 	}
 }
 
-// shortPath returns p relative to the working directory when that is shorter:
+// ShortPath returns p relative to the working directory when that is shorter:
 // a unix socket path must fit in 108 bytes.
-func shortPath(p string) string {
+func ShortPath(p string) string {
 	if !filepath.IsAbs(p) {
 		return p
 	}
@@ -139,28 +142,28 @@ func shortPath(p string) string {
 	return p
 }
 
-// PrefetcherArg, as the only argument, makes the walfetch binary run the
-// prefetcher (RunPrefetcher): the spool starts it so, detached.
+// PrefetcherArg, as the only argument, makes NetProgram run the prefetcher
+// (hubfetch.RunPrefetcher): the spool starts it so, detached.
 const PrefetcherArg = "--run-prefetcher"
 
-// prefetcherEnv carries the settings to the prefetcher process (through the
+// PrefetcherEnv carries the settings to the prefetcher process (through the
 // environment, so the token does not show in ps).
-const prefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
+const PrefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
 
 // startPrefetcher starts a detached prefetcher (its own session, so
 // PostgreSQL neither waits for it nor signals it with the restore_command).
-func (sp *spoolDir) startPrefetcher(s Settings, served string) error {
-	if len(shortPath(sp.sockPath())) > 100 {
-		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.dir)
+func (sp *Spool) startPrefetcher(s Settings, served string) error {
+	if len(ShortPath(sp.SockPath())) > 100 {
+		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.Dir)
 	}
-	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+	if err := os.MkdirAll(sp.Dir, 0o700); err != nil {
 		return fmt.Errorf("create spool: %w", err)
 	}
-	exe, err := os.Executable()
+	exe, err := NetBinary()
 	if err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(prefetcherConfig{Settings: s, Dir: sp.dir, Root: sp.root, SystemID: strconv.FormatUint(sp.systemID, 10), Served: served})
+	cfg, err := json.Marshal(PrefetcherConfig{Settings: s, Dir: sp.Dir, Root: sp.Root, SystemID: strconv.FormatUint(sp.SystemID, 10), Served: served})
 	if err != nil {
 		return err
 	}
@@ -170,7 +173,7 @@ func (sp *spoolDir) startPrefetcher(s Settings, served string) error {
 	}
 	defer devnull.Close()
 	cmd := exec.Command(exe, PrefetcherArg)
-	cmd.Env = append(os.Environ(), prefetcherEnv+"="+string(cfg))
+	cmd.Env = append(os.Environ(), PrefetcherEnv+"="+string(cfg))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -179,11 +182,26 @@ func (sp *spoolDir) startPrefetcher(s Settings, served string) error {
 	return cmd.Process.Release()
 }
 
-// prefetcherConfig is what a prefetcher is started with.
-type prefetcherConfig struct {
+// PrefetcherConfig is what a prefetcher is started with.
+type PrefetcherConfig struct {
 	Settings Settings `json:"settings"`
 	Dir      string   `json:"dir"`
 	Root     string   `json:"root"`
 	SystemID string   `json:"system_id"`
 	Served   string   `json:"served"`
+}
+
+// IsSpoolKey tells whether name has the form of a spool key (16 lowercase
+// hex digits). Not a regexp: its compilation would run at the start of every
+// restore_command call, hit or not.
+func IsSpoolKey(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	for _, c := range name {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

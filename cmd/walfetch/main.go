@@ -13,7 +13,7 @@
 package main
 
 import (
-	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/walhub/walhub/version"
 	"github.com/walhub/walhub/walfetch"
@@ -50,7 +51,9 @@ OPTIONS
 
 What it does:
   - A segment the prefetcher already downloaded and verified is moved from the
-    spool into %p with a rename: no network on that path. Otherwise the file is
+    spool into %p with a rename: no network on that path. Otherwise walfetch
+    executes walfetch-net (which must be installed beside it: it holds all
+    that talks to the hub), and the file is
     downloaded from the hub into a temporary file beside %p, its size, checksum
     and page header verified, and renamed into %p. %p is never half-written,
     and a segment that fails verification is never handed over: %p stays absent.
@@ -97,9 +100,6 @@ Examples:
 `
 
 func main() {
-	if len(os.Args) == 2 && os.Args[1] == walfetch.PrefetcherArg {
-		os.Exit(walfetch.RunPrefetcher())
-	}
 	if len(os.Args) == 2 && os.Args[1] == "--version" {
 		fmt.Println(version.Get().String("walfetch"))
 		os.Exit(0)
@@ -126,7 +126,11 @@ func usageText() string {
 }
 
 // run returns walfetch's exit status: that of walfetch.Result, the contract
-// with PostgreSQL (0 restored, 1..125 not available, above 125 FATAL).
+// with PostgreSQL (0 restored, 1..125 not available, above 125 FATAL). A
+// segment the spool holds is served here; anything that needs the hub is
+// served by walfetch-net, executed in this process (same pid, same exit
+// status for PostgreSQL), so that this program links no HTTP, TLS or zstd
+// and a spool hit costs little more than starting a Go program.
 func run(args []string) int {
 	m := walfetch.RecoveryMode()
 	s, pos, err := loadSettings(args, os.Stderr)
@@ -142,22 +146,48 @@ func run(args []string) int {
 		return int(walfetch.Fail(m))
 	}
 	name, dst := pos[0], pos[1]
-	if _, err := walname.Parse(name); err != nil {
+	n, err := walname.Parse(name)
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
 		return int(walfetch.Fail(m))
 	}
 
-	temps := walfetch.NewTempFiles()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	// Nothing of this program's needs removing on a signal (it writes no
+	// file; a rename is atomic): it only must not die by it.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
 	go func() {
 		sig := <-sigs
-		cancel()
-		temps.RemoveAll()
 		fmt.Fprintf(os.Stderr, "walfetch: %s: %v received, %s not restored\n", name, sig, name)
 		os.Exit(int(walfetch.Fail(m)))
 	}()
-	return int(walfetch.Serve(ctx, s, m, name, dst, temps, os.Stderr))
+	if n.Kind == walname.KindSegment {
+		if sp := walfetch.OpenSpool(s); sp != nil {
+			hit, err := sp.Take(name, dst)
+			if err == nil && !hit && sp.WaitInProgress(name, 5*time.Second, s.Timeout) {
+				hit, err = sp.Take(name, dst)
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
+			}
+			if hit {
+				sp.Poke(s, name, os.Stderr)
+				return int(walfetch.Served)
+			}
+		}
+	}
+	netBin, err := walfetch.NetBinary()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "walfetch: %s not restored: %v\n", name, err)
+		return int(walfetch.Fail(m))
+	}
+	settings, err := json.Marshal(s)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "walfetch: %s not restored: %v\n", name, err)
+		return int(walfetch.Fail(m))
+	}
+	err = syscall.Exec(netBin, []string{netBin, walfetch.ServeArg, name, dst},
+		append(os.Environ(), walfetch.SettingsEnv+"="+string(settings)))
+	fmt.Fprintf(os.Stderr, "walfetch: %s not restored: execute %s: %v\n", name, netBin, err)
+	return int(walfetch.Fail(m))
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -584,5 +585,28 @@ func TestHelpShowsEveryDefault(t *testing.T) {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q", want)
 		}
+	}
+}
+
+// TestWalfetchLinksNoHubClient: the program PostgreSQL starts for every
+// segment links nothing that talks to the hub (HTTP, TLS, zstd): their
+// start-up work would be paid on every spool hit. walfetch-net has them.
+func TestWalfetchLinksNoHubClient(t *testing.T) {
+	deps := func(pkg string) []string {
+		out, err := exec.Command("go", "list", "-deps", pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", pkg, err)
+		}
+		return strings.Fields(string(out))
+	}
+	heavy := []string{"net/http", "crypto/tls", "github.com/klauspost/compress/zstd", "github.com/walhub/walhub/hub/client"}
+	walfetchDeps := deps("github.com/walhub/walhub/cmd/walfetch")
+	for _, p := range heavy {
+		if slices.Contains(walfetchDeps, p) {
+			t.Errorf("cmd/walfetch links %s: a spool hit would pay its start-up", p)
+		}
+	}
+	if !slices.Contains(deps("github.com/walhub/walhub/cmd/walfetch-net"), "github.com/walhub/walhub/hub/client") {
+		t.Error("cmd/walfetch-net does not link the hub client")
 	}
 }

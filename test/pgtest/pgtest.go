@@ -609,9 +609,15 @@ func AdoptDataDir(t testing.TB, name, dataDir string) *Cluster {
 
 // BuildCommand builds walhub's program cmd/<name> into dir and returns its
 // path. It builds it as it ships: walfetch without cgo (a static binary that
-// starts fast). dir should be readable by the postgres user when PostgreSQL
-// runs the program (walfetch as restore_command): use TempDir.
+// starts fast), with walfetch-net beside it (the part that talks to the hub,
+// which walfetch executes). dir should be readable by the postgres user when
+// PostgreSQL runs the program (walfetch as restore_command): use TempDir.
 func BuildCommand(dir, name string) (string, error) {
+	if name == "walfetch" {
+		if _, err := BuildCommand(dir, "walfetch-net"); err != nil {
+			return "", err
+		}
+	}
 	bin := filepath.Join(dir, name)
 	// The commit goes in as `make build` puts it, for --version.
 	var ldflags string
@@ -619,7 +625,7 @@ func BuildCommand(dir, name string) (string, error) {
 		ldflags = "-X github.com/walhub/walhub/version.Commit=" + strings.TrimSpace(string(commit))
 	}
 	build := exec.Command("go", "build", "-ldflags", ldflags, "-o", bin, "github.com/walhub/walhub/cmd/"+name)
-	if name == "walfetch" {
+	if name == "walfetch" || name == "walfetch-net" {
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	}
 	if out, err := build.CombinedOutput(); err != nil {

@@ -1,4 +1,4 @@
-package walfetch
+package hubfetch
 
 import (
 	"fmt"
@@ -20,6 +20,7 @@ import (
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/pgfile"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -29,7 +30,7 @@ import (
 // sending prepared bytes, so its share is small; the figure reported is the
 // process CPU per segment, the prefetcher log's cpu= divided by segments.
 //
-//	go test -run XXX -bench PrefetchSegment -benchtime 40x ./walfetch
+//	go test -run XXX -bench PrefetchSegment -benchtime 40x ./walfetch/hubfetch
 func BenchmarkPrefetchSegment(b *testing.B) {
 	const systemID = 7300000000000000042
 	segSize := uint64(16 << 20)
@@ -71,7 +72,7 @@ func BenchmarkPrefetchSegment(b *testing.B) {
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	p := &prefetcher{s: Settings{Timeout: 30 * time.Second}, sp: &spoolDir{dir: dir, root: dir, systemID: systemID},
+	p := &prefetcher{s: walfetch.Settings{Timeout: 30 * time.Second}, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID},
 		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}}
 	var before, after syscall.Rusage
@@ -81,10 +82,10 @@ func BenchmarkPrefetchSegment(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		name := names[i%segments]
 		p.fetch(download{seg: api.PeekSegment{Name: name, Checksum: sums[name]}, segSize: segSize})
-		if _, err := os.Stat(p.sp.path(name)); err != nil {
+		if _, err := os.Stat(p.sp.Path(name)); err != nil {
 			b.Fatalf("%s not in the spool: %v", name, err)
 		}
-		os.Remove(p.sp.path(name))
+		os.Remove(p.sp.Path(name))
 	}
 	b.StopTimer()
 	syscall.Getrusage(syscall.RUSAGE_SELF, &after)

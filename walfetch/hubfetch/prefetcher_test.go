@@ -1,4 +1,4 @@
-package walfetch
+package hubfetch
 
 import (
 	"encoding/json"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -41,7 +42,7 @@ func TestDownloadSlotsKeepBytesInFlightForSmallSegments(t *testing.T) {
 			}
 		})
 	}
-	if got := maxDownloads(Settings{Parallel: 4, Prefetch: 16}); got != 16 {
+	if got := maxDownloads(walfetch.Settings{Parallel: 4, Prefetch: 16}); got != 16 {
 		t.Errorf("maxDownloads(parallel 4, prefetch 16) = %d, want 16 (1 MiB segments)", got)
 	}
 }
@@ -56,7 +57,7 @@ func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
 		want    int
 	}{{1 << 20, 16}, {16 << 20, 4}} {
 		dir := t.TempDir()
-		p := &prefetcher{s: Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024}, sp: &spoolDir{dir: dir, root: dir},
+		p := &prefetcher{s: walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024}, sp: &walfetch.Spool{Dir: dir, Root: dir},
 			log: slog.New(slog.NewTextHandler(io.Discard, nil)), segSize: tt.segSize, lastPeek: time.Now(),
 			inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 		p.current = walname.SegmentName(1, 10, tt.segSize)
@@ -116,14 +117,14 @@ func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 		http.Error(w, "not now", http.StatusServiceUnavailable)
 	}))
 	defer hub.Close()
-	s := Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
 	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout, MaxConns: maxDownloads(s) + 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	dir := t.TempDir()
-	p := &prefetcher{s: s, sp: &spoolDir{dir: dir, root: dir, systemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
+	p := &prefetcher{s: s, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
 		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		served: make(chan string, 64), finished: make(chan struct{}, 64),
 		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}

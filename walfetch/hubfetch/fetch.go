@@ -1,4 +1,4 @@
-package walfetch
+package hubfetch
 
 import (
 	"context"

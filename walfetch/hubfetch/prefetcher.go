@@ -1,4 +1,4 @@
-package walfetch
+package hubfetch
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/pgfile"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -28,8 +29,8 @@ import (
 // anything the hub has not listed, so it never guesses names, and never a
 // .history or .partial file.
 type prefetcher struct {
-	s        Settings
-	sp       *spoolDir
+	s        walfetch.Settings
+	sp       *walfetch.Spool
 	systemID string
 	c        *client.Client
 	log      *slog.Logger
@@ -78,47 +79,32 @@ func cpuUsed() time.Duration {
 // errPartTaken: a .part file exists that this prefetcher did not create.
 var errPartTaken = errors.New("being written by another process")
 
-// isSpoolKey tells whether name has the form of a spool key (16 lowercase
-// hex digits). Not a regexp: its compilation would run at the start of every
-// restore_command call, hit or not.
-func isSpoolKey(name string) bool {
-	if len(name) != 16 {
-		return false
-	}
-	for _, c := range name {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
 // RunPrefetcher is the prefetcher process, started by the spool with
 // PrefetcherArg and its settings in the environment. It returns the exit status.
 func RunPrefetcher() int {
-	var cfg prefetcherConfig
-	if err := json.Unmarshal([]byte(os.Getenv(prefetcherEnv)), &cfg); err != nil {
+	var cfg walfetch.PrefetcherConfig
+	if err := json.Unmarshal([]byte(os.Getenv(walfetch.PrefetcherEnv)), &cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "walfetch: --run-prefetcher is internal: started by walfetch itself (%v)\n", err)
 		return 1
 	}
-	os.Unsetenv(prefetcherEnv)
+	os.Unsetenv(walfetch.PrefetcherEnv)
 	sysid, err := strconv.ParseUint(cfg.SystemID, 10, 64)
 	if err != nil {
 		return 1
 	}
-	sp := &spoolDir{dir: cfg.Dir, root: cfg.Root, systemID: sysid}
-	if err := os.MkdirAll(sp.dir, 0o700); err != nil {
+	sp := &walfetch.Spool{Dir: cfg.Dir, Root: cfg.Root, SystemID: sysid}
+	if err := os.MkdirAll(sp.Dir, 0o700); err != nil {
 		return 1
 	}
 	yieldToRecovery()
-	lockFile, err := os.OpenFile(sp.path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	lockFile, err := os.OpenFile(sp.Path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return 1
 	}
 	if err := syscall.Flock(int(lockFile.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return 0 // another prefetcher serves this spool
 	}
-	logPath := filepath.Join(sp.root, "prefetcher.log")
+	logPath := filepath.Join(sp.Root, "prefetcher.log")
 	if fi, err := os.Stat(logPath); err == nil && fi.Size() > 1<<20 {
 		os.Remove(logPath)
 	}
@@ -140,14 +126,14 @@ func RunPrefetcher() int {
 		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 	p.removeOtherSpools()
 	p.removeParts()
-	sock := shortPath(sp.sockPath())
+	sock := walfetch.ShortPath(sp.SockPath())
 	os.Remove(sock)
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		log.Error("cannot listen for walfetch", "socket", sock, "err", err)
 		return 1
 	}
-	log.Info("prefetcher started", "spool", sp.dir, "hub", cfg.Settings.URL, "server", cfg.Settings.Server,
+	log.Info("prefetcher started", "spool", sp.Dir, "hub", cfg.Settings.URL, "server", cfg.Settings.Server,
 		"prefetch", cfg.Settings.Prefetch, "parallel", cfg.Settings.Parallel)
 	go p.listen(conn)
 	p.served <- cfg.Served
@@ -201,13 +187,13 @@ func (p *prefetcher) listen(conn *net.UnixConn) {
 // removeOtherSpools removes spools of other keys (an earlier, unrelated
 // restore, or before a reboot) that no prefetcher holds.
 func (p *prefetcher) removeOtherSpools() {
-	entries, err := os.ReadDir(p.sp.root)
+	entries, err := os.ReadDir(p.sp.Root)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
-		dir := filepath.Join(p.sp.root, e.Name())
-		if !e.IsDir() || !isSpoolKey(e.Name()) || dir == filepath.Clean(p.sp.dir) {
+		dir := filepath.Join(p.sp.Root, e.Name())
+		if !e.IsDir() || !walfetch.IsSpoolKey(e.Name()) || dir == filepath.Clean(p.sp.Dir) {
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(dir, "prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
@@ -224,20 +210,20 @@ func (p *prefetcher) removeOtherSpools() {
 
 // removeParts removes downloads a dead prefetcher left unfinished.
 func (p *prefetcher) removeParts() {
-	entries, _ := os.ReadDir(p.sp.dir)
+	entries, _ := os.ReadDir(p.sp.Dir)
 	for _, e := range entries {
 		if strings.HasSuffix(e.Name(), ".part") {
-			os.Remove(p.sp.path(e.Name()))
+			os.Remove(p.sp.Path(e.Name()))
 		}
 	}
 }
 
 // removeSegments empties the spool of segments, finished or not.
 func (p *prefetcher) removeSegments() {
-	entries, _ := os.ReadDir(p.sp.dir)
+	entries, _ := os.ReadDir(p.sp.Dir)
 	for _, e := range entries {
 		if _, err := walname.Parse(strings.TrimSuffix(e.Name(), ".part")); err == nil {
-			os.Remove(p.sp.path(e.Name()))
+			os.Remove(p.sp.Path(e.Name()))
 		}
 	}
 }
@@ -275,7 +261,7 @@ const maxAutoDownloads = 32
 
 // maxDownloads is the most downloads s lets run at once, whatever the
 // segment size: the download workers and the hub connections to have.
-func maxDownloads(s Settings) int {
+func maxDownloads(s walfetch.Settings) int {
 	return downloadSlots(s.Parallel, s.Prefetch, 1<<20) // 1 MiB, the smallest segment size
 }
 
@@ -381,7 +367,7 @@ func (p *prefetcher) trim() {
 	if p.segSize == 0 || p.current == "" {
 		return
 	}
-	entries, err := os.ReadDir(p.sp.dir)
+	entries, err := os.ReadDir(p.sp.Dir)
 	if err != nil {
 		return
 	}
@@ -395,7 +381,7 @@ func (p *prefetcher) trim() {
 			continue
 		}
 		if tli != p.tli || segno <= p.segno || segno > last {
-			os.Remove(p.sp.path(e.Name()))
+			os.Remove(p.sp.Path(e.Name()))
 			delete(p.fetched, name)
 		}
 	}
@@ -423,7 +409,7 @@ func (p *prefetcher) plan(jobs chan<- download) {
 		if !ok || p.inflight[seg.Name] || p.fetched[seg.Name] || time.Now().Before(p.failed[seg.Name]) {
 			continue
 		}
-		if _, err := os.Stat(p.sp.path(seg.Name)); err == nil {
+		if _, err := os.Stat(p.sp.Path(seg.Name)); err == nil {
 			continue
 		}
 		p.inflight[seg.Name] = true
@@ -503,7 +489,7 @@ func (p *prefetcher) fetch(d download) {
 		p.inflightMu.Unlock()
 	}()
 	start := time.Now()
-	part := p.sp.path(name + ".part")
+	part := p.sp.Path(name + ".part")
 	err := func() error {
 		// O_EXCL: this process is the only writer of the file it verifies.
 		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -526,10 +512,10 @@ func (p *prefetcher) fetch(d download) {
 		if info.Checksum != d.seg.Checksum || uint64(info.Size) != d.segSize {
 			return fmt.Errorf("%w: %s: got %d bytes with checksum %s, peek listed %s", client.ErrCorrupt, name, info.Size, info.Checksum, d.seg.Checksum)
 		}
-		if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.systemID); err != nil {
+		if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.SystemID); err != nil {
 			return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
 		}
-		if err := os.Rename(part, p.sp.path(name)); err != nil {
+		if err := os.Rename(part, p.sp.Path(name)); err != nil {
 			return err
 		}
 		p.inflightMu.Lock()
