@@ -141,8 +141,15 @@ echo "== running $RUNS rounds (each round runs every tool once, in turn; medians
 for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
-  echo "walhub $(walhub_run)" >>"$ROOT/times"
-  [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
+  # With BASE_REV the two walhub builds swap places every round, so neither
+  # always runs right after pg_basebackup.
+  if [ -n "$BASE_REV" ] && [ $((r % 2)) = 0 ]; then
+    echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
+    echo "walhub $(walhub_run)" >>"$ROOT/times"
+  else
+    echo "walhub $(walhub_run)" >>"$ROOT/times"
+    [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
+  fi
   echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 4 || echo 3) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
 # median KEY FIELD: the median of column FIELD over the rows of KEY.
