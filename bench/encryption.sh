@@ -29,12 +29,7 @@ work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$work"
 port=$((20000 + RANDOM % 20000))
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
-lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
-now() { date +%s.%N; }
-calc() { awk "BEGIN { print $* }"; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+. "$(dirname "$0")/lib.sh"
 
 pids=()
 cleanup() {
@@ -49,22 +44,13 @@ echo "building walhub"
 (cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
 "$work/walhub" keygen --output "$work/repo.key" | head -1
 
-echo "primary on port $port in $work"
-mkdir "$work/data"
-if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
-as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --data-checksums --no-sync >/dev/null
-cat >>"$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-wal_level = replica
+start_primary --data-checksums <<CONF
 max_wal_senders = 20
 max_replication_slots = 40
 max_wal_size = 8GB
 checkpoint_timeout = 1h
 shared_buffers = 256MB
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 
 # config NAME COMPRESSION ENCRYPTED SLOT [CREATE_SLOT]: writes $work/NAME.toml for repository $work/repo-NAME.
 config() {

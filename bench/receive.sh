@@ -30,9 +30,7 @@ work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$work"
 port=$((20000 + RANDOM % 20000))
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
-lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+. "$(dirname "$0")/lib.sh"
 
 cleanup() {
 	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
@@ -54,26 +52,14 @@ if [ -n "$BASE_REV" ]; then
 	variants="$variants base"
 fi
 
-echo "primary on port $port in $work"
-mkdir "$work/data"
-if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
-as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-wal_level = replica
-max_wal_senders = 10
+start_primary <<CONF
 max_replication_slots = 10
 max_wal_size = 8GB
 checkpoint_timeout = 1h
 shared_buffers = 256MB
 fsync = on
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 
-# median of the numbers on stdin
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 psql_ "CHECKPOINT" >/dev/null
 for i in $(seq 1 "$TRIALS"); do

@@ -36,11 +36,7 @@ s3port=$((port + 1))
 hubport=$((port + 2))
 export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0b5c
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
-now() { date +%s.%N; }
-calc() { awk "BEGIN { print $* }"; }
-kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
+. "$(dirname "$0")/lib.sh"
 
 cleanup() {
 	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true
@@ -53,31 +49,14 @@ trap cleanup EXIT
 echo "building walhub"
 (cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
 
-echo "versitygw on port $s3port"
-mkdir -p "$work/s3"
-ROOT_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-	"$VGW" --port "127.0.0.1:$s3port" --health /health --quiet posix "$work/s3" >"$work/vgw.log" 2>&1 &
-vgw_pid=$!
-until curl -sf "http://127.0.0.1:$s3port/health" >/dev/null; do sleep 0.1; done
-# A bucket of the posix backend is a directory under its root.
-mkdir "$work/s3/bench"
+start_versitygw
 
-echo "primary on port $port in $work"
-mkdir "$work/data"
-if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
-as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync --data-checksums >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-port = $port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-wal_level = replica
-max_wal_senders = 10
+start_primary --data-checksums <<CONF
 max_replication_slots = 10
 max_wal_size = 1GB
 checkpoint_timeout = 1h
 shared_buffers = 256MB
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 
 # config SIZE: a repository of its own (prefix, working area, slot) per size.
 config() {

@@ -1,0 +1,48 @@
+# Shared by the bench/ scripts: sourced, never run. The caller sets PGBIN,
+# work (its temporary directory) and port (the primary's); the S3 scripts
+# also VGW, s3port and the AWS_* credentials.
+
+# as_pg runs a command as postgres when run as root (PostgreSQL refuses root).
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# psql_ runs one statement on the primary and prints the bare result.
+psql_() { "$PGBIN/psql" -X -A -t -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "$1"; }
+# lsn2num turns an LSN (1/2A000000) into a byte position.
+lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
+# median of the numbers on stdin.
+median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+now() { date +%s.%N; }
+calc() { awk "BEGIN { print $* }"; }
+# kb FIELD PID: a /proc/PID/status figure in kB (VmHWM, VmRSS).
+kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
+
+# start_primary INITDB_OPTIONS...: initdb in $work/data and start it on
+# $port, listening on loopback only, with the lines on stdin added to
+# postgresql.conf.
+start_primary() {
+	echo "primary on port $port in $work"
+	mkdir "$work/data"
+	if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/data"; fi
+	as_pg "$PGBIN/initdb" -D "$work/data" -U postgres --auth=trust -E UTF8 --locale=C --no-sync "$@" >/dev/null
+	{
+		echo "port = $port"
+		echo "listen_addresses = '127.0.0.1'"
+		echo "unix_socket_directories = '$work'"
+		echo "wal_level = replica"
+		echo "max_wal_senders = 10"
+		cat
+	} >>"$work/data/postgresql.conf"
+	as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
+}
+
+# start_versitygw: versitygw (posix backend over $work/s3) on $s3port, with
+# the bucket "bench"; its pid in vgw_pid.
+start_versitygw() {
+	echo "versitygw on port $s3port"
+	mkdir -p "$work/s3"
+	ROOT_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
+		"$VGW" --port "127.0.0.1:$s3port" --health /health --quiet posix "$work/s3" >"$work/vgw.log" 2>&1 &
+	vgw_pid=$!
+	until curl -sf "http://127.0.0.1:$s3port/health" >/dev/null; do sleep 0.1; done
+	# A bucket of the posix backend is a directory under its root.
+	mkdir "$work/s3/bench"
+}
