@@ -268,6 +268,37 @@ func Decompress(r io.Reader, compression string) (io.ReadCloser, error) {
 	return nil, fmt.Errorf("unknown compression %q", compression)
 }
 
+// openArchive opens the stored archive f through open and returns its
+// uncompressed tar stream; closing it closes both.
+func openArchive(ctx context.Context, open Opener, f catalog.BackupFile) (io.ReadCloser, error) {
+	rc, err := open(ctx, f.Name)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", f.Name, err)
+	}
+	dr, err := Decompress(rc, f.Compression)
+	if err != nil {
+		rc.Close()
+		return nil, fmt.Errorf("%s: %w", f.Name, err)
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{dr, closers{dr, rc}}, nil
+}
+
+// closers closes each in turn and returns the first error.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var first error
+	for _, c := range cs {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // archives returns a backup's archive files, base first.
 func archives(b catalog.Backup) []catalog.BackupFile {
 	var out []catalog.BackupFile
@@ -293,14 +324,9 @@ func readManifest(ctx context.Context, open Opener) (*Manifest, error) {
 // walkArchive reads the stored archive f through open and calls fn for each
 // tar entry, with the entry's data as r.
 func walkArchive(ctx context.Context, open Opener, f catalog.BackupFile, fn func(h *tar.Header, r io.Reader) error) error {
-	rc, err := open(ctx, f.Name)
+	dr, err := openArchive(ctx, open, f)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", f.Name, err)
-	}
-	defer rc.Close()
-	dr, err := Decompress(rc, f.Compression)
-	if err != nil {
-		return fmt.Errorf("%s: %w", f.Name, err)
+		return err
 	}
 	defer dr.Close()
 	tr := tar.NewReader(dr)

@@ -103,14 +103,9 @@ func (x *extractor) extractArchives(ctx context.Context, open Opener, arcs []cat
 
 // extractStored unpacks the stored archive f into dir.
 func (x *extractor) extractStored(open Opener, f catalog.BackupFile, dir string) error {
-	rc, err := open(x.w.ctx, f.Name)
+	dr, err := openArchive(x.w.ctx, open, f)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", f.Name, err)
-	}
-	defer rc.Close()
-	dr, err := Decompress(rc, f.Compression)
-	if err != nil {
-		return fmt.Errorf("%s: %w", f.Name, err)
+		return err
 	}
 	defer dr.Close()
 	if err := x.extract(dr, dir); err != nil {
