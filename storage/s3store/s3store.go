@@ -50,6 +50,14 @@ const (
 	DefaultConcurrency = 4
 	DefaultMaxAttempts = 6
 	DefaultMaxBackoff  = 5 * time.Second
+	// DefaultStallTimeout is how long a request body may go unread by the
+	// connection, or a response body bring nothing, before the request is
+	// abandoned and retried.
+	DefaultStallTimeout = 30 * time.Second
+	// DefaultResponseHeaderTimeout is how long a sent request may wait for
+	// its answer: CompleteMultipartUpload of a large object may take a while
+	// on some servers before the first byte of the answer.
+	DefaultResponseHeaderTimeout = 2 * time.Minute
 	// MinPartSize is S3's smallest part but the last.
 	MinPartSize = 5 << 20
 	// MaxParts is S3's most parts in one multipart upload.
@@ -80,6 +88,14 @@ type Config struct {
 	// MaxAttempts and MaxBackoff bound the retries of one request.
 	MaxAttempts int
 	MaxBackoff  time.Duration
+	// StallTimeout abandons (and retries) a request whose body the
+	// connection stops taking, or whose response body stops arriving, for
+	// that long: a silently dropped connection. It bounds progress, not a
+	// whole transfer. Zero is DefaultStallTimeout.
+	StallTimeout time.Duration
+	// ResponseHeaderTimeout abandons (and retries) a request sent whole but
+	// not answered. Zero is DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
 	// ReadOnly refuses Create and Remove (a second hub serving the bucket).
 	ReadOnly bool
 }
@@ -133,10 +149,16 @@ func New(cfg Config) (*Store, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
 	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.ResponseHeaderTimeout <= 0 {
+		cfg.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
 	if cfg.AccessKeyID == "" || cfg.SecretAccessKey == "" {
 		return nil, errors.New("s3: access key id and secret access key are both required")
 	}
-	httpClient, err := newHTTPClient(cfg.CAFile)
+	httpClient, err := newHTTPClient(cfg.CAFile, cfg.ResponseHeaderTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +166,7 @@ func New(cfg Config) (*Store, error) {
 		Region:       cfg.Region,
 		UsePathStyle: cfg.PathStyle,
 		Credentials:  credentials.NewStaticCredentialsProvider(cfg.AccessKeyID, cfg.SecretAccessKey, ""),
-		HTTPClient:   httpClient,
+		HTTPClient:   &stallClient{next: httpClient, timeout: cfg.StallTimeout},
 		Retryer: retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = cfg.MaxAttempts
 			o.MaxBackoff = cfg.MaxBackoff
@@ -168,8 +190,9 @@ func New(cfg Config) (*Store, error) {
 }
 
 // newHTTPClient bounds connecting and waiting for response headers, never a
-// whole transfer (a backup's GET streams for as long as it takes).
-func newHTTPClient(caFile string) (*awshttp.BuildableClient, error) {
+// whole transfer (a backup's GET streams for as long as it takes); progress
+// within a transfer is stallClient's.
+func newHTTPClient(caFile string, responseHeaderTimeout time.Duration) (*awshttp.BuildableClient, error) {
 	var roots *x509.CertPool
 	if caFile != "" {
 		pem, err := os.ReadFile(caFile)
@@ -188,9 +211,7 @@ func newHTTPClient(caFile string) (*awshttp.BuildableClient, error) {
 		WithDialerOptions(func(d *net.Dialer) { d.Timeout = 10 * time.Second }).
 		WithTransportOptions(func(tr *http.Transport) {
 			tr.TLSHandshakeTimeout = 10 * time.Second
-			// CompleteMultipartUpload of a large object may take a while on
-			// some servers before the first byte of the answer.
-			tr.ResponseHeaderTimeout = 2 * time.Minute
+			tr.ResponseHeaderTimeout = responseHeaderTimeout
 			tr.MaxIdleConnsPerHost = 32
 			if roots != nil {
 				if tr.TLSClientConfig == nil {
