@@ -3,12 +3,15 @@ package s3store_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,17 +21,33 @@ import (
 // blackHole serves the fake S3, except that the first `times` requests of
 // operation name go to hole instead, which holds the connection (never
 // resetting it) until the test ends: a silently dropped connection.
-func blackHole(t *testing.T, name string, times int32, hole func(w http.ResponseWriter, r *http.Request, done <-chan struct{})) (*fakeS3, *s3store.Store) {
+// The server's receive buffer is kept small, so that what the kernel takes in
+// unread is well below the test's body whatever the host's TCP autotuning.
+func blackHole(t *testing.T, name string, times int32, tune func(*s3store.Config), hole func(w http.ResponseWriter, r *http.Request, done <-chan struct{})) (*fakeS3, *s3store.Store) {
 	f := &fakeS3{objects: map[string][]byte{}, meta: map[string]http.Header{}, uploads: map[string]map[int][]byte{}, calls: map[string]int{}}
 	done := make(chan struct{})
 	var n atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if op(r) == name && n.Add(1) <= times {
 			hole(w, r, done)
 			return
 		}
 		f.ServeHTTP(w, r)
 	}))
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
+		})
+		return errors.Join(err, serr)
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(done) }) // runs first: lets the holes return
 	st := fakeStore(t, srv, func(c *s3store.Config) {
@@ -36,6 +55,9 @@ func blackHole(t *testing.T, name string, times int32, hole func(w http.Response
 		c.MaxAttempts = 2
 		c.StallTimeout = time.Second
 		c.ResponseHeaderTimeout = time.Second
+		if tune != nil {
+			tune(c)
+		}
 	})
 	return f, st
 }
@@ -64,7 +86,8 @@ func commitWithin(t *testing.T, st *s3store.Store, key string, data []byte, d ti
 // StallTimeout without progress and the retry succeeds; when every attempt
 // stalls, the error names the key and the stall.
 func TestStalledUploadIsRetried(t *testing.T) {
-	// Larger than what the loopback's socket buffers take in unread.
+	// Larger than what the socket buffers take in unread (the client's send
+	// buffer is at most net.ipv4.tcp_wmem's 4 MiB by default).
 	data := randomBytes(16<<20-1, 7)
 	stopReading := func(w http.ResponseWriter, r *http.Request, done <-chan struct{}) {
 		io.CopyN(io.Discard, r.Body, 1<<20) // some progress, then none
@@ -79,7 +102,8 @@ func TestStalledUploadIsRetried(t *testing.T) {
 		{"gives up", 2, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f, st := blackHole(t, "PutObject", tc.times, stopReading)
+			// Only the watchdog can end this wait.
+			f, st := blackHole(t, "PutObject", tc.times, func(c *s3store.Config) { c.ResponseHeaderTimeout = time.Minute }, stopReading)
 			took, err := commitWithin(t, st, "seg", data, 15*time.Second)
 			if tc.ok {
 				if err != nil {
@@ -111,7 +135,7 @@ func TestUnansweredUploadIsRetried(t *testing.T) {
 		io.Copy(io.Discard, r.Body)
 		<-done
 	}
-	f, st := blackHole(t, "PutObject", 1, neverAnswer)
+	f, st := blackHole(t, "PutObject", 1, nil, neverAnswer)
 	took, err := commitWithin(t, st, "seg", data, 15*time.Second)
 	if err != nil {
 		t.Fatalf("after %v: %v", took, err)
@@ -139,7 +163,7 @@ func TestStalledDownloadIsResumed(t *testing.T) {
 		w.(http.Flusher).Flush()
 		<-done
 	}
-	f, st := blackHole(t, "GetObject", 1, stall)
+	f, st := blackHole(t, "GetObject", 1, nil, stall)
 	put(t, st, "k", data, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
