@@ -53,7 +53,7 @@ if [ -n "$BASE_REV" ]; then
 fi
 
 start_primary <<CONF
-max_replication_slots = 10
+max_replication_slots = 40
 max_wal_size = 8GB
 checkpoint_timeout = 1h
 shared_buffers = 256MB
