@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -63,15 +64,24 @@ func TestExpireKeepsTwoBackupsAndTheirWAL(t *testing.T) {
 
 	// An expire is refused while a backup runs (a slow one: --max-rate).
 	slow := exec.Command(filepath.Join(binDir, "walhub"), "backup", "--server", "main", "--max-rate", "1024", "--config", s.config)
+	var slowOut bytes.Buffer
+	slow.Stdout, slow.Stderr = &slowOut, &slowOut
 	if err := slow.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- slow.Wait() }()
 	pgtest.WaitFor(t, 30*time.Second, "the slow backup to take the lock", func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("the slow backup ended (%v) before an expire saw its lock:\n%s", err, slowOut.String())
+		default:
+		}
 		out, _ := s.tryWalhub("expire", "--server", "main")
 		return strings.Contains(out, "locked by backup")
 	})
 	slow.Process.Signal(syscall.SIGTERM)
-	slow.Wait()
+	<-exited
 	if got := newestBackup(t, s); got.State != catalog.StateFailed {
 		t.Fatalf("an interrupted backup is %s, want failed", got.State)
 	}
