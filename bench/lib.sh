@@ -34,6 +34,14 @@ start_primary() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 }
 
+# need_s3_tools sets VGW (versitygw, or $VERSITYGW) and checks that it and
+# /usr/bin/time (for peak RSS) are installed.
+need_s3_tools() {
+	VGW=${VERSITYGW:-$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")}
+	[ -x "$VGW" ] || { echo "versitygw not found: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"; exit 1; }
+	[ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
+}
+
 # start_versitygw: versitygw (posix backend over $work/s3) on $s3port, with
 # the bucket "bench"; its pid in vgw_pid.
 start_versitygw() {

@@ -26,17 +26,14 @@ set -euo pipefail
 SIZES_MB=${SIZES_MB:-1024 3072}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=${WALHUB_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
-VGW=${VERSITYGW:-$(command -v versitygw || echo "$(go env GOPATH)/bin/versitygw")}
-[ -x "$VGW" ] || { echo "versitygw not found: go install github.com/versity/versitygw/cmd/versitygw@v1.8.0"; exit 1; }
-[ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
+. "$(dirname "$0")/lib.sh"
+need_s3_tools
 work=$(mktemp -d /tmp/walhub-bench-s3mem-XXXXXX)
 chmod 755 "$work"
 port=$((20000 + RANDOM % 20000))
 s3port=$((port + 1))
 hubport=$((port + 2))
 export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0b5c
-
-. "$(dirname "$0")/lib.sh"
 
 cleanup() {
 	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true

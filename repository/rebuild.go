@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -50,12 +52,7 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	names := make([]string, 0, len(servers))
-	for name := range servers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(servers)) {
 		s := servers[name]
 		var infos []backupInfo
 		for _, o := range s.infos {

@@ -3,7 +3,8 @@ package repository
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
@@ -38,12 +39,7 @@ func (r *Repository) Refresh(ctx context.Context) (RefreshReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	names := make([]string, 0, len(servers))
-	for name := range servers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(servers)) {
 		if err := r.refreshServer(ctx, name, servers[name], &rep); err != nil {
 			return rep, fmt.Errorf("refresh server %s: %w", name, err)
 		}
