@@ -144,12 +144,19 @@ func RepoOpener(repo *repository.Repository, b catalog.Backup) Opener {
 }
 
 // Decompress returns a reader of the uncompressed bytes of a stored file.
+//
+// A zstd stream is decoded on the caller's goroutine (concurrency 1): the
+// decoder's asynchronous mode hands every block between goroutines, which
+// cost twice the CPU for the same bytes (bench: 0.5 s against 0.25 s for
+// the 24 MB archive of a 470 MiB database), and an unpack already keeps the
+// other cores busy writing. The decoder reads each block's 3-byte header and
+// then its body from r, so r is read through a buffer.
 func Decompress(r io.Reader, compression string) (io.ReadCloser, error) {
 	switch compression {
 	case "none", "":
 		return io.NopCloser(r), nil
 	case "zstd":
-		d, err := zstd.NewReader(r)
+		d, err := zstd.NewReader(bufio.NewReaderSize(r, 256<<10), zstd.WithDecoderConcurrency(1))
 		if err != nil {
 			return nil, err
 		}
