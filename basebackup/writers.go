@@ -29,6 +29,12 @@ const (
 	// a writer that finds the queue full drops its request (the final
 	// fsync pass writes what no request started) rather than wait.
 	writebackQueue = 64
+	// earlySyncers fsync finished files while the unpack goes on, from a
+	// queue of earlySyncQueue (each holds a descriptor open, so it stays
+	// far below a process's limit on open files); a file that finds the
+	// queue full is left to the final pass.
+	earlySyncers   = 8
+	earlySyncQueue = 256
 	// syncWorkers fsync files and directories at once in the final pass:
 	// each mostly waits for the disk, and the file system batches
 	// concurrent fsyncs into fewer journal commits.
@@ -60,9 +66,11 @@ type fileJob struct {
 // fileWriters writes the files of an unpack on several goroutines while one
 // goroutine reads the tar stream (see extractor). Each writer checks the size
 // and checksum of the file it writes against the manifest as the bytes pass,
-// has the flusher start the file's writeback as it goes, and leaves the fsync
-// to the final pass (syncAll). The first error of any writer cancels the
-// others and the reader: err says it.
+// has the flusher start the file's writeback as it goes, and hands the
+// finished file to the early syncers, which fsync it while the unpack goes
+// on (what they cannot take is left to the final pass: late). The first
+// error of any writer or syncer cancels the others and the reader: err says
+// it.
 type fileWriters struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -80,7 +88,20 @@ type fileWriters struct {
 	// writeback feeds the flusher; closed by wait.
 	writeback chan writebackRange
 	flushed   chan struct{}
-	wg        sync.WaitGroup
+	// early feeds the early syncers; closed by wait.
+	early   chan syncRequest
+	syncers sync.WaitGroup
+	// late lists the files written but not handed to the early syncers.
+	lateMu sync.Mutex
+	late   []string
+	wg     sync.WaitGroup
+}
+
+// syncRequest asks an early syncer to fsync the file at path, open as fd (a
+// duplicate the syncer closes).
+type syncRequest struct {
+	fd   int
+	path string
 }
 
 // writebackRange asks the flusher to start the writeback of n bytes (0: to
@@ -97,11 +118,16 @@ func newFileWriters(ctx context.Context, writers int) *fileWriters {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &fileWriters{ctx: ctx, cancel: cancel, jobs: make(chan *fileJob, 2*writers), free: make(chan []byte, 4*writers),
-		writeback: make(chan writebackRange, writebackQueue), flushed: make(chan struct{})}
+		writeback: make(chan writebackRange, writebackQueue), flushed: make(chan struct{}),
+		early: make(chan syncRequest, earlySyncQueue)}
 	for range 4 * writers {
 		w.free <- make([]byte, chunkSize)
 	}
 	go w.flusher()
+	w.syncers.Add(earlySyncers)
+	for range earlySyncers {
+		go w.earlySyncer()
+	}
 	w.wg.Add(writers)
 	for range writers {
 		go w.run()
@@ -126,6 +152,41 @@ func (w *fileWriters) flusher() {
 	}
 }
 
+// earlySyncer fsyncs finished files. Doing it during the unpack rather than
+// all at the end overlaps the waits for the disk with the decompression and
+// writing of the files after; each file is fsynced only once it is written
+// whole, checked and given its mode, as in the final pass.
+func (w *fileWriters) earlySyncer() {
+	defer w.syncers.Done()
+	for r := range w.early {
+		if w.ctx.Err() == nil {
+			if err := fsyncFD(r.fd); err != nil {
+				w.fail(fmt.Errorf("fsync %s: %w", r.path, err))
+			}
+		}
+		unix.Close(r.fd)
+	}
+}
+
+// finished hands the written file at path, open as fd, to the early
+// syncers; when their queue is full, it starts the file's writeback and
+// leaves the fsync to the final pass.
+func (w *fileWriters) finished(fd int, path string, started int64) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err == nil {
+		select {
+		case w.early <- syncRequest{fd: dup, path: path}:
+			return
+		default:
+			unix.Close(dup)
+		}
+	}
+	w.lateMu.Lock()
+	w.late = append(w.late, path)
+	w.lateMu.Unlock()
+	w.startWriteback(fd, started, 0)
+}
+
 // startWriteback hands the range to the flusher, unless its queue is full.
 func (w *fileWriters) startWriteback(fd int, off, n int64) {
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -146,12 +207,15 @@ func (w *fileWriters) fail(err error) { w.cancel(err) }
 func (w *fileWriters) failed() error { return context.Cause(w.ctx) }
 
 // wait ends the writers (no more files will come) and returns the first
-// error that stopped the unpack, if any.
+// error that stopped the unpack, if any. Without one, every file written is
+// fsynced, or listed in late.
 func (w *fileWriters) wait() error {
 	close(w.jobs)
 	w.wg.Wait()
 	close(w.writeback)
+	close(w.early)
 	<-w.flushed
+	w.syncers.Wait()
 	err := w.failed()
 	w.cancel(nil)
 	return err
@@ -203,7 +267,7 @@ func (w *fileWriters) drain(j *fileJob) {
 // system calls more per file (the poller tries to register it), for nothing.
 func (w *fileWriters) write(j *fileJob) error {
 	w.create.Lock()
-	fd, err := unix.Open(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(j.mode|0o600))
+	fd, err := openFD(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, uint32(j.mode|0o600))
 	w.create.Unlock()
 	if err != nil {
 		return &os.PathError{Op: "create", Path: j.path, Err: err}
@@ -243,13 +307,11 @@ func (w *fileWriters) write(j *fileJob) error {
 			return mismatch(fmt.Sprintf("%s has %s checksum %s, the manifest says %s", j.mpath, j.want.Algorithm, got, j.want.Checksum))
 		}
 	}
-	if size > started {
-		w.startWriteback(fd, started, 0)
-	}
 	// The mode as recorded, whatever the umask took away at creation.
 	if err := unix.Fchmod(fd, uint32(j.mode|0o600)); err != nil {
 		return &os.PathError{Op: "chmod", Path: j.path, Err: err}
 	}
+	w.finished(fd, j.path, started)
 	return nil
 }
 
@@ -279,10 +341,11 @@ func mismatch(problem string) error {
 // reports writeback errors only since Linux 5.8 (before, it returns 0 after a
 // failed write), it waits for every dirty page of the whole file system (on a
 // shared host, another cluster's data too, which can take far longer than the
-// restore itself), and tablespaces may sit on other file systems. Since each
-// file's writeback was started as soon as it was written (sync_file_range), the
-// fsyncs mostly wait for what is already under way, and running them at once
-// lets the file system commit its journal for many of them together.
+// restore itself), and tablespaces may sit on other file systems. The files
+// an unpack wrote were mostly fsynced already by the early syncers; the others'
+// writeback was started (sync_file_range), so the fsyncs mostly wait for what
+// is already under way, and running them at once lets the file system commit
+// its journal for many of them together.
 func syncAll(ctx context.Context, files, dirs []string) error {
 	if err := parallel(ctx, files, syncFile); err != nil {
 		return err
@@ -290,19 +353,37 @@ func syncAll(ctx context.Context, files, dirs []string) error {
 	return parallel(ctx, dirs, storage.SyncDir)
 }
 
+// openFD opens path as a raw descriptor (close-on-exec), retrying when a
+// signal interrupts it, as os.OpenFile does.
+func openFD(path string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, mode)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
+}
+
 // syncFile fsyncs the file at p, through a raw descriptor (see write).
 func syncFile(p string) error {
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := openFD(p, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", p, err)
 	}
-	for err = unix.Fsync(fd); errors.Is(err, unix.EINTR); err = unix.Fsync(fd) {
-	}
+	err = fsyncFD(fd)
 	unix.Close(fd)
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", p, err)
 	}
 	return nil
+}
+
+func fsyncFD(fd int) error {
+	for {
+		if err := unix.Fsync(fd); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }
 
 // parallel runs fn on every path, syncWorkers at a time, and returns the
