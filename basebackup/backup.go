@@ -1,10 +1,10 @@
 // Package basebackup takes base backups over PostgreSQL's replication
 // protocol (BASE_BACKUP, no SSH) and streams each archive straight into the
 // repository, compressed, with the server's backup_manifest beside it. A
-// backup is checked against its manifest as it streams in (streamCheck), its
-// compressed archives are decoded as they are written (decodeCheck) and its
-// stored objects read back by digest (checkStored): no second pass decodes the
-// stored backup. The package also verifies stored backups against their
+// backup is checked against its manifest as it streams in (streamCheck), each
+// zstd frame of its compressed archives is decoded and compared with its input
+// as it is written (frameWriter) and its stored objects are read back by
+// digest (checkStored): no second pass decodes the stored backup. The package also verifies stored backups against their
 // manifests on demand (Verify) and unpacks them into a data directory.
 //
 // A backup is usable only once the WAL from its start to its stop position is

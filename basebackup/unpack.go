@@ -189,15 +189,17 @@ const heldBackSuffix = ".walhub-restoring"
 // extractor unpacks archives. One goroutine (the caller's) reads and
 // decompresses the tar stream, makes the directories, and hands each regular
 // file to a pool of writers (fileWriters), which write, check and start the
-// writeback of many files at once. The extractor remembers every file and
-// directory, and finish fsyncs them all at the end in one parallel pass: like
-// PostgreSQL's own sync of a data directory, one fsync after each file would
-// serialise a thousand disk waits.
+// writeback of many files at once, and fsync them on other goroutines while
+// the unpack goes on (one fsync after each file on the writer would
+// serialise a thousand disk waits). The extractor remembers every directory,
+// and finish fsyncs them, and any file not fsynced yet, at the end in one
+// parallel pass.
 type extractor struct {
 	progress func(int64)
 	// done is the bytes of file data read from the archives so far.
 	done int64
-	// dirs and files are what finish fsyncs.
+	// dirs and files are what finish fsyncs (files: those the writers do
+	// not, such as the files a delta restore keeps).
 	dirs  []string
 	files []string
 	// made are the directories known to exist (the archive's, and the
@@ -323,7 +325,6 @@ func (x *extractor) sendFile(mpath, full string, mode os.FileMode, size int64, r
 		}
 		x.heldBack = j.path
 	}
-	x.files = append(x.files, j.path)
 	if err := send(x.w, x.w.jobs, j); err != nil {
 		return err
 	}
@@ -395,10 +396,15 @@ func (x *extractor) mkdirParents(dir string) error {
 	return nil
 }
 
-// finish fsyncs every file and directory written, then puts pg_control in
-// place and fsyncs its directory: only now is the unpacked copy startable.
+// finish fsyncs every file the writers did not fsync yet and every
+// directory, then puts pg_control in place and fsyncs its directory: only now
+// is the unpacked copy startable.
 func (x *extractor) finish(ctx context.Context) error {
-	if err := syncAll(ctx, x.files, x.dirs); err != nil {
+	files := x.files
+	if x.w != nil {
+		files = append(files, x.w.late...) // the rest were fsynced as they were written
+	}
+	if err := syncAll(ctx, files, x.dirs); err != nil {
 		return err
 	}
 	x.files, x.dirs = nil, nil

@@ -21,17 +21,32 @@
 # BASE_REV=<git revision> adds a `walhub backup` built from that revision to
 # every round, interleaved with the others (a before/after comparison in one
 # run; the daemon is the current build).
+#
+# CPU: each tool's user+sys time (from /usr/bin/time), and the server's: the
+# CPU of the postmaster's children that exited during the run (the walsender
+# that sent the backup, and any short-lived backend), read from the
+# postmaster's cutime/cstime. Both are per MB sent, medians.
+#
+# PIN=1 models the hub on another machine: PostgreSQL (every process) runs on
+# CPU 0 and the client (pg_basebackup, walhub backup and walhub serve) on
+# CPU 1, with taskset, so neither takes the other's core. Without it, all
+# share both cores, as on one machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCALE=${SCALE:-60}
 RUNS=${RUNS:-3}
 BASE_REV=${BASE_REV:-}
+PIN=${PIN:-}
 BIN=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
 
 ROOT=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$ROOT"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# AS_PG runs a command as postgres when run as root (PostgreSQL refuses root);
+# an array, so that taskset and time can run it.
+AS_PG=()
+[ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
+as_pg() { "${AS_PG[@]}" "$@"; }
 [ "$(id -u)" = 0 ] && chown postgres "$ROOT"
 PORT=$(( 20000 + RANDOM % 20000 ))
 SERVE_PID=
@@ -41,9 +56,21 @@ cleanup() {
   rm -rf "$ROOT"
 }
 trap cleanup EXIT
+[ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
+# ON_SERVER and ON_CLIENT prefix a command to run it where PIN puts the server
+# and the client (arrays, so that a command started in the background with
+# them is that command's own process).
+ON_SERVER=()
+ON_CLIENT=()
+if [ -n "$PIN" ]; then
+  [ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs 2 CPUs"; exit 1; }
+  ON_SERVER=(taskset -c 0)
+  ON_CLIENT=(taskset -c 1)
+fi
 
 echo "== load before: $(uptime)"
 echo "== cluster: pgbench scale $SCALE, port $PORT, in $ROOT"
+[ -n "$PIN" ] && echo "== PIN=1: PostgreSQL on CPU 0, the clients (pg_basebackup, walhub) on CPU 1"
 as_pg "$BIN/initdb" -D "$ROOT/data" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
 cat >>"$ROOT/data/postgresql.conf" <<EOF
 port = $PORT
@@ -55,7 +82,8 @@ shared_buffers = 128MB
 max_wal_size = 4GB
 checkpoint_timeout = 30min
 EOF
-as_pg "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/postgres.log" -w start >/dev/null
+"${ON_SERVER[@]}" "${AS_PG[@]}" "$BIN/pg_ctl" -D "$ROOT/data" -l "$ROOT/postgres.log" -w start >/dev/null
+PM_PID=$(head -1 "$ROOT/data/postmaster.pid")
 "$BIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PORT" -U postgres postgres 2>&1 | tail -1
 "$BIN/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -c CHECKPOINT postgres
 DBSIZE=$(du -sb "$ROOT/data/base" | cut -f1)
@@ -80,7 +108,7 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 checkpoint = "fast"
 wal_timeout = "2m"
 EOF
-"$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
+"${ON_CLIENT[@]}" "$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
   grep -qs '"state": "streaming"' "$ROOT/repo/bench/receiver.json" && break
@@ -89,6 +117,21 @@ done
 grep -qs '"state": "streaming"' "$ROOT/repo/bench/receiver.json" || { echo "walhub serve did not start:"; cat "$ROOT/serve.log"; exit 1; }
 
 now() { date +%s.%N; }
+# server_cpu: CPU seconds of the postmaster's exited (reaped) children so far.
+TCK=$(getconf CLK_TCK)
+# It first waits (up to 5 s) until the backup's walsender has exited and been
+# reaped: only walhub serve's stays.
+server_cpu() {
+  local i
+  for i in $(seq 50); do
+    [ "$(pgrep -P "$PM_PID" -f walsender | wc -l)" -le 1 ] && break
+    sleep 0.1
+  done
+  awk -v t="$TCK" '{ print ($16 + $17) / t }' "/proc/$PM_PID/stat"
+}
+# timed OUTFILE CMD...: runs CMD on the client's CPUs; OUTFILE gets its user+sys seconds.
+timed() { local out=$1; shift; "${ON_CLIENT[@]}" /usr/bin/time -f "%U %S" -o "$out" "$@"; }
+cpu_of() { awk '{ print $1 + $2 }' "$1"; }
 calc() { awk "BEGIN { print $* }"; }
 best() { sort -g | head -1; }
 # seconds converts a Go duration as slog prints it ("1m2.5s", "3.2s", "850ms") to seconds.
@@ -103,24 +146,27 @@ seconds() {
 }
 
 # Warm-up: one read of the whole cluster so every tool starts with the same page cache.
-as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/warm" -Ft -X none -c fast >/dev/null
+"${ON_CLIENT[@]}" "${AS_PG[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/warm" -Ft -X none -c fast >/dev/null
 rm -rf "$ROOT/warm"
 
-pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes"
+pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes client-cpu server-cpu"
   rm -rf "$ROOT/pgbb"
+  local s0; s0=$(server_cpu)
   local t0; t0=$(now)
-  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/pgbb" -Ft -X none -c fast "$@" 2>/dev/null
+  timed "$ROOT/cpu" "${AS_PG[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/pgbb" -Ft -X none -c fast "$@" 2>/dev/null
   local t; t=$(calc "$(now) - $t0")
-  echo "$t $(du -sb "$ROOT/pgbb" | cut -f1)"
+  echo "$t $(du -sb "$ROOT/pgbb" | cut -f1) $(cpu_of "$ROOT/cpu") $(calc "$(server_cpu) - $s0")"
   rm -rf "$ROOT/pgbb"
 }
 
-walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait"
+walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait client-cpu server-cpu"
   local bin=${1:-$ROOT/walhub}
+  local s0; s0=$(server_cpu)
   local t0; t0=$(now)
-  "$bin" --config "$ROOT/walhub.toml" backup --server bench --output=json \
+  timed "$ROOT/cpu" "$bin" --config "$ROOT/walhub.toml" backup --server bench --output=json \
     >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || { cat "$ROOT/walhub.log" >&2; exit 1; }
   local total; total=$(calc "$(now) - $t0")
+  local scpu; scpu=$(calc "$(server_cpu) - $s0")
   local streamed done
   streamed=$(grep "backup streamed" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
   done=$(grep "backup done" "$ROOT/walhub.log") || { cat "$ROOT/walhub.log" >&2; exit 1; }
@@ -133,7 +179,7 @@ walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes se
     p=$(sed -E "s/.* $phase=([^ ]+).*/\1/" <<<"$done")
     out="$out $(seconds "$p")"
   done
-  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")$out"
+  echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")$out $(cpu_of "$ROOT/cpu") $scpu"
 }
 
 echo "== running $RUNS rounds (each round runs every tool once, in turn; medians count)"
@@ -176,9 +222,19 @@ row "walhub backup (whole: +verify, WAL)" "$T_TOTAL" "$S_WALHUB"
 printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f s, WAL wait %.2f s (verify and WAL wait overlap)\n' \
   "$P_STREAM" "$P_VERIFY" "$P_WAL"
 echo
+echo "CPU (user+sys, medians; ms per MB sent):"
+cpurow() { # label key client-field server-field
+  local c s; c=$(median "$2" "$3"); s=$(median "$2" "$4")
+  printf '  %-34s client %5.2f s (%.2f ms/MB)   server %5.2f s (%.2f ms/MB)\n' "$1" "$c" \
+    "$(calc "$c * 1000 / ($SIZE / 1048576)")" "$s" "$(calc "$s * 1000 / ($SIZE / 1048576)")"
+}
+cpurow "pg_basebackup -Ft -X none" plain 4 5
+cpurow "pg_basebackup --compress=client-zstd" zstd 4 5
+cpurow "walhub backup (whole command)" walhub 9 10
+echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
-printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.5x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
-printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx\n' "$(calc "$T_PLAIN / $T_TOTAL")"
+printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.8x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
+printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
 if [ -n "$BASE_REV" ]; then
   B_STREAM=$(median base 2); B_TOTAL=$(median base 3)
@@ -187,6 +243,7 @@ if [ -n "$BASE_REV" ]; then
   row "base walhub (durable in repo)" "$B_STREAM" "$(median base 4)"
   row "base walhub (whole: +verify, WAL)" "$B_TOTAL" "$(median base 4)"
   printf 'base phases: stream %.2f s, verify %.2f s, WAL wait %.2f s\n' "$(median base 6)" "$(median base 7)" "$(median base 8)"
+  cpurow "base walhub (whole command)" base 9 10
   printf 'base (durable) vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_STREAM")" "$(calc "$T_ZSTD / $B_STREAM")"
   printf 'base (whole)   vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_TOTAL")" "$(calc "$T_ZSTD / $B_TOTAL")"
 fi

@@ -8,7 +8,9 @@ package pgfile
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
+	"syscall"
 
 	"github.com/walhub/walhub/walname"
 )
@@ -103,15 +105,22 @@ func CheckSegmentHeader(hdr []byte, name string, segSize uint64, systemID uint64
 
 // ControlSystemID reads the database system identifier, the first field of
 // pg_control (global/pg_control in a data directory).
+//
+// It uses plain system calls, not an os.File: walfetch calls it on every
+// spool hit, and the first os.File of a program sets up Go's I/O poller.
 func ControlSystemID(path string) (uint64, error) {
-	f, err := os.Open(path)
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, err
+		return 0, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
+	defer syscall.Close(fd)
 	var b [8]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil {
+	n, err := syscall.Pread(fd, b[:], 0)
+	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", path, err)
+	}
+	if n < len(b) {
+		return 0, fmt.Errorf("read %s: %w", path, io.ErrUnexpectedEOF)
 	}
 	return binary.NativeEndian.Uint64(b[:]), nil
 }

@@ -1,15 +1,12 @@
 package walfetch
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -26,7 +23,8 @@ import (
 //	<spool>/<key>/prefetcher.sock  where walfetch tells it which segment was served
 //	<spool>/<key>/prefetcher.log   its log
 //
-// The key is a hash of the hub URL, the server name, the data directory's
+// The key is a hash (FNV-1a, 64 bits: it tells restores apart, it guards
+// against no adversary, and it links no crypto package into the hit path) of the hub URL, the server name, the data directory's
 // system identifier (from global/pg_control) and the kernel's boot id: a spool
 // left by an unrelated restore, or by the same one before a crash of the
 // machine (whose unsynced files may be torn), has another key, is never read,
@@ -50,10 +48,10 @@ func OpenSpool(s Settings) *Spool {
 	if err != nil {
 		return nil
 	}
-	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%s\n%d\n%s", s.URL, s.Server, sysid, boot)
-	key := hex.EncodeToString(h.Sum(nil))[:16]
+	boot, _ := ReadSmallFile("/proc/sys/kernel/random/boot_id")
+	h := fnv.New64a()
+	h.Write([]byte(s.URL + "\n" + s.Server + "\n" + strconv.FormatUint(sysid, 10) + "\n" + string(boot)))
+	key := fmt.Sprintf("%016x", h.Sum64())
 	return &Spool{Dir: filepath.Join(s.Spool, key), Root: s.Spool, SystemID: sysid}
 }
 
@@ -65,19 +63,51 @@ func (sp *Spool) SockPath() string { return filepath.Join(sp.Dir, "prefetcher.so
 
 // Take moves a prefetched segment into dst. It reports false when the spool
 // does not hold it. The rename is atomic: dst is either absent or complete.
+// It is rename(2) itself, not os.Rename, which first stats dst to refuse a
+// directory there: PostgreSQL has removed dst before calling walfetch, and
+// rename(2) refuses to replace a directory with a file anyway (EISDIR).
 func (sp *Spool) Take(name, dst string) (bool, error) {
-	err := os.Rename(sp.Path(name), dst)
-	if err == nil {
+	err := syscall.Rename(sp.Path(name), dst)
+	switch {
+	case err == nil:
 		return true, nil
-	}
-	if errors.Is(err, fs.ErrNotExist) {
+	case errors.Is(err, syscall.ENOENT):
 		return false, nil
-	}
-	var le *os.LinkError
-	if errors.As(err, &le) && errors.Is(le.Err, syscall.EXDEV) {
+	case errors.Is(err, syscall.EXDEV):
 		return false, fmt.Errorf("spool %s is not on the file system of %s: set --spool to a directory there (default pg_wal/walfetch-spool)", sp.Root, filepath.Dir(dst))
 	}
-	return false, err
+	return false, &os.LinkError{Op: "rename", Old: sp.Path(name), New: dst, Err: err}
+}
+
+// ReadSmallFile reads a small file (pg_control's first bytes, the boot id, a
+// config or token file) with plain system calls: the first os.File a Go
+// program opens sets up its I/O poller (epoll, an eventfd), start-up work
+// that the spool hit, which reads nothing else, need not pay. At most 1 MiB.
+func ReadSmallFile(path string) ([]byte, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, 0, 4096)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		if buf = buf[:len(buf)+n]; len(buf) > 1<<20 {
+			return nil, &os.PathError{Op: "read", Path: path, Err: errors.New("larger than 1 MiB")}
+		}
+	}
 }
 
 // WaitInProgress waits while the prefetcher is downloading name, and reports
@@ -113,6 +143,14 @@ func (sp *Spool) WaitInProgress(name string, stall, max time.Duration) bool {
 // Poke tells the running prefetcher that name was served; when none runs, it
 // starts one. It never fails the caller: prefetching is an optimisation.
 func (sp *Spool) Poke(s Settings, name string, stderr io.Writer) {
+	if !sp.Tell(name) {
+		sp.StartPrefetcher(s, name, stderr)
+	}
+}
+
+// Tell tells the running prefetcher that name was served, and reports
+// whether one runs.
+func (sp *Spool) Tell(name string) bool {
 	// One datagram, without the net package's machinery: this is on the path
 	// of every restore_command call.
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
@@ -120,9 +158,13 @@ func (sp *Spool) Poke(s Settings, name string, stderr io.Writer) {
 		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: ShortPath(sp.SockPath())})
 		syscall.Close(fd)
 	}
-	if err == nil || errors.Is(err, syscall.EAGAIN) {
-		return // delivered, or the prefetcher is alive and busy
-	}
+	return err == nil || errors.Is(err, syscall.EAGAIN) // delivered, or the prefetcher is alive and busy
+}
+
+// StartPrefetcher starts a prefetcher, name being the segment just served.
+// A failure is reported on stderr, not to the caller: prefetching is an
+// optimisation. The prefetcher inherits the signals this process ignores.
+func (sp *Spool) StartPrefetcher(s Settings, name string, stderr io.Writer) {
 	if err := sp.startPrefetcher(s, name); err != nil {
 		fmt.Fprintf(stderr, "walfetch: prefetching disabled for this call: %v\n", err)
 	}
@@ -172,14 +214,17 @@ func (sp *Spool) startPrefetcher(s Settings, served string) error {
 		return err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(exe, PrefetcherArg)
-	cmd.Env = append(os.Environ(), PrefetcherEnv+"="+string(cfg))
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	// os.StartProcess, not os/exec: exe is a path, and os/exec's package
+	// initialisation would be paid by every call, hit or not.
+	proc, err := os.StartProcess(exe, []string{exe, PrefetcherArg}, &os.ProcAttr{
+		Env:   append(os.Environ(), PrefetcherEnv+"="+string(cfg)),
+		Files: []*os.File{devnull, devnull, devnull},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
 		return fmt.Errorf("start prefetcher: %w", err)
 	}
-	return cmd.Process.Release()
+	return proc.Release()
 }
 
 // PrefetcherConfig is what a prefetcher is started with.

@@ -92,7 +92,9 @@ Exit status (the contract with PostgreSQL):
        Fix the cause and start PostgreSQL again: recovery resumes where it stopped.
   On SIGTERM, SIGINT, SIGHUP or SIGQUIT walfetch removes its temporary file and
   exits 1 on a standby (255 during point-in-time recovery); it never dies by a
-  signal of its own, and never exits above 125 on a standby.
+  signal of its own, and never exits above 125 on a standby. A spool hit (a
+  rename) ignores them and completes; when the process that ran walfetch is
+  gone by the time walfetch would wait or go to the hub, it exits the same way.
 
 Examples:
   restore_command = 'walfetch --url http://hub:7480 --server main %f %p'
@@ -152,29 +154,32 @@ func run(args []string) int {
 		return int(walfetch.Fail(m))
 	}
 
-	// Nothing of this program's needs removing on a signal (it writes no
-	// file; a rename is atomic): it only must not die by it.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
-	go func() {
-		sig := <-sigs
-		fmt.Fprintf(os.Stderr, "walfetch: %s: %v received, %s not restored\n", name, sig, name)
-		os.Exit(int(walfetch.Fail(m)))
-	}()
+	sg := ignoreStopSignals(name, m)
 	if n.Kind == walname.KindSegment {
 		if sp := walfetch.OpenSpool(s); sp != nil {
 			hit, err := sp.Take(name, dst)
-			if err == nil && !hit && sp.WaitInProgress(name, 5*time.Second, s.Timeout) {
-				hit, err = sp.Take(name, dst)
+			if err == nil && !hit {
+				if !sg.handle() {
+					return int(walfetch.Fail(m))
+				}
+				if sp.WaitInProgress(name, 5*time.Second, s.Timeout) {
+					hit, err = sp.Take(name, dst)
+				}
 			}
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
 			}
 			if hit {
-				sp.Poke(s, name, os.Stderr)
+				if !sp.Tell(name) {
+					sg.handle() // the prefetcher must not inherit ignored signals
+					sp.StartPrefetcher(s, name, os.Stderr)
+				}
 				return int(walfetch.Served)
 			}
 		}
+	}
+	if !sg.handle() {
+		return int(walfetch.Fail(m))
 	}
 	netBin, err := walfetch.NetBinary()
 	if err != nil {
@@ -190,4 +195,54 @@ func run(args []string) int {
 		append(os.Environ(), walfetch.SettingsEnv+"="+string(settings)))
 	fmt.Fprintf(os.Stderr, "walfetch: %s not restored: execute %s: %v\n", name, netBin, err)
 	return int(walfetch.Fail(m))
+}
+
+// stopSignals are those PostgreSQL (its shutdowns signal the startup
+// process's whole process group), systemd (the whole unit) or a user may send
+// a running walfetch. Dying by one reads as FATAL to PostgreSQL (above 125),
+// so walfetch never does.
+var stopSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
+
+// stopSignalHandling is how a walfetch call survives stopSignals: ignored
+// while it may still be a spool hit (a rename of a verified file and a
+// datagram: nothing to undo, done sooner than handled), handled (exit with
+// Fail) from the moment it may wait, start a process or go to the hub.
+// Handling costs os/signal's watcher goroutine and locked thread, most of
+// what a hit would cost above an empty Go program, so a hit never pays it.
+type stopSignalHandling struct {
+	name    string
+	mode    walfetch.Mode
+	ppid    int // the process that ran walfetch, when it started
+	handled bool
+}
+
+func ignoreStopSignals(name string, m walfetch.Mode) *stopSignalHandling {
+	signal.Ignore(stopSignals...)
+	return &stopSignalHandling{name: name, mode: m, ppid: os.Getppid()}
+}
+
+// handle makes stopSignals end walfetch with Fail from now on. It reports
+// false when walfetch must stop at once: its parent is gone. A stop signal
+// sent while walfetch ignored them is lost; sent by PostgreSQL or systemd,
+// it went to the shell or the startup process that ran walfetch too, which
+// died of it. walfetch must then not go on to wait, fetch, and rename a file
+// into %p for a server that is gone, or has been started again meanwhile and
+// is waiting for another file at that same path.
+func (h *stopSignalHandling) handle() bool {
+	if h.handled {
+		return true
+	}
+	h.handled = true
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, stopSignals...)
+	go func() {
+		sig := <-sigs
+		fmt.Fprintf(os.Stderr, "walfetch: %s: %v received, %s not restored\n", h.name, sig, h.name)
+		os.Exit(int(walfetch.Fail(h.mode)))
+	}()
+	if os.Getppid() != h.ppid {
+		fmt.Fprintf(os.Stderr, "walfetch: %s not restored: the process that ran walfetch (pid %d) is gone\n", h.name, h.ppid)
+		return false
+	}
+	return true
 }

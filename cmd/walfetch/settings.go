@@ -159,7 +159,7 @@ func loadSettings(args []string, stderr io.Writer) (walfetch.Settings, []string,
 		}
 	}
 	if s.Token == "" && s.TokenFile != "" {
-		b, err := os.ReadFile(s.TokenFile)
+		b, err := walfetch.ReadSmallFile(s.TokenFile)
 		if err != nil {
 			return walfetch.Settings{}, nil, fmt.Errorf("token file: %w", err)
 		}
@@ -173,7 +173,7 @@ func loadSettings(args []string, stderr io.Writer) (walfetch.Settings, []string,
 
 // readFile reads the TOML config file; a missing default file is fine.
 func readFile(s *walfetch.Settings, path string, explicit bool) error {
-	data, err := os.ReadFile(path)
+	data, err := walfetch.ReadSmallFile(path)
 	if errors.Is(err, os.ErrNotExist) && !explicit {
 		return nil
 	}

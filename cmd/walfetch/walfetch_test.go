@@ -341,6 +341,104 @@ func TestSignalRemovesTemporaryFileAndExitsOne(t *testing.T) {
 	}
 }
 
+// spoolDir is the spool walfetch uses in the data directory dir with the
+// settings of hubArgs(h), created.
+func spoolDir(t *testing.T, h *testHub, dir string) string {
+	t.Helper()
+	t.Chdir(dir) // OpenSpool reads global/pg_control relative to the data directory
+	sp := walfetch.OpenSpool(walfetch.Settings{URL: h.url, Server: "main", Spool: "pg_wal/walfetch-spool", Prefetch: 16})
+	if sp == nil {
+		t.Fatal("no spool")
+	}
+	d := filepath.Join(dir, sp.Dir)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestStopSignalWhileWaitingForTheSpoolExitsOne: walfetch ignores stop
+// signals while a call may be a plain spool hit, and must handle them again
+// before it waits for a download the prefetcher has under way.
+func TestStopSignalWhileWaitingForTheSpoolExitsOne(t *testing.T) {
+	h := newTestHub(t, 2)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 1, testSegSize)
+	// A download under way that does not grow: walfetch waits up to 5 s for it.
+	if err := os.WriteFile(filepath.Join(spoolDir(t, h, dir), name+".part"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !ee.Exited() || ee.ExitCode() != 1 {
+		t.Fatalf("after SIGTERM: %v (want a normal exit with status 1)\n%s", err, stderr.String())
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("walfetch took %v to stop", d)
+	}
+	if !strings.Contains(stderr.String(), "terminated received") {
+		t.Errorf("stderr: %s", stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
+		t.Error("a file was handed over after SIGTERM")
+	}
+}
+
+// TestPrefetcherStartedOnAHitIgnoresNoStopSignal: a hit with no prefetcher
+// running starts one; it must not inherit the stop signals the hit ignored
+// (a prefetcher that ignores SIGINT and SIGHUP cannot be stopped by them).
+func TestPrefetcherStartedOnAHitIgnoresNoStopSignal(t *testing.T) {
+	h := newTestHub(t, 3)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 2, testSegSize)
+	if err := os.WriteFile(filepath.Join(spoolDir(t, h, dir), name), h.segs[name], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runWalfetch(t, dir, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if h.fetches(name) != 0 {
+		t.Fatalf("%s was fetched from the hub: not a spool hit", name)
+	}
+	logPath := filepath.Join(dir, "pg_wal", "walfetch-spool", "prefetcher.log")
+	var pid string
+	pgtest.WaitFor(t, 20*time.Second, "the prefetcher to start", func() bool {
+		log, _ := os.ReadFile(logPath)
+		if i := bytes.Index(log, []byte("pid=")); i >= 0 {
+			pid = strings.Fields(string(log[i+4:]))[0]
+		}
+		return pid != ""
+	})
+	status, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ignored uint64
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+			ignored, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT} {
+		if ignored&(1<<(sig-1)) != 0 {
+			t.Errorf("the prefetcher ignores %v", sig)
+		}
+	}
+	if p, err := strconv.Atoi(pid); err == nil {
+		syscall.Kill(p, syscall.SIGTERM)
+	}
+}
+
 func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 	h := newTestHub(t, 12)
 	dir := dataDir(t, "standby.signal", true)
@@ -599,7 +697,11 @@ func TestWalfetchLinksNoHubClient(t *testing.T) {
 		}
 		return strings.Fields(string(out))
 	}
-	heavy := []string{"net/http", "crypto/tls", "github.com/klauspost/compress/zstd", "github.com/walhub/walhub/hub/client"}
+	// crypto/sha256 (the FIPS module's packages and their initialisation)
+	// and os/exec (internal/godebug) were linked for one hash and one
+	// process start each.
+	heavy := []string{"net/http", "crypto/tls", "github.com/klauspost/compress/zstd", "github.com/walhub/walhub/hub/client",
+		"crypto/sha256", "crypto/internal/fips140", "os/exec"}
 	walfetchDeps := deps("github.com/walhub/walhub/cmd/walfetch")
 	for _, p := range heavy {
 		if slices.Contains(walfetchDeps, p) {

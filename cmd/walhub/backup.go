@@ -36,7 +36,8 @@ server's backup_manifest beside it. The server verifies page checksums while sen
 The backup includes no WAL: the hub streams it, so a backup is refused at once when no
 receiver (walhub serve) is running for the server. Every file is checked against the
 manifest while it streams in (size, checksum, nothing missing or extra); each compressed
-archive is decoded again as it is written, and every stored object is read back and must
+frame is decoded again and compared with what went in before it is written, and every
+stored object is read back and must
 match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
 to its stop position is in the catalog (walhub switches WAL on the server only if the
 server has not completed the last segment itself, as a standby); when that takes longer

@@ -1,0 +1,86 @@
+package walfetch
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestReadSmallFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, size int) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, bytes.Repeat([]byte{'w'}, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name    string
+		path    string
+		size    int
+		wantErr error
+	}{
+		{"empty", write("empty", 0), 0, nil},
+		{"smaller than a read", write("small", 37), 37, nil},
+		{"several reads", write("several", 3*4096+5), 3*4096 + 5, nil},
+		{"exactly 1 MiB", write("mib", 1<<20), 1 << 20, nil},
+		{"missing", filepath.Join(dir, "missing"), 0, fs.ErrNotExist},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := ReadSmallFile(tc.path)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil && len(b) != tc.size) {
+				t.Errorf("got %d bytes, %v; want %d bytes, %v", len(b), err, tc.size, tc.wantErr)
+			}
+		})
+	}
+	if _, err := ReadSmallFile(write("big", 1<<20+1)); err == nil {
+		t.Error("a file larger than 1 MiB was read")
+	}
+	if b, err := ReadSmallFile("/proc/sys/kernel/random/boot_id"); err != nil || len(b) < 32 {
+		t.Errorf("boot id: %q, %v", b, err)
+	}
+}
+
+// TestSpoolKeyDependsOnHubServerAndCluster: the spool of another hub, server
+// or cluster is another directory; the key has the form the prefetcher
+// recognises when it removes spools left by others.
+func TestSpoolKeyDependsOnHubServerAndCluster(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "global"), 0o700)
+	control := func(id byte) {
+		if err := os.WriteFile(filepath.Join(dir, "global", "pg_control"), []byte{id, 0, 0, 0, 0, 0, 0, 1}, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	control(1)
+	t.Chdir(dir)
+	s := Settings{URL: "http://hub:7480", Server: "main", Spool: "spool", Prefetch: 4}
+	base := OpenSpool(s)
+	if base == nil || !IsSpoolKey(filepath.Base(base.Dir)) || filepath.Dir(base.Dir) != "spool" {
+		t.Fatalf("spool %+v", base)
+	}
+	if again := OpenSpool(s); again.Dir != base.Dir {
+		t.Errorf("the same settings gave %s and %s", base.Dir, again.Dir)
+	}
+	other := s
+	other.URL = "http://other:7480"
+	if sp := OpenSpool(other); sp.Dir == base.Dir {
+		t.Error("another hub, the same spool")
+	}
+	other = s
+	other.Server = "second"
+	if sp := OpenSpool(other); sp.Dir == base.Dir {
+		t.Error("another server, the same spool")
+	}
+	control(2)
+	if sp := OpenSpool(s); sp.Dir == base.Dir {
+		t.Error("another cluster, the same spool")
+	}
+	if sp := OpenSpool(Settings{URL: s.URL, Server: s.Server, Spool: "spool"}); sp != nil {
+		t.Error("prefetch off, and a spool")
+	}
+}
