@@ -81,9 +81,8 @@ type fileWriters struct {
 	// create is held while a file is created. The files of an archive are
 	// created in few directories, and the kernel serialises creations in
 	// one directory on its lock, where the writers that wait spin and take
-	// the CPU the reader needs: measured on 2 cores, a third of the CPU of
-	// a restore of a thousand files went to creating them. Waiting here
-	// instead costs nothing.
+	// the CPU the reader needs (8% of a restore's CPU in a profile on 2
+	// cores, of a thousand files). Waiting here instead costs nothing.
 	create sync.Mutex
 	// writeback feeds the flusher; closed by wait.
 	writeback chan writebackRange
