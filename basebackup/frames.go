@@ -112,6 +112,9 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	if w.closed {
+		return 0, errors.New("write to a closed archive")
+	}
 	n := len(p)
 	for len(p) > 0 {
 		if w.cur == nil {
