@@ -30,10 +30,11 @@ const (
 	// fsync pass writes what no request started) rather than wait.
 	writebackQueue = 64
 	// earlySyncers fsync finished files while the unpack goes on, from a
-	// queue of earlySyncQueue; a file that finds the queue full is left
-	// to the final pass.
+	// queue of earlySyncQueue (each holds a descriptor open, so it stays
+	// far below a process's limit on open files); a file that finds the
+	// queue full is left to the final pass.
 	earlySyncers   = 8
-	earlySyncQueue = 4096
+	earlySyncQueue = 256
 	// syncWorkers fsync files and directories at once in the final pass:
 	// each mostly waits for the disk, and the file system batches
 	// concurrent fsyncs into fewer journal commits.
@@ -266,7 +267,7 @@ func (w *fileWriters) drain(j *fileJob) {
 // system calls more per file (the poller tries to register it), for nothing.
 func (w *fileWriters) write(j *fileJob) error {
 	w.create.Lock()
-	fd, err := unix.Open(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(j.mode|0o600))
+	fd, err := openFD(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, uint32(j.mode|0o600))
 	w.create.Unlock()
 	if err != nil {
 		return &os.PathError{Op: "create", Path: j.path, Err: err}
@@ -352,9 +353,20 @@ func syncAll(ctx context.Context, files, dirs []string) error {
 	return parallel(ctx, dirs, storage.SyncDir)
 }
 
+// openFD opens path as a raw descriptor (close-on-exec), retrying when a
+// signal interrupts it, as os.OpenFile does.
+func openFD(path string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags|unix.O_CLOEXEC, mode)
+		if !errors.Is(err, unix.EINTR) {
+			return fd, err
+		}
+	}
+}
+
 // syncFile fsyncs the file at p, through a raw descriptor (see write).
 func syncFile(p string) error {
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	fd, err := openFD(p, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("fsync %s: %w", p, err)
 	}

@@ -18,6 +18,13 @@
 # COMPRESSIONS="zstd none" picks walhub's runs; BASE_REV=<git revision> adds
 # a walhub zstd run built from that revision, interleaved with the others (a
 # before/after comparison in one run).
+#
+# PIN=1 models the receiver on another machine than PostgreSQL: the primary
+# (postmaster, its processes and every walsender it starts) is pinned to CPU
+# 0 with taskset, and the receiver (pg_receivewal, walhub serve) to CPU 1,
+# so that neither takes the other's core. walhub then sees one core
+# (GOMAXPROCS 1: one archive worker). Without PIN all share every core, as
+# on one machine. Needs at least 2 CPUs and taskset (util-linux).
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-1024}
@@ -25,12 +32,22 @@ TRIALS=${TRIALS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 COMPRESSIONS=${COMPRESSIONS:-zstd none}
 BASE_REV=${BASE_REV:-}
+PIN=${PIN:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$work"
 port=$((20000 + RANDOM % 20000))
 
 . "$(dirname "$0")/lib.sh"
+
+# on_receiver_cpu prefixes the receivers' commands: taskset (which execs
+# them, so $! stays theirs) when PIN is set.
+on_receiver_cpu=()
+if [ -n "$PIN" ]; then
+	command -v taskset >/dev/null || { echo "PIN=1 needs taskset (util-linux)"; exit 1; }
+	[ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs at least 2 CPUs"; exit 1; }
+	on_receiver_cpu=(taskset -c 1)
+fi
 
 cleanup() {
 	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
@@ -59,7 +76,12 @@ checkpoint_timeout = 1h
 shared_buffers = 256MB
 fsync = on
 CONF
-
+if [ -n "$PIN" ]; then
+	# The walsenders are forked later, by the postmaster: they inherit its CPU.
+	pm=$(head -1 "$work/data/postmaster.pid")
+	for p in "$pm" $(pgrep -P "$pm"); do taskset -a -p -c 0 "$p" >/dev/null; done
+	echo "pinned: PostgreSQL to CPU 0, the receivers to CPU 1"
+fi
 
 psql_ "CHECKPOINT" >/dev/null
 for i in $(seq 1 "$TRIALS"); do
@@ -84,7 +106,7 @@ run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
 	local t0 t1
 	t0=$(date +%s.%N)
-	"$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
+	"${on_receiver_cpu[@]}" "$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
 	rw_pid=$!
 	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
 	t1=$(date +%s.%N)
@@ -112,7 +134,7 @@ compression = "$comp"
 TOML
 	local t0 t1 hwm cpu
 	t0=$(date +%s.%N)
-	"$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
+	"${on_receiver_cpu[@]}" "$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
 	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
@@ -130,7 +152,7 @@ TOML
 declare -A secs cpus
 peak=0
 mb=$(echo "$bytes / 1048576" | bc -l)
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+ (PIN: PostgreSQL on CPU 0, receivers on CPU 1)}"
 for i in $(seq 1 "$TRIALS"); do
 	read -r t cpu <<<"$(run_rw "$i")"
 	secs[rw]+="$t " cpus[rw]+="$cpu "

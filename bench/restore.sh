@@ -5,7 +5,11 @@
 # sync, since tar does not fsync). Same database, same run, interleaved rounds;
 # the median round of each counts (the machine may be shared: the load average
 # is printed with the figures). Data directories are written to the same file
-# system.
+# system. Besides the wall-clock time, the CPU time (user + system) of the
+# restore and of tar is printed per MiB restored: it barely moves with the
+# load of a shared machine, where the wall-clock times do. (Writeback work the
+# kernel's flusher threads do is nobody's CPU time: tar's sync leaves it to
+# them, the restore does part of it itself when it starts the writeback.)
 #
 # Usage: SCALE=30 ROUNDS=5 bash bench/restore.sh
 # KEEP=1 keeps the working directory (repository, configuration, tar) for
@@ -20,7 +24,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
+# timed CMD...: runs CMD (output discarded), prints "wall user sys" in seconds.
+timed() { local TIMEFORMAT='%R %U %S'; { time "$@" >/dev/null 2>&1; } 2>&1; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 W=$(mktemp -d /tmp/walhub-bench-restore.XXXXXX); chmod 755 "$W"
@@ -55,27 +60,26 @@ sleep 2
 SIZE=$(du -sb "$W/primary/base" | cut -f1)
 echo "database: pgbench scale $SCALE, base/ is $((SIZE / 1048576)) MiB; backup $(ls -la "$W"/repo/b/backups/*/base.tar* | awk '{print $5}') bytes stored"
 
-all_w=; all_t=; all_ts=; all_b=
+all_w=; all_t=; all_ts=; all_b=; cpu_w=; cpu_t=; cpu_b=
 # As root, restore refuses files PostgreSQL would not own: give them to
 # postgres, as tar -x run by root gives them the owner recorded in the archive.
 OWNER=; [ "$(id -u)" = 0 ] && OWNER="--owner postgres"
 for r in $(seq 1 "$ROUNDS"); do
   rm -rf "$W/r1" "$W/r2" "$W/r3"; sync
-  t0=$(now); "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER >/dev/null 2>&1; t1=$(now)
-  w=$(echo "$t1 - $t0" | bc)
+  read -r w u s < <(timed "$W/bin/walhub" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER)
+  [ -f "$W/r1/global/pg_control" ] || { echo "walhub restore failed" >&2; exit 1; }
+  cpu_w="$cpu_w $(echo "$u + $s" | bc)"
   b=
   if [ -n "${BEFORE:-}" ]; then
     rm -rf "$W/r1"; sync
-    t0=$(now); "$BEFORE" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER >/dev/null 2>&1; t1=$(now)
-    b=$(echo "$t1 - $t0" | bc)
-    all_b="$all_b $b"
+    read -r b u s < <(timed "$BEFORE" restore --server b --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER)
+    all_b="$all_b $b"; cpu_b="$cpu_b $(echo "$u + $s" | bc)"
   fi
   mkdir "$W/r2"; sync
-  t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r2"; t1=$(now)
-  t=$(echo "$t1 - $t0" | bc)
+  read -r t u s < <(timed tar -xf "$W/tar/base.tar" -C "$W/r2")
+  cpu_t="$cpu_t $(echo "$u + $s" | bc)"
   mkdir "$W/r3"; sync
-  t0=$(now); tar -xf "$W/tar/base.tar" -C "$W/r3"; sync; t1=$(now)
-  ts=$(echo "$t1 - $t0" | bc)
+  read -r ts u s < <(timed sh -c 'tar -xf "$1" -C "$2" && sync' sh "$W/tar/base.tar" "$W/r3")
   echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} tar ${t}s, tar+sync ${ts}s"
   all_w="$all_w $w"; all_t="$all_t $t"; all_ts="$all_ts $ts"
 done
@@ -83,12 +87,14 @@ med() { tr ' ' '\n' <<<"$1" | grep . | median; }
 med_w=$(med "$all_w"); med_t=$(med "$all_t"); med_ts=$(med "$all_ts")
 MB=$(du -sb "$W/r1" | cut -f1)
 mbps() { echo "scale=1; $MB / 1048576 / $1" | bc; }
+# msmb CPU_SECONDS: milliseconds of CPU per MiB restored
+msmb() { echo "scale=2; $1 * 1000 * 1048576 / $MB" | bc; }
 echo "restored $((MB / 1048576)) MiB; median of $ROUNDS rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg):"
-echo "  walhub restore : $(mbps "$med_w") MB/s (verified against the manifest, fsynced)"
-echo "  tar            : $(mbps "$med_t") MB/s (no fsync)   ratio walhub/tar      $(echo "scale=2; $med_t / $med_w" | bc)"
+echo "  walhub restore : $(mbps "$med_w") MB/s (verified against the manifest, fsynced), CPU $(msmb "$(med "$cpu_w")") ms/MiB"
+echo "  tar            : $(mbps "$med_t") MB/s (no fsync), CPU $(msmb "$(med "$cpu_t")") ms/MiB   ratio walhub/tar      $(echo "scale=2; $med_t / $med_w" | bc)"
 echo "  tar + sync     : $(mbps "$med_ts") MB/s             ratio walhub/tar+sync $(echo "scale=2; $med_ts / $med_w" | bc)"
 if [ -n "${BEFORE:-}" ]; then
   med_b=$(med "$all_b")
-  echo "  before ($BEFORE): $(mbps "$med_b") MB/s   ratio walhub/before $(echo "scale=2; $med_b / $med_w" | bc)," \
+  echo "  before ($BEFORE): $(mbps "$med_b") MB/s, CPU $(msmb "$(med "$cpu_b")") ms/MiB   ratio walhub/before $(echo "scale=2; $med_b / $med_w" | bc)," \
     "before/tar $(echo "scale=2; $med_t / $med_b" | bc), before/tar+sync $(echo "scale=2; $med_ts / $med_b" | bc)"
 fi

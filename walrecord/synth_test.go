@@ -3,6 +3,7 @@ package walrecord
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"slices"
 	"testing"
 	"time"
 
@@ -190,7 +191,8 @@ func TestAcrossSegments(t *testing.T) {
 	}
 	primed := NewDecoder(segSize, 0)
 	primed.Write(s.buf[:segSize])
-	before := primed.Events()
+	// Events is valid until the next Write, which reuses its room.
+	before := slices.Clone(primed.Events())
 	primed.Write(s.buf[segSize:])
 	check("primed", append(before, primed.Events()...))
 
@@ -207,6 +209,36 @@ func TestAcrossSegments(t *testing.T) {
 	}
 	resumed.Write(s.buf[segSize:])
 	check("resumed", append(before, resumed.Events()...))
+}
+
+// TestEventsReuseTheirRoom: the receiver's index drains a decoder's events
+// after every segment, tens of thousands of commits in a busy server's
+// segment; the next segment's events go into the same room instead of a
+// slice grown anew from nothing each time.
+func TestEventsReuseTheirRoom(t *testing.T) {
+	const segSize = 1 << 20
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	s := newSynth(segSize, 0)
+	for xid := uint32(100); s.pos() < segSize-PageSize; xid++ {
+		s.record(rmXact, xactCommit, xid, commitData(now))
+	}
+	s.pad()
+	d := NewDecoder(segSize, 0)
+	d.Write(s.buf)
+	n := len(d.Events())
+	if n < 1000 {
+		t.Fatalf("%d events in the segment", n)
+	}
+	allocs := testing.AllocsPerRun(5, func() {
+		d.Reset(0)
+		d.Write(s.buf)
+		if got := len(d.Events()); got != n {
+			t.Fatalf("%d events, want %d", got, n)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("decoding a segment again allocates %.0f times", allocs)
+	}
 }
 
 // FuzzResumeDecoder checks that any state blob is refused or gives a

@@ -2,10 +2,12 @@ package hubfetch
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -146,5 +148,33 @@ func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 	<-done
 	if peak != 16 {
 		t.Errorf("%d downloads at once, want 16 (the window: 1 MiB segments, --parallel 4)", peak)
+	}
+}
+
+// TestServedSegmentsLeaveTheSpoolWithoutAListing: when recovery moves on, the
+// segments it passed leave the spool at once (the spool is listed only on the
+// loop's tick), those ahead and those downloading stay.
+func TestServedSegmentsLeaveTheSpoolWithoutAListing(t *testing.T) {
+	const segSize = 1 << 20
+	dir := t.TempDir()
+	p := &prefetcher{s: walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024}, sp: &walfetch.Spool{Dir: dir, Root: dir},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), segSize: segSize,
+		inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
+	for segno := walname.SegNo(10); segno <= 14; segno++ {
+		if err := os.WriteFile(p.sp.Path(name(segno)), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p.fetched[name(segno)] = true
+	}
+	p.onServed(name(12))
+	for segno := walname.SegNo(10); segno <= 14; segno++ {
+		_, err := os.Stat(p.sp.Path(name(segno)))
+		if passed := segno <= 12; passed != errors.Is(err, os.ErrNotExist) {
+			t.Errorf("recovery at %s: %s in the spool: %v", name(12), name(segno), err == nil)
+		}
+	}
+	if len(p.fetched) != 2 {
+		t.Errorf("fetched: %v, want the two ahead", p.fetched)
 	}
 }
