@@ -16,6 +16,12 @@ import (
 // database as well as one stream with a 1 MiB window did (0.2% larger).
 const frameSize = 1 << 20
 
+// framesInFlight is how many frames per worker can be filled, compressed or
+// waiting to be written at once: enough that the goroutine reading the
+// server's stream rarely waits for a worker (as the streaming encoder it
+// replaced held up to about 16 MiB), so the server keeps sending.
+const framesInFlight = 4
+
 // frameWriter compresses the bytes written to it into a zstd stream of
 // independent frames, one per frameSize bytes of input (any zstd decoder reads
 // concatenated frames as one stream). Workers compress the frames at once, on
@@ -30,8 +36,8 @@ const frameSize = 1 << 20
 //
 // The goroutine that writes also writes to out: it hands a full frame to the
 // workers and then writes the oldest finished frames, and waits only when
-// every buffer is in flight. Memory is fixed: 2 x workers buffers of input,
-// output and check of one frame each.
+// every buffer is in flight. Memory is fixed: framesInFlight x workers
+// buffers of input, output and check of one frame each.
 type frameWriter struct {
 	out  io.Writer
 	enc  *zstd.Encoder
@@ -72,8 +78,8 @@ func newFrameWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*frame
 		enc.Close()
 		return nil, err
 	}
-	w := &frameWriter{out: out, enc: enc, dec: dec, work: make(chan *frameJob, 2*workers)}
-	for range 2 * workers {
+	w := &frameWriter{out: out, enc: enc, dec: dec, work: make(chan *frameJob, framesInFlight*workers)}
+	for range framesInFlight * workers {
 		w.free = append(w.free, &frameJob{in: make([]byte, 0, frameSize), done: make(chan struct{}, 1)})
 	}
 	w.wg.Add(workers)
@@ -111,6 +117,9 @@ func checkFrame(dec *zstd.Decoder, frame, in, scratch []byte) ([]byte, error) {
 func (w *frameWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
+	}
+	if w.closed {
+		return 0, errors.New("write to a closed archive")
 	}
 	n := len(p)
 	for len(p) > 0 {

@@ -86,6 +86,9 @@ func TestFrameWriterRoundTripsWhateverTheWriteSizes(t *testing.T) {
 			if err := w.Close(); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := w.Write([]byte("late")); err == nil {
+				t.Fatal("Write after Close succeeded")
+			}
 			if out.Len() == 0 {
 				t.Fatal("nothing written: even an empty archive is one zstd frame")
 			}

@@ -16,11 +16,13 @@
 #
 # Usage: bash bench/s3.sh      (as root or a user that can run initdb)
 #   WAL_MB=1024 SCALE=100 TRIALS=3 bash bench/s3.sh
+#   PARTS=backup bash bench/s3.sh     # only the backup rows (PARTS="receive backup" by default)
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-512}
 SCALE=${SCALE:-60}
 TRIALS=${TRIALS:-3}
+PARTS=${PARTS:-receive backup}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$(dirname "$0")/lib.sh"
@@ -80,7 +82,11 @@ TOML
 workdir() { if [ "$1" = local ]; then echo "$work/repo-local"; else echo "$work/work-s3"; fi; }
 reset_repo() { rm -rf "$work/repo-local" "$work/work-s3" "$work/s3/bench/"*; }
 
+declare -A secs
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
 # ---- receive catch-up
+if part receive; then
 psql_ "CHECKPOINT" >/dev/null
 for i in $(seq 1 "$TRIALS"); do
 	for kind in local s3; do
@@ -112,7 +118,6 @@ run_receive() { # KIND TRIAL: prints seconds
 	calc "$t1 - $t0"
 }
 
-declare -A secs
 for i in $(seq 1 "$TRIALS"); do
 	for kind in local s3; do
 		t=$(run_receive "$kind" "$i"); secs[recv_$kind]+="$t "
@@ -123,8 +128,10 @@ for i in $(seq 1 "$TRIALS"); do
 	for kind in local s3; do psql_ "SELECT pg_drop_replication_slot('bench_${kind}_$i')" >/dev/null; done
 done
 psql_ "DROP TABLE fill" >/dev/null
+fi
 
 # ---- backup
+if part backup; then
 echo "pgbench scale $SCALE"
 "$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres >/dev/null 2>&1
 psql_ "CHECKPOINT" >/dev/null
@@ -163,11 +170,17 @@ for i in $(seq 1 "$TRIALS"); do
 	done
 done
 
+fi
+
 med() { tr ' ' '\n' <<<"${secs[$1]}" | grep . | median; }
 echo "median of $TRIALS trials:"
+if part receive; then
 rl=$(med recv_local); rs=$(med recv_s3)
 printf "  receive catch-up, %d MB of WAL: local %.2f s (%.0f MB/s), S3 %.2f s (%.0f MB/s), S3/local throughput %.2f\n" \
 	$((bytes >> 20)) "$rl" "$(calc "$bytes / 1048576 / $rl")" "$rs" "$(calc "$bytes / 1048576 / $rs")" "$(calc "$rl / $rs")"
+fi
+if part backup; then
 bl=$(med backup_local); bs=$(med backup_s3)
 printf "  backup, %d MB database: local %.2f s, S3 %.2f s, S3/local throughput %.2f\n" $((dbsize >> 20)) "$bl" "$bs" "$(calc "$bl / $bs")"
 printf "  peak RSS of walhub backup: local %d MB, S3 %d MB\n" $(( $(med rss_local | cut -d. -f1) / 1024 )) $(( $(med rss_s3 | cut -d. -f1) / 1024 ))
+fi
