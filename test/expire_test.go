@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -71,15 +72,24 @@ func TestExpireKeepsTwoBackupsAndTheirWAL(t *testing.T) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- slow.Wait() }()
+	// Watch the lock without taking it: an expire run while the backup is
+	// still starting would take the lock first and make the backup fail.
+	lockPath := filepath.Join(s.repo, filepath.FromSlash(storage.LockPath("main")))
 	pgtest.WaitFor(t, 30*time.Second, "the slow backup to take the lock", func() bool {
 		select {
 		case err := <-exited:
-			t.Fatalf("the slow backup ended (%v) before an expire saw its lock:\n%s", err, slowOut.String())
+			t.Fatalf("the slow backup ended (%v) before it held the lock:\n%s", err, slowOut.String())
 		default:
 		}
-		out, _ := s.tryWalhub("expire", "--server", "main")
-		return strings.Contains(out, "locked by backup")
+		h, held, err := lock.Read(lockPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return held && h.Command == "backup"
 	})
+	if out, _ := s.tryWalhub("expire", "--server", "main"); !strings.Contains(out, "locked by backup") {
+		t.Fatalf("expire during a backup:\n%s", out)
+	}
 	slow.Process.Signal(syscall.SIGTERM)
 	<-exited
 	if got := newestBackup(t, s); got.State != catalog.StateFailed {
