@@ -65,6 +65,11 @@ type Options struct {
 	ManifestChecksums string
 	// WALTimeout bounds the wait for the backup's WAL to reach the catalog.
 	WALTimeout time.Duration
+	// ExpireWait bounds the wait for an expire holding the server's lock
+	// (the daemon's hourly round, or the one after another backup) to
+	// finish; 0 refuses at once. A backup or snapshot holding it is never
+	// waited for: the backup is refused at once, naming the holder.
+	ExpireWait time.Duration
 	// OnProgress, when set, is called as the backup advances (at most a few
 	// times a second).
 	OnProgress func(Progress)
@@ -80,6 +85,40 @@ type LockedError struct {
 
 func (e *LockedError) Error() string {
 	return fmt.Sprintf("a backup of %s cannot start: the server is locked by %s", e.Server, e.Holder)
+}
+
+// expirePoll is how often a backup waiting for an expire tries the lock again.
+const expirePoll = 200 * time.Millisecond
+
+// lockServer takes the server's lock for a backup. While an expire holds it,
+// it tries again until opts.ExpireWait has passed; any other holder, or an
+// expire still there at the end, is a *LockedError.
+func lockServer(ctx context.Context, opts Options, log *slog.Logger) (*lock.Lock, error) {
+	deadline := time.Now().Add(opts.ExpireWait)
+	waiting := false
+	for {
+		lk, err := opts.Repo.Work.Lock(opts.Server, "backup", "")
+		var held *lock.HeldError
+		if !errors.As(err, &held) {
+			if err == nil && waiting {
+				log.Info("the expire has finished; the backup starts")
+			}
+			return lk, err
+		}
+		if held.Holder.Command != "expire" || !time.Now().Before(deadline) {
+			return nil, &LockedError{Server: opts.Server, Holder: held.Holder}
+		}
+		if !waiting {
+			log.Info("waiting for an expire to finish before the backup starts", "holder", held.Holder.String(),
+				"at_most", opts.ExpireWait.String())
+			waiting = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("a backup of %s waited for %s: %w", opts.Server, held.Holder, ctx.Err())
+		case <-time.After(expirePoll):
+		}
+	}
 }
 
 // Run takes one base backup. It returns the backup's final catalog row, done
@@ -100,12 +139,8 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	if err != nil {
 		return catalog.Backup{}, err
 	}
-	lk, err := opts.Repo.Work.Lock(opts.Server, "backup", "")
+	lk, err := lockServer(ctx, opts, log)
 	if err != nil {
-		var held *lock.HeldError
-		if errors.As(err, &held) {
-			return catalog.Backup{}, &LockedError{Server: opts.Server, Holder: held.Holder}
-		}
 		return catalog.Backup{}, err
 	}
 	defer lk.Release()

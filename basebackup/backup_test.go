@@ -574,3 +574,68 @@ func TestBackupOfAPrimaryDoesNotSwitchWALAgain(t *testing.T) {
 		t.Error("walhub switched WAL although the server had completed the backup's last segment")
 	}
 }
+
+// TestBackupWaitsForARunningExpireOnly: a backup that finds an expire holding
+// the server's lock waits for it up to ExpireWait, then runs; it is refused
+// at once, naming the holder, when it may not wait or when a snapshot holds
+// the lock.
+func TestBackupWaitsForARunningExpireOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.primary.PgbenchInit(1)
+	e.startReceiver()
+
+	refusals := []struct {
+		holder string
+		wait   time.Duration
+	}{
+		{"expire", 0},
+		{"snapshot", time.Minute},
+		{"backup", time.Minute},
+	}
+	for _, r := range refusals {
+		lk, err := e.repo.Work.Lock(e.server, r.holder, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := e.options()
+		opts.ExpireWait = r.wait
+		start := time.Now()
+		_, err = Run(context.Background(), opts)
+		lk.Release()
+		var locked *LockedError
+		if !errors.As(err, &locked) || locked.Holder.Command != r.holder {
+			t.Fatalf("held by %s, ExpireWait %v: err = %v, want a LockedError naming %s", r.holder, r.wait, err, r.holder)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("held by %s, ExpireWait %v: refused after %v, want at once", r.holder, r.wait, d)
+		}
+	}
+
+	lk, err := e.repo.Work.Lock(e.server, "expire", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := e.options()
+	opts.ExpireWait = 2 * time.Minute
+	type result struct {
+		b   catalog.Backup
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := Run(context.Background(), opts)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		lk.Release()
+		t.Fatalf("the backup did not wait for the expire: %+v, %v", r.b, r.err)
+	case <-time.After(2 * time.Second):
+	}
+	lk.Release()
+	r := <-done
+	if r.err != nil || r.b.State != catalog.StateDone {
+		t.Fatalf("after the expire: backup %s (%s), %v; want done", r.b.State, r.b.Reason, r.err)
+	}
+}

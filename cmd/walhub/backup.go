@@ -25,6 +25,7 @@ func (a *app) backupCommand() *cobra.Command {
 	var server, checkpoint string
 	var maxRate int
 	var walTimeout time.Duration
+	expireWait := defaultExpireWait
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Take a base backup over the replication protocol",
@@ -44,7 +45,10 @@ server has not completed the last segment itself, as a standby); when that takes
 than backup.wal_timeout (default 5m) the backup is kept as "waiting_wal" and becomes done by
 itself when the WAL arrives.
 
-One backup or expire per server at a time: a second one is refused, naming the holder.
+One backup, expire or snapshot per server at a time. A backup that finds an expire running
+(the daemon's hourly round, or the one after another backup) waits for it, up to
+--expire-wait (default 5m); a backup or snapshot already running refuses it at once, naming
+the holder.
 A failed backup keeps its row and reason (walhub list-backups) and leaves no files.
 After a successful backup, expire runs unless retention.auto_expire = false.`,
 		Example: `  walhub backup --server main
@@ -58,6 +62,9 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
+			}
+			if expireWait < 0 {
+				return fmt.Errorf("--expire-wait: %v is negative", expireWait)
 			}
 			servers, repo, err := a.openServers(cmd.Context(), server)
 			if err != nil {
@@ -84,6 +91,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
 				}
+				o.ExpireWait = expireWait
 				bar := a.newProgressReporter(s.Name)
 				o.OnProgress = bar.report
 				b, err := basebackup.Run(cmd.Context(), o)
@@ -112,9 +120,13 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "", "fast or spread (default: server.backup.checkpoint)")
 	cmd.Flags().IntVar(&maxRate, "max-rate", 0, "limit the server's sending rate, kB/s (default: server.backup.max_rate)")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 0, "how long to wait for the backup's WAL (default: server.backup.wal_timeout)")
+	cmd.Flags().DurationVar(&expireWait, "expire-wait", expireWait, "how long to wait for a running expire to finish (0: refuse at once)")
 	a.addOutputFlag(cmd)
 	return cmd
 }
+
+// defaultExpireWait is how long a backup waits for a running expire.
+const defaultExpireWait = 5 * time.Minute
 
 // backupOptions turns a server's configuration into backup options.
 func backupOptions(s *config.Server, repo *repository.Repository, log *slog.Logger) basebackup.Options {
