@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
@@ -74,14 +73,14 @@ func TestExpireKeepsTwoBackupsAndTheirWAL(t *testing.T) {
 	go func() { exited <- slow.Wait() }()
 	// Watch the lock without taking it: an expire run while the backup is
 	// still starting would take the lock first and make the backup fail.
-	lockPath := filepath.Join(s.repo, filepath.FromSlash(storage.LockPath("main")))
+	work := storage.OpenWorkArea(s.repo) // s.repo holds the working area: catalog.db, the locks
 	pgtest.WaitFor(t, 30*time.Second, "the slow backup to take the lock", func() bool {
 		select {
 		case err := <-exited:
 			t.Fatalf("the slow backup ended (%v) before it held the lock:\n%s", err, slowOut.String())
 		default:
 		}
-		h, held, err := lock.Read(lockPath)
+		h, held, err := work.ReadLock("main")
 		if err != nil {
 			t.Fatal(err)
 		}

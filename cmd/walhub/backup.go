@@ -98,9 +98,8 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				bar.finish()
 				if err != nil {
 					failed = append(failed, err)
-					var locked *basebackup.LockedError
-					if errors.As(err, &locked) {
-						continue // nothing was recorded
+					if b.ID == "" {
+						continue // refused (locked, or stopped while waiting for an expire): nothing was recorded
 					}
 				}
 				views = append(views, viewOf(s.Name, b, nil))
