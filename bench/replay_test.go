@@ -17,6 +17,14 @@
 // loopback, test/s3test) and replays from a second hub serving that bucket:
 // the row "walfetch, S3-backed hub" against "walfetch" (the same hub code
 // over a local repository).
+//
+// BENCH_PIN=1 models the hub on another machine than the standby: after the
+// setup, this process (the hubs, which run hub.Server as `walhub serve` does,
+// and the delay proxy) and its children (versitygw) are pinned to CPU 1 with
+// taskset, with GOMAXPROCS 1, and each standby is started on CPU 0, so that
+// postgres, its restore_command (cp, or walfetch and the prefetcher it
+// starts) share CPU 0 and never take the hub's core. Without it, all share
+// every core, as on one machine. Needs at least 2 CPUs and taskset.
 package bench
 
 import (
@@ -29,6 +37,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -196,6 +205,20 @@ func BenchmarkReplay(b *testing.B) {
 		}
 		return false
 	}
+	// BENCH_PIN: the hub side on CPU 1, the standby on CPU 0.
+	pinned := os.Getenv("BENCH_PIN") != ""
+	standbyCPUs, where := "", ""
+	if pinned {
+		if runtime.NumCPU() < 2 {
+			b.Fatal("BENCH_PIN needs at least 2 CPUs")
+		}
+		pgtest.Pin(b, "1")
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+		standbyCPUs = "0"
+		where = " (BENCH_PIN: hubs on CPU 1, standby on CPU 0)"
+		fmt.Println("BENCH_PIN: the hubs, the delay proxy and versitygw (this process and its children, GOMAXPROCS 1) " +
+			"on CPU 1; each standby (postgres, and its restore_command: cp, or walfetch and its prefetcher) on CPU 0")
+	}
 	rates := map[string][]float64{}
 	rounds := envInt("BENCH_ROUNDS", 2)
 	b.ResetTimer()
@@ -217,8 +240,14 @@ func BenchmarkReplay(b *testing.B) {
 			} else {
 				standby.AppendConf("restore_command = '" + r.command + "'")
 			}
+			standby.CPUs = standbyCPUs
 			start := time.Now()
 			standby.Start()
+			if pinned {
+				if got := standby.AllowedCPUs(); got != standbyCPUs {
+					b.Fatalf("%s: the standby runs on CPUs %s, want %s", r.name, got, standbyCPUs)
+				}
+			}
 			standby.WaitReplay(end, 30*time.Minute)
 			elapsed := time.Since(start)
 			if got := standby.Query("SELECT count(*) FROM filler"); got != wantRows {
@@ -246,7 +275,7 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	b.StopTimer()
 	median := map[string]float64{}
-	fmt.Printf("median and best of %d rounds:\n", rounds)
+	fmt.Printf("median and best of %d rounds%s:\n", rounds, where)
 	for _, r := range runs {
 		if v := rates[r.name]; len(v) > 0 {
 			slices.Sort(v)

@@ -173,7 +173,11 @@ type Cluster struct {
 	// SocketDir is the unix socket directory.
 	SocketDir string
 	LogFile   string
-	running   bool
+	// CPUs, when set, is the CPU list (taskset -c syntax: "0", "0,1") that
+	// Start runs the server on: the postmaster and every process it starts
+	// (backends, the startup process, restore_command) inherit it.
+	CPUs    string
+	running bool
 }
 
 // Options tune a new primary.
@@ -285,7 +289,11 @@ func (c *Cluster) writeHBA() {
 // Start starts the server and waits until it accepts connections.
 func (c *Cluster) Start() {
 	c.t.Helper()
-	Run(c.t, ServerCommand(c.t, "pg_ctl", "-D", c.DataDir, "-l", c.LogFile, "-w", "-t", "120", "start"))
+	cmd := ServerCommand(c.t, "pg_ctl", "-D", c.DataDir, "-l", c.LogFile, "-w", "-t", "120", "start")
+	if c.CPUs != "" {
+		cmd = exec.Command("taskset", append([]string{"-c", c.CPUs}, cmd.Args...)...)
+	}
+	Run(c.t, cmd)
 	c.running = true
 }
 
@@ -310,14 +318,7 @@ func (c *Cluster) Restart(mode string) {
 // children to notice and exit so the directory can be started again.
 func (c *Cluster) Kill9() {
 	c.t.Helper()
-	data, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))
-	if err != nil {
-		c.t.Fatalf("kill -9 %s: %v", c.Name, err)
-	}
-	pid, err := strconv.Atoi(strings.SplitN(string(data), "\n", 2)[0])
-	if err != nil {
-		c.t.Fatalf("kill -9 %s: bad postmaster.pid", c.Name)
-	}
+	pid := c.postmasterPID()
 	children := childrenOf(pid)
 	syscall.Kill(pid, syscall.SIGKILL)
 	deadline := time.Now().Add(30 * time.Second)
@@ -328,6 +329,47 @@ func (c *Cluster) Kill9() {
 		syscall.Kill(child, syscall.SIGKILL)
 	}
 	c.running = false
+}
+
+// postmasterPID reads the running server's pid from postmaster.pid.
+func (c *Cluster) postmasterPID() int {
+	c.t.Helper()
+	data, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err != nil {
+		c.t.Fatalf("%s: %v", c.Name, err)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(data), "\n", 2)[0])
+	if err != nil {
+		c.t.Fatalf("%s: bad postmaster.pid", c.Name)
+	}
+	return pid
+}
+
+// AllowedCPUs is the list of CPUs the running server's postmaster may run on
+// (Cpus_allowed_list in /proc, e.g. "0" or "0-1").
+func (c *Cluster) AllowedCPUs() string {
+	c.t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.postmasterPID()))
+	if err != nil {
+		c.t.Fatalf("%s: %v", c.Name, err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "Cpus_allowed_list:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	c.t.Fatalf("%s: no Cpus_allowed_list in /proc/%d/status", c.Name, c.postmasterPID())
+	return ""
+}
+
+// Pin runs this process (every thread) and its children (servers it started,
+// such as versitygw) on cpus (taskset -c syntax) from now on; what they
+// start later inherits it. A cluster's CPUs field places a cluster apart.
+func Pin(t testing.TB, cpus string) {
+	t.Helper()
+	for _, pid := range append([]int{os.Getpid()}, childrenOf(os.Getpid())...) {
+		Run(t, exec.Command("taskset", "-a", "-p", "-c", cpus, strconv.Itoa(pid)))
+	}
 }
 
 // childrenOf lists the processes whose parent is pid, from /proc.
