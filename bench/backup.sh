@@ -31,27 +31,46 @@
 # CPU 0 and the client (pg_basebackup, walhub backup and walhub serve) on
 # CPU 1, with taskset, so neither takes the other's core. Without it, all
 # share both cores, as on one machine.
+#
+# REPO=s3 puts walhub's repository in a bucket: versitygw v1.8.0 (posix
+# backend, on loopback, same disk; with PIN on the client's CPU, the hub's
+# machine) is started, and `walhub serve` and every `walhub backup` use the
+# bucket; pg_basebackup writes to local disk as always, in the same rounds.
+# "Durable" is then the upload of the archives and the manifest done.
+# Needs versitygw (bench/lib.sh: need_s3_tools). REPO=local (the default)
+# keeps the repository in a local directory. With BASE_REV, that revision
+# must know the S3 repository.
+#
+#   REPO=s3 SCALE=60 RUNS=3 bash bench/backup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 SCALE=${SCALE:-60}
 RUNS=${RUNS:-3}
 BASE_REV=${BASE_REV:-}
 PIN=${PIN:-}
+REPO=${REPO:-local}
+case $REPO in
+local) ;;
+s3) need_s3_tools ;;
+*) echo "REPO is local or s3, not $REPO"; exit 1 ;;
+esac
 BIN=${PGTEST_BINDIR:-/usr/lib/postgresql/15/bin}
 
 ROOT=$(mktemp -d /tmp/walhub-bench-XXXXXX)
 chmod 755 "$ROOT"
 # AS_PG runs a command as postgres when run as root (PostgreSQL refuses root);
 # an array, so that taskset and time can run it.
+# (as_pg, from lib.sh, is the same as a function.)
 AS_PG=()
 [ "$(id -u)" = 0 ] && AS_PG=(runuser -u postgres --)
-as_pg() { "${AS_PG[@]}" "$@"; }
 [ "$(id -u)" = 0 ] && chown postgres "$ROOT"
 PORT=$(( 20000 + RANDOM % 20000 ))
 SERVE_PID=
 cleanup() {
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+  [ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null
   as_pg "$BIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$ROOT"
 }
@@ -67,10 +86,13 @@ if [ -n "$PIN" ]; then
   ON_SERVER=(taskset -c 0)
   ON_CLIENT=(taskset -c 1)
 fi
+# versitygw (REPO=s3) runs where the client does: the hub's machine.
+on_hub_cpu=(${ON_CLIENT[@]+"${ON_CLIENT[@]}"})
 
 echo "== load before: $(uptime)"
 echo "== cluster: pgbench scale $SCALE, port $PORT, in $ROOT"
 [ -n "$PIN" ] && echo "== PIN=1: PostgreSQL on CPU 0, the clients (pg_basebackup, walhub) on CPU 1"
+[ "$REPO" = s3 ] && echo "== REPO=s3: walhub's repository in a bucket on versitygw (loopback, same disk${PIN:+, CPU 1}); pg_basebackup to local disk"
 as_pg "$BIN/initdb" -D "$ROOT/data" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
 cat >>"$ROOT/data/postgresql.conf" <<EOF
 port = $PORT
@@ -97,8 +119,17 @@ if [ -n "$BASE_REV" ]; then
   (cd "$ROOT/base-src" && go build -o "$ROOT/walhub-base" ./cmd/walhub)
   rm -rf "$ROOT/base-src"
 fi
+# STATUS is where walhub serve writes receiver.json: the repository, or
+# the working area of the bucket's.
+if [ "$REPO" = s3 ]; then
+  work=$ROOT s3port=$((PORT + 2))
+  start_s3
+  REPO_TOML=$(s3_repo backup "$ROOT/work-s3") STATUS=$ROOT/work-s3
+else
+  REPO_TOML="repository = \"$ROOT/repo\"" STATUS=$ROOT/repo
+fi
 cat >"$ROOT/walhub.toml" <<EOF
-repository = "$ROOT/repo"
+$REPO_TOML
 [hub]
 listen = "127.0.0.1:$((PORT + 1))"
 [[server]]
@@ -111,12 +142,11 @@ EOF
 "${ON_CLIENT[@]}" "$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
-  grep -qs '"state": "streaming"' "$ROOT/repo/bench/receiver.json" && break
+  grep -qs '"state": "streaming"' "$STATUS/bench/receiver.json" && break
   sleep 0.2
 done
-grep -qs '"state": "streaming"' "$ROOT/repo/bench/receiver.json" || { echo "walhub serve did not start:"; cat "$ROOT/serve.log"; exit 1; }
+grep -qs '"state": "streaming"' "$STATUS/bench/receiver.json" || { echo "walhub serve did not start:"; cat "$ROOT/serve.log"; exit 1; }
 
-now() { date +%s.%N; }
 # server_cpu: CPU seconds of the postmaster's exited (reaped) children so far.
 TCK=$(getconf CLK_TCK)
 # It first waits (up to 5 s) until the backup's walsender has exited and been
@@ -132,7 +162,6 @@ server_cpu() {
 # timed OUTFILE CMD...: runs CMD on the client's CPUs; OUTFILE gets its user+sys seconds.
 timed() { local out=$1; shift; "${ON_CLIENT[@]}" /usr/bin/time -f "%U %S" -o "$out" "$@"; }
 cpu_of() { awk '{ print $1 + $2 }' "$1"; }
-calc() { awk "BEGIN { print $* }"; }
 best() { sort -g | head -1; }
 # seconds converts a Go duration as slog prints it ("1m2.5s", "3.2s", "850ms") to seconds.
 seconds() {
@@ -198,15 +227,15 @@ for r in $(seq "$RUNS"); do
   fi
   echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 4 || echo 3) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
-# median KEY FIELD: the median of column FIELD over the rows of KEY.
-median() {
+# median_of KEY FIELD: the median of column FIELD over the rows of KEY.
+median_of() {
   awk -v k="$1" -v f="$2" '$1 == k {print $f}' "$ROOT/times" | sort -g |
     awk '{v[NR] = $1} END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
-T_PLAIN=$(median plain 2); S_PLAIN=$(median plain 3)
-T_ZSTD=$(median zstd 2); S_ZSTD=$(median zstd 3)
-T_STREAM=$(median walhub 2); T_TOTAL=$(median walhub 3); S_WALHUB=$(median walhub 4); SIZE=$(median walhub 5)
-P_STREAM=$(median walhub 6); P_VERIFY=$(median walhub 7); P_WAL=$(median walhub 8)
+T_PLAIN=$(median_of plain 2); S_PLAIN=$(median_of plain 3)
+T_ZSTD=$(median_of zstd 2); S_ZSTD=$(median_of zstd 3)
+T_STREAM=$(median_of walhub 2); T_TOTAL=$(median_of walhub 3); S_WALHUB=$(median_of walhub 4); SIZE=$(median_of walhub 5)
+P_STREAM=$(median_of walhub 6); P_VERIFY=$(median_of walhub 7); P_WAL=$(median_of walhub 8)
 
 mbps() { calc "$SIZE / 1048576 / $1"; }
 row() { # label seconds stored
@@ -214,7 +243,7 @@ row() { # label seconds stored
     "$(calc "$3 / 1048576")" "$(calc "$SIZE / $3")"
 }
 echo
-echo "== results (medians of $RUNS rounds): $((SIZE / 1048576)) MB sent by the server, $(nproc) cores"
+echo "== results (medians of $RUNS rounds): $((SIZE / 1048576)) MB sent by the server, $(nproc) cores, walhub's repository: $([ "$REPO" = s3 ] && echo "S3 bucket" || echo local)${PIN:+, pinned}"
 row "pg_basebackup -Ft -X none" "$T_PLAIN" "$S_PLAIN"
 row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
@@ -224,7 +253,7 @@ printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f 
 echo
 echo "CPU (user+sys, medians; ms per MB sent):"
 cpurow() { # label key client-field server-field
-  local c s; c=$(median "$2" "$3"); s=$(median "$2" "$4")
+  local c s; c=$(median_of "$2" "$3"); s=$(median_of "$2" "$4")
   printf '  %-34s client %5.2f s (%.2f ms/MB)   server %5.2f s (%.2f ms/MB)\n' "$1" "$c" \
     "$(calc "$c * 1000 / ($SIZE / 1048576)")" "$s" "$(calc "$s * 1000 / ($SIZE / 1048576)")"
 }
@@ -237,12 +266,12 @@ printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.8x)\
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
 if [ -n "$BASE_REV" ]; then
-  B_STREAM=$(median base 2); B_TOTAL=$(median base 3)
+  B_STREAM=$(median_of base 2); B_TOTAL=$(median_of base 3)
   echo
   echo "== walhub built from $BASE_REV (same rounds, medians)"
-  row "base walhub (durable in repo)" "$B_STREAM" "$(median base 4)"
-  row "base walhub (whole: +verify, WAL)" "$B_TOTAL" "$(median base 4)"
-  printf 'base phases: stream %.2f s, verify %.2f s, WAL wait %.2f s\n' "$(median base 6)" "$(median base 7)" "$(median base 8)"
+  row "base walhub (durable in repo)" "$B_STREAM" "$(median_of base 4)"
+  row "base walhub (whole: +verify, WAL)" "$B_TOTAL" "$(median_of base 4)"
+  printf 'base phases: stream %.2f s, verify %.2f s, WAL wait %.2f s\n' "$(median_of base 6)" "$(median_of base 7)" "$(median_of base 8)"
   cpurow "base walhub (whole command)" base 9 10
   printf 'base (durable) vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_STREAM")" "$(calc "$T_ZSTD / $B_STREAM")"
   printf 'base (whole)   vs pg_basebackup uncompressed: %.2fx, client-zstd: %.2fx\n' "$(calc "$T_PLAIN / $B_TOTAL")" "$(calc "$T_ZSTD / $B_TOTAL")"

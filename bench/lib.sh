@@ -1,6 +1,7 @@
-# Shared by the bench/ scripts: sourced, never run. The caller sets PGBIN,
-# work (its temporary directory) and port (the primary's); the S3 scripts
-# also VGW, s3port and the AWS_* credentials.
+# Shared by the bench/ scripts: sourced, never run. The caller sets PGBIN
+# and here (the source tree to build walhub from), and calls bench_setup,
+# which sets work (its temporary directory) and the ports; a script with a
+# bucket then calls start_s3.
 
 # as_pg runs a command as postgres when run as root (PostgreSQL refuses root).
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -14,6 +15,34 @@ now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }
 # kb FIELD PID: a /proc/PID/status figure in kB (VmHWM, VmRSS).
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
+
+# bench_setup NAME: makes $work (/tmp/walhub-bench-NAME-XXXXXX), picks port
+# (the primary's), s3port (versitygw's) and hubport (walhub's hub), and
+# removes everything at exit (bench_cleanup).
+bench_setup() {
+	work=$(mktemp -d "/tmp/walhub-bench-$1-XXXXXX")
+	chmod 755 "$work"
+	port=$((20000 + RANDOM % 20000))
+	s3port=$((port + 1))
+	hubport=$((port + 2))
+	trap bench_cleanup EXIT
+}
+
+# bench_cleanup stops what the scripts start (the processes in rw_pid,
+# hub_pid and vgw_pid, the primary in $work/data) and removes $work.
+bench_cleanup() {
+	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
+	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true
+	[ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null || true
+	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+
+# build_walhub builds walhub from $here into $work/walhub.
+build_walhub() {
+	echo "building walhub"
+	(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+}
 
 # start_primary INITDB_OPTIONS...: initdb in $work/data and start it on
 # $port, listening on loopback only, with the lines on stdin added to
@@ -34,6 +63,28 @@ start_primary() {
 	as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w start >/dev/null
 }
 
+# start_s3: checks the tools (need_s3_tools), sets the credentials and starts
+# versitygw with the bucket "bench" (start_versitygw). A command prefixed by
+# the array on_hub_cpu (taskset, with PIN) starts versitygw there.
+start_s3() {
+	need_s3_tools
+	export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0b5c
+	start_versitygw
+}
+
+# s3_repo PREFIX WORKDIR prints the top of a walhub.toml whose repository is
+# the bucket's PREFIX on versitygw, with WORKDIR as its working area (the
+# receiver's status files): the repository lines and the [s3] table.
+s3_repo() {
+	cat <<TOML
+repository = "s3://bench/$1"
+work_dir = "$2"
+[s3]
+endpoint = "http://127.0.0.1:$s3port"
+force_path_style = true
+TOML
+}
+
 # need_s3_tools sets VGW (versitygw, or $VERSITYGW) and checks that it and
 # /usr/bin/time (for peak RSS) are installed.
 need_s3_tools() {
@@ -48,7 +99,7 @@ start_versitygw() {
 	echo "versitygw on port $s3port"
 	mkdir -p "$work/s3"
 	ROOT_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY \
-		"$VGW" --port "127.0.0.1:$s3port" --health /health --quiet posix "$work/s3" >"$work/vgw.log" 2>&1 &
+		${on_hub_cpu[@]+"${on_hub_cpu[@]}"} "$VGW" --port "127.0.0.1:$s3port" --health /health --quiet posix "$work/s3" >"$work/vgw.log" 2>&1 &
 	vgw_pid=$!
 	until curl -sf "http://127.0.0.1:$s3port/health" >/dev/null; do sleep 0.1; done
 	# A bucket of the posix backend is a directory under its root.

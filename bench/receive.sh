@@ -15,6 +15,7 @@
 #
 # Usage: bench/receive.sh            (as root or as a user that can run initdb)
 #   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
+#   REPO=s3 WAL_MB=1024 TRIALS=3 bench/receive.sh   # walhub into a bucket (below)
 # COMPRESSIONS="zstd none" picks walhub's runs; BASE_REV=<git revision> adds
 # a walhub zstd run built from that revision, interleaved with the others (a
 # before/after comparison in one run).
@@ -25,6 +26,15 @@
 # so that neither takes the other's core. walhub then sees one core
 # (GOMAXPROCS 1: one archive worker). Without PIN all share every core, as
 # on one machine. Needs at least 2 CPUs and taskset (util-linux).
+#
+# REPO=s3 puts walhub's repository in a bucket: versitygw v1.8.0 (posix
+# backend, on loopback, same disk; with PIN on the receivers' CPU, the hub's
+# machine) is started, and each walhub run catches up into a prefix of its
+# own; pg_receivewal writes to local disk as always, in the same rounds.
+# Timed the same way (until receiver.json names the last segment: uploaded
+# and cataloged). Needs versitygw (bench/lib.sh: need_s3_tools). REPO=local
+# (the default) keeps the repository in a local directory. With BASE_REV, that
+# revision must know the S3 repository.
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-1024}
@@ -33,12 +43,14 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 COMPRESSIONS=${COMPRESSIONS:-zstd none}
 BASE_REV=${BASE_REV:-}
 PIN=${PIN:-}
+REPO=${REPO:-local}
 here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/walhub-bench-XXXXXX)
-chmod 755 "$work"
-port=$((20000 + RANDOM % 20000))
-
 . "$(dirname "$0")/lib.sh"
+case $REPO in
+local) ;;
+s3) need_s3_tools ;;
+*) echo "REPO is local or s3, not $REPO"; exit 1 ;;
+esac
 
 # on_receiver_cpu prefixes the receivers' commands: taskset (which execs
 # them, so $! stays theirs) when PIN is set.
@@ -48,17 +60,10 @@ if [ -n "$PIN" ]; then
 	[ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs at least 2 CPUs"; exit 1; }
 	on_receiver_cpu=(taskset -c 1)
 fi
+on_hub_cpu=(${on_receiver_cpu[@]+"${on_receiver_cpu[@]}"})
 
-cleanup() {
-	[ -n "${rw_pid:-}" ] && kill "$rw_pid" 2>/dev/null || true
-	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null || true
-	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building walhub"
-(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+bench_setup receive
+build_walhub
 variants=$COMPRESSIONS
 if [ -n "$BASE_REV" ]; then
 	echo "building walhub at $BASE_REV"
@@ -68,6 +73,7 @@ if [ -n "$BASE_REV" ]; then
 	rm -rf "$work/base-src"
 	variants="$variants base"
 fi
+if [ "$REPO" = s3 ]; then start_s3; fi
 
 start_primary <<CONF
 max_replication_slots = 40
@@ -120,11 +126,18 @@ run_rw() {
 # kB, stored MB and CPU seconds. VARIANT is a compression, or base (zstd,
 # the binary built from BASE_REV).
 run_hub() {
-	local comp=$1 repo="$work/repo-$1" bin="$work/walhub"
+	local comp=$1 repo="$work/repo-$1" bin="$work/walhub" repo_toml stored_dir
 	if [ "$comp" = base ]; then comp=zstd bin="$work/walhub-base"; fi
 	rm -rf "$repo"
+	# With REPO=s3, $repo is the working area (receiver.json) and the
+	# segments go to the bucket's prefix recv-VARIANT.
+	if [ "$REPO" = s3 ]; then
+		repo_toml=$(s3_repo "recv-$1" "$repo") stored_dir="$work/s3/bench/recv-$1/bench/wal"
+	else
+		repo_toml="repository = \"$repo\"" stored_dir="$repo/bench/wal"
+	fi
 	cat > "$work/walhub.toml" <<TOML
-repository = "$repo"
+$repo_toml
 [[server]]
 name = "bench"
 conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
@@ -144,8 +157,8 @@ TOML
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
 	cpu=$(cpu_secs "$hub_pid")
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
-	stored_mb=$(du -sm "$repo/bench/wal" | cut -f1)
-	rm -rf "$repo"
+	stored_mb=$(du -sm "$stored_dir" | cut -f1)
+	rm -rf "$repo" "$work/s3/bench/recv-$1"
 	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu"
 }
 
@@ -153,6 +166,9 @@ declare -A secs cpus
 peak=0
 mb=$(echo "$bytes / 1048576" | bc -l)
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+ (PIN: PostgreSQL on CPU 0, receivers on CPU 1)}"
+if [ "$REPO" = s3 ]; then
+	echo "walhub's repository: a bucket on versitygw (loopback, same disk${PIN:+, on CPU 1}); pg_receivewal: local disk"
+fi
 for i in $(seq 1 "$TRIALS"); do
 	read -r t cpu <<<"$(run_rw "$i")"
 	secs[rw]+="$t " cpus[rw]+="$cpu "
@@ -169,7 +185,7 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 med_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
 rw_med=$(med_of "${secs[rw]}")
 rw_mbs=$(echo "$mb / $rw_med" | bc -l)
-echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL:"
+echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL, walhub into the $([ "$REPO" = s3 ] && echo "S3 bucket" || echo "local repository")${PIN:+, pinned}:"
 printf "  pg_receivewal      %6.2f s  %7.1f MB/s  CPU %.2f ms/MB\n" "$rw_med" "$rw_mbs" "$(echo "$(med_of "${cpus[rw]}") * 1000 / $mb" | bc -l)"
 for comp in $variants; do
 	med=$(med_of "${secs[$comp]}")

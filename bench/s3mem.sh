@@ -28,25 +28,9 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=${WALHUB_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 . "$(dirname "$0")/lib.sh"
 need_s3_tools
-work=$(mktemp -d /tmp/walhub-bench-s3mem-XXXXXX)
-chmod 755 "$work"
-port=$((20000 + RANDOM % 20000))
-s3port=$((port + 1))
-hubport=$((port + 2))
-export AWS_ACCESS_KEY_ID=bench-key AWS_SECRET_ACCESS_KEY=bench-secret-0b5c
-
-cleanup() {
-	[ -n "${hub_pid:-}" ] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null || true
-	[ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null || true
-	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-echo "building walhub"
-(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
-
-start_versitygw
+bench_setup s3mem
+build_walhub
+start_s3
 
 start_primary --data-checksums <<CONF
 max_replication_slots = 10
