@@ -44,6 +44,33 @@ build_walhub() {
 	(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
 }
 
+# start_serve DIR: starts `walhub serve --init` with $work/walhub.toml and
+# waits until DIR/bench/receiver.json (DIR: the local repository, or a
+# bucket's working area) says it streams; its pid in hub_pid, its log in
+# $work/hub.log.
+start_serve() {
+	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
+	hub_pid=$!
+	until grep -qs '"state": "streaming"' "$1/bench/receiver.json"; do
+		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
+		sleep 0.1
+	done
+}
+
+# stop_serve stops the walhub serve in hub_pid.
+stop_serve() { kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=; }
+
+# timed_backup runs `walhub backup --server bench` with $work/walhub.toml and
+# prints its seconds and its peak RSS (kB, from /usr/bin/time).
+timed_backup() {
+	local t0 t1
+	t0=$(now)
+	/usr/bin/time -f "%M" -o "$work/rss" "$work/walhub" --config "$work/walhub.toml" backup --server bench \
+		>"$work/backup.log" 2>&1 || { cat "$work/backup.log" >&2; exit 1; }
+	t1=$(now)
+	echo "$(calc "$t1 - $t0") $(tail -1 "$work/rss")"
+}
+
 # start_primary INITDB_OPTIONS...: initdb in $work/data and start it on
 # $port, listening on loopback only, with the lines on stdin added to
 # postgresql.conf.

@@ -121,24 +121,14 @@ echo "database: $((dbsize >> 20)) MB in base/"
 run_backup() { # KIND: prints "seconds peak-RSS-kB stored-MB"
 	reset_repo
 	config "$1" "bench_backup_$1"
-	local wd t0 t1
-	wd=$(workdir "$1")
-	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
-	hub_pid=$!
-	until grep -qs '"state": "streaming"' "$wd/bench/receiver.json"; do
-		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.1
-	done
-	t0=$(now)
-	/usr/bin/time -f "%M" -o "$work/rss" "$work/walhub" --config "$work/walhub.toml" backup --server bench \
-		>"$work/backup.log" 2>&1 || { cat "$work/backup.log" >&2; exit 1; }
-	t1=$(now)
-	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
-	local stored
+	start_serve "$(workdir "$1")"
+	local t_rss stored
+	t_rss=$(timed_backup)
+	stop_serve
 	if [ "$1" = local ]; then stored=$(du -sm "$work/repo-local/bench/backups" | cut -f1)
 	else stored=$(du -sm "$work/s3/bench/bench_backup_s3/bench/backups" | cut -f1); fi
 	psql_ "SELECT pg_drop_replication_slot('bench_backup_$1')" >/dev/null
-	echo "$(calc "$t1 - $t0") $(tail -1 "$work/rss") $stored"
+	echo "$t_rss $stored"
 }
 
 for i in $(seq 1 "$TRIALS"); do

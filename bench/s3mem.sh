@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
 # Memory while backups of growing size are uploaded into an S3-compatible
-# bucket: is the peak RSS flat in the backup size (issue 12: multipart upload
-# with bounded memory whatever the backup size)?
+# bucket, and written into a local repository: is the peak RSS flat in the
+# backup size (issue 12: multipart upload with bounded memory whatever the
+# backup size; issue 17: the daemon's RSS flat in backup size)?
 #
-# versitygw v1.8.0 (posix backend, on loopback, same disk) and a PostgreSQL 15
-# primary are started. For each size in SIZES_MB, the database grows to that
-# size with random bytes (pgcrypto's gen_random_bytes: incompressible, so the
-# bytes uploaded are the database's size, unlike pgbench's tables, which zstd
-# shrinks about 20 times); then `walhub serve` is started afresh with its
-# repository in the bucket (its slot made after the load: the load's WAL is
-# not part of it), and `walhub backup` uploads a backup into the bucket.
-# Reported per backup: its size, its time, the peak RSS (VmHWM) of the
-# `walhub backup` process (the one that streams, compresses and uploads the
-# backup) and the daemon's VmHWM (it streams the backup's WAL and serves
-# beside it). The backup before is then removed from the bucket, and the
-# daemon stopped, to keep the disk use down: at most about 3 x the largest
-# size (database, bucket, pg_wal).
+# versitygw v1.8.0 (posix backend, on loopback, same disk; when REPOS names
+# s3) and a PostgreSQL 15 primary are started. For each size in SIZES_MB, the
+# database grows to that size with random bytes (pgcrypto's gen_random_bytes:
+# incompressible, so the bytes uploaded are the database's size, unlike
+# pgbench's tables, which zstd shrinks about 20 times); then `walhub serve` is
+# started afresh with its repository in the bucket (its slot made after the
+# load: the load's WAL is not part of it), and `walhub backup` uploads a
+# backup into the bucket; then the same with a local repository (REPOS="s3
+# local", the order of the runs at each size). Reported per backup: its size,
+# its time, the peak RSS (VmHWM) of the `walhub backup` process (the one that
+# streams, compresses and uploads or writes the backup) and the daemon's VmHWM
+# (it streams the backup's WAL and serves beside it), and at the end a table
+# of both per repository and size. Each backup is then removed, and the daemon
+# stopped, to keep the disk use down: at most about 3 x the largest size
+# (database, repository, pg_wal).
 #
 # Usage: bash bench/s3mem.sh   (as root or a user that can run initdb)
 #   SIZES_MB="1024 3072" bash bench/s3mem.sh     # the default
 #   SIZES_MB="200 600" bash bench/s3mem.sh       # quicker
+#   REPOS=local bash bench/s3mem.sh              # only the local repository (REPOS="s3 local" by default)
 #   WALHUB_SRC=DIR: build walhub from the source tree DIR (default: this script's)
 set -euo pipefail
 
 SIZES_MB=${SIZES_MB:-1024 3072}
+REPOS=${REPOS:-s3 local}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=${WALHUB_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 . "$(dirname "$0")/lib.sh"
-need_s3_tools
+for kind in $REPOS; do
+	case $kind in local | s3) ;; *) echo "REPOS holds local and s3, not $kind"; exit 1 ;; esac
+done
+[[ " $REPOS " == *" s3 "* ]] && need_s3_tools
+[ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
 bench_setup s3mem
 build_walhub
-start_s3
+if [[ " $REPOS " == *" s3 "* ]]; then start_s3; fi
 
 start_primary --data-checksums <<CONF
 max_replication_slots = 10
@@ -39,20 +48,19 @@ checkpoint_timeout = 1h
 shared_buffers = 256MB
 CONF
 
-# config SIZE: a repository of its own (prefix, working area, slot) per size.
+# config KIND SIZE: a repository of its own (bucket prefix and working area,
+# or local directory; slot) per kind and size.
 config() {
+	local repo
+	if [ "$1" = s3 ]; then repo=$(s3_repo "mem$2" "$work/work-$2"); else repo="repository = \"$work/repo-$2\""; fi
 	cat > "$work/walhub.toml" <<TOML
-repository = "s3://bench/mem$1"
-work_dir = "$work/work-$1"
-[s3]
-endpoint = "http://127.0.0.1:$s3port"
-force_path_style = true
+$repo
 [hub]
 listen = "127.0.0.1:$hubport"
 [[server]]
 name = "bench"
 conninfo = "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=disable"
-slot = "bench_$1"
+slot = "bench_$1_$2"
 create_slot = true
 [server.backup]
 wal_timeout = "5m"
@@ -62,6 +70,7 @@ TOML
 psql_ "CREATE EXTENSION pgcrypto; CREATE TABLE blob (id bigint, b bytea)" >/dev/null
 # Rows of 1.5 kB stay inline (no TOAST, which would try to compress them).
 rows=0
+rows_out=()
 for size in $SIZES_MB; do
 	t0=$(now)
 	want=$((size * 1024 * 1024 / 1600))
@@ -74,21 +83,21 @@ for size in $SIZES_MB; do
 	dbsize=$(du -sb "$work/data/base" | cut -f1)
 	printf "database grown to %d MB in base/ (%.0f s)\n" $((dbsize >> 20)) "$(calc "$(now) - $t0")"
 
-	config "$size"
-	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
-	hub_pid=$!
-	until grep -qs '"state": "streaming"' "$work/work-$size/bench/receiver.json"; do
-		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.1
+	for kind in $REPOS; do
+		config "$kind" "$size"
+		if [ "$kind" = s3 ]; then dir=$work/work-$size stored_dir=$work/s3/bench/mem$size/bench/backups
+		else dir=$work/repo-$size stored_dir=$work/repo-$size/bench/backups; fi
+		start_serve "$dir"
+		read -r t rss <<<"$(timed_backup)"
+		hwm=$(kb VmHWM "$hub_pid")
+		stored=$(du -sm "$stored_dir" | cut -f1)
+		printf "  backup of %5d MB into %-5s %6.1f s, %5d MB stored; peak RSS (VmHWM) of walhub backup %4d MB; daemon VmHWM %4d MB\n" \
+			$((dbsize >> 20)) "$kind:" "$t" "$stored" $((rss / 1024)) $((hwm / 1024))
+		rows_out+=("$(printf "%-5s %6d MB  walhub backup %4d MB  walhub serve %4d MB" "$kind" $((dbsize >> 20)) $((rss / 1024)) $((hwm / 1024)))")
+		stop_serve
+		rm -rf "$work/s3/bench/mem$size" "$work/work-$size" "$work/repo-$size"
+		psql_ "SELECT pg_drop_replication_slot('bench_${kind}_$size')" >/dev/null
 	done
-	t0=$(now)
-	/usr/bin/time -f "%M" -o "$work/rss" "$work/walhub" --config "$work/walhub.toml" backup --server bench \
-		>"$work/backup.log" 2>&1 || { cat "$work/backup.log" >&2; exit 1; }
-	t1=$(now)
-	stored=$(du -sm "$work/s3/bench/mem$size/bench/backups" | cut -f1)
-	printf "  backup of %5d MB: %6.1f s, %5d MB uploaded; peak RSS (VmHWM) of walhub backup %4d MB; daemon VmHWM %4d MB\n" \
-		$((dbsize >> 20)) "$(calc "$t1 - $t0")" "$stored" $(( $(tail -1 "$work/rss") / 1024 )) $(( $(kb VmHWM "$hub_pid") / 1024 ))
-	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
-	rm -rf "$work/s3/bench/mem$size" "$work/work-$size"
-	psql_ "SELECT pg_drop_replication_slot('bench_$size')" >/dev/null
 done
+echo "peak RSS (VmHWM) by repository and backup size:"
+for kind in $REPOS; do printf "  %s\n" "${rows_out[@]}" | grep "^  $kind "; done
