@@ -19,6 +19,10 @@ func New() hash.Hash32 { return crc32.New(table) }
 // Of returns the formatted checksum of b.
 func Of(b []byte) string { return Format(crc32.Checksum(b, table)) }
 
+// Update returns sum extended with b: Update(Update(0, a), b) is the
+// CRC-32C of a followed by b, for a caller that sees the bytes in pieces.
+func Update(sum uint32, b []byte) uint32 { return crc32.Update(sum, table, b) }
+
 // Format formats a CRC-32C value as "crc32c:1a2b3c4d".
 func Format(sum uint32) string { return fmt.Sprintf("crc32c:%08x", sum) }
 

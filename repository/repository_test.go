@@ -509,7 +509,12 @@ func TestPutFileConcurrently(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					var cataloged bool
-					rows[i], cataloged, errs[i] = storer.PutFile(ctx, walname.SegmentName(1, walname.SegNo(20+i), segSize), srcs[i])
+					// Half with the checksum known (the receiver's case), half without.
+					sum := ""
+					if i%2 == 0 {
+						sum = checksum.Of(segmentData(walname.SegNo(20 + i)))
+					}
+					rows[i], cataloged, errs[i] = storer.PutFile(ctx, walname.SegmentName(1, walname.SegNo(20+i), segSize), srcs[i], sum)
 					if cataloged {
 						errs[i] = fmt.Errorf("segment %d reported cataloged", 20+i)
 					}
@@ -544,8 +549,53 @@ func TestPutFileConcurrently(t *testing.T) {
 				}
 			}
 			// Cataloged segments are not stored again.
-			if _, cataloged, err := storer.PutFile(ctx, rows[0].Name, srcs[0]); err != nil || !cataloged {
+			if _, cataloged, err := storer.PutFile(ctx, rows[0].Name, srcs[0], ""); err != nil || !cataloged {
 				t.Errorf("PutFile of a cataloged segment: cataloged %v, %v", cataloged, err)
+			}
+		})
+	}
+}
+
+// A .partial whose bytes are not what the receiver checksummed as it wrote
+// them (changed on disk since) is not stored under that checksum: PutFile
+// fails and leaves no object, compressed or copied (the test store cannot
+// link: linked, the object is the file itself and keeps the checksum of what
+// was received).
+func TestPutFileRefusesBytesThatDifferFromTheirChecksum(t *testing.T) {
+	for _, compression := range []string{"zstd", "none"} {
+		t.Run(compression, func(t *testing.T) {
+			repo, _, srv, dir := newRepo(t)
+			ctx := context.Background()
+			storer, err := repo.SegmentStorer(srv, compression, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := walname.SegmentName(1, 40, segSize)
+			data := segmentData(40)
+			sent := checksum.Of(data)
+			data[segSize/2] ^= 1 // one bit flipped on disk
+			src := filepath.Join(dir, "src")
+			if err := os.WriteFile(src, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := storer.PutFile(ctx, name, src, sent); err == nil || !strings.Contains(err.Error(), sent) {
+				t.Fatalf("PutFile of changed bytes: %v", err)
+			}
+			key := storage.SegmentPath(srv.Name, name, compression)
+			if _, err := repo.Store.Stat(ctx, key); !errors.Is(err, storage.ErrNotExist) {
+				t.Fatalf("object %s left: %v", key, err)
+			}
+			// With the right checksum it is stored, and gives back its bytes.
+			row, _, err := storer.PutFile(ctx, name, src, checksum.Of(data))
+			if err == nil {
+				row, err = storer.CatalogFile(ctx, row, src)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got bytes.Buffer
+			if err := repo.ReadSegment(ctx, row, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("stored segment does not give back its bytes: %v", err)
 			}
 		})
 	}

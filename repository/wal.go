@@ -130,7 +130,7 @@ func (s *SegmentStorer) release(c *segmentCoder) {
 // between the catalog and the removal of the caller's file) is returned as
 // it is, with stored false.
 func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg catalog.Segment, stored bool, err error) {
-	row, cataloged, err := s.PutFile(ctx, name, src)
+	row, cataloged, err := s.PutFile(ctx, name, src, "")
 	if err != nil || cataloged {
 		return row, false, err
 	}
@@ -146,12 +146,26 @@ func (s *SegmentStorer) StoreFile(ctx context.Context, name, src string) (seg ca
 // already cataloged is returned as it is, with cataloged true, and nothing
 // is written. It is safe for concurrent use.
 //
+// sum is the checksum (checksum.Format) of the segment's bytes when the
+// caller computed it as it wrote src (the receiver, from the bytes the
+// server sent), or "" for PutFile to compute it, with a read of src of its
+// own. A known sum spares that read: when src is copied into the object
+// (compressed, or to a bucket) it is checksummed on the way, and an object
+// whose bytes differ from sum is not committed; when it is linked, the
+// object is src and sum is what its bytes were sent as.
+//
 // Without compression, on a store that can link a local file (local disk),
 // src becomes the object without being copied, as pg_receivewal renames it.
-func (s *SegmentStorer) PutFile(ctx context.Context, name, src string) (row catalog.Segment, cataloged bool, err error) {
+func (s *SegmentStorer) PutFile(ctx context.Context, name, src, sum string) (row catalog.Segment, cataloged bool, err error) {
 	tli, segno, err := walname.ParseSegment(name, s.srv.SegmentSize)
 	if err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+	}
+	var want uint32
+	if sum != "" {
+		if want, err = checksum.Parse(sum); err != nil {
+			return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+		}
 	}
 	if row, err := s.r.Catalog.Segment(ctx, s.srv.ID, name); err == nil {
 		return row, true, nil
@@ -168,16 +182,23 @@ func (s *SegmentStorer) PutFile(ctx context.Context, name, src string) (row cata
 		return catalog.Segment{}, false, err
 	}
 	defer s.release(c)
-	// The checksum goes into the object's meta, which a bucket takes when the
-	// upload starts: compute it first (the second read comes from the page cache).
-	sum := checksum.New()
-	if _, err := io.CopyBuffer(sum, in, c.buf); err != nil {
-		return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
+	var body io.Reader = in
+	if sum == "" {
+		// The checksum goes into the object's meta, which a bucket takes when
+		// the upload starts: compute it first (the second read comes from the
+		// page cache).
+		h := checksum.New()
+		if _, err := io.CopyBuffer(h, in, c.buf); err != nil {
+			return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
+		}
+		if _, err := in.Seek(0, io.SeekStart); err != nil {
+			return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
+		}
+		sum = checksum.Format(h.Sum32())
+	} else {
+		body = &checkedReader{r: in, want: want, name: src}
 	}
-	if _, err := in.Seek(0, io.SeekStart); err != nil {
-		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
-	}
-	row = s.row(tli, segno, name, checksum.Format(sum.Sum32()))
+	row = s.row(tli, segno, name, sum)
 	linked := false
 	if l, ok := s.r.Store.(storage.Linker); ok && s.compression == "none" {
 		row.StoredSize, err = l.Link(ctx, src, row.StoredPath, s.meta(row))
@@ -185,12 +206,32 @@ func (s *SegmentStorer) PutFile(ctx context.Context, name, src string) (row cata
 		linked = !errors.Is(err, syscall.EXDEV)
 	}
 	if !linked {
-		row.StoredSize, err = s.put(ctx, c, row, in)
+		row.StoredSize, err = s.put(ctx, c, row, body)
 	}
 	if err != nil {
 		return catalog.Segment{}, false, fmt.Errorf("store segment %s: %w", name, err)
 	}
 	return row, false, nil
+}
+
+// checkedReader reads r, checksumming what it reads, and at the end of r
+// fails instead of returning io.EOF when the checksum is not want: the
+// object being written from it is then aborted, not committed.
+type checkedReader struct {
+	r    io.Reader
+	sum  uint32
+	want uint32
+	name string
+}
+
+func (c *checkedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.sum = checksum.Update(c.sum, p[:n])
+	if err == io.EOF && c.sum != c.want {
+		return n, fmt.Errorf("%s holds bytes whose checksum is %s, not %s as received", c.name,
+			checksum.Format(c.sum), checksum.Format(c.want))
+	}
+	return n, err
 }
 
 // CatalogFile commits row, the row PutFile returned for the segment held by

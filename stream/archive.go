@@ -48,7 +48,7 @@ func (s *segmentStore) store(ctx context.Context, seg completedSegment) error {
 // put makes the object of seg durable (see repository.SegmentStorer.PutFile);
 // it may run for many segments at once.
 func (s *segmentStore) put(ctx context.Context, seg completedSegment) (catalog.Segment, bool, error) {
-	return s.storer.PutFile(ctx, seg.Name, seg.Partial)
+	return s.storer.PutFile(ctx, seg.Name, seg.Partial, seg.Checksum)
 }
 
 // catalog commits the row of a segment whose object put made durable, then

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -18,6 +19,10 @@ type completedSegment struct {
 	Name     string
 	// Partial is the local path of the .partial file.
 	Partial string
+	// Checksum is that of the segment's bytes as they were received
+	// (checksum.Format), or "" when they were not all seen (a segment
+	// resumed after a restart, one found at startup).
+	Checksum string
 }
 
 // writebackChunk is how much written WAL may wait in the page cache before
@@ -45,6 +50,10 @@ type walWriter struct {
 	dirDirty bool
 	// writtenBack is the offset in the file up to which writeback was started.
 	writtenBack uint64
+	// sum is the CRC-32C of the bytes of the open segment so far, when
+	// summed: every byte of it went through write (it was not resumed).
+	sum    uint32
+	summed bool
 	// resuming is set until the .partial that streaming resumes in is
 	// opened; held is what it holds from pos on, which the server sends
 	// again: compared, not written.
@@ -98,7 +107,9 @@ func (w *walWriter) open() error {
 			return fmt.Errorf("resume in %s.partial: %w", w.name, err)
 		}
 		// recoverPartial made the file and its directory entry durable.
+		// What it holds before offset is not seen: no checksum.
 		w.file, w.dirDirty, w.writtenBack = f, false, offset
+		w.sum, w.summed = 0, false
 		return nil
 	}
 	f, err := w.work.CreatePartial(w.server, w.name)
@@ -108,6 +119,8 @@ func (w *walWriter) open() error {
 	w.file = f
 	w.dirDirty = true
 	w.writtenBack = 0
+	// A new .partial starts at the segment's start (newWALWriter).
+	w.sum, w.summed = 0, offset == 0
 	return nil
 }
 
@@ -135,6 +148,9 @@ func (w *walWriter) write(data []byte) error {
 			w.held = w.held[n:]
 		} else if _, err := w.file.Write(data[:n]); err != nil {
 			return fmt.Errorf("store WAL at %s: %w", w.pos, err)
+		}
+		if w.summed {
+			w.sum = checksum.Update(w.sum, data[:n])
 		}
 		w.pos += walname.LSN(n)
 		data = data[n:]
@@ -173,7 +189,11 @@ func (w *walWriter) closeSegment() error {
 		return fmt.Errorf("close %s.partial: %w", name, err)
 	}
 	w.file = nil
-	return w.completed(completedSegment{TimeLine: w.tli, SegNo: w.segNo, Name: name, Partial: path})
+	seg := completedSegment{TimeLine: w.tli, SegNo: w.segNo, Name: name, Partial: path}
+	if w.summed {
+		seg.Checksum = checksum.Format(w.sum)
+	}
+	return w.completed(seg)
 }
 
 // sync makes everything written durable and only then advances synced, the

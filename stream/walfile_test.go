@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -73,6 +74,9 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 				if !bytes.Equal(data, pattern(walname.SegmentStart(c.SegNo, testSegSize), testSegSize)) {
 					t.Errorf("segment %s does not hold its part of the stream", c.Name)
 				}
+				if c.Checksum != checksum.Of(data) {
+					t.Errorf("segment %s: checksum %q, want %s", c.Name, c.Checksum, checksum.Of(data))
+				}
 			}
 			// Once a segment is complete the next .partial exists and is synced:
 			// the flushed position may cover the boundary.
@@ -92,6 +96,47 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 			}
 			w.close(false)
 		})
+	}
+}
+
+// A segment resumed in its .partial after a restart was not all seen by the
+// writer: it comes with no checksum (the store computes it from the file);
+// the next segment, written whole, comes with its own.
+func TestWALWriterGivesNoChecksumForAResumedSegment(t *testing.T) {
+	work, _ := storage.NewWorkArea(t.TempDir())
+	const segNo = 3
+	start := walname.SegmentStart(segNo, testSegSize)
+	name := walname.SegmentName(1, segNo, testSegSize)
+	f, err := work.CreatePartial("main", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := walname.LSN(testSegSize / 2)
+	if _, err := f.Write(pattern(start, int(half))); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	resume := &partialResume{Partial: storage.Partial{TimeLine: 1, SegNo: segNo, Name: name, Path: f.Name()},
+		Page: start + half, End: start + half}
+	var got []completedSegment
+	w, err := newWALWriter(work, "main", testSegSize, 1, start+half, resume, func(c completedSegment) error {
+		got = append(got, c)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.write(pattern(start+half, testSegSize/2+testSegSize)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("completed %d segments, want 2", len(got))
+	}
+	if got[0].Checksum != "" {
+		t.Errorf("resumed segment %s: checksum %q, want none", got[0].Name, got[0].Checksum)
+	}
+	if want := checksum.Of(pattern(start+testSegSize, testSegSize)); got[1].Checksum != want {
+		t.Errorf("segment %s: checksum %q, want %s", got[1].Name, got[1].Checksum, want)
 	}
 }
 
