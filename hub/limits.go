@@ -41,8 +41,9 @@ var defaultLimits = limits{headerTimeout: 10 * time.Second, bodyTimeout: 10 * ti
 	idleTimeout: 60 * time.Second, writeStall: 60 * time.Second}
 
 const (
-	// sendChunk is what a client must take within writeStall.
-	sendChunk = 1 << 20
+	// sendChunk is what a client must take within writeStall, and what
+	// sendBody reads and writes at a time.
+	sendChunk = 256 << 10
 	// maxHeaderBytes bounds a request's headers.
 	maxHeaderBytes = 64 << 10
 	// maxAdminBody bounds the body of an admin request (a small JSON

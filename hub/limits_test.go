@@ -26,7 +26,7 @@ import (
 
 // running starts the fixture's hub on a real listener (as walhub serve does),
 // with short limits for the test, and returns its address.
-func (f *fixture) running(t *testing.T, lim limits, hubConf string) string {
+func (f *fixture) running(t testing.TB, lim limits, hubConf string) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

