@@ -50,6 +50,8 @@ type SegmentStorer struct {
 	// memEnc compresses Store's segments from memory: EncodeAll may be
 	// called concurrently.
 	memEnc *zstd.Encoder
+	// indexBuf is CatalogFile's read buffer (CatalogFile runs one at a time).
+	indexBuf []byte
 }
 
 // segmentCoder is what one PutFile call works with: a streaming zstd encoder
@@ -210,13 +212,15 @@ func (s *SegmentStorer) PutFile(ctx context.Context, name, src, sum string) (row
 		return catalog.Segment{}, false, err
 	}
 	defer s.release(c)
-	var body io.Reader = in
+	// Hiding the os.File's WriteTo makes io.CopyBuffer use c.buf (256 kB
+	// reads) rather than its own 32 kB buffer, which costs twice the CPU.
+	var body io.Reader = struct{ io.Reader }{in}
 	if sum == "" {
 		// The checksum goes into the object's meta, which a bucket takes when
 		// the upload starts: compute it first (the second read comes from the
 		// page cache).
 		h := checksum.New()
-		if _, err := io.CopyBuffer(h, in, c.buf); err != nil {
+		if _, err := io.CopyBuffer(h, body, c.buf); err != nil {
 			return catalog.Segment{}, false, fmt.Errorf("store segment %s: read %s: %w", name, src, err)
 		}
 		if _, err := in.Seek(0, io.SeekStart); err != nil {
@@ -275,7 +279,13 @@ func (s *SegmentStorer) CatalogFile(ctx context.Context, row catalog.Segment, sr
 			return catalog.Segment{}, err
 		}
 		defer in.Close()
-		if _, err := io.Copy(s.index.Begin(ctx, row.TimeLine, row.SegNo, row.Name), in); err != nil {
+		// Read in large pieces: io.Copy's 32 kB reads cost the index pass
+		// twice the CPU (0.2 ms per MB instead of 0.1). The os.File is
+		// hidden so that its WriteTo does not bring that buffer back.
+		if s.indexBuf == nil {
+			s.indexBuf = make([]byte, 256<<10)
+		}
+		if _, err := io.CopyBuffer(s.index.Begin(ctx, row.TimeLine, row.SegNo, row.Name), struct{ io.Reader }{in}, s.indexBuf); err != nil {
 			return catalog.Segment{}, fmt.Errorf("index segment %s: read %s: %w", row.Name, src, err)
 		}
 		row.Contents = s.index.Contents(row.TimeLine, row.SegNo)
