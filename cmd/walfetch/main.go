@@ -57,9 +57,9 @@ What it does:
     downloaded from the hub into a temporary file beside %p, its size, checksum
     and page header verified, and renamed into %p. %p is never half-written,
     and a segment that fails verification is never handed over: %p stays absent.
-  - After serving a segment, walfetch tells the prefetcher (starting it, detached,
-    when none runs; one per spool, guarded by a lock) which segment recovery is
-    at. The prefetcher keeps the next --prefetch segments that the hub holds
+  - After serving a segment from the spool, or before downloading one itself,
+    walfetch tells the prefetcher (starting it, detached, when none runs; one
+    per spool, guarded by a lock) which segment recovery is at. The prefetcher keeps the next --prefetch segments that the hub holds
     downloaded, with --parallel connections (more for segments smaller than
     16 MiB: the same bytes in flight), while recovery proceeds, in the
     spool (default pg_wal/walfetch-spool, which base backups leave out; it must

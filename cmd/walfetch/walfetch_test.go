@@ -82,6 +82,8 @@ type testHub struct {
 	mu     sync.Mutex
 	gets   map[string]int
 	delay  time.Duration
+	// hold, when set, is called before each request is served.
+	hold func(*http.Request)
 }
 
 func newTestHub(t *testing.T, count int) *testHub {
@@ -111,9 +113,12 @@ func newTestHub(t *testing.T, count int) *testHub {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.mu.Lock()
 		h.gets[r.URL.Path]++
-		delay := h.delay
+		delay, hold := h.delay, h.hold
 		h.mu.Unlock()
 		time.Sleep(delay)
+		if hold != nil {
+			hold(r)
+		}
 		srv.Handler().ServeHTTP(w, r)
 	}))
 	t.Cleanup(hs.Close)
@@ -496,6 +501,53 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 		if strings.HasSuffix(path, ".history") {
 			t.Errorf("%s fetched %d times", path, n)
 		}
+	}
+}
+
+// TestMissStartsThePrefetcherBeforeItsDownload: on a miss, walfetch starts
+// the prefetcher before it downloads the segment itself, not after: the
+// prefetcher's start, its first peek and its first downloads overlap that
+// download, and with a distant hub the segments recovery asks for next are in
+// the spool a round trip or two sooner. The hub here answers the download
+// only once the prefetcher has peeked (or after 5 s).
+func TestMissStartsThePrefetcherBeforeItsDownload(t *testing.T) {
+	h := newTestHub(t, 4)
+	dir := dataDir(t, "standby.signal", true)
+	first := walname.SegmentName(1, 1, testSegSize)
+	peeked := make(chan struct{})
+	var once sync.Once
+	h.mu.Lock()
+	h.hold = func(r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/peek"):
+			once.Do(func() { close(peeked) })
+		case strings.HasSuffix(r.URL.Path, "/"+first):
+			select {
+			case <-peeked:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	h.mu.Unlock()
+	start := time.Now()
+	code, stderr := runWalfetch(t, dir, hubArgs(h, first, "pg_wal/RECOVERYXLOG")...)
+	elapsed := time.Since(start)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); !bytes.Equal(got, h.segs[first]) {
+		t.Fatal("served bytes differ")
+	}
+	if elapsed > 4*time.Second {
+		t.Errorf("the download of %s waited %v for the prefetcher's first peek: the prefetcher was started after it", first, elapsed.Round(time.Millisecond))
+	}
+	// The prefetcher, told of the segment once, fetches what follows it.
+	deadline := time.Now().Add(30 * time.Second)
+	for h.fetches(walname.SegmentName(1, 2, testSegSize)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := h.fetches(first); n != 1 {
+		t.Errorf("%s fetched %d times, want once (by walfetch, not by the prefetcher too)", first, n)
 	}
 }
 

@@ -17,8 +17,9 @@ import (
 )
 
 // Serve puts the WAL file name at dst: from the spool when the prefetcher
-// has it, else downloaded and verified; then it tells the prefetcher. It
-// reports why it failed on stderr. temps registers its temporary files, for
+// has it, else downloaded and verified. It tells the prefetcher (starting one
+// when none runs) which segment recovery asked for: after a hit, and on a
+// miss before its own download. It reports why it failed on stderr. temps registers its temporary files, for
 // a signal handler to remove.
 func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst string, temps *TempFiles, stderr io.Writer) walfetch.Result {
 	n, err := walname.Parse(name)
@@ -42,6 +43,12 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 			sp.Poke(s, name, stderr)
 			return walfetch.Served
 		}
+		// A miss: the prefetcher learns (or, when none runs, is started
+		// with) where recovery is now, before this download rather than
+		// after it, so that its start, its peek and its downloads of the
+		// next segments overlap this one: with a distant hub, a round trip
+		// or two less before recovery's next request finds the spool ready.
+		sp.Poke(s, name, stderr)
 	}
 
 	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Token: s.Token, CAFile: s.CAFile,
@@ -70,9 +77,6 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 			if err := install(tmp, dst, temps); err != nil {
 				fmt.Fprintf(stderr, "walfetch: %v\n", err)
 				return walfetch.Fail(m)
-			}
-			if sp != nil {
-				sp.Poke(s, name, stderr)
 			}
 			return walfetch.Served
 		}
