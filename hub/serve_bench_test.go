@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -17,14 +18,17 @@ import (
 	"github.com/walhub/walhub/walname"
 )
 
-// BenchmarkServeSegment measures the hub's CPU per 16 MiB segment served as
-// stored (zstd, what walfetch asks for) over a real TCP connection: the
-// process CPU per segment, the hub's share and a client that only reads the
-// bytes (no decoding) to io.Discard.
+// BenchmarkServeSegment measures the hub's CPU per segment (16 MiB, or
+// BENCH_SEGMENT_MB) served as stored (zstd, what walfetch asks for) over a
+// real TCP connection: the process CPU per segment, the hub's share and a
+// client that only reads the bytes (no decoding) to io.Discard.
 //
 //	go test -run XXX -bench ServeSegment -benchtime 100x ./hub
 func BenchmarkServeSegment(b *testing.B) {
-	const big = 16 << 20
+	big := 16 << 20
+	if mb, err := strconv.Atoi(os.Getenv("BENCH_SEGMENT_MB")); err == nil && mb > 0 {
+		big = mb << 20
+	}
 	ctx := context.Background()
 	dir := b.TempDir()
 	repo, err := repository.OpenLocal(ctx, dir)
@@ -32,7 +36,7 @@ func BenchmarkServeSegment(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer repo.Close()
-	feeder, err := walfeed.New(ctx, repo, "main", "7300000000000000001", big, "zstd")
+	feeder, err := walfeed.New(ctx, repo, "main", "7300000000000000001", uint64(big), "zstd")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -45,7 +49,7 @@ func BenchmarkServeSegment(b *testing.B) {
 		for j := range seg {
 			seg[j] = "0123456789abcdef"[r.IntN(16)]
 		}
-		name := walname.SegmentName(1, walname.SegNo(i+1), big)
+		name := walname.SegmentName(1, walname.SegNo(i+1), uint64(big))
 		if err := feeder.StoreSegment(ctx, name, seg); err != nil {
 			b.Fatal(err)
 		}
@@ -74,7 +78,7 @@ func BenchmarkServeSegment(b *testing.B) {
 	get(names[0])
 	var before, after syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &before)
-	b.SetBytes(big)
+	b.SetBytes(int64(big))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		get(names[i%segments])
@@ -83,5 +87,5 @@ func BenchmarkServeSegment(b *testing.B) {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &after)
 	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/segment")
-	fmt.Fprintf(os.Stderr, "%d segments of 16 MiB served: %v CPU per segment (hub and a reading client)\n", b.N, cpu/time.Duration(b.N))
+	fmt.Fprintf(os.Stderr, "%d segments of %d MiB served: %v CPU per segment (hub and a reading client)\n", b.N, big>>20, cpu/time.Duration(b.N))
 }
