@@ -39,7 +39,8 @@
 # "Durable" is then the upload of the archives and the manifest done.
 # Needs versitygw (bench/lib.sh: need_s3_tools). REPO=local (the default)
 # keeps the repository in a local directory. With BASE_REV, that revision
-# must know the S3 repository.
+# must know the S3 repository. The client's CPU counts walhub backup only,
+# not versitygw.
 #
 #   REPO=s3 SCALE=60 RUNS=3 bash bench/backup.sh
 set -euo pipefail

@@ -1,7 +1,7 @@
 # Shared by the bench/ scripts: sourced, never run. The caller sets PGBIN
 # and here (the source tree to build walhub from), and calls bench_setup,
-# which sets work (its temporary directory) and the ports; a script with a
-# bucket then calls start_s3.
+# which sets work (its temporary directory) and the ports, or sets work and
+# port itself; a script with a bucket then calls start_s3.
 
 # as_pg runs a command as postgres when run as root (PostgreSQL refuses root).
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }

@@ -34,7 +34,8 @@
 # Timed the same way (until receiver.json names the last segment: uploaded
 # and cataloged). Needs versitygw (bench/lib.sh: need_s3_tools). REPO=local
 # (the default) keeps the repository in a local directory. With BASE_REV, that
-# revision must know the S3 repository.
+# revision must know the S3 repository. The CPU column counts walhub serve
+# only, not versitygw.
 set -euo pipefail
 
 WAL_MB=${WAL_MB:-1024}
