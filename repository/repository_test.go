@@ -600,3 +600,50 @@ func TestPutFileRefusesBytesThatDifferFromTheirChecksum(t *testing.T) {
 		})
 	}
 }
+
+// ReadSegment gives back a segment's bytes only when they are the size and
+// checksum of its catalog row: an object changed in the store (zstd objects
+// carry no frame checksum of their own) is an error, for the WAL index and
+// the restore target's resolution alike.
+func TestReadSegmentRefusesAChangedObject(t *testing.T) {
+	for _, compression := range []string{"zstd", "none"} {
+		t.Run(compression, func(t *testing.T) {
+			repo, _, srv, dir := newRepo(t)
+			ctx := context.Background()
+			storer, err := repo.SegmentStorer(srv, compression, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := segmentData(50)
+			row, err := storer.Store(ctx, walname.SegmentName(1, 50, segSize), data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got bytes.Buffer
+			if err := repo.ReadSegment(ctx, row, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("intact segment: %v", err)
+			}
+			path := filepath.Join(dir, filepath.FromSlash(row.StoredPath))
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0x01
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := repo.ReadSegment(ctx, row, io.Discard); err == nil {
+				t.Fatal("a changed object read without error")
+			}
+			short := row
+			short.Size--
+			b[len(b)/2] ^= 0x01 // the stored bytes again
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := repo.ReadSegment(ctx, short, io.Discard); err == nil || !strings.Contains(err.Error(), "the catalog says") {
+				t.Fatalf("a size other than the row's: %v", err)
+			}
+		})
+	}
+}

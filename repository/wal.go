@@ -466,9 +466,41 @@ func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment)
 	return n, nil
 }
 
-// ReadSegment writes the uncompressed bytes of a stored segment to w.
+// ReadSegment writes the uncompressed bytes of a stored segment to w, and
+// fails when they are not the size and checksum its catalog row gives
+// (objects carry no second hash of their own: see newEncoder). w may have
+// taken bytes by then: a caller acts on what it read only once ReadSegment
+// returned nil.
 func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
-	return r.readSegment(ctx, seg.StoredPath, seg.Compression, w)
+	want, err := checksum.Parse(seg.Checksum)
+	if err != nil {
+		return fmt.Errorf("segment %s: %w", seg.Name, err)
+	}
+	cw := &checkedWriter{w: w}
+	if err := r.readSegment(ctx, seg.StoredPath, seg.Compression, cw); err != nil {
+		return err
+	}
+	if cw.n != seg.Size {
+		return fmt.Errorf("segment %s: %d bytes stored, the catalog says %d", seg.Name, cw.n, seg.Size)
+	}
+	if cw.sum != want {
+		return fmt.Errorf("segment %s: stored bytes have checksum %s, the catalog says %s", seg.Name, checksum.Format(cw.sum), seg.Checksum)
+	}
+	return nil
+}
+
+// checkedWriter passes bytes on to w, counting them and updating their CRC-32C.
+type checkedWriter struct {
+	w   io.Writer
+	n   int64
+	sum uint32
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.sum = checksum.Update(c.sum, p[:n])
+	return n, err
 }
 
 func (r *Repository) readSegment(ctx context.Context, key, compression string, w io.Writer) error {
