@@ -19,8 +19,8 @@ import (
 // Serve puts the WAL file name at dst: from the spool when the prefetcher
 // has it, else downloaded and verified. It tells the prefetcher (starting one
 // when none runs) which segment recovery asked for: after a hit, and on a
-// miss before its own download. It reports why it failed on stderr. temps registers its temporary files, for
-// a signal handler to remove.
+// miss before its own download. It reports why it failed on stderr. temps
+// registers its temporary files, for a signal handler to remove.
 func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst string, temps *TempFiles, stderr io.Writer) walfetch.Result {
 	n, err := walname.Parse(name)
 	if err != nil {
