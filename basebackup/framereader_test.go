@@ -1,0 +1,248 @@
+package basebackup
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// archiveBytes is 5.5 frames of what archives hold: compressible pages,
+// zeros (RLE blocks) and random bytes (raw blocks).
+func archiveBytes() []byte {
+	rng := rand.New(rand.NewPCG(5, 6))
+	data := make([]byte, 5*frameSize+frameSize/2)
+	for i := range data {
+		switch {
+		case i < 2*frameSize:
+			data[i] = byte(rng.IntN(8))
+		case i < 3*frameSize:
+			// zeros
+		default:
+			data[i] = byte(rng.Uint32())
+		}
+	}
+	return data
+}
+
+// framesOf compresses data as frameWriter does, one frame per frameSize
+// bytes, and returns the stream and where each frame starts in it.
+func framesOf(t *testing.T, data []byte) ([]byte, []int) {
+	t.Helper()
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(frameSize), zstd.WithZeroFrames(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	var out []byte
+	var starts []int
+	for p := data; ; p = p[min(len(p), frameSize):] {
+		starts = append(starts, len(out))
+		out = enc.EncodeAll(p[:min(len(p), frameSize)], out)
+		if len(p) <= frameSize {
+			return out, starts
+		}
+	}
+}
+
+// streamed compresses data as one frame of unknown size, as walhub wrote
+// archives before frameWriter.
+func streamed(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	enc, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enc.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// readInPieces reads r to its end or first error in reads of up to 70000
+// bytes.
+func readInPieces(r io.Reader) ([]byte, error) {
+	var got []byte
+	buf := make([]byte, 70000)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for {
+		n, err := r.Read(buf[:1+rng.IntN(len(buf))])
+		got = append(got, buf[:n]...)
+		if errors.Is(err, io.EOF) {
+			return got, nil
+		}
+		if err != nil {
+			return got, err
+		}
+	}
+}
+
+func TestFrameReaderReturnsFramesInOrderWhateverOrderTheyAreDecodedIn(t *testing.T) {
+	data := archiveBytes()
+	stream, starts := framesOf(t, data)
+	cases := []struct {
+		name    string
+		workers int
+		delay   func(seq int)
+	}{
+		{"one decoder", 1, nil},
+		{"four decoders", 4, nil},
+		// The first frames take longest: the later ones are done first.
+		{"later frames done first", 4, func(seq int) { time.Sleep(time.Duration(max(0, 3-seq)) * 20 * time.Millisecond) }},
+		{"every other frame late", 3, func(seq int) { time.Sleep(time.Duration(seq%2) * 10 * time.Millisecond) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := newFrameReader(bufio.NewReader(bytes.NewReader(stream)), tc.workers, tc.delay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			got, err := readInPieces(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatalf("read %d bytes, %d went in, or they differ", len(got), len(data))
+			}
+			if r.frames != len(starts) {
+				t.Fatalf("decoded %d frames on their own, the stream has %d", r.frames, len(starts))
+			}
+		})
+	}
+}
+
+func TestDecompressReadsArchivesOfEveryWalhubVersion(t *testing.T) {
+	data := archiveBytes()
+	frames, starts := framesOf(t, data)
+	old := streamed(t, data)
+	empty, _ := framesOf(t, nil)
+	cases := []struct {
+		name     string
+		stream   []byte
+		want     []byte
+		parallel bool
+		// own is how many frames the frameReader decodes on their own.
+		own int
+	}{
+		{"frames of frameSize", frames, data, true, len(starts)},
+		{"an empty archive: one empty frame", empty, nil, true, 1},
+		{"no bytes at all", nil, nil, false, 0},
+		{"one frame of unknown size (older walhub)", old, data, false, 0},
+		{"frames, then a frame of unknown size", append(append([]byte{}, frames...), old...), append(append([]byte{}, data...), data...), true, len(starts)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Decompress(bytes.NewReader(tc.stream), "zstd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			fr, parallel := r.(*frameReader)
+			if parallel != tc.parallel {
+				t.Fatalf("decoded frame by frame: %v, want %v", parallel, tc.parallel)
+			}
+			got, err := readInPieces(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, tc.want) {
+				t.Fatalf("read %d bytes, %d went in, or they differ", len(got), len(tc.want))
+			}
+			if parallel && fr.frames != tc.own {
+				t.Fatalf("decoded %d frames on their own, want %d", fr.frames, tc.own)
+			}
+		})
+	}
+}
+
+func TestFrameReaderFailsAtACorruptFrameAndReturnsNothingOfIt(t *testing.T) {
+	data := archiveBytes()
+	stream, starts := framesOf(t, data)
+	const bad = 2 // the frame that is damaged; frames 0 and 1 are intact
+	damaged := func(f func(s []byte) []byte) []byte { return f(append([]byte{}, stream...)) }
+	cases := []struct {
+		name   string
+		stream []byte
+		// intact is how many bytes come out before the error.
+		intact int
+	}{
+		{"a flipped bit in a frame's blocks", damaged(func(s []byte) []byte {
+			s[(starts[bad]+starts[bad+1])/2] ^= 0x04
+			return s
+		}), bad * frameSize},
+		{"a frame's checksum", damaged(func(s []byte) []byte {
+			s[starts[bad+1]-2] ^= 0xff
+			return s
+		}), bad * frameSize},
+		{"a block header of the reserved type", damaged(func(s []byte) []byte {
+			var h zstd.Header
+			if err := h.Decode(s[starts[bad]:]); err != nil {
+				t.Fatal(err)
+			}
+			s[starts[bad]+h.HeaderSize] |= 3 << 1
+			return s
+		}), bad * frameSize},
+		{"a frame cut short", stream[:starts[bad+1]-10], bad * frameSize},
+		{"cut inside a frame header", stream[:starts[bad]+3], bad * frameSize},
+		{"garbage after the last frame", append(append([]byte{}, stream...), "not zstd at all"...), len(data)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := Decompress(bytes.NewReader(tc.stream), "zstd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			got, err := readInPieces(r)
+			if err == nil {
+				t.Fatal("a damaged stream read without an error")
+			}
+			if !bytes.Equal(got, data[:tc.intact]) {
+				t.Fatalf("read %d bytes before the error (%v), want exactly the %d of the intact frames", len(got), err, tc.intact)
+			}
+			if _, err2 := r.Read(make([]byte, 10)); err2 == nil {
+				t.Fatal("Read after an error succeeded")
+			}
+		})
+	}
+}
+
+// slowReader returns at most n bytes a read, so that split is still reading
+// when the reader is closed.
+type slowReader struct {
+	r io.Reader
+	n int
+}
+
+func (s slowReader) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p), s.n)]) }
+
+func TestFrameReaderClosesMidStream(t *testing.T) {
+	data := archiveBytes()
+	stream, _ := framesOf(t, data)
+	for _, read := range []int{0, 1000, frameSize + 10} {
+		r, err := newFrameReader(bufio.NewReaderSize(slowReader{bytes.NewReader(stream), 4096}, 4096), 2,
+			func(int) { time.Sleep(time.Millisecond) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, make([]byte, read)); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Read(make([]byte, 10)); err == nil {
+			t.Fatal("Read after Close succeeded")
+		}
+	}
+}
