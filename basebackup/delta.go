@@ -67,16 +67,16 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 		return d.stats, err
 	}
 	if len(dirs) > 0 {
-		if err := linkTablespaces(target, dirs); err != nil {
+		if err := linkTablespaces(target, dirs, nil); err != nil {
 			return d.stats, err
 		}
 	}
 	if moved {
-		if err := rewriteTablespaceMap(target, dirs); err != nil {
+		if err := rewriteTablespaceMap(target, dirs, nil); err != nil {
 			return d.stats, err
 		}
 	}
-	if err := writeDurable(filepath.Join(target, ManifestName), manifest); err != nil {
+	if err := writeDurable(filepath.Join(target, ManifestName), manifest, nil); err != nil {
 		return d.stats, err
 	}
 	if err := d.removeExtras(x, target, "", dirs); err != nil {

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +26,24 @@ import (
 // its original location). See UnpackFrom.
 func Unpack(ctx context.Context, repo *repository.Repository, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
 	return UnpackFrom(ctx, RepoOpener(repo, b), b, target, tablespaceDirs, progress)
+}
+
+// Owner is the user and group an unpack gives what it writes: each file,
+// directory and link is given to them as it is made, before it is fsynced,
+// so that no second pass over the data directory is needed. A nil *Owner
+// leaves everything to the user running the unpack.
+type Owner struct{ UID, GID int }
+
+// give hands the file, directory or link at path (not what a link points at)
+// to o; nothing when o is nil.
+func (o *Owner) give(path string) error {
+	if o == nil {
+		return nil
+	}
+	if err := os.Lchown(path, o.UID, o.GID); err != nil {
+		return fmt.Errorf("give %s to %d:%d: %w", path, o.UID, o.GID, err)
+	}
+	return nil
 }
 
 // UnpackFrom writes backup b, whose files open reads, into target: base.tar
@@ -42,6 +62,12 @@ func Unpack(ctx context.Context, repo *repository.Repository, b catalog.Backup, 
 // pg_control, and PostgreSQL refuses to start on it. progress, when set, gets
 // the bytes unpacked so far.
 func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target string, tablespaceDirs map[uint32]string, progress func(done int64)) error {
+	return UnpackFromAs(ctx, open, b, target, tablespaceDirs, nil, progress)
+}
+
+// UnpackFromAs is UnpackFrom giving everything it writes, target and the
+// tablespace directories included, to owner (see Owner).
+func UnpackFromAs(ctx context.Context, open Opener, b catalog.Backup, target string, tablespaceDirs map[uint32]string, owner *Owner, progress func(done int64)) error {
 	arcs, dirs, moved, err := tablespaceTargets(b, tablespaceDirs)
 	if err != nil {
 		return err
@@ -50,15 +76,16 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 	if err != nil {
 		return err
 	}
-	if err := prepareEmptyDir(target); err != nil {
-		return err
-	}
-	for _, d := range dirs {
+	for _, d := range append([]string{target}, slices.Collect(maps.Values(dirs))...) {
 		if err := prepareEmptyDir(d); err != nil {
+			return err
+		}
+		if err := owner.give(d); err != nil {
 			return err
 		}
 	}
 	x := newExtractor(progress)
+	x.owner = owner
 	x.check = newFileCheck(m, nil)
 	if err := x.extractArchives(ctx, open, arcs, target, dirs); err != nil {
 		return err
@@ -67,16 +94,16 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 		return err
 	}
 	if len(dirs) > 0 {
-		if err := linkTablespaces(target, dirs); err != nil {
+		if err := linkTablespaces(target, dirs, owner); err != nil {
 			return err
 		}
 	}
 	if moved {
-		if err := rewriteTablespaceMap(target, dirs); err != nil {
+		if err := rewriteTablespaceMap(target, dirs, owner); err != nil {
 			return err
 		}
 	}
-	if err := writeDurable(filepath.Join(target, ManifestName), manifest); err != nil {
+	if err := writeDurable(filepath.Join(target, ManifestName), manifest, owner); err != nil {
 		return err
 	}
 	return x.finish(ctx)
@@ -86,7 +113,7 @@ func UnpackFrom(ctx context.Context, open Opener, b catalog.Backup, target strin
 // directories, one archive after the other through one pool of writers, and
 // waits for the last file to be written (not yet fsynced: see finish).
 func (x *extractor) extractArchives(ctx context.Context, open Opener, arcs []catalog.BackupFile, target string, dirs map[uint32]string) error {
-	x.w = newFileWriters(ctx, x.writers)
+	x.w = newFileWriters(ctx, x.writers, x.owner)
 	for _, f := range arcs {
 		dir, prefix := target, ""
 		if f.Tablespace != 0 {
@@ -167,7 +194,7 @@ func tablespaceTargets(b catalog.Backup, tablespaceDirs map[uint32]string) ([]ca
 // elsewhere (over HTTP).
 func ExtractTar(ctx context.Context, r io.Reader, dir string, progress func(done int64)) (int64, error) {
 	x := newExtractor(progress)
-	x.w = newFileWriters(ctx, x.writers)
+	x.w = newFileWriters(ctx, x.writers, nil)
 	err := x.extract(r, dir)
 	if err != nil {
 		x.w.fail(err)
@@ -215,8 +242,10 @@ type extractor struct {
 	// base, "pg_tblspc/OID/" for a tablespace).
 	prefix  string
 	writers int
-	w       *fileWriters
-	buf     []byte
+	// owner, when set, is given every file and directory made.
+	owner *Owner
+	w     *fileWriters
+	buf   []byte
 	// delta, when set, makes a delta restore into an existing directory.
 	delta *delta
 }
@@ -281,6 +310,9 @@ func (x *extractor) extract(r io.Reader, dir string) error {
 				return err
 			}
 			if err := os.Chmod(full, mode|0o700); err != nil {
+				return err
+			}
+			if err := x.owner.give(full); err != nil {
 				return err
 			}
 			if !x.made[full] {
@@ -391,6 +423,9 @@ func (x *extractor) mkdirParents(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
+	if err := x.owner.give(dir); err != nil {
+		return err
+	}
 	x.made[dir] = true
 	x.dirs = append(x.dirs, dir)
 	return nil
@@ -437,10 +472,16 @@ func prepareEmptyDir(dir string) error {
 	return os.Chmod(dir, 0o700)
 }
 
-// linkTablespaces makes pg_tblspc/<oid> point at each tablespace directory.
-func linkTablespaces(target string, dirs map[uint32]string) error {
+// linkTablespaces makes pg_tblspc/<oid> point at each tablespace directory,
+// giving pg_tblspc and the links to owner (a link's owner, which PostgreSQL
+// never looks at, is durable with the next journal commit: a link cannot be
+// fsynced).
+func linkTablespaces(target string, dirs map[uint32]string, owner *Owner) error {
 	tblspc := filepath.Join(target, "pg_tblspc")
 	if err := os.MkdirAll(tblspc, 0o700); err != nil {
+		return err
+	}
+	if err := owner.give(tblspc); err != nil {
 		return err
 	}
 	for oid, dir := range dirs {
@@ -454,13 +495,16 @@ func linkTablespaces(target string, dirs map[uint32]string) error {
 		if err := os.Symlink(dir, link); err != nil {
 			return fmt.Errorf("link tablespace %d: %w", oid, err)
 		}
+		if err := owner.give(link); err != nil {
+			return err
+		}
 	}
 	return storage.SyncDir(tblspc)
 }
 
 // rewriteTablespaceMap writes tablespace_map with the new directories, escaped
-// as PostgreSQL writes them.
-func rewriteTablespaceMap(target string, dirs map[uint32]string) error {
+// as PostgreSQL writes them, owned by owner.
+func rewriteTablespaceMap(target string, dirs map[uint32]string, owner *Owner) error {
 	oids := make([]uint32, 0, len(dirs))
 	for oid := range dirs {
 		oids = append(oids, oid)
@@ -478,10 +522,11 @@ func rewriteTablespaceMap(target string, dirs map[uint32]string) error {
 		}
 		sb.WriteByte('\n')
 	}
-	return writeDurable(filepath.Join(target, "tablespace_map"), []byte(sb.String()))
+	return writeDurable(filepath.Join(target, "tablespace_map"), []byte(sb.String()), owner)
 }
 
-func writeDurable(path string, data []byte) error {
+// writeDurable writes path durably (mode 0600, given to owner when set).
+func writeDurable(path string, data []byte, owner *Owner) error {
 	f, err := storage.CreateTemp(path)
 	if err != nil {
 		return err
@@ -493,6 +538,12 @@ func writeDurable(path string, data []byte) error {
 	if err := f.Chmod(0o600); err != nil {
 		f.Abort()
 		return err
+	}
+	if owner != nil {
+		if err := f.Chown(owner.UID, owner.GID); err != nil {
+			f.Abort()
+			return fmt.Errorf("give %s to %d:%d: %w", path, owner.UID, owner.GID, err)
+		}
 	}
 	return f.Commit()
 }

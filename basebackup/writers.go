@@ -94,6 +94,8 @@ type fileWriters struct {
 	lateMu sync.Mutex
 	late   []string
 	wg     sync.WaitGroup
+	// owner, when set, is given each file as it is created.
+	owner *Owner
 }
 
 // syncRequest asks an early syncer to fsync the file at path, open as fd (a
@@ -111,14 +113,14 @@ type writebackRange struct {
 	off, n int64
 }
 
-func newFileWriters(ctx context.Context, writers int) *fileWriters {
+func newFileWriters(ctx context.Context, writers int, owner *Owner) *fileWriters {
 	if writers <= 0 {
 		writers = defaultWriters()
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &fileWriters{ctx: ctx, cancel: cancel, jobs: make(chan *fileJob, 2*writers), free: make(chan []byte, 4*writers),
 		writeback: make(chan writebackRange, writebackQueue), flushed: make(chan struct{}),
-		early: make(chan syncRequest, earlySyncQueue)}
+		early: make(chan syncRequest, earlySyncQueue), owner: owner}
 	for range 4 * writers {
 		w.free <- make([]byte, chunkSize)
 	}
@@ -272,6 +274,11 @@ func (w *fileWriters) write(j *fileJob) error {
 		return &os.PathError{Op: "create", Path: j.path, Err: err}
 	}
 	defer unix.Close(fd)
+	if o := w.owner; o != nil {
+		if err := unix.Fchown(fd, o.UID, o.GID); err != nil {
+			return &os.PathError{Op: "chown", Path: j.path, Err: err}
+		}
+	}
 	var h manifestHash = noHash{}
 	if j.want != nil {
 		if h, err = newManifestHash(j.want.Algorithm); err != nil {

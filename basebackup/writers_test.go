@@ -6,10 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/walhub/walhub/catalog"
@@ -223,5 +225,49 @@ func TestParallelRunsEveryPathAndReturnsTheFirstError(t *testing.T) {
 	})
 	if !errors.Is(err, boom) || err.Error() != "fsync 7: boom" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestUnpackGivesEveryFileAndDirectoryToTheOwnerAsItWritesThem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root can give files to another user")
+	}
+	repo := openTestRepo(t)
+	files := append(dataDirFiles(3*chunkSize), fakeFile{"pg_wal/archive_status/x", nil}, fakeFile{"global/1262", []byte("db")})
+	b := storeArchive(t, repo, "b1", files, files, 0)
+	const uid, gid = 4321, 4322
+	for _, owner := range []*Owner{nil, {UID: uid, GID: gid}} {
+		target := filepath.Join(t.TempDir(), "data")
+		if err := UnpackFromAs(context.Background(), RepoOpener(repo, b), b, target, nil, owner, nil); err != nil {
+			t.Fatal(err)
+		}
+		want := [2]uint32{0, 0}
+		if owner != nil {
+			want = [2]uint32{uid, gid}
+		}
+		n := 0
+		err := filepath.WalkDir(target, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			fi, err := os.Lstat(p)
+			if err != nil {
+				return err
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if got := [2]uint32{st.Uid, st.Gid}; got != want {
+				t.Errorf("%s is owned by %v, want %v", p, got, want)
+			}
+			n++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The files, their directories (base, base/5, global, pg_wal,
+		// pg_wal/archive_status), the target and the manifest.
+		if want := len(files) + 5 + 1 + 1; n != want {
+			t.Errorf("walked %d entries, want %d", n, want)
+		}
 	}
 }

@@ -28,6 +28,11 @@ type Options struct {
 	// it): files that match the backup's manifest are kept, the others
 	// written, extra files removed.
 	Delta bool
+	// Owner, when set, is given every file and directory a full restore
+	// writes, as it writes them (basebackup.UnpackFromAs), and the files
+	// of the recovery settings. A delta restore ignores it: the caller
+	// gives the directory away afterwards.
+	Owner *basebackup.Owner
 }
 
 // Result says what was restored.
@@ -139,7 +144,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 				"run the delta restore again): %w", b.ID, o.Source, err)
 		}
 		delta = &st
-	} else if err := basebackup.UnpackFrom(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, progress); err != nil {
+	} else if err := basebackup.UnpackFromAs(ctx, o.Source.Opener(b), b, o.TargetDir, tsDirs, o.Owner, progress); err != nil {
 		cleanup()
 		return Result{}, fmt.Errorf("restore backup %s from %s: %w", b.ID, o.Source, err)
 	}

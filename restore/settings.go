@@ -124,12 +124,8 @@ func (s Settings) Write(dataDir string) (Cleared, error) {
 			return cl, fmt.Errorf("remove %s: %w", name, err)
 		}
 	}
-	signal := filepath.Join(dataDir, s.Signal())
-	if err := os.WriteFile(signal, nil, 0o600); err != nil {
+	if err := appendSynced(filepath.Join(dataDir, s.Signal()), ""); err != nil {
 		return cl, fmt.Errorf("write %s: %w", s.Signal(), err)
-	}
-	if err := syncFile(signal); err != nil {
-		return cl, err
 	}
 	return cl, storage.SyncDir(dataDir)
 }
@@ -229,9 +225,16 @@ func rewriteSynced(file string, data []byte) error {
 	return f.Commit()
 }
 
+// appendSynced appends text to file durably. A file it creates is given the
+// owner of its directory (the data directory, which a restore run as root
+// gave to --owner), as rewriteSynced keeps a file's owner.
 func appendSynced(file, text string) error {
 	f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
+		return err
+	}
+	if err := ownLikeDir(f, filepath.Dir(file)); err != nil {
+		f.Close()
 		return err
 	}
 	if _, err := f.WriteString(text); err != nil {
@@ -245,14 +248,27 @@ func appendSynced(file, text string) error {
 	return f.Close()
 }
 
-func syncFile(path string) error {
-	f, err := os.Open(path)
+// ownLikeDir gives f the owner of dir when it has another one and walhub
+// runs as root (only root can give files away).
+func ownLikeDir(f *os.File, dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	di, err := os.Stat(dir)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", path, err)
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	d, okD := di.Sys().(*syscall.Stat_t)
+	o, okF := fi.Sys().(*syscall.Stat_t)
+	if !okD || !okF || d.Uid == o.Uid && d.Gid == o.Gid {
+		return nil
+	}
+	if err := f.Chown(int(d.Uid), int(d.Gid)); err != nil {
+		return fmt.Errorf("give %s the owner of %s: %w", f.Name(), dir, err)
 	}
 	return nil
 }

@@ -1,10 +1,12 @@
 package restore
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -109,5 +111,42 @@ func TestSettingsWriteClearsWhatTheBackupBrought(t *testing.T) {
 				t.Errorf("the old primary_conninfo is not commented out with a note:\n%s", conf)
 			}
 		})
+	}
+}
+
+// A restore run as root gives the data directory to --owner while it unpacks;
+// the files the settings add must belong to that owner too, or PostgreSQL
+// cannot remove recovery.signal at the end of recovery.
+func TestWriteGivesTheFilesItCreatesTheDataDirectorysOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root can give files to another user")
+	}
+	const uid, gid = 4321, 4322
+	for _, autoConf := range []bool{true, false} {
+		dir := standbyBackupDir(t)
+		if !autoConf {
+			os.Remove(filepath.Join(dir, "postgresql.auto.conf"))
+		}
+		err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			return os.Lchown(p, uid, gid)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (Settings{RestoreCommand: "walfetch %f %p"}).Write(dir); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"recovery.signal", "postgresql.auto.conf", "postgresql.conf"} {
+			fi, err := os.Stat(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); st.Uid != uid || st.Gid != gid {
+				t.Errorf("postgresql.auto.conf there: %v: %s is owned by %d:%d, want %d:%d", autoConf, name, st.Uid, st.Gid, uid, gid)
+			}
+		}
 	}
 }

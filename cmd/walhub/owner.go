@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/walhub/walhub/basebackup"
 )
 
 // fileOwner is who the files of a restore are given to (--owner).
@@ -61,6 +63,15 @@ func hasGroupMember(gid int) bool {
 		}
 	}
 	return false
+}
+
+// unpackOwner is o for a restore's unpack, which gives each file away as it
+// writes it; nil for nil.
+func (o *fileOwner) unpackOwner() *basebackup.Owner {
+	if o == nil {
+		return nil
+	}
+	return &basebackup.Owner{UID: o.uid, GID: o.gid}
 }
 
 // give hands every file and directory under each of dirs to the owner (the

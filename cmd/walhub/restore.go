@@ -166,15 +166,19 @@ recovery settings.`,
 			}
 			bar := a.newProgressReporter(server)
 			res, err := restore.Run(ctx, restore.Options{Source: src, BackupID: backupID, TargetDir: dir, Tablespaces: tsDirs,
-				Settings: s, Delta: delta, Progress: func(done, total int64) {
+				Settings: s, Delta: delta, Owner: owner.unpackOwner(), Progress: func(done, total int64) {
 					bar.report(basebackup.Progress{Phase: "restoring", Done: done, Total: total})
 				}})
 			bar.finish()
 			if err != nil {
 				return err
 			}
-			if err := owner.give(append([]string{res.TargetDir}, slices.Collect(maps.Values(res.Tablespaces))...)...); err != nil {
-				return err
+			// A full restore gave every file away as it wrote it; a delta
+			// restore kept files, so its directory is walked.
+			if delta {
+				if err := owner.give(append([]string{res.TargetDir}, slices.Collect(maps.Values(res.Tablespaces))...)...); err != nil {
+					return err
+				}
 			}
 			return a.render(cmd.OutOrStdout(), res, func(w io.Writer) error {
 				mbps := 0.0
