@@ -33,15 +33,14 @@ port=$((20000 + RANDOM % 20000))
 
 pids=()
 cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}" ${hub_pid:-}; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	as_pg "$PGBIN/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "building walhub"
-(cd "$here" && go build -o "$work/walhub" ./cmd/walhub)
+build_walhub
 "$work/walhub" keygen --output "$work/repo.key" | head -1
 
 start_primary --data-checksums <<CONF
@@ -95,16 +94,13 @@ receive() {
 	local name="r-${1/+/-}"
 	config "$name" "$(comp_of "$1")" "$(enc_of "$1")" "r_${1/+/_}_$2"
 	rm -rf "$work/repo-$name"
-	local t0 t1 pid
+	local t0 t1
 	t0=$(now)
 	"$work/walhub" serve --init --config "$work/$name.toml" 2>"$work/hub.log" &
-	pid=$!
-	until grep -qs "\"last_segment\": \"$last\"" "$work/repo-$name/bench/receiver.json"; do
-		if ! kill -0 "$pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.02
-	done
+	hub_pid=$!
+	await_receiver "$work/repo-$name" "\"last_segment\": \"$last\""
 	t1=$(now)
-	kill -TERM "$pid"; wait "$pid" || true
+	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
 	local stored; stored=$(du -sm "$work/repo-$name/bench/wal" | cut -f1)
 	rm -rf "$work/repo-$name"
 	echo "$(calc "$t1 - $t0") $stored"

@@ -51,9 +51,17 @@ build_walhub() {
 start_serve() {
 	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
-	until grep -qs '"state": "streaming"' "$1/bench/receiver.json"; do
+	await_receiver "$1" '"state": "streaming"' 0.1
+}
+
+# await_receiver DIR TEXT [SECONDS]: waits, polling every SECONDS (0.02),
+# until DIR/bench/receiver.json (DIR: the local repository or a bucket's
+# working area) holds TEXT; when the walhub serve in hub_pid (log
+# $work/hub.log) exits first, prints its log and exits.
+await_receiver() {
+	until grep -qsF -- "$2" "$1/bench/receiver.json"; do
 		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.1
+		sleep "${3:-0.02}"
 	done
 }
 

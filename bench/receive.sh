@@ -150,10 +150,7 @@ TOML
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
-	until grep -q "\"last_segment\": \"$last\"" "$repo/bench/receiver.json" 2>/dev/null; do
-		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.02
-	done
+	await_receiver "$repo" "\"last_segment\": \"$last\""
 	t1=$(date +%s.%N)
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
 	cpu=$(cpu_secs "$hub_pid")

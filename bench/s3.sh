@@ -89,10 +89,7 @@ run_receive() { # KIND TRIAL: prints seconds
 	t0=$(now)
 	"$work/walhub" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
-	until grep -q "\"last_segment\": \"$last\"" "$wd/bench/receiver.json" 2>/dev/null; do
-		if ! kill -0 "$hub_pid" 2>/dev/null; then cat "$work/hub.log" >&2; exit 1; fi
-		sleep 0.02
-	done
+	await_receiver "$wd" "\"last_segment\": \"$last\""
 	t1=$(now)
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
 	calc "$t1 - $t0"
