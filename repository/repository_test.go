@@ -69,6 +69,18 @@ func segmentData(n walname.SegNo) []byte {
 	return bytes.Repeat([]byte{byte(n), 0x5a, byte(n >> 8)}, segSize/3+1)[:segSize]
 }
 
+// newStorer makes a repository (newRepo) and a segment storer for its
+// server with compression at level 1.
+func newStorer(t *testing.T, compression string) (*repository.Repository, catalog.Server, string, *repository.SegmentStorer) {
+	t.Helper()
+	repo, _, srv, dir := newRepo(t)
+	storer, err := repo.SegmentStorer(srv, compression, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, srv, dir, storer
+}
+
 // Two servers' backups (and snapshots) started in the same second, and two
 // processes racing for an ID, get distinct IDs.
 func TestBackupIDsAreUniqueAcrossServersAndCommands(t *testing.T) {
@@ -489,12 +501,8 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 func TestPutFileConcurrently(t *testing.T) {
 	for _, compression := range []string{"zstd", "none"} {
 		t.Run(compression, func(t *testing.T) {
-			repo, _, srv, dir := newRepo(t)
+			repo, srv, dir, storer := newStorer(t, compression)
 			ctx := context.Background()
-			storer, err := repo.SegmentStorer(srv, compression, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
 			const n = 8
 			rows := make([]catalog.Segment, n)
 			srcs := make([]string, n)
@@ -564,12 +572,8 @@ func TestPutFileConcurrently(t *testing.T) {
 func TestPutFileRefusesBytesThatDifferFromTheirChecksum(t *testing.T) {
 	for _, compression := range []string{"zstd", "none"} {
 		t.Run(compression, func(t *testing.T) {
-			repo, _, srv, dir := newRepo(t)
+			repo, srv, dir, storer := newStorer(t, compression)
 			ctx := context.Background()
-			storer, err := repo.SegmentStorer(srv, compression, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
 			name := walname.SegmentName(1, 40, segSize)
 			data := segmentData(40)
 			sent := checksum.Of(data)
@@ -608,12 +612,8 @@ func TestPutFileRefusesBytesThatDifferFromTheirChecksum(t *testing.T) {
 func TestReadSegmentRefusesAChangedObject(t *testing.T) {
 	for _, compression := range []string{"zstd", "none"} {
 		t.Run(compression, func(t *testing.T) {
-			repo, _, srv, dir := newRepo(t)
+			repo, _, dir, storer := newStorer(t, compression)
 			ctx := context.Background()
-			storer, err := repo.SegmentStorer(srv, compression, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
 			data := segmentData(50)
 			row, err := storer.Store(ctx, walname.SegmentName(1, 50, segSize), data)
 			if err != nil {
