@@ -109,13 +109,7 @@ func (r *Repository) checkSegment(ctx context.Context, seg catalog.Segment, dec 
 	if err != nil {
 		return counted.n, err
 	}
-	if size != seg.Size {
-		return counted.n, fmt.Errorf("%d bytes, the catalog says %d", size, seg.Size)
-	}
-	if got := checksum.Format(sum.Sum32()); got != seg.Checksum {
-		return counted.n, fmt.Errorf("checksum %s, the catalog says %s", got, seg.Checksum)
-	}
-	return counted.n, nil
+	return counted.n, matchesRow(seg, size, sum.Sum32())
 }
 
 // checkHistory reads one history file and compares it with the catalog's copy.

@@ -472,19 +472,24 @@ func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment)
 // taken bytes by then: a caller acts on what it read only once ReadSegment
 // returned nil.
 func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
-	want, err := checksum.Parse(seg.Checksum)
-	if err != nil {
-		return fmt.Errorf("segment %s: %w", seg.Name, err)
-	}
 	cw := &checkedWriter{w: w}
 	if err := r.readSegment(ctx, seg.StoredPath, seg.Compression, cw); err != nil {
 		return err
 	}
-	if cw.n != seg.Size {
-		return fmt.Errorf("segment %s: %d bytes stored, the catalog says %d", seg.Name, cw.n, seg.Size)
+	if err := matchesRow(seg, cw.n, cw.sum); err != nil {
+		return fmt.Errorf("segment %s: stored bytes: %w", seg.Name, err)
 	}
-	if cw.sum != want {
-		return fmt.Errorf("segment %s: stored bytes have checksum %s, the catalog says %s", seg.Name, checksum.Format(cw.sum), seg.Checksum)
+	return nil
+}
+
+// matchesRow says whether n bytes with CRC-32C sum are the segment its
+// catalog row describes.
+func matchesRow(seg catalog.Segment, n int64, sum uint32) error {
+	if n != seg.Size {
+		return fmt.Errorf("%d bytes, the catalog says %d", n, seg.Size)
+	}
+	if got := checksum.Format(sum); got != seg.Checksum {
+		return fmt.Errorf("checksum %s, the catalog says %s", got, seg.Checksum)
 	}
 	return nil
 }
