@@ -18,6 +18,15 @@
 // the row "walfetch, S3-backed hub" against "walfetch" (the same hub code
 // over a local repository).
 //
+// BENCH_PGBACKREST=1 adds the stock tool the issue names for replay across a
+// WAN: pgBackRest's archive-get in async mode (process-max and queue set to
+// walfetch's parallel downloads and prefetch), from a stanza in a bucket of
+// its own (versitygw) that archive-push filled with the same WAL, on loopback
+// and behind the same delay. pgBackRest speaks S3 over HTTPS only, so both of
+// its runs go through a TLS proxy (the loopback one adds no delay); walfetch
+// talks plain HTTP to its hub. Needs pgbackrest on PATH (Debian: apt-get
+// install pgbackrest).
+//
 // BENCH_PIN=1 models the hub on another machine than the standby: after the
 // setup, this process (the hubs, which run hub.Server as `walhub serve` does,
 // and the delay proxy) and its children (versitygw) are pinned to CPU 1 with
@@ -31,9 +40,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -157,13 +163,7 @@ func BenchmarkReplay(b *testing.B) {
 		}
 		s3HubURL = serve(s3Conf, s3Repo)
 	}
-	target, _ := url.Parse(hubURL)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	delayed := &http.Server{Addr: fmt.Sprintf("127.0.0.1:%d", pgtest.FreePort(b)), Handler: http.HandlerFunc(
-		func(w http.ResponseWriter, r *http.Request) { time.Sleep(delay); proxy.ServeHTTP(w, r) })}
-	go delayed.ListenAndServe()
-	defer delayed.Close()
-	delayedURL := "http://" + delayed.Addr
+	delayedURL := delayProxy(b, hubURL, delay, false)
 
 	wf := func(u, extra string) string {
 		return fmt.Sprintf("%s --url %s --server main --idle-exit 10s %s %%f %%p", walfetch, u, extra)
@@ -181,6 +181,14 @@ func BenchmarkReplay(b *testing.B) {
 	const s3Run = "walfetch, S3-backed hub"
 	if s3HubURL != "" {
 		runs = append(runs, struct{ name, command string }{s3Run, wf(s3HubURL, "")})
+	}
+	// BENCH_PGBACKREST: the stock tool over the same delay.
+	pgbrLoopback := "pgBackRest async, S3 on loopback"
+	pgbrDelayed := fmt.Sprintf("pgBackRest async, S3, %s delay", delay)
+	if os.Getenv("BENCH_PGBACKREST") != "" {
+		pgbr := newPgBackRest(b, primary, archive, segMB, walfetchPrefetch, walfetchParallel)
+		runs = append(runs, struct{ name, command string }{pgbrLoopback, pgbr.restoreCommand(pgbr.loopback)},
+			struct{ name, command string }{pgbrDelayed, pgbr.restoreCommand(delayProxy(b, pgbr.bucket, delay, true))})
 	}
 	const baselineRun = "walfetch baseline binary"
 	baselineDelayed := fmt.Sprintf("walfetch baseline binary, %s delay", delay)
@@ -238,7 +246,7 @@ func BenchmarkReplay(b *testing.B) {
 				}
 				pgtest.Chown(b, filepath.Join(standby.DataDir, "pg_wal"))
 			} else {
-				standby.AppendConf("restore_command = '" + r.command + "'")
+				standby.AppendConf("restore_command = '" + strings.ReplaceAll(r.command, dataDirVar, standby.DataDir) + "'")
 			}
 			standby.CPUs = standbyCPUs
 			start := time.Now()
@@ -298,6 +306,9 @@ func BenchmarkReplay(b *testing.B) {
 	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), runs[4].name, runs[5].name)
 	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), runs[4].name, runs[2].name)
 	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, runs[2].name)
+	ratio(fmt.Sprintf("pgBackRest %s delay / pgBackRest loopback", delay), pgbrDelayed, pgbrLoopback)
+	ratio(fmt.Sprintf("walfetch / pgBackRest (%s delay)", delay), runs[4].name, pgbrDelayed)
+	ratio("walfetch / pgBackRest (loopback)", runs[2].name, pgbrLoopback)
 	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
 	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
 	ratio(fmt.Sprintf("walfetch baseline %s delay / baseline loopback", delay), baselineDelayed, baselineRun)
