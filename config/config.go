@@ -85,6 +85,16 @@ type S3 struct {
 	// UploadConcurrency is how many parts of one object are sent at once
 	// (1..64, default 4). One upload holds up to (concurrency+1) parts in memory.
 	UploadConcurrency int `toml:"upload_concurrency"`
+	// MaxAttempts is how many times one request is tried before its
+	// operation fails (1..100, default 6; a failed segment upload is
+	// retried again later anyway, a backup fails).
+	MaxAttempts int `toml:"max_attempts"`
+	// StallTimeout abandons and retries a request whose body stops moving
+	// for that long (1s..1h, default 30s): a silently dropped connection.
+	StallTimeout Duration `toml:"stall_timeout"`
+	// ResponseTimeout abandons and retries a request sent whole but not
+	// answered within it (1s..1h, default 2m).
+	ResponseTimeout Duration `toml:"response_timeout"`
 }
 
 // Secret is a credential: it is never printed, whatever the verb, and is
@@ -397,6 +407,24 @@ func (c *Config) resolveS3() error {
 	}
 	if s.UploadConcurrency < 1 || s.UploadConcurrency > 64 {
 		return fmt.Errorf("s3.upload_concurrency: %d is out of range 1..64", s.UploadConcurrency)
+	}
+	if s.MaxAttempts == 0 {
+		s.MaxAttempts = 6
+	}
+	if s.MaxAttempts < 1 || s.MaxAttempts > 100 {
+		return fmt.Errorf("s3.max_attempts: %d is out of range 1..100", s.MaxAttempts)
+	}
+	for _, d := range []struct {
+		key string
+		v   *Duration
+		def time.Duration
+	}{{"s3.stall_timeout", &s.StallTimeout, 30 * time.Second}, {"s3.response_timeout", &s.ResponseTimeout, 2 * time.Minute}} {
+		if d.v.Duration == 0 {
+			d.v.Duration = d.def
+		}
+		if d.v.Duration < time.Second || d.v.Duration > time.Hour {
+			return fmt.Errorf("%s: %s is out of range 1s..1h", d.key, d.v.Duration)
+		}
 	}
 	return nil
 }

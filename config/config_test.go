@@ -167,8 +167,16 @@ func TestParseS3(t *testing.T) {
 	if s.AccessKeyID != "AKIDTEST" || s.SecretAccessKey != "the-secret-from-a-file" {
 		t.Errorf("credentials not read from the environment and the file")
 	}
-	if s.Region != "us-east-1" || s.PartSizeMB != 16 || s.UploadConcurrency != 4 || !s.ForcePathStyle {
+	if s.Region != "us-east-1" || s.PartSizeMB != 16 || s.UploadConcurrency != 4 || !s.ForcePathStyle ||
+		s.MaxAttempts != 6 || s.StallTimeout.Duration != 30*time.Second || s.ResponseTimeout.Duration != 2*time.Minute {
 		t.Errorf("defaults: %+v", s)
+	}
+	cfg, err = Parse(fmt.Sprintf(s3Config, secretFile) + "max_attempts = 12\nstall_timeout = \"5m\"\nresponse_timeout = \"10m\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.S3; s.MaxAttempts != 12 || s.StallTimeout.Duration != 5*time.Minute || s.ResponseTimeout.Duration != 10*time.Minute {
+		t.Errorf("retries and timeouts: %+v", s)
 	}
 
 	// Credentials from the AWS environment variables when not configured;
@@ -204,6 +212,11 @@ func TestParseS3ErrorsNameTheKey(t *testing.T) {
 		{"unknown s3 key", repo + "[s3]\nbucket = \"x\"\n", "unknown key s3.bucket"},
 		{"part size", repo + "[s3]\npart_size_mb = 4\n", "s3.part_size_mb: 4"},
 		{"concurrency", repo + "[s3]\nupload_concurrency = 65\n", "s3.upload_concurrency: 65"},
+		{"attempts", repo + "[s3]\nmax_attempts = 101\n", "s3.max_attempts: 101 is out of range 1..100"},
+		{"negative attempts", repo + "[s3]\nmax_attempts = -1\n", "s3.max_attempts: -1"},
+		{"stall timeout too short", repo + "[s3]\nstall_timeout = \"500ms\"\n", "s3.stall_timeout: 500ms is out of range 1s..1h"},
+		{"response timeout too long", repo + "[s3]\nresponse_timeout = \"2h\"\n", "s3.response_timeout: 2h0m0s is out of range 1s..1h"},
+		{"bad response timeout", repo + "[s3]\nresponse_timeout = \"soon\"\n", "invalid duration \"soon\""},
 		{"missing secret file", repo + "[s3]\nsecret_access_key = \"file:/nonexistent/s\"\n", "s3.secret_access_key: open /nonexistent/s"},
 		{"unset env", repo + "[s3]\naccess_key_id = \"env:WALHUB_SURELY_UNSET\"\n", "s3.access_key_id: environment variable WALHUB_SURELY_UNSET is not set"},
 		{"ca file", repo + "[s3]\nca_file = \"/nonexistent/ca.pem\"\n", "s3.ca_file"},

@@ -176,17 +176,20 @@ func openBackend(ctx context.Context, cfg *config.Config) (storage.ObjectStore, 
 	case cfg.IsS3():
 		c := cfg.S3
 		return s3store.New(s3store.Config{
-			Bucket:          c.Bucket,
-			Prefix:          c.Prefix,
-			Endpoint:        c.Endpoint,
-			Region:          c.Region,
-			PathStyle:       c.ForcePathStyle,
-			AccessKeyID:     string(c.AccessKeyID),
-			SecretAccessKey: string(c.SecretAccessKey),
-			CAFile:          c.CAFile,
-			PartSize:        int64(c.PartSizeMB) << 20,
-			Concurrency:     c.UploadConcurrency,
-			ReadOnly:        cfg.ReadOnly,
+			Bucket:                c.Bucket,
+			Prefix:                c.Prefix,
+			Endpoint:              c.Endpoint,
+			Region:                c.Region,
+			PathStyle:             c.ForcePathStyle,
+			AccessKeyID:           string(c.AccessKeyID),
+			SecretAccessKey:       string(c.SecretAccessKey),
+			CAFile:                c.CAFile,
+			PartSize:              int64(c.PartSizeMB) << 20,
+			Concurrency:           c.UploadConcurrency,
+			MaxAttempts:           c.MaxAttempts,
+			StallTimeout:          c.StallTimeout.Duration,
+			ResponseHeaderTimeout: c.ResponseTimeout.Duration,
+			ReadOnly:              cfg.ReadOnly,
 		})
 	case cfg.ReadOnly:
 		return storage.NewLocalStoreReadOnly(cfg.Repository), nil
