@@ -87,6 +87,7 @@ func UnpackFromAs(ctx context.Context, open Opener, b catalog.Backup, target str
 	x := newExtractor(progress)
 	x.owner = owner
 	x.check = newFileCheck(m, nil)
+	x.ahead = m
 	if err := x.extractArchives(ctx, open, arcs, target, dirs); err != nil {
 		return err
 	}
@@ -114,6 +115,16 @@ func UnpackFromAs(ctx context.Context, open Opener, b catalog.Backup, target str
 // waits for the last file to be written (not yet fsynced: see finish).
 func (x *extractor) extractArchives(ctx context.Context, open Opener, arcs []catalog.BackupFile, target string, dirs map[uint32]string) error {
 	x.w = newFileWriters(ctx, x.writers, x.owner)
+	if x.ahead != nil {
+		roots := make([]archiveRoot, len(arcs))
+		for i, f := range arcs {
+			roots[i] = archiveRoot{dir: target}
+			if f.Tablespace != 0 {
+				roots[i] = archiveRoot{dir: dirs[f.Tablespace], prefix: fmt.Sprintf("pg_tblspc/%d/", f.Tablespace)}
+			}
+		}
+		x.w.pre = newPrecreator(x.w.ctx, x.ahead, roots, x.owner, &x.w.creating).start()
+	}
 	for _, f := range arcs {
 		dir, prefix := target, ""
 		if f.Tablespace != 0 {
@@ -125,7 +136,19 @@ func (x *extractor) extractArchives(ctx context.Context, open Opener, arcs []cat
 			break
 		}
 	}
-	return x.w.wait()
+	err := x.w.wait()
+	// The precreator made directories the reader then found made: they
+	// are fsynced with the others.
+	listed := make(map[string]bool, len(x.dirs))
+	for _, d := range x.dirs {
+		listed[d] = true
+	}
+	for _, d := range x.w.pre.stop() {
+		if !listed[d] {
+			x.dirs = append(x.dirs, d)
+		}
+	}
+	return err
 }
 
 // extractStored unpacks the stored archive f into dir.
@@ -246,6 +269,9 @@ type extractor struct {
 	owner *Owner
 	w     *fileWriters
 	buf   []byte
+	// ahead, when set, is the manifest whose files are created ahead of
+	// their data (see precreator): only into empty directories.
+	ahead *Manifest
 	// delta, when set, makes a delta restore into an existing directory.
 	delta *delta
 }

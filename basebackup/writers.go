@@ -78,12 +78,14 @@ type fileWriters struct {
 	// free holds the chunk buffers not in use; the reader waits for one
 	// before it reads more of a file, which bounds memory.
 	free chan []byte
-	// create is held while a file is created. The files of an archive are
+	// creating is held while a file is created. The files of an archive are
 	// created in few directories, and the kernel serialises creations in
 	// one directory on its lock, where the writers that wait spin and take
 	// the CPU the reader needs (8% of a restore's CPU in a profile on 2
 	// cores, of a thousand files). Waiting here instead costs nothing.
-	create sync.Mutex
+	creating sync.Mutex
+	// pre, when set, creates files ahead of their data (see precreator).
+	pre *precreator
 	// writeback feeds the flusher; closed by wait.
 	writeback chan writebackRange
 	flushed   chan struct{}
@@ -267,18 +269,11 @@ func (w *fileWriters) drain(j *fileJob) {
 // It works on the raw descriptor: an *os.File of a regular file costs four
 // system calls more per file (the poller tries to register it), for nothing.
 func (w *fileWriters) write(j *fileJob) error {
-	w.create.Lock()
-	fd, err := openFD(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, uint32(j.mode|0o600))
-	w.create.Unlock()
+	fd, err := w.create(j)
 	if err != nil {
-		return &os.PathError{Op: "create", Path: j.path, Err: err}
+		return err
 	}
 	defer unix.Close(fd)
-	if o := w.owner; o != nil {
-		if err := unix.Fchown(fd, o.UID, o.GID); err != nil {
-			return &os.PathError{Op: "chown", Path: j.path, Err: err}
-		}
-	}
 	var h manifestHash = noHash{}
 	if j.want != nil {
 		if h, err = newManifestHash(j.want.Algorithm); err != nil {
@@ -319,6 +314,31 @@ func (w *fileWriters) write(j *fileJob) error {
 	}
 	w.finished(fd, j.path, started)
 	return nil
+}
+
+// create creates the file of j, given to the owner, and returns it open for
+// writing; a file the precreator created ahead is opened instead.
+func (w *fileWriters) create(j *fileJob) (int, error) {
+	if w.pre.take(j.path) {
+		fd, err := openFD(j.path, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return -1, &os.PathError{Op: "open", Path: j.path, Err: err}
+		}
+		return fd, nil
+	}
+	w.creating.Lock()
+	fd, err := openFD(j.path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, uint32(j.mode|0o600))
+	w.creating.Unlock()
+	if err != nil {
+		return -1, &os.PathError{Op: "create", Path: j.path, Err: err}
+	}
+	if o := w.owner; o != nil {
+		if err := unix.Fchown(fd, o.UID, o.GID); err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "chown", Path: j.path, Err: err}
+		}
+	}
+	return fd, nil
 }
 
 // writeFull writes all of b to fd.
