@@ -217,6 +217,12 @@ func (w *fileWriters) wait() error {
 	w.wg.Wait()
 	close(w.writeback)
 	close(w.early)
+	// The files still queued for the early syncers are what the unpack
+	// waits for now: fsync them syncWorkers at once, as the final pass does.
+	for range syncWorkers - earlySyncers {
+		w.syncers.Add(1)
+		go w.earlySyncer()
+	}
 	<-w.flushed
 	w.syncers.Wait()
 	err := w.failed()
