@@ -86,7 +86,7 @@ type testHub struct {
 	hold func(*http.Request)
 }
 
-func newTestHub(t *testing.T, count int) *testHub {
+func newTestHub(t testing.TB, count int) *testHub {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -126,7 +126,7 @@ func newTestHub(t *testing.T, count int) *testHub {
 	return h
 }
 
-func (h *testHub) add(t *testing.T, tli walname.TimeLine, segno walname.SegNo) string {
+func (h *testHub) add(t testing.TB, tli walname.TimeLine, segno walname.SegNo) string {
 	t.Helper()
 	name := walname.SegmentName(tli, segno, testSegSize)
 	h.segs[name] = fakeSegment(tli, segno)
@@ -144,7 +144,7 @@ func (h *testHub) fetches(name string) int {
 
 // dataDir makes a directory shaped like a data directory in recovery: pg_wal,
 // global/pg_control (only its system identifier matters here) and the signal file.
-func dataDir(t *testing.T, signal string, withControl bool) string {
+func dataDir(t testing.TB, signal string, withControl bool) string {
 	t.Helper()
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "pg_wal"), 0o700)
@@ -163,7 +163,7 @@ func dataDir(t *testing.T, signal string, withControl bool) string {
 }
 
 // runWalfetch runs walfetch as PostgreSQL would and returns its exit status and stderr.
-func runWalfetch(t *testing.T, dir string, args ...string) (int, string) {
+func runWalfetch(t testing.TB, dir string, args ...string) (int, string) {
 	t.Helper()
 	cmd := exec.Command(walfetchBin, args...)
 	cmd.Dir = dir
