@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,5 +177,22 @@ func TestServedSegmentsLeaveTheSpoolWithoutAListing(t *testing.T) {
 	}
 	if len(p.fetched) != 2 {
 		t.Errorf("fetched: %v, want the two ahead", p.fetched)
+	}
+}
+
+// TestOneProcessorUnlessGOMAXPROCSIsSet: the prefetcher runs on one
+// processor, unless the environment says otherwise.
+func TestOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, tt := range []struct {
+		env  string
+		want int
+	}{{"", 1}, {"3", 3}} {
+		runtime.GOMAXPROCS(3)
+		t.Setenv("GOMAXPROCS", tt.env)
+		oneProcessor()
+		if got := runtime.GOMAXPROCS(0); got != tt.want {
+			t.Errorf("GOMAXPROCS=%q: %d processors, want %d", tt.env, got, tt.want)
+		}
 	}
 }
