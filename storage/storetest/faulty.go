@@ -26,6 +26,7 @@ type Faulty struct {
 	delay     time.Duration
 	failures  int
 	committed int
+	writes    int
 }
 
 type failRule struct {
@@ -76,6 +77,14 @@ func (f *Faulty) Failures() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.failures
+}
+
+// Writes is how many Write calls the objects written through the wrapper
+// got, all objects together.
+func (f *Faulty) Writes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writes
 }
 
 // Committed is how many objects were committed through the wrapper.
@@ -172,6 +181,7 @@ func (w *faultyWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	f.mu.Lock()
+	f.writes++
 	allow, ferr := int64(len(p)), error(nil)
 	for _, r := range f.failAt {
 		if strings.HasPrefix(w.key, r.prefix) && w.n+allow > r.at {
