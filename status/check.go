@@ -89,6 +89,23 @@ type Thresholds struct {
 	DiskFreeWarning, DiskFreeCritical float64
 	// FreeSenders: the fewest unused wal senders (a backup needs one more).
 	FreeSendersWarning, FreeSendersCritical int
+	// RefreshAge: how old a read-only hub's last successful catalog refresh
+	// may be; zero means 3 × refresh_interval (warning) and 10 ×
+	// refresh_interval (critical).
+	RefreshAgeWarning, RefreshAgeCritical time.Duration
+}
+
+// refreshLimits returns the refresh age limits for a hub refreshing every
+// interval (a critical limit below the warning one is raised to it).
+func (th Thresholds) refreshLimits(interval time.Duration) (warn, crit time.Duration) {
+	warn, crit = th.RefreshAgeWarning, th.RefreshAgeCritical
+	if warn == 0 {
+		warn = 3 * interval
+	}
+	if crit == 0 {
+		crit = 10 * interval
+	}
+	return warn, max(warn, crit)
 }
 
 // DefaultThresholds suit a daily backup timer and a streaming receiver.
@@ -137,6 +154,10 @@ func (s Source) Check(ctx context.Context, server string, th Thresholds) (*Docum
 	if err != nil {
 		return nil, nil, err
 	}
+	if doc.ReadOnly {
+		// Nothing to probe: the read-only hub does not connect to the server.
+		return doc, Evaluate(doc, &config.Server{Name: server}, Probe{}, th), nil
+	}
 	srv, _ := s.Config.Server(server)
 	timeout := s.ConnectTimeout
 	if timeout == 0 {
@@ -147,7 +168,10 @@ func (s Source) Check(ctx context.Context, server string, th Thresholds) (*Docum
 	return doc, Evaluate(doc, srv, probe, th), nil
 }
 
-// Evaluate runs every check on a document.
+// Evaluate runs every check on a document. A read-only hub's document
+// (doc.ReadOnly) gets the checks that need neither PostgreSQL nor a receiver,
+// the catalog refresh check, and one OK line naming those it leaves to the
+// hub that writes the repository.
 func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []Result {
 	checks := []func(*Document, *config.Server, Probe, Thresholds) Result{checkConnection, checkReplicationConnection}
 	if probe.Privileges != nil {
@@ -155,13 +179,86 @@ func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []R
 	}
 	checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
 		checkBackupAge, checkRedundancy, checkRecoverable, checkFailedBackups, checkDiskSpace, checkSystemID)
+	if doc.ReadOnly {
+		checks = []func(*Document, *config.Server, Probe, Thresholds) Result{checkReadOnly, checkRefresh, checkContinuity,
+			checkWALAge, checkBackupAge, checkRecoverable, checkFailedBackups, checkDiskSpace}
+	}
 	out := make([]Result, 0, len(checks))
 	for _, c := range checks {
 		r := c(doc, srv, probe, th)
 		r.Server = doc.Server
+		if doc.ReadOnly && r.Level != OK && r.Name != refreshCheck && r.Name != diskSpaceCheck {
+			// What fixes it is done where the server is backed up and streamed from.
+			r.Hint = "on the hub that writes the repository: " + r.Hint
+		}
 		out = append(out, r)
 	}
 	return out
+}
+
+// readOnlySkipped are the checks a read-only hub leaves to the hub that
+// writes the repository: they need PostgreSQL, a receiver, or the writing
+// hub's configuration (min_redundancy).
+var readOnlySkipped = []string{"connection", "replication connection", "privileges", "wal_level", "wal senders",
+	"replication slot", "receiver", "minimum redundancy", "system id"}
+
+func checkReadOnly(_ *Document, _ *config.Server, _ Probe, _ Thresholds) Result {
+	return ok("read-only hub", "this hub follows a repository another hub writes and has no connection to the server: "+
+		strings.Join(readOnlySkipped, ", ")+" are checked on the hub that writes it")
+}
+
+const (
+	refreshCheck   = "catalog refresh"
+	diskSpaceCheck = "repository disk space"
+)
+
+// checkRefresh judges how current a read-only hub's catalog is: by the age
+// of its last successful refresh from the repository, against
+// refresh_interval; the last error, if the last refresh failed, is in the message.
+func checkRefresh(doc *Document, _ *config.Server, _ Probe, th Thresholds) Result {
+	const name = refreshCheck
+	rf := doc.Refresh
+	if rf == nil {
+		return bad(name, Unknown, "no refresh state in the document", "")
+	}
+	interval := time.Duration(rf.IntervalSeconds * float64(time.Second))
+	warn, crit := th.refreshLimits(interval)
+	if rf.Error != "" {
+		return bad(name, Unknown, rf.Error, "the working area's refresh.json is rewritten at the next refresh: is walhub serve running on this hub?")
+	}
+	failed := ""
+	if rf.LastError != "" {
+		failed = fmt.Sprintf("the last %d refresh(es) failed, latest %s ago: %s", rf.Failures,
+			age(time.Duration(rf.LastErrorAgeSeconds*float64(time.Second))), oneLine(rf.LastError))
+	}
+	fixErr := "this hub cannot read the repository: fix what the error says (network, endpoint, credentials, bucket); walhub serve retries every refresh_interval"
+	if rf.LastSuccessAgeSeconds == nil {
+		msg := "the catalog was never refreshed from the repository"
+		hint := "start walhub serve on this hub (systemctl start walhub): it refreshes at start and every refresh_interval (" + interval.String() + ")"
+		if failed != "" {
+			msg, hint = msg+": "+failed, fixErr
+		}
+		return bad(name, Critical, msg, hint)
+	}
+	a := time.Duration(*rf.LastSuccessAgeSeconds * float64(time.Second))
+	msg := fmt.Sprintf("last successful refresh %s ago (refresh_interval %s)", age(a), interval)
+	if failed != "" {
+		msg += "; " + failed
+	}
+	hint := "is walhub serve running on this hub? (systemctl status walhub; journalctl -u walhub)"
+	if failed != "" {
+		hint = fixErr
+	}
+	r := ok(name, msg)
+	switch {
+	case a >= crit:
+		r = bad(name, Critical, msg+fmt.Sprintf(" (limit %s)", age(crit)), hint)
+	case a >= warn:
+		r = bad(name, Warning, msg+fmt.Sprintf(" (warning at %s)", age(warn)), hint)
+	}
+	r.Perf = []Perf{{Label: "refresh_age", Value: a.Seconds(), Unit: "s",
+		Warn: fmt.Sprint(warn.Seconds()), Crit: fmt.Sprint(crit.Seconds())}}
+	return r
 }
 
 func ok(name, msg string) Result { return Result{Name: name, Level: OK, Message: msg} }
@@ -514,7 +611,7 @@ func checkFailedBackups(doc *Document, srv *config.Server, _ Probe, _ Thresholds
 }
 
 func checkDiskSpace(doc *Document, _ *config.Server, _ Probe, th Thresholds) Result {
-	const name = "repository disk space"
+	const name = diskSpaceCheck
 	rp := doc.Repository
 	if rp.Error != "" {
 		return bad(name, Unknown, rp.Error, "check that the repository directory exists and is readable")
@@ -522,6 +619,9 @@ func checkDiskSpace(doc *Document, _ *config.Server, _ Probe, th Thresholds) Res
 	msg := fmt.Sprintf("%s free of %s (%.1f%%) in %s", bytesText(int64(rp.FreeBytes)), bytesText(int64(rp.TotalBytes)), rp.FreePercent, rp.Path)
 	r := ok(name, msg)
 	hint := "free space: walhub expire --server <name>, a stricter retention, or a larger file system; a full repository stops the receiver and the server's disk fills behind its slot"
+	if doc.ReadOnly {
+		hint = "free space in this hub's working area (catalog.db grows with the WAL index) or grow its file system: a full one stops the catalog refresh"
+	}
 	switch {
 	case rp.FreePercent <= th.DiskFreeCritical:
 		r = bad(name, Critical, msg, hint)

@@ -93,6 +93,10 @@ var (
 	descRecovLSN  = desc("walhub_recoverable_latest_lsn_bytes", "The end of the WAL held without a gap after a backup: how far a restore can replay, as a byte position.")
 	descRepoSize  = prometheus.NewDesc("walhub_repository_size_bytes", "Size of the file system that holds the repository.", nil, nil)
 	descRepoFree  = prometheus.NewDesc("walhub_repository_free_bytes", "Space available to walhub on the repository's file system.", nil, nil)
+	descRefInt    = prometheus.NewDesc("walhub_refresh_interval_seconds", "A read-only hub's refresh_interval: how often its catalog follows the repository another hub writes. Absent on a writing hub.", nil, nil)
+	descRefOK     = prometheus.NewDesc("walhub_refresh_last_success_timestamp_seconds", "When a read-only hub's last successful catalog refresh ended (Unix time); absent when none has.", nil, nil)
+	descRefTry    = prometheus.NewDesc("walhub_refresh_last_attempt_timestamp_seconds", "When a read-only hub's last catalog refresh ended, successful or not (Unix time).", nil, nil)
+	descRefFail   = prometheus.NewDesc("walhub_refresh_failures", "Failed catalog refreshes of a read-only hub since its last successful one.", nil, nil)
 )
 
 var allDescs = []*prometheus.Desc{descStatusUp, descCollect, descPGUp, descPGLSN, descRecvRun, descRecvState,
@@ -101,7 +105,7 @@ var allDescs = []*prometheus.Desc{descStatusUp, descCollect, descPGUp, descPGLSN
 	descWALLast, descWALGaps, descWALBlock, descBackups, descBkSize, descBkStored, descLastEnd, descLastAge, descLastDur,
 	descLastSize, descLastStore, descFailSince, descLastFail, descOpRun, descOpProg, descOpSince, descCheck,
 	descRecov, descRecovEarl, descRecovLate, descRecovLSN,
-	descRepoSize, descRepoFree}
+	descRepoSize, descRepoFree, descRefInt, descRefOK, descRefTry, descRefFail}
 
 // Describe sends every metric's description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
@@ -123,17 +127,33 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if c.Config != nil {
 		src.Config = c.Config()
 	}
-	servers := src.Config.Servers
+	var servers []string
+	for _, srv := range src.Config.Servers {
+		servers = append(servers, srv.Name)
+	}
+	if src.Config.ReadOnly {
+		// A read-only hub's servers are those its catalog follows.
+		followed, err := src.Catalog.Servers(ctx)
+		if err != nil {
+			c.log().Warn("metrics: cannot list the servers the catalog follows", "err", err)
+		}
+		for _, srv := range followed {
+			servers = append(servers, srv.Name)
+		}
+	}
 	docs := make([]*Document, len(servers))
 	var wg sync.WaitGroup
 	for i := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			docs[i] = c.collectServer(ctx, src, servers[i].Name, ch)
+			docs[i] = c.collectServer(ctx, src, servers[i], ch)
 		}()
 	}
 	wg.Wait()
+	if src.Config.ReadOnly {
+		refreshMetrics(readRefresh(src.Work, src.Config.RefreshInterval.Duration, time.Now()), ch)
+	}
 	// The repository is one file system for every server: sent once.
 	for _, doc := range docs {
 		if doc != nil && doc.Repository.Error == "" {
@@ -141,6 +161,19 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- gauge(descRepoFree, float64(doc.Repository.FreeBytes))
 			break
 		}
+	}
+}
+
+// refreshMetrics sends a read-only hub's catalog refresh metrics (hub-wide:
+// one refresh covers every server).
+func refreshMetrics(rf *Refresh, ch chan<- prometheus.Metric) {
+	ch <- gauge(descRefInt, rf.IntervalSeconds)
+	ch <- gauge(descRefFail, float64(rf.Failures))
+	if !rf.LastSuccessAt.IsZero() {
+		ch <- gauge(descRefOK, unixSeconds(rf.LastSuccessAt))
+	}
+	if !rf.LastAttemptAt.IsZero() {
+		ch <- gauge(descRefTry, unixSeconds(rf.LastAttemptAt))
 	}
 }
 
@@ -167,12 +200,17 @@ func (c *Collector) collectServer(ctx context.Context, src Source, name string, 
 		ch <- gauge(descStatusUp, 0, name)
 		return nil
 	}
-	srv, err := src.Config.Server(name)
-	if err != nil {
-		ch <- gauge(descStatusUp, 0, name)
-		return nil
+	var results []Result
+	if doc.ReadOnly {
+		results = Evaluate(doc, &config.Server{Name: name}, Probe{}, c.thresholds())
+	} else {
+		srv, err := src.Config.Server(name)
+		if err != nil {
+			ch <- gauge(descStatusUp, 0, name)
+			return nil
+		}
+		results = Evaluate(doc, srv, c.probe(ctx, src, srv, doc), c.thresholds())
 	}
-	results := Evaluate(doc, srv, c.probe(ctx, src, srv, doc), c.thresholds())
 	ch <- gauge(descStatusUp, 1, name)
 	for _, m := range DocumentMetrics(doc, results) {
 		ch <- m
@@ -245,6 +283,11 @@ func DocumentMetrics(doc *Document, results []Result) []prometheus.Metric {
 		out = append(out, gauge(d, v, append([]string{s}, labels...)...))
 	}
 
+	if doc.ReadOnly {
+		// A read-only hub knows nothing of the server itself, its receiver or
+		// its slot: those series are the writing hub's.
+		return append(out, catalogMetrics(doc, results)...)
+	}
 	pg := doc.Postgres
 	add(descPGUp, boolValue(pg.Reachable && pg.Error == ""))
 	if pg.Reachable && pg.CurrentLSN != 0 {
@@ -305,6 +348,17 @@ func DocumentMetrics(doc *Document, results []Result) []prometheus.Metric {
 		}
 	}
 
+	return append(out, catalogMetrics(doc, results)...)
+}
+
+// catalogMetrics are the metrics of what the catalog and the working area
+// say (WAL, backups, recoverable window, locks) and the check results.
+func catalogMetrics(doc *Document, results []Result) []prometheus.Metric {
+	s := doc.Server
+	var out []prometheus.Metric
+	add := func(d *prometheus.Desc, v float64, labels ...string) {
+		out = append(out, gauge(d, v, append([]string{s}, labels...)...))
+	}
 	w := doc.WAL
 	add(descWALSegs, float64(w.Segments))
 	add(descWALBytes, float64(w.Bytes))

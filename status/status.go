@@ -49,6 +49,14 @@ type Document struct {
 	Recoverable *RecoverableWindow `json:"recoverable,omitempty"`
 	Lock        Locks              `json:"lock"`
 	Repository  Repository         `json:"repository"`
+	// ReadOnly is true on a read-only hub (read_only = true): the server is
+	// one its catalog follows from a repository another hub writes, and the
+	// hub has no connection to it, so Postgres, Receiver, Slot and Clients
+	// say nothing about it (see Refresh instead). Absent on a writing hub.
+	ReadOnly bool `json:"read_only,omitempty"`
+	// Refresh is how current a read-only hub's catalog is; absent on a
+	// writing hub.
+	Refresh *Refresh `json:"refresh,omitempty"`
 }
 
 // Repository is the file system of the repository's local working area (for a
@@ -121,6 +129,9 @@ func Provider(cfg *config.Config, cat *catalog.Catalog, work *storage.WorkArea) 
 // server is not configured or the catalog cannot be read; PostgreSQL being
 // unreachable is part of the document.
 func (s Source) Build(ctx context.Context, server string) (*Document, error) {
+	if s.Config.ReadOnly {
+		return s.buildFollowed(ctx, server)
+	}
 	srv, err := s.Config.Server(server)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnknownServer, err)

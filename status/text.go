@@ -15,69 +15,10 @@ func WriteText(w io.Writer, doc *Document) error {
 	now := doc.GeneratedAt
 	p.f("Server %s (at %s)\n", doc.Server, now.Local().Format("2006-01-02 15:04:05 MST"))
 
-	pg := doc.Postgres
-	switch {
-	case !pg.Reachable:
-		p.f("  PostgreSQL        : UNREACHABLE: %s\n", pg.Error)
-	default:
-		role := "primary"
-		if pg.InRecovery {
-			role = "standby"
-		}
-		p.f("  PostgreSQL        : %s %s, timeline %d, current LSN %s, system id %s\n", role, pg.Version, pg.TimeLine, pg.CurrentLSN, pg.SystemID)
-		p.f("                      wal_level %s, wal senders %d of %d used, %d-byte segments\n", pg.WALLevel, pg.WALSenders, pg.MaxWALSenders, pg.WALSegmentSize)
-		if pg.Error != "" {
-			p.f("                      query failed: %s\n", pg.Error)
-		}
-	}
-
-	rc := doc.Receiver
-	if rc.Running {
-		p.f("  Receiver          : %s (pid %d on %s", rc.State, rc.PID, rc.Host)
-		if !rc.ConnectedSince.IsZero() {
-			p.f(", connected since %s", rc.ConnectedSince.Local().Format("2006-01-02 15:04:05"))
-		}
-		p.f(")\n")
+	if doc.ReadOnly {
+		writeFollowed(p, doc)
 	} else {
-		p.f("  Receiver          : NOT RUNNING: %s\n", rc.NotRunning)
-	}
-	if rc.State != "absent" {
-		if rc.LastError != "" {
-			p.f("                      last error: %s\n", rc.LastError)
-		}
-		lag := bytesText(rc.LagBytes)
-		if rc.LagSeconds != nil {
-			lag += fmt.Sprintf(", %.1f s", *rc.LagSeconds)
-		}
-		p.f("                      received %s, flushed %s, server at %s, lag %s\n", rc.ReceivedLSN, rc.FlushedLSN, rc.ServerLSN, lag)
-		if rc.LastSegment != "" {
-			p.f("                      last segment %s (%s ago)", rc.LastSegment, age(now.Sub(rc.LastSegmentAt)))
-			if rc.Partial != "" {
-				p.f(", receiving %s", rc.Partial)
-			}
-			p.f("\n")
-		} else if rc.Partial != "" {
-			p.f("                      receiving %s\n", rc.Partial)
-		}
-	}
-
-	sl := doc.Slot
-	switch {
-	case !sl.Known:
-		p.f("  Slot %-13s: unknown (server not reachable)\n", sl.Name)
-	case !sl.Exists:
-		p.f("  Slot %-13s: MISSING on the server\n", sl.Name)
-	default:
-		active := "INACTIVE"
-		if sl.Active {
-			active = fmt.Sprintf("active (pid %d)", sl.ActivePID)
-		}
-		safe := "unlimited"
-		if sl.SafeWALSize != nil {
-			safe = bytesText(*sl.SafeWALSize)
-		}
-		p.f("  Slot %-13s: %s, restart_lsn %s, wal_status %s, retains %s, safe_wal_size %s\n",
-			sl.Name, active, sl.RestartLSN, sl.WALStatus, bytesText(sl.RetainedBytes), safe)
+		writeServer(p, doc, now)
 	}
 
 	wal := doc.WAL
@@ -146,9 +87,11 @@ func WriteText(w io.Writer, doc *Document) error {
 	} else if b.Count > 0 {
 		p.f("  Recoverable       : nothing: no backup has all its WAL in the hub\n")
 	}
-	if l, held := doc.Lock.Running(); held {
+	switch l, held := doc.Lock.Running(); {
+	case doc.ReadOnly: // backups and expires run on the writing hub
+	case held:
 		p.f("  Running           : %s\n", lockText(l))
-	} else {
+	default:
 		p.f("  Running           : no backup, expire or snapshot\n")
 	}
 	if doc.Repository.Error != "" {
@@ -158,7 +101,7 @@ func WriteText(w io.Writer, doc *Document) error {
 		p.f("  Repository        : %s, %s free of %s (%.1f%%)\n", r.Path, bytesText(int64(r.FreeBytes)), bytesText(int64(r.TotalBytes)), r.FreePercent)
 	}
 
-	if pg.Reachable {
+	if doc.Postgres.Reachable {
 		p.f("\n  Replication clients: %d\n", len(doc.Clients))
 	}
 	for i, c := range doc.Clients {
@@ -196,6 +139,101 @@ func WriteText(w io.Writer, doc *Document) error {
 		lsnLine(p, "Replay LSN", c.ReplayLSN, c.ReplayLagBytes, c.ReplayLagSeconds)
 	}
 	return p.err
+}
+
+// writeServer prints the server, the hub's receiver and its slot.
+func writeServer(p *printer, doc *Document, now time.Time) {
+	pg := doc.Postgres
+	switch {
+	case !pg.Reachable:
+		p.f("  PostgreSQL        : UNREACHABLE: %s\n", pg.Error)
+	default:
+		role := "primary"
+		if pg.InRecovery {
+			role = "standby"
+		}
+		p.f("  PostgreSQL        : %s %s, timeline %d, current LSN %s, system id %s\n", role, pg.Version, pg.TimeLine, pg.CurrentLSN, pg.SystemID)
+		p.f("                      wal_level %s, wal senders %d of %d used, %d-byte segments\n", pg.WALLevel, pg.WALSenders, pg.MaxWALSenders, pg.WALSegmentSize)
+		if pg.Error != "" {
+			p.f("                      query failed: %s\n", pg.Error)
+		}
+	}
+
+	rc := doc.Receiver
+	if rc.Running {
+		p.f("  Receiver          : %s (pid %d on %s", rc.State, rc.PID, rc.Host)
+		if !rc.ConnectedSince.IsZero() {
+			p.f(", connected since %s", rc.ConnectedSince.Local().Format("2006-01-02 15:04:05"))
+		}
+		p.f(")\n")
+	} else {
+		p.f("  Receiver          : NOT RUNNING: %s\n", rc.NotRunning)
+	}
+	if rc.State != "absent" {
+		if rc.LastError != "" {
+			p.f("                      last error: %s\n", rc.LastError)
+		}
+		lag := bytesText(rc.LagBytes)
+		if rc.LagSeconds != nil {
+			lag += fmt.Sprintf(", %.1f s", *rc.LagSeconds)
+		}
+		p.f("                      received %s, flushed %s, server at %s, lag %s\n", rc.ReceivedLSN, rc.FlushedLSN, rc.ServerLSN, lag)
+		if rc.LastSegment != "" {
+			p.f("                      last segment %s (%s ago)", rc.LastSegment, age(now.Sub(rc.LastSegmentAt)))
+			if rc.Partial != "" {
+				p.f(", receiving %s", rc.Partial)
+			}
+			p.f("\n")
+		} else if rc.Partial != "" {
+			p.f("                      receiving %s\n", rc.Partial)
+		}
+	}
+
+	sl := doc.Slot
+	switch {
+	case !sl.Known:
+		p.f("  Slot %-13s: unknown (server not reachable)\n", sl.Name)
+	case !sl.Exists:
+		p.f("  Slot %-13s: MISSING on the server\n", sl.Name)
+	default:
+		active := "INACTIVE"
+		if sl.Active {
+			active = fmt.Sprintf("active (pid %d)", sl.ActivePID)
+		}
+		safe := "unlimited"
+		if sl.SafeWALSize != nil {
+			safe = bytesText(*sl.SafeWALSize)
+		}
+		p.f("  Slot %-13s: %s, restart_lsn %s, wal_status %s, retains %s, safe_wal_size %s\n",
+			sl.Name, active, sl.RestartLSN, sl.WALStatus, bytesText(sl.RetainedBytes), safe)
+	}
+}
+
+// writeFollowed prints what stands, on a read-only hub, for the server,
+// receiver and slot lines: the hub's place and its catalog refresh.
+func writeFollowed(p *printer, doc *Document) {
+	p.f("  Hub               : read-only: follows the repository another hub writes; no connection to the server\n")
+	rf := doc.Refresh
+	if rf == nil {
+		return
+	}
+	every := age(time.Duration(rf.IntervalSeconds * float64(time.Second)))
+	switch {
+	case rf.Error != "":
+		p.f("  Catalog refresh   : UNKNOWN: %s\n", rf.Error)
+	case rf.LastSuccessAgeSeconds == nil:
+		p.f("  Catalog refresh   : NEVER succeeded (every %s)\n", every)
+	default:
+		p.f("  Catalog refresh   : last success %s ago (every %s)", age(time.Duration(*rf.LastSuccessAgeSeconds*float64(time.Second))), every)
+		if rf.PID != 0 {
+			p.f(", by pid %d on %s", rf.PID, rf.Host)
+		}
+		p.f("\n")
+	}
+	if rf.LastError != "" {
+		p.f("                      FAILING: %d refresh(es) failed, latest %s ago: %s\n", rf.Failures,
+			age(time.Duration(rf.LastErrorAgeSeconds*float64(time.Second))), oneLine(rf.LastError))
+	}
 }
 
 // pointTime formats a point of the recoverable window.

@@ -23,9 +23,14 @@ import (
 //	<server>/lock, <server>/lock.json         the backup/expire/snapshot lock and its holder
 //	<server>/receiver.lock                    held by the running receiver
 //	<server>/receiver.json                    the receiver's state, for status
+//	refresh.json                              a read-only hub's last catalog refresh, for status
 
 // CatalogFile is the catalog's file name in the working area.
 const CatalogFile = "catalog.db"
+
+// RefreshStateFile is where a read-only hub records the outcome of its
+// catalog refreshes, in the working area.
+const RefreshStateFile = "refresh.json"
 
 // Extension returns the file extension of a compression ("zstd" → ".zst").
 func Extension(compression string) string {

@@ -109,6 +109,39 @@ func (w *WorkArea) ReadState(server string) ([]byte, error) {
 	return data, nil
 }
 
+// WriteRefreshState replaces the read-only hub's refresh state file with
+// data, durably and atomically (TempFile): a reader sees the old or the new
+// file, and a crash after it returns keeps the new one.
+func (w *WorkArea) WriteRefreshState(data []byte) error {
+	f, err := CreateTemp(w.path(RefreshStateFile))
+	if err != nil {
+		return fmt.Errorf("write refresh state: %w", err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Abort()
+		return fmt.Errorf("write refresh state: %w", err)
+	}
+	// Readable by the group, as the receiver's state: status may run as another user.
+	if err := f.Chmod(0o640); err != nil {
+		f.Abort()
+		return fmt.Errorf("write refresh state: %w", err)
+	}
+	if err := f.Commit(); err != nil {
+		return fmt.Errorf("write refresh state: %w", err)
+	}
+	return nil
+}
+
+// ReadRefreshState returns the read-only hub's refresh state file; an error
+// wrapping ErrNotExist when no refresh has been recorded.
+func (w *WorkArea) ReadRefreshState() ([]byte, error) {
+	data, err := os.ReadFile(w.path(RefreshStateFile))
+	if err != nil {
+		return nil, fmt.Errorf("read refresh state: %w", err)
+	}
+	return data, nil
+}
+
 // FreeSpace is the size of the working area's file system and what is free
 // for walhub (available to an unprivileged user), in bytes.
 func (w *WorkArea) FreeSpace() (total, free uint64, err error) {

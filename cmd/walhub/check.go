@@ -31,6 +31,13 @@ replication slot, receiver (process alive and its state fresh, never just a lock
 wal continuity from the oldest backup, last wal age, last backup age, minimum redundancy,
 failed backups, repository disk space, system id.
 
+On a read-only hub (read_only = true) the servers are those its catalog follows;
+the checks that need PostgreSQL, a receiver or the writing hub's settings are left
+to the hub that writes the repository (one OK line, "read-only hub", names them) and
+"catalog refresh" is added: WARNING when the last successful refresh is older than
+--refresh-age-warning (default 3 × refresh_interval), CRITICAL beyond
+--refresh-age-critical (default 10 × refresh_interval) or when none has succeeded.
+
 Exit status: 0 all OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (as Nagios plugins).
 --nagios prints one line: "WALHUB CRITICAL - ... | perfdata".`,
 		Example: `  walhub check
@@ -59,6 +66,8 @@ Exit status: 0 all OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (as Nagios plugins).
 	f.Float64Var(&o.th.DiskFreeCritical, "disk-free-critical", o.th.DiskFreeCritical, "critical at or below this")
 	f.IntVar(&o.th.FreeSendersWarning, "free-senders-warning", o.th.FreeSendersWarning, "warn when at most this many wal senders are free")
 	f.IntVar(&o.th.FreeSendersCritical, "free-senders-critical", o.th.FreeSendersCritical, "critical at or below this")
+	f.DurationVar(&o.th.RefreshAgeWarning, "refresh-age-warning", 0, "read-only hub: warn when the last successful catalog refresh is older than this (0: 3 × refresh_interval)")
+	f.DurationVar(&o.th.RefreshAgeCritical, "refresh-age-critical", 0, "read-only hub: critical beyond this (0: 10 × refresh_interval)")
 	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "timeout of each connection to PostgreSQL")
 	return cmd
 }

@@ -382,11 +382,30 @@ func (d *daemon) waitingWALRound(ctx context.Context) {
 	}
 }
 
+// recordRefresh writes the outcome of a refresh into the working area, where
+// status, check and /metrics read it (repository.RefreshState). A state that
+// cannot be written is logged: the refresh itself is not undone.
+func (d *daemon) recordRefresh(rep repository.RefreshReport, err error, interval time.Duration, host string) {
+	prev, rerr := repository.ReadRefreshState(d.repo.Work)
+	if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		d.log.Warn("previous catalog refresh state unreadable, starting a new one", "err", rerr)
+	}
+	st := repository.RecordRefresh(prev, time.Now(), rep, err)
+	st.PID, st.Host, st.IntervalSeconds = os.Getpid(), host, interval.Seconds()
+	if werr := repository.WriteRefreshState(d.repo.Work, st); werr != nil {
+		d.log.Error("cannot record the catalog refresh for status", "err", werr)
+	}
+}
+
 // refreshRound brings the catalog of a read-only hub up to date with the
-// repository another hub writes.
+// repository another hub writes, and records the outcome (recordRefresh).
 func (d *daemon) refreshRound(interval time.Duration) func(ctx context.Context) {
+	host, _ := os.Hostname()
 	return func(ctx context.Context) {
 		rep, err := d.repo.Refresh(ctx)
+		if ctx.Err() == nil {
+			d.recordRefresh(rep, err, interval, host)
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)

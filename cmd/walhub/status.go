@@ -21,6 +21,11 @@ stage, sent/write/flush/replay positions and lags), the WAL held per timeline an
 the backups, and a backup or expire in progress with its progress.
 
 A server that cannot be reached is reported as such; the rest still shows.
+
+On a read-only hub (read_only = true) the servers are those its catalog follows from
+the repository another hub writes: status shows what the hub knows without a connection
+to them (WAL held per timeline, gaps, backups, free space) and its catalog refresh
+(last success, last error, against refresh_interval).
 --output=json prints the document the hub serves at GET /v1/servers/{server}/status
 (schema in docs/status.md): one object for one server, an array for all.`,
 		Example: "  walhub status\n  walhub status --server main --output=json",
@@ -39,17 +44,14 @@ A server that cannot be reached is reported as such; the rest still shows.
 }
 
 // statusSource opens the catalog and returns what status and check read; the
-// caller closes the catalog.
+// caller closes the catalog. A read-only hub's servers are those its catalog
+// follows (readServers).
 func (a *app) statusSource(ctx context.Context, name string) (status.Source, []*config.Server, func(), error) {
 	cfg, err := a.config()
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	servers, err := cfg.Select(name)
-	if err != nil {
-		return status.Source{}, nil, nil, err
-	}
-	repo, err := a.repository(ctx)
+	servers, repo, err := a.readServers(ctx, name)
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
