@@ -43,6 +43,35 @@ var ErrNoRepository = errors.New("no walhub repository there")
 // local working area (cfg.WorkDir) and the catalog kept there. The caller
 // closes it.
 func Open(ctx context.Context, cfg *config.Config) (*Repository, error) {
+	work, err := existingWorkArea(cfg)
+	if err != nil {
+		return nil, err
+	}
+	store, err := OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, store, work)
+}
+
+// OpenCatalog opens the working area and the catalog cfg configures, and
+// not the object store: for readers that need nothing from the store and
+// must work while it cannot be reached (the status of a read-only hub,
+// which reports its failing refreshes). The caller closes the catalog.
+func OpenCatalog(ctx context.Context, cfg *config.Config) (*catalog.Catalog, *storage.WorkArea, error) {
+	work, err := existingWorkArea(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat, err := catalog.Open(ctx, work.CatalogPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	return cat, work, nil
+}
+
+// existingWorkArea returns the working area of cfg, which must hold a catalog.
+func existingWorkArea(cfg *config.Config) (*storage.WorkArea, error) {
 	work := storage.OpenWorkArea(cfg.WorkDir)
 	if err := catalogExists(work); err != nil {
 		if cfg.WorkDir != cfg.Repository {
@@ -50,11 +79,7 @@ func Open(ctx context.Context, cfg *config.Config) (*Repository, error) {
 		}
 		return nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
 	}
-	store, err := OpenStore(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	return open(ctx, store, work)
+	return work, nil
 }
 
 // Init creates the repository cfg configures: its working area and an empty

@@ -13,7 +13,8 @@ import (
 )
 
 // Collector exposes every configured server's status document and check
-// results as Prometheus metrics. It builds the documents when it is scraped,
+// results as Prometheus metrics (on a read-only hub: every server its
+// catalog follows, and the catalog refresh). It builds the documents when it is scraped,
 // so what Prometheus sees is what `walhub status` and `walhub check` would say
 // at that moment; the catalog part costs the same with ten segments or a
 // million (it reads the catalog's totals, see catalog.SegmentRanges).
@@ -118,8 +119,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // scrape timeout is 10 s).
 const collectTimeout = 8 * time.Second
 
-// Collect builds the status of every configured server, in parallel, and
-// sends its metrics.
+// Collect builds the status of every configured server (or, on a read-only
+// hub, followed one), in parallel, and sends its metrics.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
 	defer cancel()

@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/s3test"
 )
@@ -221,6 +223,24 @@ func TestS3CatalogRebuiltFromTheBucketAlone(t *testing.T) {
 	}
 }
 
+// startReadOnlyHub starts a second hub over the bucket of site s:
+// read_only, no [[server]], its own working area, refreshing every second;
+// s3Lines are added to its [s3] section (e.g. "max_attempts = 1").
+func startReadOnlyHub(t *testing.T, s *site, bucket *s3test.Server, s3Lines ...string) *site {
+	t.Helper()
+	dir := pgtest.TempDir(t, "hub2")
+	port := pgtest.FreePort(t)
+	hub2 := &site{t: t, primary: s.primary, dir: dir, repo: filepath.Join(dir, "work"), config: filepath.Join(dir, "walhub.toml"),
+		hubURL: "http://127.0.0.1:" + strconv.Itoa(port), tokenFile: s.tokenFile, readOnly: true}
+	text := strings.Replace(bucket.TOML(s3Prefix, hub2.repo, dir), "\n[s3]", "read_only = true\nrefresh_interval = \"1s\"\n\n[s3]", 1) +
+		strings.Join(s3Lines, "\n") + fmt.Sprintf("\n[hub]\nlisten = \"127.0.0.1:%d\"\nread_tokens = [\"read-secret\"]\n", port)
+	if err := os.WriteFile(hub2.config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hub2.startServe()
+	return hub2
+}
+
 // TestS3SecondHubServesTheBucketReadOnly: a second hub over the same bucket,
 // read-only (no [[server]], its own working area), builds its catalog from
 // the bucket and keeps it refreshed, WAL index included; the CLI works
@@ -234,16 +254,7 @@ func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 	p.PgbenchInit(1)
 	s.walhub("backup", "--server", "main")
 
-	dir := pgtest.TempDir(t, "hub2")
-	port := pgtest.FreePort(t)
-	hub2 := &site{t: t, primary: p, dir: dir, repo: filepath.Join(dir, "work"), config: filepath.Join(dir, "walhub.toml"),
-		hubURL: "http://127.0.0.1:" + strconv.Itoa(port), tokenFile: s.tokenFile, readOnly: true}
-	text := strings.Replace(bucket.TOML(s3Prefix, hub2.repo, dir), "\n[s3]", "read_only = true\nrefresh_interval = \"1s\"\n\n[s3]", 1) +
-		fmt.Sprintf("\n[hub]\nlisten = \"127.0.0.1:%d\"\nread_tokens = [\"read-secret\"]\n", port)
-	if err := os.WriteFile(hub2.config, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	hub2.startServe()
+	hub2 := startReadOnlyHub(t, s, bucket)
 
 	p.Pgbench(2, 200)
 	want := p.Query(checksum)
@@ -296,4 +307,168 @@ func TestS3SecondHubServesTheBucketReadOnly(t *testing.T) {
 	if p := bucket.PendingUploads(); len(p) != 0 {
 		t.Fatalf("multipart uploads left pending: %v", p)
 	}
+}
+
+// TestS3ReadOnlyHubStatusAndCheck: a read-only hub's status, check (JSON,
+// Nagios), status endpoint and /metrics cover the server its catalog
+// follows (its WAL, its backups) and the catalog refresh, without a
+// [[server]] or a connection to PostgreSQL; with the bucket gone, the
+// refresh's failure and its error show as a WARNING.
+func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
+	t.Parallel()
+	s, bucket := newS3Site(t, pgtest.Options{SegmentSizeMB: 1})
+	p := s.primary
+	p.PgbenchInit(1)
+	s.walhub("backup", "--server", "main")
+	id := newestBackup(t, s).ID
+	s.waitArchived()
+	hub2 := startReadOnlyHub(t, s, bucket, "max_attempts = 1")
+	hub2.waitArchived()
+
+	var doc status.Document
+	pgtest.WaitFor(t, 60*time.Second, "the read-only hub's status to show the backup", func() bool {
+		doc = status.Document{}
+		out := hub2.walhub("status", "--server", "main", "--output=json")
+		if err := json.Unmarshal([]byte(out), &doc); err != nil {
+			t.Fatalf("status JSON: %v\n%s", err, out)
+		}
+		return doc.Backups.Count == 1
+	})
+	if !doc.ReadOnly || doc.Refresh == nil || doc.Refresh.State != "ok" || doc.Refresh.IntervalSeconds != 1 ||
+		doc.WAL.Segments == 0 || len(doc.WAL.Timelines) != 1 || doc.WAL.LastSegment == "" ||
+		doc.Backups.Last == nil || doc.Backups.Last.ID != id || doc.Recoverable == nil || doc.Postgres.Reachable {
+		t.Fatalf("the read-only hub's status: %+v\nrefresh %+v", doc, doc.Refresh)
+	}
+	if out := hub2.walhub("status"); !strings.Contains(out, "read-only") || !strings.Contains(out, "Catalog refresh   : last success") {
+		t.Fatalf("walhub status on the read-only hub:\n%s", out)
+	}
+	if out, err := hub2.tryWalhub("status", "--server", "nope"); err == nil || !strings.Contains(out, `"nope"`) || !strings.Contains(out, "main") {
+		t.Fatalf("walhub status --server nope on the read-only hub: %v\n%s", err, out)
+	}
+	// The hub's copy, and /metrics.
+	var served status.Document
+	if err := json.Unmarshal(hub2.hubGet("/v1/servers/main/status", "read-secret"), &served); err != nil ||
+		!served.ReadOnly || served.Refresh == nil || served.Backups.Count != 1 {
+		t.Fatalf("GET status from the read-only hub: %v %+v", err, served)
+	}
+	metrics := string(hub2.hubGet("/metrics", ""))
+	for _, want := range []string{`walhub_status_up{server="main"} 1`, `walhub_backups{server="main",state="done"} 1`,
+		"\nwalhub_refresh_last_success_timestamp_seconds ", `walhub_check_status{check="catalog refresh",server="main"} 0`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("the read-only hub's /metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(metrics, "walhub_receiver_running") {
+		t.Error("the read-only hub's /metrics has walhub_receiver_running")
+	}
+
+	// check: every check OK (the disk's free space aside: the test machine's), exit 0.
+	checkArgs := []string{"check", "--server", "main", "--disk-free-warning", "0.5", "--disk-free-critical", "0.1", "--refresh-age-warning", "20s", "--refresh-age-critical", "10m"}
+	report := readOnlyCheck(t, hub2, 0, append(checkArgs, "--output=json")...)
+	names := map[string]status.Level{}
+	for _, r := range report.Results {
+		names[r.Name] = r.Level
+	}
+	for _, n := range []string{"read-only hub", "catalog refresh", "wal continuity", "last wal age", "last backup age", "recoverable window", "failed backups", "repository disk space"} {
+		if l, ok := names[n]; !ok || l != status.OK {
+			t.Errorf("check %q: %v (present %v)", n, l, ok)
+		}
+	}
+	for _, n := range []string{"connection", "receiver", "replication slot", "system id"} {
+		if _, ok := names[n]; ok {
+			t.Errorf("the read-only hub runs the %q check", n)
+		}
+	}
+	if out := readOnlyCheckText(t, hub2, 0, append(checkArgs, "--nagios")...); !strings.HasPrefix(out, "WALHUB OK - ") {
+		t.Fatalf("Nagios line: %s", out)
+	}
+
+	// The bucket goes away: the refresh fails, and says why.
+	bucket.Stop()
+	checkArgs[len(checkArgs)-3] = "3s"
+	pgtest.WaitFor(t, 90*time.Second, "check to warn of the failing refresh", func() bool {
+		report = readOnlyCheck(t, hub2, -1, append(checkArgs, "--output=json")...)
+		return report.Level == status.Warning
+	})
+	for _, r := range report.Results {
+		if r.Name == "catalog refresh" && (r.Level != status.Warning || !strings.Contains(r.Message, "failed") || r.Hint == "") {
+			t.Fatalf("catalog refresh with the bucket stopped: %+v", r)
+		}
+	}
+	if out := readOnlyCheckText(t, hub2, 1, append(checkArgs, "--nagios")...); !strings.HasPrefix(out, "WALHUB WARNING - main catalog refresh WARNING") {
+		t.Fatalf("Nagios line with the bucket stopped: %s", out)
+	} else {
+		t.Logf("walhub check --nagios with the bucket stopped:\n%s", out)
+	}
+	if out := hub2.walhub("status"); !strings.Contains(out, "FAILING") {
+		t.Fatalf("walhub status with the bucket stopped:\n%s", out)
+	}
+	bucket.Restart()
+}
+
+// readOnlyCheck runs walhub check --output=json on hub and returns its
+// report; code is the exit status wanted (-1: any).
+func readOnlyCheck(t *testing.T, hub *site, code int, args ...string) (report struct {
+	Level   status.Level
+	Results []status.Result
+}) {
+	t.Helper()
+	out := readOnlyCheckText(t, hub, code, args...)
+	var raw struct {
+		Level   string          `json:"level"`
+		Results json.RawMessage `json:"results"`
+	}
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatalf("check JSON: %v\n%s", err, out)
+	}
+	var results []struct {
+		status.Result
+		Level string `json:"level"`
+	}
+	if err := json.Unmarshal(raw.Results, &results); err != nil {
+		t.Fatalf("check JSON results: %v\n%s", err, out)
+	}
+	report.Level = levelOf(raw.Level)
+	for _, r := range results {
+		r.Result.Level = levelOf(r.Level)
+		report.Results = append(report.Results, r.Result)
+	}
+	return report
+}
+
+func levelOf(s string) status.Level {
+	for _, l := range []status.Level{status.OK, status.Warning, status.Critical} {
+		if l.String() == s {
+			return l
+		}
+	}
+	return status.Unknown
+}
+
+// readOnlyCheckText runs walhub check on hub and returns its standard
+// output; code is the exit status wanted (-1: any).
+func readOnlyCheckText(t *testing.T, hub *site, code int, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "walhub"), append(args, "--config", hub.config)...)
+	out, err := cmd.Output()
+	got := 0
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		got = exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	if code >= 0 && got != code {
+		t.Fatalf("walhub %s: exit %d, want %d\n%s%s", strings.Join(args, " "), got, code, out, stderrOf(err))
+	}
+	return string(out)
+}
+
+func stderrOf(err error) string {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return string(exit.Stderr)
+	}
+	return ""
 }

@@ -7,7 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/walhub/walhub/config"
+	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/status"
+	"github.com/walhub/walhub/storage"
 )
 
 func (a *app) statusCommand() *cobra.Command {
@@ -45,17 +47,37 @@ to them (WAL held per timeline, gaps, backups, free space) and its catalog refre
 
 // statusSource opens the catalog and returns what status and check read; the
 // caller closes the catalog. A read-only hub's servers are those its catalog
-// follows (readServers).
+// follows (followedServers), and its object store is not opened: its status
+// must show a refresh failing because the store cannot be reached.
 func (a *app) statusSource(ctx context.Context, name string) (status.Source, []*config.Server, func(), error) {
 	cfg, err := a.config()
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	servers, repo, err := a.readServers(ctx, name)
+	if !cfg.ReadOnly {
+		servers, err := cfg.Select(name)
+		if err != nil {
+			return status.Source{}, nil, nil, err
+		}
+		repo, err := a.repository(ctx)
+		if err != nil {
+			return status.Source{}, nil, nil, err
+		}
+		return status.Source{Config: cfg, Catalog: repo.Catalog, Work: repo.Work}, servers, func() { repo.Close() }, nil
+	}
+	if err := workAreaWritable(storage.OpenWorkArea(cfg.WorkDir)); err != nil {
+		return status.Source{}, nil, nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
+	cat, work, err := repository.OpenCatalog(ctx, cfg)
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	return status.Source{Config: cfg, Catalog: repo.Catalog, Work: repo.Work}, servers, func() { repo.Close() }, nil
+	servers, err := followedServers(ctx, cat, name)
+	if err != nil {
+		cat.Close()
+		return status.Source{}, nil, nil, err
+	}
+	return status.Source{Config: cfg, Catalog: cat, Work: work}, servers, func() { cat.Close() }, nil
 }
 
 func (a *app) runStatus(cmd *cobra.Command, name string) error {
