@@ -113,8 +113,8 @@ func newFrameReader(src *bufio.Reader, workers int, delay func(seq int)) (*frame
 	n := decodeAhead * workers
 	r := &frameReader{src: src, dec: dec, work: make(chan *decodeJob, n), order: make(chan *decodeJob, n),
 		free: make(chan *decodeJob, n), quit: make(chan struct{}), delay: delay}
-	for range n {
-		r.free <- &decodeJob{done: make(chan struct{}, 1)}
+	for _, out := range buffers(n, frameSize) {
+		r.free <- &decodeJob{out: out[:0], done: make(chan struct{}, 1)}
 	}
 	r.wg.Add(1 + workers)
 	go r.split()

@@ -123,8 +123,8 @@ func newFileWriters(ctx context.Context, writers int, owner *Owner) *fileWriters
 	w := &fileWriters{ctx: ctx, cancel: cancel, jobs: make(chan *fileJob, 2*writers), free: make(chan []byte, 4*writers),
 		writeback: make(chan writebackRange, writebackQueue), flushed: make(chan struct{}),
 		early: make(chan syncRequest, earlySyncQueue), owner: owner}
-	for range 4 * writers {
-		w.free <- make([]byte, chunkSize)
+	for _, b := range buffers(4*writers, chunkSize) {
+		w.free <- b
 	}
 	go w.flusher()
 	w.syncers.Add(earlySyncers)
