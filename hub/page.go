@@ -2,6 +2,7 @@ package hub
 
 import (
 	"embed"
+	"fmt"
 	"io/fs"
 	"net/http"
 
@@ -51,11 +52,21 @@ func (s *Server) pageRoutes() {
 	s.echo.Add(http.MethodGet, api.ServersPath, s.listServers, s.requireToken(false))
 }
 
-// listServers names the configured servers.
+// listServers names the configured servers; on a read-only hub, those its
+// catalog follows from the repository another hub writes.
 func (s *Server) listServers(c echo.Context) error {
 	out := api.Servers{Servers: []string{}}
 	for _, srv := range s.config().Servers {
 		out.Servers = append(out.Servers, srv.Name)
+	}
+	if s.config().ReadOnly {
+		followed, err := s.o.Repo.Catalog.Servers(c.Request().Context())
+		if err != nil {
+			return fmt.Errorf("list the servers the catalog follows: %w", err)
+		}
+		for _, srv := range followed {
+			out.Servers = append(out.Servers, srv.Name)
+		}
 	}
 	return c.JSON(http.StatusOK, out)
 }

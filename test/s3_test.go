@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/s3test"
@@ -351,6 +352,9 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 		!served.ReadOnly || served.Refresh == nil || served.Backups.Count != 1 {
 		t.Fatalf("GET status from the read-only hub: %v %+v", err, served)
 	}
+	if list := string(hub2.hubGet("/v1/servers", "read-secret")); !strings.Contains(list, `"main"`) {
+		t.Errorf("GET /v1/servers from the read-only hub: %s", list)
+	}
 	metrics := string(hub2.hubGet("/metrics", ""))
 	for _, want := range []string{`walhub_status_up{server="main"} 1`, `walhub_backups{server="main",state="done"} 1`,
 		"\nwalhub_refresh_last_success_timestamp_seconds ", `walhub_check_status{check="catalog refresh",server="main"} 0`} {
@@ -360,6 +364,22 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 	}
 	if strings.Contains(metrics, "walhub_receiver_running") {
 		t.Error("the read-only hub's /metrics has walhub_receiver_running")
+	}
+
+	// The status page shows the server, its backup and the refresh.
+	ctx := browser(t)
+	console := watchConsole(ctx)
+	do(t, ctx, console, chromedp.Navigate(hub2.hubURL+"/"), chromedp.WaitVisible("#login"),
+		chromedp.SendKeys("#token", "read-secret"), chromedp.Click(`#login button[type="submit"]`),
+		chromedp.WaitVisible(`section.server[data-server="main"]`))
+	page := run(t, ctx, chromedp.Text(`section.server[data-server="main"]`))
+	for _, want := range []string{"read-only", "Catalog refresh", "last success", id, "WAL held: "} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the read-only hub's page does not show %q; it shows:\n%s", want, page)
+		}
+	}
+	if errs := console.take(); len(errs) > 0 {
+		t.Errorf("the read-only hub's page logged errors: %v", errs)
 	}
 
 	// check: every check OK (the disk's free space aside: the test machine's), exit 0.

@@ -326,8 +326,35 @@ function workPart(doc) {
   return part;
 }
 
+// A read-only hub's catalog refresh: what stands for the receiver and the
+// slot of a hub that follows a repository another hub writes.
+function refreshPart(doc) {
+  const f = doc.refresh || {};
+  const now = new Date(doc.generated_at);
+  return el("div", { class: "receiver" },
+    el("h3", { text: "Catalog refresh" }),
+    dl([
+      ["state", el("span", {}, badge(f.state || "unknown", refreshKind(f)), " every " + seconds(f.interval_seconds))],
+      ["last success", f.last_success_at ? when(f.last_success_at) + " (" + ago(f.last_success_at, now) + ")" : "never"],
+      ["failures since", String(f.failures || 0)],
+      ["last error", f.last_error ? el("span", { class: "error", text: f.last_error }) : "none"],
+      ["PostgreSQL", "not asked: this hub is read-only and has no connection to the server"],
+    ]));
+}
+
+function refreshKind(f) { return f.state === "ok" ? "ok" : f.state === "failing" ? "warn" : "bad"; }
+
 function serverSection(doc, backups) {
   const r = doc.receiver;
+  if (doc.read_only) {
+    return el("section", { class: "server", "data-server": doc.server },
+      el("h2", {}, doc.server, badge("read-only", refreshKind(doc.refresh || {})),
+        el("span", { class: "muted", text: doc.wal.system_id ? "system " + doc.wal.system_id : "" })),
+      el("div", { class: "grid" }, refreshPart(doc)),
+      walPart(doc),
+      backupsPart(doc, backups),
+      workPart(doc));
+  }
   return el("section", { class: "server", "data-server": doc.server },
     el("h2", {}, doc.server,
       badge(r.running && r.state === "streaming" ? "streaming" : r.state, r.running && r.state === "streaming" ? "ok" : "bad"),
