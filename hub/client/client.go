@@ -65,6 +65,9 @@ type Options struct {
 	MaxConns int
 	// UserAgent identifies the program (default "walhub-client").
 	UserAgent string
+	// ReadBuffer is the read buffer of each connection (default 256 KiB).
+	// Reads at least this large bypass it.
+	ReadBuffer int
 }
 
 // Client talks to one hub about one server. It is safe for concurrent use.
@@ -94,15 +97,18 @@ func New(o Options) (*Client, error) {
 	if o.UserAgent == "" {
 		o.UserAgent = "walhub-client"
 	}
+	if o.ReadBuffer == 0 {
+		// Segments are megabytes: large buffers save thousands of syscalls each.
+		o.ReadBuffer = 256 << 10
+	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		MaxIdleConnsPerHost:   o.MaxConns,
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: o.Timeout,
-		// Segments are megabytes: large buffers save thousands of syscalls each.
-		ReadBufferSize:      256 << 10,
-		TLSHandshakeTimeout: o.Timeout,
-		ForceAttemptHTTP2:   false,
+		ReadBufferSize:        o.ReadBuffer,
+		TLSHandshakeTimeout:   o.Timeout,
+		ForceAttemptHTTP2:     false,
 	}
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
