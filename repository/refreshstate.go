@@ -19,6 +19,8 @@ type RefreshState struct {
 	Host string `json:"host"`
 	// IntervalSeconds is the daemon's refresh_interval when it wrote the file.
 	IntervalSeconds float64 `json:"interval_seconds"`
+	// RunningSince is when the refresh under way started; zero between refreshes.
+	RunningSince time.Time `json:"running_since,omitzero"`
 	// LastAttemptAt is when the last refresh ended, successful or not.
 	LastAttemptAt time.Time `json:"last_attempt_at"`
 	// LastSuccessAt is when the last successful refresh ended; zero when
@@ -38,6 +40,7 @@ type RefreshState struct {
 // prev (the state last recorded, zero when none) and returns the new state.
 func RecordRefresh(prev RefreshState, now time.Time, rep RefreshReport, err error) RefreshState {
 	s := prev
+	s.RunningSince = time.Time{}
 	s.LastAttemptAt = now.UTC()
 	if err != nil {
 		s.LastError, s.LastErrorAt = err.Error(), now.UTC()

@@ -238,6 +238,11 @@ func checkRefresh(doc *Document, _ *config.Server, _ Probe, th Thresholds) Resul
 		if failed != "" {
 			msg, hint = msg+": "+failed, fixErr
 		}
+		// The first refresh of a large repository takes a while: not yet a failure.
+		if running := doc.GeneratedAt.Sub(rf.RunningSince); failed == "" && !rf.RunningSince.IsZero() && running < crit {
+			return bad(name, Warning, fmt.Sprintf("the first refresh from the repository is running (for %s, critical at %s)", age(running), age(crit)),
+				"wait for it: the hub serves nothing of the repository until it ends (journalctl -u walhub)")
+		}
 		return bad(name, Critical, msg, hint)
 	}
 	a := time.Duration(*rf.LastSuccessAgeSeconds * float64(time.Second))

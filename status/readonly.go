@@ -31,6 +31,9 @@ type Refresh struct {
 	LastError           string    `json:"last_error,omitempty"`
 	LastErrorAt         time.Time `json:"last_error_at,omitzero"`
 	LastErrorAgeSeconds float64   `json:"last_error_age_seconds,omitempty"`
+	// RunningSince is when the refresh under way started, when the daemon
+	// that started it is alive (checked when it runs on this host).
+	RunningSince time.Time `json:"running_since,omitzero"`
 	// Failures counts the failed refreshes since the last successful one.
 	Failures int    `json:"failures"`
 	PID      int    `json:"pid,omitempty"`
@@ -78,6 +81,9 @@ func readRefresh(work *storage.WorkArea, interval time.Duration, now time.Time) 
 		return r
 	}
 	r.LastAttemptAt, r.Failures, r.PID, r.Host = st.LastAttemptAt.UTC(), st.Failures, st.PID, st.Host
+	if !st.RunningSince.IsZero() && (st.Host != hostname || st.PID <= 0 || processAlive(st.PID)) {
+		r.RunningSince = st.RunningSince.UTC()
+	}
 	if !st.LastSuccessAt.IsZero() {
 		r.State, r.LastSuccessAt = "ok", st.LastSuccessAt.UTC()
 		a := now.Sub(st.LastSuccessAt).Seconds()

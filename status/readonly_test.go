@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -86,6 +87,12 @@ func TestRefreshCheck(t *testing.T) {
 		{name: "custom thresholds", state: &repository.RefreshState{LastAttemptAt: ago(11 * interval), LastSuccessAt: ago(11 * interval)},
 			th: custom, want: OK},
 		{name: "unreadable", raw: "{not json", want: Unknown, in: []string{"read refresh state"}},
+		{name: "first refresh running", state: &repository.RefreshState{RunningSince: ago(30 * time.Second), PID: os.Getpid(), Host: hostname},
+			want: Warning, in: []string{"first refresh from the repository is running"}},
+		{name: "first refresh running too long", state: &repository.RefreshState{RunningSince: ago(11 * interval), PID: os.Getpid(), Host: hostname},
+			want: Critical, in: []string{"never refreshed"}},
+		{name: "first refresh of a dead daemon", state: &repository.RefreshState{RunningSince: ago(30 * time.Second), PID: deadPID(t), Host: hostname},
+			want: Critical, in: []string{"never refreshed"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			src := newReadOnlySource(t, interval)

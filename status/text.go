@@ -221,6 +221,8 @@ func writeFollowed(p *printer, doc *Document) {
 	switch {
 	case rf.Error != "":
 		p.f("  Catalog refresh   : UNKNOWN: %s\n", rf.Error)
+	case rf.LastSuccessAgeSeconds == nil && !rf.RunningSince.IsZero():
+		p.f("  Catalog refresh   : NEVER succeeded (every %s); the first one is running for %s\n", every, age(doc.GeneratedAt.Sub(rf.RunningSince)))
 	case rf.LastSuccessAgeSeconds == nil:
 		p.f("  Catalog refresh   : NEVER succeeded (every %s)\n", every)
 	default:

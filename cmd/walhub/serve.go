@@ -382,15 +382,16 @@ func (d *daemon) waitingWALRound(ctx context.Context) {
 	}
 }
 
-// recordRefresh writes the outcome of a refresh into the working area, where
-// status, check and /metrics read it (repository.RefreshState). A state that
-// cannot be written is logged: the refresh itself is not undone.
-func (d *daemon) recordRefresh(rep repository.RefreshReport, err error, interval time.Duration, host string) {
+// recordRefresh updates the refresh state in the working area, where
+// status, check and /metrics read it (repository.RefreshState): that a
+// refresh started, or its outcome. A state that cannot be written is
+// logged: the refresh itself is not undone.
+func (d *daemon) recordRefresh(update func(repository.RefreshState) repository.RefreshState, interval time.Duration, host string) {
 	prev, rerr := repository.ReadRefreshState(d.repo.Work)
 	if rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		d.log.Warn("previous catalog refresh state unreadable, starting a new one", "err", rerr)
 	}
-	st := repository.RecordRefresh(prev, time.Now(), rep, err)
+	st := update(prev)
 	st.PID, st.Host, st.IntervalSeconds = os.Getpid(), host, interval.Seconds()
 	if werr := repository.WriteRefreshState(d.repo.Work, st); werr != nil {
 		d.log.Error("cannot record the catalog refresh for status", "err", werr)
@@ -402,9 +403,15 @@ func (d *daemon) recordRefresh(rep repository.RefreshReport, err error, interval
 func (d *daemon) refreshRound(interval time.Duration) func(ctx context.Context) {
 	host, _ := os.Hostname()
 	return func(ctx context.Context) {
+		d.recordRefresh(func(st repository.RefreshState) repository.RefreshState {
+			st.RunningSince = time.Now().UTC()
+			return st
+		}, interval, host)
 		rep, err := d.repo.Refresh(ctx)
 		if ctx.Err() == nil {
-			d.recordRefresh(rep, err, interval, host)
+			d.recordRefresh(func(st repository.RefreshState) repository.RefreshState {
+				return repository.RecordRefresh(st, time.Now(), rep, err)
+			}, interval, host)
 		}
 		switch {
 		case err != nil && ctx.Err() == nil:
