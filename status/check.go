@@ -199,7 +199,7 @@ func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []R
 // readOnlySkipped are the checks a read-only hub leaves to the hub that
 // writes the repository: they need PostgreSQL, a receiver, or the writing
 // hub's configuration (min_redundancy).
-var readOnlySkipped = []string{"connection", "replication connection", "privileges", "wal_level", "wal senders",
+var readOnlySkipped = []string{"connection", "replication connection", "privileges", "wal_level", "max_wal_senders",
 	"replication slot", "receiver", "minimum redundancy", "system id"}
 
 func checkReadOnly(_ *Document, _ *config.Server, _ Probe, _ Thresholds) Result {
