@@ -366,6 +366,16 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 		t.Error("the read-only hub's /metrics has walhub_receiver_running")
 	}
 
+	// A reload (SIGHUP) of the read-only hub's configuration is taken: a read token added.
+	text, err := os.ReadFile(hub2.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub2.reload(strings.Replace(string(text), `read_tokens = ["read-secret"]`, `read_tokens = ["read-secret", "read-2"]`, 1), "configuration reloaded")
+	if code := hub2.hubStatus("/v1/servers", "read-2"); code != http.StatusOK {
+		t.Fatalf("GET /v1/servers with the token added by the reload: %d", code)
+	}
+
 	// The status page shows the server, its backup and the refresh.
 	ctx := browser(t)
 	console := watchConsole(ctx)

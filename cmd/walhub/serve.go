@@ -269,14 +269,19 @@ func (d *daemon) reload(ctx context.Context) {
 	cfg, err := config.Load(d.configPath)
 	switch {
 	case err != nil:
-	case len(cfg.Servers) == 0:
+	case len(cfg.Servers) == 0 && !cfg.ReadOnly:
 		err = fmt.Errorf("nothing to serve: no [[server]] section in %s", d.configPath)
+	case cfg.ReadOnly != old.ReadOnly:
+		err = fmt.Errorf("read_only: %v differs from the running %v; a hub changes between writing and following a repository only at a restart", cfg.ReadOnly, old.ReadOnly)
 	case cfg.Repository != old.Repository:
 		err = fmt.Errorf("repository: %s differs from the running %s; moving the repository needs a restart", cfg.Repository, old.Repository)
 	}
 	if err != nil {
 		d.log.Error("configuration reload refused; the running configuration is kept", "config", d.configPath, "err", err)
 		return
+	}
+	if cfg.RefreshInterval != old.RefreshInterval {
+		d.log.Warn("refresh_interval not applied until walhub serve restarts", "running", old.RefreshInterval.Duration, "configured", cfg.RefreshInterval.Duration)
 	}
 	changes := config.Diff(old, cfg)
 	if changes.Empty() {
