@@ -459,10 +459,9 @@ func (p *prefetcher) plan(jobs chan<- download) {
 	}
 }
 
-// needPeek decides whether to ask the hub now. Peeks are few: one every few
-// windows while the hub is ahead (a peek lists peekWindows windows), at most
-// one a second while recovery waits at the hub's end (what a standby
-// following a live primary costs).
+// needPeek decides whether to ask the hub now. Peeks are few: one per quarter
+// window while the hub is ahead, at most one a second while recovery waits at
+// the hub's end (what a standby following a live primary costs).
 func (p *prefetcher) needPeek() bool {
 	if p.segSize == 0 {
 		return time.Since(p.lastPeek) >= time.Second || p.lastPeek.IsZero()
@@ -479,21 +478,14 @@ func (p *prefetcher) needPeek() bool {
 	return true
 }
 
-// peekWindows is how many windows ahead a peek lists: needPeek asks again
-// when less than three quarters of a window is known ahead, so while the hub
-// holds far more than the window there is one peek every few windows rather
-// than one every quarter window. Only the names and checksums are kept; the
-// downloads stay within the window.
-const peekWindows = 4
-
 // peek asks the hub what exists from the first segment not known yet to
-// peekWindows windows ahead (the hub caps the count at its max_peek).
+// the end of the window.
 func (p *prefetcher) peek() {
 	from, count := p.current, p.window()+1
 	if p.segSize != 0 {
 		start := max(p.horizon, p.segno) + 1
 		from = walname.SegmentName(p.tli, start, p.segSize)
-		count = int(p.segno+walname.SegNo(peekWindows*p.window())-start) + 1
+		count = int(p.segno+walname.SegNo(p.window())-start) + 1
 	}
 	p.lastPeek = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)

@@ -3,7 +3,6 @@ package hubfetch
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -195,65 +194,5 @@ func TestOneProcessorUnlessGOMAXPROCSIsSet(t *testing.T) {
 		if got := runtime.GOMAXPROCS(0); got != tt.want {
 			t.Errorf("GOMAXPROCS=%q: %d processors, want %d", tt.env, got, tt.want)
 		}
-	}
-}
-
-// TestPeeksAreFewAndDownloadsStayInTheWindow: while the hub holds far more
-// than the window, a peek lists several windows ahead, so that recovery
-// moving through 64 segments costs 2 peeks, not one every quarter window;
-// the downloads queued never reach beyond the window.
-func TestPeeksAreFewAndDownloadsStayInTheWindow(t *testing.T) {
-	const systemID = 7300000000000000042
-	const segSize = 1 << 20
-	var mu sync.Mutex
-	var peeks []string
-	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		parts := strings.Split(r.URL.Path, "/")
-		_, from, err := walname.ParseSegment(parts[len(parts)-2], segSize)
-		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
-		if !strings.HasSuffix(r.URL.Path, "/peek") || err != nil || n < 1 {
-			http.Error(w, "bad peek", http.StatusBadRequest)
-			return
-		}
-		mu.Lock()
-		peeks = append(peeks, fmt.Sprintf("%s n=%d", parts[len(parts)-2], n))
-		mu.Unlock()
-		n = min(n, 64) // the hub's default max_peek
-		p := api.Peek{Server: "main", SystemID: strconv.FormatUint(systemID, 10), SegmentSize: segSize, Limit: n}
-		for segno := from; segno < from+walname.SegNo(n); segno++ {
-			p.Segments = append(p.Segments, api.PeekSegment{Name: walname.SegmentName(1, segno, segSize), Checksum: "00000000"})
-		}
-		json.NewEncoder(w).Encode(p)
-	}))
-	defer hub.Close()
-	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second}
-	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	dir := t.TempDir()
-	p := &prefetcher{s: s, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
-		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)), segSize: segSize,
-		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
-	jobs := make(chan download, 1024)
-	for segno := walname.SegNo(10); segno < 10+64; segno++ {
-		p.onServed(walname.SegmentName(1, segno, segSize))
-		p.plan(jobs)
-		for len(jobs) > 0 {
-			d := <-jobs
-			_, n, _ := walname.ParseSegment(d.seg.Name, segSize)
-			if n <= segno || n > segno+16 {
-				t.Fatalf("recovery at segment %d: %s queued, outside the window of 16", segno, d.seg.Name)
-			}
-			// Downloaded at once: the window is full after each plan.
-			p.inflightMu.Lock()
-			delete(p.inflight, d.seg.Name)
-			p.fetched[d.seg.Name] = true
-			p.inflightMu.Unlock()
-		}
-	}
-	if len(peeks) > 2 {
-		t.Errorf("%d peeks while recovery moved through 64 segments, want at most 2: %v", len(peeks), peeks)
 	}
 }
