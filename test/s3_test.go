@@ -433,6 +433,18 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 	if out := hub2.walhub("status"); !strings.Contains(out, "FAILING") {
 		t.Fatalf("walhub status with the bucket stopped:\n%s", out)
 	}
+	// The writing hub's status and check answer too: they read the catalog
+	// and the working area, not the bucket.
+	start := time.Now()
+	if out, err := s.tryWalhub("status", "--server", "main", "--output=json"); err != nil || !strings.Contains(out, `"server": "main"`) {
+		t.Fatalf("the writing hub's walhub status with the bucket stopped: %v\n%s", err, out)
+	}
+	if out, err := s.tryWalhub("check", "--server", "main", "--nagios"); strings.HasPrefix(out, "WALHUB UNKNOWN") || !strings.HasPrefix(out, "WALHUB ") {
+		t.Fatalf("the writing hub's walhub check with the bucket stopped: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the writing hub's status and check took %s with the bucket stopped", d)
+	}
 	bucket.Restart()
 }
 

@@ -183,10 +183,35 @@ func (a *app) repository(ctx context.Context) (*repository.Repository, error) {
 	}
 	repo, err := repository.Open(ctx, cfg)
 	if errors.Is(err, repository.ErrNoRepository) {
-		return nil, fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
-			"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
+		return nil, a.noRepositoryHint(err)
 	}
 	return repo, err
+}
+
+// catalog opens the catalog and the working area of the configured
+// repository, and not its object store: for commands that read only what the
+// catalog and the working area hold (status, check), which must answer while
+// the store cannot be reached. The caller closes the catalog.
+func (a *app) catalog(ctx context.Context) (*catalog.Catalog, *storage.WorkArea, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := workAreaWritable(storage.OpenWorkArea(cfg.WorkDir)); err != nil {
+		return nil, nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
+	}
+	cat, work, err := repository.OpenCatalog(ctx, cfg)
+	if errors.Is(err, repository.ErrNoRepository) {
+		err = a.noRepositoryHint(err)
+	}
+	return cat, work, err
+}
+
+// noRepositoryHint says what to check, or run, when there is no repository
+// where the configuration says.
+func (a *app) noRepositoryHint(err error) error {
+	return fmt.Errorf("%w; is its volume mounted, is the path in %s right? "+
+		"To create a new repository there: walhub init --config %s", err, a.configPath, a.configPath)
 }
 
 // workAreaWritable tells whether this process may use the catalog in the

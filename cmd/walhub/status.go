@@ -7,9 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/walhub/walhub/config"
-	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/status"
-	"github.com/walhub/walhub/storage"
 )
 
 func (a *app) statusCommand() *cobra.Command {
@@ -46,36 +44,30 @@ to them (WAL held per timeline, gaps, backups, free space) and its catalog refre
 }
 
 // statusSource opens the catalog and returns what status and check read; the
-// caller closes the catalog. A read-only hub's servers are those its catalog
-// follows (followedServers), and its object store is not opened: its status
-// must show a refresh failing because the store cannot be reached.
+// caller closes the catalog. The object store is not opened: status must
+// answer, and say what fails, while the store cannot be reached (a writing
+// hub's receiver failing its uploads, a read-only hub's refresh failing). A
+// read-only hub's servers are those its catalog follows (followedServers).
 func (a *app) statusSource(ctx context.Context, name string) (status.Source, []*config.Server, func(), error) {
 	cfg, err := a.config()
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
+	var servers []*config.Server
 	if !cfg.ReadOnly {
-		servers, err := cfg.Select(name)
-		if err != nil {
+		if servers, err = cfg.Select(name); err != nil {
 			return status.Source{}, nil, nil, err
 		}
-		repo, err := a.repository(ctx)
-		if err != nil {
-			return status.Source{}, nil, nil, err
-		}
-		return status.Source{Config: cfg, Catalog: repo.Catalog, Work: repo.Work}, servers, func() { repo.Close() }, nil
 	}
-	if err := workAreaWritable(storage.OpenWorkArea(cfg.WorkDir)); err != nil {
-		return status.Source{}, nil, nil, fmt.Errorf("repository %s: %w", cfg.Repository, err)
-	}
-	cat, work, err := repository.OpenCatalog(ctx, cfg)
+	cat, work, err := a.catalog(ctx)
 	if err != nil {
 		return status.Source{}, nil, nil, err
 	}
-	servers, err := followedServers(ctx, cat, name)
-	if err != nil {
-		cat.Close()
-		return status.Source{}, nil, nil, err
+	if cfg.ReadOnly {
+		if servers, err = followedServers(ctx, cat, name); err != nil {
+			cat.Close()
+			return status.Source{}, nil, nil, err
+		}
 	}
 	return status.Source{Config: cfg, Catalog: cat, Work: work}, servers, func() { cat.Close() }, nil
 }
