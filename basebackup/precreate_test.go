@@ -91,21 +91,12 @@ func TestUnpackFsyncsTheDirectoriesMadeAhead(t *testing.T) {
 	repo := openTestRepo(t)
 	files := append([]fakeFile{{"global/big", dataDirFiles(8 << 20)[122].data}}, dataDirFiles(0)...)
 	b := storeArchive(t, repo, "b1", files, files, 0)
-	target := filepath.Join(t.TempDir(), "data")
-	if err := prepareEmptyDir(target); err != nil {
-		t.Fatal(err)
-	}
-	_, m, err := loadManifest(context.Background(), RepoOpener(repo, b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := newExtractor(nil)
-	x.check = newFileCheck(m, nil)
+	target, m, x := newTestExtractor(t, repo, b)
 	x.ahead = m
 	if err := x.extractArchives(context.Background(), RepoOpener(repo, b), archives(b), target, nil); err != nil {
 		t.Fatal(err)
 	}
-	err = filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() && !slices.Contains(x.dirs, p) {
 			t.Errorf("directory %s is not fsynced", p)
 		}

@@ -183,18 +183,9 @@ func TestAWriterErrorStopsTheReader(t *testing.T) {
 	listed = append(listed, files[3])
 	repo := openTestRepo(t)
 	b := storeArchive(t, repo, "b1", files, listed, 0)
-	target := filepath.Join(t.TempDir(), "data")
-	if err := prepareEmptyDir(target); err != nil {
-		t.Fatal(err)
-	}
-	_, m, err := loadManifest(context.Background(), RepoOpener(repo, b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	x := newExtractor(nil)
+	target, _, x := newTestExtractor(t, repo, b)
 	x.writers = 2
-	x.check = newFileCheck(m, nil)
-	err = x.extractArchives(context.Background(), RepoOpener(repo, b), archives(b), target, nil)
+	err := x.extractArchives(context.Background(), RepoOpener(repo, b), archives(b), target, nil)
 	var ve *VerifyError
 	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "PG_VERSION has CRC32C checksum") {
 		t.Fatalf("err = %v", err)
@@ -270,4 +261,21 @@ func TestUnpackGivesEveryFileAndDirectoryToTheOwnerAsItWritesThem(t *testing.T) 
 			t.Errorf("walked %d entries, want %d", n, want)
 		}
 	}
+}
+
+// newTestExtractor makes an empty target directory and an extractor that
+// checks the files of backup b against its manifest m, as a full unpack does.
+func newTestExtractor(t *testing.T, repo *repository.Repository, b catalog.Backup) (string, *Manifest, *extractor) {
+	t.Helper()
+	target := filepath.Join(t.TempDir(), "data")
+	if err := prepareEmptyDir(target); err != nil {
+		t.Fatal(err)
+	}
+	_, m, err := loadManifest(context.Background(), RepoOpener(repo, b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := newExtractor(nil)
+	x.check = newFileCheck(m, nil)
+	return target, m, x
 }

@@ -57,10 +57,6 @@ type pgBackRest struct {
 // dataDirVar in a run's restore_command stands for the standby's data directory.
 const dataDirVar = "{datadir}"
 
-// walfetch's defaults (cmd/walfetch): segments prefetched ahead and
-// downloads at once. pgBackRest gets the same queue and processes.
-const walfetchPrefetch, walfetchParallel = 16, 4
-
 // pgBackRestInstall is what a Debian machine lacking pgBackRest runs.
 const pgBackRestInstall = "apt-get install -y pgbackrest"
 

@@ -56,6 +56,7 @@ import (
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/test/s3test"
 	"github.com/walhub/walhub/test/walfeed"
+	walfetchsettings "github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -186,7 +187,8 @@ func BenchmarkReplay(b *testing.B) {
 	pgbrLoopback := "pgBackRest async, S3 on loopback"
 	pgbrDelayed := fmt.Sprintf("pgBackRest async, S3, %s delay", delay)
 	if os.Getenv("BENCH_PGBACKREST") != "" {
-		pgbr := newPgBackRest(b, primary, archive, segMB, walfetchPrefetch, walfetchParallel)
+		d := walfetchsettings.DefaultSettings() // what the walfetch runs use
+		pgbr := newPgBackRest(b, primary, archive, segMB, d.Prefetch, d.Parallel)
 		runs = append(runs, struct{ name, command string }{pgbrLoopback, pgbr.restoreCommand(pgbr.loopback)},
 			struct{ name, command string }{pgbrDelayed, pgbr.restoreCommand(delayProxy(b, pgbr.bucket, delay, true))})
 	}

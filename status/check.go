@@ -173,15 +173,18 @@ func (s Source) Check(ctx context.Context, server string, th Thresholds) (*Docum
 // the catalog refresh check, and one OK line naming those it leaves to the
 // hub that writes the repository.
 func Evaluate(doc *Document, srv *config.Server, probe Probe, th Thresholds) []Result {
-	checks := []func(*Document, *config.Server, Probe, Thresholds) Result{checkConnection, checkReplicationConnection}
-	if probe.Privileges != nil {
-		checks = append(checks, checkPrivileges)
-	}
-	checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
-		checkBackupAge, checkRedundancy, checkRecoverable, checkFailedBackups, checkDiskSpace, checkSystemID)
+	type check func(*Document, *config.Server, Probe, Thresholds) Result
+	var checks []check
 	if doc.ReadOnly {
-		checks = []func(*Document, *config.Server, Probe, Thresholds) Result{checkReadOnly, checkRefresh, checkContinuity,
-			checkWALAge, checkBackupAge, checkRecoverable, checkFailedBackups, checkDiskSpace}
+		checks = []check{checkReadOnly, checkRefresh, checkContinuity, checkWALAge, checkBackupAge, checkRecoverable,
+			checkFailedBackups, checkDiskSpace}
+	} else {
+		checks = []check{checkConnection, checkReplicationConnection}
+		if probe.Privileges != nil {
+			checks = append(checks, checkPrivileges)
+		}
+		checks = append(checks, checkWALLevel, checkWALSenders, checkSlot, checkReceiver, checkContinuity, checkWALAge,
+			checkBackupAge, checkRedundancy, checkRecoverable, checkFailedBackups, checkDiskSpace, checkSystemID)
 	}
 	out := make([]Result, 0, len(checks))
 	for _, c := range checks {

@@ -2,6 +2,13 @@ package walfetch
 
 import "time"
 
+// DefaultSettings are walfetch's settings where neither a flag, the
+// environment nor its config file says otherwise.
+func DefaultSettings() Settings {
+	return Settings{Spool: "pg_wal/walfetch-spool", Prefetch: 16, Parallel: 4, SpoolMax: 1024,
+		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute, Partial: true}
+}
+
 // Settings is everything walfetch is told (cmd/walfetch resolves them from
 // flags, environment and its config file). The prefetcher process receives
 // them as JSON, so every field has a json tag.

@@ -26,10 +26,7 @@ type fileSettings struct {
 	IdleExit  string `toml:"idle_exit"`
 }
 
-func defaults() walfetch.Settings {
-	return walfetch.Settings{Spool: "pg_wal/walfetch-spool", Prefetch: 16, Parallel: 4, SpoolMax: 1024,
-		Timeout: 30 * time.Second, PITRRetry: 10 * time.Minute, IdleExit: time.Minute, Partial: true}
-}
+func defaults() walfetch.Settings { return walfetch.DefaultSettings() }
 
 // defaultTexts is how --help shows the defaults d, by option name; the
 // settings without a default (url, server, token, ...) are absent.
