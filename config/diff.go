@@ -11,6 +11,8 @@ import (
 type Changes struct {
 	// Repository is set when the repository path differs.
 	Repository bool
+	// RefreshInterval is set when a read-only hub's refresh_interval differs.
+	RefreshInterval bool
 	// Hub holds the [hub] keys that differ, e.g. "read_tokens", "listen".
 	Hub []string
 	// Added and Removed are the names of servers only in the new, only in the
@@ -23,12 +25,13 @@ type Changes struct {
 
 // Empty reports whether the two configurations are the same.
 func (c Changes) Empty() bool {
-	return !c.Repository && len(c.Hub) == 0 && len(c.Added) == 0 && len(c.Removed) == 0 && len(c.Changed) == 0
+	return !c.Repository && !c.RefreshInterval && len(c.Hub) == 0 && len(c.Added) == 0 && len(c.Removed) == 0 && len(c.Changed) == 0
 }
 
 // Diff compares two loaded configurations (defaults filled in).
 func Diff(old, new *Config) Changes {
-	c := Changes{Repository: old.Repository != new.Repository, Changed: map[string][]string{}}
+	c := Changes{Repository: old.Repository != new.Repository, RefreshInterval: old.RefreshInterval != new.RefreshInterval,
+		Changed: map[string][]string{}}
 	c.Hub = diffKeys("", reflect.ValueOf(old.Hub), reflect.ValueOf(new.Hub))
 	for i := range new.Servers {
 		n := &new.Servers[i]

@@ -60,3 +60,22 @@ conninfo = "host=z"
 		t.Error("retention, backup and snapshot settings restart the receiver")
 	}
 }
+
+func TestDiffRefreshInterval(t *testing.T) {
+	parse := func(interval string) *Config {
+		c, err := Parse("repository = \"/r\"\nread_only = true\nrefresh_interval = \"" + interval + "\"\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		old, new string
+		changed  bool
+	}{{"1m", "1m", false}, {"1m", "5m", true}} {
+		got := Diff(parse(tc.old), parse(tc.new))
+		if got.RefreshInterval != tc.changed || got.Empty() == tc.changed {
+			t.Errorf("Diff from refresh_interval %s to %s = %+v (empty %v), want RefreshInterval %v", tc.old, tc.new, got, got.Empty(), tc.changed)
+		}
+	}
+}

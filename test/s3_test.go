@@ -375,6 +375,28 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 	if code := hub2.hubStatus("/v1/servers", "read-2"); code != http.StatusOK {
 		t.Fatalf("GET /v1/servers with the token added by the reload: %d", code)
 	}
+	// And refresh_interval: at 1h the refreshes (one a second so far) stop
+	// for an hour; back at 1s the next comes at once.
+	lastAttempt := func() string {
+		m := string(hub2.hubGet("/metrics", ""))
+		_, line, _ := strings.Cut(m, "\nwalhub_refresh_last_attempt_timestamp_seconds ")
+		line, _, _ = strings.Cut(line, "\n")
+		return line
+	}
+	text, err = os.ReadFile(hub2.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub2.reload(strings.Replace(string(text), `refresh_interval = "1s"`, `refresh_interval = "1h"`, 1), "refresh_interval applied")
+	time.Sleep(1500 * time.Millisecond) // a refresh under way ends
+	if a := lastAttempt(); a == "" {
+		t.Fatal("no walhub_refresh_last_attempt_timestamp_seconds")
+	} else if time.Sleep(3 * time.Second); lastAttempt() != a {
+		t.Fatal("the catalog refresh still runs every second after a reload set refresh_interval to 1h")
+	}
+	a := lastAttempt()
+	hub2.reload(string(text), "refresh_interval applied")
+	pgtest.WaitFor(t, 10*time.Second, "a catalog refresh after refresh_interval went back to 1s", func() bool { return lastAttempt() != a })
 
 	// The status page shows the server, its backup and the refresh.
 	ctx := browser(t)

@@ -116,10 +116,14 @@ func (a *app) serve(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("walhub serving", "repository", repo.String(), "work_dir", repo.Work.Dir(), "servers", len(cfg.Servers), "config", a.configPath)
-	services := []service{d.hub.Run, periodic(expireInterval, false, d.expireRound), periodic(waitingWALInterval, false, d.waitingWALRound)}
+	services := []service{d.hub.Run, periodic(every(expireInterval), false, nil, d.expireRound),
+		periodic(every(waitingWALInterval), false, nil, d.waitingWALRound)}
 	if cfg.ReadOnly {
-		// Another hub writes the repository: this one serves it and follows.
-		services = []service{d.hub.Run, periodic(cfg.RefreshInterval.Duration, true, d.refreshRound(cfg.RefreshInterval.Duration))}
+		// Another hub writes the repository: this one serves it and follows,
+		// every refresh_interval of the configuration in force (a reload
+		// wakes the loop to apply a new one).
+		d.refreshReload = make(chan struct{}, 1)
+		services = []service{d.hub.Run, periodic(d.refreshInterval, true, d.refreshReload, d.refreshRound)}
 	}
 	err = d.run(ctx, hup, services)
 	a.log.Info("walhub stopped")
@@ -142,6 +146,9 @@ type daemon struct {
 	// changes the map, under mu, which /healthz takes to read it.
 	mu        sync.Mutex
 	receivers map[string]*runningReceiver
+	// refreshReload wakes a read-only hub's refresh loop when a reload
+	// changed refresh_interval (nil on a writing hub).
+	refreshReload chan struct{}
 }
 
 // runningReceiver is one receiver goroutine.
@@ -280,9 +287,6 @@ func (d *daemon) reload(ctx context.Context) {
 		d.log.Error("configuration reload refused; the running configuration is kept", "config", d.configPath, "err", err)
 		return
 	}
-	if cfg.RefreshInterval != old.RefreshInterval {
-		d.log.Warn("refresh_interval not applied until walhub serve restarts", "running", old.RefreshInterval.Duration, "configured", cfg.RefreshInterval.Duration)
-	}
 	changes := config.Diff(old, cfg)
 	if changes.Empty() {
 		d.log.Info("configuration reloaded: nothing changed", "config", d.configPath)
@@ -291,6 +295,14 @@ func (d *daemon) reload(ctx context.Context) {
 	d.cfg.Store(cfg)
 	d.hub.SetConfig(cfg)
 	d.snapshots.SetConfig(cfg)
+	if changes.RefreshInterval && d.refreshReload != nil {
+		select {
+		case d.refreshReload <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+		d.log.Info("refresh_interval applied: the next catalog refresh comes one new interval after the last one",
+			"was", old.RefreshInterval.Duration, "now", cfg.RefreshInterval.Duration)
+	}
 	var reconnect, changed []string
 	for _, name := range slices.Sorted(maps.Keys(changes.Changed)) {
 		keys := changes.Changed[name]
@@ -323,26 +335,40 @@ func (d *daemon) reload(ctx context.Context) {
 // expireInterval is how often the daemon applies the retention policies.
 const expireInterval = time.Hour
 
-// periodic is a service that runs round every interval (first at once when
+// periodic is a service that runs round every interval() (first at once when
 // immediate) until ctx ends. A round logs its own failures: none stops the
-// daemon.
-func periodic(interval time.Duration, immediate bool, round func(ctx context.Context)) service {
+// daemon. A value on wake (nil: never) makes it read interval() again: the
+// next round then comes one new interval after the last round began, or at
+// once when that time has passed.
+func periodic(interval func() time.Duration, immediate bool, wake <-chan struct{}, round func(ctx context.Context)) service {
 	return func(ctx context.Context) error {
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
+		last := time.Now()
 		if immediate {
 			round(ctx)
 		}
+		timer := time.NewTimer(interval())
+		defer timer.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-tick.C:
+			case <-wake:
+				timer.Reset(max(time.Until(last.Add(interval())), 0))
+				continue
+			case <-timer.C:
 			}
+			last = time.Now()
 			round(ctx)
+			timer.Reset(max(time.Until(last.Add(interval())), 0))
 		}
 	}
 }
+
+// every is a constant interval for periodic.
+func every(d time.Duration) func() time.Duration { return func() time.Duration { return d } }
+
+// refreshInterval is the refresh_interval of the configuration in force.
+func (d *daemon) refreshInterval() time.Duration { return d.cfg.Load().RefreshInterval.Duration }
 
 // expireRound applies each server's retention policy (servers with
 // retention.auto_expire = false are left alone), as the configuration in
@@ -405,26 +431,25 @@ func (d *daemon) recordRefresh(update func(repository.RefreshState) repository.R
 
 // refreshRound brings the catalog of a read-only hub up to date with the
 // repository another hub writes, and records the outcome (recordRefresh).
-func (d *daemon) refreshRound(interval time.Duration) func(ctx context.Context) {
+func (d *daemon) refreshRound(ctx context.Context) {
 	host, _ := os.Hostname()
-	return func(ctx context.Context) {
+	interval := d.refreshInterval()
+	d.recordRefresh(func(st repository.RefreshState) repository.RefreshState {
+		st.RunningSince = time.Now().UTC()
+		return st
+	}, interval, host)
+	rep, err := d.repo.Refresh(ctx)
+	if ctx.Err() == nil {
 		d.recordRefresh(func(st repository.RefreshState) repository.RefreshState {
-			st.RunningSince = time.Now().UTC()
-			return st
+			return repository.RecordRefresh(st, time.Now(), rep, err)
 		}, interval, host)
-		rep, err := d.repo.Refresh(ctx)
-		if ctx.Err() == nil {
-			d.recordRefresh(func(st repository.RefreshState) repository.RefreshState {
-				return repository.RecordRefresh(st, time.Now(), rep, err)
-			}, interval, host)
-		}
-		switch {
-		case err != nil && ctx.Err() == nil:
-			d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
-		case rep.Changed():
-			d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
-				"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved,
-				"segments_indexed", rep.SegmentsIndexed)
-		}
+	}
+	switch {
+	case err != nil && ctx.Err() == nil:
+		d.log.Error("catalog refresh from the repository failed, will retry", "repository", d.repo.String(), "err", err, "retry_in", interval)
+	case rep.Changed():
+		d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
+			"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved,
+			"segments_indexed", rep.SegmentsIndexed)
 	}
 }
