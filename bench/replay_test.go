@@ -27,6 +27,15 @@
 // talks plain HTTP to its hub. Needs pgbackrest on PATH (Debian: apt-get
 // install pgbackrest).
 //
+// Each run also says where the CPU went, per segment: the startup process
+// (on a core, waiting for one, asleep: mostly waiting for restore_command),
+// the restore_command calls, the prefetcher, the hubs (this process) and the
+// machine's busy cores. BENCH_RESTORE_TIMES=1 runs the standbys at
+// log_min_messages = debug3 and reads from their logs how long recovery
+// waited for each restore_command call (the first calls apart: a prefetcher
+// starting) and how long it replayed between them. BENCH_PERF=DIR records a
+// system-wide profile of each run (perf record -a -g) into DIR.
+//
 // BENCH_PIN=1 models the hub on another machine than the standby: after the
 // setup, this process (the hubs, which run hub.Server as `walhub serve` does,
 // and the delay proxy) and its children (versitygw) are pinned to CPU 1 with
@@ -229,6 +238,7 @@ func BenchmarkReplay(b *testing.B) {
 		fmt.Println("BENCH_PIN: the hubs, the delay proxy and versitygw (this process and its children, GOMAXPROCS 1) " +
 			"on CPU 1; each standby (postgres, and its restore_command: cp, or walfetch and its prefetcher) on CPU 0")
 	}
+	restoreTimes := os.Getenv("BENCH_RESTORE_TIMES") != ""
 	rates := map[string][]float64{}
 	rounds := envInt("BENCH_ROUNDS", 2)
 	b.ResetTimer()
@@ -250,7 +260,12 @@ func BenchmarkReplay(b *testing.B) {
 			} else {
 				standby.AppendConf("restore_command = '" + strings.ReplaceAll(r.command, dataDirVar, standby.DataDir) + "'")
 			}
+			if restoreTimes {
+				standby.AppendConf("log_min_messages = debug3")
+			}
 			standby.CPUs = standbyCPUs
+			stopPerf := startPerf(b, fmt.Sprintf("round%d-%s", round, r.name))
+			hubCPU0, busy0 := selfCPU(), machineBusy()
 			start := time.Now()
 			standby.Start()
 			if pinned {
@@ -260,6 +275,8 @@ func BenchmarkReplay(b *testing.B) {
 			}
 			standby.WaitReplay(end, 30*time.Minute)
 			elapsed := time.Since(start)
+			stopPerf()
+			cpuLine := cpuPerSegment(standby, n, elapsed, selfCPU()-hubCPU0, machineBusy()-busy0)
 			if got := standby.Query("SELECT count(*) FROM filler"); got != wantRows {
 				b.Fatalf("%s: replayed %s rows, want %s", r.name, got, wantRows)
 			}
@@ -281,6 +298,10 @@ func BenchmarkReplay(b *testing.B) {
 			rate := float64(n) / elapsed.Seconds()
 			rates[r.name] = append(rates[r.name], rate)
 			fmt.Printf("round %d: %-40s %4d segments of %d MiB in %6.2fs: %7.1f segments/s\n", round, r.name, n, segMB, elapsed.Seconds(), rate)
+			fmt.Print(cpuLine)
+			if restoreTimes {
+				printRestoreTimes(standby.LogFile)
+			}
 		}
 	}
 	b.StopTimer()
@@ -314,4 +335,28 @@ func BenchmarkReplay(b *testing.B) {
 	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
 	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
 	ratio(fmt.Sprintf("walfetch baseline %s delay / baseline loopback", delay), baselineDelayed, baselineRun)
+}
+
+// cpuPerSegment says where the CPU went during a replay, per segment:
+// the startup process (on a core, waiting for one, asleep: mostly waiting
+// for its restore_command), the restore_command calls it ran (sh and cp or
+// walfetch), the prefetcher, this process (the hubs), and the whole machine
+// (busy cores: the rest is the standby's other processes and other load).
+func cpuPerSegment(standby *pgtest.Cluster, n int, elapsed, hubCPU, busy time.Duration) string {
+	pid, _ := strconv.Atoi(standby.Query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'"))
+	st, ok := readProcTimes(pid)
+	if !ok {
+		return ""
+	}
+	line := fmt.Sprintf("         ms/segment: startup on-cpu %s, waiting for a core %s, asleep %s; restore_command cpu %s",
+		ms(st.onCPU, n), ms(st.runWait, n), ms(st.age-st.onCPU-st.runWait, n), ms(st.children, n))
+	log, _ := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "walfetch-spool", "prefetcher.log"))
+	if _, after, ok := strings.Cut(string(log), `msg="prefetcher started" pid=`); ok {
+		f, _, _ := strings.Cut(after, " ")
+		ppid, _ := strconv.Atoi(f)
+		if pt, ok := readProcTimes(ppid); ok {
+			line += fmt.Sprintf("; prefetcher cpu %s (waiting for a core %s)", ms(pt.cpu, n), ms(pt.runWait, n))
+		}
+	}
+	return fmt.Sprintf("%s; hubs %s; machine busy %s of %s\n", line, ms(hubCPU, n), ms(busy, n), ms(time.Duration(runtime.NumCPU())*elapsed, n))
 }

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// clockTick is the unit of /proc/PID/stat's CPU times (USER_HZ, 100 on Linux).
+const clockTick = 10 * time.Millisecond
+
+// procTimes is what /proc/PID/stat and /proc/PID/schedstat say of a process
+// (its main thread for schedstat): CPU used by it and by the children it
+// waited for, and how long it was runnable but waited for a core.
+type procTimes struct {
+	cpu      time.Duration // utime + stime
+	children time.Duration // cutime + cstime: children reaped (restore_command's sh and its command)
+	onCPU    time.Duration // schedstat: time on a core (ns precision)
+	runWait  time.Duration // schedstat: time runnable, waiting for a core
+	age      time.Duration // since the process started
+}
+
+// readProcTimes reads pid's times; ok is false when the process is gone.
+func readProcTimes(pid int) (procTimes, bool) {
+	var t procTimes
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return t, false
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	tick := func(i int) time.Duration { // i: the field's number in proc(5)
+		v, _ := strconv.ParseInt(f[i-3], 10, 64)
+		return time.Duration(v) * clockTick
+	}
+	t.cpu = tick(14) + tick(15)
+	t.children = tick(16) + tick(17)
+	var info syscall.Sysinfo_t
+	if syscall.Sysinfo(&info) == nil {
+		t.age = time.Duration(info.Uptime)*time.Second - tick(22)
+	}
+	if s, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid)); err == nil {
+		if v := strings.Fields(string(s)); len(v) >= 2 {
+			on, _ := strconv.ParseInt(v[0], 10, 64)
+			wait, _ := strconv.ParseInt(v[1], 10, 64)
+			t.onCPU, t.runWait = time.Duration(on), time.Duration(wait)
+		}
+	}
+	return t, true
+}
+
+// selfCPU is this process's CPU time (the hubs and the delay proxy run here).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// machineBusy is the CPU time all cores spent busy (not idle or iowait) since boot.
+func machineBusy() time.Duration {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseInt(v, 10, 64)
+		busy += n
+	}
+	return time.Duration(busy) * clockTick
+}
+
+// ms formats d per segment in milliseconds.
+func ms(d time.Duration, n int) string {
+	return fmt.Sprintf("%5.1f", float64(d)/float64(time.Millisecond)/float64(n))
+}
+
+// printRestoreTimes reads, from a standby's log at log_min_messages =
+// debug3 (BENCH_RESTORE_TIMES), when the startup process ran each
+// restore_command and when it had the file, and prints how long recovery
+// waited for the calls and how long it replayed between them.
+func printRestoreTimes(logFile string) {
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		return
+	}
+	stamp := func(line string) (time.Time, bool) {
+		if len(line) < 23 {
+			return time.Time{}, false
+		}
+		t, err := time.Parse("2006-01-02 15:04:05.000", line[:23])
+		return t, err == nil
+	}
+	var calls, gaps []time.Duration
+	var execAt, restoredAt, first time.Time
+	for _, line := range strings.Split(string(data), "\n") {
+		t, ok := stamp(line)
+		if !ok {
+			continue
+		}
+		switch {
+		case strings.Contains(line, "executing restore command"):
+			if !restoredAt.IsZero() {
+				gaps = append(gaps, t.Sub(restoredAt))
+			}
+			if first.IsZero() {
+				first = t
+			}
+			execAt = t
+		case strings.Contains(line, "restored log file") && !execAt.IsZero():
+			calls = append(calls, t.Sub(execAt))
+			restoredAt, execAt = t, time.Time{}
+		}
+	}
+	if len(calls) == 0 {
+		return
+	}
+	sum := func(d []time.Duration) (s time.Duration) {
+		for _, v := range d {
+			s += v
+		}
+		return s
+	}
+	sorted := slices.Clone(calls)
+	slices.Sort(sorted)
+	head := ""
+	for _, c := range calls[:min(4, len(calls))] {
+		head += fmt.Sprintf(" %.1f", float64(c)/float64(time.Millisecond))
+	}
+	fmt.Printf("         restore_command as recovery waited for it: %d calls, %v in all (median %v, max %v; the first:%s ms); replay between calls %v\n",
+		len(calls), sum(calls).Round(time.Millisecond), sorted[len(sorted)/2].Round(100*time.Microsecond),
+		sorted[len(sorted)-1].Round(time.Millisecond), head, sum(gaps).Round(time.Millisecond))
+}
+
+// startPerf records a system-wide profile (perf record -a -g) of one run into
+// $BENCH_PERF/NAME.data when BENCH_PERF names a directory; the returned
+// function stops it.
+func startPerf(b *testing.B, name string) func() {
+	dir := os.Getenv("BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	out := filepath.Join(dir, strings.NewReplacer(" ", "_", "/", "_", ",", "", "(", "", ")", "").Replace(name)+".data")
+	cmd := exec.Command("perf", "record", "-a", "-g", "-F", "499", "-o", out)
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("perf: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // perf's own start
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+	}
+}
