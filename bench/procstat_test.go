@@ -114,8 +114,9 @@ func printRestoreTimes(logFile string) {
 		}
 		switch {
 		case strings.Contains(line, "executing restore command"):
-			if !restoredAt.IsZero() {
+			if !restoredAt.IsZero() { // not after a call that failed
 				gaps = append(gaps, t.Sub(restoredAt))
+				restoredAt = time.Time{}
 			}
 			if first.IsZero() {
 				first = t
