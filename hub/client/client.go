@@ -232,6 +232,14 @@ type WALInfo struct {
 // arrived and the size and checksum match what the hub recorded; on any error
 // w holds garbage and must be thrown away.
 func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInfo, error) {
+	return c.FetchWALThrough(ctx, name, w, nil)
+}
+
+// FetchWALThrough is FetchWAL reading the response body through
+// wrap(body) when wrap is not nil: every read from the network goes through
+// the reader wrap returns, which must pass the bytes and errors on unchanged
+// (the prefetcher orders its downloads' work between reads so).
+func (c *Client) FetchWALThrough(ctx context.Context, name string, w io.Writer, wrap func(io.Reader) io.Reader) (WALInfo, error) {
 	resp, err := c.do(ctx, api.WALPath(c.server, name), http.Header{"Accept-Encoding": {"zstd"}})
 	if err != nil {
 		return WALInfo{}, err
@@ -247,7 +255,11 @@ func (c *Client) FetchWAL(ctx context.Context, name string, w io.Writer) (WALInf
 	if err != nil {
 		return info, fmt.Errorf("%w: %s: %v", ErrCorrupt, name, err)
 	}
-	transport := &errorReader{r: resp.Body}
+	var body io.Reader = resp.Body
+	if wrap != nil {
+		body = wrap(body)
+	}
+	transport := &errorReader{r: body}
 	h := checksum.New()
 	dst := &errorWriter{w: w}
 	// The bytes go to w and the checksum at once; more than announced is

@@ -35,6 +35,7 @@ type prefetcher struct {
 	systemID string
 	c        *client.Client
 	log      *slog.Logger
+	order    *workOrder // nil: downloads unordered
 
 	served   chan string   // names walfetch served, from the socket
 	finished chan struct{} // a download ended
@@ -124,7 +125,7 @@ func RunPrefetcher() int {
 		log.Error("cannot make a hub client", "err", err)
 		return 1
 	}
-	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log,
+	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log, order: newWorkOrder(),
 		served: make(chan string, 64), finished: make(chan struct{}, 64),
 		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 	p.removeOtherSpools()
@@ -543,7 +544,14 @@ func (p *prefetcher) fetch(d download) {
 		}
 		hw := &headerWriter{w: f}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*p.s.Timeout)
-		info, err := p.c.FetchWAL(ctx, name, hw)
+		var info client.WALInfo
+		if _, segno, perr := walname.ParseSegment(name, d.segSize); perr == nil && p.order != nil {
+			p.order.begin(segno)
+			info, err = p.c.FetchWALThrough(ctx, name, hw, p.order.reader(segno))
+			p.order.end(segno)
+		} else {
+			info, err = p.c.FetchWAL(ctx, name, hw)
+		}
 		cancel()
 		if cerr := f.Close(); err == nil {
 			err = cerr
