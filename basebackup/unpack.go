@@ -457,15 +457,12 @@ func (x *extractor) mkdirParents(dir string) error {
 	return nil
 }
 
-// finish fsyncs every file the writers did not fsync yet and every
-// directory, then puts pg_control in place and fsyncs its directory: only now
-// is the unpacked copy startable.
+// finish fsyncs the files the writers did not write (x.files) and every
+// directory (the writers' early syncers fsynced every file they wrote), then
+// puts pg_control in place and fsyncs its directory: only now is the
+// unpacked copy startable.
 func (x *extractor) finish(ctx context.Context) error {
-	files := x.files
-	if x.w != nil {
-		files = append(files, x.w.late...) // the rest were fsynced as they were written
-	}
-	if err := syncAll(ctx, files, x.dirs); err != nil {
+	if err := syncAll(ctx, x.files, x.dirs); err != nil {
 		return err
 	}
 	x.files, x.dirs = nil, nil

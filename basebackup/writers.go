@@ -29,10 +29,10 @@ const (
 	// a writer that finds the queue full drops its request (the final
 	// fsync pass writes what no request started) rather than wait.
 	writebackQueue = 64
-	// earlySyncers fsync finished files while the unpack goes on, from a
-	// queue of earlySyncQueue (each holds a descriptor open, so it stays
-	// far below a process's limit on open files); a file that finds the
-	// queue full is left to the final pass.
+	// earlySyncers fsync finished files while the unpack goes on (see
+	// syncQueue). Up to earlySyncQueue files wait with their descriptor
+	// open (far below a process's limit on open files); the files after
+	// those wait by path, and are opened again for their fsync.
 	earlySyncers   = 8
 	earlySyncQueue = 256
 	// syncWorkers fsync files and directories at once in the final pass:
@@ -68,9 +68,8 @@ type fileJob struct {
 // and checksum of the file it writes against the manifest as the bytes pass,
 // has the flusher start the file's writeback as it goes, and hands the
 // finished file to the early syncers, which fsync it while the unpack goes
-// on (what they cannot take is left to the final pass: late). The first
-// error of any writer or syncer cancels the others and the reader: err says
-// it.
+// on. The first error of any writer or syncer cancels the others and the
+// reader: err says it.
 type fileWriters struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -90,21 +89,90 @@ type fileWriters struct {
 	writeback chan writebackRange
 	flushed   chan struct{}
 	// early feeds the early syncers; closed by wait.
-	early   chan syncRequest
+	early   *syncQueue
 	syncers sync.WaitGroup
-	// late lists the files written but not handed to the early syncers.
-	lateMu sync.Mutex
-	late   []string
-	wg     sync.WaitGroup
+	// fsync fsyncs an open file (fsyncFD; tests watch it).
+	fsync func(fd int) error
+	wg    sync.WaitGroup
 	// owner, when set, is given each file as it is created.
 	owner *Owner
 }
 
 // syncRequest asks an early syncer to fsync the file at path, open as fd (a
-// duplicate the syncer closes).
+// duplicate the syncer closes), or by path when fd is -1.
 type syncRequest struct {
 	fd   int
 	path string
+}
+
+// syncQueue holds the finished files waiting for the early syncers, oldest
+// first. Up to max of them keep a descriptor open; the others are queued by
+// path. Before, a file that found the queue full was left to the final pass
+// after the last file: in a restore of many small files (a data directory
+// has hundreds) half of them were, and their fsyncs made the tail of the
+// restore while the syncers had sat idle during the large files before.
+type syncQueue struct {
+	mu     sync.Mutex
+	cond   sync.Cond
+	fds    []syncRequest
+	paths  []string
+	max    int
+	closed bool
+}
+
+func newSyncQueue(max int) *syncQueue {
+	q := &syncQueue{max: max}
+	q.cond.L = &q.mu
+	return q
+}
+
+// push queues the file at path, open as fd (-1: not open), which push takes
+// over: it is kept open while fewer than max are, closed otherwise. It
+// reports whether the file was queued by path.
+func (q *syncQueue) push(fd int, path string) (byPath bool) {
+	q.mu.Lock()
+	if fd >= 0 && len(q.fds) < q.max {
+		q.fds = append(q.fds, syncRequest{fd: fd, path: path})
+	} else {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		q.paths = append(q.paths, path)
+		byPath = true
+	}
+	q.mu.Unlock()
+	q.cond.Signal()
+	return byPath
+}
+
+// pop returns the next file to fsync (the open ones first, so that their
+// descriptors are soon closed), waiting for one; false once the queue is
+// closed and empty.
+func (q *syncQueue) pop() (syncRequest, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.fds) == 0 && len(q.paths) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	switch {
+	case len(q.fds) > 0:
+		r := q.fds[0]
+		q.fds = q.fds[1:]
+		return r, true
+	case len(q.paths) > 0:
+		p := q.paths[0]
+		q.paths = q.paths[1:]
+		return syncRequest{fd: -1, path: p}, true
+	}
+	return syncRequest{}, false
+}
+
+// close ends the queue: pop returns what is left, then false.
+func (q *syncQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
 }
 
 // writebackRange asks the flusher to start the writeback of n bytes (0: to
@@ -122,7 +190,7 @@ func newFileWriters(ctx context.Context, writers int, owner *Owner) *fileWriters
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &fileWriters{ctx: ctx, cancel: cancel, jobs: make(chan *fileJob, 2*writers), free: make(chan []byte, 4*writers),
 		writeback: make(chan writebackRange, writebackQueue), flushed: make(chan struct{}),
-		early: make(chan syncRequest, earlySyncQueue), owner: owner}
+		early: newSyncQueue(earlySyncQueue), fsync: fsyncFD, owner: owner}
 	for _, b := range buffers(4*writers, chunkSize) {
 		w.free <- b
 	}
@@ -158,36 +226,47 @@ func (w *fileWriters) flusher() {
 // earlySyncer fsyncs finished files. Doing it during the unpack rather than
 // all at the end overlaps the waits for the disk with the decompression and
 // writing of the files after; each file is fsynced only once it is written
-// whole, checked and given its mode, as in the final pass.
+// whole, checked and given its mode.
 func (w *fileWriters) earlySyncer() {
 	defer w.syncers.Done()
-	for r := range w.early {
-		if w.ctx.Err() == nil {
-			if err := fsyncFD(r.fd); err != nil {
-				w.fail(fmt.Errorf("fsync %s: %w", r.path, err))
+	for {
+		r, ok := w.early.pop()
+		if !ok {
+			return
+		}
+		if w.ctx.Err() != nil {
+			if r.fd >= 0 {
+				unix.Close(r.fd)
 			}
+			continue
+		}
+		if r.fd < 0 {
+			fd, err := openFD(r.path, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				w.fail(fmt.Errorf("fsync %s: %w", r.path, err))
+				continue
+			}
+			r.fd = fd
+		}
+		if err := w.fsync(r.fd); err != nil {
+			w.fail(fmt.Errorf("fsync %s: %w", r.path, err))
 		}
 		unix.Close(r.fd)
 	}
 }
 
 // finished hands the written file at path, open as fd, to the early
-// syncers; when their queue is full, it starts the file's writeback and
-// leaves the fsync to the final pass.
+// syncers. When it waits for them by path (earlySyncQueue files wait
+// already), it starts the file's writeback, so that the disk has it by the
+// time they reach it.
 func (w *fileWriters) finished(fd int, path string, started int64) {
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err == nil {
-		select {
-		case w.early <- syncRequest{fd: dup, path: path}:
-			return
-		default:
-			unix.Close(dup)
-		}
+	if err != nil {
+		dup = -1 // the syncer opens it again
 	}
-	w.lateMu.Lock()
-	w.late = append(w.late, path)
-	w.lateMu.Unlock()
-	w.startWriteback(fd, started, 0)
+	if w.early.push(dup, path) {
+		w.startWriteback(fd, started, 0)
+	}
 }
 
 // startWriteback hands the range to the flusher, unless its queue is full.
@@ -211,12 +290,12 @@ func (w *fileWriters) failed() error { return context.Cause(w.ctx) }
 
 // wait ends the writers (no more files will come) and returns the first
 // error that stopped the unpack, if any. Without one, every file written is
-// fsynced, or listed in late.
+// fsynced.
 func (w *fileWriters) wait() error {
 	close(w.jobs)
 	w.wg.Wait()
 	close(w.writeback)
-	close(w.early)
+	w.early.close()
 	// The files still queued for the early syncers are what the unpack
 	// waits for now: fsync them syncWorkers at once, as the final pass does.
 	for range syncWorkers - earlySyncers {
@@ -374,10 +453,9 @@ func mismatch(problem string) error {
 // failed write), it waits for every dirty page of the whole file system (on a
 // shared host, another cluster's data too, which can take far longer than the
 // restore itself), and tablespaces may sit on other file systems. The files
-// an unpack wrote were mostly fsynced already by the early syncers; the others'
-// writeback was started (sync_file_range), so the fsyncs mostly wait for what
-// is already under way, and running them at once lets the file system commit
-// its journal for many of them together.
+// an unpack wrote were fsynced by its early syncers already; what is left
+// here is mostly the directories, and running their fsyncs at once lets the
+// file system commit its journal for many of them together.
 func syncAll(ctx context.Context, files, dirs []string) error {
 	if err := parallel(ctx, files, syncFile); err != nil {
 		return err

@@ -10,9 +10,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/repository"
@@ -278,4 +282,109 @@ func newTestExtractor(t *testing.T, repo *repository.Repository, b catalog.Backu
 	x := newExtractor(nil)
 	x.check = newFileCheck(m, nil)
 	return target, m, x
+}
+
+func TestSyncQueueKeepsMaxFilesOpenAndTheRestByPath(t *testing.T) {
+	q := newSyncQueue(2)
+	var fds []int
+	for range 3 {
+		fd, err := unix.Dup(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fds = append(fds, fd)
+	}
+	byPath := []bool{q.push(fds[0], "a"), q.push(fds[1], "b"), q.push(fds[2], "c"), q.push(-1, "d")}
+	if want := []bool{false, false, true, true}; !slices.Equal(byPath, want) {
+		t.Errorf("queued by path: %v, want %v", byPath, want)
+	}
+	if err := unix.Close(fds[2]); !errors.Is(err, unix.EBADF) {
+		t.Errorf("the descriptor of a file queued by path is still open (close: %v)", err)
+	}
+	q.close()
+	var got []string
+	for {
+		r, ok := q.pop()
+		if !ok {
+			break
+		}
+		if (r.fd >= 0) != (r.path == "a" || r.path == "b") {
+			t.Errorf("%s popped with descriptor %d", r.path, r.fd)
+		}
+		if r.fd >= 0 {
+			unix.Close(r.fd)
+		}
+		got = append(got, r.path)
+	}
+	if want := []string{"a", "b", "c", "d"}; !slices.Equal(got, want) {
+		t.Errorf("popped %v, want %v", got, want)
+	}
+}
+
+// Before, the files that found the early syncers' queue full were left to
+// the final pass after the last file, when the syncers had been idle.
+func TestEarlySyncersFsyncEveryFileEvenWhenTheirQueueIsFull(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		open    int  // files queued with their descriptor
+		missing bool // one file is gone before its fsync
+		want    string
+	}{
+		{"all fsynced", 3, false, ""},
+		// Every file waits by path. The syncers, blocked in fsync, take
+		// one each, in order: the last is still queued when it goes.
+		{"a file queued by path is gone", 0, true, "fsync DIR/f9: no such file or directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			w := newFileWriters(context.Background(), 2, nil)
+			w.early.max = tc.open
+			release := make(chan struct{})
+			var mu sync.Mutex
+			synced := map[string]int{}
+			w.fsync = func(fd int) error {
+				<-release // nothing is fsynced until every file is queued
+				p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				synced[p]++
+				mu.Unlock()
+				return fsyncFD(fd)
+			}
+			const n = earlySyncers + 2
+			for i := range n {
+				p := filepath.Join(dir, fmt.Sprintf("f%d", i))
+				if err := os.WriteFile(p, []byte("data"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				fd, err := openFD(p, unix.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w.finished(fd, p, 0)
+				unix.Close(fd)
+			}
+			if tc.missing {
+				os.Remove(filepath.Join(dir, fmt.Sprintf("f%d", n-1)))
+			}
+			close(release)
+			err := w.wait()
+			if tc.want != "" {
+				if err == nil || strings.ReplaceAll(err.Error(), dir, "DIR") != tc.want {
+					t.Fatalf("err = %v, want %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				if p := filepath.Join(dir, fmt.Sprintf("f%d", i)); synced[p] != 1 {
+					t.Errorf("%s fsynced %d times by the early syncers, want 1", p, synced[p])
+				}
+			}
+		})
+	}
 }
