@@ -184,10 +184,19 @@ func openArchive(ctx context.Context, open Opener, f catalog.BackupFile) (io.Rea
 		rc.Close()
 		return nil, fmt.Errorf("%s: %w", f.Name, err)
 	}
-	return struct {
-		io.Reader
-		io.Closer
-	}{dr, closers{dr, rc}}, nil
+	return archiveStream{dr, closers{dr, rc}}, nil
+}
+
+// archiveStream is the uncompressed stream of a stored archive.
+type archiveStream struct {
+	io.Reader
+	io.Closer
+}
+
+// frames returns the frameReader that s reads from, if it does.
+func (s archiveStream) frames() *frameReader {
+	fr, _ := s.Reader.(*frameReader)
+	return fr
 }
 
 // closers closes each in turn and returns the first error.

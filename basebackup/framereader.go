@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -49,7 +50,8 @@ const (
 // returned.
 //
 // Memory is bounded: split takes a buffer from free before it reads a frame,
-// and Read gives it back once it has returned the frame's bytes.
+// and Read gives it back once it has returned the frame's bytes and no lent
+// part of it is still held (see lend).
 type frameReader struct {
 	src *bufio.Reader
 	dec *zstd.Decoder
@@ -84,6 +86,18 @@ type decodeJob struct {
 	err     error
 	tail    io.Reader
 	done    chan struct{}
+	// refs counts who holds out: Read while it returns its bytes, and
+	// each part lent (see lend). The last to let go gives the job back to
+	// free, its frameReader's.
+	refs atomic.Int32
+	free chan *decodeJob
+}
+
+// release lets go of one hold on j's decoded bytes.
+func (j *decodeJob) release() {
+	if j.refs.Add(-1) == 0 {
+		j.free <- j // never blocks: free has room for every job
+	}
 }
 
 // parallelFrames says whether the stream starting with head (at least
@@ -114,7 +128,7 @@ func newFrameReader(src *bufio.Reader, workers int, delay func(seq int)) (*frame
 	r := &frameReader{src: src, dec: dec, work: make(chan *decodeJob, n), order: make(chan *decodeJob, n),
 		free: make(chan *decodeJob, n), quit: make(chan struct{}), delay: delay}
 	for _, out := range buffers(n, frameSize) {
-		r.free <- &decodeJob{out: out[:0], done: make(chan struct{}, 1)}
+		r.free <- &decodeJob{out: out[:0], done: make(chan struct{}, 1), free: r.free}
 	}
 	r.wg.Add(1 + workers)
 	go r.split()
@@ -283,16 +297,51 @@ func (r *frameReader) Read(p []byte) (int, error) {
 				continue
 			}
 			r.cur, r.off = j, 0
+			j.refs.Store(1)
 		}
 		if r.off < len(r.cur.out) {
-			n := copy(p, r.cur.out[r.off:])
+			n := len(p)
+			if len(p) == 0 || &p[0] != &lentSink[0] {
+				n = copy(p, r.cur.out[r.off:])
+			} else if rest := len(r.cur.out) - r.off; n > rest {
+				n = rest
+			}
 			r.off += n
 			return n, nil
 		}
-		r.free <- r.cur
+		r.cur.release()
 		r.cur = nil
 	}
 	return 0, r.err
+}
+
+// lentSink is the buffer a reader of lent bytes reads them again into
+// through the tar reader, to move it past them (see lend): a frameReader
+// then skips them without copying. Nothing is ever written into it.
+var lentSink [chunkSize]byte
+
+// lend returns the next at most max decoded bytes without reading them: the
+// caller gets them as they are in the frame's buffer, which stays theirs
+// until they call j.release, and then reads as many into lentSink[:len(b)]
+// (itself or through a reader on top, such as a tar reader for a file's
+// data) to move on. It returns nil when there is nothing it can lend: the
+// stream has ended or failed, or goes on through the streaming decoder (see
+// decodeJob.tail); Read then says which.
+func (r *frameReader) lend(max int) ([]byte, *decodeJob) {
+	for r.err == nil && r.tail == nil {
+		if r.cur == nil || r.off == len(r.cur.out) {
+			// Read moves to the next frame, or finds the end or an
+			// error, which it keeps for the next Read.
+			if _, err := r.Read(lentSink[:0]); err != nil {
+				break
+			}
+			continue
+		}
+		b := r.cur.out[r.off:]
+		r.cur.refs.Add(1)
+		return b[:min(len(b), max)], r.cur
+	}
+	return nil, nil
 }
 
 // Close stops the decoding and waits for the goroutines.

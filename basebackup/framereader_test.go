@@ -246,3 +246,86 @@ func TestFrameReaderClosesMidStream(t *testing.T) {
 		}
 	}
 }
+
+func TestFrameReaderLendsDecodedBytesThatStayIntactUntilReleased(t *testing.T) {
+	data := archiveBytes()
+	stream, _ := framesOf(t, data)
+	// One decoder: 3 frame buffers for 5.5 frames, so buffers are reused.
+	r, err := newFrameReader(bufio.NewReader(bytes.NewReader(stream)), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var got, held, want []byte
+	var frame *decodeJob
+	heldAt := 0
+	check := func() {
+		if !bytes.Equal(held, want) {
+			t.Fatalf("the part lent at %d changed before it was released", heldAt)
+		}
+		frame.release()
+		held = nil
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	for {
+		if held == nil {
+			// Lend a part and keep it while the reading goes on.
+			if held, frame = r.lend(1 + rng.IntN(200000)); held == nil {
+				break
+			}
+			want, heldAt = bytes.Clone(held), len(got)
+			n, err := r.Read(lentSink[:len(held)])
+			if n != len(held) || err != nil {
+				t.Fatalf("reading the lent %d bytes into lentSink: %d, %v", len(held), n, err)
+			}
+			got = append(got, held...)
+			continue
+		}
+		buf := make([]byte, 1+rng.IntN(300000))
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) > heldAt+3*frameSize {
+			check() // three frames on, every other buffer was reused
+		}
+	}
+	if held != nil {
+		check()
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, not the %d that went in", len(got), len(data))
+	}
+	if b, _ := r.lend(10); b != nil {
+		t.Errorf("lent %d bytes past the end", len(b))
+	}
+}
+
+func TestFrameReaderReadsIntoLentSinkWithoutCopying(t *testing.T) {
+	data := archiveBytes()
+	stream, _ := framesOf(t, data)
+	r, err := newFrameReader(bufio.NewReader(bytes.NewReader(stream)), 2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// Skip the first 1.5 frames through lentSink, read the rest.
+	for left := frameSize + frameSize/2; left > 0; {
+		n, err := r.Read(lentSink[:min(left, len(lentSink))])
+		if err != nil {
+			t.Fatal(err)
+		}
+		left -= n
+	}
+	if lentSink != [chunkSize]byte{} {
+		t.Fatal("bytes were copied into lentSink")
+	}
+	rest, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(rest, data[frameSize+frameSize/2:]) {
+		t.Fatalf("the rest: %d bytes (%v), want %d", len(rest), err, len(data)-frameSize-frameSize/2)
+	}
+}

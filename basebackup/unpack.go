@@ -158,6 +158,10 @@ func (x *extractor) extractStored(open Opener, f catalog.BackupFile, dir string)
 		return err
 	}
 	defer dr.Close()
+	if s, ok := dr.(archiveStream); ok {
+		x.frames = s.frames()
+		defer func() { x.frames = nil }()
+	}
 	if err := x.extract(dr, dir); err != nil {
 		return fmt.Errorf("unpack %s into %s: %w", f.Name, dir, err)
 	}
@@ -274,6 +278,10 @@ type extractor struct {
 	ahead *Manifest
 	// delta, when set, makes a delta restore into an existing directory.
 	delta *delta
+	// frames, when set, is the frameReader under the tar stream being
+	// read: the writers get each file's bytes straight from its buffers
+	// (see sendLent).
+	frames *frameReader
 }
 
 func newExtractor(progress func(int64)) *extractor {
@@ -346,7 +354,7 @@ func (x *extractor) extract(r io.Reader, dir string) error {
 				x.dirs = append(x.dirs, full)
 			}
 		case tar.TypeReg:
-			if err := x.sendFile(x.prefix+rel, full, mode, h.Size, tr); err != nil {
+			if err := x.sendFile(x.prefix+rel, full, mode, h.Size, tr, x.frames != nil && !sparse(h)); err != nil {
 				return err
 			}
 		case tar.TypeSymlink:
@@ -362,13 +370,26 @@ func (x *extractor) extract(r io.Reader, dir string) error {
 	}
 }
 
+// sparse says whether h is a sparse file of the PAX format, whose data the
+// tar reader does not pass through as it is in the stream (GNU sparse files
+// have a type of their own, which extract refuses).
+func sparse(h *tar.Header) bool {
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
 // sendFile hands the regular file at full (manifest path mpath), whose size
-// bytes r holds, to the writers, chunk by chunk.
-func (x *extractor) sendFile(mpath, full string, mode os.FileMode, size int64, r io.Reader) error {
+// bytes r holds, to the writers, chunk by chunk; with lend, r is a tar
+// reader on x.frames, at the start of the file's data (see sendLent).
+func (x *extractor) sendFile(mpath, full string, mode os.FileMode, size int64, r io.Reader, lend bool) error {
 	if err := x.mkdirParents(filepath.Dir(full)); err != nil {
 		return err
 	}
-	j := &fileJob{path: full, mpath: mpath, mode: mode, size: size, chunks: make(chan []byte, 4)}
+	j := &fileJob{path: full, mpath: mpath, mode: mode, size: size, chunks: make(chan chunk, 4)}
 	if x.check != nil {
 		want, ok := x.check.expect(mpath)
 		if !ok {
@@ -387,7 +408,54 @@ func (x *extractor) sendFile(mpath, full string, mode os.FileMode, size int64, r
 		return err
 	}
 	defer close(j.chunks) // on an error, before all of size: the writer drops the file
+	if lend {
+		return x.sendLent(j, r)
+	}
 	return x.sendChunks(j, r)
+}
+
+// sendLent hands the file's data to the writer as parts of the decoded
+// frames themselves (frameReader.lend), with no copy: the bytes of a
+// restore were copied once more than they are written before, from the
+// frames into the writers' buffers (3-7% of its CPU time in profiles). r, the
+// tar reader, reads each part again into lentSink, which moves it and the
+// frameReader past the part without copying, and checks as before that the
+// archive holds the whole file. When the frames have nothing to lend (the
+// stream goes on through the streaming decoder), the rest is copied.
+func (x *extractor) sendLent(j *fileJob, r io.Reader) error {
+	for left := j.size; left > 0; {
+		b, frame := x.frames.lend(int(min(left, chunkSize)))
+		if b == nil {
+			return x.sendChunks(j, r)
+		}
+		n, rerr := r.Read(lentSink[:len(b)])
+		if n > 0 {
+			if err := send(x.w, j.chunks, chunk{b: b[:n], frame: frame}); err != nil {
+				frame.release()
+				return err
+			}
+			x.sent(n)
+			left -= int64(n)
+		} else {
+			frame.release()
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF):
+			return nil
+		default:
+			return fmt.Errorf("read %s: %w", j.mpath, rerr)
+		}
+	}
+	return nil
+}
+
+// sent counts n more bytes handed to the writers.
+func (x *extractor) sent(n int) {
+	x.done += int64(n)
+	if x.progress != nil {
+		x.progress(x.done)
+	}
 }
 
 func (x *extractor) sendChunks(j *fileJob, r io.Reader) error {
@@ -398,13 +466,10 @@ func (x *extractor) sendChunks(j *fileJob, r io.Reader) error {
 		}
 		n, rerr := fill(r, b)
 		if n > 0 {
-			if err := send(x.w, j.chunks, b[:n]); err != nil {
+			if err := send(x.w, j.chunks, chunk{b: b[:n]}); err != nil {
 				return err
 			}
-			x.done += int64(n)
-			if x.progress != nil {
-				x.progress(x.done)
-			}
+			x.sent(n)
 		} else {
 			x.w.free <- b
 		}

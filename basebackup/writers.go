@@ -60,7 +60,24 @@ type fileJob struct {
 	size int64
 	// want is what the manifest says of it; nil when it is not checked.
 	want   *ManifestFile
-	chunks chan []byte
+	chunks chan chunk
+}
+
+// chunk is a part of a file's data: in a buffer of the writers' free list,
+// or lent from a decoded frame (frame set), which the writer releases once
+// it has written and checked it.
+type chunk struct {
+	b     []byte
+	frame *decodeJob
+}
+
+// done gives c's buffer back.
+func (w *fileWriters) done(c chunk) {
+	if c.frame != nil {
+		c.frame.release()
+		return
+	}
+	w.free <- c.b[:cap(c.b)]
 }
 
 // fileWriters writes the files of an unpack on several goroutines while one
@@ -345,8 +362,8 @@ func (w *fileWriters) run() {
 
 // drain gives back the buffers of a file that will not be written.
 func (w *fileWriters) drain(j *fileJob) {
-	for b := range j.chunks {
-		w.free <- b[:cap(b)]
+	for c := range j.chunks {
+		w.done(c)
 	}
 }
 
@@ -366,11 +383,11 @@ func (w *fileWriters) write(j *fileJob) error {
 		}
 	}
 	var size, started int64
-	for b := range j.chunks {
-		err := writeFull(fd, b)
-		h.Write(b)
-		size += int64(len(b))
-		w.free <- b[:cap(b)]
+	for c := range j.chunks {
+		err := writeFull(fd, c.b)
+		h.Write(c.b)
+		size += int64(len(c.b))
+		w.done(c)
 		if err != nil {
 			return fmt.Errorf("write %s: %w", j.path, err)
 		}
