@@ -329,3 +329,26 @@ func TestFrameReaderReadsIntoLentSinkWithoutCopying(t *testing.T) {
 		t.Fatalf("the rest: %d bytes (%v), want %d", len(rest), err, len(data)-frameSize-frameSize/2)
 	}
 }
+
+func TestFrameReaderReadsFramesIntoBuffersAllocatedUpFront(t *testing.T) {
+	data := archiveBytes() // raw blocks too: frames of more than frameSize
+	stream, _ := framesOf(t, data)
+	r, err := newFrameReader(bufio.NewReader(bytes.NewReader(stream)), 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes (%v), want %d", len(got), err, len(data))
+	}
+	r.Close()
+	if len(r.free) == 0 {
+		t.Fatal("no frame buffer given back")
+	}
+	for len(r.free) > 0 {
+		// A buffer grown by append has a larger capacity.
+		if j := <-r.free; cap(j.in) != compressedFrameBuffer {
+			t.Errorf("a frame was read into a buffer of %d bytes, not the %d allocated up front", cap(j.in), compressedFrameBuffer)
+		}
+	}
+}
