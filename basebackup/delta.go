@@ -76,7 +76,7 @@ func DeltaFrom(ctx context.Context, open Opener, b catalog.Backup, target string
 			return d.stats, err
 		}
 	}
-	if err := writeDurable(filepath.Join(target, ManifestName), manifest, nil); err != nil {
+	if err := storage.WriteFile(filepath.Join(target, ManifestName), manifest, 0o600, -1, -1); err != nil {
 		return d.stats, err
 	}
 	if err := d.removeExtras(x, target, "", dirs); err != nil {

@@ -46,6 +46,14 @@ func (o *Owner) give(path string) error {
 	return nil
 }
 
+// ids is o's user and group, -1 for each when o is nil (see storage.WriteFile).
+func (o *Owner) ids() (uid, gid int) {
+	if o == nil {
+		return -1, -1
+	}
+	return o.UID, o.GID
+}
+
 // UnpackFrom writes backup b, whose files open reads, into target: base.tar
 // into target, each tablespace archive into its directory, the symbolic links
 // pg_tblspc/<oid> to them, and the manifest as target/backup_manifest (where
@@ -104,7 +112,8 @@ func UnpackFromAs(ctx context.Context, open Opener, b catalog.Backup, target str
 			return err
 		}
 	}
-	if err := writeDurable(filepath.Join(target, ManifestName), manifest, owner); err != nil {
+	uid, gid := owner.ids()
+	if err := storage.WriteFile(filepath.Join(target, ManifestName), manifest, 0o600, uid, gid); err != nil {
 		return err
 	}
 	return x.finish(ctx)
@@ -610,30 +619,8 @@ func rewriteTablespaceMap(target string, dirs map[uint32]string, owner *Owner) e
 		}
 		sb.WriteByte('\n')
 	}
-	return writeDurable(filepath.Join(target, "tablespace_map"), []byte(sb.String()), owner)
-}
-
-// writeDurable writes path durably (mode 0600, given to owner when set).
-func writeDurable(path string, data []byte, owner *Owner) error {
-	f, err := storage.CreateTemp(path)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Abort()
-		return err
-	}
-	if err := f.Chmod(0o600); err != nil {
-		f.Abort()
-		return err
-	}
-	if owner != nil {
-		if err := f.Chown(owner.UID, owner.GID); err != nil {
-			f.Abort()
-			return fmt.Errorf("give %s to %d:%d: %w", path, owner.UID, owner.GID, err)
-		}
-	}
-	return f.Commit()
+	uid, gid := owner.ids()
+	return storage.WriteFile(filepath.Join(target, "tablespace_map"), []byte(sb.String()), 0o600, uid, gid)
 }
 
 // VerifyDir checks the data directory dir against dir/backup_manifest, as

@@ -198,77 +198,52 @@ func clearConfFile(dataDir, file, stamp string, seen map[string]bool, cl *Cleare
 	return nil
 }
 
-// rewriteSynced replaces file durably, keeping its mode and owner.
+// rewriteSynced replaces file durably and atomically (storage.WriteFile),
+// keeping its mode and owner.
 func rewriteSynced(file string, data []byte) error {
 	fi, err := os.Stat(file)
 	if err != nil {
 		return err
 	}
-	f, err := storage.CreateTemp(file)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Abort()
-		return fmt.Errorf("rewrite %s: %w", file, err)
-	}
-	if err := f.Chmod(fi.Mode().Perm()); err != nil {
-		f.Abort()
-		return fmt.Errorf("rewrite %s: %w", file, err)
-	}
+	uid, gid := -1, -1
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid()) {
-		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
-			f.Abort()
-			return fmt.Errorf("rewrite %s: keep its owner: %w", file, err)
-		}
+		uid, gid = int(st.Uid), int(st.Gid)
 	}
-	return f.Commit()
-}
-
-// appendSynced appends text to file durably. A file it creates is given the
-// owner of its directory (the data directory, which a restore run as root
-// gave to --owner), as rewriteSynced keeps a file's owner.
-func appendSynced(file, text string) error {
-	f, err := os.OpenFile(file, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if err := ownLikeDir(f, filepath.Dir(file)); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.WriteString(text); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// ownLikeDir gives f the owner of dir when it has another one and walhub
-// runs as root (only root can give files away).
-func ownLikeDir(f *os.File, dir string) error {
-	if os.Geteuid() != 0 {
-		return nil
-	}
-	di, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	d, okD := di.Sys().(*syscall.Stat_t)
-	o, okF := fi.Sys().(*syscall.Stat_t)
-	if !okD || !okF || d.Uid == o.Uid && d.Gid == o.Gid {
-		return nil
-	}
-	if err := f.Chown(int(d.Uid), int(d.Gid)); err != nil {
-		return fmt.Errorf("give %s the owner of %s: %w", f.Name(), dir, err)
+	if err := storage.WriteFile(file, data, fi.Mode().Perm(), uid, gid); err != nil {
+		return fmt.Errorf("rewrite %s: %w", file, err)
 	}
 	return nil
+}
+
+// appendSynced appends text to file durably, rewriting it (rewriteSynced):
+// a crash leaves the file as it was or with all of text, never half a line.
+// A file it creates is made as createSynced does.
+func appendSynced(file, text string) error {
+	old, err := os.ReadFile(file)
+	if err == nil {
+		return rewriteSynced(file, append(old, text...))
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return createSynced(file, []byte(text))
+}
+
+// createSynced writes a new file of the data directory durably and
+// atomically, mode 0600, given to the owner of its directory (the data
+// directory, which a restore run as root gave to --owner), as rewriteSynced
+// keeps a file's owner.
+func createSynced(file string, data []byte) error {
+	uid, gid := -1, -1
+	// Only root can give files away.
+	if os.Geteuid() == 0 {
+		di, err := os.Stat(filepath.Dir(file))
+		if err != nil {
+			return err
+		}
+		if d, ok := di.Sys().(*syscall.Stat_t); ok && (int(d.Uid) != os.Geteuid() || int(d.Gid) != os.Getegid()) {
+			uid, gid = int(d.Uid), int(d.Gid)
+		}
+	}
+	return storage.WriteFile(file, data, 0o600, uid, gid)
 }

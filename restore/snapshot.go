@@ -54,30 +54,14 @@ func FinishSnapshot(ctx context.Context, src Source, id, dir string, s Settings)
 	if err := os.MkdirAll(filepath.Join(dir, "pg_wal", "archive_status"), 0o700); err != nil {
 		return catalog.Backup{}, Cleared{}, err
 	}
-	if err := writeSynced(filepath.Join(dir, "backup_label"), b.BackupLabel); err != nil {
+	if err := createSynced(filepath.Join(dir, "backup_label"), []byte(b.BackupLabel)); err != nil {
 		return catalog.Backup{}, Cleared{}, err
 	}
 	if b.TablespaceMap != "" {
-		if err := writeSynced(filepath.Join(dir, "tablespace_map"), b.TablespaceMap); err != nil {
+		if err := createSynced(filepath.Join(dir, "tablespace_map"), []byte(b.TablespaceMap)); err != nil {
 			return catalog.Backup{}, Cleared{}, err
 		}
 	}
 	cleared, err := s.Write(dir)
 	return b, cleared, err
-}
-
-func writeSynced(path, content string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.WriteString(content); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.Close()
 }

@@ -160,29 +160,22 @@ func (w *localWriter) Commit(ctx context.Context) (int64, error) {
 		w.tmp.Abort()
 		return 0, fmt.Errorf("commit %s: %w", w.key, err)
 	}
-	if err := w.tmp.Sync(); err != nil {
-		w.tmp.Abort()
-		return 0, fmt.Errorf("commit %s: fsync: %w", w.key, err)
-	}
-	if err := w.tmp.Close(); err != nil {
-		os.Remove(w.tmp.Name())
-		return 0, fmt.Errorf("commit %s: close: %w", w.key, err)
-	}
+	// The sidecar is in place before the object's rename, so the object
+	// never shows under its name without its metadata.
 	side := sidecarPath(w.tmp.final)
+	var err error
 	if len(w.meta) > 0 {
-		if err := writeSidecar(side, sidecar{Size: w.n, Meta: w.meta}); err != nil {
-			os.Remove(w.tmp.Name())
-			return 0, fmt.Errorf("commit %s: %w", w.key, err)
-		}
-	} else if err := os.Remove(side); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		os.Remove(w.tmp.Name())
-		return 0, fmt.Errorf("commit %s: remove old meta: %w", w.key, err)
+		err = writeSidecar(side, sidecar{Size: w.n, Meta: w.meta})
+	} else if err = os.Remove(side); errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	} else if err != nil {
+		err = fmt.Errorf("remove old meta: %w", err)
 	}
-	if err := os.Rename(w.tmp.Name(), w.tmp.final); err != nil {
-		os.Remove(w.tmp.Name())
-		return 0, fmt.Errorf("commit %s: rename: %w", w.key, err)
+	if err != nil {
+		w.tmp.Abort()
+		return 0, fmt.Errorf("commit %s: %w", w.key, err)
 	}
-	if err := SyncDir(filepath.Dir(w.tmp.final)); err != nil {
+	if err := w.tmp.Commit(); err != nil {
 		return 0, fmt.Errorf("commit %s: %w", w.key, err)
 	}
 	return w.n, nil
@@ -204,21 +197,15 @@ func writeSidecar(p string, s sidecar) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write meta: %w", err)
-	}
-	if _, err := f.Write(b); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	f, err := CreateTemp(p)
 	if err == nil {
-		err = os.Rename(f.Name(), p)
+		if _, err = f.Write(b); err != nil {
+			f.Abort()
+		} else {
+			err = f.Replace()
+		}
 	}
 	if err != nil {
-		os.Remove(f.Name())
 		return fmt.Errorf("write meta: %w", err)
 	}
 	return nil

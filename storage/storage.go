@@ -52,6 +52,16 @@ func CreateTemp(final string) (*TempFile, error) {
 
 // Commit fsyncs the file, renames it to its final name and fsyncs the directory.
 func (t *TempFile) Commit() error {
+	if err := t.Replace(); err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(t.final))
+}
+
+// Replace fsyncs the file and renames it to its final name, leaving the
+// directory's fsync to the caller (one for several files); Commit does both.
+// On error the temporary file is removed.
+func (t *TempFile) Replace() error {
 	if err := t.Sync(); err != nil {
 		t.Abort()
 		return fmt.Errorf("fsync %s: %w", t.final, err)
@@ -64,7 +74,34 @@ func (t *TempFile) Commit() error {
 		os.Remove(t.Name())
 		return fmt.Errorf("rename into %s: %w", t.final, err)
 	}
-	return SyncDir(filepath.Dir(t.final))
+	return nil
+}
+
+// WriteFile writes data to path durably and atomically (a TempFile
+// committed): a reader sees the old file or the new one, never a torn one,
+// and the new one is kept by a crash after WriteFile returns. The file gets
+// mode perm and is given to uid:gid, where -1 leaves either as the writer's
+// (as os.Chown).
+func WriteFile(path string, data []byte, perm fs.FileMode, uid, gid int) error {
+	f, err := CreateTemp(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Abort()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Abort()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if uid != -1 || gid != -1 {
+		if err := f.Chown(uid, gid); err != nil {
+			f.Abort()
+			return fmt.Errorf("give %s to %d:%d: %w", path, uid, gid, err)
+		}
+	}
+	return f.Commit()
 }
 
 // IsTemp tells whether a file name is that of a temporary file made by

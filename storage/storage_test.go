@@ -1,8 +1,10 @@
 package storage
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -19,5 +21,65 @@ func TestCleanTemp(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(dir, "x"))
 	if len(entries) != 0 {
 		t.Fatalf("left %v", entries)
+	}
+}
+
+// WriteFile leaves exactly the new bytes under the final name, with the mode
+// and owner asked for, and no temporary file beside it.
+func TestWriteFile(t *testing.T) {
+	root := os.Geteuid() == 0
+	cases := []struct {
+		name     string
+		existing string // "" for none
+		perm     fs.FileMode
+		uid, gid int
+	}{
+		{"new file", "", 0o600, -1, -1},
+		{"replaces an existing file", "old and longer content", 0o640, -1, -1},
+		{"new directory", "", 0o600, -1, -1},
+		{"given away", "old", 0o600, 4321, 4322},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.uid != -1 && !root {
+				t.Skip("only root can give files away")
+			}
+			dir := t.TempDir()
+			p := filepath.Join(dir, "f")
+			if c.name == "new directory" {
+				p = filepath.Join(dir, "sub", "f")
+			}
+			if c.existing != "" {
+				if err := os.WriteFile(p, []byte(c.existing), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := WriteFile(p, []byte("new"), c.perm, c.uid, c.gid); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(p)
+			if err != nil || string(got) != "new" {
+				t.Fatalf("content %q, %v", got, err)
+			}
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != c.perm {
+				t.Errorf("mode %v, want %v", fi.Mode().Perm(), c.perm)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			wantUID, wantGID := c.uid, c.gid
+			if c.uid == -1 {
+				wantUID, wantGID = os.Geteuid(), os.Getegid()
+			}
+			if int(st.Uid) != wantUID || int(st.Gid) != wantGID {
+				t.Errorf("owner %d:%d, want %d:%d", st.Uid, st.Gid, wantUID, wantGID)
+			}
+			entries, _ := os.ReadDir(filepath.Dir(p))
+			if len(entries) != 1 {
+				t.Errorf("left beside it: %v", entries)
+			}
+		})
 	}
 }

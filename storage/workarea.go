@@ -113,20 +113,8 @@ func (w *WorkArea) ReadState(server string) ([]byte, error) {
 // data, durably and atomically (TempFile): a reader sees the old or the new
 // file, and a crash after it returns keeps the new one.
 func (w *WorkArea) WriteRefreshState(data []byte) error {
-	f, err := CreateTemp(w.path(RefreshStateFile))
-	if err != nil {
-		return fmt.Errorf("write refresh state: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Abort()
-		return fmt.Errorf("write refresh state: %w", err)
-	}
 	// Readable by the group, as the receiver's state: status may run as another user.
-	if err := f.Chmod(0o640); err != nil {
-		f.Abort()
-		return fmt.Errorf("write refresh state: %w", err)
-	}
-	if err := f.Commit(); err != nil {
+	if err := WriteFile(w.path(RefreshStateFile), data, 0o640, -1, -1); err != nil {
 		return fmt.Errorf("write refresh state: %w", err)
 	}
 	return nil
