@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -15,16 +16,24 @@ import (
 )
 
 // headerWriter keeps the first bytes written through it: the long page header
-// of a segment, checked before the segment is handed over.
+// of a segment, checked before the segment is handed over. When whole is set,
+// it is called with the header as soon as it is complete, before those bytes
+// go on to w; its error ends the download.
 type headerWriter struct {
-	w   io.Writer
-	hdr [pgfile.LongPageHeaderSize]byte
-	n   int
+	w     io.Writer
+	hdr   [pgfile.LongPageHeaderSize]byte
+	n     int
+	whole func(hdr []byte) error
 }
 
 func (h *headerWriter) Write(p []byte) (int, error) {
 	if h.n < len(h.hdr) {
 		h.n += copy(h.hdr[h.n:], p)
+		if h.n == len(h.hdr) && h.whole != nil {
+			if err := h.whole(h.hdr[:]); err != nil {
+				return 0, err
+			}
+		}
 	}
 	return h.w.Write(p)
 }
@@ -52,21 +61,33 @@ func fetchInto(ctx context.Context, c *client.Client, name, dir string, systemID
 	}
 	n, perr := walname.Parse(name)
 	if perr == nil && n.Kind == walname.KindSegment {
-		if systemID != 0 && info.SystemID != fmt.Sprint(systemID) {
-			return fail(fmt.Errorf("%w: the hub's server %s is database system %s, but this data directory belongs to %d: wrong --server or --url?",
-				client.ErrRefused, c.Server(), info.SystemID, systemID))
-		}
-		if walname.ValidSegmentSize(info.SegmentSize) != nil || uint64(info.Size) != info.SegmentSize {
-			return fail(fmt.Errorf("%w: segment %s is %d bytes, the server's segment size is %d", client.ErrCorrupt, name, info.Size, info.SegmentSize))
-		}
-		if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, info.SegmentSize, systemID); err != nil {
-			return fail(fmt.Errorf("%w: %v", client.ErrCorrupt, err))
+		if err := checkSegment(c, info, hw, name, systemID); err != nil {
+			return fail(err)
 		}
 	}
 	if err := f.Close(); err != nil {
 		return fail(fmt.Errorf("write %s: %w", f.Name(), err))
 	}
 	return f.Name(), nil
+}
+
+// checkSegment verifies segment name, downloaded by c (the client checked its
+// size and CRC-32C against what the hub recorded) with its first bytes in hw,
+// against the segment size and system identifier the hub sent with it: a
+// whole segment of that size, whose page header matches its name, the size
+// and systemID (when not 0), which must also be the hub's server's.
+func checkSegment(c *client.Client, info client.WALInfo, hw *headerWriter, name string, systemID uint64) error {
+	if systemID != 0 && info.SystemID != strconv.FormatUint(systemID, 10) {
+		return fmt.Errorf("%w: the hub's server %s is database system %s, but this data directory belongs to %d: wrong --server or --url?",
+			client.ErrRefused, c.Server(), info.SystemID, systemID)
+	}
+	if walname.ValidSegmentSize(info.SegmentSize) != nil || uint64(info.Size) != info.SegmentSize {
+		return fmt.Errorf("%w: segment %s is %d bytes, the server's segment size is %d", client.ErrCorrupt, name, info.Size, info.SegmentSize)
+	}
+	if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, info.SegmentSize, systemID); err != nil {
+		return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
+	}
+	return nil
 }
 
 // fetchPartialInto downloads name.partial (the part of segment name the hub

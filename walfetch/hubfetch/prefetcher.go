@@ -27,8 +27,11 @@ import (
 // downloaded in the spool, continuously: every time walfetch serves a segment
 // it says so through the socket, the window moves, and the free download
 // slots are refilled from what the hub's peek says exists. It never fetches
-// anything the hub has not listed, so it never guesses names, and never a
-// .history or .partial file.
+// a .history or .partial file, and, but for its first downloads, nothing the
+// hub has not listed: when it starts, it downloads the segments right after
+// the one recovery asked for while its first peek is under way (see
+// firstDownloads), verified as walfetch verifies a segment it downloads
+// itself.
 type prefetcher struct {
 	s        walfetch.Settings
 	sp       *walfetch.Spool
@@ -54,6 +57,8 @@ type prefetcher struct {
 	known     map[walname.SegNo]api.PeekSegment
 	horizon   walname.SegNo
 	peekShort bool
+	// started says the first downloads were queued (firstDownloads).
+	started bool
 	// inflightMu guards inflight and failed, shared with the download workers.
 	inflightMu sync.Mutex
 	inflight   map[string]bool
@@ -67,6 +72,10 @@ type prefetcher struct {
 type download struct {
 	seg     api.PeekSegment
 	segSize uint64
+	// ahead is set for a download queued before the segment size was known
+	// (segSize 0, no checksum from a peek): how many segments after the one
+	// recovery asked for it is.
+	ahead int
 }
 
 // cpuUsed is the processor time this process has used, user and system.
@@ -80,6 +89,10 @@ func cpuUsed() time.Duration {
 
 // errPartTaken: a .part file exists that this prefetcher did not create.
 var errPartTaken = errors.New("being written by another process")
+
+// errBeyondWindow: one of the first downloads lies beyond the window, for
+// the segment size its page header says.
+var errBeyondWindow = errors.New("beyond the prefetch window")
 
 // RunPrefetcher is the prefetcher process, started by the spool with
 // PrefetcherArg and its settings in the environment. It returns the exit status.
@@ -260,10 +273,14 @@ func (p *prefetcher) removeSegments() {
 }
 
 // window is how many segments ahead of recovery the spool holds.
-func (p *prefetcher) window() int {
-	w := p.s.Prefetch
-	if p.segSize > 0 {
-		w = min(w, int(p.s.SpoolMax<<20/int64(p.segSize)))
+func (p *prefetcher) window() int { return window(p.s, p.segSize) }
+
+// window is how many segments of segSize (0: not known yet) ahead of recovery
+// the spool holds with settings s: --prefetch, as many as --spool-max-mb allows.
+func window(s walfetch.Settings, segSize uint64) int {
+	w := s.Prefetch
+	if segSize > 0 {
+		w = min(w, int(s.SpoolMax<<20/int64(segSize)))
 	}
 	return max(w, 1)
 }
@@ -437,6 +454,10 @@ func (p *prefetcher) plan(jobs chan<- download) {
 	if p.current == "" {
 		return
 	}
+	if !p.started {
+		p.started = true
+		p.firstDownloads(jobs)
+	}
 	if p.needPeek() {
 		p.peek()
 	}
@@ -457,6 +478,46 @@ func (p *prefetcher) plan(jobs chan<- download) {
 		}
 		p.inflight[seg.Name] = true
 		jobs <- download{seg: seg, segSize: p.segSize}
+	}
+}
+
+// firstDownloads queues, when the prefetcher starts, the downloads of the
+// --parallel segments after the one recovery asked for, before the first
+// peek, which is what tells the segment size and what the hub holds: with a
+// distant hub, they arrive a round trip after the prefetcher's start, as
+// soon as the segment walfetch downloads itself meanwhile, instead of two
+// (the peek's, then theirs), which recovery's next requests would wait for.
+// Their names are the next ones in the current segment's log: what they are
+// with any segment size short of the log's end, where a name that does not
+// exist with the hub's segment size is refused. Each is verified as Serve
+// verifies a segment it downloads (fetch), and one that turns out to lie
+// beyond the window for its segment size stops after its page header (the
+// spool never holds more than --spool-max-mb). A failure is not remembered:
+// the peek decides what to download next. On a standby at the hub's end (a
+// live primary), this costs as many requests the hub answers "not found",
+// once per prefetcher.
+func (p *prefetcher) firstDownloads(jobs chan<- download) {
+	n, err := walname.Parse(p.current)
+	if err != nil || n.Kind != walname.KindSegment {
+		return
+	}
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	for ahead := 1; ahead <= min(p.s.Parallel, p.s.Prefetch); ahead++ {
+		next := n
+		if uint64(n.Seg)+uint64(ahead) >= 0x100000000/walname.MinSegmentSize {
+			break // the log's end with the smallest segments: what follows depends on the size
+		}
+		next.Seg += uint32(ahead)
+		name := next.String()
+		if p.inflight[name] || p.fetched[name] {
+			continue
+		}
+		if _, err := os.Stat(p.sp.Path(name)); err == nil {
+			continue
+		}
+		p.inflight[name] = true
+		jobs <- download{seg: api.PeekSegment{Name: name}, ahead: ahead}
 	}
 }
 
@@ -523,7 +584,10 @@ func (p *prefetcher) peek() {
 }
 
 // fetch downloads one segment into the spool: NAME.part, verified against
-// the checksum peek listed and the page header, then renamed to NAME.
+// the checksum peek listed and the page header, then renamed to NAME. One of
+// the first downloads (firstDownloads: no peek yet) is verified as Serve
+// verifies a segment, against the size and system identifier the hub sends
+// with it.
 func (p *prefetcher) fetch(d download) {
 	name := d.seg.Name
 	defer func() {
@@ -543,9 +607,28 @@ func (p *prefetcher) fetch(d download) {
 			return err
 		}
 		hw := &headerWriter{w: f}
+		if d.segSize == 0 {
+			hw.whole = func(hdr []byte) error {
+				h, err := pgfile.ParseSegmentHeader(hdr)
+				if err == nil {
+					err = walname.ValidSegmentSize(uint64(h.SegmentSize))
+				}
+				if err != nil {
+					return fmt.Errorf("%w: %s: page header: %v", client.ErrCorrupt, name, err)
+				}
+				if w := window(p.s, uint64(h.SegmentSize)); d.ahead > w {
+					return fmt.Errorf("%s: %w: %d segments ahead, the window is %d of %d bytes", name, errBeyondWindow, d.ahead, w, h.SegmentSize)
+				}
+				return nil
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*p.s.Timeout)
 		var info client.WALInfo
-		if _, segno, perr := walname.ParseSegment(name, d.segSize); perr == nil && p.order != nil {
+		if d.segSize == 0 || p.order == nil {
+			// One of the first downloads: their segment numbers are not
+			// known yet, and they are few (--parallel).
+			info, err = p.c.FetchWAL(ctx, name, hw)
+		} else if _, segno, perr := walname.ParseSegment(name, d.segSize); perr == nil {
 			p.order.begin(segno)
 			info, err = p.c.FetchWALThrough(ctx, name, hw, p.order.reader(segno))
 			p.order.end(segno)
@@ -559,11 +642,17 @@ func (p *prefetcher) fetch(d download) {
 		if err != nil {
 			return err
 		}
-		if info.Checksum != d.seg.Checksum || uint64(info.Size) != d.segSize {
+		switch {
+		case d.segSize == 0:
+			if err := checkSegment(p.c, info, hw, name, p.sp.SystemID); err != nil {
+				return err
+			}
+		case info.Checksum != d.seg.Checksum || uint64(info.Size) != d.segSize:
 			return fmt.Errorf("%w: %s: got %d bytes with checksum %s, peek listed %s", client.ErrCorrupt, name, info.Size, info.Checksum, d.seg.Checksum)
-		}
-		if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.SystemID); err != nil {
-			return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
+		default:
+			if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.SystemID); err != nil {
+				return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
+			}
 		}
 		if err := os.Rename(part, p.sp.Path(name)); err != nil {
 			return err
@@ -577,10 +666,17 @@ func (p *prefetcher) fetch(d download) {
 		if !errors.Is(err, errPartTaken) {
 			os.Remove(part)
 		}
-		p.inflightMu.Lock()
-		p.failed[name] = time.Now().Add(2 * time.Second)
-		p.inflightMu.Unlock()
 		level := slog.LevelWarn
+		if d.segSize == 0 {
+			// A guess (firstDownloads): a name the hub lacks or refuses (one
+			// that does not exist with its segment size) is no news, and a
+			// hub of another database system is the peek's to report.
+			level = slog.LevelDebug
+		} else {
+			p.inflightMu.Lock()
+			p.failed[name] = time.Now().Add(2 * time.Second)
+			p.inflightMu.Unlock()
+		}
 		if errors.Is(err, client.ErrCorrupt) {
 			level = slog.LevelError
 		}

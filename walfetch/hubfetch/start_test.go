@@ -1,0 +1,214 @@
+package hubfetch
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/hub/api"
+	"github.com/walhub/walhub/hub/client"
+	"github.com/walhub/walhub/pgfile"
+	"github.com/walhub/walhub/walfetch"
+	"github.com/walhub/walhub/walname"
+)
+
+// segmentHub is a fake hub holding the segments first..last of timeline 1,
+// made up on request (a valid page header, the rest zeros), answering every
+// request (peek or download) after delay: a hub far away.
+type segmentHub struct {
+	segSize     uint64
+	systemID    uint64 // what the segments' headers and the hub say
+	first, last walname.SegNo
+	delay       time.Duration
+
+	mu       sync.Mutex
+	requests []string // the paths asked for, in order
+}
+
+func (h *segmentHub) start(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func (h *segmentHub) segment(name string) ([]byte, bool) {
+	tli, segno, err := walname.ParseSegment(name, h.segSize)
+	if err != nil || tli != 1 || segno < h.first || segno > h.last {
+		return nil, false
+	}
+	b := make([]byte, h.segSize)
+	pgfile.NewSegmentHeader(tli, segno, h.segSize, h.systemID).Put(b)
+	return b, true
+}
+
+func (h *segmentHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	h.requests = append(h.requests, r.URL.Path)
+	h.mu.Unlock()
+	time.Sleep(h.delay)
+	parts := strings.Split(r.URL.Path, "/")
+	notFound := func() {
+		w.WriteHeader(http.StatusNotFound)
+		json.NewEncoder(w).Encode(api.ErrorBody{Code: api.CodeNotFound, Error: "not in the hub"})
+	}
+	if parts[len(parts)-1] == "peek" {
+		_, from, err := walname.ParseSegment(parts[len(parts)-2], h.segSize)
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n < 1 {
+			http.Error(w, "bad peek", http.StatusBadRequest)
+			return
+		}
+		p := api.Peek{Server: "main", SystemID: strconv.FormatUint(h.systemID, 10), SegmentSize: h.segSize, Limit: n}
+		for segno := from; segno < from+walname.SegNo(n); segno++ {
+			name := walname.SegmentName(1, segno, h.segSize)
+			if b, ok := h.segment(name); ok {
+				p.Segments = append(p.Segments, api.PeekSegment{Name: name, Checksum: checksum.Of(b)})
+			}
+		}
+		json.NewEncoder(w).Encode(p)
+		return
+	}
+	b, ok := h.segment(parts[len(parts)-1])
+	if !ok {
+		notFound()
+		return
+	}
+	hd := w.Header()
+	hd.Set(api.HeaderChecksum, checksum.Of(b))
+	hd.Set(api.HeaderSize, strconv.FormatUint(h.segSize, 10))
+	hd.Set(api.HeaderSystemID, strconv.FormatUint(h.systemID, 10))
+	hd.Set(api.HeaderSegmentSize, strconv.FormatUint(h.segSize, 10))
+	w.Write(b)
+}
+
+// newTestPrefetcher is a prefetcher of a spool in a temporary directory for
+// the data directory of systemID, talking to url.
+func newTestPrefetcher(t *testing.T, s walfetch.Settings, url string, systemID uint64) *prefetcher {
+	s.URL, s.Server = url, "main"
+	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout, MaxConns: maxDownloads(s) + 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	dir := t.TempDir()
+	return &prefetcher{s: s, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
+		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		served: make(chan string, 64), finished: make(chan struct{}, 64),
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+}
+
+// TestPrefetcherStartDownloadsWithoutWaitingForItsPeek: with a distant hub
+// (every response 300 ms late), the segment after the one recovery asked for
+// is in the spool one round trip after the prefetcher starts, not two (its
+// first peek's, then the download's): recovery's next request, which comes
+// about a round trip later (walfetch's own download of the first segment),
+// finds it there. Then the prefetcher goes on from the peek as ever: every
+// segment of the window, and nothing more than --parallel guesses.
+func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	const delay = 300 * time.Millisecond
+	hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
+	srv := hub.start(t)
+	s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 2 * time.Second}
+	p := newTestPrefetcher(t, s, srv.URL, systemID)
+	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
+	p.served <- name(10)
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { p.loop(); close(done) }()
+	var next time.Duration
+	for deadline := start.Add(10 * time.Second); next == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, err := os.Stat(p.sp.Path(name(11))); err == nil {
+			next = time.Since(start)
+		}
+	}
+	if next == 0 || next > delay*3/2 {
+		t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v)", name(11), next, delay)
+	}
+	missing := func() (n []string) {
+		for segno := walname.SegNo(11); segno <= 26; segno++ {
+			if _, err := os.Stat(p.sp.Path(name(segno))); err != nil {
+				n = append(n, name(segno))
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(missing()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := missing(); len(m) > 0 {
+		t.Errorf("in the window, not in the spool: %v", m)
+	}
+	<-done
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	gets := map[string]int{}
+	for _, r := range hub.requests {
+		if !strings.HasSuffix(r, "/peek") {
+			gets[r[strings.LastIndex(r, "/")+1:]]++
+		}
+	}
+	if len(gets) != 16 {
+		t.Errorf("%d segments downloaded, want the 16 of the window: %v", len(gets), gets)
+	}
+	for n, count := range gets {
+		if count != 1 {
+			t.Errorf("%s downloaded %d times", n, count)
+		}
+	}
+}
+
+// TestFirstDownloadsAreVerified: a download queued before the first peek (no
+// segment size, no checksum listed) goes into the spool only when it passes
+// what walfetch checks of a segment it downloads itself, and only when it
+// lies within the window for the segment size the hub sends (--spool-max-mb
+// 2: two segments of 1 MiB); a segment the hub lacks is no error for later.
+func TestFirstDownloadsAreVerified(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	tests := []struct {
+		name        string
+		hubSystemID uint64
+		segno       walname.SegNo
+		ahead       int
+		want        bool
+	}{
+		{"the next segment", systemID, 11, 1, true},
+		{"the last in the window", systemID, 12, 2, true},
+		{"beyond the window for 1 MiB segments", systemID, 13, 3, false},
+		{"another database system", systemID + 1, 11, 1, false},
+		{"not in the hub", systemID, 41, 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hub := &segmentHub{segSize: segSize, systemID: tt.hubSystemID, first: 1, last: 40}
+			srv := hub.start(t)
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 2, Timeout: 30 * time.Second}
+			p := newTestPrefetcher(t, s, srv.URL, systemID)
+			n := walname.SegmentName(1, tt.segno, segSize)
+			p.inflight[n] = true
+			p.fetch(download{seg: api.PeekSegment{Name: n}, ahead: tt.ahead})
+			_, err := os.Stat(p.sp.Path(n))
+			if got := err == nil; got != tt.want || p.fetched[n] != tt.want {
+				t.Errorf("%s in the spool: %v (fetched %v), want %v", n, got, p.fetched[n], tt.want)
+			}
+			if _, err := os.Stat(p.sp.Path(n + ".part")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s.part left behind: %v", n, err)
+			}
+			if !p.failed[n].IsZero() || p.inflight[n] {
+				t.Errorf("%s: failed until %v, in flight %v: a first download leaves no trace", n, p.failed[n], p.inflight[n])
+			}
+		})
+	}
+}
