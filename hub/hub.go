@@ -15,6 +15,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,6 +53,20 @@ type Options struct {
 	// Ready says whether the daemon does its work (every receiver storing):
 	// GET /healthz answers 200, or 503 with its error. Nil is always ready.
 	Ready func() error
+	// Partial opens the .partial of segment name of server for reading and
+	// says how many of its bytes hold WAL received; only those are sent (a
+	// .partial the receiver made from an older segment's file holds that
+	// segment's WAL past them). A missing one wraps os.ErrNotExist. The
+	// daemon asks its receiver (stream.Receiver.OpenPartial). Nil reads the
+	// working area's file to its end: only for a working area that no
+	// receiver writes.
+	Partial func(ctx context.Context, server, name string) (PartialFile, int64, error)
+}
+
+// PartialFile is a .partial opened for reading (Options.Partial).
+type PartialFile interface {
+	io.ReaderAt
+	io.Closer
 }
 
 // Server is the hub's HTTP server.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +229,36 @@ func TestPartialOnlyWhenAskedFor(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || !bytes.Equal(body, content) || resp.Header.Get(api.HeaderChecksum) != checksum.Of(content) {
 		t.Errorf("?partial=1: status %d", resp.StatusCode)
+	}
+}
+
+// With a receiver (Options.Partial), only the bytes it says hold WAL
+// received are sent: a .partial made from an older segment's file holds that
+// segment's WAL past them. What is missing there is not found.
+func TestPartialSentOnlyUpToWhatWasReceived(t *testing.T) {
+	f := newFixture(t, "zstd", nil)
+	c := f.client(t, "main", readToken)
+	ctx := context.Background()
+	name := walname.SegmentName(1, 13, segSize)
+	received, stale := bytes.Repeat([]byte("p"), 5000), bytes.Repeat([]byte("s"), 3192)
+	path := f.repo.Work.PartialFile("main", name)
+	if err := os.WriteFile(path, append(slices.Clone(received), stale...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.o.Partial = func(_ context.Context, server, seg string) (PartialFile, int64, error) {
+		if server != "main" || seg != name {
+			return nil, 0, fmt.Errorf("%s of %s: %w", seg, server, os.ErrNotExist)
+		}
+		file, err := os.Open(path)
+		return file, int64(len(received)), err
+	}
+	var buf bytes.Buffer
+	info, err := c.FetchWAL(ctx, name+".partial", &buf)
+	if err != nil || !bytes.Equal(buf.Bytes(), received) || info.Size != int64(len(received)) {
+		t.Errorf(".partial: %v, %d bytes (size %d), want the %d received", err, buf.Len(), info.Size, len(received))
+	}
+	if _, err := c.FetchWAL(ctx, walname.SegmentName(1, 14, segSize)+".partial", io.Discard); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("a .partial the receiver does not have: %v, want ErrNotFound", err)
 	}
 }
 

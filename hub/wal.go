@@ -166,25 +166,36 @@ var sendBuffers = sync.Pool{New: func() any { b := make([]byte, sendChunk); retu
 func (s *Server) servePartial(c echo.Context, srv catalog.Server, n walname.Name) error {
 	seg := n
 	seg.Kind = walname.KindSegment
-	f, err := s.o.Repo.Work.OpenPartial(srv.Name, seg.String())
+	var f PartialFile
+	limit := int64(walname.MaxSegmentSize)
+	var err error
+	if s.o.Partial != nil {
+		f, limit, err = s.o.Partial(c.Request().Context(), srv.Name, seg.String())
+	} else {
+		f, err = s.o.Repo.Work.OpenPartial(srv.Name, seg.String())
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		return errorf(http.StatusNotFound, api.CodeNotFound, "no partial segment %s.partial for server %s", seg, srv.Name)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return errorf(http.StatusServiceUnavailable, api.CodeUnavailable, "%v", err)
 	}
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return s.sendGrowing(c, srv, f, seg.String()+".partial")
+	return s.sendGrowing(c, srv, f, limit, seg.String()+".partial")
 }
 
 // sendGrowing streams a file the receiver is still appending to, without
-// holding it in memory: the size and checksum of its first bytes are taken
-// first, then exactly those bytes are sent. Should the receiver rewrite them
-// meanwhile (it truncates a .partial when it starts the segment again), the
-// body no longer matches its checksum header and every client refuses it.
-func (s *Server) sendGrowing(c echo.Context, srv catalog.Server, f io.ReaderAt, what string) error {
+// holding it in memory: the size (at most limit) and checksum of its first
+// bytes are taken first, then exactly those bytes are sent. Should the
+// receiver rewrite them meanwhile (it replaces a .partial when it starts the
+// segment again), the body no longer matches its checksum header and every
+// client refuses it.
+func (s *Server) sendGrowing(c echo.Context, srv catalog.Server, f io.ReaderAt, limit int64, what string) error {
 	crc := checksum.New()
-	size, err := io.Copy(crc, io.NewSectionReader(f, 0, walname.MaxSegmentSize))
+	size, err := io.Copy(crc, io.NewSectionReader(f, 0, limit))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", what, err)
 	}

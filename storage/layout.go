@@ -2,6 +2,7 @@ package storage
 
 import (
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/walhub/walhub/walname"
@@ -20,6 +21,7 @@ import (
 //
 //	catalog.db
 //	<server>/wal/<TLI><LOG>/<SEGMENT>.partial the segment being received
+//	<server>/wal/.spare.tmp-<N>               a stored segment's file, kept for reuse as a .partial
 //	<server>/lock, <server>/lock.json         the backup/expire/snapshot lock and its holder
 //	<server>/receiver.lock                    held by the running receiver
 //	<server>/receiver.json                    the receiver's state, for status
@@ -49,6 +51,14 @@ func SegmentPath(server, name, compression string) string {
 // the working area.
 func PartialPath(server, name string) string {
 	return path.Join(server, "wal", name[:16], name+".partial")
+}
+
+// SparePath is where the receiver keeps the file of a stored segment for
+// reuse as a later .partial (see package stream), in the working area. It is
+// a temporary file's name (IsTemp): listings skip it and WorkArea.Partials
+// removes it, so a restart never takes it for WAL.
+func SparePath(server string, n int) string {
+	return path.Join(server, "wal", ".spare.tmp-"+strconv.Itoa(n))
 }
 
 // WALDir is the key prefix (and working-area directory) of a server's WAL.

@@ -166,6 +166,43 @@ func (w *WorkArea) CreatePartial(server, name string) (*os.File, error) {
 	return f, nil
 }
 
+// SpareFile is the local path of the receiver's spare file number n (SparePath).
+func (w *WorkArea) SpareFile(server string, n int) string { return w.path(SparePath(server, n)) }
+
+// RecyclePartial makes the spare file at spare the .partial file of segment
+// name, by a rename (replacing a .partial already there), and opens it for
+// writing from its start, creating its directory durably. The file keeps its
+// old bytes past what is written: they are another segment's WAL, which the
+// caller must never let pass for this one's. As with CreatePartial, the new
+// directory entry is not yet durable.
+func (w *WorkArea) RecyclePartial(server, name, spare string) (*os.File, error) {
+	p := w.PartialFile(server, name)
+	var err error
+	for try := 0; try < 2; try++ { // a concurrent Remove may take an empty directory away
+		if err = MkdirAllDurable(filepath.Dir(p)); err != nil {
+			return nil, err
+		}
+		err = os.Rename(spare, p)
+		if !errors.Is(err, fs.ErrNotExist) || !dirMissing(filepath.Dir(p)) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reuse %s as %s: %w", spare, p, err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", p, err)
+	}
+	return f, nil
+}
+
+// dirMissing tells whether dir does not exist.
+func dirMissing(dir string) bool {
+	_, err := os.Stat(dir)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
 // AppendPartial opens the existing .partial file of segment name for
 // appending (a receiver resuming inside it); a missing one wraps ErrNotExist.
 func (w *WorkArea) AppendPartial(server, name string) (*os.File, error) {

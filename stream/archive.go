@@ -16,11 +16,14 @@ import (
 
 // segmentStore turns complete .partial files into stored, cataloged segments
 // through the repository (the object durable, then its catalog row), and only
-// then removes the .partial.
+// then removes the .partial (or keeps its file for reuse: retire).
 type segmentStore struct {
 	storer *repository.SegmentStorer
 	// stored is called after each segment is cataloged.
 	stored func(completedSegment, catalog.Segment)
+	// retire disposes of the .partial of a segment cataloged
+	// (partialFiles.retire); nil removes it.
+	retire func(path string) error
 }
 
 func newSegmentStore(repo *repository.Repository, srv catalog.Server, compression string, level int,
@@ -52,7 +55,7 @@ func (s *segmentStore) put(ctx context.Context, seg completedSegment) (catalog.S
 }
 
 // catalog commits the row of a segment whose object put made durable, then
-// removes its .partial. Segments must come one at a time, in order.
+// retires its .partial. Segments must come one at a time, in order.
 func (s *segmentStore) catalog(ctx context.Context, seg completedSegment, row catalog.Segment, cataloged bool) error {
 	if !cataloged {
 		var err error
@@ -60,7 +63,11 @@ func (s *segmentStore) catalog(ctx context.Context, seg completedSegment, row ca
 			return err
 		}
 	}
-	if err := storage.RemovePartial(seg.Partial); err != nil {
+	retire := s.retire
+	if retire == nil {
+		retire = storage.RemovePartial
+	}
+	if err := retire(seg.Partial); err != nil {
 		return err
 	}
 	if !cataloged {

@@ -10,14 +10,19 @@
 // Files, for segment S of timeline T:
 //
 //	<server>/wal/<T><LOG>/S.partial  being received, or complete and waiting to be stored
-//	<server>/wal/<T><LOG>/S[.zst]    stored: compressed (or renamed), fsynced, then cataloged
+//	<server>/wal/<T><LOG>/S[.zst]    stored: compressed (or linked), fsynced, then cataloged
+//	<server>/wal/.spare.tmp-N        a stored segment's file, to be reused as a .partial
 //
-// The .partial of S+1 is created, and its directory entry fsynced, only after
-// S.partial holds the whole segment and is fsynced. So after a crash every
-// .partial but the newest is either complete (and is stored at the next
-// start) or the end of a timeline that was left (kept as it is); the newest is
-// kept up to the end of the WAL it proves whole and streaming resumes inside
-// it (see recoverPartial), where pg_receivewal would start its segment over.
+// The .partial of S+1 is created (or a spare renamed to its name), and its
+// directory entry fsynced, only after S.partial holds the whole segment and
+// is fsynced. So after a crash every .partial but the newest is either
+// complete (and is stored at the next start) or the end of a timeline that
+// was left (kept as it is: a reused file was cut to its WAL first); the
+// newest is kept up to the end of the WAL it proves whole and streaming
+// resumes inside it (see recoverPartial), where pg_receivewal would start its
+// segment over. A reused file holds an older segment's WAL past what was
+// received, which that proof never takes for this segment's (its pages carry
+// another address) and which no reader is given (see partialFiles).
 //
 // Durability: the flush position sent in standby status updates is only ever
 // walWriter.synced, which only walWriter.sync advances, after the fsyncs that

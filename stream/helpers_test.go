@@ -337,15 +337,20 @@ func heldEnd(t *testing.T, tr *testRepo, name string, tli walname.TimeLine) waln
 	case !errors.Is(err, catalog.ErrNotFound):
 		t.Fatal(err)
 	}
-	// Complete .partial files not yet stored count too, then the newest.
+	// Complete .partial files not yet stored count too, then the newest: up
+	// to its first page of another segment (a recycled file holds an older
+	// segment's WAL past what was received).
 	for {
-		segName := walname.SegmentName(tli, walname.SegmentOf(end, segSize), segSize)
-		fi, err := os.Stat(tr.repo.Work.PartialFile(name, segName))
+		segNo := walname.SegmentOf(end, segSize)
+		data, err := os.ReadFile(tr.repo.Work.PartialFile(name, walname.SegmentName(tli, segNo, segSize)))
 		if err != nil {
 			return end
 		}
-		end += walname.LSN(fi.Size())
-		if uint64(fi.Size()) < segSize {
+		if off := foreignPage(data, segNo, segSize); off >= 0 {
+			data = data[:off]
+		}
+		end += walname.LSN(len(data))
+		if uint64(len(data)) < segSize {
 			return end
 		}
 	}

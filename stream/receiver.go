@@ -11,6 +11,7 @@ import (
 
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -40,6 +41,8 @@ type Receiver struct {
 	o   Options
 	log *slog.Logger
 	m   *serverMetrics
+	// files are its .partial and spare files (see partialFiles).
+	files *partialFiles
 
 	mu    sync.Mutex
 	state State
@@ -62,8 +65,17 @@ func NewReceiver(o Options) *Receiver {
 		o:     o,
 		log:   log.With("server", o.Server.Name),
 		m:     o.Metrics.forServer(o.Server.Name),
+		files: newPartialFiles(workArea(o.Repo), o.Server.Name),
 		state: State{Server: o.Server.Name, PID: os.Getpid(), Host: host, State: "starting"},
 	}
+}
+
+// workArea is repo's working area, nil without a repository.
+func workArea(repo *repository.Repository) *storage.WorkArea {
+	if repo == nil {
+		return nil
+	}
+	return repo.Work
 }
 
 // State returns a copy of the receiver's current state.
@@ -130,8 +142,11 @@ func (r *Receiver) Run(ctx context.Context) error {
 	prev, prevErr := ReadState(r.o.Repo.Work, r.o.Server.Name)
 	r.update(true, func(s *State) { s.State = "starting" })
 	if err := r.loadDurable(ctx, prev, prevErr); err != nil {
-		// The first session works it out again, or says what is wrong.
+		// The first session works it out again, or says what is wrong
+		// (and only then are .partial files read: partialFiles.ready).
 		r.log.Warn("could not read the position the hub holds", "error", err)
+	} else {
+		r.files.setReady()
 	}
 	// Segments stored before the WAL index existed are read in the background.
 	var indexing sync.WaitGroup
@@ -170,6 +185,9 @@ func (r *Receiver) Run(ctx context.Context) error {
 	defer func() {
 		stopHeartbeat()
 		heartbeat.Wait()
+		// A stopped receiver leaves no spare file behind (a crashed one's go
+		// at the next start).
+		r.files.dropSpares()
 		r.update(true, func(s *State) { s.State = "stopped"; s.ConnectedSince = time.Time{} })
 		r.log.Info("receiver stopped")
 	}()

@@ -1,19 +1,24 @@
 package stream_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
 	"github.com/walhub/walhub/walname"
+	"github.com/walhub/walhub/walrecord"
 )
 
 // TestServeResumesAfterKill9WithoutGap kills `walhub serve` with SIGKILL at
@@ -227,4 +232,139 @@ func waitLogLine(t *testing.T, c *child, s string) string {
 		return false
 	})
 	return found
+}
+
+// TestServeRecyclesPartialsSafely runs `walhub serve` under pgbench load,
+// where the receiver makes its .partial files from the files of segments it
+// stored, holding an older segment's WAL past what is received:
+//   - the hub serves a .partial only up to what was received: no page of
+//     another segment is ever served;
+//   - after a kill -9 the newest .partial is such a file at its full size:
+//     the restart keeps of it what its WAL proves and nothing of the older
+//     segment's, and resumes there;
+//
+// and the archive ends up whole.
+func TestServeRecyclesPartialsSafely(t *testing.T) {
+	t.Parallel()
+	const segSize = 1 << 20
+	pg := pgtest.NewPrimary(t, "recycle", pgtest.Options{SegmentSizeMB: 1})
+	pg.PgbenchInit(5)
+	tr := newTestRepo(t)
+	cfg := writeConfig(t, tr, serverTOML(pg, "main", ""))
+	text, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := regexp.MustCompile(`listen = "([^"]+)"`).FindSubmatch(text)
+	hc, err := client.New(client.Options{URL: "http://" + string(listen[1]), Server: "main"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := pg.StartPgbench(4, 40*time.Second)
+	c := startServe(t, cfg)
+	servedRecycled, crashedStale := 0, false
+	for round := 0; round < 6 && (servedRecycled == 0 || !crashedStale); round++ {
+		// Fetch the newest .partial until it is a recycled file that the
+		// hub served (the first two segments after a start are new files:
+		// spares come from segments stored since), then kill.
+		for end := time.Now().Add(15 * time.Second); time.Now().Before(end); {
+			p, ok := newestPartial(t, tr.dir)
+			if !ok {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			var body bytes.Buffer
+			if _, err := hc.FetchWAL(t.Context(), p.name+".partial", &body); err != nil {
+				continue // stored meanwhile, or not yet served
+			}
+			if off := foreignPage(body.Bytes(), p.segNo, segSize); off >= 0 {
+				t.Fatalf("the hub served %s.partial (%d bytes) with another segment's page at %d", p.name, body.Len(), off)
+			}
+			if data, err := os.ReadFile(p.path); err == nil && len(data) == segSize && foreignPage(data, p.segNo, segSize) > 0 && body.Len() > 0 {
+				servedRecycled++
+				break
+			}
+		}
+		c.kill9()
+		p, ok := newestPartial(t, tr.dir)
+		if !ok {
+			c = startServe(t, cfg)
+			continue
+		}
+		data, err := os.ReadFile(p.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stale := foreignPage(data, p.segNo, segSize)
+		c = startServe(t, cfg)
+		if len(data) != segSize || stale <= 0 {
+			continue // not a recycled file with WAL of its own (killed at the wrong moment)
+		}
+		crashedStale = true
+		// What the test proves of the file without the previous segment's
+		// decoder state; the receiver, with it, may prove a little more.
+		dec := walrecord.NewDecoder(segSize, walname.SegmentStart(p.segNo, segSize))
+		dec.Write(data[:stale])
+		proven := int64(walname.SegmentOffset(dec.VerifiedAtEnd(), segSize))
+		line := waitLogLine(t, c, "recovered after an unclean stop")
+		t.Logf("killed with %s.partial recycled, another segment's pages from %d: %s", p.name, stale, line)
+		m := regexp.MustCompile(` partial=(\S+) whole_bytes=(\d+) cut_bytes=(\d+)`).FindStringSubmatch(line)
+		if m == nil || m[1] != p.name+".partial" {
+			t.Fatalf("the restart did not recover %s.partial: %s", p.name, line)
+		}
+		whole, _ := strconv.ParseInt(m[2], 10, 64)
+		cut, _ := strconv.ParseInt(m[3], 10, 64)
+		if whole > int64(stale) || whole < proven || whole+cut != segSize {
+			t.Errorf("kept %d bytes and cut %d: want at least the %d proven, nothing from %d on", whole, cut, proven, stale)
+		}
+	}
+	if servedRecycled == 0 || !crashedStale {
+		t.Fatalf("no recycled .partial seen: served %d, crashed with one %v", servedRecycled, crashedStale)
+	}
+	wait()
+	waitStored(t, tr, "main", 1, pg.SwitchWAL())
+	c.stop()
+	checkTimeLine(t, tr, "main", 1)
+	filepath.WalkDir(tr.dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), ".tmp-") {
+			t.Errorf("temporary file left: %s", path)
+		}
+		return nil
+	})
+}
+
+type partialPath struct {
+	path, name string
+	segNo      walname.SegNo
+}
+
+// newestPartial finds the newest .partial of server "main" in the working
+// area dir (without WorkArea.Partials, which removes the receiver's spares).
+func newestPartial(t *testing.T, dir string) (partialPath, bool) {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(dir, "main", "wal", "*", "*.partial"))
+	if err != nil || len(paths) == 0 {
+		return partialPath{}, false
+	}
+	sort.Slice(paths, func(i, j int) bool { return filepath.Base(paths[i])[8:] < filepath.Base(paths[j])[8:] })
+	p := paths[len(paths)-1]
+	name := strings.TrimSuffix(filepath.Base(p), ".partial")
+	_, segNo, err := walname.ParseSegment(name, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return partialPath{path: p, name: name, segNo: segNo}, true
+}
+
+// foreignPage returns the offset of the first page of data (a segment's
+// bytes from its start) whose header gives another address than its own,
+// -1 when there is none.
+func foreignPage(data []byte, segNo walname.SegNo, segSize uint64) int {
+	start := uint64(walname.SegmentStart(segNo, segSize))
+	for off := 0; off+16 <= len(data); off += walrecord.PageSize {
+		if binary.LittleEndian.Uint64(data[off+8:]) != start+uint64(off) {
+			return off
+		}
+	}
+	return -1
 }

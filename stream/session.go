@@ -80,7 +80,7 @@ func (r *Receiver) session(ctx context.Context) (stored bool, err error) {
 		} else {
 			r.log.Info("starting replication", "slot", srvCfg.Slot, "start", start, "timeline", tli)
 		}
-		s.w, err = newWALWriter(r.o.Repo.Work, srvCfg.Name, s.segSize, tli, start, s.resume, s.arch.add)
+		s.w, err = newWALWriter(r.files, s.segSize, tli, start, s.resume, s.arch.add)
 		s.resume = nil
 		if err != nil {
 			return false, err
@@ -157,6 +157,7 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if err != nil {
 		return nil, 0, 0, err
 	}
+	store.retire = s.r.files.retire
 	start, held, resume, err := s.resumePoint(setupCtx, store)
 	if err != nil {
 		return nil, 0, 0, err
@@ -272,6 +273,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 	case !errors.Is(err, catalog.ErrNotFound):
 		return 0, 0, nil, err
 	}
+	s.r.files.dropSpares()
 	partials, err := s.r.o.Repo.Work.Partials(s.srv.Name, s.segSize, from)
 	if err != nil {
 		return 0, 0, nil, err
@@ -305,6 +307,7 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 			start, held, resume = at, res.End, &res
 		}
 	}
+	s.r.files.setReady()
 	return start, held, resume, nil
 }
 

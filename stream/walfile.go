@@ -34,17 +34,20 @@ const writebackChunk = 1 << 20
 //
 // On disk, a .partial is always either the newest one (being received) or a
 // complete, fsynced segment waiting to be stored: the next .partial is created
-// (and its directory entry fsynced) only after the previous one is complete
-// and fsynced. A restart relies on that to tell the two apart.
+// (or a spare file renamed to its name, see partialFiles) and its directory
+// entry fsynced only after the previous one is complete and fsynced. A
+// restart relies on that to tell the two apart.
 type walWriter struct {
-	work    *storage.WorkArea
-	server  string
+	files   *partialFiles
 	segSize uint64
 	tli     walname.TimeLine
 
 	file  *os.File
 	segNo walname.SegNo
 	name  string
+	// recycled says the file was a spare: past what is written it holds an
+	// older segment's WAL.
+	recycled bool
 	// dirDirty is set when a .partial was created whose directory entry is not
 	// yet fsynced.
 	dirDirty bool
@@ -70,9 +73,9 @@ type walWriter struct {
 // newWALWriter prepares to write timeline tli from start, which must be a
 // segment boundary, or, with resume, resume.Page inside the newest .partial
 // (see recoverPartial). Everything before start is already durable in the hub.
-func newWALWriter(work *storage.WorkArea, server string, segSize uint64, tli walname.TimeLine, start walname.LSN,
+func newWALWriter(files *partialFiles, segSize uint64, tli walname.TimeLine, start walname.LSN,
 	resume *partialResume, completed func(completedSegment) error) (*walWriter, error) {
-	w := &walWriter{work: work, server: server, segSize: segSize, tli: tli, pos: start, synced: start,
+	w := &walWriter{files: files, segSize: segSize, tli: tli, pos: start, synced: start,
 		completed: completed}
 	if resume != nil {
 		if start != resume.Page || resume.Partial.TimeLine != tli {
@@ -85,16 +88,17 @@ func newWALWriter(work *storage.WorkArea, server string, segSize uint64, tli wal
 	return w, nil
 }
 
-// open creates (or truncates: the server sends the segment again from its
-// start) the .partial of the segment that holds w.pos; when resuming, it
-// opens the existing one to append to it.
+// open creates (or replaces: the server sends the segment again from its
+// start) the .partial of the segment that holds w.pos, from a spare file
+// when there is one; when resuming, it opens the existing one to append to
+// it.
 func (w *walWriter) open() error {
 	w.segNo = walname.SegmentOf(w.pos, w.segSize)
 	w.name = walname.SegmentName(w.tli, w.segNo, w.segSize)
 	offset := walname.SegmentOffset(w.pos, w.segSize)
 	if w.resuming {
 		w.resuming = false
-		f, err := w.work.AppendPartial(w.server, w.name)
+		f, err := w.files.resume(w.name, int64(offset)+int64(len(w.held)))
 		if err != nil {
 			return err
 		}
@@ -108,15 +112,15 @@ func (w *walWriter) open() error {
 		}
 		// recoverPartial made the file and its directory entry durable.
 		// What it holds before offset is not seen: no checksum.
-		w.file, w.dirDirty, w.writtenBack = f, false, offset
+		w.file, w.dirDirty, w.writtenBack, w.recycled = f, false, offset, false
 		w.sum, w.summed = 0, false
 		return nil
 	}
-	f, err := w.work.CreatePartial(w.server, w.name)
+	f, recycled, err := w.files.create(w.name)
 	if err != nil {
 		return err
 	}
-	w.file = f
+	w.file, w.recycled = f, recycled
 	w.dirDirty = true
 	w.writtenBack = 0
 	// A new .partial starts at the segment's start (newWALWriter).
@@ -146,8 +150,11 @@ func (w *walWriter) write(data []byte) error {
 					"the hub's WAL and the server's have diverged (another cluster or a restored server behind the same name?)", w.pos, w.name)}
 			}
 			w.held = w.held[n:]
-		} else if _, err := w.file.Write(data[:n]); err != nil {
-			return fmt.Errorf("store WAL at %s: %w", w.pos, err)
+		} else {
+			if _, err := w.file.Write(data[:n]); err != nil {
+				return fmt.Errorf("store WAL at %s: %w", w.pos, err)
+			}
+			w.files.written.Store(int64(walname.SegmentOffset(w.pos, w.segSize) + n))
 		}
 		if w.summed {
 			w.sum = checksum.Update(w.sum, data[:n])
@@ -189,6 +196,8 @@ func (w *walWriter) closeSegment() error {
 		return fmt.Errorf("close %s.partial: %w", name, err)
 	}
 	w.file = nil
+	// Whole: a recycled file's every byte is now this segment's.
+	w.files.closed()
 	seg := completedSegment{TimeLine: w.tli, SegNo: w.segNo, Name: name, Partial: path}
 	if w.summed {
 		seg.Checksum = checksum.Format(w.sum)
@@ -226,7 +235,8 @@ func (w *walWriter) partialName() string {
 
 // endTimeline syncs and closes the last, incomplete segment of a timeline that
 // ended. It stays as a .partial (the WAL of the old timeline up to the switch
-// point), unless nothing was written into it.
+// point, cut there durably when the file was recycled: before the next
+// timeline's .partial exists), unless nothing was written into it.
 func (w *walWriter) endTimeline() error {
 	if err := w.sync(); err != nil {
 		return err
@@ -234,18 +244,37 @@ func (w *walWriter) endTimeline() error {
 	return w.close(true)
 }
 
-// close closes the open .partial without syncing it; with removeEmpty an
-// empty one is removed.
+// close closes the open .partial without syncing what was written; with
+// removeEmpty an empty one is removed. A recycled file is first cut at what
+// was written, and that made durable, so that it holds no other segment's
+// WAL: only then do readers see it whole (partialFiles), and a restart take
+// its size for what it holds. Should that fail, readers stay bounded by what
+// was written and a restart proves the file (recoverPartial).
 func (w *walWriter) close(removeEmpty bool) error {
 	if w.file == nil {
 		return nil
 	}
 	f := w.file
 	w.file = nil
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s.partial: %w", w.name, err)
+	end := int64(walname.SegmentOffset(w.pos, w.segSize))
+	remove := removeEmpty && end == 0
+	var err error
+	if w.recycled && !remove {
+		if err = f.Truncate(end); err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			err = fmt.Errorf("cut recycled %s.partial at %d bytes: %w", w.name, end, err)
+		}
 	}
-	if removeEmpty && walname.SegmentOffset(w.pos, w.segSize) == 0 {
+	if cerr := f.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close %s.partial: %w", w.name, cerr)
+	}
+	if err != nil {
+		return err
+	}
+	w.files.closed()
+	if remove {
 		if err := os.Remove(f.Name()); err != nil {
 			return fmt.Errorf("remove empty %s.partial: %w", w.name, err)
 		}

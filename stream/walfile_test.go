@@ -43,7 +43,7 @@ func TestWALWriterSplitsAtSegmentBoundaries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			work, _ := storage.NewWorkArea(t.TempDir())
 			var got []completedSegment
-			w, err := newWALWriter(work, "main", testSegSize, 1, tc.start, nil, func(c completedSegment) error {
+			w, err := newWALWriter(newPartialFiles(work, "main"), testSegSize, 1, tc.start, nil, func(c completedSegment) error {
 				got = append(got, c)
 				return nil
 			})
@@ -119,7 +119,7 @@ func TestWALWriterGivesNoChecksumForAResumedSegment(t *testing.T) {
 	resume := &partialResume{Partial: storage.Partial{TimeLine: 1, SegNo: segNo, Name: name, Path: f.Name()},
 		Page: start + half, End: start + half}
 	var got []completedSegment
-	w, err := newWALWriter(work, "main", testSegSize, 1, start+half, resume, func(c completedSegment) error {
+	w, err := newWALWriter(newPartialFiles(work, "main"), testSegSize, 1, start+half, resume, func(c completedSegment) error {
 		got = append(got, c)
 		return nil
 	})
@@ -141,14 +141,14 @@ func TestWALWriterGivesNoChecksumForAResumedSegment(t *testing.T) {
 }
 
 func TestWALWriterRefusesUnalignedStart(t *testing.T) {
-	if _, err := newWALWriter(storage.OpenWorkArea(t.TempDir()), "main", testSegSize, 1, 3<<20+16, nil, nil); err == nil {
+	if _, err := newWALWriter(newPartialFiles(storage.OpenWorkArea(t.TempDir()), "main"), testSegSize, 1, 3<<20+16, nil, nil); err == nil {
 		t.Fatal("a start inside a segment was accepted")
 	}
 }
 
 func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	work, _ := storage.NewWorkArea(t.TempDir())
-	w, _ := newWALWriter(work, "main", testSegSize, 1, 1<<20, nil, func(completedSegment) error { return nil })
+	w, _ := newWALWriter(newPartialFiles(work, "main"), testSegSize, 1, 1<<20, nil, func(completedSegment) error { return nil })
 	if err := w.write(pattern(1<<20, testSegSize)); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestEndTimelineRemovesEmptyPartialOnly(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("empty .partial left at the end of the timeline: %v", err)
 	}
-	w, _ = newWALWriter(work, "main", testSegSize, 1, 2<<20, nil, func(completedSegment) error { return nil })
+	w, _ = newWALWriter(newPartialFiles(work, "main"), testSegSize, 1, 2<<20, nil, func(completedSegment) error { return nil })
 	w.write(pattern(2<<20, 100))
 	if err := w.endTimeline(); err != nil {
 		t.Fatal(err)

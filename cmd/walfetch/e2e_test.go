@@ -92,7 +92,16 @@ func (e *e2e) holds(name string) bool {
 func (e *e2e) startHub() {
 	e.t.Helper()
 	srv, err := hub.New(hub.Options{Config: e.cfg, Repo: e.repo, Log: slog.New(slog.DiscardHandler),
-		Status: func(context.Context, string) (any, error) { return e.receiver.State(), nil }})
+		Status: func(context.Context, string) (any, error) { return e.receiver.State(), nil },
+		// As the daemon does: a .partial only up to what the receiver
+		// wrote (a recycled one holds an older segment's WAL past it).
+		Partial: func(ctx context.Context, _, name string) (hub.PartialFile, int64, error) {
+			f, err := e.receiver.OpenPartial(ctx, name)
+			if err != nil {
+				return nil, 0, err
+			}
+			return f, f.Size, nil
+		}})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
@@ -111,7 +112,7 @@ func (a *app) serve(ctx context.Context) error {
 		Status: func(ctx context.Context, server string) (any, error) {
 			return status.Provider(d.cfg.Load(), cat, repo.Work)(ctx, server)
 		},
-		Snapshots: d.snapshots, Ready: d.storing})
+		Snapshots: d.snapshots, Ready: d.storing, Partial: d.openPartial})
 	if err != nil {
 		return err
 	}
@@ -186,6 +187,29 @@ func (d *daemon) storing() error {
 		return errors.New(strings.Join(not, "; "))
 	}
 	return nil
+}
+
+// partialWait bounds how long the hub waits for a receiver that has not yet
+// checked its .partial files (it does so as it starts).
+const partialWait = 30 * time.Second
+
+// openPartial opens a .partial for the hub through the receiver that writes
+// it, which bounds what may be read (stream.Receiver.OpenPartial). A server
+// without a running receiver has none to serve.
+func (d *daemon) openPartial(ctx context.Context, server, name string) (hub.PartialFile, int64, error) {
+	d.mu.Lock()
+	r, ok := d.receivers[server]
+	d.mu.Unlock()
+	if !ok {
+		return nil, 0, fmt.Errorf("no receiver runs for server %s: %w", server, fs.ErrNotExist)
+	}
+	ctx, cancel := context.WithTimeout(ctx, partialWait)
+	defer cancel()
+	f, err := r.receiver.OpenPartial(ctx, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, f.Size, nil
 }
 
 // run starts every receiver and the other services, and reloads the
