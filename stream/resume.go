@@ -182,7 +182,7 @@ func (r *Receiver) loadDurable(ctx context.Context, prev State, prevErr error) e
 		attrs := []any{"durable_lsn", end, "last_stored_segment", last.Name, "complete_partials_to_store", complete}
 		if res.Partial.Name != "" {
 			attrs = append(attrs, "partial", res.Partial.Name+".partial",
-				"whole_bytes", walname.SegmentOffset(res.End, segSize), "cut_bytes", res.Cut,
+				"whole_bytes", uint64(res.End-walname.SegmentStart(res.Partial.SegNo, segSize)), "cut_bytes", res.Cut,
 				"resume_offset", walname.SegmentOffset(res.Page, segSize))
 		}
 		r.log.Info("recovered after an unclean stop", attrs...)

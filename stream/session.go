@@ -304,7 +304,19 @@ func (s *session) resumePoint(ctx context.Context, store *segmentStore) (start, 
 			if err != nil {
 				return 0, 0, nil, err
 			}
-			start, held, resume = at, res.End, &res
+			if end := walname.SegmentStart(newest.SegNo+1, s.segSize); res.End == end {
+				// Proven whole to its last byte (its last record ends at
+				// its end; a crash came before the next .partial was
+				// made), and fsynced: complete. Streaming starts after it
+				// (inside it there is nothing left to resume).
+				seg := completedSegment{TimeLine: newest.TimeLine, SegNo: newest.SegNo, Name: newest.Name, Partial: newest.Path}
+				if err := store.store(ctx, seg); err != nil {
+					return 0, 0, nil, err
+				}
+				start, held = end, end
+			} else {
+				start, held, resume = at, res.End, &res
+			}
 		}
 	}
 	s.r.files.setReady()
