@@ -165,10 +165,28 @@ func (sp *Spool) Tell(name string) bool {
 // A failure is reported on stderr, not to the caller: prefetching is an
 // optimisation. The prefetcher inherits the signals this process ignores.
 func (sp *Spool) StartPrefetcher(s Settings, name string, stderr io.Writer) {
-	if err := sp.startPrefetcher(s, name); err != nil {
+	if err := sp.startPrefetcher(s, name, ""); err != nil {
 		fmt.Fprintf(stderr, "walfetch: prefetching disabled for this call: %v\n", err)
 	}
 }
+
+// StartPrefetcherAt starts a prefetcher, when none runs, before recovery has
+// asked for any segment: next is the one it will ask for first. Like
+// StartPrefetcher, it reports a failure on stderr only.
+func (sp *Spool) StartPrefetcherAt(s Settings, next string, stderr io.Writer) {
+	// A name that is no segment tells a running prefetcher nothing: it only
+	// shows that one runs (it knows better where recovery is).
+	if sp.Tell(probeName) {
+		return
+	}
+	if err := sp.startPrefetcher(s, "", next); err != nil {
+		fmt.Fprintf(stderr, "walfetch: prefetching disabled for this call: %v\n", err)
+	}
+}
+
+// probeName is what StartPrefetcherAt tells a running prefetcher: a name
+// that is not a segment's, which it ignores.
+const probeName = "00000001.history"
 
 // ShortPath returns p relative to the working directory when that is shorter:
 // a unix socket path must fit in 108 bytes.
@@ -194,7 +212,7 @@ const PrefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
 
 // startPrefetcher starts a detached prefetcher (its own session, so
 // PostgreSQL neither waits for it nor signals it with the restore_command).
-func (sp *Spool) startPrefetcher(s Settings, served string) error {
+func (sp *Spool) startPrefetcher(s Settings, served, next string) error {
 	if len(ShortPath(sp.SockPath())) > 100 {
 		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.Dir)
 	}
@@ -205,7 +223,7 @@ func (sp *Spool) startPrefetcher(s Settings, served string) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(PrefetcherConfig{Settings: s, Dir: sp.Dir, Root: sp.Root, SystemID: strconv.FormatUint(sp.SystemID, 10), Served: served})
+	cfg, err := json.Marshal(PrefetcherConfig{Settings: s, Dir: sp.Dir, Root: sp.Root, SystemID: strconv.FormatUint(sp.SystemID, 10), Served: served, Next: next})
 	if err != nil {
 		return err
 	}
@@ -233,7 +251,10 @@ type PrefetcherConfig struct {
 	Dir      string   `json:"dir"`
 	Root     string   `json:"root"`
 	SystemID string   `json:"system_id"`
-	Served   string   `json:"served"`
+	// Served is the segment walfetch just served; when it is empty, Next is
+	// the segment recovery will ask for first (StartPrefetcherAt).
+	Served string `json:"served"`
+	Next   string `json:"next,omitempty"`
 }
 
 // IsSpoolKey tells whether name has the form of a spool key (16 lowercase

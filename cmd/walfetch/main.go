@@ -68,7 +68,10 @@ What it does:
     belongs to another timeline, never fetches .history files, never holds more
     than --spool-max-mb, and exits after --idle-exit without requests. A spool
     left by another restore, another hub, another cluster or before a reboot is
-    never used, and is removed.
+    never used, and is removed. Recovery from a base backup asks for a
+    timeline history file first: when the data directory holds the backup's
+    backup_label, that call also starts the prefetcher, at the segment the
+    backup starts in.
 
   - During point-in-time recovery (recovery.signal, no standby.signal), when the
     hub does not have a segment complete, walfetch asks for its .partial: the WAL

@@ -764,3 +764,47 @@ func TestWalfetchLinksNoHubClient(t *testing.T) {
 		t.Error("cmd/walfetch-net does not link the hub client")
 	}
 }
+
+// TestHistoryRequestStartsThePrefetcherAtTheBackup: recovery from a base
+// backup asks for a timeline history file before any segment; walfetch then
+// starts the prefetcher at the segment the backup_label names, so that the
+// first segment recovery asks for is in the spool (with a distant hub, a
+// round trip sooner than walfetch's own download). After the prefetcher's
+// downloads (the first --parallel guessed, then what its peek lists), the
+// call for that segment is a spool hit: it is downloaded once.
+func TestHistoryRequestStartsThePrefetcherAtTheBackup(t *testing.T) {
+	h := newTestHub(t, 12)
+	dir := dataDir(t, "standby.signal", true)
+	first := walname.SegmentName(1, 3, testSegSize)
+	label := "START WAL LOCATION: 0/300028 (file " + first + ")\nCHECKPOINT LOCATION: 0/300060\nSTART TIMELINE: 1\n"
+	if err := os.WriteFile(filepath.Join(dir, "backup_label"), []byte(label), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, stderr := runWalfetch(t, dir, hubArgs(h, "00000002.history", "pg_wal/RECOVERYHISTORY")...); code != 1 {
+		t.Fatalf("00000002.history, not in the hub: exit %d, want 1: %s", code, stderr)
+	}
+	spool := spoolDir(t, h, dir)
+	waitFor(t, 20*time.Second, "the prefetcher to download "+first+" and the segments after it", func() bool {
+		for segno := walname.SegNo(3); segno <= 12; segno++ {
+			if _, err := os.Stat(filepath.Join(spool, walname.SegmentName(1, segno, testSegSize))); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	if code, stderr := runWalfetch(t, dir, hubArgs(h, first, "pg_wal/RECOVERYXLOG")...); code != 0 {
+		t.Fatalf("%s: exit %d: %s", first, code, stderr)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); !bytes.Equal(got, h.segs[first]) {
+		t.Fatal("served bytes differ")
+	}
+	for segno := walname.SegNo(1); segno <= 12; segno++ {
+		want := 1
+		if segno < 3 {
+			want = 0 // before the backup: never asked for
+		}
+		if n := h.fetches(walname.SegmentName(1, segno, testSegSize)); n != want {
+			t.Errorf("%s downloaded %d times, want %d", walname.SegmentName(1, segno, testSegSize), n, want)
+		}
+	}
+}

@@ -28,8 +28,8 @@ import (
 // it says so through the socket, the window moves, and the free download
 // slots are refilled from what the hub's peek says exists. It never fetches
 // a .history or .partial file, and, but for its first downloads, nothing the
-// hub has not listed: when it starts, it downloads the segments right after
-// the one recovery asked for while its first peek is under way (see
+// hub has not listed: when it starts, it downloads the segments recovery
+// will ask for next while its first peek is under way (see
 // firstDownloads), verified as walfetch verifies a segment it downloads
 // itself.
 type prefetcher struct {
@@ -49,8 +49,11 @@ type prefetcher struct {
 	current           string // the segment recovery last received
 	tli               walname.TimeLine
 	segno             walname.SegNo
-	lastPoke          time.Time
-	lastPeek          time.Time
+	// next, while current is empty, is the segment recovery will ask for
+	// first (a prefetcher started by StartPrefetcherAt).
+	next     string
+	lastPoke time.Time
+	lastPeek time.Time
 	// known holds what peeks said the hub has after the current segment, on
 	// its timeline, up to horizon; peekShort says the last peek found fewer
 	// than asked for (the hub's end: ask again only after a pause).
@@ -153,7 +156,7 @@ func RunPrefetcher() int {
 	log.Info("prefetcher started", "spool", sp.Dir, "hub", cfg.Settings.URL, "server", cfg.Settings.Server,
 		"prefetch", cfg.Settings.Prefetch, "parallel", cfg.Settings.Parallel)
 	go p.listen(conn)
-	p.served <- cfg.Served
+	p.begin(cfg.Served, cfg.Next)
 	p.loop()
 	conn.Close()
 	os.Remove(sock)
@@ -164,6 +167,17 @@ func RunPrefetcher() int {
 	// started meanwhile finds it held and leaves, and the next call starts one.
 	p.removeSegments()
 	return 0
+}
+
+// begin gives the loop its first event: served, the segment walfetch just
+// served, or, when that is empty, next, the one recovery will ask for first.
+func (p *prefetcher) begin(served, next string) {
+	if served != "" {
+		p.served <- served
+		return
+	}
+	p.next, p.lastPoke = next, time.Now()
+	p.finished <- struct{}{} // plan at once
 }
 
 // oneProcessor makes the Go runtime run the prefetcher's goroutines on one
@@ -451,7 +465,7 @@ func (p *prefetcher) trim() {
 // ahead, and queues the downloads the spool lacks, nearest first, as many as
 // there are free download slots.
 func (p *prefetcher) plan(jobs chan<- download) {
-	if p.current == "" {
+	if p.current == "" && p.next == "" {
 		return
 	}
 	if !p.started {
@@ -482,7 +496,8 @@ func (p *prefetcher) plan(jobs chan<- download) {
 }
 
 // firstDownloads queues, when the prefetcher starts, the downloads of the
-// --parallel segments after the one recovery asked for, before the first
+// --parallel segments after the one recovery asked for (from next, the one
+// it will ask for first, when started by StartPrefetcherAt), before the first
 // peek, which is what tells the segment size and what the hub holds: with a
 // distant hub, they arrive a round trip after the prefetcher's start, as
 // soon as the segment walfetch downloads itself meanwhile, instead of two
@@ -497,7 +512,11 @@ func (p *prefetcher) plan(jobs chan<- download) {
 // live primary), this costs as many requests the hub answers "not found",
 // once per prefetcher.
 func (p *prefetcher) firstDownloads(jobs chan<- download) {
-	n, err := walname.Parse(p.current)
+	base, skip := p.current, 1 // the segment after the one recovery received
+	if base == "" {
+		base, skip = p.next, 0 // the one recovery will ask for first
+	}
+	n, err := walname.Parse(base)
 	if err != nil || n.Kind != walname.KindSegment {
 		return
 	}
@@ -505,10 +524,10 @@ func (p *prefetcher) firstDownloads(jobs chan<- download) {
 	defer p.inflightMu.Unlock()
 	for ahead := 1; ahead <= min(p.s.Parallel, p.s.Prefetch); ahead++ {
 		next := n
-		if uint64(n.Seg)+uint64(ahead) >= 0x100000000/walname.MinSegmentSize {
+		if uint64(n.Seg)+uint64(ahead-1+skip) >= 0x100000000/walname.MinSegmentSize {
 			break // the log's end with the smallest segments: what follows depends on the size
 		}
-		next.Seg += uint32(ahead)
+		next.Seg += uint32(ahead - 1 + skip)
 		name := next.String()
 		if p.inflight[name] || p.fetched[name] {
 			continue
@@ -544,7 +563,10 @@ func (p *prefetcher) needPeek() bool {
 // the end of the window.
 func (p *prefetcher) peek() {
 	from, count := p.current, p.window()+1
-	if p.segSize != 0 {
+	if from == "" {
+		from, count = p.next, p.window()
+	}
+	if p.segSize != 0 && p.current != "" {
 		start := max(p.horizon, p.segno) + 1
 		from = walname.SegmentName(p.tli, start, p.segSize)
 		count = int(p.segno+walname.SegNo(p.window())-start) + 1
@@ -570,6 +592,14 @@ func (p *prefetcher) peek() {
 			return
 		}
 		p.segSize = peek.SegmentSize
+		if p.current == "" {
+			// Recovery is, so to speak, at the segment before next (none
+			// before the very first: then wait for what walfetch serves).
+			if tli, segno, err := walname.ParseSegment(p.next, p.segSize); err == nil && segno > 0 {
+				p.current = walname.SegmentName(tli, segno-1, p.segSize)
+			}
+			p.next = ""
+		}
 		p.setCurrent()
 	}
 	p.peekShort = len(peek.Segments) < min(count, max(peek.Limit, 1))

@@ -28,8 +28,11 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 		return walfetch.Fail(m)
 	}
 	var sp *walfetch.Spool
-	if n.Kind == walname.KindSegment {
+	switch n.Kind {
+	case walname.KindSegment:
 		sp = walfetch.OpenSpool(s)
+	case walname.KindHistory:
+		startAtBackupLabel(s, stderr)
 	}
 	if sp != nil {
 		hit, err := sp.Take(name, dst)
@@ -117,6 +120,28 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 			return walfetch.StopRecovery
 		case <-time.After(wait):
 		}
+	}
+}
+
+// startAtBackupLabel starts the prefetcher, when none runs, at the segment
+// the base backup in the data directory (the working directory) starts in,
+// which its backup_label names: recovery from a backup asks for a timeline
+// history file (is there a newer timeline?) before it asks for any segment,
+// and with a distant hub the prefetcher's first downloads then arrive while
+// that request is still under way, instead of a round trip after recovery's
+// first segment. PostgreSQL renames backup_label once it has read it, so
+// only the start of a recovery from a backup does this.
+func startAtBackupLabel(s walfetch.Settings, stderr io.Writer) {
+	sp := walfetch.OpenSpool(s)
+	if sp == nil {
+		return
+	}
+	label, err := walfetch.ReadSmallFile("backup_label")
+	if err != nil {
+		return
+	}
+	if next, ok := pgfile.BackupLabelStartSegment(label); ok {
+		sp.StartPrefetcherAt(s, next, stderr)
 	}
 }
 

@@ -108,64 +108,75 @@ func newTestPrefetcher(t *testing.T, s walfetch.Settings, url string, systemID u
 }
 
 // TestPrefetcherStartDownloadsWithoutWaitingForItsPeek: with a distant hub
-// (every response 300 ms late), the segment after the one recovery asked for
-// is in the spool one round trip after the prefetcher starts, not two (its
-// first peek's, then the download's): recovery's next request, which comes
-// about a round trip later (walfetch's own download of the first segment),
-// finds it there. Then the prefetcher goes on from the peek as ever: every
-// segment of the window, and nothing more than --parallel guesses.
+// (every response 300 ms late), the segment recovery asks for next is in the
+// spool one round trip after the prefetcher starts, not two (its first
+// peek's, then the download's): recovery's next request, which comes about a
+// round trip later (walfetch's own download of the segment before, or the
+// history file recovery from a backup asks for first), finds it there. Then
+// the prefetcher goes on from the peek as ever: every segment of the window,
+// each downloaded once, and nothing before it.
 func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 	const systemID = 7300000000000000042
 	const segSize = 1 << 20
 	const delay = 300 * time.Millisecond
-	hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
-	srv := hub.start(t)
-	s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 2 * time.Second}
-	p := newTestPrefetcher(t, s, srv.URL, systemID)
 	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
-	p.served <- name(10)
-	start := time.Now()
-	done := make(chan struct{})
-	go func() { p.loop(); close(done) }()
-	var next time.Duration
-	for deadline := start.Add(10 * time.Second); next == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if _, err := os.Stat(p.sp.Path(name(11))); err == nil {
-			next = time.Since(start)
-		}
-	}
-	if next == 0 || next > delay*3/2 {
-		t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v)", name(11), next, delay)
-	}
-	missing := func() (n []string) {
-		for segno := walname.SegNo(11); segno <= 26; segno++ {
-			if _, err := os.Stat(p.sp.Path(name(segno))); err != nil {
-				n = append(n, name(segno))
+	for _, tt := range []struct {
+		how          string
+		served, next string
+	}{
+		{"started on a miss of the segment before", name(10), ""},
+		{"started at the backup's first segment", "", name(11)},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
+			srv := hub.start(t)
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 2 * time.Second}
+			p := newTestPrefetcher(t, s, srv.URL, systemID)
+			p.begin(tt.served, tt.next)
+			start := time.Now()
+			done := make(chan struct{})
+			go func() { p.loop(); close(done) }()
+			var next time.Duration
+			for deadline := start.Add(10 * time.Second); next == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				if _, err := os.Stat(p.sp.Path(name(11))); err == nil {
+					next = time.Since(start)
+				}
 			}
-		}
-		return n
-	}
-	for deadline := time.Now().Add(10 * time.Second); len(missing()) > 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if m := missing(); len(m) > 0 {
-		t.Errorf("in the window, not in the spool: %v", m)
-	}
-	<-done
-	hub.mu.Lock()
-	defer hub.mu.Unlock()
-	gets := map[string]int{}
-	for _, r := range hub.requests {
-		if !strings.HasSuffix(r, "/peek") {
-			gets[r[strings.LastIndex(r, "/")+1:]]++
-		}
-	}
-	if len(gets) != 16 {
-		t.Errorf("%d segments downloaded, want the 16 of the window: %v", len(gets), gets)
-	}
-	for n, count := range gets {
-		if count != 1 {
-			t.Errorf("%s downloaded %d times", n, count)
-		}
+			if next == 0 || next > delay*3/2 {
+				t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v)", name(11), next, delay)
+			}
+			missing := func() (n []string) {
+				for segno := walname.SegNo(11); segno <= 26; segno++ {
+					if _, err := os.Stat(p.sp.Path(name(segno))); err != nil {
+						n = append(n, name(segno))
+					}
+				}
+				return n
+			}
+			for deadline := time.Now().Add(10 * time.Second); len(missing()) > 0 && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if m := missing(); len(m) > 0 {
+				t.Errorf("in the window, not in the spool: %v", m)
+			}
+			<-done
+			hub.mu.Lock()
+			defer hub.mu.Unlock()
+			gets := map[string]int{}
+			for _, r := range hub.requests {
+				if !strings.HasSuffix(r, "/peek") {
+					gets[r[strings.LastIndex(r, "/")+1:]]++
+				}
+			}
+			if len(gets) != 16 {
+				t.Errorf("%d segments downloaded, want the 16 of the window: %v", len(gets), gets)
+			}
+			for n, count := range gets {
+				if _, segno, _ := walname.ParseSegment(n, segSize); count != 1 || segno < 11 || segno > 26 {
+					t.Errorf("%s downloaded %d times, want the window's (%s to %s) once", n, count, name(11), name(26))
+				}
+			}
+		})
 	}
 }
 
