@@ -130,7 +130,7 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 		t.Run(tt.how, func(t *testing.T) {
 			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
 			srv := hub.start(t)
-			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 2 * time.Second}
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 3 * time.Second}
 			p := newTestPrefetcher(t, s, srv.URL, systemID)
 			p.begin(tt.served, tt.next)
 			start := time.Now()
@@ -142,8 +142,11 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 					next = time.Since(start)
 				}
 			}
-			if next == 0 || next > delay*3/2 {
-				t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v)", name(11), next, delay)
+			// One round trip and the work of one download, which is less
+			// than two round trips however loaded the machine: the peek's
+			// and then the download's.
+			if next == 0 || next >= 2*delay {
+				t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v) and a download", name(11), next, delay)
 			}
 			missing := func() (n []string) {
 				for segno := walname.SegNo(11); segno <= 26; segno++ {
