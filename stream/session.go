@@ -157,7 +157,11 @@ func (s *session) prepare(ctx context.Context) (*segmentStore, walname.LSN, waln
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	store.retire = s.r.files.retire
+	// An encrypted repository keeps no plaintext copy of a stored segment
+	// in the working area: its .partial is removed, never kept as a spare.
+	if s.r.o.Repo.KeyID() == "" {
+		store.retire = s.r.files.retire
+	}
 	start, held, resume, err := s.resumePoint(setupCtx, store)
 	if err != nil {
 		return nil, 0, 0, err
