@@ -327,13 +327,15 @@ func TestS3ReadOnlyHubStatusAndCheck(t *testing.T) {
 	hub2.waitArchived()
 
 	var doc status.Document
-	pgtest.WaitFor(t, 60*time.Second, "the read-only hub's status to show the backup", func() bool {
+	// The refresh commits the catalog, then records itself: status may
+	// show the backup while the first refresh is still "never" (running).
+	pgtest.WaitFor(t, 60*time.Second, "the read-only hub's status to show the backup and a refresh done", func() bool {
 		doc = status.Document{}
 		out := hub2.walhub("status", "--server", "main", "--output=json")
 		if err := json.Unmarshal([]byte(out), &doc); err != nil {
 			t.Fatalf("status JSON: %v\n%s", err, out)
 		}
-		return doc.Backups.Count == 1
+		return doc.Backups.Count == 1 && doc.Refresh != nil && doc.Refresh.State == "ok"
 	})
 	if !doc.ReadOnly || doc.Refresh == nil || doc.Refresh.State != "ok" || doc.Refresh.IntervalSeconds != 1 ||
 		doc.WAL.Segments == 0 || len(doc.WAL.Timelines) != 1 || doc.WAL.LastSegment == "" ||
