@@ -1,6 +1,7 @@
 package hubfetch
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -120,6 +121,13 @@ func RunPrefetcher() int {
 	if err != nil {
 		return 1
 	}
+	// The lock lasts as long as this open file, which must stay referenced
+	// until the process ends: an *os.File nothing refers to any more is
+	// closed by its finalizer at the next garbage collection, which dropped
+	// the lock a few downloads into the run, and a second prefetcher then
+	// took the spool over beside the first (removing its downloads under
+	// way, one renaming the other's unfinished file into place).
+	defer lockFile.Close()
 	if err := syscall.Flock(int(lockFile.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		return 0 // another prefetcher serves this spool
 	}
@@ -666,8 +674,9 @@ func (p *prefetcher) fetch(d download) {
 			info, err = p.c.FetchWAL(ctx, name, hw)
 		}
 		cancel()
+		written, serr := f.Stat()
 		if cerr := f.Close(); err == nil {
-			err = cerr
+			err = cmp.Or(serr, cerr)
 		}
 		if err != nil {
 			return err
@@ -683,6 +692,12 @@ func (p *prefetcher) fetch(d download) {
 			if err := pgfile.CheckSegmentHeader(hw.hdr[:hw.n], name, d.segSize, p.sp.SystemID); err != nil {
 				return fmt.Errorf("%w: %v", client.ErrCorrupt, err)
 			}
+		}
+		// The name is renamed, not the file written: should anything have
+		// removed it and another writer made a file of that name meanwhile,
+		// that file, unfinished and unchecked, is left where it is.
+		if now, err := os.Stat(part); err != nil || !os.SameFile(written, now) {
+			return fmt.Errorf("%w: %s was removed or replaced during the download", errPartTaken, part)
 		}
 		if err := os.Rename(part, p.sp.Path(name)); err != nil {
 			return err
