@@ -205,10 +205,7 @@ func rewriteSynced(file string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	uid, gid := -1, -1
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid()) {
-		uid, gid = int(st.Uid), int(st.Gid)
-	}
+	uid, gid := otherOwner(fi)
 	if err := storage.WriteFile(file, data, fi.Mode().Perm(), uid, gid); err != nil {
 		return fmt.Errorf("rewrite %s: %w", file, err)
 	}
@@ -241,9 +238,16 @@ func createSynced(file string, data []byte) error {
 		if err != nil {
 			return err
 		}
-		if d, ok := di.Sys().(*syscall.Stat_t); ok && (int(d.Uid) != os.Geteuid() || int(d.Gid) != os.Getegid()) {
-			uid, gid = int(d.Uid), int(d.Gid)
-		}
+		uid, gid = otherOwner(di)
 	}
 	return storage.WriteFile(file, data, 0o600, uid, gid)
+}
+
+// otherOwner is fi's owner when it is not walhub's own user and group, else
+// -1, -1 (see storage.WriteFile): what a file written for fi must be given.
+func otherOwner(fi fs.FileInfo) (uid, gid int) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (int(st.Uid) != os.Geteuid() || int(st.Gid) != os.Getegid()) {
+		return int(st.Uid), int(st.Gid)
+	}
+	return -1, -1
 }

@@ -54,14 +54,7 @@ func TestServeResumesAfterKill9WithoutGap(t *testing.T) {
 			wait()
 			c := startServe(t, cfg)
 			waitStored(t, tr, "main", 1, pg.SwitchWAL())
-			c.stop()
-			checkTimeLine(t, tr, "main", 1)
-			filepath.WalkDir(tr.dir, func(path string, d fs.DirEntry, err error) error {
-				if err == nil && strings.Contains(d.Name(), ".tmp-") {
-					t.Errorf("temporary file left: %s", path)
-				}
-				return nil
-			})
+			stopWhole(t, c, tr)
 		})
 	}
 }
@@ -323,14 +316,7 @@ func TestServeRecyclesPartialsSafely(t *testing.T) {
 	}
 	wait()
 	waitStored(t, tr, "main", 1, pg.SwitchWAL())
-	c.stop()
-	checkTimeLine(t, tr, "main", 1)
-	filepath.WalkDir(tr.dir, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && strings.Contains(d.Name(), ".tmp-") {
-			t.Errorf("temporary file left: %s", path)
-		}
-		return nil
-	})
+	stopWhole(t, c, tr)
 }
 
 type partialPath struct {
@@ -367,4 +353,18 @@ func foreignPage(data []byte, segNo walname.SegNo, segSize uint64) int {
 		}
 	}
 	return -1
+}
+
+// stopWhole stops walhub serve and checks what it left: timeline 1 of
+// server main whole in the archive, no temporary file anywhere.
+func stopWhole(t *testing.T, c *child, tr *testRepo) {
+	t.Helper()
+	c.stop()
+	checkTimeLine(t, tr, "main", 1)
+	filepath.WalkDir(tr.dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), ".tmp-") {
+			t.Errorf("temporary file left: %s", path)
+		}
+		return nil
+	})
 }
