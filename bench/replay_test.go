@@ -9,7 +9,7 @@
 // 250) the backlog, BENCH_DELAY (default 20ms) the added delay, BENCH_ROUNDS
 // (default 2) the rounds (each round runs every command once, interleaved; the
 // median and the best of the rounds are reported), BENCH_ONLY the runs to do,
-// separated by commas (a run's whole name, or a part of the names). BENCH_WALFETCH_BASELINE names another
+// separated by commas (a run's whole name, commas and all, or a part of the names). BENCH_WALFETCH_BASELINE names another
 // walfetch binary (e.g. built from main) to run beside this one, on
 // loopback and with the delay, so that a change is measured against the same
 // noise. BENCH_S3=1
@@ -211,14 +211,15 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	// An item of BENCH_ONLY that is a run's whole name selects that run only,
 	// else every run whose name contains it.
+	items := onlyItems(os.Getenv("BENCH_ONLY"), func(o string) bool {
+		return slices.ContainsFunc(runs, func(r struct{ name, command string }) bool { return r.name == o })
+	})
 	selected := func(name string) bool {
-		only := os.Getenv("BENCH_ONLY")
-		if only == "" {
+		if len(items) == 0 {
 			return true
 		}
-		for _, o := range strings.Split(only, ",") {
-			exact := slices.ContainsFunc(runs, func(r struct{ name, command string }) bool { return r.name == o })
-			if o != "" && (o == name || !exact && strings.Contains(name, o)) {
+		for _, o := range items {
+			if o.name == name || !o.whole && strings.Contains(name, o.name) {
 				return true
 			}
 		}
@@ -359,4 +360,28 @@ func cpuPerSegment(standby *pgtest.Cluster, n int, elapsed, hubCPU, busy time.Du
 		}
 	}
 	return fmt.Sprintf("%s; hubs %s; machine busy %s of %s\n", line, ms(hubCPU, n), ms(busy, n), ms(time.Duration(runtime.NumCPU())*elapsed, n))
+}
+
+// onlyItem is one item of BENCH_ONLY: a run's whole name, or a part of names.
+type onlyItem struct {
+	name  string
+	whole bool
+}
+
+// onlyItems splits BENCH_ONLY at its commas, except where they lie inside a
+// run's whole name (isRun), as in "walfetch, 100ms delay": the longest run of
+// comma-separated pieces that makes a whole name is one item.
+func onlyItems(only string, isRun func(string) bool) []onlyItem {
+	var items []onlyItem
+	pieces := strings.Split(only, ",")
+	for i := 0; i < len(pieces); {
+		j := len(pieces)
+		for ; j > i+1 && !isRun(strings.Join(pieces[i:j], ",")); j-- {
+		}
+		if o := strings.Join(pieces[i:j], ","); o != "" {
+			items = append(items, onlyItem{name: o, whole: isRun(o)})
+		}
+		i = j
+	}
+	return items
 }
