@@ -17,8 +17,8 @@
 #   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
 #   REPO=s3 WAL_MB=1024 TRIALS=3 bench/receive.sh   # walhub into a bucket (below)
 # COMPRESSIONS="zstd none" picks walhub's runs; BASE_REV=<git revision> adds
-# a walhub zstd run built from that revision, interleaved with the others (a
-# before/after comparison in one run).
+# a walhub run built from that revision, interleaved with the others (a
+# before/after comparison in one run), with BASE_COMPRESSION (zstd unless set).
 #
 # PIN=1 models the receiver on another machine than PostgreSQL: the primary
 # (postmaster, its processes and every walsender it starts) is pinned to CPU
@@ -43,6 +43,7 @@ TRIALS=${TRIALS:-3}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 COMPRESSIONS=${COMPRESSIONS:-zstd none}
 BASE_REV=${BASE_REV:-}
+BASE_COMPRESSION=${BASE_COMPRESSION:-zstd}
 PIN=${PIN:-}
 REPO=${REPO:-local}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -108,6 +109,13 @@ echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $las
 # cpu_secs PID: the CPU time (user + system) the process has used, in seconds.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
+# settle_rm PATH...: removes what a run stored, and waits until the file
+# system has finished with it (freeing ~1 GB of blocks, with the discards of
+# a file system mounted with "discard"), so that the next run, whichever it
+# is, does not pay for it: without the sync the run after pg_receivewal's
+# removal took twice the CPU per MB of the same binary a run later.
+settle_rm() { rm -rf "$@"; sync; }
+
 # run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds and CPU seconds.
 run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
@@ -119,16 +127,16 @@ run_rw() {
 	t1=$(date +%s.%N)
 	cpu=$(cpu_secs "$rw_pid")
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
-	rm -rf "$work/rw"
+	settle_rm "$work/rw"
 	echo "$(echo "$t1 - $t0" | bc -l) $cpu"
 }
 
 # run_hub VARIANT TRIAL: walhub serve catches up; prints seconds, peak RSS in
-# kB, stored MB and CPU seconds. VARIANT is a compression, or base (zstd,
-# the binary built from BASE_REV).
+# kB, stored MB and CPU seconds. VARIANT is a compression, or base (the
+# binary built from BASE_REV, with BASE_COMPRESSION).
 run_hub() {
 	local comp=$1 repo="$work/repo-$1" bin="$work/walhub" repo_toml stored_dir
-	if [ "$comp" = base ]; then comp=zstd bin="$work/walhub-base"; fi
+	if [ "$comp" = base ]; then comp=$BASE_COMPRESSION bin="$work/walhub-base"; fi
 	rm -rf "$repo"
 	# With REPO=s3, $repo is the working area (receiver.json) and the
 	# segments go to the bucket's prefix recv-VARIANT.
@@ -156,7 +164,7 @@ TOML
 	cpu=$(cpu_secs "$hub_pid")
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
 	stored_mb=$(du -sm "$stored_dir" | cut -f1)
-	rm -rf "$repo" "$work/s3/bench/recv-$1"
+	settle_rm "$repo" "$work/s3/bench/recv-$1"
 	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu"
 }
 
@@ -167,15 +175,26 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+ (PIN: Postgre
 if [ "$REPO" = s3 ]; then
 	echo "walhub's repository: a bucket on versitygw (loopback, same disk${PIN:+, on CPU 1}); pg_receivewal: local disk"
 fi
+# Each trial runs every receiver once, in an order rotated by one each trial:
+# the run after another pays for some of what that one left (its removed
+# files, the page cache it filled), and no receiver should always be the one
+# that follows pg_receivewal. With as many trials as receivers, each takes
+# each place once.
+read -r -a order <<<"rw $variants"
 for i in $(seq 1 "$TRIALS"); do
-	read -r t cpu <<<"$(run_rw "$i")"
-	secs[rw]+="$t " cpus[rw]+="$cpu "
-	printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB)\n" "$i" "$t" "$(echo "$cpu * 1000 / $mb" | bc -l)"
-	for comp in $variants; do
-		read -r t hwm stored cpu <<<"$(run_hub "$comp" "$i")"
-		secs[$comp]+="$t " cpus[$comp]+="$cpu "
+	n=${#order[@]}
+	for ((k = 0; k < n; k++)); do
+		s=${order[$(( (k + i - 1) % n ))]}
+		if [ "$s" = rw ]; then
+			read -r t cpu <<<"$(run_rw "$i")"
+			secs[rw]+="$t " cpus[rw]+="$cpu "
+			printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB)\n" "$i" "$t" "$(echo "$cpu * 1000 / $mb" | bc -l)"
+			continue
+		fi
+		read -r t hwm stored cpu <<<"$(run_hub "$s" "$i")"
+		secs[$s]+="$t " cpus[$s]+="$cpu "
 		[ "$hwm" -gt "$peak" ] && peak=$hwm
-		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB)\n" "$i" "$comp" "$t" \
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB)\n" "$i" "$s" "$t" \
 			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)"
 	done
 done
