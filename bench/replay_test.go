@@ -261,6 +261,14 @@ func BenchmarkReplay(b *testing.B) {
 			} else {
 				standby.AppendConf("restore_command = '" + strings.ReplaceAll(r.command, dataDirVar, standby.DataDir) + "'")
 			}
+			// What the copies above wrote is written back before the clock
+			// starts, not during the replay: the floor's pg_wal (hundreds of
+			// MB copied just now) was still being written back while
+			// recovery read it, and cp, which reads an archive written long
+			// before, replayed faster than the floor.
+			if out, err := exec.Command("sync").CombinedOutput(); err != nil {
+				b.Fatalf("sync: %v\n%s", err, out)
+			}
 			if restoreTimes {
 				standby.AppendConf("log_min_messages = debug3")
 			}
