@@ -69,7 +69,9 @@ func newPartialFiles(work *storage.WorkArea, server string) *partialFiles {
 func (p *partialFiles) setReady() { p.readyOnce.Do(func() { close(p.ready) }) }
 
 // openReaders counts the .partial files this process has open for reading,
-// by path (see partialFiles: such a file is never reused).
+// by path (see partialFiles: such a file is never reused). It is the
+// process's, not a receiver's: a reload can replace a server's receiver while
+// a reader still holds a file the old one opened.
 var openReaders = struct {
 	sync.Mutex
 	n map[string]int
