@@ -211,19 +211,24 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	// An item of BENCH_ONLY that is a run's whole name selects that run only,
 	// else every run whose name contains it.
-	items := onlyItems(os.Getenv("BENCH_ONLY"), func(o string) bool {
-		return slices.ContainsFunc(runs, func(r struct{ name, command string }) bool { return r.name == o })
-	})
+	names := make([]string, len(runs))
+	for i, r := range runs {
+		names[i] = r.name
+	}
+	items := onlyItems(os.Getenv("BENCH_ONLY"), func(o string) bool { return slices.Contains(names, o) })
+	picks := func(o onlyItem, name string) bool {
+		return o.name == name || !o.whole && strings.Contains(name, o.name)
+	}
+	// An item that selects no run is a typo: say so before the first round
+	// (the names depend on the settings, known only once the hubs run), not
+	// after rounds that measured something else.
+	for _, o := range items {
+		if !slices.ContainsFunc(names, func(n string) bool { return picks(o, n) }) {
+			b.Fatalf("BENCH_ONLY: %q selects no run; the runs (with these settings) are:\n  %s", o.name, strings.Join(names, "\n  "))
+		}
+	}
 	selected := func(name string) bool {
-		if len(items) == 0 {
-			return true
-		}
-		for _, o := range items {
-			if o.name == name || !o.whole && strings.Contains(name, o.name) {
-				return true
-			}
-		}
-		return false
+		return len(items) == 0 || slices.ContainsFunc(items, func(o onlyItem) bool { return picks(o, name) })
 	}
 	// BENCH_PIN: the hub side on CPU 1, the standby on CPU 0.
 	pinned := os.Getenv("BENCH_PIN") != ""
@@ -383,8 +388,13 @@ func onlyItems(only string, isRun func(string) bool) []onlyItem {
 	var items []onlyItem
 	pieces := strings.Split(only, ",")
 	for i := 0; i < len(pieces); {
-		j := len(pieces)
-		for ; j > i+1 && !isRun(strings.Join(pieces[i:j], ",")); j-- {
+		// The longest whole name starting at piece i, else piece i alone.
+		j := i + 1
+		for k := len(pieces); k > i+1; k-- {
+			if isRun(strings.Join(pieces[i:k], ",")) {
+				j = k
+				break
+			}
 		}
 		if o := strings.Join(pieces[i:j], ","); o != "" {
 			items = append(items, onlyItem{name: o, whole: isRun(o)})
