@@ -181,8 +181,8 @@ fi
 # that follows pg_receivewal. With as many trials as receivers, each takes
 # each place once.
 read -r -a order <<<"rw $variants"
+n=${#order[@]}
 for i in $(seq 1 "$TRIALS"); do
-	n=${#order[@]}
 	for ((k = 0; k < n; k++)); do
 		s=${order[$(( (k + i - 1) % n ))]}
 		if [ "$s" = rw ]; then
