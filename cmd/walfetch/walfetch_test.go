@@ -147,6 +147,8 @@ func (h *testHub) fetches(name string) int {
 func dataDir(t testing.TB, signal string, withControl bool) string {
 	t.Helper()
 	dir := t.TempDir()
+	// Runs before the TempDir's removal (cleanups run last first).
+	t.Cleanup(func() { stopPrefetchers(t, dir) })
 	os.MkdirAll(filepath.Join(dir, "pg_wal"), 0o700)
 	os.MkdirAll(filepath.Join(dir, "global"), 0o700)
 	if withControl {
@@ -160,6 +162,44 @@ func dataDir(t testing.TB, signal string, withControl bool) string {
 		os.WriteFile(filepath.Join(dir, signal), nil, 0o600)
 	}
 	return dir
+}
+
+// stopPrefetchers kills the prefetchers walfetch started in the data
+// directory dir (their working directory) and waits until they are gone: they
+// are detached and outlive the call by their idle time, and one still
+// creating its spool made the removal of a test's directory fail ("directory
+// not empty").
+func stopPrefetchers(t testing.TB, dir string) {
+	t.Helper()
+	for _, pid := range processesIn(dir) {
+		if syscall.Kill(pid, syscall.SIGKILL) != nil {
+			continue
+		}
+		pgtest.WaitFor(t, 10*time.Second, fmt.Sprintf("prefetcher %d to end", pid), func() bool {
+			_, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid)))
+			return err != nil
+		})
+	}
+}
+
+// processesIn lists the processes whose working directory is dir, or was
+// (removed since).
+func processesIn(dir string) []int {
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	procs, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		if cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd")); err == nil && (cwd == dir || cwd == dir+" (deleted)") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // runWalfetch runs walfetch as PostgreSQL would and returns its exit status and stderr.
@@ -396,6 +436,33 @@ func TestStopSignalWhileWaitingForTheSpoolExitsOne(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
 		t.Error("a file was handed over after SIGTERM")
+	}
+}
+
+// TestNoPrefetcherOutlivesItsDataDir: the prefetcher a test's walfetch call
+// starts is gone when the test's data directory is removed. It used to live
+// on for its idle time, detached, and one still creating its spool made the
+// removal fail in a fresh-clone CI run ("unlinkat .../pg_wal: directory not
+// empty", TestPointInTimeRecoveryUsesThePartialOfTheNewestSegmentOnly).
+func TestNoPrefetcherOutlivesItsDataDir(t *testing.T) {
+	h := newTestHub(t, 3)
+	h.add(t, 1, 3)
+	var dir string
+	t.Run("a miss starts a prefetcher", func(t *testing.T) {
+		dir = dataDir(t, "recovery.signal", true)
+		if code, stderr := runWalfetch(t, dir, hubArgs(h, walname.SegmentName(1, 1, testSegSize), "pg_wal/RECOVERYXLOG")...); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		pgtest.WaitFor(t, 20*time.Second, "the prefetcher to start", func() bool { return len(processesIn(dir)) > 0 })
+	})
+	if left := processesIn(dir); len(left) > 0 {
+		t.Errorf("processes still running in %s after its test: %v", dir, left)
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s not removed: %v", dir, err)
 	}
 }
 
