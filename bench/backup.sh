@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: walhub backup against pg_basebackup -Ft -X none, uncompressed and
-# with --compress=client-zstd, on the same pgbench database in the same run.
+# with --compress=client-zstd, and to /dev/null (the protocol's floor: what
+# the server sends, nothing written), on the same pgbench database in the same run.
 #
 #   bash bench/backup.sh              # SCALE=60 (about 900 MB); SCALE=100 for about 1.5 GB
 #   RUNS=3 SCALE=100 bash bench/backup.sh
@@ -179,6 +180,19 @@ seconds() {
 "${ON_CLIENT[@]}" "${AS_PG[@]}" "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$ROOT/warm" -Ft -X none -c fast >/dev/null
 rm -rf "$ROOT/warm"
 
+# floor: pg_basebackup -Ft -X none to stdout into /dev/null: what the server
+# sends and a client reads, with nothing written, compressed or checked. No
+# client of the BASE_BACKUP protocol can finish sooner than that, so
+# client-zstd's time over it is the best ratio any client could reach against
+# client-zstd. Prints "seconds 0 client-cpu server-cpu".
+floor() {
+  local s0; s0=$(server_cpu)
+  local t0; t0=$(now)
+  timed "$ROOT/cpu" "${AS_PG[@]}" sh -c '"$0" "$@" >/dev/null' "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D - -Ft -X none -c fast 2>/dev/null
+  local t; t=$(calc "$(now) - $t0")
+  echo "$t 0 $(cpu_of "$ROOT/cpu") $(calc "$(server_cpu) - $s0")"
+}
+
 pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes client-cpu server-cpu"
   rm -rf "$ROOT/pgbb"
   local s0; s0=$(server_cpu)
@@ -216,6 +230,7 @@ echo "== running $RUNS rounds (each round runs every tool once, in turn; medians
 : >"$ROOT/times"
 for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
+  echo "floor $(floor)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
   # With BASE_REV the two walhub builds swap places every round, so neither
   # always runs right after pg_basebackup.
@@ -226,7 +241,7 @@ for r in $(seq "$RUNS"); do
     echo "walhub $(walhub_run)" >>"$ROOT/times"
     [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
   fi
-  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 4 || echo 3) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
+  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 5 || echo 4) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
 # median_of KEY FIELD: the median of column FIELD over the rows of KEY.
 median_of() {
@@ -235,6 +250,7 @@ median_of() {
 }
 T_PLAIN=$(median_of plain 2); S_PLAIN=$(median_of plain 3)
 T_ZSTD=$(median_of zstd 2); S_ZSTD=$(median_of zstd 3)
+T_FLOOR=$(median_of floor 2)
 T_STREAM=$(median_of walhub 2); T_TOTAL=$(median_of walhub 3); S_WALHUB=$(median_of walhub 4); SIZE=$(median_of walhub 5)
 P_STREAM=$(median_of walhub 6); P_VERIFY=$(median_of walhub 7); P_WAL=$(median_of walhub 8)
 
@@ -247,6 +263,7 @@ echo
 echo "== results (medians of $RUNS rounds): $((SIZE / 1048576)) MB sent by the server, $(nproc) cores, walhub's repository: $([ "$REPO" = s3 ] && echo "S3 bucket" || echo local)${PIN:+, pinned}"
 row "pg_basebackup -Ft -X none" "$T_PLAIN" "$S_PLAIN"
 row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
+printf '%-34s %8.2f s %9.1f MB/s   (nothing written: the protocol floor)\n' "pg_basebackup -Ft -D - >/dev/null" "$T_FLOOR" "$(mbps "$T_FLOOR")"
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
 row "walhub backup (whole: +verify, WAL)" "$T_TOTAL" "$S_WALHUB"
 printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f s, WAL wait %.2f s (verify and WAL wait overlap)\n' \
@@ -260,10 +277,13 @@ cpurow() { # label key client-field server-field
 }
 cpurow "pg_basebackup -Ft -X none" plain 4 5
 cpurow "pg_basebackup --compress=client-zstd" zstd 4 5
+cpurow "pg_basebackup to /dev/null" floor 4 5
 cpurow "walhub backup (whole command)" walhub 9 10
 echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.8x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
+printf '  (the floor vs client-zstd: %.2fx, the most any client could reach; walhub durable is %.2fx the floor'"'"'s time)\n' \
+  "$(calc "$T_ZSTD / $T_FLOOR")" "$(calc "$T_STREAM / $T_FLOOR")"
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
 if [ -n "$BASE_REV" ]; then
