@@ -27,7 +27,9 @@ import (
 // through sh as PostgreSQL runs them, interleaved so that a busy machine
 // slows both alike. A third command, an empty Go program (built here, static
 // like walfetch), is the floor of any Go restore_command: what the Go runtime
-// costs to start and exit. Each is reported by its median elapsed time and
+// costs to start and exit. A fourth, `mv` of a file from a directory beside
+// pg_wal, is the floor of any restore_command that runs a program for a
+// segment it has at hand: a rename in the shell, no Go at all. Each is reported by its median elapsed time and
 // its median CPU time (user + system of sh and the command: on a loaded
 // machine the elapsed time is mostly waiting for a core, and grows with the
 // CPU time asked for). Run it with
@@ -151,12 +153,24 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		}
 		return d
 	}
-	var cpCosts, hitCosts, floorCosts, baseCosts []cost
+	// mv's own spool: a directory beside pg_wal's, on the same file system.
+	mvDir := filepath.Join(data, "pg_wal", "mv-spool")
+	if err := os.Mkdir(mvDir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	mv := func() cost {
+		if err := os.Link(source, filepath.Join(mvDir, "segment")); err != nil {
+			b.Fatal(err)
+		}
+		return run("mv -f pg_wal/mv-spool/segment pg_wal/RECOVERYXLOG")
+	}
+	var cpCosts, hitCosts, floorCosts, mvCosts, baseCosts []cost
 	b.ResetTimer()
 	for i := 0; i < calls; i++ {
 		cpCosts = append(cpCosts, run("cp archive/segment pg_wal/RECOVERYXLOG"))
 		hitCosts = append(hitCosts, hit(walfetch, spool, walname.SegNo(2*i+2)))
 		floorCosts = append(floorCosts, run(goFloor+" %f %p"))
+		mvCosts = append(mvCosts, mv())
 		if baseline != "" {
 			baseCosts = append(baseCosts, hit(baseline, baselineSpool, walname.SegNo(2*i+3)))
 		}
@@ -180,6 +194,7 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	line("cp from a local directory", mc)
 	line("walfetch, spool hit", median(hitCosts))
 	line("empty Go program (floor)", median(floorCosts))
+	line("mv from a spool (shell)", median(mvCosts))
 	if baseline != "" {
 		line("baseline walfetch, hit", median(baseCosts))
 	}
