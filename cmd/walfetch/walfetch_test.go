@@ -188,18 +188,10 @@ func processesIn(dir string) []int {
 	if real, err := filepath.EvalSymlinks(dir); err == nil {
 		dir = real
 	}
-	procs, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		if cwd, err := os.Readlink(filepath.Join("/proc", p.Name(), "cwd")); err == nil && (cwd == dir || cwd == dir+" (deleted)") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return pgtest.Processes(func(proc string) bool {
+		cwd, err := os.Readlink(filepath.Join(proc, "cwd"))
+		return err == nil && (cwd == dir || cwd == dir+" (deleted)")
+	})
 }
 
 // runWalfetch runs walfetch as PostgreSQL would and returns its exit status and stderr.

@@ -372,24 +372,28 @@ func Pin(t testing.TB, cpus string) {
 	}
 }
 
-// childrenOf lists the processes whose parent is pid, from /proc.
+// childrenOf lists the processes whose parent is pid.
 func childrenOf(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		child, err := strconv.Atoi(e.Name())
+	return Processes(func(proc string) bool {
+		stat, err := os.ReadFile(filepath.Join(proc, "stat"))
 		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
+			return false
 		}
 		// The fields after the command (in parentheses) start with state, then ppid.
 		i := strings.LastIndexByte(string(stat), ')')
 		fields := strings.Fields(string(stat[i+1:]))
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			out = append(out, child)
+		return len(fields) > 1 && fields[1] == strconv.Itoa(pid)
+	})
+}
+
+// Processes lists the running processes for which match, given the
+// process's directory in /proc ("/proc/1234"), reports true.
+func Processes(match func(proc string) bool) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && match(filepath.Join("/proc", e.Name())) {
+			out = append(out, pid)
 		}
 	}
 	return out
