@@ -192,7 +192,9 @@ type inflater struct {
 var errInflateAborted = errors.New("archive aborted")
 
 func newInflater(out func([]byte) error) (*inflater, error) {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	// The window bounds the decoder's memory: 128 MiB is the most any zstd
+	// level uses without long-distance matching, which PostgreSQL 15 lacks.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
 	if err != nil {
 		return nil, err
 	}
