@@ -29,8 +29,38 @@ type Compression struct {
 	Method string
 	// Level is 1 (fastest) to 4 (best), as in the configuration.
 	Level int
-	// Workers is how many cores compress; 0 means all.
+	// Workers is how many cores compress; 0 means all. With OnServer, how
+	// many threads PostgreSQL compresses with besides the walsender; 0 means none.
 	Workers int
+	// OnServer has PostgreSQL compress (zstd only): the server sends each
+	// archive compressed, and it is stored as it comes.
+	OnServer bool
+}
+
+// on says where the archives are compressed: "server", "hub", or "" (not at all).
+func (c Compression) on() string {
+	switch {
+	case c.Method != "zstd":
+		return ""
+	case c.OnServer:
+		return "server"
+	}
+	return "hub"
+}
+
+// serverOptions are BASE_BACKUP's COMPRESSION and COMPRESSION_DETAIL for c,
+// empty when the server is not to compress. The levels 1..4 are zstd's
+// levels 1, 3, 7 and 11, which klauspost/compress's four levels stand for.
+func (c Compression) serverOptions() (method, detail string) {
+	if c.on() != "server" {
+		return "", ""
+	}
+	levels := [...]int{1, 1, 3, 7, 11}
+	detail = fmt.Sprintf("level=%d", levels[min(max(c.Level, 1), 4)])
+	if c.Workers > 0 {
+		detail += fmt.Sprintf(",workers=%d", c.Workers)
+	}
+	return "zstd", detail
 }
 
 // archiveWriter streams one archive into the repository: the bytes given to
@@ -43,7 +73,8 @@ type archiveWriter struct {
 	obj      storage.ObjectWriter
 	w        io.Writer // the compressor or buffer in front of obj
 	close    func() error
-	frames   *frameWriter // nil without compression
+	frames   *frameWriter // nil without compression, or with the server's
+	inflate  *inflater    // decodes the server's compressed stream, if it is
 	sha      hash.Hash
 	stored   int64
 	original int64
@@ -74,9 +105,43 @@ func newArchiveWriter(ctx context.Context, repo *repository.Repository, b catalo
 	return a, nil
 }
 
+// newServerArchiveWriter starts writing the file name of backup b from the
+// server's zstd stream: the bytes given to Write are stored as they come,
+// and decoded on a goroutine of its own (every frame's checksum checked)
+// into plain, which gets the archive's tar stream, in order, in pieces it
+// must not keep. Close commits the archive only if the whole stream decoded.
+func newServerArchiveWriter(ctx context.Context, repo *repository.Repository, b catalog.Backup, name string,
+	plain func([]byte) error) (*archiveWriter, error) {
+	obj, err := repo.CreateBackupFile(ctx, b, name)
+	if err != nil {
+		return nil, err
+	}
+	a := &archiveWriter{obj: obj, sha: sha256.New()}
+	buf := bufio.NewWriterSize(io.MultiWriter(obj, a.sha), 1<<20)
+	if a.inflate, err = newInflater(plain); err != nil {
+		obj.Abort()
+		return nil, err
+	}
+	a.w = buf
+	a.close = func() error {
+		if err := a.inflate.Close(); err != nil {
+			return fmt.Errorf("the server's compressed archive does not decode: %w", err)
+		}
+		a.original = a.inflate.n
+		return buf.Flush()
+	}
+	return a, nil
+}
+
 // Write passes p on; p may be reused once Write returns.
 func (a *archiveWriter) Write(p []byte) (int, error) {
 	n, err := a.w.Write(p)
+	if a.inflate != nil {
+		if err == nil {
+			err = a.inflate.Write(p)
+		}
+		return n, err
+	}
 	a.original += int64(n)
 	return n, err
 }
@@ -104,11 +169,86 @@ func (a *archiveWriter) Abort() {
 	if a.frames != nil {
 		a.frames.Abort()
 	}
+	if a.inflate != nil {
+		a.inflate.Abort()
+	}
 	a.obj.Abort()
 }
 
 // SHA256 is the hex SHA-256 of the stored bytes, once closed.
 func (a *archiveWriter) SHA256() string { return hex.EncodeToString(a.sha.Sum(nil)) }
+
+// inflater decodes a zstd stream given to it in pieces, on a goroutine of
+// its own, into out.
+type inflater struct {
+	pw   *io.PipeWriter
+	done chan error
+	n    int64 // decoded bytes, once done
+	err  error // once done
+	over bool
+}
+
+// errInflateAborted ends an inflater's decoding when its archive is aborted.
+var errInflateAborted = errors.New("archive aborted")
+
+func newInflater(out func([]byte) error) (*inflater, error) {
+	// The window bounds the decoder's memory: 128 MiB is the most any zstd
+	// level uses without long-distance matching, which PostgreSQL 15 lacks.
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	f := &inflater{pw: pw, done: make(chan error, 1)}
+	go func() {
+		defer dec.Close()
+		// The decoder reads each block's header and then its body: through
+		// a buffer, not one small read of the pipe each.
+		err := dec.Reset(bufio.NewReaderSize(pr, 256<<10))
+		if err == nil {
+			f.n, err = dec.WriteTo(plainWriter(out))
+		}
+		// A Write still waiting on the pipe, or any later, gets err.
+		pr.CloseWithError(err)
+		f.done <- err
+	}()
+	return f, nil
+}
+
+// Write gives the decoder p; it returns once the decoder has read all of p,
+// so p may be reused then. An error is the decoder's (or out's).
+func (f *inflater) Write(p []byte) error {
+	_, err := f.pw.Write(p)
+	return err
+}
+
+// Close ends the stream and waits for the decoder: nil when it decoded
+// whole (every frame complete and its checksum right) and out took it all.
+func (f *inflater) Close() error {
+	if !f.over {
+		f.pw.Close()
+		f.err, f.over = <-f.done, true
+	}
+	return f.err
+}
+
+// Abort stops the decoder and waits for it.
+func (f *inflater) Abort() {
+	if !f.over {
+		f.pw.CloseWithError(errInflateAborted)
+		f.err, f.over = <-f.done, true
+	}
+}
+
+// plainWriter is an io.Writer that hands each piece to a function.
+type plainWriter func([]byte) error
+
+func (w plainWriter) Write(p []byte) (int, error) {
+	if err := w(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
 
 // storedName is the file name under which an archive the server called name
 // is stored ("base.tar" → "base.tar.zst").

@@ -31,6 +31,7 @@ import (
 	"github.com/walhub/walhub/lock"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/repository"
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -157,7 +158,8 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		return catalog.Backup{}, err
 	}
 	log = log.With("backup", id)
-	log.Info("backup started", "checkpoint", checkpointName(opts.FastCheckpoint), "compression", opts.Compression.Method)
+	log.Info("backup started", "checkpoint", checkpointName(opts.FastCheckpoint), "compression", opts.Compression.Method,
+		"compressed_on", opts.Compression.on())
 
 	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv}
 	err = r.take(ctx)
@@ -254,10 +256,12 @@ func (r *run) take(ctx context.Context) error {
 	}
 	started := time.Now()
 	sink := &sink{ctx: ctx, run: r, check: check, lastReport: time.Now()}
-	err = streamBackup(ctx, conn, command{
+	cmd := command{
 		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
 		ManifestChecksums: r.opts.ManifestChecksums,
-	}, sink)
+	}
+	cmd.Compression, cmd.CompressionDetail = r.opts.Compression.serverOptions()
+	err = streamBackup(ctx, conn, cmd, sink)
 	if err != nil {
 		sink.abort(err)
 		if errors.Is(err, ErrChecksumFailure) {
@@ -383,6 +387,15 @@ func (s *sink) NewArchive(name, location string) error {
 	if err := s.closeArchive(); err != nil {
 		return err
 	}
+	c := s.run.opts.Compression
+	if c.OnServer {
+		// The server names the archives it compressed "base.tar.zst".
+		plain, ok := strings.CutSuffix(name, storage.Extension(c.Method))
+		if !ok {
+			return fmt.Errorf("archive %s: asked for archives compressed by the server with %s, got another name", name, c.Method)
+		}
+		name = plain
+	}
 	oid, err := tablespaceOfArchive(name)
 	if err != nil {
 		return err
@@ -390,10 +403,14 @@ func (s *sink) NewArchive(name, location string) error {
 	if (oid == 0) != (location == "") {
 		return fmt.Errorf("archive %s comes with tablespace location %q", name, location)
 	}
-	c := s.run.opts.Compression
 	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method,
 		KeyID: s.run.opts.Repo.KeyID()}
-	if s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c); err != nil {
+	if c.OnServer {
+		s.cur, err = newServerArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, s.plain)
+	} else {
+		s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c)
+	}
+	if err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
 	}
 	if err := s.check.startArchive(name, oid); err != nil {
@@ -408,11 +425,19 @@ func (s *sink) Data(p []byte) error {
 	if s.cur == nil {
 		return errors.New("BASE_BACKUP sent data before any archive")
 	}
-	if s.inBase && s.head.Len() < headLimit {
-		s.head.Write(p[:min(len(p), headLimit-s.head.Len())])
-	}
 	if _, err := s.cur.Write(p); err != nil {
 		return fmt.Errorf("store %s: %w", s.curFile.Name, err)
+	}
+	if s.cur.inflate != nil {
+		return nil // its decoder hands the tar stream to plain
+	}
+	return s.plain(p)
+}
+
+// plain takes the current archive's tar stream, in order.
+func (s *sink) plain(p []byte) error {
+	if s.inBase && s.head.Len() < headLimit {
+		s.head.Write(p[:min(len(p), headLimit-s.head.Len())])
 	}
 	return s.check.write(p)
 }

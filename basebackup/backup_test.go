@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
@@ -94,6 +96,18 @@ func (e *env) runBackup(opts Options) catalog.Backup {
 
 func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	t.Parallel()
+	for _, on := range []string{"hub", "server"} {
+		t.Run("compressed on the "+on, func(t *testing.T) {
+			t.Parallel()
+			testBackupVerifiesUnpacksAndRecovers(t, on == "server")
+		})
+	}
+}
+
+// testBackupVerifiesUnpacksAndRecovers backs up a primary with a
+// tablespace, compressed by the hub or by the server, checks the copy,
+// unpacks it with the tablespace moved, and recovers it.
+func testBackupVerifiesUnpacksAndRecovers(t *testing.T, onServer bool) {
 	e := newEnv(t, pgtest.Options{})
 	e.startReceiver()
 	tsDir := pgtest.TempDir(t, "ts")
@@ -104,9 +118,24 @@ func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	wantAccounts := e.primary.Query("SELECT sum(abalance) FROM pgbench_accounts")
 	wantTS := e.primary.Query("SELECT count(*), sum(g) FROM in_ts")
 
-	b := e.runBackup(e.options())
+	opts := e.options()
+	opts.Compression.OnServer = onServer
+	b := e.runBackup(opts)
 	if b.State != catalog.StateDone {
 		t.Fatalf("backup state %s (%s), want done", b.State, b.Reason)
+	}
+	// Who compressed shows in the stored archive: the hub writes frames
+	// that give their size (decoded in parallel on restore), PostgreSQL
+	// streams frames that do not.
+	head := make([]byte, zstd.HeaderMaxSize)
+	if f, err := os.Open(filepath.Join(e.root, filepath.FromSlash(b.StoredPath), "base.tar.zst")); err != nil {
+		t.Fatal(err)
+	} else {
+		io.ReadFull(f, head)
+		f.Close()
+	}
+	if byHub := parallelFrames(head); byHub == onServer {
+		t.Errorf("base.tar.zst starts with a frame of the hub's: %v; compressed on the server: %v", byHub, onServer)
 	}
 	if b.StartLSN == 0 || b.StopLSN <= b.StartLSN || b.StartTLI != 1 || b.StopTLI != 1 {
 		t.Errorf("positions: start %s/%d stop %s/%d", b.StartLSN, b.StartTLI, b.StopLSN, b.StopTLI)

@@ -43,6 +43,9 @@ type command struct {
 	FastCheckpoint    bool
 	MaxRate           int // kB/s, 0 = unlimited
 	ManifestChecksums string
+	// Compression and CompressionDetail ask the server to compress
+	// ("zstd", "level=1,workers=2"); empty: it sends the archives plain.
+	Compression, CompressionDetail string
 }
 
 // quote makes a single-quoted SQL string literal.
@@ -68,6 +71,12 @@ func (c command) String() string {
 	}
 	if c.MaxRate > 0 {
 		opts = append(opts, fmt.Sprintf("MAX_RATE %d", c.MaxRate))
+	}
+	if c.Compression != "" {
+		opts = append(opts, "COMPRESSION "+quote(c.Compression))
+		if c.CompressionDetail != "" {
+			opts = append(opts, "COMPRESSION_DETAIL "+quote(c.CompressionDetail))
+		}
 	}
 	return "BASE_BACKUP (" + strings.Join(opts, ", ") + ")"
 }

@@ -12,6 +12,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/repository"
@@ -242,5 +245,135 @@ func TestVerifyFindsDamageInAStoredArchive(t *testing.T) {
 	_, err = Verify(context.Background(), RepoOpener(repo, b), b)
 	if err == nil || !strings.Contains(err.Error(), "base/1/1259 is in the manifest but not in the backup") {
 		t.Fatalf("missing file: err = %v", err)
+	}
+}
+
+func TestCommandAsksTheServerToCompress(t *testing.T) {
+	for _, tc := range []struct {
+		c    Compression
+		want string // the options after MANIFEST_CHECKSUMS
+	}{
+		{Compression{Method: "zstd", Level: 1}, ")"},
+		{Compression{Method: "none", OnServer: true}, ")"},
+		{Compression{Method: "zstd", Level: 1, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=1')"},
+		{Compression{Method: "zstd", Level: 2, Workers: 3, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=3,workers=3')"},
+		{Compression{Method: "zstd", Level: 4, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=11')"},
+	} {
+		cmd := command{Label: "l", ManifestChecksums: "CRC32C"}
+		cmd.Compression, cmd.CompressionDetail = tc.c.serverOptions()
+		if got := cmd.String(); !strings.HasSuffix(got, "MANIFEST_CHECKSUMS 'CRC32C'"+tc.want) {
+			t.Errorf("%+v: %s, want it to end in %q", tc.c, got, tc.want)
+		}
+	}
+}
+
+// TestServerCompressedArchiveIsStoredAsSentAndCheckedWhole: an archive the
+// server compressed is stored byte for byte as it came, its tar stream goes
+// to the check in order whatever the pieces, and a stream that does not
+// decode whole (a flipped byte, cut short, a stray byte after it) is never
+// committed: nothing of it is left.
+func TestServerCompressedArchiveIsStoredAsSentAndCheckedWhole(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	repo, err := repository.OpenLocal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	plain := bytes.Repeat([]byte("a tar stream, more or less; "), 200000)
+	for i := range plain {
+		if i%97 == 0 {
+			plain[i] = byte(i >> 8) // not all one pattern
+		}
+	}
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	// Two frames, as a server may send (the decoder must take them all).
+	sent := enc.EncodeAll(plain[len(plain)/2:], enc.EncodeAll(plain[:len(plain)/2], nil))
+	flipped := bytes.Clone(sent)
+	flipped[len(flipped)/3] ^= 0x40
+	for _, tc := range []struct {
+		name string
+		sent []byte
+		ok   bool
+	}{
+		{"whole", sent, true},
+		{"a flipped byte", flipped, false},
+		{"cut short", sent[:len(sent)-10], false},
+		{"a stray byte after", append(bytes.Clone(sent), 0), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := catalog.Backup{ID: strings.ReplaceAll(tc.name, " ", "-"), StoredPath: storage.BackupDir("main", strings.ReplaceAll(tc.name, " ", "-"))}
+			var got bytes.Buffer
+			w, err := newServerArchiveWriter(ctx, repo, b, "base.tar.zst", func(p []byte) error {
+				got.Write(p)
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// In pieces of odd sizes, as CopyData messages come.
+			for rest, n := tc.sent, 1; len(rest) > 0; n = n*3 + 1 {
+				piece := rest[:min(n, len(rest))]
+				rest = rest[len(piece):]
+				if _, err := w.Write(piece); err != nil {
+					break // the decoder stopped: Close says why
+				}
+			}
+			err = w.Close(ctx)
+			stored, readErr := os.ReadFile(filepath.Join(root, filepath.FromSlash(b.StoredPath), "base.tar.zst"))
+			if !tc.ok {
+				if err == nil || !strings.Contains(err.Error(), "does not decode") {
+					t.Fatalf("Close = %v, want the stream refused", err)
+				}
+				if readErr == nil {
+					t.Fatalf("a stream that does not decode was committed (%d bytes)", len(stored))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if !bytes.Equal(stored, tc.sent) {
+				t.Errorf("stored %d bytes, not the %d sent as they were", len(stored), len(tc.sent))
+			}
+			if !bytes.Equal(got.Bytes(), plain) || w.original != int64(len(plain)) {
+				t.Errorf("the check got %d bytes (original %d), want the %d of the tar stream in order", got.Len(), w.original, len(plain))
+			}
+		})
+	}
+}
+
+// TestAbortedServerArchiveStopsItsDecoder: an archive aborted mid-stream
+// (the connection lost) leaves nothing, and its decoder goroutine ends.
+func TestAbortedServerArchiveStopsItsDecoder(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	repo, err := repository.OpenLocal(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	enc, _ := zstd.NewWriter(nil)
+	sent := enc.EncodeAll(bytes.Repeat([]byte("x"), 1<<20), nil)
+	b := catalog.Backup{ID: "aborted", StoredPath: storage.BackupDir("main", "aborted")}
+	w, err := newServerArchiveWriter(ctx, repo, b, "base.tar.zst", func([]byte) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(sent[:len(sent)/2]); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { w.Abort(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Abort did not return: the decoder goroutine is stuck")
+	}
+	if !w.inflate.over || !errors.Is(w.inflate.err, errInflateAborted) {
+		t.Errorf("decoder ended with %v, want it aborted", w.inflate.err)
+	}
+	if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(b.StoredPath), "base.tar.zst")); err == nil {
+		t.Error("an aborted archive was committed")
 	}
 }

@@ -44,6 +44,20 @@
 # not versitygw.
 #
 #   REPO=s3 SCALE=60 RUNS=3 bash bench/backup.sh
+#
+# Every round also runs both tools with compression on the database server:
+# pg_basebackup --compress=server-zstd (into a directory: it cannot add the
+# manifest to a compressed stream on stdout) and walhub backup with
+# server.backup.compress_on = "server", both at zstd level 1, the walsender
+# compressing alone.
+#
+# RATE=1gbit models a hub across a network link of that rate: during the
+# rounds, what PostgreSQL sends from its port on loopback (the backups, and
+# walhub serve's WAL) is shaped to RATE with tc (an htb class and a u32
+# filter on the source port; needs root and tc, and leaves loopback as it
+# found it). Everything else on loopback is not shaped.
+#
+#   RATE=1gbit SCALE=60 RUNS=3 bash bench/backup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -52,6 +66,7 @@ SCALE=${SCALE:-60}
 RUNS=${RUNS:-3}
 BASE_REV=${BASE_REV:-}
 PIN=${PIN:-}
+RATE=${RATE:-}
 REPO=${REPO:-local}
 case $REPO in
 local) ;;
@@ -70,7 +85,9 @@ AS_PG=()
 [ "$(id -u)" = 0 ] && chown postgres "$ROOT"
 PORT=$(( 20000 + RANDOM % 20000 ))
 SERVE_PID=
+SHAPED=
 cleanup() {
+  [ -n "$SHAPED" ] && tc qdisc del dev lo root 2>/dev/null
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
   [ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null
   as_pg "$BIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
@@ -78,6 +95,18 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }
+if [ -n "$RATE" ]; then
+  command -v tc >/dev/null || { echo "RATE needs tc: apt-get install -y iproute2"; exit 1; }
+  tc qdisc show dev lo | grep -q '^qdisc noqueue' || { echo "RATE: loopback is already shaped: $(tc qdisc show dev lo | head -1)"; exit 1; }
+fi
+# shape_link shapes what PostgreSQL sends from its port on loopback to RATE.
+shape_link() {
+  SHAPED=1
+  tc qdisc add dev lo root handle 1: htb default 1 r2q 100000
+  tc class add dev lo parent 1: classid 1:1 htb rate 100gbit
+  tc class add dev lo parent 1: classid 1:2 htb rate "$RATE" ceil "$RATE"
+  tc filter add dev lo parent 1: protocol ip prio 1 u32 match ip sport "$PORT" 0xffff flowid 1:2
+}
 # ON_SERVER and ON_CLIENT prefix a command to run it where PIN puts the server
 # and the client (arrays, so that a command started in the background with
 # them is that command's own process).
@@ -141,6 +170,7 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 checkpoint = "fast"
 wal_timeout = "2m"
 EOF
+sed 's/^\[server.backup\]$/&\ncompress_on = "server"/' "$ROOT/walhub.toml" >"$ROOT/walhub-server.toml"
 "${ON_CLIENT[@]}" "$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
@@ -182,9 +212,10 @@ rm -rf "$ROOT/warm"
 
 # floor: pg_basebackup -Ft -X none to stdout into /dev/null: what the server
 # sends and a client reads, with nothing written, compressed or checked. No
-# client of the BASE_BACKUP protocol can finish sooner than that, so
-# client-zstd's time over it is the best ratio any client could reach against
-# client-zstd. Prints "seconds 0 client-cpu server-cpu".
+# client that receives the archives uncompressed can finish sooner than that,
+# so client-zstd's time over it is the best ratio such a client could reach
+# against client-zstd (compression on the server sends fewer bytes: the rows
+# below). Prints "seconds 0 client-cpu server-cpu".
 floor() {
   local s0; s0=$(server_cpu)
   local t0; t0=$(now)
@@ -203,11 +234,11 @@ pgbb() { # extra pg_basebackup options; prints "seconds stored-bytes client-cpu 
   rm -rf "$ROOT/pgbb"
 }
 
-walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait client-cpu server-cpu"
-  local bin=${1:-$ROOT/walhub}
+walhub_run() { # [binary [config]]; prints "durable-seconds total-seconds stored-bytes sent-bytes stream verify walwait client-cpu server-cpu"
+  local bin=${1:-$ROOT/walhub} conf=${2:-$ROOT/walhub.toml}
   local s0; s0=$(server_cpu)
   local t0; t0=$(now)
-  timed "$ROOT/cpu" "$bin" --config "$ROOT/walhub.toml" backup --server bench --output=json \
+  timed "$ROOT/cpu" "$bin" --config "$conf" backup --server bench --output=json \
     >"$ROOT/walhub.json" 2>"$ROOT/walhub.log" || { cat "$ROOT/walhub.log" >&2; exit 1; }
   local total; total=$(calc "$(now) - $t0")
   local scpu; scpu=$(calc "$(server_cpu) - $s0")
@@ -226,12 +257,15 @@ walhub_run() { # [binary]; prints "durable-seconds total-seconds stored-bytes se
   echo "$durable $total $(sed -E 's/.* stored=([0-9]+).*/\1/' <<<"$streamed") $(sed -E 's/.* size=([0-9]+).*/\1/' <<<"$streamed")$out $(cpu_of "$ROOT/cpu") $scpu"
 }
 
+[ -n "$RATE" ] && shape_link && echo "== RATE=$RATE: what PostgreSQL sends from port $PORT is shaped to $RATE"
 echo "== running $RUNS rounds (each round runs every tool once, in turn; medians count)"
 : >"$ROOT/times"
 for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
   echo "floor $(floor)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
+  echo "szstd $(pgbb --compress=server-zstd:level=1)" >>"$ROOT/times"
+  echo "wserver $(walhub_run "$ROOT/walhub" "$ROOT/walhub-server.toml")" >>"$ROOT/times"
   # With BASE_REV the two walhub builds swap places every round, so neither
   # always runs right after pg_basebackup.
   if [ -n "$BASE_REV" ] && [ $((r % 2)) = 0 ]; then
@@ -241,8 +275,9 @@ for r in $(seq "$RUNS"); do
     echo "walhub $(walhub_run)" >>"$ROOT/times"
     [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
   fi
-  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 5 || echo 4) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
+  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 7 || echo 6) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base|wserver/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
+if [ -n "$SHAPED" ]; then tc qdisc del dev lo root; SHAPED=; fi
 # median_of KEY FIELD: the median of column FIELD over the rows of KEY.
 median_of() {
   awk -v k="$1" -v f="$2" '$1 == k {print $f}' "$ROOT/times" | sort -g |
@@ -250,6 +285,8 @@ median_of() {
 }
 T_PLAIN=$(median_of plain 2); S_PLAIN=$(median_of plain 3)
 T_ZSTD=$(median_of zstd 2); S_ZSTD=$(median_of zstd 3)
+T_SZSTD=$(median_of szstd 2); S_SZSTD=$(median_of szstd 3)
+T_WSERVER=$(median_of wserver 2); T_WSERVER_TOTAL=$(median_of wserver 3); S_WSERVER=$(median_of wserver 4)
 T_FLOOR=$(median_of floor 2)
 T_STREAM=$(median_of walhub 2); T_TOTAL=$(median_of walhub 3); S_WALHUB=$(median_of walhub 4); SIZE=$(median_of walhub 5)
 P_STREAM=$(median_of walhub 6); P_VERIFY=$(median_of walhub 7); P_WAL=$(median_of walhub 8)
@@ -266,6 +303,9 @@ row "pg_basebackup --compress=client-zstd" "$T_ZSTD" "$S_ZSTD"
 printf '%-34s %8.2f s %9.1f MB/s   (nothing written: the protocol floor)\n' "pg_basebackup -Ft -D - >/dev/null" "$T_FLOOR" "$(mbps "$T_FLOOR")"
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
 row "walhub backup (whole: +verify, WAL)" "$T_TOTAL" "$S_WALHUB"
+row "pg_basebackup --compress=server-zstd" "$T_SZSTD" "$S_SZSTD"
+row "walhub, compress_on=server (durable)" "$T_WSERVER" "$S_WSERVER"
+row "walhub, compress_on=server (whole)" "$T_WSERVER_TOTAL" "$S_WSERVER"
 printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f s, WAL wait %.2f s (verify and WAL wait overlap)\n' \
   "$P_STREAM" "$P_VERIFY" "$P_WAL"
 echo
@@ -279,13 +319,19 @@ cpurow "pg_basebackup -Ft -X none" plain 4 5
 cpurow "pg_basebackup --compress=client-zstd" zstd 4 5
 cpurow "pg_basebackup to /dev/null" floor 4 5
 cpurow "walhub backup (whole command)" walhub 9 10
+cpurow "pg_basebackup server-zstd" szstd 4 5
+cpurow "walhub compress_on=server (whole)" wserver 9 10
 echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.8x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
-printf '  (the floor vs client-zstd: %.2fx, the most any client could reach; walhub durable is %.2fx the floor'"'"'s time)\n' \
+printf '  (the floor vs client-zstd: %.2fx, the most a client that receives the archives uncompressed could reach; walhub durable is %.2fx the floor'"'"'s time)\n' \
   "$(calc "$T_ZSTD / $T_FLOOR")" "$(calc "$T_STREAM / $T_FLOOR")"
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
+printf 'walhub compress_on=server (durable) vs pg_basebackup client-zstd: %.2fx  (target >= 1.8x), vs server-zstd: %.2fx\n' \
+  "$(calc "$T_ZSTD / $T_WSERVER")" "$(calc "$T_SZSTD / $T_WSERVER")"
+printf 'walhub compress_on=server (whole)   vs pg_basebackup -Ft: %.2fx, vs client-zstd: %.2fx\n' \
+  "$(calc "$T_PLAIN / $T_WSERVER_TOTAL")" "$(calc "$T_ZSTD / $T_WSERVER_TOTAL")"
 if [ -n "$BASE_REV" ]; then
   B_STREAM=$(median_of base 2); B_TOTAL=$(median_of base 3)
   echo

@@ -14,7 +14,9 @@
 # A second row restores the same database from a backup stored without
 # compression (a second [[server]] with compression = "none" on the same
 # PostgreSQL): like for like with tar, which reads an uncompressed archive too,
-# it tells how much of the gap to tar is zstd decoding.
+# it tells how much of the gap to tar is zstd decoding. A third restores a
+# backup PostgreSQL compressed (compress_on = "server"): its archive is not
+# in frames of known size, so it goes through one decoder, not several.
 #
 # Usage: SCALE=30 ROUNDS=5 bash bench/restore.sh
 # KEEP=1 keeps the working directory (repository, configuration, tar) for
@@ -61,16 +63,22 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 name = "n"
 conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 compression = "none"
+[[server]]
+name = "s"
+conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
+[server.backup]
+compress_on = "server"
 TOML
 "$W/bin/walhub" serve --init --config "$W/walhub.toml" > "$W/serve.log" 2>&1 & SERVE=$!
 sleep 2
 "$W/bin/walhub" backup --server b --config "$W/walhub.toml" >/dev/null 2>&1
 "$W/bin/walhub" backup --server n --config "$W/walhub.toml" >/dev/null 2>&1
+"$W/bin/walhub" backup --server s --config "$W/walhub.toml" >/dev/null 2>&1
 "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PORT" -U postgres -D "$W/tar" -Ft -X none -c fast 2>/dev/null
 SIZE=$(du -sb "$W/primary/base" | cut -f1)
 echo "database: pgbench scale $SCALE, base/ is $((SIZE / 1048576)) MiB; backup $(ls -la "$W"/repo/b/backups/*/base.tar* | awk '{print $5}') bytes stored"
 
-all_w=; all_t=; all_ts=; all_b=; all_n=; cpu_w=; cpu_t=; cpu_b=; cpu_n=
+all_w=; all_t=; all_ts=; all_b=; all_n=; all_s=; cpu_w=; cpu_t=; cpu_b=; cpu_n=; cpu_s=
 # As root, restore refuses files PostgreSQL would not own: give them to
 # postgres, as tar -x run by root gives them the owner recorded in the archive.
 OWNER=; [ "$(id -u)" = 0 ] && OWNER="--owner postgres"
@@ -89,12 +97,16 @@ for r in $(seq 1 "$ROUNDS"); do
   read -r n u s < <(timed "$W/bin/walhub" restore --server n --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER)
   [ -f "$W/r1/global/pg_control" ] || { echo "walhub restore of the uncompressed backup failed" >&2; exit 1; }
   all_n="$all_n $n"; cpu_n="$cpu_n $(echo "$u + $s" | bc)"
+  rm -rf "$W/r1"; sync
+  read -r sv u s < <(timed "$W/bin/walhub" restore --server s --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER)
+  [ -f "$W/r1/global/pg_control" ] || { echo "walhub restore of the backup the server compressed failed" >&2; exit 1; }
+  all_s="$all_s $sv"; cpu_s="$cpu_s $(echo "$u + $s" | bc)"
   mkdir "$W/r2"; sync
   read -r t u s < <(timed tar -xf "$W/tar/base.tar" -C "$W/r2")
   cpu_t="$cpu_t $(echo "$u + $s" | bc)"
   mkdir "$W/r3"; sync
   read -r ts u s < <(timed sh -c 'tar -xf "$1" -C "$2" && sync' sh "$W/tar/base.tar" "$W/r3")
-  echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} uncompressed ${n}s, tar ${t}s, tar+sync ${ts}s"
+  echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} uncompressed ${n}s, server-compressed ${sv}s, tar ${t}s, tar+sync ${ts}s"
   all_w="$all_w $w"; all_t="$all_t $t"; all_ts="$all_ts $ts"
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -110,6 +122,9 @@ echo "  tar + sync     : $(mbps "$med_ts") MB/s             ratio walhub/tar+syn
 med_n=$(med "$all_n")
 echo "  walhub restore of the backup stored uncompressed (like for like with tar): $(mbps "$med_n") MB/s, CPU $(msmb "$(med "$cpu_n")") ms/MiB" \
   "  ratio /tar $(echo "scale=2; $med_t / $med_n" | bc), /tar+sync $(echo "scale=2; $med_ts / $med_n" | bc)"
+med_s=$(med "$all_s")
+echo "  walhub restore of the backup the server compressed (one decoder): $(mbps "$med_s") MB/s, CPU $(msmb "$(med "$cpu_s")") ms/MiB" \
+  "  ratio /tar $(echo "scale=2; $med_t / $med_s" | bc), /tar+sync $(echo "scale=2; $med_ts / $med_s" | bc)"
 if [ -n "${BEFORE:-}" ]; then
   med_b=$(med "$all_b")
   echo "  before ($BEFORE): $(mbps "$med_b") MB/s, CPU $(msmb "$(med "$cpu_b")") ms/MiB   ratio walhub/before $(echo "scale=2; $med_b / $med_w" | bc)," \

@@ -165,8 +165,14 @@ type Backup struct {
 	Checkpoint string `toml:"checkpoint"`
 	// MaxRate limits the server's sending rate in kB/s (32..1048576); 0 means no limit.
 	MaxRate int `toml:"max_rate"`
-	// Workers is how many cores compress the backup; 0 means all.
+	// Workers is how many cores compress the backup; 0 means all (the hub's),
+	// or, with CompressOn "server", none besides the walsender's own.
 	Workers int `toml:"workers"`
+	// CompressOn is where a zstd backup is compressed: "hub" (default) or
+	// "server", PostgreSQL itself before sending (BASE_BACKUP COMPRESSION):
+	// fewer bytes on the network to a hub across a slow link, for the
+	// database server's CPU. Needs compression = "zstd".
+	CompressOn string `toml:"compress_on"`
 	// WALTimeout is how long a backup waits for its WAL to reach the hub; default 5m.
 	WALTimeout Duration `toml:"wal_timeout"`
 }
@@ -510,6 +516,17 @@ func (s *Server) resolve(key string) error {
 	}
 	if s.Backup.Workers < 0 {
 		return fmt.Errorf("%s: backup.workers: %d is negative", key, s.Backup.Workers)
+	}
+	switch s.Backup.CompressOn {
+	case "":
+		s.Backup.CompressOn = "hub"
+	case "hub":
+	case "server":
+		if s.Compression != "zstd" {
+			return fmt.Errorf("%s: backup.compress_on: \"server\" needs compression = \"zstd\", not %q", key, s.Compression)
+		}
+	default:
+		return fmt.Errorf("%s: backup.compress_on: %q is not one of hub, server", key, s.Backup.CompressOn)
 	}
 	if s.Backup.WALTimeout.Duration == 0 {
 		s.Backup.WALTimeout.Duration = 5 * time.Minute

@@ -33,11 +33,15 @@ func (a *app) backupCommand() *cobra.Command {
 connection (no SSH): every archive (base and each tablespace) streams straight into the
 repository, compressed with zstd on all cores (or not, per server.compression), with the
 server's backup_manifest beside it. The server verifies page checksums while sending.
+With server.backup.compress_on = "server", PostgreSQL compresses each archive before
+sending it (on backup.workers threads besides the walsender, default none), which
+puts a tenth of the bytes on a slow network for the database server's CPU; the hub stores
+what it receives and decodes it as it streams in, to check it as below.
 
 The backup includes no WAL: the hub streams it, so a backup is refused at once when no
 receiver (walhub serve) is running for the server. Every file is checked against the
-manifest while it streams in (size, checksum, nothing missing or extra); each compressed
-frame is decoded again and compared with what went in before it is written, and every
+manifest while it streams in (size, checksum, nothing missing or extra); each frame the
+hub compresses is decoded again and compared with what went in before it is written, and every
 stored object is read back and must
 match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
 to its stop position is in the catalog (walhub switches WAL on the server only if the
@@ -131,7 +135,8 @@ const defaultExpireWait = 5 * time.Minute
 func backupOptions(s *config.Server, repo *repository.Repository, log *slog.Logger) basebackup.Options {
 	return basebackup.Options{
 		Server: s.Name, Conninfo: s.Conninfo, Repo: repo,
-		Compression:    basebackup.Compression{Method: s.Compression, Level: s.CompressionLevel, Workers: s.Backup.Workers},
+		Compression: basebackup.Compression{Method: s.Compression, Level: s.CompressionLevel, Workers: s.Backup.Workers,
+			OnServer: s.Backup.CompressOn == "server"},
 		FastCheckpoint: s.Backup.Checkpoint == "fast", MaxRate: s.Backup.MaxRate,
 		WALTimeout: s.Backup.WALTimeout.Duration, Log: log,
 	}

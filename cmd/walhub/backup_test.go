@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
@@ -160,5 +162,27 @@ func TestBackupListAndVerifyCommandsWithTheReceiverRunning(t *testing.T) {
 	out, err = run(t, "--config", conf, "verify", "--backup", b.ID)
 	if err == nil || !strings.Contains(out, "FAILED") || !strings.Contains(out, "PG_VERSION has CRC32C checksum") {
 		t.Fatalf("verify of a damaged backup: %v\n%s", err, out)
+	}
+}
+
+// TestBackupOptionsFollowTheConfiguration: where a backup is compressed, at
+// which level and on how many workers comes from the server's configuration.
+func TestBackupOptionsFollowTheConfiguration(t *testing.T) {
+	for _, tc := range []struct {
+		conf string
+		want basebackup.Compression
+	}{
+		{"", basebackup.Compression{Method: "zstd", Level: 1}},
+		{"compression_level = 2\n[server.backup]\nworkers = 3\n", basebackup.Compression{Method: "zstd", Level: 2, Workers: 3}},
+		{"[server.backup]\ncompress_on = \"server\"\nworkers = 2\n", basebackup.Compression{Method: "zstd", Level: 1, Workers: 2, OnServer: true}},
+		{"compression = \"none\"\n", basebackup.Compression{Method: "none", Level: 1}},
+	} {
+		cfg, err := config.Parse("repository = \"/r\"\n[[server]]\nname = \"main\"\nconninfo = \"host=db1\"\n" + tc.conf)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.conf, err)
+		}
+		if got := backupOptions(&cfg.Servers[0], nil, nil).Compression; got != tc.want {
+			t.Errorf("%q: %+v, want %+v", tc.conf, got, tc.want)
+		}
 	}
 }
