@@ -388,7 +388,8 @@ func (s *sink) NewArchive(name, location string) error {
 		return err
 	}
 	c := s.run.opts.Compression
-	if c.OnServer {
+	onServer := c.on() == "server"
+	if onServer {
 		// The server names the archives it compressed "base.tar.zst".
 		plain, ok := strings.CutSuffix(name, storage.Extension(c.Method))
 		if !ok {
@@ -405,7 +406,7 @@ func (s *sink) NewArchive(name, location string) error {
 	}
 	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method,
 		KeyID: s.run.opts.Repo.KeyID()}
-	if c.OnServer {
+	if onServer {
 		s.cur, err = newServerArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, s.plain)
 	} else {
 		s.cur, err = newArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, c)
