@@ -8,16 +8,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/walhub/walhub/repository"
 )
 
 func TestDeltaKeepsMatchingFilesRewritesTheRestAndRemovesExtras(t *testing.T) {
-	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
+	repo := openTestRepo(t, t.TempDir())
 	backup := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096),
 		"base/1/2000": strings.Repeat("a", 100), "global/pg_control": "control"}
 	b := storeFakeBackup(t, repo, "b1", backup, backup)

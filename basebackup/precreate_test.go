@@ -88,7 +88,7 @@ func TestPrecreatorCreatesAheadInManifestOrderAndLeavesTheRestToTheWriters(t *te
 func TestUnpackFsyncsTheDirectoriesMadeAhead(t *testing.T) {
 	// A large file first keeps the reader busy while the precreator makes
 	// base/ (the archive lists base/5/ but not base/) for the files after it.
-	repo := openTestRepo(t)
+	repo := openTestRepo(t, t.TempDir())
 	files := append([]fakeFile{{"global/big", dataDirFiles(8 << 20)[122].data}}, dataDirFiles(0)...)
 	b := storeArchive(t, repo, "b1", files, files, 0)
 	target, m, x := newTestExtractor(t, repo, b)
@@ -111,7 +111,7 @@ func TestAFailedUnpackCreatesNothingMoreAfterItReturns(t *testing.T) {
 	// The manifest lists a file the archive does not have, and many after
 	// it: the precreator creates ahead, the unpack fails, and once it has
 	// returned nothing more appears (restore removes what is there).
-	repo := openTestRepo(t)
+	repo := openTestRepo(t, t.TempDir())
 	files := dataDirFiles(4 << 20)
 	listed := append([]fakeFile{{"base/1/missing", nil}}, files...)
 	b := storeArchive(t, repo, "b1", files, listed, 0)

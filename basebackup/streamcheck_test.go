@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/walhub/walhub/catalog"
-	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -225,11 +224,7 @@ func TestCheckWALRanges(t *testing.T) {
 
 func TestCheckStoredFindsAnObjectThatChangedAfterItWasWritten(t *testing.T) {
 	root := t.TempDir()
-	repo, err := repository.OpenLocal(context.Background(), root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
+	repo := openTestRepo(t, root)
 	files := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096)}
 	b := storeFakeBackup(t, repo, "stored", files, files)
 	ctx := context.Background()

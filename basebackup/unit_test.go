@@ -221,11 +221,7 @@ func storeFakeBackup(t *testing.T, repo *repository.Repository, id string, files
 }
 
 func TestVerifyFindsDamageInAStoredArchive(t *testing.T) {
-	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
+	repo := openTestRepo(t, t.TempDir())
 	good := map[string]string{"PG_VERSION": "15\n", "base/1/1259": strings.Repeat("page", 4096)}
 	b := storeFakeBackup(t, repo, "good", good, good)
 	checked, err := Verify(context.Background(), RepoOpener(repo, b), b)
@@ -275,11 +271,7 @@ func TestCommandAsksTheServerToCompress(t *testing.T) {
 func TestServerCompressedArchiveIsStoredAsSentAndCheckedWhole(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	repo, err := repository.OpenLocal(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
+	repo := openTestRepo(t, root)
 	plain := bytes.Repeat([]byte("a tar stream, more or less; "), 200000)
 	for i := range plain {
 		if i%97 == 0 {
@@ -348,11 +340,7 @@ func TestServerCompressedArchiveIsStoredAsSentAndCheckedWhole(t *testing.T) {
 func TestAbortedServerArchiveStopsItsDecoder(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	repo, err := repository.OpenLocal(ctx, root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer repo.Close()
+	repo := openTestRepo(t, root)
 	enc, _ := zstd.NewWriter(nil)
 	sent := enc.EncodeAll(bytes.Repeat([]byte("x"), 1<<20), nil)
 	b := catalog.Backup{ID: "aborted", StoredPath: storage.BackupDir("main", "aborted")}

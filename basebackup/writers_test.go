@@ -96,9 +96,10 @@ func dataDirFiles(large int) []fakeFile {
 	return append(files, fakeFile{controlFile, bytes.Repeat([]byte("c"), 8192)})
 }
 
-func openTestRepo(t *testing.T) *repository.Repository {
+// openTestRepo opens a local repository in dir, closed when the test ends.
+func openTestRepo(t *testing.T, dir string) *repository.Repository {
 	t.Helper()
-	repo, err := repository.OpenLocal(context.Background(), t.TempDir())
+	repo, err := repository.OpenLocal(context.Background(), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func openTestRepo(t *testing.T) *repository.Repository {
 }
 
 func TestUnpackWritesManySmallFilesAndALargeOneThroughTheWriterPool(t *testing.T) {
-	repo := openTestRepo(t)
+	repo := openTestRepo(t, t.TempDir())
 	files := dataDirFiles(20*chunkSize + 123)
 	b := storeArchive(t, repo, "b1", files, files, 0)
 	target := filepath.Join(t.TempDir(), "data")
@@ -161,7 +162,7 @@ func TestUnpackFailsAndSaysWhatWhenTheBackupIsDamaged(t *testing.T) {
 		{"archive cut short", good, good, 1024 + 4096, "unpack base.tar.zst into DIR: read global/pg_control: unexpected EOF"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			repo := openTestRepo(t)
+			repo := openTestRepo(t, t.TempDir())
 			b := storeArchive(t, repo, "b1", tc.files, tc.listed, tc.cut)
 			target := filepath.Join(t.TempDir(), "data")
 			err := UnpackFrom(context.Background(), RepoOpener(repo, b), b, target, nil, nil)
@@ -185,7 +186,7 @@ func TestAWriterErrorStopsTheReader(t *testing.T) {
 	big := make([]byte, 24<<20)
 	files = append(files, fakeFile{"base/1/big", big})
 	listed = append(listed, files[3])
-	repo := openTestRepo(t)
+	repo := openTestRepo(t, t.TempDir())
 	b := storeArchive(t, repo, "b1", files, listed, 0)
 	target, _, x := newTestExtractor(t, repo, b)
 	x.writers = 2
@@ -227,7 +228,7 @@ func TestUnpackGivesEveryFileAndDirectoryToTheOwnerAsItWritesThem(t *testing.T) 
 	if os.Geteuid() != 0 {
 		t.Skip("only root can give files to another user")
 	}
-	repo := openTestRepo(t)
+	repo := openTestRepo(t, t.TempDir())
 	files := append(dataDirFiles(3*chunkSize), fakeFile{"pg_wal/archive_status/x", nil}, fakeFile{"global/1262", []byte("db")})
 	b := storeArchive(t, repo, "b1", files, files, 0)
 	const uid, gid = 4321, 4322
