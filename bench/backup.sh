@@ -49,7 +49,8 @@
 # pg_basebackup --compress=server-zstd (into a directory: it cannot add the
 # manifest to a compressed stream on stdout) and walhub backup with
 # server.backup.compress_on = "server", both at zstd level 1, the walsender
-# compressing alone.
+# compressing alone, or with SERVER_WORKERS=N threads besides it (zstd's
+# workers=N, walhub's backup.workers).
 #
 # RATE=1gbit models a hub across a network link of that rate: during the
 # rounds, what PostgreSQL sends from its port on loopback (the backups, and
@@ -67,6 +68,7 @@ RUNS=${RUNS:-3}
 BASE_REV=${BASE_REV:-}
 PIN=${PIN:-}
 RATE=${RATE:-}
+SERVER_WORKERS=${SERVER_WORKERS:-0}
 REPO=${REPO:-local}
 case $REPO in
 local) ;;
@@ -170,7 +172,7 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 checkpoint = "fast"
 wal_timeout = "2m"
 EOF
-sed 's/^\[server.backup\]$/&\ncompress_on = "server"/' "$ROOT/walhub.toml" >"$ROOT/walhub-server.toml"
+sed 's/^\[server.backup\]$/&\ncompress_on = "server"\nworkers = '"$SERVER_WORKERS"'/' "$ROOT/walhub.toml" >"$ROOT/walhub-server.toml"
 "${ON_CLIENT[@]}" "$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
@@ -264,7 +266,7 @@ for r in $(seq "$RUNS"); do
   echo "plain $(pgbb)" >>"$ROOT/times"
   echo "floor $(floor)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
-  echo "szstd $(pgbb --compress=server-zstd:level=1)" >>"$ROOT/times"
+  echo "szstd $(pgbb --compress=server-zstd:level=1$([ "$SERVER_WORKERS" -gt 0 ] && echo ",workers=$SERVER_WORKERS"))" >>"$ROOT/times"
   echo "wserver $(walhub_run "$ROOT/walhub" "$ROOT/walhub-server.toml")" >>"$ROOT/times"
   # With BASE_REV the two walhub builds swap places every round, so neither
   # always runs right after pg_basebackup.
