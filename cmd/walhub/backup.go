@@ -22,7 +22,7 @@ import (
 )
 
 func (a *app) backupCommand() *cobra.Command {
-	var server, checkpoint string
+	var server, checkpoint, compressOn string
 	var maxRate int
 	var walTimeout time.Duration
 	expireWait := defaultExpireWait
@@ -58,11 +58,15 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 		Example: `  walhub backup --server main
   walhub backup                               # every configured server, one after the other
   walhub backup --server main --checkpoint spread --max-rate 102400
+  walhub backup --server main --compress-on server   # PostgreSQL compresses: for a hub across a slow link
   walhub backup --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if checkpoint != "" && checkpoint != "fast" && checkpoint != "spread" {
 				return fmt.Errorf("--checkpoint: %q is not one of fast, spread", checkpoint)
+			}
+			if compressOn != "" && compressOn != "hub" && compressOn != "server" {
+				return fmt.Errorf("--compress-on: %q is not one of hub, server", compressOn)
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
@@ -78,6 +82,10 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			var views []backupView
 			var failed []error
 			for _, s := range servers {
+				if compressOn == "server" && s.Compression != "zstd" {
+					failed = append(failed, fmt.Errorf("backup of %s refused: --compress-on server needs compression = \"zstd\", not %q", s.Name, s.Compression))
+					continue
+				}
 				// Without a receiver the backup's WAL never reaches the hub:
 				// say so now, not after wal_timeout.
 				if rc := status.ReadReceiver(repo.Work, s); !rc.Running {
@@ -91,6 +99,9 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 				}
 				if maxRate != 0 {
 					o.MaxRate = maxRate
+				}
+				if compressOn != "" {
+					o.Compression.OnServer = compressOn == "server"
 				}
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
@@ -121,6 +132,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 	}
 	cmd.Flags().StringVarP(&server, "server", "s", "all", "server name, or all")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "", "fast or spread (default: server.backup.checkpoint)")
+	cmd.Flags().StringVar(&compressOn, "compress-on", "", "hub or server: where the backup is compressed (default: server.backup.compress_on)")
 	cmd.Flags().IntVar(&maxRate, "max-rate", 0, "limit the server's sending rate, kB/s (default: server.backup.max_rate)")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 0, "how long to wait for the backup's WAL (default: server.backup.wal_timeout)")
 	cmd.Flags().DurationVar(&expireWait, "expire-wait", expireWait, "how long to wait for a running expire to finish (0: refuse at once)")

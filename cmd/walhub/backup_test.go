@@ -58,14 +58,21 @@ func TestBackupCommandRefusesAtOnceWithoutAReceiver(t *testing.T) {
 
 func TestBackupCommandRejectsBadFlags(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "walhub.toml")
-	os.WriteFile(p, []byte("repository = \"/tmp/walhub-flags\"\n[[server]]\nname = \"main\"\nconninfo = \"host=x\"\n"), 0o600)
-	for _, args := range [][]string{
-		{"backup", "--checkpoint", "now"},
-		{"backup", "--max-rate", "5"},
-		{"backup", "--server", "other"},
+	os.WriteFile(p, []byte(fmt.Sprintf("repository = %q\n[[server]]\nname = \"main\"\nconninfo = \"host=x\"\n", filepath.Join(t.TempDir(), "repo"))+
+		"[[server]]\nname = \"plain\"\nconninfo = \"host=x\"\ncompression = \"none\"\n"), 0o600)
+	mustInit(t, p)
+	for _, tc := range []struct {
+		args []string
+		want string // in the error
+	}{
+		{[]string{"backup", "--checkpoint", "now"}, `--checkpoint: "now" is not one of fast, spread`},
+		{[]string{"backup", "--max-rate", "5"}, "--max-rate: 5 kB/s is out of range"},
+		{[]string{"backup", "--compress-on", "client"}, `--compress-on: "client" is not one of hub, server`},
+		{[]string{"backup", "--server", "other"}, "other"},
+		{[]string{"backup", "--compress-on", "server", "--server", "plain"}, `backup of plain refused: --compress-on server needs compression = "zstd", not "none"`},
 	} {
-		if _, err := run(t, append([]string{"--config", p}, args...)...); err == nil {
-			t.Errorf("%v: accepted", args)
+		if _, err := run(t, append([]string{"--config", p}, tc.args...)...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
 		}
 	}
 }
