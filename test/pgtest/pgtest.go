@@ -587,15 +587,39 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// WaitReplay waits until the standby has replayed up to lsn.
+// WaitReplay waits until the standby has replayed up to lsn. It asks every
+// 100 ms over one connection, opened again only when it fails (before the
+// standby accepts connections, or after a restart): a psql and a new backend
+// for each look cost the machine more CPU than some replays being measured
+// (bench/), on the cores recovery needs.
 func (c *Cluster) WaitReplay(lsn walname.LSN, timeout time.Duration) {
 	c.t.Helper()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
 	c.WaitFor(timeout, fmt.Sprintf("%s to replay %s", c.Name, lsn), func() bool {
-		s, err := c.TryQuery("SELECT pg_last_wal_replay_lsn()")
-		if err != nil || s == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if conn == nil {
+			var err error
+			if conn, err = pgx.Connect(ctx, c.ConnString("")); err != nil {
+				conn = nil
+				return false
+			}
+		}
+		var s *string
+		if err := conn.QueryRow(ctx, "SELECT pg_last_wal_replay_lsn()::text").Scan(&s); err != nil {
+			conn.Close(context.Background())
+			conn = nil
 			return false
 		}
-		got, err := walname.ParseLSN(s)
+		if s == nil {
+			return false
+		}
+		got, err := walname.ParseLSN(*s)
 		return err == nil && got >= lsn
 	})
 }
