@@ -34,9 +34,9 @@ connection (no SSH): every archive (base and each tablespace) streams straight i
 repository, compressed with zstd on all cores (or not, per server.compression), with the
 server's backup_manifest beside it. The server verifies page checksums while sending.
 With server.backup.compress_on = "server", PostgreSQL compresses each archive before
-sending it (on backup.workers threads besides the walsender, default none), which
-puts a tenth of the bytes on a slow network for the database server's CPU; the hub stores
-what it receives and decodes it as it streams in, to check it as below.
+sending it (on backup.workers threads besides the walsender, default none): fewer bytes
+on the network (a third to a twentieth, as the data compresses) for the database server's
+CPU. The hub stores what it receives and decodes it as it streams in, to check it as below.
 
 The backup includes no WAL: the hub streams it, so a backup is refused at once when no
 receiver (walhub serve) is running for the server. Every file is checked against the
