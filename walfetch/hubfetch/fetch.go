@@ -2,6 +2,7 @@ package hubfetch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -43,11 +44,10 @@ func (h *headerWriter) Write(p []byte) (int, error) {
 // any error nothing is left behind. systemID, when not 0, must match the
 // hub's server and the segment's header.
 func fetchInto(ctx context.Context, c *client.Client, name, dir string, systemID uint64, reg *TempFiles) (string, error) {
-	f, err := os.CreateTemp(dir, ".walfetch-*.tmp")
+	f, err := reg.create(dir)
 	if err != nil {
-		return "", fmt.Errorf("create temporary file in %s: %w", dir, err)
+		return "", err
 	}
-	reg.add(f.Name())
 	fail := func(err error) (string, error) {
 		f.Close()
 		os.Remove(f.Name())
@@ -96,11 +96,10 @@ func checkSegment(c *client.Client, info client.WALInfo, hw *headerWriter, name 
 // size and returns the temporary file's path. An empty .partial is
 // client.ErrNotFound: there is nothing to recover from it.
 func fetchPartialInto(ctx context.Context, c *client.Client, name, dir string, systemID uint64, reg *TempFiles) (string, client.WALInfo, error) {
-	f, err := os.CreateTemp(dir, ".walfetch-*.tmp")
+	f, err := reg.create(dir)
 	if err != nil {
-		return "", client.WALInfo{}, fmt.Errorf("create temporary file in %s: %w", dir, err)
+		return "", client.WALInfo{}, err
 	}
-	reg.add(f.Name())
 	fail := func(info client.WALInfo, err error) (string, client.WALInfo, error) {
 		f.Close()
 		os.Remove(f.Name())
@@ -134,17 +133,30 @@ func fetchPartialInto(ctx context.Context, c *client.Client, name, dir string, s
 
 // TempFiles remembers temporary files, so a signal handler can remove them.
 type TempFiles struct {
-	mu    sync.Mutex
-	paths map[string]bool
+	mu     sync.Mutex
+	paths  map[string]bool
+	closed bool // RemoveAll has run: the process is exiting
 }
 
 // NewTempFiles returns an empty register.
 func NewTempFiles() *TempFiles { return &TempFiles{paths: map[string]bool{}} }
 
-func (t *TempFiles) add(p string) {
+// create makes a temporary file in dir and registers it, both under the
+// lock RemoveAll takes: a signal's RemoveAll removes every file created
+// before it (one created, then registered after it, was left in pg_wal),
+// and once it has run no new file is made.
+func (t *TempFiles) create(dir string) (*os.File, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.paths[p] = true
+	if t.closed {
+		return nil, errors.New("stopping on a signal: no new temporary file")
+	}
+	f, err := os.CreateTemp(dir, ".walfetch-*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("create temporary file in %s: %w", dir, err)
+	}
+	t.paths[f.Name()] = true
+	return f, nil
 }
 
 func (t *TempFiles) remove(p string) {
@@ -153,10 +165,12 @@ func (t *TempFiles) remove(p string) {
 	delete(t.paths, p)
 }
 
-// RemoveAll removes every remembered file (on a signal, before exiting).
+// RemoveAll removes every remembered file (on a signal, before exiting);
+// create makes none after it.
 func (t *TempFiles) RemoveAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.closed = true
 	for p := range t.paths {
 		os.Remove(p)
 	}
