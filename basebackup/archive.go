@@ -118,11 +118,7 @@ func newServerArchiveWriter(ctx context.Context, repo *repository.Repository, b 
 	}
 	a := &archiveWriter{obj: obj, sha: sha256.New()}
 	buf := bufio.NewWriterSize(io.MultiWriter(obj, a.sha), 1<<20)
-	if a.inflate, err = newInflater(plain); err != nil {
-		obj.Abort()
-		return nil, err
-	}
-	a.w = buf
+	a.inflate, a.w = newInflater(plain), buf
 	a.close = func() error {
 		if err := a.inflate.Close(); err != nil {
 			return fmt.Errorf("the server's compressed archive does not decode: %w", err)
@@ -191,28 +187,22 @@ type inflater struct {
 // errInflateAborted ends an inflater's decoding when its archive is aborted.
 var errInflateAborted = errors.New("archive aborted")
 
-func newInflater(out func([]byte) error) (*inflater, error) {
-	// The window bounds the decoder's memory: 128 MiB is the most any zstd
-	// level uses without long-distance matching, which PostgreSQL 15 lacks.
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
-	if err != nil {
-		return nil, err
-	}
+// It decodes as a restore does (Decompress: PostgreSQL's frames, which do
+// not give their size, through one decoder).
+func newInflater(out func([]byte) error) *inflater {
 	pr, pw := io.Pipe()
 	f := &inflater{pw: pw, done: make(chan error, 1)}
 	go func() {
-		defer dec.Close()
-		// The decoder reads each block's header and then its body: through
-		// a buffer, not one small read of the pipe each.
-		err := dec.Reset(bufio.NewReaderSize(pr, 256<<10))
+		d, err := Decompress(pr, "zstd")
 		if err == nil {
-			f.n, err = dec.WriteTo(plainWriter(out))
+			f.n, err = io.CopyBuffer(plainWriter(out), d, make([]byte, 256<<10))
+			d.Close()
 		}
 		// A Write still waiting on the pipe, or any later, gets err.
 		pr.CloseWithError(err)
 		f.done <- err
 	}()
-	return f, nil
+	return f
 }
 
 // Write gives the decoder p; it returns once the decoder has read all of p,
@@ -303,7 +293,10 @@ func Decompress(r io.Reader, compression string) (io.ReadCloser, error) {
 		if head, err := br.Peek(zstd.HeaderMaxSize); (err == nil || errors.Is(err, io.EOF)) && parallelFrames(head) {
 			return newFrameReader(br, min(maxDecoders, runtime.GOMAXPROCS(0)), nil)
 		}
-		d, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		// The window bounds the decoder's memory: 128 MiB is the most any
+		// zstd level uses without long-distance matching (which walhub's
+		// encoder and PostgreSQL 15's do not use).
+		d, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
 		if err != nil {
 			return nil, err
 		}
