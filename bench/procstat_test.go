@@ -25,6 +25,12 @@ type procTimes struct {
 	onCPU    time.Duration // schedstat: time on a core (ns precision)
 	runWait  time.Duration // schedstat: time runnable, waiting for a core
 	age      time.Duration // since the process started
+	// Minor page faults of the process and of the children it waited for.
+	// On a machine whose page faults are dear (a virtual machine whose
+	// hypervisor traps page-table updates: 13 us a fault, against a quarter
+	// of a microsecond on bare metal), each fresh 4 KiB page a program
+	// touches is CPU time: they say where that went.
+	faults, childFaults int64
 }
 
 // readProcTimes reads pid's times; ok is false when the process is gone.
@@ -40,6 +46,11 @@ func readProcTimes(pid int) (procTimes, bool) {
 		v, _ := strconv.ParseInt(f[i-3], 10, 64)
 		return time.Duration(v) * clockTick
 	}
+	count := func(i int) int64 {
+		v, _ := strconv.ParseInt(f[i-3], 10, 64)
+		return v
+	}
+	t.faults, t.childFaults = count(10), count(11)
 	t.cpu = tick(14) + tick(15)
 	t.children = tick(16) + tick(17)
 	var info syscall.Sysinfo_t
