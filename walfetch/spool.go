@@ -19,7 +19,7 @@ import (
 //
 //	<spool>/<key>/<SEGMENT>        complete, verified: renamed into %p on request
 //	<spool>/<key>/<SEGMENT>.part   being downloaded (only the prefetcher writes these)
-//	<spool>/<key>/prefetcher.lock  held by the one running prefetcher
+//	<spool>/<key>/prefetcher.lock  held by the one running prefetcher (LockName)
 //	<spool>/<key>/prefetcher.sock  where walfetch tells it which segment was served
 //	<spool>/<key>/prefetcher.log   its log
 //
@@ -211,8 +211,15 @@ const PrefetcherArg = "--run-prefetcher"
 const PrefetcherEnv = "WALFETCH_PREFETCHER_SETTINGS"
 
 // startPrefetcher starts a detached prefetcher (its own session, so
-// PostgreSQL neither waits for it nor signals it with the restore_command).
+// PostgreSQL neither waits for it nor signals it with the restore_command),
+// unless one holds the spool's lock: Tell found no socket because that one is
+// still starting (started by the call before, which asked for a history file,
+// a few milliseconds ago) and has not bound it yet. A second would find the
+// lock held and exit, a process start for nothing on recovery's path.
 func (sp *Spool) startPrefetcher(s Settings, served, next string) error {
+	if sp.lockHeld() {
+		return nil
+	}
 	if len(ShortPath(sp.SockPath())) > 100 {
 		return fmt.Errorf("spool path %s is too long for a unix socket; choose a shorter --spool", sp.Dir)
 	}
@@ -243,6 +250,23 @@ func (sp *Spool) startPrefetcher(s Settings, served, next string) error {
 		return fmt.Errorf("start prefetcher: %w", err)
 	}
 	return proc.Release()
+}
+
+// LockName is the file in the spool whose lock (flock, exclusive) the one
+// running prefetcher holds.
+const LockName = "prefetcher.lock"
+
+// lockHeld tells whether a prefetcher holds the spool's lock. It tries a
+// shared lock, and drops it at once. A prefetcher that tries to take the lock
+// meanwhile finds it held and exits; this call then starts one, so one still
+// runs.
+func (sp *Spool) lockHeld() bool {
+	fd, err := syscall.Open(sp.Path(LockName), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer syscall.Close(fd)
+	return errors.Is(syscall.Flock(fd, syscall.LOCK_SH|syscall.LOCK_NB), syscall.EWOULDBLOCK)
 }
 
 // PrefetcherConfig is what a prefetcher is started with.

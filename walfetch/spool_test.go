@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -82,5 +84,51 @@ func TestSpoolKeyDependsOnHubServerAndCluster(t *testing.T) {
 	}
 	if sp := OpenSpool(Settings{URL: s.URL, Server: s.Server, Spool: "spool"}); sp != nil {
 		t.Error("prefetch off, and a spool")
+	}
+}
+
+// TestNoSecondPrefetcherWhileOneStarts: a call that finds no prefetcher
+// socket starts a prefetcher, unless one holds the spool's lock (it is
+// starting, and has not bound its socket yet): before, the call started a
+// second one, which found the lock held and exited. In this test's process
+// no walfetch-net lies beside the executable, so a start that is tried fails
+// and says so on stderr.
+func TestNoSecondPrefetcherWhileOneStarts(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		lockFile  bool
+		held      bool
+		wantStart bool
+	}{
+		{"no prefetcher ever ran", false, false, true},
+		{"one ran and exited", true, false, true},
+		{"one holds the lock, no socket yet", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			t.Chdir(dir)
+			sp := &Spool{Dir: filepath.Join("spool", "0123456789abcdef"), Root: "spool", SystemID: 1}
+			if err := os.MkdirAll(sp.Dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if tc.lockFile {
+				f, err := os.OpenFile(sp.Path(LockName), os.O_CREATE|os.O_RDWR, 0o600)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if tc.held {
+					if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			var stderr bytes.Buffer
+			sp.Poke(Settings{URL: "http://hub:7480", Server: "main", Spool: "spool", Prefetch: 4}, "000000010000000000000003", &stderr)
+			started := strings.Contains(stderr.String(), "prefetching disabled for this call: "+NetProgram+" must be installed")
+			if started != tc.wantStart {
+				t.Errorf("prefetcher start tried: %v, want %v (stderr %q)", started, tc.wantStart, stderr.String())
+			}
+		})
 	}
 }

@@ -66,7 +66,7 @@ func TestPrefetcherKeepsTheSpoolLockWhileItRuns(t *testing.T) {
 	}
 	// Time for the finalizers its collections queued to run.
 	time.Sleep(100 * time.Millisecond)
-	f, err := os.OpenFile(sp.Path("prefetcher.lock"), os.O_RDWR, 0)
+	f, err := os.OpenFile(sp.Path(walfetch.LockName), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -117,7 +117,7 @@ func RunPrefetcher() int {
 	}
 	oneProcessor()
 	yieldToRecovery()
-	lockFile, err := os.OpenFile(sp.Path("prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	lockFile, err := os.OpenFile(sp.Path(walfetch.LockName), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return 1
 	}
@@ -262,7 +262,7 @@ func (p *prefetcher) removeOtherSpools() {
 		if !e.IsDir() || !walfetch.IsSpoolKey(e.Name()) || dir == filepath.Clean(p.sp.Dir) {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, "prefetcher.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		f, err := os.OpenFile(filepath.Join(dir, walfetch.LockName), os.O_CREATE|os.O_RDWR, 0o600)
 		if err != nil {
 			continue
 		}
