@@ -4,8 +4,9 @@
 // the repository's local working area; layout.go defines every key and path.
 //
 // TempFile is the one way walhub writes a local file durably: to a temporary
-// name beside the final one, fsynced, renamed, directory fsynced, so a reader
-// never sees a torn file under a final name.
+// name beside the final one, fsynced, renamed (or linked, when it must not
+// replace a file: CommitNew), directory fsynced, so a reader never sees a
+// torn file under a final name.
 package storage
 
 import (
@@ -75,6 +76,31 @@ func (t *TempFile) Replace() error {
 		return fmt.Errorf("rename into %s: %w", t.final, err)
 	}
 	return nil
+}
+
+// CommitNew is Commit for a file that must not replace another: it fsyncs
+// the file and links it under its final name, which fails (fs.ErrExist) when
+// a file is there, then removes the temporary name and fsyncs the directory.
+// Like Commit, it never shows a torn file under the final name. On error the
+// temporary file is removed.
+func (t *TempFile) CommitNew() error {
+	if err := t.Sync(); err != nil {
+		t.Abort()
+		return fmt.Errorf("fsync %s: %w", t.final, err)
+	}
+	if err := t.Close(); err != nil {
+		os.Remove(t.Name())
+		return fmt.Errorf("close %s: %w", t.final, err)
+	}
+	err := os.Link(t.Name(), t.final)
+	os.Remove(t.Name())
+	if le := (*os.LinkError)(nil); errors.As(err, &le) {
+		err = &fs.PathError{Op: "create", Path: t.final, Err: le.Err} // not the temporary name
+	}
+	if err != nil {
+		return err
+	}
+	return SyncDir(filepath.Dir(t.final))
 }
 
 // WriteFile writes data to path durably and atomically (a TempFile

@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -79,6 +81,49 @@ func TestWriteFile(t *testing.T) {
 			entries, _ := os.ReadDir(filepath.Dir(p))
 			if len(entries) != 1 {
 				t.Errorf("left beside it: %v", entries)
+			}
+		})
+	}
+}
+
+// CommitNew creates the final file, or leaves the one there as it was and
+// says fs.ErrExist under the final name (not the temporary one); either way
+// no temporary file stays behind.
+func TestCommitNew(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		existing string // "" for none
+		wantErr  error
+		want     string
+	}{
+		{"new file", "", nil, "new"},
+		{"a file is there", "old", fs.ErrExist, "old"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "key")
+			if tc.existing != "" {
+				if err := os.WriteFile(p, []byte(tc.existing), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f, err := CreateTemp(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString("new")
+			err = f.CommitNew()
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("CommitNew: %v, want %v", err, tc.wantErr)
+			}
+			if err != nil && (!strings.Contains(err.Error(), p) || strings.Contains(err.Error(), ".tmp-")) {
+				t.Errorf("error %q names the temporary file, or not %s", err, p)
+			}
+			if got, _ := os.ReadFile(p); string(got) != tc.want {
+				t.Errorf("%s holds %q, want %q", p, got, tc.want)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+				t.Errorf("directory holds %v, want only %s", entries, p)
 			}
 		})
 	}

@@ -1,13 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"os"
+	"io/fs"
 	"time"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
 
+	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/storage/crypt"
 )
 
@@ -35,21 +37,22 @@ under it can be restored.`,
 				return fmt.Errorf("generate key: %w", err)
 			}
 			pub := id.Recipient().String()
-			f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			// Written whole under a temporary name, then linked to
+			// --output, which fails when a file is there: no existing
+			// file is replaced, and no torn key is left under its name.
+			f, err := storage.CreateTemp(output)
 			if err != nil {
 				return fmt.Errorf("--output: %w", err)
 			}
-			_, err = fmt.Fprintf(f, "# created: %s\n# key ID: %s\n# public key: %s\n%s\n",
-				time.Now().UTC().Format(time.RFC3339), crypt.KeyID(pub), pub, id)
-			if err == nil {
-				err = f.Sync()
-			}
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				os.Remove(output)
+			if _, err := fmt.Fprintf(f, "# created: %s\n# key ID: %s\n# public key: %s\n%s\n",
+				time.Now().UTC().Format(time.RFC3339), crypt.KeyID(pub), pub, id); err != nil {
+				f.Abort()
 				return fmt.Errorf("write %s: %w", output, err)
+			}
+			if err := f.CommitNew(); errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("--output: %s already exists: keygen never replaces a file (the key in it may be the only copy); choose another name", output)
+			} else if err != nil {
+				return fmt.Errorf("--output: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "key %s written to %s\n\n[encryption]\nkey = \"file:%s\"\n", crypt.KeyID(pub), output, output)
 			return nil

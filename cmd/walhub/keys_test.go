@@ -28,11 +28,14 @@ func TestKeygenWritesAPrivateKeyFileAndPrintsOnlyItsID(t *testing.T) {
 		t.Fatalf("key file mode: %v %v", fi.Mode(), err)
 	}
 	before, _ := os.ReadFile(path)
-	if _, err := run(t, "keygen", "--output", path); err == nil {
-		t.Fatal("keygen overwrote an existing file")
+	if _, err := run(t, "keygen", "--output", path); err == nil || !strings.Contains(err.Error(), path+" already exists") {
+		t.Fatalf("keygen over an existing file: %v", err)
 	}
 	if after, _ := os.ReadFile(path); string(after) != string(before) {
 		t.Fatal("the existing key file changed")
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Fatalf("beside the key: %v", entries)
 	}
 }
 
