@@ -63,6 +63,18 @@ func (t *TempFile) Commit() error {
 // directory's fsync to the caller (one for several files); Commit does both.
 // On error the temporary file is removed.
 func (t *TempFile) Replace() error {
+	if err := t.finish(); err != nil {
+		return err
+	}
+	if err := os.Rename(t.Name(), t.final); err != nil {
+		os.Remove(t.Name())
+		return fmt.Errorf("rename into %s: %w", t.final, err)
+	}
+	return nil
+}
+
+// finish fsyncs and closes the file; on error it removes it.
+func (t *TempFile) finish() error {
 	if err := t.Sync(); err != nil {
 		t.Abort()
 		return fmt.Errorf("fsync %s: %w", t.final, err)
@@ -70,10 +82,6 @@ func (t *TempFile) Replace() error {
 	if err := t.Close(); err != nil {
 		os.Remove(t.Name())
 		return fmt.Errorf("close %s: %w", t.final, err)
-	}
-	if err := os.Rename(t.Name(), t.final); err != nil {
-		os.Remove(t.Name())
-		return fmt.Errorf("rename into %s: %w", t.final, err)
 	}
 	return nil
 }
@@ -84,13 +92,8 @@ func (t *TempFile) Replace() error {
 // Like Commit, it never shows a torn file under the final name. On error the
 // temporary file is removed.
 func (t *TempFile) CommitNew() error {
-	if err := t.Sync(); err != nil {
-		t.Abort()
-		return fmt.Errorf("fsync %s: %w", t.final, err)
-	}
-	if err := t.Close(); err != nil {
-		os.Remove(t.Name())
-		return fmt.Errorf("close %s: %w", t.final, err)
+	if err := t.finish(); err != nil {
+		return err
 	}
 	err := os.Link(t.Name(), t.final)
 	os.Remove(t.Name())
