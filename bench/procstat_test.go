@@ -150,7 +150,11 @@ func printRestoreTimes(logFile string) {
 	sorted := slices.Clone(calls)
 	slices.Sort(sorted)
 	head := ""
-	for _, c := range calls[:min(4, len(calls))] {
+	n := 4
+	if os.Getenv("BENCH_RESTORE_TIMES") == "all" {
+		n = len(calls)
+	}
+	for _, c := range calls[:min(n, len(calls))] {
 		head += fmt.Sprintf(" %.1f", float64(c)/float64(time.Millisecond))
 	}
 	fmt.Printf("         restore_command as recovery waited for it: %d calls, %v in all (median %v, max %v; the first:%s ms); replay between calls %v\n",

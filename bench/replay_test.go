@@ -35,7 +35,8 @@
 // fault costs about 13 us: a fresh process that touches 10 MB pays 30 ms). BENCH_RESTORE_TIMES=1 runs the standbys at
 // log_min_messages = debug3 and reads from their logs how long recovery
 // waited for each restore_command call (the first calls apart: a prefetcher
-// starting) and how long it replayed between them. BENCH_PERF=DIR records a
+// starting) and how long it replayed between them; BENCH_RESTORE_TIMES=all
+// lists every call's wait, in order. BENCH_PERF=DIR records a
 // system-wide profile of each run (perf record -a -g) into DIR.
 //
 // BENCH_PIN=1 models the hub on another machine than the standby: after the
