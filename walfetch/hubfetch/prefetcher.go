@@ -548,36 +548,46 @@ func (p *prefetcher) firstDownloads(jobs chan<- download) {
 	}
 }
 
-// needPeek decides whether to ask the hub now. Peeks are few: one per quarter
+// needPeek decides whether to ask the hub now. Peeks are few: one per half
 // window while the hub is ahead, at most one a second while recovery waits at
 // the hub's end (what a standby following a live primary costs).
+//
+// What peeks list reaches a window beyond the download window (peekLead):
+// the segment a served one frees a slot for is known already, and its
+// download starts at once. When a peek only reached the end of the download
+// window, it was asked for when a quarter window was left, and with a distant
+// hub recovery took most of that while the peek's round trip and then the
+// downloads' went by: 100 ms per hub response cost replay of 1 MiB segments
+// 13% (BENCH_PIN=1 BENCH_DELAY=100ms BenchmarkReplay), in waits of 20-40 ms
+// every few segments.
 func (p *prefetcher) needPeek() bool {
 	if p.segSize == 0 {
 		return time.Since(p.lastPeek) >= time.Second || p.lastPeek.IsZero()
 	}
-	want := p.segno + walname.SegNo(p.window())
+	w := walname.SegNo(p.window())
 	switch {
-	case p.horizon >= want:
-		return false
 	case p.peekShort:
-		return time.Since(p.lastPeek) >= time.Second
-	case p.horizon > p.segno && want-p.horizon < walname.SegNo(max(1, p.window()/4)):
+		return p.horizon < p.segno+w && time.Since(p.lastPeek) >= time.Second
+	case p.horizon > p.segno && p.horizon >= p.segno+w+w/2:
 		return false
 	}
 	return true
 }
 
+// peekLead is how many windows ahead of recovery peeks reach (needPeek).
+const peekLead = 2
+
 // peek asks the hub what exists from the first segment not known yet to
-// the end of the window.
+// peekLead windows ahead.
 func (p *prefetcher) peek() {
-	from, count := p.current, p.window()+1
+	from, count := p.current, peekLead*p.window()+1
 	if from == "" {
-		from, count = p.next, p.window()
+		from, count = p.next, peekLead*p.window()
 	}
 	if p.segSize != 0 && p.current != "" {
 		start := max(p.horizon, p.segno) + 1
 		from = walname.SegmentName(p.tli, start, p.segSize)
-		count = int(p.segno+walname.SegNo(p.window())-start) + 1
+		count = int(p.segno+walname.SegNo(peekLead*p.window())-start) + 1
 	}
 	p.lastPeek = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)

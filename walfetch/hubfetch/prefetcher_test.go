@@ -65,7 +65,7 @@ func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
 			inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 		p.current = walname.SegmentName(1, 10, tt.segSize)
 		p.setCurrent()
-		for segno := walname.SegNo(11); segno <= 10+16; segno++ {
+		for segno := walname.SegNo(11); segno <= 10+peekLead*16; segno++ { // as far as peeks reach
 			p.known[segno] = api.PeekSegment{Name: walname.SegmentName(1, segno, tt.segSize)}
 			p.horizon = segno
 		}
@@ -77,6 +77,38 @@ func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
 		if first := <-jobs; first.seg.Name != walname.SegmentName(1, 11, tt.segSize) {
 			t.Errorf("%d MiB segments: first download %s, want the next segment", tt.segSize>>20, first.seg.Name)
 		}
+	}
+}
+
+// TestPeeksReachAWindowBeyondTheDownloads: the prefetcher asks the hub again
+// while what it knows still reaches half a window beyond the download
+// window, so that no download waits for a peek's round trip; at the hub's
+// end, once a second at most, and only when the download window is not
+// known whole.
+func TestPeeksReachAWindowBeyondTheDownloads(t *testing.T) {
+	const w = 16 // the window: --prefetch 16, 1 MiB segments
+	for _, tc := range []struct {
+		name      string
+		horizon   walname.SegNo // known up to, past the current segment 100
+		short     bool          // the last peek found the hub's end
+		peekedAgo time.Duration
+		want      bool
+	}{
+		{"nothing known", 0, false, time.Minute, true},
+		{"the download window known, not beyond", 100 + w, false, 0, true},
+		{"half a window beyond it known", 100 + w + w/2, false, 0, false},
+		{"two windows known", 100 + 2*w, false, 0, false},
+		{"at the hub's end, peeked just now", 100 + 4, true, 0, false},
+		{"at the hub's end, a second ago", 100 + 4, true, time.Second, true},
+		{"at the hub's end, the download window known", 100 + w, true, time.Minute, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &prefetcher{s: walfetch.Settings{Prefetch: w, Parallel: 4, SpoolMax: 1024}, segSize: 1 << 20,
+				segno: 100, horizon: tc.horizon, peekShort: tc.short, lastPeek: time.Now().Add(-tc.peekedAgo)}
+			if got := p.needPeek(); got != tc.want {
+				t.Errorf("needPeek() = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
 
