@@ -25,7 +25,7 @@ func (g gatedReader) Read(p []byte) (int, error) {
 func TestWorkOrder(t *testing.T) {
 	o := newWorkOrder()
 	o.procs = 1
-	near, far := walname.SegNo(2), walname.SegNo(5)
+	near, far := uint64(2), uint64(5)
 	o.begin(near)
 	o.begin(far)
 	nearNet, farNet := gatedReader{make(chan struct{})}, gatedReader{make(chan struct{})}
@@ -77,5 +77,25 @@ func TestWorkOrder(t *testing.T) {
 	o.end(far)
 	if len(o.working) != 0 || o.waiting != 0 {
 		t.Errorf("left: working %v, %d waiting", o.working, o.waiting)
+	}
+}
+
+// TestWalPositionFollowsSegmentOrder: positions order segments as their
+// numbers do, for every segment size, across the end of a log.
+func TestWalPositionFollowsSegmentOrder(t *testing.T) {
+	for _, segSize := range []uint64{1 << 20, 16 << 20, 1 << 30} {
+		perLog := walname.SegNo(0x100000000 / segSize)
+		for _, pair := range [][2]walname.SegNo{{1, 2}, {perLog - 1, perLog}, {perLog, 3 * perLog}, {5*perLog - 1, 5*perLog + 1}} {
+			pos := func(segno walname.SegNo) uint64 {
+				n, err := walname.Parse(walname.SegmentName(1, segno, segSize))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return walPosition(n)
+			}
+			if pos(pair[0]) >= pos(pair[1]) {
+				t.Errorf("%d MiB segments: position of %d (%#x) not before that of %d (%#x)", segSize>>20, pair[0], pos(pair[0]), pair[1], pos(pair[1]))
+			}
+		}
 	}
 }

@@ -672,14 +672,11 @@ func (p *prefetcher) fetch(d download) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*p.s.Timeout)
 		var info client.WALInfo
-		if d.segSize == 0 || p.order == nil {
-			// One of the first downloads: their segment numbers are not
-			// known yet, and they are few (--parallel).
-			info, err = p.c.FetchWAL(ctx, name, hw)
-		} else if _, segno, perr := walname.ParseSegment(name, d.segSize); perr == nil {
-			p.order.begin(segno)
-			info, err = p.c.FetchWALThrough(ctx, name, hw, p.order.reader(segno))
-			p.order.end(segno)
+		if n, perr := walname.Parse(name); perr == nil && p.order != nil {
+			pos := walPosition(n)
+			p.order.begin(pos)
+			info, err = p.c.FetchWALThrough(ctx, name, hw, p.order.reader(pos))
+			p.order.end(pos)
 		} else {
 			info, err = p.c.FetchWAL(ctx, name, hw)
 		}

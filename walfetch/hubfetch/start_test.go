@@ -226,3 +226,38 @@ func TestFirstDownloadsAreVerified(t *testing.T) {
 		})
 	}
 }
+
+// TestFirstDownloadsTakeTheirTurn: a download queued before the first peek
+// (no segment size yet) is in the work order as the later ones are, so that
+// the segment recovery asks for next is not decompressed alongside the
+// three after it when the prefetcher starts. Before, first downloads
+// bypassed the order.
+func TestFirstDownloadsTakeTheirTurn(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: 300 * time.Millisecond}
+	srv := hub.start(t)
+	p := newTestPrefetcher(t, walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second}, srv.URL, systemID)
+	p.order = newWorkOrder()
+	name := walname.SegmentName(1, 11, segSize)
+	n, _ := walname.Parse(name)
+	p.inflight[name] = true
+	done := make(chan struct{})
+	go func() { p.fetch(download{seg: api.PeekSegment{Name: name}, ahead: 1}); close(done) }()
+	registered := false
+	for deadline := time.Now().Add(250 * time.Millisecond); !registered && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		p.order.mu.Lock()
+		_, registered = p.order.working[walPosition(n)]
+		p.order.mu.Unlock()
+	}
+	<-done
+	if !registered {
+		t.Error("a first download was not in the work order while its request was under way")
+	}
+	if _, err := os.Stat(p.sp.Path(name)); err != nil {
+		t.Errorf("%s not in the spool: %v", name, err)
+	}
+	if len(p.order.working) != 0 {
+		t.Errorf("left in the work order: %v", p.order.working)
+	}
+}
