@@ -26,10 +26,10 @@ type procTimes struct {
 	runWait  time.Duration // schedstat: time runnable, waiting for a core
 	age      time.Duration // since the process started
 	// Minor page faults of the process and of the children it waited for.
-	// On a machine whose page faults are dear (a virtual machine whose
-	// hypervisor traps page-table updates: 13 us a fault, against a quarter
-	// of a microsecond on bare metal), each fresh 4 KiB page a program
-	// touches is CPU time: they say where that went.
+	// On a machine whose page faults are dear (this project's CI virtual
+	// machine: 13 us a fault, against a quarter of a microsecond on bare
+	// metal), each fresh 4 KiB page a program touches is CPU time: they say
+	// where that went.
 	faults, childFaults int64
 }
 
@@ -42,14 +42,11 @@ func readProcTimes(pid int) (procTimes, bool) {
 	}
 	// The fields after the command name, which is in parentheses.
 	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	tick := func(i int) time.Duration { // i: the field's number in proc(5)
-		v, _ := strconv.ParseInt(f[i-3], 10, 64)
-		return time.Duration(v) * clockTick
-	}
-	count := func(i int) int64 {
+	count := func(i int) int64 { // i: the field's number in proc(5)
 		v, _ := strconv.ParseInt(f[i-3], 10, 64)
 		return v
 	}
+	tick := func(i int) time.Duration { return time.Duration(count(i)) * clockTick }
 	t.faults, t.childFaults = count(10), count(11)
 	t.cpu = tick(14) + tick(15)
 	t.children = tick(16) + tick(17)

@@ -32,7 +32,8 @@
 // the restore_command calls, the prefetcher, the hubs (this process) and the
 // machine's busy cores; and the minor page faults of the calls and of the
 // prefetcher per segment (on this project's CI machine, a virtual machine, a
-// fault costs about 13 us: a fresh process that touches 10 MB pays 30 ms). BENCH_RESTORE_TIMES=1 runs the standbys at
+// fault costs about 13 us: a fresh process that touches 10 MB pays 30 ms).
+// BENCH_RESTORE_TIMES=1 runs the standbys at
 // log_min_messages = debug3 and reads from their logs how long recovery
 // waited for each restore_command call (the first calls apart: a prefetcher
 // starting) and how long it replayed between them; BENCH_RESTORE_TIMES=all

@@ -19,9 +19,10 @@ func (a *app) keygenCommand() *cobra.Command {
 		Use:   "keygen --output FILE",
 		Short: "Make a key for encrypting the repository at rest",
 		Long: `Writes a new age X25519 key (the same format as age-keygen) to FILE, readable by its
-owner only, and prints its key ID. Never overwrites a file. The key goes into the
-[encryption] section as key = "file:FILE" (or into an environment variable, key =
-"env:NAME"). To rotate: make a new key, make it the key, and move the old one to
+owner only, and prints its key ID. Never overwrites a file. The key is written whole and
+fsynced, with its directory (created, mode 0750, if missing), before the ID is printed.
+The key goes into the [encryption] section as key = "file:FILE" (or into an environment
+variable, key = "env:NAME"). To rotate: make a new key, make it the key, and move the old one to
 previous_keys; new objects use the new key, old ones stay readable.
 
 Keep a copy of every key away from the repository: without it, nothing encrypted

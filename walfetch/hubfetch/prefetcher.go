@@ -568,7 +568,7 @@ func (p *prefetcher) needPeek() bool {
 	switch {
 	case p.peekShort:
 		return p.horizon < p.segno+w && time.Since(p.lastPeek) >= time.Second
-	case p.horizon > p.segno && p.horizon >= p.segno+w+w/2:
+	case p.horizon >= p.segno+w+w/2:
 		return false
 	}
 	return true
@@ -580,14 +580,15 @@ const peekLead = 2
 // peek asks the hub what exists from the first segment not known yet to
 // peekLead windows ahead.
 func (p *prefetcher) peek() {
-	from, count := p.current, peekLead*p.window()+1
+	lead := peekLead * p.window()
+	from, count := p.current, lead+1
 	if from == "" {
-		from, count = p.next, peekLead*p.window()
+		from, count = p.next, lead
 	}
 	if p.segSize != 0 && p.current != "" {
 		start := max(p.horizon, p.segno) + 1
 		from = walname.SegmentName(p.tli, start, p.segSize)
-		count = int(p.segno+walname.SegNo(peekLead*p.window())-start) + 1
+		count = int(p.segno+walname.SegNo(lead)-start) + 1
 	}
 	p.lastPeek = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)
