@@ -45,6 +45,9 @@
 #
 #   REPO=s3 SCALE=60 RUNS=3 bash bench/backup.sh
 #
+# KEEP=1 keeps the working directory (cluster, repository, the walhub binary,
+# for a profiler's symbols) instead of removing it at the end.
+#
 # Every round also runs both tools with compression on the database server:
 # pg_basebackup --compress=server-zstd (into a directory: it cannot add the
 # manifest to a compressed stream on stdout) and walhub backup with
@@ -93,7 +96,7 @@ cleanup() {
   [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
   [ -n "${vgw_pid:-}" ] && kill "$vgw_pid" 2>/dev/null
   as_pg "$BIN/pg_ctl" -D "$ROOT/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$ROOT"
+  if [ -n "${KEEP:-}" ]; then echo "kept $ROOT"; else rm -rf "$ROOT"; fi
 }
 trap cleanup EXIT
 [ -x /usr/bin/time ] || { echo "/usr/bin/time not found: apt-get install -y time"; exit 1; }

@@ -575,6 +575,13 @@ func (c *Cluster) WaitFor(timeout time.Duration, what string, cond func() bool) 
 // WaitFor polls cond every 100 ms until it holds, failing the test after timeout.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	waitEvery(t, 100*time.Millisecond, timeout, what, cond)
+}
+
+// waitEvery polls cond every interval until it holds, failing the test after
+// timeout.
+func waitEvery(t testing.TB, interval, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		if cond() {
@@ -583,7 +590,7 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
@@ -594,13 +601,20 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // (bench/), on the cores recovery needs.
 func (c *Cluster) WaitReplay(lsn walname.LSN, timeout time.Duration) {
 	c.t.Helper()
+	c.WaitReplayEvery(lsn, 100*time.Millisecond, timeout)
+}
+
+// WaitReplayEvery is WaitReplay asking every interval: a benchmark that times
+// a replay of under a second can't read its end to 100 ms.
+func (c *Cluster) WaitReplayEvery(lsn walname.LSN, interval, timeout time.Duration) {
+	c.t.Helper()
 	var conn *pgx.Conn
 	defer func() {
 		if conn != nil {
 			conn.Close(context.Background())
 		}
 	}()
-	c.WaitFor(timeout, fmt.Sprintf("%s to replay %s", c.Name, lsn), func() bool {
+	waitEvery(c.t, interval, timeout, fmt.Sprintf("%s to replay %s", c.Name, lsn), func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if conn == nil {
