@@ -186,6 +186,7 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		return cost{wall[len(c)/2], cpu[len(c)/2]}
 	}
 	mc := median(cpCosts)
+	fmt.Println(machineLine())
 	fmt.Printf("restore_command cost, %d calls each, %d MiB segments, median through sh (elapsed, CPU):\n", calls, segSize>>20)
 	line := func(label string, m cost) {
 		fmt.Printf("  %-28s %9v %9v   %.2fx, %.2fx of cp\n", label+":", m.wall.Round(time.Microsecond), m.cpu.Round(time.Microsecond),

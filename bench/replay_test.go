@@ -251,6 +251,7 @@ func BenchmarkReplay(b *testing.B) {
 	restoreTimes := os.Getenv("BENCH_RESTORE_TIMES") != ""
 	rates := map[string][]float64{}
 	rounds := envInt("BENCH_ROUNDS", 2)
+	fmt.Println(machineLine())
 	b.ResetTimer()
 	for round := 1; round <= rounds; round++ {
 		for i, r := range runs {
@@ -325,6 +326,7 @@ func BenchmarkReplay(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	fmt.Println(machineLine())
 	median := map[string]float64{}
 	fmt.Printf("median and best of %d rounds%s:\n", rounds, where)
 	for _, r := range runs {

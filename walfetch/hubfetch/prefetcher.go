@@ -41,8 +41,9 @@ type prefetcher struct {
 	log      *slog.Logger
 	order    *workOrder // nil: downloads unordered
 
-	served   chan string   // names walfetch served, from the socket
-	finished chan struct{} // a download ended
+	served   chan string     // names walfetch served, from the socket
+	finished chan struct{}   // a download ended
+	peeked   chan peekAnswer // the answer of the peek under way
 
 	// Owned by the loop goroutine.
 	servedCount, hits int // segments recovery received, and how many the spool had ready
@@ -61,6 +62,8 @@ type prefetcher struct {
 	known     map[walname.SegNo]api.PeekSegment
 	horizon   walname.SegNo
 	peekShort bool
+	// peeking says a peek is under way: its answer comes through peeked.
+	peeking bool
 	// started says the first downloads were queued (firstDownloads).
 	started bool
 	// inflightMu guards inflight and failed, shared with the download workers.
@@ -71,6 +74,22 @@ type prefetcher struct {
 	// since was taken by walfetch (the poke may still be on its way) and is
 	// not downloaded again.
 	fetched map[string]bool
+}
+
+// peekAnswer is what the hub answered a peek for count segments.
+type peekAnswer struct {
+	count int
+	peek  api.Peek
+	err   error
+}
+
+// newPrefetcher returns a prefetcher for spool sp with settings s, asking the
+// hub of the data directory's database system systemID through c; its loop
+// is not started.
+func newPrefetcher(s walfetch.Settings, sp *walfetch.Spool, systemID string, c *client.Client, log *slog.Logger) *prefetcher {
+	return &prefetcher{s: s, sp: sp, systemID: systemID, c: c, log: log,
+		served: make(chan string, 64), finished: make(chan struct{}, 64), peeked: make(chan peekAnswer, 1),
+		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 }
 
 type download struct {
@@ -149,9 +168,8 @@ func RunPrefetcher() int {
 		log.Error("cannot make a hub client", "err", err)
 		return 1
 	}
-	p := &prefetcher{s: cfg.Settings, sp: sp, systemID: cfg.SystemID, c: c, log: log, order: newWorkOrder(),
-		served: make(chan string, 64), finished: make(chan struct{}, 64),
-		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	p := newPrefetcher(cfg.Settings, sp, cfg.SystemID, c, log)
+	p.order = newWorkOrder()
 	p.removeOtherSpools()
 	p.removeParts()
 	sock := walfetch.ShortPath(sp.SockPath())
@@ -357,6 +375,8 @@ func (p *prefetcher) loop() {
 		case name := <-p.served:
 			p.onServed(name)
 		case <-p.finished:
+		case a := <-p.peeked:
+			p.peekDone(a)
 		case <-tick.C:
 			// What setCurrent does not remove (a download that ended after
 			// recovery passed it, a window that shrank, files of another
@@ -372,6 +392,8 @@ func (p *prefetcher) loop() {
 			case name := <-p.served:
 				p.onServed(name)
 			case <-p.finished:
+			case a := <-p.peeked:
+				p.peekDone(a)
 			default:
 				break drain
 			}
@@ -548,19 +570,25 @@ func (p *prefetcher) firstDownloads(jobs chan<- download) {
 	}
 }
 
-// needPeek decides whether to ask the hub now. Peeks are few: one per half
-// window while the hub is ahead, at most one a second while recovery waits at
-// the hub's end (what a standby following a live primary costs).
+// needPeek decides whether to ask the hub now: one peek at a time, none while
+// what is known reaches a whole window beyond the download window, and at
+// most one a second while recovery waits at the hub's end (what a standby
+// following a live primary costs).
 //
-// What peeks list reaches a window beyond the download window (peekLead):
-// the segment a served one frees a slot for is known already, and its
-// download starts at once. When a peek only reached the end of the download
-// window, it was asked for when a quarter window was left, and with a distant
-// hub recovery took most of that while the peek's round trip and then the
-// downloads' went by: 100 ms per hub response cost replay of 1 MiB segments
-// 13% (BENCH_PIN=1 BENCH_DELAY=100ms BenchmarkReplay), in waits of 20-40 ms
-// every few segments.
+// Peeks reach further ahead (peekLead) than they are asked for, so that the
+// segment a served one frees a slot for is known already, and its download
+// starts at once, even after recovery moved on during a peek's round trip.
+// At the end of the download window, the peek's round trip and then the
+// downloads' went by while recovery waited: 100 ms per hub response cost
+// replay of 1 MiB segments 13% (BENCH_PIN=1 BENCH_DELAY=100ms
+// BenchmarkReplay), in waits of 20-40 ms every few segments. Half a window
+// beyond it was not enough either once replay ran at 130 segments a second:
+// it moves 13 during a peek of 100 ms, and the peek's answer came when fewer
+// than a window were known.
 func (p *prefetcher) needPeek() bool {
+	if p.peeking {
+		return false
+	}
 	if p.segSize == 0 {
 		return time.Since(p.lastPeek) >= time.Second || p.lastPeek.IsZero()
 	}
@@ -568,17 +596,24 @@ func (p *prefetcher) needPeek() bool {
 	switch {
 	case p.peekShort:
 		return p.horizon < p.segno+w && time.Since(p.lastPeek) >= time.Second
-	case p.horizon >= p.segno+w+w/2:
+	case p.horizon >= p.segno+2*w:
 		return false
 	}
 	return true
 }
 
-// peekLead is how many windows ahead of recovery peeks reach (needPeek).
-const peekLead = 2
+// peekLead is how many windows ahead of recovery peeks reach (needPeek): a
+// peek asks for two windows or more, about one in two windows recovery
+// moves. With the default window (16) it is the hub's default max_peek (64).
+const peekLead = 4
 
 // peek asks the hub what exists from the first segment not known yet to
-// peekLead windows ahead.
+// peekLead windows ahead. The answer comes to the loop (peekDone): the loop
+// goes on queueing downloads of what is known meanwhile. With the loop
+// waiting for the answer, as it did, a distant hub held every new download
+// back for the peek's round trip, once per half window: 100 ms per hub
+// response halved replay of 1 MiB segments on a machine that replays 110 of
+// them a second (BENCH_DELAY=100ms BenchmarkReplay: 0.48x of loopback).
 func (p *prefetcher) peek() {
 	lead := peekLead * p.window()
 	from, count := p.current, lead+1
@@ -590,13 +625,28 @@ func (p *prefetcher) peek() {
 		from = walname.SegmentName(p.tli, start, p.segSize)
 		count = int(p.segno+walname.SegNo(lead)-start) + 1
 	}
-	p.lastPeek = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), p.s.Timeout)
-	peek, err := p.c.Peek(ctx, from, count)
-	cancel()
-	if err != nil {
+	p.lastPeek, p.peeking = time.Now(), true
+	c, timeout, answers := p.c, p.s.Timeout, p.peeked
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		peek, err := c.Peek(ctx, from, count)
+		if err != nil {
+			err = fmt.Errorf("peek from %s: %w", from, err)
+		}
+		answers <- peekAnswer{count: count, peek: peek, err: err}
+	}()
+}
+
+// peekDone takes in what the hub answered the peek under way: the segment
+// size, if not known yet, and the segments it holds beyond the current one
+// (recovery may have moved on since the peek was asked for).
+func (p *prefetcher) peekDone(a peekAnswer) {
+	p.peeking = false
+	peek, count := a.peek, a.count
+	if a.err != nil {
 		p.peekShort = true
-		p.log.Warn("peek failed; retrying", "from", from, "err", err)
+		p.log.Warn("peek failed; retrying", "err", a.err)
 		return
 	}
 	if peek.SystemID != p.systemID {

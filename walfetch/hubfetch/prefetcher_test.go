@@ -81,10 +81,10 @@ func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
 }
 
 // TestPeeksReachAWindowBeyondTheDownloads: the prefetcher asks the hub again
-// while what it knows still reaches half a window beyond the download
-// window, so that no download waits for a peek's round trip; at the hub's
-// end, once a second at most, and only when the download window is not
-// known whole.
+// while what it knows still reaches up to a window beyond the download
+// window, so that no download waits for a peek's round trip; one peek at a
+// time; at the hub's end, once a second at most, and only when the download
+// window is not known whole.
 func TestPeeksReachAWindowBeyondTheDownloads(t *testing.T) {
 	const w = 16 // the window: --prefetch 16, 1 MiB segments
 	for _, tc := range []struct {
@@ -92,23 +92,97 @@ func TestPeeksReachAWindowBeyondTheDownloads(t *testing.T) {
 		horizon   walname.SegNo // known up to, past the current segment 100
 		short     bool          // the last peek found the hub's end
 		peekedAgo time.Duration
+		peeking   bool // a peek is under way
 		want      bool
 	}{
-		{"nothing known", 0, false, time.Minute, true},
-		{"the download window known, not beyond", 100 + w, false, 0, true},
-		{"half a window beyond it known", 100 + w + w/2, false, 0, false},
-		{"two windows known", 100 + 2*w, false, 0, false},
-		{"at the hub's end, peeked just now", 100 + 4, true, 0, false},
-		{"at the hub's end, a second ago", 100 + 4, true, time.Second, true},
-		{"at the hub's end, the download window known", 100 + w, true, time.Minute, false},
+		{"nothing known", 0, false, time.Minute, false, true},
+		{"the download window known, not beyond", 100 + w, false, 0, false, true},
+		{"half a window beyond it known", 100 + w + w/2, false, 0, false, true},
+		{"half a window beyond it known, a peek under way", 100 + w + w/2, false, 0, true, false},
+		{"a window beyond it known", 100 + 2*w, false, 0, false, false},
+		{"at the hub's end, peeked just now", 100 + 4, true, 0, false, false},
+		{"at the hub's end, a second ago", 100 + 4, true, time.Second, false, true},
+		{"at the hub's end, the download window known", 100 + w, true, time.Minute, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &prefetcher{s: walfetch.Settings{Prefetch: w, Parallel: 4, SpoolMax: 1024}, segSize: 1 << 20,
-				segno: 100, horizon: tc.horizon, peekShort: tc.short, lastPeek: time.Now().Add(-tc.peekedAgo)}
+				segno: 100, horizon: tc.horizon, peekShort: tc.short, lastPeek: time.Now().Add(-tc.peekedAgo), peeking: tc.peeking}
 			if got := p.needPeek(); got != tc.want {
 				t.Errorf("needPeek() = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestDownloadsGoOnWhileAPeekIsUnderWay: with a distant hub, planning does
+// not wait for a peek's answer. What is known already is queued for download
+// at once, and the answer, when it comes, extends what is known.
+func TestDownloadsGoOnWhileAPeekIsUnderWay(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	release := make(chan struct{})
+	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		parts := strings.Split(r.URL.Path, "/")
+		_, from, err := walname.ParseSegment(parts[len(parts)-2], segSize)
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		if !strings.HasSuffix(r.URL.Path, "/peek") || err != nil || n < 1 {
+			http.Error(w, "only peeks here", http.StatusBadRequest)
+			return
+		}
+		select { // the hub far away
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		p := api.Peek{Server: "main", SystemID: strconv.FormatUint(systemID, 10), SegmentSize: segSize, Limit: n}
+		for segno := from; segno < from+walname.SegNo(n); segno++ {
+			p.Segments = append(p.Segments, api.PeekSegment{Name: walname.SegmentName(1, segno, segSize), Checksum: "00000000"})
+		}
+		json.NewEncoder(w).Encode(p)
+	}))
+	defer hub.Close()
+	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second}
+	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dir := t.TempDir()
+	p := newPrefetcher(s, &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, strconv.FormatUint(systemID, 10),
+		c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.segSize, p.current = segSize, walname.SegmentName(1, 10, segSize)
+	p.setCurrent()
+	for segno := walname.SegNo(11); segno <= 10+16; segno++ { // the download window, not beyond: time to peek
+		p.known[segno] = api.PeekSegment{Name: walname.SegmentName(1, segno, segSize)}
+		p.horizon = segno
+	}
+
+	jobs := make(chan download, 100)
+	planned := make(chan struct{})
+	go func() { p.plan(jobs); close(planned) }()
+	select {
+	case <-planned:
+	case <-time.After(5 * time.Second):
+		close(release)
+		<-planned
+		t.Fatal("planning waited for the peek's answer")
+	}
+	if len(jobs) != 16 {
+		t.Errorf("%d downloads queued while the peek is under way, want 16 (the window)", len(jobs))
+	}
+	if !p.peeking || p.needPeek() {
+		t.Errorf("peeking %v, needPeek %v: want one peek under way, no second", p.peeking, p.needPeek())
+	}
+
+	close(release)
+	select {
+	case a := <-p.peeked:
+		p.peekDone(a)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no answer to the peek")
+	}
+	if want := walname.SegNo(10 + peekLead*16); p.horizon != want || p.peeking {
+		t.Errorf("after the answer: known up to %d (peeking %v), want %d", p.horizon, p.peeking, want)
 	}
 }
 
@@ -159,10 +233,8 @@ func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 	}
 	defer c.Close()
 	dir := t.TempDir()
-	p := &prefetcher{s: s, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
-		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		served: make(chan string, 64), finished: make(chan struct{}, 64),
-		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	p := newPrefetcher(s, &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, strconv.FormatUint(systemID, 10),
+		c, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	p.served <- walname.SegmentName(1, 10, segSize)
 	done := make(chan struct{})
 	go func() { p.loop(); close(done) }()

@@ -101,10 +101,8 @@ func newTestPrefetcher(t *testing.T, s walfetch.Settings, url string, systemID u
 	}
 	t.Cleanup(c.Close)
 	dir := t.TempDir()
-	return &prefetcher{s: s, sp: &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, systemID: strconv.FormatUint(systemID, 10),
-		c: c, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		served: make(chan string, 64), finished: make(chan struct{}, 64),
-		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
+	return newPrefetcher(s, &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, strconv.FormatUint(systemID, 10),
+		c, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 // TestPrefetcherStartDownloadsWithoutWaitingForItsPeek: with a distant hub
