@@ -60,6 +60,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -303,6 +304,7 @@ func BenchmarkReplay(b *testing.B) {
 			}
 			standby.Stop("immediate")
 			if log, err := os.ReadFile(filepath.Join(standby.DataDir, "pg_wal", "walfetch-spool", "prefetcher.log")); err == nil {
+				stopPrefetcher(string(log))
 				lines := strings.Split(strings.TrimSpace(string(log)), "\n")
 				problems := 0
 				for _, l := range lines {
@@ -410,4 +412,20 @@ func onlyItems(only string, isRun func(string) bool) []onlyItem {
 		i = j
 	}
 	return items
+}
+
+// stopPrefetcher ends the prefetcher whose log is log (its pid is on every
+// line). Left alone it idles on for --idle-exit, holding its connections to
+// the hub while the next run's prefetcher opens as many: with 32 downloads
+// each, two exceed the hub's 64 connections from one address, and the hub
+// closes what is above (prefetch failed: EOF).
+func stopPrefetcher(log string) {
+	_, rest, ok := strings.Cut(log, " pid=")
+	if !ok {
+		return
+	}
+	pid, err := strconv.Atoi(strings.Fields(rest)[0])
+	if err == nil && pid > 0 {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
 }

@@ -61,8 +61,8 @@ What it does:
     walfetch tells the prefetcher (starting it, detached, when none runs; one
     per spool, guarded by a lock) which segment recovery is at. The
     prefetcher keeps the next --prefetch segments that the hub holds
-    downloaded, with --parallel connections (more for segments smaller than
-    16 MiB: the same bytes in flight), while recovery proceeds, in the
+    downloaded, with --parallel connections (both more for segments smaller
+    than 16 MiB: the same bytes ahead and in flight), while recovery proceeds, in the
     spool (default pg_wal/walfetch-spool, which base backups leave out; it must
     be on pg_wal's file system). It removes what recovery has passed and what
     belongs to another timeline, never fetches .history files, never holds more

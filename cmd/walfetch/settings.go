@@ -84,7 +84,7 @@ var options = []option{
 	{"token-file", "WALFETCH_TOKEN_FILE", "file holding the read token", func(s *walfetch.Settings, v string) error { s.TokenFile = v; return nil }},
 	{"ca-file", "WALFETCH_CA_FILE", "PEM certificate authorities to trust for https", func(s *walfetch.Settings, v string) error { s.CAFile = v; return nil }},
 	{"spool", "WALFETCH_SPOOL", "prefetch spool directory, relative to the data directory; must be on the file system of pg_wal", func(s *walfetch.Settings, v string) error { s.Spool = v; return nil }},
-	{"prefetch", "WALFETCH_PREFETCH", "segments to keep downloaded ahead of recovery; 0 turns prefetching off", intSetter(func(s *walfetch.Settings) *int { return &s.Prefetch }, 0, 1024)},
+	{"prefetch", "WALFETCH_PREFETCH", "segments to keep downloaded ahead of recovery, for 16 MiB segments (smaller segments get more, the same bytes ahead, up to spool-max-mb); 0 turns prefetching off", intSetter(func(s *walfetch.Settings) *int { return &s.Prefetch }, 0, 1024)},
 	{"parallel", "WALFETCH_PARALLEL", "parallel downloads of the prefetcher, for 16 MiB segments (smaller segments get more, the same bytes in flight, up to the window)", intSetter(func(s *walfetch.Settings) *int { return &s.Parallel }, 1, 64)},
 	{"spool-max-mb", "WALFETCH_SPOOL_MAX_MB", "most MiB the spool may hold", func(s *walfetch.Settings, v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)

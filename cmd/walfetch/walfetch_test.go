@@ -507,7 +507,8 @@ func TestPrefetcherServesFromSpoolWithoutHub(t *testing.T) {
 	h := newTestHub(t, 12)
 	dir := dataDir(t, "standby.signal", true)
 	args := func(segno walname.SegNo) []string {
-		return hubArgs(h, "--prefetch", "6", "--parallel", "3", walname.SegmentName(1, segno, testSegSize), "pg_wal/RECOVERYXLOG")
+		// A window of 6 1 MiB segments: --prefetch counts 16 MiB ones.
+		return hubArgs(h, "--prefetch", "6", "--spool-max-mb", "6", "--parallel", "3", walname.SegmentName(1, segno, testSegSize), "pg_wal/RECOVERYXLOG")
 	}
 	if code, stderr := runWalfetch(t, dir, args(1)...); code != 0 {
 		t.Fatalf("first segment: exit %d: %s", code, stderr)
@@ -678,7 +679,7 @@ func TestPrefetcherFollowsTimelineSwitch(t *testing.T) {
 		return n
 	}
 	args := func(name string) []string {
-		return hubArgs(h, "--prefetch", "6", name, "pg_wal/RECOVERYXLOG")
+		return hubArgs(h, "--prefetch", "6", "--spool-max-mb", "6", name, "pg_wal/RECOVERYXLOG")
 	}
 	if code, stderr := runWalfetch(t, dir, args(walname.SegmentName(1, 1, testSegSize))...); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)

@@ -316,18 +316,29 @@ func (p *prefetcher) removeSegments() {
 func (p *prefetcher) window() int { return window(p.s, p.segSize) }
 
 // window is how many segments of segSize (0: not known yet) ahead of recovery
-// the spool holds with settings s: --prefetch, as many as --spool-max-mb allows.
+// the spool holds with settings s: --prefetch for segments of 16 MiB or more;
+// for smaller segments as many more as hold the same bytes (16 x 16 MiB = 256
+// x 1 MiB); as many as --spool-max-mb allows.
+//
+// Recovery replays small segments at a higher rate, and a window of a fixed
+// count reached less far ahead in time: 16 segments of 1 MiB are an eighth of
+// a second of a replay at 130 a second, about what one download takes from a
+// hub 100 ms away, so that recovery waited whenever a response came late
+// (BENCH_DELAY=100ms BenchmarkReplay: 0.83x of loopback).
 func window(s walfetch.Settings, segSize uint64) int {
 	w := s.Prefetch
 	if segSize > 0 {
+		if segSize < settingsSegmentSize {
+			w *= int(settingsSegmentSize / segSize)
+		}
 		w = min(w, int(s.SpoolMax<<20/int64(segSize)))
 	}
 	return max(w, 1)
 }
 
-// parallelSegmentSize is the segment size --parallel is meant for: the
-// default 16 MiB.
-const parallelSegmentSize = 16 << 20
+// settingsSegmentSize is the segment size --prefetch and --parallel count in:
+// the default 16 MiB.
+const settingsSegmentSize = 16 << 20
 
 // downloadSlots is how many downloads run at once: --parallel for segments
 // of 16 MiB or more; for smaller segments as many more as keep the same
@@ -337,10 +348,10 @@ const parallelSegmentSize = 16 << 20
 // away, a count fixed for 16 MiB segments would leave recovery of small
 // segments waiting on round trips, not on bandwidth.
 func downloadSlots(parallel, window int, segSize uint64) int {
-	if segSize == 0 || segSize >= parallelSegmentSize {
+	if segSize == 0 || segSize >= settingsSegmentSize {
 		return parallel
 	}
-	return max(parallel, min(parallel*int(parallelSegmentSize/segSize), window, maxAutoDownloads))
+	return max(parallel, min(parallel*int(settingsSegmentSize/segSize), window, maxAutoDownloads))
 }
 
 // maxAutoDownloads bounds what downloadSlots adds to --parallel: half of a
@@ -350,7 +361,7 @@ const maxAutoDownloads = 32
 // maxDownloads is the most downloads s lets run at once, whatever the
 // segment size: the download workers and the hub connections to have.
 func maxDownloads(s walfetch.Settings) int {
-	return downloadSlots(s.Parallel, s.Prefetch, 1<<20) // 1 MiB, the smallest segment size
+	return downloadSlots(s.Parallel, window(s, walname.MinSegmentSize), walname.MinSegmentSize)
 }
 
 func (p *prefetcher) loop() {

@@ -45,27 +45,56 @@ func TestDownloadSlotsKeepBytesInFlightForSmallSegments(t *testing.T) {
 			}
 		})
 	}
-	if got := maxDownloads(walfetch.Settings{Parallel: 4, Prefetch: 16}); got != 16 {
-		t.Errorf("maxDownloads(parallel 4, prefetch 16) = %d, want 16 (1 MiB segments)", got)
+	if got := maxDownloads(walfetch.Settings{Parallel: 4, Prefetch: 16, SpoolMax: 1024}); got != maxAutoDownloads {
+		t.Errorf("maxDownloads(parallel 4, prefetch 16) = %d, want %d (1 MiB segments)", got, maxAutoDownloads)
+	}
+}
+
+// TestWindowHoldsTheSameBytesForSmallSegments: --prefetch counts 16 MiB
+// segments; smaller segments get as many more as hold the same bytes, and
+// --spool-max-mb bounds every window.
+func TestWindowHoldsTheSameBytesForSmallSegments(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		prefetch int
+		spoolMax int64
+		segSize  uint64
+		want     int
+	}{
+		{"16 MiB: --prefetch", 16, 1024, 16 << 20, 16},
+		{"1 MiB: 16 x 16", 16, 1024, 1 << 20, 256},
+		{"4 MiB: 16 x 4", 16, 1024, 4 << 20, 64},
+		{"64 MiB: --prefetch", 16, 1024, 64 << 20, 16},
+		{"1 GiB: the spool holds one", 16, 1024, 1 << 30, 1},
+		{"1 MiB, --prefetch 6: 6 x 16", 6, 1024, 1 << 20, 96},
+		{"1 MiB, --spool-max-mb 100", 16, 100, 1 << 20, 100},
+		{"segment size not known yet: --prefetch", 16, 1024, 0, 16},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := walfetch.Settings{Prefetch: tt.prefetch, Parallel: 4, SpoolMax: tt.spoolMax}
+			if got := window(s, tt.segSize); got != tt.want {
+				t.Errorf("window(prefetch %d, spool %d MiB, %d-byte segments) = %d, want %d", tt.prefetch, tt.spoolMax, tt.segSize, got, tt.want)
+			}
+		})
 	}
 }
 
 // TestPlanQueuesAsManyDownloadsAsSlots: with 1 MiB segments and the hub
-// holding a whole window, the window's 16 segments are downloaded at once
-// (not 4, which leaves recovery waiting on round trips to a distant hub);
-// with 16 MiB segments, 4 at once.
+// holding a whole window, 32 segments are downloaded at once (not 4, which
+// leaves recovery waiting on round trips to a distant hub); with 16 MiB
+// segments, 4 at once.
 func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
 	for _, tt := range []struct {
 		segSize uint64
 		want    int
-	}{{1 << 20, 16}, {16 << 20, 4}} {
+	}{{1 << 20, maxAutoDownloads}, {16 << 20, 4}} {
 		dir := t.TempDir()
 		p := &prefetcher{s: walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024}, sp: &walfetch.Spool{Dir: dir, Root: dir},
 			log: slog.New(slog.NewTextHandler(io.Discard, nil)), segSize: tt.segSize, lastPeek: time.Now(),
 			inflight: map[string]bool{}, failed: map[string]time.Time{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 		p.current = walname.SegmentName(1, 10, tt.segSize)
 		p.setCurrent()
-		for segno := walname.SegNo(11); segno <= 10+peekLead*16; segno++ { // as far as peeks reach
+		for segno := walname.SegNo(11); segno <= 10+walname.SegNo(peekLead*p.window()); segno++ { // as far as peeks reach
 			p.known[segno] = api.PeekSegment{Name: walname.SegmentName(1, segno, tt.segSize)}
 			p.horizon = segno
 		}
@@ -105,7 +134,7 @@ func TestPeeksReachAWindowBeyondTheDownloads(t *testing.T) {
 		{"at the hub's end, the download window known", 100 + w, true, time.Minute, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := &prefetcher{s: walfetch.Settings{Prefetch: w, Parallel: 4, SpoolMax: 1024}, segSize: 1 << 20,
+			p := &prefetcher{s: walfetch.Settings{Prefetch: w, Parallel: 4, SpoolMax: w}, segSize: 1 << 20,
 				segno: 100, horizon: tc.horizon, peekShort: tc.short, lastPeek: time.Now().Add(-tc.peekedAgo), peeking: tc.peeking}
 			if got := p.needPeek(); got != tc.want {
 				t.Errorf("needPeek() = %v, want %v", got, tc.want)
@@ -141,7 +170,8 @@ func TestDownloadsGoOnWhileAPeekIsUnderWay(t *testing.T) {
 		json.NewEncoder(w).Encode(p)
 	}))
 	defer hub.Close()
-	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second}
+	// A window of 16 (--spool-max-mb 16 of 1 MiB segments).
+	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second}
 	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout})
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +219,7 @@ func TestDownloadsGoOnWhileAPeekIsUnderWay(t *testing.T) {
 // TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce runs the prefetcher
 // against a hub whose segment downloads all hang (a hub far away: every
 // response waits), and counts the downloads that are under way at once: with
-// 1 MiB segments, --parallel 4 and a window of 16, all 16.
+// 1 MiB segments, --parallel 4 and a window of 16 (--spool-max-mb 16), all 16.
 func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 	const systemID = 7300000000000000042
 	const segSize = 1 << 20
@@ -226,7 +256,7 @@ func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 		http.Error(w, "not now", http.StatusServiceUnavailable)
 	}))
 	defer hub.Close()
-	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: time.Second}
 	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout, MaxConns: maxDownloads(s) + 1})
 	if err != nil {
 		t.Fatal(err)

@@ -128,7 +128,8 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 		t.Run(tt.how, func(t *testing.T) {
 			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
 			srv := hub.start(t)
-			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: 3 * time.Second}
+			// A window of 16 segments (--spool-max-mb 16 of 1 MiB).
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: 3 * time.Second}
 			p := newTestPrefetcher(t, s, srv.URL, systemID)
 			p.begin(tt.served, tt.next)
 			start := time.Now()
