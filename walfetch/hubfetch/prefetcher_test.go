@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/hub/api"
-	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
@@ -171,15 +170,7 @@ func TestDownloadsGoOnWhileAPeekIsUnderWay(t *testing.T) {
 	}))
 	defer hub.Close()
 	// A window of 16 (--spool-max-mb 16 of 1 MiB segments).
-	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second}
-	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	dir := t.TempDir()
-	p := newPrefetcher(s, &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, strconv.FormatUint(systemID, 10),
-		c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := newTestPrefetcher(t, walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second}, hub.URL, systemID)
 	p.segSize, p.current = segSize, walname.SegmentName(1, 10, segSize)
 	p.setCurrent()
 	for segno := walname.SegNo(11); segno <= 10+16; segno++ { // the download window, not beyond: time to peek
@@ -256,15 +247,8 @@ func TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce(t *testing.T) {
 		http.Error(w, "not now", http.StatusServiceUnavailable)
 	}))
 	defer hub.Close()
-	s := walfetch.Settings{URL: hub.URL, Server: "main", Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: time.Second}
-	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Timeout: s.Timeout, MaxConns: maxDownloads(s) + 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	dir := t.TempDir()
-	p := newPrefetcher(s, &walfetch.Spool{Dir: dir, Root: dir, SystemID: systemID}, strconv.FormatUint(systemID, 10),
-		c, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p := newTestPrefetcher(t, walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: time.Second},
+		hub.URL, systemID)
 	p.served <- walname.SegmentName(1, 10, segSize)
 	done := make(chan struct{})
 	go func() { p.loop(); close(done) }()
