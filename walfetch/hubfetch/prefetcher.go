@@ -615,7 +615,9 @@ func (p *prefetcher) needPeek() bool {
 
 // peekLead is how many windows ahead of recovery peeks reach (needPeek): a
 // peek asks for two windows or more, about one in two windows recovery
-// moves. With the default window (16) it is the hub's default max_peek (64).
+// moves. With 16 MiB segments and the default window (16) that is the hub's
+// default max_peek (64); with smaller segments, the hub's max_peek caps each
+// answer, and the next peek follows it.
 const peekLead = 4
 
 // peek asks the hub what exists from the first segment not known yet to
