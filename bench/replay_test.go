@@ -416,9 +416,8 @@ func onlyItems(only string, isRun func(string) bool) []onlyItem {
 
 // stopPrefetcher ends the prefetcher whose log is log (its pid is on every
 // line). Left alone it idles on for --idle-exit, holding its connections to
-// the hub while the next run's prefetcher opens as many: with 32 downloads
-// each, two exceed the hub's 64 connections from one address, and the hub
-// closes what is above (prefetch failed: EOF).
+// the hub while the next run's prefetcher opens its own, and the hub takes 64
+// at most from one address: each run starts alone.
 func stopPrefetcher(log string) {
 	_, rest, ok := strings.Cut(log, " pid=")
 	if !ok {

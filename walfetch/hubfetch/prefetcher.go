@@ -354,9 +354,14 @@ func downloadSlots(parallel, window int, segSize uint64) int {
 	return max(parallel, min(parallel*int(settingsSegmentSize/segSize), window, maxAutoDownloads))
 }
 
-// maxAutoDownloads bounds what downloadSlots adds to --parallel: half of a
-// hub's default max_client_connections (64 from one address).
-const maxAutoDownloads = 32
+// maxAutoDownloads bounds what downloadSlots adds to --parallel: a quarter
+// of a hub's default max_client_connections (64 from one address), so that
+// two standbys behind one address, each prefetcher with a connection more for
+// its peeks, stay well within it. Once the window of small segments held 256
+// of them, 32 downloads at once bought nothing over 16 from a hub 100 ms away
+// (BENCH_DELAY=100ms BenchmarkReplay, 1001 x 1 MiB: 93.0 segments a second
+// with 32, 99.6 with 16).
+const maxAutoDownloads = 16
 
 // maxDownloads is the most downloads s lets run at once, whatever the
 // segment size: the download workers and the hub connections to have.

@@ -79,7 +79,7 @@ func TestWindowHoldsTheSameBytesForSmallSegments(t *testing.T) {
 }
 
 // TestPlanQueuesAsManyDownloadsAsSlots: with 1 MiB segments and the hub
-// holding a whole window, 32 segments are downloaded at once (not 4, which
+// holding a whole window, 16 segments are downloaded at once (not 4, which
 // leaves recovery waiting on round trips to a distant hub); with 16 MiB
 // segments, 4 at once.
 func TestPlanQueuesAsManyDownloadsAsSlots(t *testing.T) {
