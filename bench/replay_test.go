@@ -423,8 +423,17 @@ func stopPrefetcher(log string) {
 	if !ok {
 		return
 	}
-	pid, err := strconv.Atoi(strings.Fields(rest)[0])
-	if err == nil && pid > 0 {
+	fields := strings.Fields(rest)
+	if len(fields) == 0 {
+		return
+	}
+	pid, err := strconv.Atoi(fields[0])
+	if err != nil || pid <= 0 {
+		return
+	}
+	// Only if that pid is still a walfetch program: it may have exited and
+	// its pid gone to another process.
+	if cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmd), "walfetch") {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
 }
