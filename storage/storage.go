@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // ErrNotExist is returned (wrapped) when a stored file does not exist.
@@ -97,13 +98,28 @@ func (t *TempFile) CommitNew() error {
 	}
 	err := os.Link(t.Name(), t.final)
 	os.Remove(t.Name())
-	if le := (*os.LinkError)(nil); errors.As(err, &le) {
-		err = &fs.PathError{Op: "create", Path: t.final, Err: le.Err} // not the temporary name
-	}
 	if err != nil {
-		return err
+		return linkError(t.final, err)
 	}
 	return SyncDir(filepath.Dir(t.final))
+}
+
+// linkError is what CommitNew reports when the link to final failed: an
+// error on final, not on the temporary name, which says so when the file
+// system refuses hard links (vfat, some FUSE and network file systems),
+// without which a file can't be created durably under a name that must not
+// be replaced.
+func linkError(final string, err error) error {
+	le := (*os.LinkError)(nil)
+	if !errors.As(err, &le) {
+		return err
+	}
+	perr := &fs.PathError{Op: "create", Path: final, Err: le.Err}
+	if errors.Is(le.Err, syscall.EPERM) || errors.Is(le.Err, syscall.ENOTSUP) || errors.Is(le.Err, syscall.EMLINK) {
+		return fmt.Errorf("%w (the file system of %s may not support hard links, which creating a file that must never replace another needs: choose a directory on another file system)",
+			perr, filepath.Dir(final))
+	}
+	return perr
 }
 
 // WriteFile writes data to path durably and atomically (a TempFile

@@ -89,6 +89,32 @@ func TestWriteFile(t *testing.T) {
 // CommitNew creates the final file, or leaves the one there as it was and
 // says fs.ErrExist under the final name (not the temporary one); either way
 // no temporary file stays behind.
+// TestCommitNewSaysWhenHardLinksAreRefused: a file system without hard links
+// (vfat answers EPERM) is named as the likely cause, on the final name; a
+// file already there is not.
+func TestCommitNewSaysWhenHardLinksAreRefused(t *testing.T) {
+	for _, tc := range []struct {
+		errno syscall.Errno
+		hint  bool
+	}{
+		{syscall.EPERM, true},
+		{syscall.ENOTSUP, true},
+		{syscall.EMLINK, true},
+		{syscall.EEXIST, false},
+		{syscall.EACCES, false},
+	} {
+		t.Run(tc.errno.Error(), func(t *testing.T) {
+			err := linkError("/keys/repo.key", &os.LinkError{Op: "link", Old: "/keys/.repo.key.tmp-1", New: "/keys/repo.key", Err: tc.errno})
+			if !errors.Is(err, tc.errno) || !strings.HasPrefix(err.Error(), "create /keys/repo.key: ") || strings.Contains(err.Error(), ".tmp-") {
+				t.Errorf("error %q: want the errno, on the final name only", err)
+			}
+			if got := strings.Contains(err.Error(), "may not support hard links"); got != tc.hint {
+				t.Errorf("error %q: hint about hard links %v, want %v", err, got, tc.hint)
+			}
+		})
+	}
+}
+
 func TestCommitNew(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
