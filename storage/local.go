@@ -456,6 +456,12 @@ func (l *LocalStore) Link(ctx context.Context, src, key string, meta Meta) (int6
 		os.Remove(tmp)
 		return 0, fmt.Errorf("link %s: %w", key, err)
 	}
+	// When the object already was a link to src (a crash after an earlier
+	// Link, before the caller recorded it), the rename did nothing: two
+	// names of one file (rename(2)). The temporary name goes too.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("link %s: %w", key, err)
+	}
 	if err := SyncDir(filepath.Dir(p)); err != nil {
 		return 0, fmt.Errorf("link %s: %w", key, err)
 	}
