@@ -76,9 +76,11 @@ type prefetcher struct {
 	fetched map[string]bool
 }
 
-// peekAnswer is what the hub answered a peek for count segments.
+// peekAnswer is what the hub answered a peek for count segments, asked on
+// timeline tli (0: before the segment size was known).
 type peekAnswer struct {
 	count int
+	tli   walname.TimeLine
 	peek  api.Peek
 	err   error
 }
@@ -644,7 +646,10 @@ func (p *prefetcher) peek() {
 		count = int(p.segno+walname.SegNo(lead)-start) + 1
 	}
 	p.lastPeek, p.peeking = time.Now(), true
-	c, timeout, answers := p.c, p.s.Timeout, p.peeked
+	c, timeout, answers, tli := p.c, p.s.Timeout, p.peeked, walname.TimeLine(0)
+	if p.segSize != 0 {
+		tli = p.tli
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
@@ -652,15 +657,21 @@ func (p *prefetcher) peek() {
 		if err != nil {
 			err = fmt.Errorf("peek from %s: %w", from, err)
 		}
-		answers <- peekAnswer{count: count, peek: peek, err: err}
+		answers <- peekAnswer{count: count, tli: tli, peek: peek, err: err}
 	}()
 }
 
 // peekDone takes in what the hub answered the peek under way: the segment
 // size, if not known yet, and the segments it holds beyond the current one
-// (recovery may have moved on since the peek was asked for).
+// (recovery may have moved on since the peek was asked for). An answer about
+// a timeline recovery has left since is dropped whole: its segments are not
+// the new timeline's, and its end of the hub (peekShort) would hold the
+// first peek on the new one back a second.
 func (p *prefetcher) peekDone(a peekAnswer) {
 	p.peeking = false
+	if a.tli != 0 && a.tli != p.tli {
+		return
+	}
 	peek, count := a.peek, a.count
 	if a.err != nil {
 		p.peekShort = true

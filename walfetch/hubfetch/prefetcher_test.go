@@ -207,6 +207,27 @@ func TestDownloadsGoOnWhileAPeekIsUnderWay(t *testing.T) {
 	}
 }
 
+// TestAnAnswerAboutATimelineLeftIsDropped: recovery switched timelines while
+// a peek was under way; the answer, about the old timeline and at the hub's
+// end there, neither adds segments nor holds the next peek back a second.
+func TestAnAnswerAboutATimelineLeftIsDropped(t *testing.T) {
+	const segSize = 1 << 20
+	p := newPrefetcher(walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16}, &walfetch.Spool{Dir: t.TempDir()}, "42", nil,
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.segSize, p.current, p.lastPeek = segSize, walname.SegmentName(2, 5, segSize), time.Now()
+	p.setCurrent()
+	p.peeking = true
+	old := api.Peek{SystemID: "42", SegmentSize: segSize, Limit: 64}
+	for segno := walname.SegNo(6); segno <= 9; segno++ { // timeline 1 ended at 9
+		old.Segments = append(old.Segments, api.PeekSegment{Name: walname.SegmentName(1, segno, segSize)})
+	}
+	p.peekDone(peekAnswer{count: 64, tli: 1, peek: old})
+	if len(p.known) != 0 || p.peekShort || p.peeking || !p.needPeek() {
+		t.Errorf("known %d, peekShort %v, peeking %v, needPeek %v: want nothing known and a peek on timeline 2 now",
+			len(p.known), p.peekShort, p.peeking, p.needPeek())
+	}
+}
+
 // TestPrefetcherDownloadsSmallSegmentsAWindowAtOnce runs the prefetcher
 // against a hub whose segment downloads all hang (a hub far away: every
 // response waits), and counts the downloads that are under way at once: with
