@@ -35,6 +35,22 @@ type Compression struct {
 	// OnServer has PostgreSQL compress (zstd only): the server sends each
 	// archive compressed, and it is stored as it comes.
 	OnServer bool
+	// Auto lets the backup choose where (OnServer is then ignored): on the
+	// server, which sends a fraction of the bytes and leaves the hub's cores
+	// idle, except when a maximum rate is set (PostgreSQL throttles what it
+	// sends: with its own compression, the compressed bytes, so the data it
+	// reads would not be limited) or when the server's build cannot compress
+	// with zstd (it says so before sending anything): then on the hub.
+	Auto bool
+}
+
+// resolve turns Auto into a choice, given the backup's maximum rate (kB/s,
+// 0 for none): the server compresses unless a rate is set.
+func (c Compression) resolve(maxRate int) Compression {
+	if c.Auto {
+		c.OnServer = c.Method == "zstd" && maxRate == 0
+	}
+	return c
 }
 
 // on says where the archives are compressed: "server", "hub", or "" (not at all).

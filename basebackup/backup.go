@@ -136,6 +136,11 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		opts.ManifestChecksums = "CRC32C"
 	}
 	log := opts.Log.With("server", opts.Server)
+	opts.Compression = opts.Compression.resolve(opts.MaxRate)
+	if !opts.Compression.Auto && opts.Compression.on() == "server" && opts.MaxRate > 0 {
+		log.Warn("with compression on the server, max_rate limits the compressed bytes it sends, not the data it reads",
+			"max_rate_kB_s", opts.MaxRate)
+	}
 	srv, err := opts.Repo.Catalog.EnsureServer(ctx, opts.Server)
 	if err != nil {
 		return catalog.Backup{}, err
@@ -226,6 +231,48 @@ func (r *run) fail(cause error) (catalog.Backup, error) {
 	return b, fmt.Errorf("backup %s of %s failed: %w", b.ID, r.opts.Server, cause)
 }
 
+// stream runs BASE_BACKUP on conn and stores and checks what it sends. When
+// the choice of where to compress was left to the backup and the server's
+// build cannot compress with zstd, which it says before sending anything,
+// the hub compresses instead, on the same connection.
+func (r *run) stream(ctx context.Context, conn *pgconn.PgConn) error {
+	for {
+		check, err := newStreamCheck(r.opts.ManifestChecksums)
+		if err != nil {
+			return fmt.Errorf("manifest checksums: %w", err)
+		}
+		sink := &sink{ctx: ctx, run: r, check: check, lastReport: time.Now()}
+		cmd := command{
+			Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
+			ManifestChecksums: r.opts.ManifestChecksums,
+		}
+		cmd.Compression, cmd.CompressionDetail = r.opts.Compression.serverOptions()
+		err = streamBackup(ctx, conn, cmd, sink)
+		if err == nil {
+			return sink.finish()
+		}
+		sink.abort(err)
+		c := r.opts.Compression
+		if c.Auto && c.OnServer && !sink.begun && serverCannotCompress(err) {
+			r.log.Warn("the server cannot compress the backup (its build has no zstd): the hub compresses it", "err", err)
+			r.opts.Compression.OnServer = false
+			continue
+		}
+		if errors.Is(err, ErrChecksumFailure) {
+			return fmt.Errorf("the server found invalid page checksums (data corruption) while sending the backup: %w", err)
+		}
+		return err
+	}
+}
+
+// serverCannotCompress says whether err is the server's refusal of a
+// compression method its build lacks (feature_not_supported, raised when
+// BASE_BACKUP sets up its compression, before the backup starts).
+func serverCannotCompress(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "0A000" // feature_not_supported
+}
+
 // take streams, stores, verifies and waits for the WAL.
 func (r *run) take(ctx context.Context) error {
 	conn, err := connect(ctx, r.opts.Conninfo)
@@ -250,26 +297,8 @@ func (r *run) take(ctx context.Context) error {
 	}
 	r.server.SystemID, r.server.SegmentSize = id.SystemID, segSize
 
-	check, err := newStreamCheck(r.opts.ManifestChecksums)
-	if err != nil {
-		return fmt.Errorf("manifest checksums: %w", err)
-	}
 	started := time.Now()
-	sink := &sink{ctx: ctx, run: r, check: check, lastReport: time.Now()}
-	cmd := command{
-		Label: r.backup.Label, FastCheckpoint: r.opts.FastCheckpoint, MaxRate: r.opts.MaxRate,
-		ManifestChecksums: r.opts.ManifestChecksums,
-	}
-	cmd.Compression, cmd.CompressionDetail = r.opts.Compression.serverOptions()
-	err = streamBackup(ctx, conn, cmd, sink)
-	if err != nil {
-		sink.abort(err)
-		if errors.Is(err, ErrChecksumFailure) {
-			return fmt.Errorf("the server found invalid page checksums (data corruption) while sending the backup: %w", err)
-		}
-		return err
-	}
-	if err := sink.finish(); err != nil {
+	if err := r.stream(ctx, conn); err != nil {
 		return err
 	}
 	r.streamTime = time.Since(started)
@@ -366,6 +395,8 @@ type sink struct {
 	check      *streamCheck
 	checked    Checked
 	lastReport time.Time
+	// begun is set once the server has sent the backup's start position.
+	begun bool
 }
 
 // headLimit bounds how much of base.tar is kept to read backup_label and tablespace_map.
@@ -374,6 +405,7 @@ const headLimit = 1 << 20
 func (s *sink) Start(lsn walname.LSN, tli walname.TimeLine, tablespaces []Tablespace) error {
 	b := &s.run.backup
 	b.StartLSN, b.StartTLI = lsn, tli
+	s.begun = true
 	for _, ts := range tablespaces {
 		s.total += ts.Size
 	}

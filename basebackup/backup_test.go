@@ -1,8 +1,10 @@
 package basebackup
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,11 +13,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/walhub/walhub/catalog"
@@ -104,6 +108,23 @@ func TestBackupWithTablespaceVerifiesUnpacksAndRecovers(t *testing.T) {
 	}
 }
 
+// compressedByHub says who compressed backup b's base.tar.zst, as the stored
+// archive shows: the hub writes frames that give their size (decoded in
+// parallel on restore), PostgreSQL streams frames that do not.
+func (e *env) compressedByHub(b catalog.Backup) bool {
+	e.t.Helper()
+	head := make([]byte, zstd.HeaderMaxSize)
+	f, err := os.Open(filepath.Join(e.root, filepath.FromSlash(b.StoredPath), "base.tar.zst"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadFull(f, head); err != nil {
+		e.t.Fatal(err)
+	}
+	return parallelFrames(head)
+}
+
 // testBackupVerifiesUnpacksAndRecovers backs up a primary with a
 // tablespace, compressed by the hub or by the server, checks the copy,
 // unpacks it with the tablespace moved, and recovers it.
@@ -124,17 +145,7 @@ func testBackupVerifiesUnpacksAndRecovers(t *testing.T, onServer bool) {
 	if b.State != catalog.StateDone {
 		t.Fatalf("backup state %s (%s), want done", b.State, b.Reason)
 	}
-	// Who compressed shows in the stored archive: the hub writes frames
-	// that give their size (decoded in parallel on restore), PostgreSQL
-	// streams frames that do not.
-	head := make([]byte, zstd.HeaderMaxSize)
-	if f, err := os.Open(filepath.Join(e.root, filepath.FromSlash(b.StoredPath), "base.tar.zst")); err != nil {
-		t.Fatal(err)
-	} else {
-		io.ReadFull(f, head)
-		f.Close()
-	}
-	if byHub := parallelFrames(head); byHub == onServer {
+	if byHub := e.compressedByHub(b); byHub == onServer {
 		t.Errorf("base.tar.zst starts with a frame of the hub's: %v; compressed on the server: %v", byHub, onServer)
 	}
 	if b.StartLSN == 0 || b.StopLSN <= b.StartLSN || b.StartTLI != 1 || b.StopTLI != 1 {
@@ -522,6 +533,141 @@ func corruptingProxy(t *testing.T, port int, from, to []byte) int {
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// refusingProxy passes connections to the server on port through, except
+// the first query that contains match: it answers that one itself, as a
+// PostgreSQL built without zstd answers BASE_BACKUP ... COMPRESSION 'zstd'
+// (feature_not_supported, then ready for the next query). The count of
+// queries refused is returned with the proxy's port.
+func refusingProxy(t *testing.T, port int, match []byte) (int, *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	refusal, err := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
+		Message: "zstd compression is not supported by this build"}).Encode(nil)
+	if err == nil {
+		refusal, err = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(refusal)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused atomic.Int64
+	go func() {
+		for {
+			client, err := l.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				client.Close()
+				continue
+			}
+			var toClient sync.Mutex // the server's bytes and the refusal
+			go func() {
+				defer client.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := server.Read(buf)
+					toClient.Lock()
+					_, werr := client.Write(buf[:n])
+					toClient.Unlock()
+					if err != nil || werr != nil {
+						return
+					}
+				}
+			}()
+			go func() {
+				defer server.Close()
+				r := bufio.NewReader(client)
+				// The startup message has no type byte (sslmode=disable:
+				// no SSL request before it); every message after it has.
+				var hdr [5]byte
+				if _, err := io.ReadFull(r, hdr[:4]); err != nil {
+					return
+				}
+				body := make([]byte, binary.BigEndian.Uint32(hdr[:4])-4)
+				if _, err := io.ReadFull(r, body); err != nil {
+					return
+				}
+				if _, err := server.Write(append(hdr[:4:4], body...)); err != nil {
+					return
+				}
+				for {
+					if _, err := io.ReadFull(r, hdr[:]); err != nil {
+						return
+					}
+					body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
+					if _, err := io.ReadFull(r, body); err != nil {
+						return
+					}
+					if hdr[0] == 'Q' && bytes.Contains(body, match) && refused.CompareAndSwap(0, 1) {
+						toClient.Lock()
+						_, err := client.Write(refusal)
+						toClient.Unlock()
+						if err != nil {
+							return
+						}
+						continue
+					}
+					if _, err := server.Write(append(hdr[:5:5], body...)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, &refused
+}
+
+// TestAutoCompressesOnTheHubWhenTheServerCannot: a server built without zstd
+// refuses BASE_BACKUP ... COMPRESSION 'zstd' before the backup starts. Left
+// to choose, walhub asks again on the same connection without it, and the
+// hub compresses; asked for compression on the server, the backup fails
+// with the server's words and keeps nothing. A proxy plays that server.
+func TestAutoCompressesOnTheHubWhenTheServerCannot(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pgtest.Options{})
+	e.startReceiver()
+	for _, tc := range []struct {
+		name   string
+		c      Compression
+		failed bool
+	}{
+		{"auto", Compression{Method: "zstd", Level: 1, Auto: true}, false},
+		{"server", Compression{Method: "zstd", Level: 1, OnServer: true}, true},
+	} {
+		port, refused := refusingProxy(t, e.primary.Port, []byte("COMPRESSION 'zstd'"))
+		opts := e.options()
+		opts.Conninfo = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", port)
+		opts.Compression = tc.c
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		b, err := Run(ctx, opts)
+		cancel()
+		if refused.Load() != 1 {
+			t.Fatalf("%s: the proxy refused %d queries, want 1", tc.name, refused.Load())
+		}
+		if tc.failed {
+			if err == nil || b.State != catalog.StateFailed || !strings.Contains(err.Error(), "not supported by this build") {
+				t.Errorf("%s: state %s, err %v; want failed with the server's refusal", tc.name, b.State, err)
+			}
+			assertNoFiles(t, e, b)
+			continue
+		}
+		if err != nil || b.State != catalog.StateDone {
+			t.Fatalf("%s: state %s (%s), err %v; want done", tc.name, b.State, b.Reason, err)
+		}
+		if !e.compressedByHub(b) {
+			t.Errorf("%s: base.tar.zst was not compressed by the hub", tc.name)
+		}
+		if _, err := Verify(context.Background(), RepoOpener(e.repo, b), b); err != nil {
+			t.Errorf("%s: verify: %v", tc.name, err)
+		}
+	}
 }
 
 // TestFileCorruptedInTransitFailsTheBackupAndNothingIsKept changes a file's

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/walhub/walhub/catalog"
@@ -363,5 +364,46 @@ func TestAbortedServerArchiveStopsItsDecoder(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, filepath.FromSlash(b.StoredPath), "base.tar.zst")); err == nil {
 		t.Error("an aborted archive was committed")
+	}
+}
+
+// TestAutoCompressesOnTheServerUnlessARateIsSet: left to choose, a backup
+// has the server compress, except when a maximum rate is set (PostgreSQL
+// would throttle the compressed bytes, not what it reads) or there is
+// nothing to compress; a choice made in the configuration stays.
+func TestAutoCompressesOnTheServerUnlessARateIsSet(t *testing.T) {
+	for _, tc := range []struct {
+		c       Compression
+		maxRate int
+		want    string
+	}{
+		{Compression{Method: "zstd", Auto: true}, 0, "server"},
+		{Compression{Method: "zstd", Auto: true}, 1024, "hub"},
+		{Compression{Method: "none", Auto: true}, 0, ""},
+		{Compression{Method: "zstd", Auto: true, OnServer: true}, 32, "hub"},
+		{Compression{Method: "zstd", OnServer: true}, 1024, "server"},
+		{Compression{Method: "zstd"}, 0, "hub"},
+	} {
+		if got := tc.c.resolve(tc.maxRate).on(); got != tc.want {
+			t.Errorf("%+v with max rate %d: compressed on %q, want %q", tc.c, tc.maxRate, got, tc.want)
+		}
+	}
+}
+
+// TestServerCannotCompressIsTheBuildsRefusalOnly: only feature_not_supported
+// (a build without zstd) lets a backup fall back to the hub's compression;
+// a syntax error or a lost connection stays an error.
+func TestServerCannotCompressIsTheBuildsRefusalOnly(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("BASE_BACKUP failed on the server: %w", &pgconn.PgError{Code: "0A000", Message: "zstd compression is not supported by this build"}), true},
+		{fmt.Errorf("BASE_BACKUP failed on the server: %w", &pgconn.PgError{Code: "42601", Message: "invalid compression specification"}), false},
+		{errors.New("BASE_BACKUP: connection lost: EOF"), false},
+	} {
+		if got := serverCannotCompress(tc.err); got != tc.want {
+			t.Errorf("%v: %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

@@ -48,12 +48,14 @@
 # KEEP=1 keeps the working directory (cluster, repository, the walhub binary,
 # for a profiler's symbols) instead of removing it at the end.
 #
-# Every round also runs both tools with compression on the database server:
-# pg_basebackup --compress=server-zstd (into a directory: it cannot add the
-# manifest to a compressed stream on stdout) and walhub backup with
-# server.backup.compress_on = "server", both at zstd level 1, the walsender
-# compressing alone, or with SERVER_WORKERS=N threads besides it (zstd's
-# workers=N, walhub's backup.workers).
+# walhub backup runs twice a round: with the default configuration
+# (compress_on = "auto": PostgreSQL compresses, at zstd level 1, the
+# walsender alone, or with SERVER_WORKERS=N threads besides it, zstd's
+# workers=N, walhub's backup.workers), and with compress_on = "hub" (the
+# server sends the archives uncompressed, the hub compresses on all its
+# cores). Every round also runs pg_basebackup --compress=server-zstd at the
+# same level and workers (into a directory: it cannot add the manifest to a
+# compressed stream on stdout).
 #
 # RATE=1gbit models a hub across a network link of that rate: during the
 # rounds, what PostgreSQL sends from its port on loopback (the backups, and
@@ -175,7 +177,8 @@ conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 checkpoint = "fast"
 wal_timeout = "2m"
 EOF
-sed 's/^\[server.backup\]$/&\ncompress_on = "server"\nworkers = '"$SERVER_WORKERS"'/' "$ROOT/walhub.toml" >"$ROOT/walhub-server.toml"
+sed 's/^\[server.backup\]$/&\ncompress_on = "hub"/' "$ROOT/walhub.toml" >"$ROOT/walhub-hub.toml"
+[ "$SERVER_WORKERS" -gt 0 ] && sed -i 's/^\[server.backup\]$/&\nworkers = '"$SERVER_WORKERS"'/' "$ROOT/walhub.toml"
 "${ON_CLIENT[@]}" "$ROOT/walhub" --config "$ROOT/walhub.toml" serve --init 2>"$ROOT/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do
@@ -270,7 +273,7 @@ for r in $(seq "$RUNS"); do
   echo "floor $(floor)" >>"$ROOT/times"
   echo "zstd $(pgbb --compress=client-zstd)" >>"$ROOT/times"
   echo "szstd $(pgbb --compress=server-zstd:level=1$([ "$SERVER_WORKERS" -gt 0 ] && echo ",workers=$SERVER_WORKERS"))" >>"$ROOT/times"
-  echo "wserver $(walhub_run "$ROOT/walhub" "$ROOT/walhub-server.toml")" >>"$ROOT/times"
+  echo "whub $(walhub_run "$ROOT/walhub" "$ROOT/walhub-hub.toml")" >>"$ROOT/times"
   # With BASE_REV the two walhub builds swap places every round, so neither
   # always runs right after pg_basebackup.
   if [ -n "$BASE_REV" ] && [ $((r % 2)) = 0 ]; then
@@ -280,7 +283,7 @@ for r in $(seq "$RUNS"); do
     echo "walhub $(walhub_run)" >>"$ROOT/times"
     [ -n "$BASE_REV" ] && echo "base $(walhub_run "$ROOT/walhub-base")" >>"$ROOT/times"
   fi
-  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 7 || echo 6) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base|wserver/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
+  echo "round $r: $(tail -$([ -n "$BASE_REV" ] && echo 7 || echo 6) "$ROOT/times" | awk '{ if ($1 ~ /walhub|base|whub/) printf "%s %.2f/%.2fs  ", $1, $2, $3; else printf "%s %.2fs  ", $1, $2 }')"
 done
 if [ -n "$SHAPED" ]; then tc qdisc del dev lo root; SHAPED=; fi
 # median_of KEY FIELD: the median of column FIELD over the rows of KEY.
@@ -291,7 +294,7 @@ median_of() {
 T_PLAIN=$(median_of plain 2); S_PLAIN=$(median_of plain 3)
 T_ZSTD=$(median_of zstd 2); S_ZSTD=$(median_of zstd 3)
 T_SZSTD=$(median_of szstd 2); S_SZSTD=$(median_of szstd 3)
-T_WSERVER=$(median_of wserver 2); T_WSERVER_TOTAL=$(median_of wserver 3); S_WSERVER=$(median_of wserver 4)
+T_WHUB=$(median_of whub 2); T_WHUB_TOTAL=$(median_of whub 3); S_WHUB=$(median_of whub 4)
 T_FLOOR=$(median_of floor 2)
 T_STREAM=$(median_of walhub 2); T_TOTAL=$(median_of walhub 3); S_WALHUB=$(median_of walhub 4); SIZE=$(median_of walhub 5)
 P_STREAM=$(median_of walhub 6); P_VERIFY=$(median_of walhub 7); P_WAL=$(median_of walhub 8)
@@ -309,8 +312,8 @@ printf '%-34s %8.2f s %9.1f MB/s   (nothing written: the protocol floor)\n' "pg_
 row "walhub backup (durable in repo)" "$T_STREAM" "$S_WALHUB"
 row "walhub backup (whole: +verify, WAL)" "$T_TOTAL" "$S_WALHUB"
 row "pg_basebackup --compress=server-zstd" "$T_SZSTD" "$S_SZSTD"
-row "walhub, compress_on=server (durable)" "$T_WSERVER" "$S_WSERVER"
-row "walhub, compress_on=server (whole)" "$T_WSERVER_TOTAL" "$S_WSERVER"
+row "walhub, compress_on=hub (durable)" "$T_WHUB" "$S_WHUB"
+row "walhub, compress_on=hub (whole)" "$T_WHUB_TOTAL" "$S_WHUB"
 printf 'walhub phases (from its "backup done" line): stream %.2f s, verify %.2f s, WAL wait %.2f s (verify and WAL wait overlap)\n' \
   "$P_STREAM" "$P_VERIFY" "$P_WAL"
 echo
@@ -325,7 +328,7 @@ cpurow "pg_basebackup --compress=client-zstd" zstd 4 5
 cpurow "pg_basebackup to /dev/null" floor 4 5
 cpurow "walhub backup (whole command)" walhub 9 10
 cpurow "pg_basebackup server-zstd" szstd 4 5
-cpurow "walhub compress_on=server (whole)" wserver 9 10
+cpurow "walhub compress_on=hub (whole)" whub 9 10
 echo
 printf 'walhub (durable) vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_STREAM")"
 printf 'walhub (durable) vs pg_basebackup client-zstd:  %.2fx  (target >= 1.8x)\n' "$(calc "$T_ZSTD / $T_STREAM")"
@@ -333,10 +336,9 @@ printf '  (the floor vs client-zstd: %.2fx, the most a client that receives the 
   "$(calc "$T_ZSTD / $T_FLOOR")" "$(calc "$T_STREAM / $T_FLOOR")"
 printf 'walhub (whole)   vs pg_basebackup uncompressed: %.2fx  (target >= 1.0x)\n' "$(calc "$T_PLAIN / $T_TOTAL")"
 printf 'walhub (whole)   vs pg_basebackup client-zstd:  %.2fx\n' "$(calc "$T_ZSTD / $T_TOTAL")"
-printf 'walhub compress_on=server (durable) vs pg_basebackup client-zstd: %.2fx  (target >= 1.8x), vs server-zstd: %.2fx\n' \
-  "$(calc "$T_ZSTD / $T_WSERVER")" "$(calc "$T_SZSTD / $T_WSERVER")"
-printf 'walhub compress_on=server (whole)   vs pg_basebackup -Ft: %.2fx, vs client-zstd: %.2fx\n' \
-  "$(calc "$T_PLAIN / $T_WSERVER_TOTAL")" "$(calc "$T_ZSTD / $T_WSERVER_TOTAL")"
+printf 'walhub (durable) vs pg_basebackup server-zstd:  %.2fx\n' "$(calc "$T_SZSTD / $T_STREAM")"
+printf 'walhub compress_on=hub (durable) vs pg_basebackup client-zstd: %.2fx; (whole) vs -Ft: %.2fx\n' \
+  "$(calc "$T_ZSTD / $T_WHUB")" "$(calc "$T_PLAIN / $T_WHUB_TOTAL")"
 if [ -n "$BASE_REV" ]; then
   B_STREAM=$(median_of base 2); B_TOTAL=$(median_of base 3)
   echo

@@ -14,9 +14,11 @@
 # A second row restores the same database from a backup stored without
 # compression (a second [[server]] with compression = "none" on the same
 # PostgreSQL): like for like with tar, which reads an uncompressed archive too,
-# it tells how much of the gap to tar is zstd decoding. A third restores a
-# backup PostgreSQL compressed (compress_on = "server"): its archive is not
-# in frames of known size, so it goes through one decoder, not several.
+# it tells how much of the gap to tar is zstd decoding. The first row's
+# backup is taken with the default configuration: PostgreSQL compresses it
+# (compress_on = "auto"), and its archive, not in frames of known size, goes
+# through one decoder. A third row restores a backup the hub compressed
+# (compress_on = "hub"): frames of known size, decoded on several cores.
 #
 # Usage: SCALE=30 ROUNDS=5 bash bench/restore.sh
 # KEEP=1 keeps the working directory (repository, configuration, tar) for
@@ -67,7 +69,7 @@ compression = "none"
 name = "s"
 conninfo = "host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
 [server.backup]
-compress_on = "server"
+compress_on = "hub"
 TOML
 "$W/bin/walhub" serve --init --config "$W/walhub.toml" > "$W/serve.log" 2>&1 & SERVE=$!
 sleep 2
@@ -99,14 +101,14 @@ for r in $(seq 1 "$ROUNDS"); do
   all_n="$all_n $n"; cpu_n="$cpu_n $(echo "$u + $s" | bc)"
   rm -rf "$W/r1"; sync
   read -r sv u s < <(timed "$W/bin/walhub" restore --server s --target-dir "$W/r1" --config "$W/walhub.toml" $OWNER)
-  [ -f "$W/r1/global/pg_control" ] || { echo "walhub restore of the backup the server compressed failed" >&2; exit 1; }
+  [ -f "$W/r1/global/pg_control" ] || { echo "walhub restore of the backup the hub compressed failed" >&2; exit 1; }
   all_s="$all_s $sv"; cpu_s="$cpu_s $(echo "$u + $s" | bc)"
   mkdir "$W/r2"; sync
   read -r t u s < <(timed tar -xf "$W/tar/base.tar" -C "$W/r2")
   cpu_t="$cpu_t $(echo "$u + $s" | bc)"
   mkdir "$W/r3"; sync
   read -r ts u s < <(timed sh -c 'tar -xf "$1" -C "$2" && sync' sh "$W/tar/base.tar" "$W/r3")
-  echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} uncompressed ${n}s, server-compressed ${sv}s, tar ${t}s, tar+sync ${ts}s"
+  echo "round $r: walhub restore ${w}s,${b:+ before ${b}s,} uncompressed ${n}s, hub-compressed ${sv}s, tar ${t}s, tar+sync ${ts}s"
   all_w="$all_w $w"; all_t="$all_t $t"; all_ts="$all_ts $ts"
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | median; }
@@ -123,7 +125,7 @@ med_n=$(med "$all_n")
 echo "  walhub restore of the backup stored uncompressed (like for like with tar): $(mbps "$med_n") MB/s, CPU $(msmb "$(med "$cpu_n")") ms/MiB" \
   "  ratio /tar $(echo "scale=2; $med_t / $med_n" | bc), /tar+sync $(echo "scale=2; $med_ts / $med_n" | bc)"
 med_s=$(med "$all_s")
-echo "  walhub restore of the backup the server compressed (one decoder): $(mbps "$med_s") MB/s, CPU $(msmb "$(med "$cpu_s")") ms/MiB" \
+echo "  walhub restore of the backup the hub compressed (frames on several decoders): $(mbps "$med_s") MB/s, CPU $(msmb "$(med "$cpu_s")") ms/MiB" \
   "  ratio /tar $(echo "scale=2; $med_t / $med_s" | bc), /tar+sync $(echo "scale=2; $med_ts / $med_s" | bc)"
 if [ -n "${BEFORE:-}" ]; then
   med_b=$(med "$all_b")

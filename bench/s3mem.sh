@@ -28,13 +28,13 @@
 #   SIZES_MB="1024 3072" bash bench/s3mem.sh     # the default
 #   SIZES_MB="200 600" bash bench/s3mem.sh       # quicker
 #   REPOS=local bash bench/s3mem.sh              # only the local repository (REPOS="s3 local" by default)
-#   COMPRESS_ON=server bash bench/s3mem.sh       # backups compressed by PostgreSQL (server.backup.compress_on)
+#   COMPRESS_ON=hub bash bench/s3mem.sh          # backups the hub compresses (server.backup.compress_on; default auto: PostgreSQL)
 #   WALHUB_SRC=DIR: build walhub from the source tree DIR (default: this script's)
 set -euo pipefail
 
 SIZES_MB=${SIZES_MB:-1024 3072}
 REPOS=${REPOS:-s3 local}
-COMPRESS_ON=${COMPRESS_ON:-hub}
+COMPRESS_ON=${COMPRESS_ON:-auto}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 here=${WALHUB_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 . "$(dirname "$0")/lib.sh"

@@ -166,12 +166,17 @@ type Backup struct {
 	// MaxRate limits the server's sending rate in kB/s (32..1048576); 0 means no limit.
 	MaxRate int `toml:"max_rate"`
 	// Workers is how many cores compress the backup; 0 means all (the hub's),
-	// or, with CompressOn "server", none besides the walsender's own.
+	// or, when the server compresses, none besides the walsender's own.
 	Workers int `toml:"workers"`
-	// CompressOn is where a zstd backup is compressed: "hub" (default) or
-	// "server", PostgreSQL itself before sending (BASE_BACKUP COMPRESSION):
-	// fewer bytes on the network to a hub across a slow link, for the
-	// database server's CPU. Needs compression = "zstd".
+	// CompressOn is where a zstd backup is compressed: "server", PostgreSQL
+	// itself before sending (BASE_BACKUP COMPRESSION): a fraction of the
+	// bytes on the network and the hub's cores free, for the database
+	// server's CPU (one core, the walsender's, unless Workers says more);
+	// "hub", all of the hub's cores on what the server sends uncompressed;
+	// or "auto" (default): the server, except with a MaxRate (PostgreSQL
+	// would throttle the compressed bytes, not the data it reads) or when the
+	// server's build has no zstd: then the hub. "server" needs compression =
+	// "zstd".
 	CompressOn string `toml:"compress_on"`
 	// WALTimeout is how long a backup waits for its WAL to reach the hub; default 5m.
 	WALTimeout Duration `toml:"wal_timeout"`
@@ -519,14 +524,14 @@ func (s *Server) resolve(key string) error {
 	}
 	switch s.Backup.CompressOn {
 	case "":
-		s.Backup.CompressOn = "hub"
-	case "hub":
+		s.Backup.CompressOn = "auto"
+	case "auto", "hub":
 	case "server":
 		if s.Compression != "zstd" {
 			return fmt.Errorf("%s: backup.compress_on: \"server\" needs compression = \"zstd\", not %q", key, s.Compression)
 		}
 	default:
-		return fmt.Errorf("%s: backup.compress_on: %q is not one of hub, server", key, s.Backup.CompressOn)
+		return fmt.Errorf("%s: backup.compress_on: %q is not one of auto, hub, server", key, s.Backup.CompressOn)
 	}
 	if s.Backup.WALTimeout.Duration == 0 {
 		s.Backup.WALTimeout.Duration = 5 * time.Minute

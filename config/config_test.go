@@ -38,7 +38,7 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Slot != "walhub_main" || s.Compression != "zstd" || !*s.CreateSlot || !s.Synchronous || s.Backup.CompressOn != "hub" {
+	if s.Slot != "walhub_main" || s.Compression != "zstd" || !*s.CreateSlot || !s.Synchronous || s.Backup.CompressOn != "auto" {
 		t.Errorf("defaults not applied: %+v", s)
 	}
 	if s.Retention.Window.Duration != 7*24*time.Hour || s.Retention.MinRedundancy != 1 {
@@ -77,7 +77,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"file missing", base + "[hub]\nread_tokens = [\"file:/nonexistent/token\"]\n", "hub.read_tokens[0]: open /nonexistent/token"},
 		{"tls half", base + "[hub]\ntls_cert = \"/c\"\n", "give both or neither"},
 		{"max rate", base + srv + "[server.backup]\nmax_rate = 1\n", "backup.max_rate"},
-		{"compress on", base + srv + "[server.backup]\ncompress_on = \"client\"\n", `backup.compress_on: "client" is not one of hub, server`},
+		{"compress on", base + srv + "[server.backup]\ncompress_on = \"client\"\n", `backup.compress_on: "client" is not one of auto, hub, server`},
 		{"compress on server, stored plain", base + srv + "compression = \"none\"\n[server.backup]\ncompress_on = \"server\"\n",
 			`backup.compress_on: "server" needs compression = "zstd", not "none"`},
 		{"syntax", base + "x = \n", "line 2"},

@@ -31,19 +31,26 @@ func (a *app) backupCommand() *cobra.Command {
 		Short: "Take a base backup over the replication protocol",
 		Long: `Takes a base backup of each selected server with BASE_BACKUP over a replication
 connection (no SSH): every archive (base and each tablespace) streams straight into the
-repository, compressed with zstd on all cores (or not, per server.compression), with the
-server's backup_manifest beside it. The server verifies page checksums while sending.
-With server.backup.compress_on = "server", PostgreSQL compresses each archive before
-sending it (on backup.workers threads besides the walsender, default none): fewer bytes
-on the network (a third to a twentieth, as the data compresses) for the database server's
-CPU. The hub stores what it receives and decodes it as it streams in, to check it as below.
+repository, compressed with zstd (or not, per server.compression), with the server's
+backup_manifest beside it. The server verifies page checksums while sending.
+
+Where the archives are compressed is server.backup.compress_on, or --compress-on:
+  auto    (default) on the server; on the hub when a max rate is set or when the
+          server's build has no zstd (it says so before the backup starts)
+  server  PostgreSQL compresses each archive before sending it, on the walsender (and
+          backup.workers threads besides it, default none): a third to a twentieth of the
+          bytes on the network and the hub's cores free, for a core of the database
+          server while the backup runs. A max rate then limits the compressed bytes the
+          server sends, not the data it reads. The hub stores what it receives and
+          decodes it as it streams in, to check it as below.
+  hub     the server sends the archives uncompressed; the hub compresses them on all its
+          cores (or backup.workers)
 
 The backup includes no WAL: the hub streams it, so a backup is refused at once when no
 receiver (walhub serve) is running for the server. Every file is checked against the
 manifest while it streams in (size, checksum, nothing missing or extra); each frame the
-hub compresses is decoded again and compared with what went in before it is written, and every
-stored object is read back and must
-match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
+hub compresses is decoded again and compared with what went in before it is written; and
+every stored object is read back and must match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
 to its stop position is in the catalog (walhub switches WAL on the server only if the
 server has not completed the last segment itself, as a standby); when that takes longer
 than backup.wal_timeout (default 5m) the backup is kept as "waiting_wal" and becomes done by
@@ -58,15 +65,15 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 		Example: `  walhub backup --server main
   walhub backup                               # every configured server, one after the other
   walhub backup --server main --checkpoint spread --max-rate 102400
-  walhub backup --server main --compress-on server   # PostgreSQL compresses: for a hub across a slow link
+  walhub backup --server main --compress-on hub      # keep the database server's CPU for queries
   walhub backup --server main --output=json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if checkpoint != "" && checkpoint != "fast" && checkpoint != "spread" {
 				return fmt.Errorf("--checkpoint: %q is not one of fast, spread", checkpoint)
 			}
-			if compressOn != "" && compressOn != "hub" && compressOn != "server" {
-				return fmt.Errorf("--compress-on: %q is not one of hub, server", compressOn)
+			if compressOn != "" && compressOn != "auto" && compressOn != "hub" && compressOn != "server" {
+				return fmt.Errorf("--compress-on: %q is not one of auto, hub, server", compressOn)
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
@@ -101,7 +108,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 					o.MaxRate = maxRate
 				}
 				if compressOn != "" {
-					o.Compression.OnServer = compressOn == "server"
+					o.Compression.OnServer, o.Compression.Auto = compressOn == "server", compressOn == "auto"
 				}
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
@@ -132,7 +139,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 	}
 	cmd.Flags().StringVarP(&server, "server", "s", "all", "server name, or all")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "", "fast or spread (default: server.backup.checkpoint)")
-	cmd.Flags().StringVar(&compressOn, "compress-on", "", "hub or server: where the backup is compressed (default: server.backup.compress_on)")
+	cmd.Flags().StringVar(&compressOn, "compress-on", "", "auto, hub or server: where the backup is compressed (default: server.backup.compress_on, auto)")
 	cmd.Flags().IntVar(&maxRate, "max-rate", 0, "limit the server's sending rate, kB/s (default: server.backup.max_rate)")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 0, "how long to wait for the backup's WAL (default: server.backup.wal_timeout)")
 	cmd.Flags().DurationVar(&expireWait, "expire-wait", expireWait, "how long to wait for a running expire to finish (0: refuse at once)")
@@ -148,7 +155,7 @@ func backupOptions(s *config.Server, repo *repository.Repository, log *slog.Logg
 	return basebackup.Options{
 		Server: s.Name, Conninfo: s.Conninfo, Repo: repo,
 		Compression: basebackup.Compression{Method: s.Compression, Level: s.CompressionLevel, Workers: s.Backup.Workers,
-			OnServer: s.Backup.CompressOn == "server"},
+			OnServer: s.Backup.CompressOn == "server", Auto: s.Backup.CompressOn == "auto"},
 		FastCheckpoint: s.Backup.Checkpoint == "fast", MaxRate: s.Backup.MaxRate,
 		WALTimeout: s.Backup.WALTimeout.Duration, Log: log,
 	}

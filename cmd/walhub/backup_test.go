@@ -67,7 +67,7 @@ func TestBackupCommandRejectsBadFlags(t *testing.T) {
 	}{
 		{[]string{"backup", "--checkpoint", "now"}, `--checkpoint: "now" is not one of fast, spread`},
 		{[]string{"backup", "--max-rate", "5"}, "--max-rate: 5 kB/s is out of range"},
-		{[]string{"backup", "--compress-on", "client"}, `--compress-on: "client" is not one of hub, server`},
+		{[]string{"backup", "--compress-on", "client"}, `--compress-on: "client" is not one of auto, hub, server`},
 		{[]string{"backup", "--server", "other"}, "other"},
 		{[]string{"backup", "--compress-on", "server", "--server", "plain"}, `backup of plain refused: --compress-on server needs compression = "zstd", not "none"`},
 	} {
@@ -179,10 +179,12 @@ func TestBackupOptionsFollowTheConfiguration(t *testing.T) {
 		conf string
 		want basebackup.Compression
 	}{
-		{"", basebackup.Compression{Method: "zstd", Level: 1}},
-		{"compression_level = 2\n[server.backup]\nworkers = 3\n", basebackup.Compression{Method: "zstd", Level: 2, Workers: 3}},
+		{"", basebackup.Compression{Method: "zstd", Level: 1, Auto: true}},
+		{"compression_level = 2\n[server.backup]\nworkers = 3\n", basebackup.Compression{Method: "zstd", Level: 2, Workers: 3, Auto: true}},
 		{"[server.backup]\ncompress_on = \"server\"\nworkers = 2\n", basebackup.Compression{Method: "zstd", Level: 1, Workers: 2, OnServer: true}},
-		{"compression = \"none\"\n", basebackup.Compression{Method: "none", Level: 1}},
+		{"[server.backup]\ncompress_on = \"hub\"\n", basebackup.Compression{Method: "zstd", Level: 1}},
+		{"[server.backup]\ncompress_on = \"auto\"\n", basebackup.Compression{Method: "zstd", Level: 1, Auto: true}},
+		{"compression = \"none\"\n", basebackup.Compression{Method: "none", Level: 1, Auto: true}},
 	} {
 		cfg, err := config.Parse("repository = \"/r\"\n[[server]]\nname = \"main\"\nconninfo = \"host=db1\"\n" + tc.conf)
 		if err != nil {
