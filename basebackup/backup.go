@@ -437,7 +437,7 @@ func (s *sink) NewArchive(name, location string) error {
 		return fmt.Errorf("archive %s comes with tablespace location %q", name, location)
 	}
 	s.curFile = catalog.BackupFile{Name: storedName(name, c.Method), Tablespace: oid, Location: location, Compression: c.Method,
-		KeyID: s.run.opts.Repo.KeyID()}
+		CompressedOn: c.on(), KeyID: s.run.opts.Repo.KeyID()}
 	if onServer {
 		s.cur, err = newServerArchiveWriter(s.ctx, s.run.opts.Repo, s.run.backup, s.curFile.Name, s.plain)
 	} else {

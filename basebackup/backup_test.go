@@ -125,6 +125,25 @@ func (e *env) compressedByHub(b catalog.Backup) bool {
 	return parallelFrames(head)
 }
 
+// assertCompressedOn checks that the catalog says every archive of backup b
+// was compressed on where, and nothing else.
+func (e *env) assertCompressedOn(b catalog.Backup, where string) {
+	e.t.Helper()
+	row, err := e.cat.Backup(context.Background(), b.ID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, f := range row.Files {
+		want := where
+		if f.Name == ManifestName {
+			want = ""
+		}
+		if f.CompressedOn != want {
+			e.t.Errorf("%s: compressed on %q in the catalog, want %q", f.Name, f.CompressedOn, want)
+		}
+	}
+}
+
 // testBackupVerifiesUnpacksAndRecovers backs up a primary with a
 // tablespace, compressed by the hub or by the server, checks the copy,
 // unpacks it with the tablespace moved, and recovers it.
@@ -148,6 +167,7 @@ func testBackupVerifiesUnpacksAndRecovers(t *testing.T, onServer bool) {
 	if byHub := e.compressedByHub(b); byHub == onServer {
 		t.Errorf("base.tar.zst starts with a frame of the hub's: %v; compressed on the server: %v", byHub, onServer)
 	}
+	e.assertCompressedOn(b, map[bool]string{true: "server", false: "hub"}[onServer])
 	if b.StartLSN == 0 || b.StopLSN <= b.StartLSN || b.StartTLI != 1 || b.StopTLI != 1 {
 		t.Errorf("positions: start %s/%d stop %s/%d", b.StartLSN, b.StartTLI, b.StopLSN, b.StopTLI)
 	}
@@ -664,6 +684,7 @@ func TestAutoCompressesOnTheHubWhenTheServerCannot(t *testing.T) {
 		if !e.compressedByHub(b) {
 			t.Errorf("%s: base.tar.zst was not compressed by the hub", tc.name)
 		}
+		e.assertCompressedOn(b, "hub")
 		if _, err := Verify(context.Background(), RepoOpener(e.repo, b), b); err != nil {
 			t.Errorf("%s: verify: %v", tc.name, err)
 		}

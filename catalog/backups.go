@@ -78,6 +78,10 @@ type BackupFile struct {
 	Size         int64  `json:"size"`
 	StoredSize   int64  `json:"stored_size"`
 	Compression  string `json:"compression"`
+	// CompressedOn is where a compressed archive was compressed: "server"
+	// (PostgreSQL) or "hub"; "" for the manifest, an uncompressed archive,
+	// or one stored before walhub recorded it.
+	CompressedOn string `json:"compressed_on,omitempty"`
 	SHA256Stored string `json:"sha256_stored,omitempty"`
 	// KeyID names the key the stored file is encrypted with ("" when not).
 	KeyID string `json:"key_id,omitempty"`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/walhub/walhub/basebackup"
+	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/status"
 	"github.com/walhub/walhub/stream"
@@ -192,6 +193,36 @@ func TestBackupOptionsFollowTheConfiguration(t *testing.T) {
 		}
 		if got := backupOptions(&cfg.Servers[0], nil, nil).Compression; got != tc.want {
 			t.Errorf("%q: %+v, want %+v", tc.conf, got, tc.want)
+		}
+	}
+}
+
+// TestShowBackupSaysWhereItWasCompressed: show-backup tells where the
+// archives were compressed, as the catalog recorded it, in its text and JSON,
+// and says nothing of it for a backup that does not record it.
+func TestShowBackupSaysWhereItWasCompressed(t *testing.T) {
+	for _, tc := range []struct {
+		on, want string
+	}{
+		{"server", "(zstd, compressed by the server)"},
+		{"hub", "(zstd, compressed by the hub)"},
+		{"", "(zstd)"},
+	} {
+		b := catalog.Backup{ID: "20261203T120000Z", Kind: catalog.KindBase, State: catalog.StateDone, Compression: "zstd",
+			OriginalSize: 1 << 30, StoredSize: 1 << 26, Files: []catalog.BackupFile{
+				{Name: "base.tar.zst", Size: 1 << 30, StoredSize: 1 << 26, Compression: "zstd", CompressedOn: tc.on},
+				{Name: basebackup.ManifestName, Size: 1000, StoredSize: 1000, Compression: "none"},
+			}}
+		d := detailOf("main", b)
+		if d.CompressedOn != tc.on {
+			t.Errorf("%q: detail says compressed on %q", tc.on, d.CompressedOn)
+		}
+		var out strings.Builder
+		if err := printDetail(&out, d); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%q: show-backup says\n%s\nwant %q in it", tc.on, out.String(), tc.want)
 		}
 	}
 }

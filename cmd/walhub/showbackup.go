@@ -15,8 +15,11 @@ import (
 type backupDetail struct {
 	backupView
 	// CompressionRatio is the size as sent over the size as stored.
-	CompressionRatio float64          `json:"compression_ratio,omitempty"`
-	Tablespaces      []tablespaceView `json:"tablespaces"`
+	CompressionRatio float64 `json:"compression_ratio,omitempty"`
+	// CompressedOn is where the archives were compressed: "server" or "hub";
+	// "" when they were not, or by a walhub that did not record it.
+	CompressedOn string           `json:"compressed_on,omitempty"`
+	Tablespaces  []tablespaceView `json:"tablespaces"`
 	// WAL is the WAL from the backup's start to its stop and whether the hub
 	// holds it; WALError says why it could not be told.
 	WAL      *basebackup.NeededWAL `json:"wal,omitempty"`
@@ -93,6 +96,9 @@ func detailOf(server string, b catalog.Backup) backupDetail {
 		if f.Name == basebackup.ManifestName {
 			continue
 		}
+		if f.CompressedOn != "" {
+			d.CompressedOn = f.CompressedOn
+		}
 		d.Tablespaces = append(d.Tablespaces, tablespaceView{OID: f.Tablespace, Location: f.Location, Archive: f.Name,
 			Size: f.Size, StoredSize: f.StoredSize})
 	}
@@ -128,7 +134,11 @@ func printDetail(w io.Writer, d backupDetail) error {
 		if d.CompressionRatio > 0 {
 			ratio = fmt.Sprintf("%.2f", d.CompressionRatio)
 		}
-		p("Size", "%s as sent, %s stored (%s), ratio %s", humanBytes(d.Size), humanBytes(d.StoredSize), dash(d.Compression), ratio)
+		compression := dash(d.Compression)
+		if d.CompressedOn != "" {
+			compression += ", compressed by the " + d.CompressedOn
+		}
+		p("Size", "%s as sent, %s stored (%s), ratio %s", humanBytes(d.Size), humanBytes(d.StoredSize), compression, ratio)
 		for i, t := range d.Tablespaces {
 			label := ""
 			if i == 0 {
