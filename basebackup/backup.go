@@ -254,7 +254,8 @@ func (r *run) stream(ctx context.Context, conn *pgconn.PgConn) error {
 		sink.abort(err)
 		c := r.opts.Compression
 		if c.Auto && c.OnServer && !sink.begun && serverCannotCompress(err) {
-			r.log.Warn("the server cannot compress the backup (its build has no zstd): the hub compresses it", "err", err)
+			r.log.Warn("the server cannot compress the backup (its build has no zstd): the hub compresses it; "+
+				"backup.compress_on = \"hub\" skips asking", "err", err)
 			r.opts.Compression.OnServer = false
 			continue
 		}
