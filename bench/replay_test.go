@@ -10,7 +10,7 @@
 // (default 2) the rounds (each round runs every command once, interleaved; the
 // median and the best of the rounds are reported), BENCH_ONLY the runs to do,
 // separated by commas (a run's whole name, commas and all, or a part of the names). BENCH_WALFETCH_BASELINE names another
-// walfetch binary (e.g. built from main) to run beside this one, on
+// walfetch binary (e.g. built from main, with walfetch-net beside it) to run beside this one, on
 // loopback and with the delay, so that a change is measured against the same
 // noise. BENCH_S3=1
 // also feeds the backlog into a repository in an S3 bucket (versitygw on
@@ -209,6 +209,12 @@ func BenchmarkReplay(b *testing.B) {
 	const baselineRun = "walfetch baseline binary"
 	baselineDelayed := fmt.Sprintf("walfetch baseline binary, %s delay", delay)
 	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); bin != "" {
+		// walfetch runs walfetch-net from its own directory for anything
+		// but a spool hit: without it every call fails, and recovery waits
+		// for the benchmark's timeout.
+		if _, err := os.Stat(filepath.Join(filepath.Dir(bin), "walfetch-net")); err != nil {
+			b.Fatalf("BENCH_WALFETCH_BASELINE=%s: walfetch-net must be beside it (go build -o DIR/ ./cmd/walfetch ./cmd/walfetch-net): %v", bin, err)
+		}
 		runs = append(runs, struct{ name, command string }{baselineRun,
 			fmt.Sprintf("%s --url %s --server main --idle-exit 10s %%f %%p", bin, hubURL)})
 		runs = append(runs, struct{ name, command string }{baselineDelayed,
