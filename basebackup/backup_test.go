@@ -489,25 +489,16 @@ func TestCorruptPageFailsTheBackupWithAChecksumMessage(t *testing.T) {
 	assertNoFiles(t, e, b)
 }
 
-// corruptingProxy forwards TCP connections to the server on port, replacing
-// every occurrence of from in what the server sends by to (the same length,
-// so the protocol's framing stays intact). It returns the port it listens on.
-func corruptingProxy(t *testing.T, port int, from, to []byte) int {
+// proxy listens on a free loopback port and, for every connection it
+// accepts, dials the server on port and hands both to relay, on a goroutine
+// of its own. It returns the port it listens on.
+func proxy(t *testing.T, port int, relay func(client, server net.Conn)) int {
 	t.Helper()
-	if len(from) != len(to) {
-		t.Fatal("corruptingProxy: from and to differ in length")
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	var replaced atomic.Int64
-	t.Cleanup(func() {
-		if replaced.Load() == 0 {
-			t.Errorf("the proxy never saw %q", from)
-		}
-	})
 	go func() {
 		for {
 			client, err := l.Accept()
@@ -519,40 +510,57 @@ func corruptingProxy(t *testing.T, port int, from, to []byte) int {
 				client.Close()
 				continue
 			}
-			go func() { io.Copy(server, client); server.Close() }()
-			go func() {
-				defer client.Close()
-				var held []byte
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := server.Read(buf)
-					data := append(held, buf[:n]...)
-					if c := bytes.Count(data, from); c > 0 {
-						replaced.Add(int64(c))
-						data = bytes.ReplaceAll(data, from, to)
-					}
-					// Hold back a tail that may be the start of from, and only
-					// that: the server may be waiting for an answer.
-					keep := 0
-					for k := min(len(from)-1, len(data)); k > 0; k-- {
-						if bytes.HasSuffix(data, from[:k]) {
-							keep = k
-							break
-						}
-					}
-					if _, werr := client.Write(data[:len(data)-keep]); werr != nil {
-						return
-					}
-					held = append([]byte{}, data[len(data)-keep:]...)
-					if err != nil {
-						client.Write(held)
-						return
-					}
-				}
-			}()
+			go relay(client, server)
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// corruptingProxy forwards TCP connections to the server on port, replacing
+// every occurrence of from in what the server sends by to (the same length,
+// so the protocol's framing stays intact). It returns the port it listens on.
+func corruptingProxy(t *testing.T, port int, from, to []byte) int {
+	t.Helper()
+	if len(from) != len(to) {
+		t.Fatal("corruptingProxy: from and to differ in length")
+	}
+	var replaced atomic.Int64
+	t.Cleanup(func() {
+		if replaced.Load() == 0 {
+			t.Errorf("the proxy never saw %q", from)
+		}
+	})
+	return proxy(t, port, func(client, server net.Conn) {
+		go func() { io.Copy(server, client); server.Close() }()
+		defer client.Close()
+		var held []byte
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := server.Read(buf)
+			data := append(held, buf[:n]...)
+			if c := bytes.Count(data, from); c > 0 {
+				replaced.Add(int64(c))
+				data = bytes.ReplaceAll(data, from, to)
+			}
+			// Hold back a tail that may be the start of from, and only
+			// that: the server may be waiting for an answer.
+			keep := 0
+			for k := min(len(from)-1, len(data)); k > 0; k-- {
+				if bytes.HasSuffix(data, from[:k]) {
+					keep = k
+					break
+				}
+			}
+			if _, werr := client.Write(data[:len(data)-keep]); werr != nil {
+				return
+			}
+			held = append([]byte{}, data[len(data)-keep:]...)
+			if err != nil {
+				client.Write(held)
+				return
+			}
+		}
+	})
 }
 
 // refusingProxy passes connections to the server on port through, except
@@ -562,11 +570,6 @@ func corruptingProxy(t *testing.T, port int, from, to []byte) int {
 // queries refused is returned with the proxy's port.
 func refusingProxy(t *testing.T, port int, match []byte) (int, *atomic.Int64) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	refusal, err := (&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "0A000",
 		Message: "zstd compression is not supported by this build"}).Encode(nil)
 	if err == nil {
@@ -576,72 +579,58 @@ func refusingProxy(t *testing.T, port int, match []byte) (int, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	var refused atomic.Int64
-	go func() {
+	return proxy(t, port, func(client, server net.Conn) {
+		var toClient sync.Mutex // the server's bytes and the refusal
+		go func() {
+			defer client.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := server.Read(buf)
+				toClient.Lock()
+				_, werr := client.Write(buf[:n])
+				toClient.Unlock()
+				if err != nil || werr != nil {
+					return
+				}
+			}
+		}()
+		defer server.Close()
+		r := bufio.NewReader(client)
+		// The startup message has no type byte (sslmode=disable: no SSL
+		// request before it); every message after it has.
+		var hdr [5]byte
+		if _, err := io.ReadFull(r, hdr[:4]); err != nil {
+			return
+		}
+		body := make([]byte, binary.BigEndian.Uint32(hdr[:4])-4)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return
+		}
+		if _, err := server.Write(append(hdr[:4:4], body...)); err != nil {
+			return
+		}
 		for {
-			client, err := l.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
 				return
 			}
-			server, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
-				client.Close()
+			body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
+			if _, err := io.ReadFull(r, body); err != nil {
+				return
+			}
+			if hdr[0] == 'Q' && bytes.Contains(body, match) && refused.CompareAndSwap(0, 1) {
+				toClient.Lock()
+				_, err := client.Write(refusal)
+				toClient.Unlock()
+				if err != nil {
+					return
+				}
 				continue
 			}
-			var toClient sync.Mutex // the server's bytes and the refusal
-			go func() {
-				defer client.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := server.Read(buf)
-					toClient.Lock()
-					_, werr := client.Write(buf[:n])
-					toClient.Unlock()
-					if err != nil || werr != nil {
-						return
-					}
-				}
-			}()
-			go func() {
-				defer server.Close()
-				r := bufio.NewReader(client)
-				// The startup message has no type byte (sslmode=disable:
-				// no SSL request before it); every message after it has.
-				var hdr [5]byte
-				if _, err := io.ReadFull(r, hdr[:4]); err != nil {
-					return
-				}
-				body := make([]byte, binary.BigEndian.Uint32(hdr[:4])-4)
-				if _, err := io.ReadFull(r, body); err != nil {
-					return
-				}
-				if _, err := server.Write(append(hdr[:4:4], body...)); err != nil {
-					return
-				}
-				for {
-					if _, err := io.ReadFull(r, hdr[:]); err != nil {
-						return
-					}
-					body := make([]byte, binary.BigEndian.Uint32(hdr[1:])-4)
-					if _, err := io.ReadFull(r, body); err != nil {
-						return
-					}
-					if hdr[0] == 'Q' && bytes.Contains(body, match) && refused.CompareAndSwap(0, 1) {
-						toClient.Lock()
-						_, err := client.Write(refusal)
-						toClient.Unlock()
-						if err != nil {
-							return
-						}
-						continue
-					}
-					if _, err := server.Write(append(hdr[:5:5], body...)); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := server.Write(append(hdr[:5:5], body...)); err != nil {
+				return
+			}
 		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port, &refused
+	}), &refused
 }
 
 // TestAutoCompressesOnTheHubWhenTheServerCannot: a server built without zstd
