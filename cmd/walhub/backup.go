@@ -140,7 +140,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 	cmd.Flags().StringVarP(&server, "server", "s", "all", "server name, or all")
 	cmd.Flags().StringVar(&checkpoint, "checkpoint", "", "fast or spread (default: server.backup.checkpoint)")
 	cmd.Flags().StringVar(&compressOn, "compress-on", "", "auto, hub or server: where the backup is compressed (default: server.backup.compress_on, auto)")
-	cmd.Flags().IntVar(&maxRate, "max-rate", 0, "limit the server's sending rate, kB/s (default: server.backup.max_rate)")
+	cmd.Flags().IntVar(&maxRate, "max-rate", 0, "limit the server's sending rate, kB/s (default: server.backup.max_rate); with compress_on auto, the hub then compresses")
 	cmd.Flags().DurationVar(&walTimeout, "wal-timeout", 0, "how long to wait for the backup's WAL (default: server.backup.wal_timeout)")
 	cmd.Flags().DurationVar(&expireWait, "expire-wait", expireWait, "how long to wait for a running expire to finish (0: refuse at once)")
 	a.addOutputFlag(cmd)
