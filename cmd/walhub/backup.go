@@ -50,11 +50,11 @@ The backup includes no WAL: the hub streams it, so a backup is refused at once w
 receiver (walhub serve) is running for the server. Every file is checked against the
 manifest while it streams in (size, checksum, nothing missing or extra); each frame the
 hub compresses is decoded again and compared with what went in before it is written; and
-every stored object is read back and must match the SHA-256 of what was written. The backup becomes "done" once the WAL from its start
-to its stop position is in the catalog (walhub switches WAL on the server only if the
-server has not completed the last segment itself, as a standby); when that takes longer
-than backup.wal_timeout (default 5m) the backup is kept as "waiting_wal" and becomes done by
-itself when the WAL arrives.
+every stored object is read back and must match the SHA-256 of what was written. The
+backup becomes "done" once the WAL from its start to its stop position is in the catalog
+(walhub switches WAL on the server only if the server has not completed the last segment
+itself, as a standby); when that takes longer than backup.wal_timeout (default 5m) the
+backup is kept as "waiting_wal" and becomes done by itself when the WAL arrives.
 
 One backup, expire or snapshot per server at a time. A backup that finds an expire running
 (the daemon's hourly round, or the one after another backup) waits for it, up to
