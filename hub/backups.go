@@ -22,7 +22,8 @@ func apiBackup(server string, b catalog.Backup) api.Backup {
 		Compression: b.Compression, Files: []api.BackupFile{}, BackupLabel: b.BackupLabel, TablespaceMap: b.TablespaceMap}
 	for _, f := range b.Files {
 		out.Files = append(out.Files, api.BackupFile{Name: f.Name, Tablespace: f.Tablespace, Location: f.Location,
-			Size: f.Size, StoredSize: f.StoredSize, Compression: f.Compression, SHA256Stored: f.SHA256Stored})
+			Size: f.Size, StoredSize: f.StoredSize, Compression: f.Compression, CompressedOn: f.CompressedOn,
+			SHA256Stored: f.SHA256Stored})
 	}
 	return out
 }

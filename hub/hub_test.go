@@ -432,7 +432,7 @@ func TestBackupListingAndFiles(t *testing.T) {
 	b := catalog.Backup{ID: "20260101T000000", ServerID: f.feeder.Server.ID, Kind: "base", State: catalog.StateDone,
 		StartLSN: 0x1000028, StartTLI: 1, StoredPath: storage.BackupDir("main", "20260101T000000"),
 		Files: []catalog.BackupFile{{Name: "base.tar.zst", Size: 100, StoredSize: int64(len(content)), Compression: "zstd",
-			SHA256Stored: "0b8f3c7f4d4ef4a4ac0ad1ac5ea1e5c9d1b2a8c8d6f8b1e3a2e6c9ff5ab09b7d"}}}
+			CompressedOn: "server", SHA256Stored: "0b8f3c7f4d4ef4a4ac0ad1ac5ea1e5c9d1b2a8c8d6f8b1e3a2e6c9ff5ab09b7d"}}}
 	if err := f.cat.AddBackup(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -442,7 +442,7 @@ func TestBackupListingAndFiles(t *testing.T) {
 		t.Fatalf("Backups = %+v, %v", list, err)
 	}
 	one, err := c.Backup(ctx, b.ID)
-	if err != nil || one.State != catalog.StateDone {
+	if err != nil || one.State != catalog.StateDone || one.Files[0].CompressedOn != "server" {
 		t.Fatalf("Backup = %+v, %v", one, err)
 	}
 	// The recorded SHA-256 above is deliberately wrong: the download must say so.

@@ -115,7 +115,7 @@ func fromAPI(b api.Backup) catalog.Backup {
 	files := make([]catalog.BackupFile, len(b.Files))
 	for i, f := range b.Files {
 		files[i] = catalog.BackupFile{Name: f.Name, Tablespace: f.Tablespace, Location: f.Location, Size: f.Size,
-			StoredSize: f.StoredSize, Compression: f.Compression, SHA256Stored: f.SHA256Stored}
+			StoredSize: f.StoredSize, Compression: f.Compression, CompressedOn: f.CompressedOn, SHA256Stored: f.SHA256Stored}
 	}
 	return catalog.Backup{ID: b.ID, Kind: b.Kind, State: b.State, Reason: b.Reason, Label: b.Label,
 		StartLSN: b.StartLSN, StartTLI: b.StartTLI, StopLSN: b.StopLSN, StopTLI: b.StopTLI, StartedAt: b.StartedAt,

@@ -77,6 +77,9 @@ type BackupFile struct {
 	Size        int64  `json:"size"`
 	StoredSize  int64  `json:"stored_size"`
 	Compression string `json:"compression"`
+	// CompressedOn is where a compressed archive was compressed: "server"
+	// (PostgreSQL) or "hub"; absent when not compressed or not recorded.
+	CompressedOn string `json:"compressed_on,omitempty"`
 	// SHA256Stored is the SHA-256 of the stored (compressed) bytes, hex.
 	SHA256Stored string `json:"sha256_stored,omitempty"`
 }
