@@ -74,10 +74,10 @@ type BackupFile struct {
 	// Tablespace is the tablespace OID for a tablespace archive, 0 for base and the manifest.
 	Tablespace uint32 `json:"tablespace,omitempty"`
 	// Location is the tablespace's original path on the server.
-	Location     string `json:"location,omitempty"`
-	Size         int64  `json:"size"`
-	StoredSize   int64  `json:"stored_size"`
-	Compression  string `json:"compression"`
+	Location    string `json:"location,omitempty"`
+	Size        int64  `json:"size"`
+	StoredSize  int64  `json:"stored_size"`
+	Compression string `json:"compression"`
 	// CompressedOn is where a compressed archive was compressed: "server"
 	// (PostgreSQL) or "hub"; "" for the manifest, an uncompressed archive,
 	// or one stored before walhub recorded it.
