@@ -29,26 +29,29 @@ type Compression struct {
 	Method string
 	// Level is 1 (fastest) to 4 (best), as in the configuration.
 	Level int
-	// Workers is how many cores compress; 0 means all. With OnServer, how
-	// many threads PostgreSQL compresses with besides the walsender; 0 means none.
+	// Workers is how many cores compress; 0 means all. When the server
+	// compresses, how many threads it uses besides the walsender; 0 means none.
 	Workers int
-	// OnServer has PostgreSQL compress (zstd only): the server sends each
-	// archive compressed, and it is stored as it comes.
-	OnServer bool
-	// Auto lets the backup choose where (OnServer is then ignored): on the
-	// server, which sends a fraction of the bytes and leaves the hub's cores
-	// idle, except when a maximum rate is set (PostgreSQL throttles what it
-	// sends: with its own compression, the compressed bytes, so the data it
-	// reads would not be limited) or when the server's build cannot compress
-	// with zstd (it says so before sending anything): then on the hub.
-	Auto bool
+	// Where the archives are compressed (zstd only): "hub" (or ""), the
+	// hub's cores on what the server sends uncompressed; "server",
+	// PostgreSQL before sending, each archive stored as it comes; or "auto",
+	// the backup's choice: the server, which sends a fraction of the bytes
+	// and leaves the hub's cores idle, except when a maximum rate is set
+	// (PostgreSQL throttles what it sends: with its own compression, the
+	// compressed bytes, so the data it reads would not be limited) or when
+	// the server's build cannot compress with zstd (it says so before
+	// sending anything): then the hub.
+	Where string
 }
 
-// resolve turns Auto into a choice, given the backup's maximum rate (kB/s,
-// 0 for none): the server compresses unless a rate is set.
+// resolve turns Where "auto" into a choice, given the backup's maximum rate
+// (kB/s, 0 for none): the server compresses unless a rate is set.
 func (c Compression) resolve(maxRate int) Compression {
-	if c.Auto {
-		c.OnServer = c.Method == "zstd" && maxRate == 0
+	if c.Where == "auto" {
+		c.Where = "hub"
+		if c.Method == "zstd" && maxRate == 0 {
+			c.Where = "server"
+		}
 	}
 	return c
 }
@@ -58,7 +61,7 @@ func (c Compression) on() string {
 	switch {
 	case c.Method != "zstd":
 		return ""
-	case c.OnServer:
+	case c.Where == "server":
 		return "server"
 	}
 	return "hub"

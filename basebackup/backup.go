@@ -136,8 +136,9 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 		opts.ManifestChecksums = "CRC32C"
 	}
 	log := opts.Log.With("server", opts.Server)
+	auto := opts.Compression.Where == "auto"
 	opts.Compression = opts.Compression.resolve(opts.MaxRate)
-	if !opts.Compression.Auto && opts.Compression.on() == "server" && opts.MaxRate > 0 {
+	if !auto && opts.Compression.on() == "server" && opts.MaxRate > 0 {
 		log.Warn("with compression on the server, max_rate limits the compressed bytes it sends, not the data it reads",
 			"max_rate_kB_s", opts.MaxRate)
 	}
@@ -166,7 +167,7 @@ func Run(ctx context.Context, opts Options) (catalog.Backup, error) {
 	log.Info("backup started", "checkpoint", checkpointName(opts.FastCheckpoint), "compression", opts.Compression.Method,
 		"compressed_on", opts.Compression.on())
 
-	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv}
+	r := &run{opts: opts, log: log, lock: lk, backup: b, server: srv, hubIfRefused: auto}
 	err = r.take(ctx)
 	var late *WALLateError
 	if errors.As(err, &late) && ctx.Err() == nil {
@@ -215,6 +216,9 @@ type run struct {
 	lock   *lock.Lock
 	backup catalog.Backup
 	server catalog.Server
+	// hubIfRefused: where to compress was left to the backup, so the hub
+	// compresses when the server's build cannot.
+	hubIfRefused bool
 
 	streamTime, verifyTime, walTime time.Duration
 }
@@ -252,11 +256,10 @@ func (r *run) stream(ctx context.Context, conn *pgconn.PgConn) error {
 			return sink.finish()
 		}
 		sink.abort(err)
-		c := r.opts.Compression
-		if c.Auto && c.OnServer && !sink.begun && serverCannotCompress(err) {
+		if r.hubIfRefused && r.opts.Compression.on() == "server" && !sink.begun && serverCannotCompress(err) {
 			r.log.Warn("the server cannot compress the backup (its build has no zstd): the hub compresses it; "+
 				"backup.compress_on = \"hub\" skips asking", "err", err)
-			r.opts.Compression.OnServer = false
+			r.opts.Compression.Where = "hub"
 			continue
 		}
 		if errors.Is(err, ErrChecksumFailure) {

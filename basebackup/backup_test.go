@@ -159,7 +159,9 @@ func testBackupVerifiesUnpacksAndRecovers(t *testing.T, onServer bool) {
 	wantTS := e.primary.Query("SELECT count(*), sum(g) FROM in_ts")
 
 	opts := e.options()
-	opts.Compression.OnServer = onServer
+	if onServer {
+		opts.Compression.Where = "server"
+	}
 	b := e.runBackup(opts)
 	if b.State != catalog.StateDone {
 		t.Fatalf("backup state %s (%s), want done", b.State, b.Reason)
@@ -638,27 +640,32 @@ func refusingProxy(t *testing.T, port int, match []byte) (int, *atomic.Int64) {
 // to choose, walhub asks again on the same connection without it, and the
 // hub compresses; asked for compression on the server, the backup fails
 // with the server's words and keeps nothing. A proxy plays that server.
+// Left to choose with a maximum rate set, walhub never asks the server to
+// compress (PostgreSQL would throttle the compressed bytes, not its reads).
 func TestAutoCompressesOnTheHubWhenTheServerCannot(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, pgtest.Options{})
 	e.startReceiver()
 	for _, tc := range []struct {
-		name   string
-		c      Compression
-		failed bool
+		name    string
+		c       Compression
+		maxRate int // kB/s
+		refused int64
+		failed  bool
 	}{
-		{"auto", Compression{Method: "zstd", Level: 1, Auto: true}, false},
-		{"server", Compression{Method: "zstd", Level: 1, OnServer: true}, true},
+		{"auto", Compression{Method: "zstd", Level: 1, Where: "auto"}, 0, 1, false},
+		{"server", Compression{Method: "zstd", Level: 1, Where: "server"}, 0, 1, true},
+		{"auto with a max rate", Compression{Method: "zstd", Level: 1, Where: "auto"}, 1048576, 0, false},
 	} {
 		port, refused := refusingProxy(t, e.primary.Port, []byte("COMPRESSION 'zstd'"))
 		opts := e.options()
 		opts.Conninfo = fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", port)
-		opts.Compression = tc.c
+		opts.Compression, opts.MaxRate = tc.c, tc.maxRate
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		b, err := Run(ctx, opts)
 		cancel()
-		if refused.Load() != 1 {
-			t.Fatalf("%s: the proxy refused %d queries, want 1", tc.name, refused.Load())
+		if refused.Load() != tc.refused {
+			t.Fatalf("%s: the proxy refused %d queries, want %d", tc.name, refused.Load(), tc.refused)
 		}
 		if tc.failed {
 			if err == nil || b.State != catalog.StateFailed || !strings.Contains(err.Error(), "not supported by this build") {

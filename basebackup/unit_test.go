@@ -251,10 +251,10 @@ func TestCommandAsksTheServerToCompress(t *testing.T) {
 		want string // the options after MANIFEST_CHECKSUMS
 	}{
 		{Compression{Method: "zstd", Level: 1}, ")"},
-		{Compression{Method: "none", OnServer: true}, ")"},
-		{Compression{Method: "zstd", Level: 1, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=1')"},
-		{Compression{Method: "zstd", Level: 2, Workers: 3, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=3,workers=3')"},
-		{Compression{Method: "zstd", Level: 4, OnServer: true}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=11')"},
+		{Compression{Method: "none", Where: "server"}, ")"},
+		{Compression{Method: "zstd", Level: 1, Where: "server"}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=1')"},
+		{Compression{Method: "zstd", Level: 2, Workers: 3, Where: "server"}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=3,workers=3')"},
+		{Compression{Method: "zstd", Level: 4, Where: "server"}, ", COMPRESSION 'zstd', COMPRESSION_DETAIL 'level=11')"},
 	} {
 		cmd := command{Label: "l", ManifestChecksums: "CRC32C"}
 		cmd.Compression, cmd.CompressionDetail = tc.c.serverOptions()
@@ -377,11 +377,11 @@ func TestAutoCompressesOnTheServerUnlessARateIsSet(t *testing.T) {
 		maxRate int
 		want    string
 	}{
-		{Compression{Method: "zstd", Auto: true}, 0, "server"},
-		{Compression{Method: "zstd", Auto: true}, 1024, "hub"},
-		{Compression{Method: "none", Auto: true}, 0, ""},
-		{Compression{Method: "zstd", Auto: true, OnServer: true}, 32, "hub"},
-		{Compression{Method: "zstd", OnServer: true}, 1024, "server"},
+		{Compression{Method: "zstd", Where: "auto"}, 0, "server"},
+		{Compression{Method: "zstd", Where: "auto"}, 1024, "hub"},
+		{Compression{Method: "none", Where: "auto"}, 0, ""},
+		{Compression{Method: "zstd", Where: "hub"}, 0, "hub"},
+		{Compression{Method: "zstd", Where: "server"}, 1024, "server"},
 		{Compression{Method: "zstd"}, 0, "hub"},
 	} {
 		if got := tc.c.resolve(tc.maxRate).on(); got != tc.want {

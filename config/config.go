@@ -182,6 +182,22 @@ type Backup struct {
 	WALTimeout Duration `toml:"wal_timeout"`
 }
 
+// CheckCompressOn says what is wrong with where, a value of
+// backup.compress_on (or walhub backup --compress-on), for a server whose
+// compression setting is compression; nil when nothing is.
+func CheckCompressOn(where, compression string) error {
+	switch where {
+	case "auto", "hub":
+		return nil
+	case "server":
+		if compression != "zstd" {
+			return fmt.Errorf("\"server\" needs compression = \"zstd\", not %q", compression)
+		}
+		return nil
+	}
+	return fmt.Errorf("%q is not one of auto, hub, server", where)
+}
+
 // Retention is the policy of `walhub expire` for one server.
 type Retention struct {
 	// Redundancy keeps this many newest successful backups (0: not used).
@@ -522,16 +538,11 @@ func (s *Server) resolve(key string) error {
 	if s.Backup.Workers < 0 {
 		return fmt.Errorf("%s: backup.workers: %d is negative", key, s.Backup.Workers)
 	}
-	switch s.Backup.CompressOn {
-	case "":
+	if s.Backup.CompressOn == "" {
 		s.Backup.CompressOn = "auto"
-	case "auto", "hub":
-	case "server":
-		if s.Compression != "zstd" {
-			return fmt.Errorf("%s: backup.compress_on: \"server\" needs compression = \"zstd\", not %q", key, s.Compression)
-		}
-	default:
-		return fmt.Errorf("%s: backup.compress_on: %q is not one of auto, hub, server", key, s.Backup.CompressOn)
+	}
+	if err := CheckCompressOn(s.Backup.CompressOn, s.Compression); err != nil {
+		return fmt.Errorf("%s: backup.compress_on: %w", key, err)
 	}
 	if s.Backup.WALTimeout.Duration == 0 {
 		s.Backup.WALTimeout.Duration = 5 * time.Minute

@@ -72,8 +72,11 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			if checkpoint != "" && checkpoint != "fast" && checkpoint != "spread" {
 				return fmt.Errorf("--checkpoint: %q is not one of fast, spread", checkpoint)
 			}
-			if compressOn != "" && compressOn != "auto" && compressOn != "hub" && compressOn != "server" {
-				return fmt.Errorf("--compress-on: %q is not one of auto, hub, server", compressOn)
+			if compressOn != "" {
+				// Whether the server's compression suits it is checked per server below.
+				if err := config.CheckCompressOn(compressOn, "zstd"); err != nil {
+					return fmt.Errorf("--compress-on: %w", err)
+				}
 			}
 			if maxRate != 0 && (maxRate < 32 || maxRate > 1048576) {
 				return fmt.Errorf("--max-rate: %d kB/s is out of range 32..1048576", maxRate)
@@ -89,9 +92,11 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 			var views []backupView
 			var failed []error
 			for _, s := range servers {
-				if compressOn == "server" && s.Compression != "zstd" {
-					failed = append(failed, fmt.Errorf("backup of %s refused: --compress-on server needs compression = \"zstd\", not %q", s.Name, s.Compression))
-					continue
+				if compressOn != "" {
+					if err := config.CheckCompressOn(compressOn, s.Compression); err != nil {
+						failed = append(failed, fmt.Errorf("backup of %s refused: --compress-on %w", s.Name, err))
+						continue
+					}
 				}
 				// Without a receiver the backup's WAL never reaches the hub:
 				// say so now, not after wal_timeout.
@@ -108,7 +113,7 @@ After a successful backup, expire runs unless retention.auto_expire = false.`,
 					o.MaxRate = maxRate
 				}
 				if compressOn != "" {
-					o.Compression.OnServer, o.Compression.Auto = compressOn == "server", compressOn == "auto"
+					o.Compression.Where = compressOn
 				}
 				if walTimeout != 0 {
 					o.WALTimeout = walTimeout
@@ -155,7 +160,7 @@ func backupOptions(s *config.Server, repo *repository.Repository, log *slog.Logg
 	return basebackup.Options{
 		Server: s.Name, Conninfo: s.Conninfo, Repo: repo,
 		Compression: basebackup.Compression{Method: s.Compression, Level: s.CompressionLevel, Workers: s.Backup.Workers,
-			OnServer: s.Backup.CompressOn == "server", Auto: s.Backup.CompressOn == "auto"},
+			Where: s.Backup.CompressOn},
 		FastCheckpoint: s.Backup.Checkpoint == "fast", MaxRate: s.Backup.MaxRate,
 		WALTimeout: s.Backup.WALTimeout.Duration, Log: log,
 	}

@@ -70,7 +70,7 @@ func TestBackupCommandRejectsBadFlags(t *testing.T) {
 		{[]string{"backup", "--max-rate", "5"}, "--max-rate: 5 kB/s is out of range"},
 		{[]string{"backup", "--compress-on", "client"}, `--compress-on: "client" is not one of auto, hub, server`},
 		{[]string{"backup", "--server", "other"}, "other"},
-		{[]string{"backup", "--compress-on", "server", "--server", "plain"}, `backup of plain refused: --compress-on server needs compression = "zstd", not "none"`},
+		{[]string{"backup", "--compress-on", "server", "--server", "plain"}, `backup of plain refused: --compress-on "server" needs compression = "zstd", not "none"`},
 	} {
 		if _, err := run(t, append([]string{"--config", p}, tc.args...)...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error with %q", tc.args, err, tc.want)
@@ -180,12 +180,12 @@ func TestBackupOptionsFollowTheConfiguration(t *testing.T) {
 		conf string
 		want basebackup.Compression
 	}{
-		{"", basebackup.Compression{Method: "zstd", Level: 1, Auto: true}},
-		{"compression_level = 2\n[server.backup]\nworkers = 3\n", basebackup.Compression{Method: "zstd", Level: 2, Workers: 3, Auto: true}},
-		{"[server.backup]\ncompress_on = \"server\"\nworkers = 2\n", basebackup.Compression{Method: "zstd", Level: 1, Workers: 2, OnServer: true}},
-		{"[server.backup]\ncompress_on = \"hub\"\n", basebackup.Compression{Method: "zstd", Level: 1}},
-		{"[server.backup]\ncompress_on = \"auto\"\n", basebackup.Compression{Method: "zstd", Level: 1, Auto: true}},
-		{"compression = \"none\"\n", basebackup.Compression{Method: "none", Level: 1, Auto: true}},
+		{"", basebackup.Compression{Method: "zstd", Level: 1, Where: "auto"}},
+		{"compression_level = 2\n[server.backup]\nworkers = 3\n", basebackup.Compression{Method: "zstd", Level: 2, Workers: 3, Where: "auto"}},
+		{"[server.backup]\ncompress_on = \"server\"\nworkers = 2\n", basebackup.Compression{Method: "zstd", Level: 1, Workers: 2, Where: "server"}},
+		{"[server.backup]\ncompress_on = \"hub\"\n", basebackup.Compression{Method: "zstd", Level: 1, Where: "hub"}},
+		{"[server.backup]\ncompress_on = \"auto\"\n", basebackup.Compression{Method: "zstd", Level: 1, Where: "auto"}},
+		{"compression = \"none\"\n", basebackup.Compression{Method: "none", Level: 1, Where: "auto"}},
 	} {
 		cfg, err := config.Parse("repository = \"/r\"\n[[server]]\nname = \"main\"\nconninfo = \"host=db1\"\n" + tc.conf)
 		if err != nil {
