@@ -188,7 +188,6 @@ done
 grep -qs '"state": "streaming"' "$STATUS/bench/receiver.json" || { echo "walhub serve did not start:"; cat "$ROOT/serve.log"; exit 1; }
 
 # server_cpu: CPU seconds of the postmaster's exited (reaped) children so far.
-TCK=$(getconf CLK_TCK)
 # It first waits (up to 5 s) until the backup's walsender has exited and been
 # reaped: only walhub serve's stays.
 server_cpu() {
@@ -197,7 +196,7 @@ server_cpu() {
     [ "$(pgrep -P "$PM_PID" -f walsender | wc -l)" -le 1 ] && break
     sleep 0.1
   done
-  awk -v t="$TCK" '{ print ($16 + $17) / t }' "/proc/$PM_PID/stat"
+  reaped_cpu "$PM_PID"
 }
 # timed OUTFILE CMD...: runs CMD on the client's CPUs; OUTFILE gets its user+sys seconds.
 timed() { local out=$1; shift; "${ON_CLIENT[@]}" /usr/bin/time -f "%U %S" -o "$out" "$@"; }

@@ -13,14 +13,21 @@ lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }
+# reaped_cpu PID: the CPU seconds (user + system) of PID's children that
+# have exited and been reaped, so far: for the postmaster, what its
+# walsenders used once they are gone.
+reaped_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($16 + $17) / t }' "/proc/$1/stat"; }
 # kb FIELD PID: a /proc/PID/status figure in kB (VmHWM, VmRSS).
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
 
-# bench_setup NAME: makes $work (/tmp/walhub-bench-NAME-XXXXXX), picks port
-# (the primary's), s3port (versitygw's) and hubport (walhub's hub), and
-# removes everything at exit (bench_cleanup).
+# bench_setup NAME: makes $work ($BENCH_TMP/walhub-bench-NAME-XXXXXX,
+# BENCH_TMP being /tmp unless set), picks port (the primary's), s3port
+# (versitygw's) and hubport (walhub's hub), and removes everything at exit
+# (bench_cleanup). BENCH_TMP=/dev/shm (a tmpfs) takes the disk out of a run:
+# what is left is CPU, which tells a run bound by the disk from one bound by
+# the processors (it needs the memory for everything the run stores).
 bench_setup() {
-	work=$(mktemp -d "/tmp/walhub-bench-$1-XXXXXX")
+	work=$(mktemp -d "${BENCH_TMP:-/tmp}/walhub-bench-$1-XXXXXX")
 	chmod 755 "$work"
 	port=$((20000 + RANDOM % 20000))
 	s3port=$((port + 1))

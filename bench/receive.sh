@@ -11,7 +11,10 @@
 # Each runs TRIALS times from its own slot, interleaved, and the median counts:
 # on a shared machine single runs are noisy. Times include process start.
 # Each run also reports the CPU time (user + system) the receiving process
-# spent per MB of WAL, a figure less disturbed by the machine's load.
+# spent per MB of WAL, a figure less disturbed by the machine's load, and
+# the CPU its walsender spent (srv): on 2 cores the two share the machine, and
+# a walsender near a core's worth of the run's time says the server, not the
+# receiver, set the pace.
 #
 # Usage: bench/receive.sh            (as root or as a user that can run initdb)
 #   WAL_MB=1024 TRIALS=3 PGBIN=/usr/lib/postgresql/15/bin bench/receive.sh
@@ -84,9 +87,9 @@ checkpoint_timeout = 1h
 shared_buffers = 256MB
 fsync = on
 CONF
+pm=$(head -1 "$work/data/postmaster.pid")
 if [ -n "$PIN" ]; then
 	# The walsenders are forked later, by the postmaster: they inherit its CPU.
-	pm=$(head -1 "$work/data/postmaster.pid")
 	for p in "$pm" $(pgrep -P "$pm"); do taskset -a -p -c 0 "$p" >/dev/null; done
 	echo "pinned: PostgreSQL to CPU 0, the receivers to CPU 1"
 fi
@@ -109,6 +112,18 @@ echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $las
 # cpu_secs PID: the CPU time (user + system) the process has used, in seconds.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
+# walsender_cpu: the CPU seconds of the walsenders that have exited so far.
+# It first waits (up to 5 s) until the last receiver's has exited: none
+# other runs.
+walsender_cpu() {
+	local i
+	for i in $(seq 50); do
+		pgrep -P "$pm" -f walsender >/dev/null || break
+		sleep 0.1
+	done
+	reaped_cpu "$pm"
+}
+
 # settle_rm PATH...: removes what a run stored and syncs, so that writeback
 # a run leaves is done before the next one's clock starts. It does not take
 # away what the run after pg_receivewal's pays (the same binary, 2.8 against
@@ -116,10 +131,12 @@ cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1
 # what makes that fair.
 settle_rm() { rm -rf "$@"; sync; }
 
-# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds and CPU seconds.
+# run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds, CPU
+# seconds and its walsender's CPU seconds.
 run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
-	local t0 t1
+	local t0 t1 s0
+	s0=$(walsender_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
 	rw_pid=$!
@@ -127,12 +144,13 @@ run_rw() {
 	t1=$(date +%s.%N)
 	cpu=$(cpu_secs "$rw_pid")
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
+	srv=$(calc "$(walsender_cpu) - $s0")
 	settle_rm "$work/rw"
-	echo "$(echo "$t1 - $t0" | bc -l) $cpu"
+	echo "$(echo "$t1 - $t0" | bc -l) $cpu $srv"
 }
 
 # run_hub VARIANT TRIAL: walhub serve catches up; prints seconds, peak RSS in
-# kB, stored MB and CPU seconds. VARIANT is a compression, or base (the
+# kB, stored MB, CPU seconds and its walsender's CPU seconds. VARIANT is a compression, or base (the
 # binary built from BASE_REV, with BASE_COMPRESSION).
 run_hub() {
 	local comp=$1 repo="$work/repo-$1" bin="$work/walhub" repo_toml stored_dir
@@ -154,7 +172,8 @@ slot = "bench_${1}_$2"
 create_slot = false
 compression = "$comp"
 TOML
-	local t0 t1 hwm cpu
+	local t0 t1 hwm cpu s0
+	s0=$(walsender_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
@@ -163,12 +182,13 @@ TOML
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
 	cpu=$(cpu_secs "$hub_pid")
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
+	srv=$(calc "$(walsender_cpu) - $s0")
 	stored_mb=$(du -sm "$stored_dir" | cut -f1)
 	settle_rm "$repo" "$work/s3/bench/recv-$1"
-	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu"
+	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu $srv"
 }
 
-declare -A secs cpus
+declare -A secs cpus srvs
 peak=0
 mb=$(echo "$bytes / 1048576" | bc -l)
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)${PIN:+ (PIN: PostgreSQL on CPU 0, receivers on CPU 1)}"
@@ -186,16 +206,17 @@ for i in $(seq 1 "$TRIALS"); do
 	for ((k = 0; k < n; k++)); do
 		s=${order[$(( (k + i - 1) % n ))]}
 		if [ "$s" = rw ]; then
-			read -r t cpu <<<"$(run_rw "$i")"
-			secs[rw]+="$t " cpus[rw]+="$cpu "
-			printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB)\n" "$i" "$t" "$(echo "$cpu * 1000 / $mb" | bc -l)"
+			read -r t cpu srv <<<"$(run_rw "$i")"
+			secs[rw]+="$t " cpus[rw]+="$cpu " srvs[rw]+="$srv "
+			printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB, srv %.2f)\n" "$i" "$t" \
+				"$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
 			continue
 		fi
-		read -r t hwm stored cpu <<<"$(run_hub "$s" "$i")"
-		secs[$s]+="$t " cpus[$s]+="$cpu "
+		read -r t hwm stored cpu srv <<<"$(run_hub "$s" "$i")"
+		secs[$s]+="$t " cpus[$s]+="$cpu " srvs[$s]+="$srv "
 		[ "$hwm" -gt "$peak" ] && peak=$hwm
-		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB)\n" "$i" "$s" "$t" \
-			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)"
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB, srv %.2f)\n" "$i" "$s" "$t" \
+			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
 	done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -203,11 +224,13 @@ med_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
 rw_med=$(med_of "${secs[rw]}")
 rw_mbs=$(echo "$mb / $rw_med" | bc -l)
 echo "median of $TRIALS trials, $((bytes >> 20)) MB of WAL, walhub into the $([ "$REPO" = s3 ] && echo "S3 bucket" || echo "local repository")${PIN:+, pinned}:"
-printf "  pg_receivewal      %6.2f s  %7.1f MB/s  CPU %.2f ms/MB\n" "$rw_med" "$rw_mbs" "$(echo "$(med_of "${cpus[rw]}") * 1000 / $mb" | bc -l)"
+printf "  pg_receivewal      %6.2f s  %7.1f MB/s  CPU %.2f ms/MB  srv %.2f ms/MB\n" "$rw_med" "$rw_mbs" \
+	"$(echo "$(med_of "${cpus[rw]}") * 1000 / $mb" | bc -l)" "$(echo "$(med_of "${srvs[rw]}") * 1000 / $mb" | bc -l)"
 for comp in $variants; do
 	med=$(med_of "${secs[$comp]}")
 	mbs=$(echo "$mb / $med" | bc -l)
-	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f  CPU %.2f ms/MB\n" "$comp" "$med" "$mbs" \
-		"$(echo "$mbs / $rw_mbs" | bc -l)" "$(echo "$(med_of "${cpus[$comp]}") * 1000 / $mb" | bc -l)"
+	printf "  walhub %-4s        %6.2f s  %7.1f MB/s  ratio to pg_receivewal %.2f  CPU %.2f ms/MB  srv %.2f ms/MB\n" "$comp" "$med" "$mbs" \
+		"$(echo "$mbs / $rw_mbs" | bc -l)" "$(echo "$(med_of "${cpus[$comp]}") * 1000 / $mb" | bc -l)" \
+		"$(echo "$(med_of "${srvs[$comp]}") * 1000 / $mb" | bc -l)"
 done
 echo "walhub peak RSS (VmHWM, any trial): $((peak / 1024)) MB"
