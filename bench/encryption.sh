@@ -74,19 +74,11 @@ comp_of() { echo "${1%+age}"; }
 enc_of() { [ "${1#*+}" = age ] && echo yes || echo no; }
 
 # ---------------------------------------------------------------- receive
-psql_ "CHECKPOINT" >/dev/null
+slots=()
 for i in $(seq 1 "$TRIALS"); do
-	for v in $variants; do
-		psql_ "SELECT pg_create_physical_replication_slot('r_${v/+/_}_$i', true)" >/dev/null
-	done
+	for v in $variants; do slots+=("r_${v/+/_}_$i"); done
 done
-start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
-[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
-echo "generating ${WAL_MB} MB of WAL while nothing receives"
-psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((WAL_MB * 1000))) g" >/dev/null
-target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
-last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
-bytes=$(( $(lsn2num "$target") - $(lsn2num "$start") ))
+retain_wal "$WAL_MB" "${slots[@]}"
 echo "receive: $((bytes >> 20)) MB of WAL ($start .. $target), $TRIALS trials per variant, interleaved"
 
 # receive VARIANT TRIAL: prints seconds and stored MB.

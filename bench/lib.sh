@@ -20,6 +20,27 @@ reaped_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($16 + $17) / t }' "/proc/
 # kb FIELD PID: a /proc/PID/status figure in kB (VmHWM, VmRSS).
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
 
+# retain_wal MB SLOT...: creates the physical slots SLOT... at the same LSN
+# (their restart_lsn reserved at once), then about MB megabytes of WAL (the
+# table fill) while nothing receives, and switches to a new segment. Sets
+# start (the slots' restart_lsn), target (the LSN after the last WAL), last
+# (the name of the last segment before target) and bytes (target - start).
+retain_wal() {
+	local mb=$1 s
+	shift
+	psql_ "CHECKPOINT" >/dev/null
+	for s in "$@"; do
+		psql_ "SELECT pg_create_physical_replication_slot('$s', true)" >/dev/null
+	done
+	start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
+	[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
+	echo "generating ${mb} MB of WAL while nothing receives"
+	psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((mb * 1000))) g" >/dev/null
+	target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
+	last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
+	bytes=$(($(lsn2num "$target") - $(lsn2num "$start")))
+}
+
 # bench_setup NAME: makes $work ($BENCH_TMP/walhub-bench-NAME-XXXXXX,
 # BENCH_TMP being /tmp unless set), picks port (the primary's), s3port
 # (versitygw's) and hubport (walhub's hub), and removes everything at exit
