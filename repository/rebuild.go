@@ -26,6 +26,8 @@ type RebuildReport struct {
 	Segments  int      `json:"segments"`
 	TimeLines int      `json:"timelines"`
 	Backups   int      `json:"backups"`
+	// Gaps counts the gaps the store records: WAL lost before the hub got it.
+	Gaps int `json:"gaps"`
 	// Checksummed counts the segments stored without a checksum in their
 	// meta (written before walhub kept one there), whose checksum was
 	// computed by reading them.
@@ -39,8 +41,8 @@ type RebuildReport struct {
 // system identifier and segment size from the segments' meta or the
 // backups' info), segments, timeline histories and backups. The catalog must
 // be empty (a new catalog.db): Rebuild refuses to merge into one that holds
-// rows. Gaps recorded by the receiver are not in the store; missing WAL shows
-// as missing segments.
+// rows. The gaps the receiver recorded (RecordGap) come back with their
+// reasons; hubs before they were stored leave only missing segments.
 func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 	var rep RebuildReport
 	if srvs, err := r.Catalog.Servers(ctx); err != nil {
@@ -99,6 +101,11 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 			}
 			rep.Backups++
 		}
+		n, err = r.addGaps(ctx, srv, s.gaps)
+		rep.Gaps += n
+		if err != nil {
+			return rep, fmt.Errorf("server %s: %w", name, err)
+		}
 		var unfinished []string
 		for id, finished := range s.backupIDs {
 			if !finished {
@@ -116,6 +123,7 @@ type scannedServer struct {
 	segments  []storage.ObjectInfo
 	histories []storage.ObjectInfo
 	infos     []storage.ObjectInfo
+	gaps      []storage.ObjectInfo
 	// backupIDs: true for a backup with its backup.info (finished), false
 	// for files without one.
 	backupIDs map[string]bool
@@ -146,6 +154,8 @@ func (r *Repository) scan(ctx context.Context) (map[string]*scannedServer, error
 			if !s.backupIDs[k.BackupID] {
 				s.backupIDs[k.BackupID] = false
 			}
+		case k.Kind == storage.KeyGap:
+			s.gaps = append(s.gaps, o)
 		}
 		return nil
 	})

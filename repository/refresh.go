@@ -17,6 +17,7 @@ type RefreshReport struct {
 	TimeLinesAdded  int `json:"timelines_added"`
 	BackupsAdded    int `json:"backups_added"`
 	BackupsRemoved  int `json:"backups_removed"`
+	GapsAdded       int `json:"gaps_added"`
 	// SegmentsIndexed counts the segments read into the WAL index (restore
 	// points, commit times), so that restores to a name or a time work
 	// through this hub too.
@@ -28,7 +29,7 @@ func (rep RefreshReport) Changed() bool { return rep != RefreshReport{} }
 
 // Refresh brings the catalog of a hub that serves a repository another hub
 // writes (read-only) up to date with the store: the segments, timeline
-// histories and finished backups that appeared are cataloged as Rebuild
+// histories, finished backups and gap records that appeared are cataloged as Rebuild
 // would, and the rows of those removed (by the other hub's expire) are
 // deleted. On an empty catalog it is Rebuild. The segments cataloged are
 // then read into the WAL index (IndexStoredWAL), as the writing hub's
@@ -163,5 +164,7 @@ func (r *Repository) refreshServer(ctx context.Context, name string, s *scannedS
 			rep.BackupsRemoved++
 		}
 	}
-	return nil
+	n, err = r.addGaps(ctx, srv, s.gaps)
+	rep.GapsAdded += n
+	return err
 }

@@ -302,7 +302,8 @@ func TestRemoveBackupAndSweep(t *testing.T) {
 
 // The catalog re-created from the store alone equals the one that was lost:
 // servers with their identity, segments (compressed or not, with meta or,
-// as written by older versions, without), histories, finished backups;
+// as written by older versions, without), histories, finished backups,
+// recorded gaps with their reasons;
 // unfinished backups are reported, not cataloged.
 func TestRebuildRecreatesTheCatalogFromTheStore(t *testing.T) {
 	repo, _, srv, dir := newRepo(t)
@@ -355,8 +356,17 @@ func TestRebuildRecreatesTheCatalogFromTheStore(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// WAL the server removed before the receiver got it.
+	if err := repo.RecordGap(ctx, srv, catalog.Gap{TimeLine: 1, StartLSN: walname.SegmentStart(1, segSize),
+		EndLSN: walname.SegmentStart(3, segSize), Reason: "requested WAL segment has already been removed",
+		DetectedAt: time.Date(2026, 12, 1, 9, 0, 0, 123, time.UTC)}); err != nil {
+		t.Fatal(err)
+	}
 	// The unfinished one is running in the old catalog; it is not in the new.
 	before := catalogDump(t, repo.Catalog, "main", true)
+	if !strings.Contains(before, "gap 1 ") {
+		t.Fatalf("the gap is not in the catalog:\n%s", before)
+	}
 
 	fresh, err := catalog.Open(ctx, filepath.Join(dir, "rebuilt.db"))
 	if err != nil {
@@ -368,7 +378,7 @@ func TestRebuildRecreatesTheCatalogFromTheStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Segments != 6 || rep.TimeLines != 1 || rep.Backups != 2 || rep.Checksummed != 1 || len(rep.Skipped) != 1 {
+	if rep.Segments != 6 || rep.TimeLines != 1 || rep.Backups != 2 || rep.Gaps != 1 || rep.Checksummed != 1 || len(rep.Skipped) != 1 {
 		t.Fatalf("report %+v", rep)
 	}
 	if after := catalogDump(t, fresh, "main", false); after != before {
@@ -410,11 +420,15 @@ func catalogDump(t *testing.T, cat *catalog.Catalog, server string, skipRunning 
 		b.ServerID = 0
 		fmt.Fprintf(&sb, "backup %+v\n", b)
 	}
+	gaps, _ := cat.Gaps(ctx, srv.ID)
+	for _, g := range gaps {
+		fmt.Fprintf(&sb, "gap %d %s-%s %q %s\n", g.TimeLine, g.StartLSN, g.EndLSN, g.Reason, g.DetectedAt.UTC().Format(time.RFC3339Nano))
+	}
 	return sb.String()
 }
 
 // A read-only hub's catalog follows the store another hub writes: Refresh
-// adds what appeared (segments, histories, finished backups), deletes the
+// adds what appeared (segments, histories, finished backups, gaps), deletes the
 // rows of what was removed, and changes nothing when nothing changed.
 func TestRefreshFollowsTheStore(t *testing.T) {
 	writer, _, srv, dir := newRepo(t)
@@ -475,12 +489,19 @@ func TestRefreshFollowsTheStore(t *testing.T) {
 	if err := writer.RemoveBackup(ctx, "main", b); err != nil {
 		t.Fatal(err)
 	}
+	if err := writer.RecordGap(ctx, srv, catalog.Gap{TimeLine: 1, StartLSN: walname.SegmentStart(7, segSize),
+		EndLSN: walname.SegmentStart(9, segSize), Reason: "replication slot invalidated", DetectedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
 	rep, err = reader.Refresh(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep != (repository.RefreshReport{SegmentsAdded: 1, SegmentsRemoved: 1, TimeLinesAdded: 1, BackupsRemoved: 1, SegmentsIndexed: 1}) {
+	if rep != (repository.RefreshReport{SegmentsAdded: 1, SegmentsRemoved: 1, TimeLinesAdded: 1, BackupsRemoved: 1, GapsAdded: 1, SegmentsIndexed: 1}) {
 		t.Fatalf("second refresh: %+v", rep)
+	}
+	if rep, err := reader.Refresh(ctx); err != nil || rep.Changed() {
+		t.Fatalf("refresh after the gap: %+v, %v", rep, err)
 	}
 	// Every segment cataloged was read into the WAL index (restore points,
 	// commit times): restores to a name or a time work through this hub.

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"path"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 //	<server>/wal/<TLI><LOG>/<SEGMENT>[.zst]   completed segments
 //	<server>/wal/<TLI>.history                timeline history files
 //	<server>/backups/<id>/                    base.tar[.zst], <oid>.tar[.zst], backup_manifest, backup.info
+//	<server>/gaps/<TLI>-<START>-<END>.json    WAL lost before the hub got it (a gap), and why
 //
 // The local working area (WorkArea; for a local repository the same
 // directory):
@@ -69,6 +71,14 @@ func HistoryPath(server string, tli walname.TimeLine) string {
 	return path.Join(server, "wal", walname.HistoryName(tli))
 }
 
+// GapPath is the key of the record of a gap: the WAL of timeline tli from
+// start to end, which the server removed before the hub received it. The
+// name spells the three in hex, so that recording the same gap again
+// replaces its record.
+func GapPath(server string, tli walname.TimeLine, start, end walname.LSN) string {
+	return path.Join(server, "gaps", fmt.Sprintf("%08X-%016X-%016X.json", uint32(tli), uint64(start), uint64(end)))
+}
+
 // BackupsDir is the key prefix of a server's backups.
 func BackupsDir(server string) string { return path.Join(server, "backups") }
 
@@ -95,14 +105,15 @@ const (
 	KeySegment KeyKind = iota + 1
 	KeyHistory
 	KeyBackupFile
+	KeyGap
 )
 
 // Key is a key of the layout, parsed.
 type Key struct {
 	Kind   KeyKind
 	Server string
-	// Name is the segment's name (without extension), the history file's, or
-	// the backup file's.
+	// Name is the segment's name (without extension), the history file's,
+	// the backup file's, or the gap record's.
 	Name string
 	// Compression is a segment's, from its extension.
 	Compression string
@@ -133,6 +144,8 @@ func ParseKey(key string) (Key, bool) {
 		return Key{Kind: KeyHistory, Server: parts[0], Name: parts[2]}, true
 	case len(parts) == 4 && parts[1] == "backups":
 		return Key{Kind: KeyBackupFile, Server: parts[0], BackupID: parts[2], Name: parts[3]}, true
+	case len(parts) == 3 && parts[1] == "gaps" && strings.HasSuffix(parts[2], ".json") && !IsTemp(parts[2]):
+		return Key{Kind: KeyGap, Server: parts[0], Name: parts[2]}, true
 	}
 	return Key{}, false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -217,6 +218,18 @@ func TestReceiverRecordsGapWhenSlotIsLost(t *testing.T) {
 		t.Fatalf("gaps: %+v, want one", gaps)
 	}
 	t.Logf("gap recorded: %s-%s: %s", gaps[0].StartLSN, gaps[0].EndLSN, gaps[0].Reason)
+	// The repository holds the gap too: a catalog rebuilt from it, or a
+	// read-only hub's, knows it and why.
+	key := storage.GapPath("main", gaps[0].TimeLine, gaps[0].StartLSN, gaps[0].EndLSN)
+	f, err := tr.repo.Store.Open(context.Background(), key)
+	if err != nil {
+		t.Fatalf("the gap's record in the repository: %v", err)
+	}
+	rec, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !strings.Contains(string(rec), "removed") {
+		t.Fatalf("the gap's record %s: %q, %v", key, rec, err)
+	}
 	if _, err := tr.cat.LastSegment(context.Background(), id); errors.Is(err, catalog.ErrNotFound) {
 		t.Fatal("nothing stored after the gap")
 	}

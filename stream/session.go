@@ -382,9 +382,9 @@ func (s *session) skipRemovedWAL(ctx context.Context, tli walname.TimeLine, star
 	if held < start || held > next {
 		held = start
 	}
-	gap := catalog.Gap{ServerID: s.srv.ID, TimeLine: tli, StartLSN: held, EndLSN: next,
+	gap := catalog.Gap{TimeLine: tli, StartLSN: held, EndLSN: next,
 		Reason: s.r.walRemoved.Error(), DetectedAt: time.Now()}
-	if err := s.r.o.Repo.Catalog.AddGap(ctx, gap); err != nil {
+	if err := s.r.o.Repo.RecordGap(ctx, s.srv, gap); err != nil {
 		return 0, err
 	}
 	s.r.log.Error("GAP IN THE WAL ARCHIVE: WAL the server removed before the hub received it is lost; "+

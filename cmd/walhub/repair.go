@@ -23,9 +23,11 @@ or a damaged catalog.db.
 
 The catalog must be new: move catalog.db (and catalog.db-wal, catalog.db-shm) out of the
 working area first; a catalog that holds anything is refused. walhub serve must not run (the
-receivers' locks are taken, so it is refused while it does). Not rebuilt: gaps the receiver
-recorded (missing WAL shows as missing segments), failed and unfinished backups (their files,
-if any, are listed as skipped and removed by the next expire).`,
+receivers' locks are taken, so it is refused while it does). The gaps the receiver recorded
+(WAL the server removed before the hub got it) come back with their reasons, from their records
+in the repository (a gap an older walhub recorded is in its catalog only: its WAL shows as
+missing segments). Not rebuilt: failed and unfinished backups (their files, if any, are
+listed as skipped and removed by the next expire).`,
 		Example: "  walhub repair --rebuild-catalog\n  walhub repair --rebuild-catalog --output=json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -66,8 +68,8 @@ if any, are listed as skipped and removed by the next expire).`,
 }
 
 func printRebuild(w io.Writer, rep repository.RebuildReport) error {
-	fmt.Fprintf(w, "catalog rebuilt: %d servers (%s), %d segments, %d timeline histories, %d backups\n",
-		len(rep.Servers), strings.Join(rep.Servers, ", "), rep.Segments, rep.TimeLines, rep.Backups)
+	fmt.Fprintf(w, "catalog rebuilt: %d servers (%s), %d segments, %d timeline histories, %d backups, %d gaps\n",
+		len(rep.Servers), strings.Join(rep.Servers, ", "), rep.Segments, rep.TimeLines, rep.Backups, rep.Gaps)
 	if rep.Checksummed > 0 {
 		fmt.Fprintf(w, "%d segments had no checksum in their metadata: computed from their content\n", rep.Checksummed)
 	}

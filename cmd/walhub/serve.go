@@ -474,6 +474,6 @@ func (d *daemon) refreshRound(ctx context.Context) {
 	case rep.Changed():
 		d.log.Info("catalog refreshed from the repository", "segments_added", rep.SegmentsAdded, "segments_removed", rep.SegmentsRemoved,
 			"timelines_added", rep.TimeLinesAdded, "backups_added", rep.BackupsAdded, "backups_removed", rep.BackupsRemoved,
-			"segments_indexed", rep.SegmentsIndexed)
+			"gaps_added", rep.GapsAdded, "segments_indexed", rep.SegmentsIndexed)
 	}
 }
