@@ -111,7 +111,7 @@ done
 
 # ---------------------------------------------------------------- backup
 echo "backup: pgbench scale $SCALE"
-psql_ "DROP TABLE fill; CHECKPOINT" >/dev/null
+psql_ "DROP TABLE IF EXISTS fill; CHECKPOINT" >/dev/null
 "$PGBIN/pgbench" -i -q -s "$SCALE" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1 | tail -1
 psql_ "CHECKPOINT" >/dev/null
 for v in plain age; do

@@ -21,10 +21,19 @@ reaped_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($16 + $17) / t }' "/proc/
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
 
 # retain_wal MB SLOT...: creates the physical slots SLOT... at the same LSN
-# (their restart_lsn reserved at once), then about MB megabytes of WAL (the
-# table fill) while nothing receives, and switches to a new segment. Sets
-# start (the slots' restart_lsn), target (the LSN after the last WAL), last
-# (the name of the last segment before target) and bytes (target - start).
+# (their restart_lsn reserved at once), then about MB megabytes of WAL while
+# nothing receives, and switches to a new segment. Sets start (the slots'
+# restart_lsn), target (the LSN after the last WAL), last (the name of the
+# last segment before target) and bytes (target - start).
+#
+# WORKLOAD says what the WAL is made of:
+#   fill     (the default) one INSERT of rows of md5 text into the table
+#            fill: WAL that zstd shrinks about 25 times, cheap to compress
+#            (the WAL the issue's receive figures were measured on);
+#   pgbench  pgbench -i -s 10, then its TPC-B-like transactions (4 clients),
+#            with a CHECKPOINT every 256 MB (full-page images after each):
+#            WAL like a real OLTP server's, which zstd shrinks about 3 times
+#            at some 3 ms of CPU per MB.
 retain_wal() {
 	local mb=$1 s
 	shift
@@ -34,8 +43,27 @@ retain_wal() {
 	done
 	start=$(psql_ "SELECT min(restart_lsn) FROM pg_replication_slots")
 	[ "$(psql_ "SELECT count(DISTINCT restart_lsn) FROM pg_replication_slots")" = 1 ] || { echo "slots differ"; exit 1; }
-	echo "generating ${mb} MB of WAL while nothing receives"
-	psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((mb * 1000))) g" >/dev/null
+	echo "generating ${mb} MB of WAL (${WORKLOAD:-fill}) while nothing receives"
+	case ${WORKLOAD:-fill} in
+	fill)
+		psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((mb * 1000))) g" >/dev/null
+		;;
+	pgbench)
+		local pgb=("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres) until next_cp pos
+		until=$(($(lsn2num "$start") + mb * 1048576)) next_cp=$(($(lsn2num "$start") + (256 << 20)))
+		# Committing without waiting for the flush only makes the
+		# generation faster: the records written are the same.
+		PGOPTIONS="-c synchronous_commit=off" "${pgb[@]}" -i -s 10 -q postgres >/dev/null 2>&1
+		while pos=$(lsn2num "$(psql_ "SELECT pg_current_wal_lsn()")") && [ "$pos" -lt "$until" ]; do
+			if [ "$pos" -ge "$next_cp" ]; then
+				psql_ "CHECKPOINT" >/dev/null
+				next_cp=$((pos + (256 << 20)))
+			fi
+			PGOPTIONS="-c synchronous_commit=off" "${pgb[@]}" -n -c 4 -j 2 -t 1000 postgres >/dev/null
+		done
+		;;
+	*) echo "WORKLOAD is fill or pgbench, not $WORKLOAD"; exit 1 ;;
+	esac
 	target=$(psql_ "SELECT pg_switch_wal(); SELECT pg_current_wal_lsn()" | tail -1)
 	last=$(psql_ "SELECT pg_walfile_name('$target'::pg_lsn - 1)")
 	bytes=$(($(lsn2num "$target") - $(lsn2num "$start")))

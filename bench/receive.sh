@@ -3,7 +3,9 @@
 # retained WAL in the same run.
 #
 # A PostgreSQL 15 primary gets physical slots at the same LSN, then about
-# WAL_MB megabytes of WAL while nothing receives. Then, one after the other:
+# WAL_MB megabytes of WAL while nothing receives (WORKLOAD=fill, the default:
+# rows of md5 text; WORKLOAD=pgbench: pgbench transactions, WAL that costs
+# zstd four times the CPU; see retain_wal in lib.sh). Then, one after the other:
 # pg_receivewal (fsync per segment, as by default) and walhub serve with zstd
 # and with no compression each catch up from their own slot to the same target
 # LSN; each is timed until the last segment before the target is complete

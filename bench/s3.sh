@@ -97,7 +97,7 @@ done
 for i in $(seq 1 "$TRIALS"); do
 	for kind in local s3; do psql_ "SELECT pg_drop_replication_slot('bench_${kind}_$i')" >/dev/null; done
 done
-psql_ "DROP TABLE fill" >/dev/null
+psql_ "DROP TABLE IF EXISTS fill" >/dev/null
 fi
 
 # ---- backup
