@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/storage"
 )
@@ -68,14 +69,12 @@ func (c Compression) on() string {
 }
 
 // serverOptions are BASE_BACKUP's COMPRESSION and COMPRESSION_DETAIL for c,
-// empty when the server is not to compress. The levels 1..4 are zstd's
-// levels 1, 3, 7 and 11, which klauspost/compress's four levels stand for.
+// empty when the server is not to compress (levels: config.ZstdLevel).
 func (c Compression) serverOptions() (method, detail string) {
 	if c.on() != "server" {
 		return "", ""
 	}
-	levels := [...]int{1, 1, 3, 7, 11}
-	detail = fmt.Sprintf("level=%d", levels[min(max(c.Level, 1), 4)])
+	detail = fmt.Sprintf("level=%d", config.ZstdLevel(c.Level))
 	if c.Workers > 0 {
 		detail += fmt.Sprintf(",workers=%d", c.Workers)
 	}

@@ -144,7 +144,8 @@ type Server struct {
 	CreateSlot *bool `toml:"create_slot"`
 	// Compression of stored WAL and backups: "zstd" (default) or "none".
 	Compression string `toml:"compression"`
-	// CompressionLevel for zstd: 1 (fastest) to 4 (best); default 1.
+	// CompressionLevel for zstd: 1 (fastest) to 4 (best); default 1. See
+	// ZstdLevel.
 	CompressionLevel int `toml:"compression_level"`
 	// Synchronous makes the receiver fsync every write and report at once, so the
 	// hub can be a synchronous standby (listed in synchronous_standby_names).
@@ -663,3 +664,9 @@ func (c *Config) Select(name string) ([]*Server, error) {
 	}
 	return []*Server{s}, nil
 }
+
+// ZstdLevel is the zstd level that compression_level n (1..4) stands for:
+// 1, 3, 7 and 11, the levels klauspost/compress's four speeds (fastest,
+// default, better, best) match. It is what PostgreSQL is asked for when it
+// compresses a backup, and what the hub's WAL encoder (libzstd) runs at.
+func ZstdLevel(n int) int { return [...]int{1, 1, 3, 7, 11}[min(max(n, 1), 4)] }

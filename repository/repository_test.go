@@ -128,45 +128,70 @@ func TestBackupIDsAreUniqueAcrossServersAndCommands(t *testing.T) {
 }
 
 // A segment whose object could not be committed has no catalog row, and
-// nothing is left in the store; storing it again works.
+// nothing is left in the store; storing it again works. With zstd the
+// object's writes fail while the segment is being compressed (random bytes:
+// the frame is as large as the segment), or only when the encoder's last
+// output is written (a frame of a few bytes), and the error must come out of
+// the encoder's sink, which takes the rest without writing it.
 func TestSegmentIsDurableBeforeItsRow(t *testing.T) {
-	repo, faulty, srv, dir := newRepo(t)
-	ctx := context.Background()
-	storer, err := repo.SegmentStorer(srv, "none", 1)
-	if err != nil {
-		t.Fatal(err)
+	random := make([]byte, segSize)
+	r := rand.New(rand.NewPCG(5, 5))
+	for i := range random {
+		random[i] = byte(r.Uint32())
 	}
-	name := walname.SegmentName(1, 5, segSize)
-	src := filepath.Join(dir, "src")
-	os.WriteFile(src, segmentData(5), 0o600)
+	for _, tt := range []struct {
+		name, compression string
+		data              []byte
+		failAt            int64
+	}{
+		{"none", "none", segmentData(5), 1000},
+		{"zstd while compressing", "zstd", random, 1000},
+		{"zstd at the end", "zstd", segmentData(5), 10},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			repo, faulty, srv, dir := newRepo(t)
+			ctx := context.Background()
+			storer, err := repo.SegmentStorer(srv, tt.compression, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := walname.SegmentName(1, 5, segSize)
+			src := filepath.Join(dir, "src")
+			os.WriteFile(src, tt.data, 0o600)
 
-	faulty.FailWriteAt("main/wal/", 1000, syscall.EIO)
-	if _, _, err := storer.StoreFile(ctx, name, src); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("StoreFile with a failing store: %v", err)
-	}
-	if _, err := repo.Catalog.Segment(ctx, srv.ID, name); !errors.Is(err, catalog.ErrNotFound) {
-		t.Fatalf("a segment that was not stored has a row: %v", err)
-	}
-	var keys []string
-	repo.Store.List(ctx, "main/", func(o storage.ObjectInfo) error { keys = append(keys, o.Key); return nil })
-	if len(keys) != 0 {
-		t.Fatalf("the failed store left %v", keys)
-	}
+			faulty.FailWriteAt("main/wal/", tt.failAt, syscall.EIO)
+			if _, _, err := storer.StoreFile(ctx, name, src); !errors.Is(err, syscall.EIO) {
+				t.Fatalf("StoreFile with a failing store: %v", err)
+			}
+			if _, err := repo.Catalog.Segment(ctx, srv.ID, name); !errors.Is(err, catalog.ErrNotFound) {
+				t.Fatalf("a segment that was not stored has a row: %v", err)
+			}
+			var keys []string
+			repo.Store.List(ctx, "main/", func(o storage.ObjectInfo) error { keys = append(keys, o.Key); return nil })
+			if len(keys) != 0 {
+				t.Fatalf("the failed store left %v", keys)
+			}
 
-	faulty.Heal()
-	row, stored, err := storer.StoreFile(ctx, name, src)
-	if err != nil || !stored {
-		t.Fatalf("StoreFile = %v, %v", stored, err)
-	}
-	if row.Checksum != checksum.Of(segmentData(5)) || row.StoredSize != segSize {
-		t.Fatalf("row %+v", row)
-	}
-	info, err := repo.Store.Stat(ctx, row.StoredPath)
-	if err != nil || info.Meta["checksum"] != row.Checksum || info.Meta["size"] != "1048576" || info.Meta["system-id"] != srv.SystemID {
-		t.Fatalf("object %+v, %v: does not carry its row's checksum, size and system id", info, err)
-	}
-	if _, stored, err := storer.StoreFile(ctx, name, src); err != nil || stored {
-		t.Fatalf("storing a cataloged segment again: stored %v, %v", stored, err)
+			faulty.Heal()
+			row, stored, err := storer.StoreFile(ctx, name, src)
+			if err != nil || !stored {
+				t.Fatalf("StoreFile = %v, %v", stored, err)
+			}
+			if row.Checksum != checksum.Of(tt.data) || row.Size != segSize {
+				t.Fatalf("row %+v", row)
+			}
+			var got bytes.Buffer
+			if err := repo.ReadSegment(ctx, row, &got); err != nil || !bytes.Equal(got.Bytes(), tt.data) {
+				t.Fatalf("the stored segment reads back as %d bytes, %v", got.Len(), err)
+			}
+			info, err := repo.Store.Stat(ctx, row.StoredPath)
+			if err != nil || info.Meta["checksum"] != row.Checksum || info.Meta["size"] != "1048576" || info.Meta["system-id"] != srv.SystemID {
+				t.Fatalf("object %+v, %v: does not carry its row's checksum, size and system id", info, err)
+			}
+			if _, stored, err := storer.StoreFile(ctx, name, src); err != nil || stored {
+				t.Fatalf("storing a cataloged segment again: stored %v, %v", stored, err)
+			}
+		})
 	}
 }
 

@@ -13,9 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	czstd "github.com/DataDog/zstd"
 	"github.com/klauspost/compress/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
+	"github.com/walhub/walhub/config"
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/walname"
 )
@@ -41,30 +43,27 @@ type SegmentStorer struct {
 	r           *Repository
 	srv         catalog.Server
 	compression string
-	level       zstd.EncoderLevel
-	index       SegmentIndex
+	// level is libzstd's (config.ZstdLevel of the configured one).
+	level int
+	index SegmentIndex
 
-	// mu guards coders, the idle encoders and buffers of PutFile: as many are
-	// made as calls ever ran at once, and reused.
+	// mu guards coders, the idle buffers of PutFile: as many are made as
+	// calls ever ran at once, and reused.
 	mu     sync.Mutex
 	coders []*segmentCoder
-	// memEnc compresses Store's segments from memory: EncodeAll may be
-	// called concurrently.
-	memEnc *zstd.Encoder
 	// indexBuf is CatalogFile's read buffer (CatalogFile runs one at a time).
 	indexBuf []byte
 }
 
-// segmentCoder is what one PutFile call works with: a streaming zstd encoder
-// (nil without compression), a read buffer, and the buffer the encoder's
-// output goes through to the object.
+// segmentCoder is what one PutFile call works with: a read buffer and, with
+// compression, the buffer the encoder's output goes through to the object.
 type segmentCoder struct {
-	enc *zstd.Encoder
 	buf []byte
-	// out gathers the compressed blocks, which the encoder writes one at a
-	// time (a few kB each for WAL), into writes of objectChunk bytes: one
-	// system call each, or one piece of an upload, instead of one per block.
-	out *bufio.Writer
+	// out gathers the compressed blocks, which the encoder writes a few at
+	// a time, into writes of objectChunk bytes: one system call each, or one
+	// piece of an upload. It writes into sink.
+	out  *bufio.Writer
+	sink *encoderSink
 }
 
 // objectChunk is the size of the reads of a segment file and of the writes
@@ -90,15 +89,13 @@ func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level
 	if srv.SegmentSize == 0 {
 		return nil, fmt.Errorf("server %s has no segment size yet", srv.Name)
 	}
-	s := &SegmentStorer{r: r, srv: srv, compression: compression, level: zstd.EncoderLevel(level)}
+	s := &SegmentStorer{r: r, srv: srv, compression: compression, level: config.ZstdLevel(level)}
 	switch compression {
 	case "zstd":
-		// Made now, so that a bad level fails here rather than at the first segment.
-		c, err := s.newCoder()
-		if err != nil {
-			return nil, err
+		// Checked now, so that a bad level fails here rather than at the first segment.
+		if level < 1 || level > 4 {
+			return nil, fmt.Errorf("compression level %d is out of range 1..4", level)
 		}
-		s.coders = append(s.coders, c)
 	case "none":
 	default:
 		return nil, fmt.Errorf("unknown compression %q", compression)
@@ -106,54 +103,63 @@ func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level
 	return s, nil
 }
 
-func (s *SegmentStorer) newCoder() (*segmentCoder, error) {
+func (s *SegmentStorer) newCoder() *segmentCoder {
 	c := &segmentCoder{buf: make([]byte, objectChunk)}
 	if s.compression == "zstd" {
-		enc, err := s.newEncoder()
-		if err != nil {
-			return nil, err
-		}
-		c.enc, c.out = enc, bufio.NewWriterSize(nil, objectChunk)
+		c.sink = &encoderSink{}
+		c.out = bufio.NewWriterSize(c.sink, objectChunk)
 	}
-	return c, nil
+	return c
 }
 
-// newEncoder makes a zstd encoder for segments, on one goroutine (the
-// archiver runs one per worker). Two options make it cheaper without
-// storing more:
-//   - At level 1 (SpeedFastest) the window is set explicitly (4 MB, the one
-//     that level picks), so that the level does not also shrink the blocks
-//     to 64 kB: 128 kB blocks (those of the other levels) halve the
-//     per-block work (literal Huffman tables) and store a little less.
-//     WithWindowSize must come before WithEncoderLevel for that.
-//   - No frame checksum (XXH64 of the content): every segment has its
-//     CRC-32C in the catalog and the object's meta, which every reader
-//     (walfetch, the hub, verify) checks; a second hash of the same bytes
-//     only costs CPU.
+// The segments are compressed by libzstd (github.com/DataDog/zstd, built
+// from its C source), not by klauspost/compress, which decodes them
+// everywhere (the frames are the same format): on real WAL (pgbench's,
+// zstd level 1, 2.9:1) libzstd's streaming encoder took 2.2-2.3 ms of CPU
+// per MB against klauspost's 3.1-3.3 with its cheapest settings, for the
+// same output within 0.5%. On a hub whose cores the archiver fills (a
+// catch-up, WAL in bursts) that is what the receiver can take in.
 //
-// On the receiver's WAL (bench/receive.sh) that took the encoder from 1.05
-// to 0.84 ms of CPU per MB, and the output 1% smaller.
-func (s *SegmentStorer) newEncoder() (*zstd.Encoder, error) {
-	var opts []zstd.EOption
-	if s.level == zstd.SpeedFastest {
-		opts = append(opts, zstd.WithWindowSize(4<<20))
+// A libzstd stream is made for each segment and freed by Close. Its writes
+// never fail (encoderSink), because the binding keeps a stream whose write
+// failed, unfreed: the sink keeps the object's error, reported after Close.
+
+// encoderSink passes the encoder's output to w until a write fails, then
+// keeps that error and takes the rest without writing it.
+type encoderSink struct {
+	w   io.Writer
+	err error
+}
+
+func (e *encoderSink) Write(p []byte) (int, error) {
+	if e.err == nil {
+		_, e.err = e.w.Write(p)
 	}
-	opts = append(opts, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
-	enc, err := zstd.NewWriter(nil, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("zstd encoder: %w", err)
+	return len(p), nil
+}
+
+// stopOnSinkError reads r until the sink has failed: nothing more need be
+// compressed for an object that will not be committed.
+type stopOnSinkError struct {
+	r    io.Reader
+	sink *encoderSink
+}
+
+func (s stopOnSinkError) Read(p []byte) (int, error) {
+	if s.sink.err != nil {
+		return 0, s.sink.err
 	}
-	return enc, nil
+	return s.r.Read(p)
 }
 
 // coder takes an idle coder, or makes one.
-func (s *SegmentStorer) coder() (*segmentCoder, error) {
+func (s *SegmentStorer) coder() *segmentCoder {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if n := len(s.coders); n > 0 {
 		c := s.coders[n-1]
 		s.coders = s.coders[:n-1]
-		return c, nil
+		return c
 	}
 	return s.newCoder()
 }
@@ -217,10 +223,7 @@ func (s *SegmentStorer) PutFile(ctx context.Context, name, src, sum string) (row
 		return catalog.Segment{}, false, err
 	}
 	defer in.Close()
-	c, err := s.coder()
-	if err != nil {
-		return catalog.Segment{}, false, err
-	}
+	c := s.coder()
 	defer s.release(c)
 	// Hiding the os.File's WriteTo makes io.CopyBuffer use c.buf (256 kB
 	// reads) rather than its own 32 kB buffer, which costs twice the CPU.
@@ -344,11 +347,9 @@ func (s *SegmentStorer) Store(ctx context.Context, name string, data []byte) (ca
 	}
 	stored := data
 	if s.compression == "zstd" {
-		enc, err := s.memEncoder()
-		if err != nil {
-			return catalog.Segment{}, err
+		if stored, err = czstd.CompressLevel(nil, data, s.level); err != nil { // one frame, one segment
+			return catalog.Segment{}, fmt.Errorf("store segment %s: compress: %w", name, err)
 		}
-		stored = enc.EncodeAll(data, nil) // one frame, one segment
 	}
 	if row.StoredSize, err = s.write(ctx, row, bytes.NewReader(stored)); err != nil {
 		return catalog.Segment{}, fmt.Errorf("store segment %s: %w", name, err)
@@ -367,20 +368,6 @@ func (s *SegmentStorer) row(tli walname.TimeLine, segno walname.SegNo, name, sum
 
 func (s *SegmentStorer) meta(row catalog.Segment) storage.Meta {
 	return storage.Meta{metaChecksum: row.Checksum, metaSize: strconv.FormatInt(row.Size, 10), metaSystemID: s.srv.SystemID}
-}
-
-// memEncoder returns the encoder of Store, made at its first use.
-func (s *SegmentStorer) memEncoder() (*zstd.Encoder, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.memEnc == nil {
-		enc, err := s.newEncoder()
-		if err != nil {
-			return nil, err
-		}
-		s.memEnc = enc
-	}
-	return s.memEnc, nil
 }
 
 // write writes in (stored bytes) as the segment's object and commits it.
@@ -403,22 +390,22 @@ func (s *SegmentStorer) put(ctx context.Context, c *segmentCoder, row catalog.Se
 		return 0, err
 	}
 	defer w.Abort()
-	if c.enc != nil {
-		// The frame then says its size, and its window is no larger: a
-		// decoder (the hub's, walfetch's) allocates no more than a segment.
-		c.out.Reset(w)
-		c.enc.ResetContentSize(c.out, row.Size)
-		_, err := io.CopyBuffer(c.enc, in, c.buf)
-		if err == nil {
-			err = c.enc.Close()
+	if c.sink != nil {
+		c.sink.w, c.sink.err = w, nil
+		enc := czstd.NewWriterLevel(c.out, s.level)
+		_, err := io.CopyBuffer(enc, stopOnSinkError{in, c.sink}, c.buf)
+		// Close frees the stream, whatever happened before.
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		if ferr := c.out.Flush(); err == nil {
+			err = ferr
 		}
 		if err == nil {
-			err = c.out.Flush()
+			err = c.sink.err
 		}
-		if err != nil {
-			c.enc.Reset(nil) // drop the writer of the failed object
-		}
-		c.out.Reset(nil)
+		c.out.Reset(c.sink)
+		c.sink.w = nil
 		if err != nil {
 			return 0, err
 		}
@@ -485,7 +472,8 @@ func (r *Repository) RemoveSegments(ctx context.Context, segs []catalog.Segment)
 
 // ReadSegment writes the uncompressed bytes of a stored segment to w, and
 // fails when they are not the size and checksum its catalog row gives
-// (objects carry no second hash of their own: see newEncoder). w may have
+// (objects carry no second hash of their own: the encoder writes no frame
+// checksum, the CRC-32C of every segment being in its row). w may have
 // taken bytes by then: a caller acts on what it read only once ReadSegment
 // returned nil.
 func (r *Repository) ReadSegment(ctx context.Context, seg catalog.Segment, w io.Writer) error {
