@@ -3,11 +3,13 @@ package repository
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/storage"
+	"github.com/walhub/walhub/storage/crypt"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -42,41 +44,59 @@ func (r *Repository) RecordGap(ctx context.Context, srv catalog.Server, g catalo
 }
 
 // addGaps catalogs the gap records objs of srv that the catalog lacks (the
-// same timeline, start and end); it returns how many it added.
-func (r *Repository) addGaps(ctx context.Context, srv catalog.Server, objs []storage.ObjectInfo) (int, error) {
+// same timeline, start and end). It returns how many it added, and the
+// records it could not read, each with why (they are left out: one damaged
+// record must not stop a rebuild or a read-only hub's refreshes); it fails
+// on the catalog's errors, and on the wrong keys for an encrypted
+// repository.
+func (r *Repository) addGaps(ctx context.Context, srv catalog.Server, objs []storage.ObjectInfo) (int, []string, error) {
 	if len(objs) == 0 {
-		return 0, nil
+		return 0, nil, nil
 	}
 	known, err := r.Catalog.Gaps(ctx, srv.ID)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	have := map[string]bool{}
 	for _, g := range known {
 		have[storage.GapPath(srv.Name, g.TimeLine, g.StartLSN, g.EndLSN)] = true
 	}
 	n := 0
+	var skipped []string
 	for _, o := range objs {
 		if have[o.Key] {
 			continue
 		}
-		data, err := r.readAll(ctx, o.Key, 1<<20)
+		rec, err := r.readGap(ctx, srv, o.Key)
+		if errors.Is(err, crypt.ErrWrongKey) {
+			return n, skipped, err
+		}
 		if err != nil {
-			return n, err
-		}
-		var rec gapRecord
-		if err := json.Unmarshal(data, &rec); err != nil {
-			return n, fmt.Errorf("parse %s: %w", o.Key, err)
-		}
-		if rec.EndLSN <= rec.StartLSN || storage.GapPath(srv.Name, rec.TimeLine, rec.StartLSN, rec.EndLSN) != o.Key {
-			return n, fmt.Errorf("%s: the record says timeline %d, %s-%s", o.Key, rec.TimeLine, rec.StartLSN, rec.EndLSN)
+			skipped = append(skipped, fmt.Sprintf("%s: %v", o.Key, err))
+			continue
 		}
 		if err := r.Catalog.AddGap(ctx, catalog.Gap{ServerID: srv.ID, TimeLine: rec.TimeLine, StartLSN: rec.StartLSN,
 			EndLSN: rec.EndLSN, Reason: rec.Reason, DetectedAt: rec.DetectedAt}); err != nil {
-			return n, err
+			return n, skipped, err
 		}
 		have[o.Key] = true
 		n++
 	}
-	return n, nil
+	return n, skipped, nil
+}
+
+// readGap reads the gap record at key, which must describe the gap its key names.
+func (r *Repository) readGap(ctx context.Context, srv catalog.Server, key string) (gapRecord, error) {
+	data, err := r.readAll(ctx, key, 1<<20)
+	if err != nil {
+		return gapRecord{}, err
+	}
+	var rec gapRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return gapRecord{}, fmt.Errorf("parse: %w", err)
+	}
+	if rec.EndLSN <= rec.StartLSN || storage.GapPath(srv.Name, rec.TimeLine, rec.StartLSN, rec.EndLSN) != key {
+		return gapRecord{}, fmt.Errorf("the record says timeline %d, %s-%s", rec.TimeLine, rec.StartLSN, rec.EndLSN)
+	}
+	return rec, nil
 }

@@ -33,7 +33,8 @@ type RebuildReport struct {
 	// computed by reading them.
 	Checksummed int `json:"checksummed,omitempty"`
 	// Skipped are objects that are no part of the catalog: the files of
-	// backups that never finished (no backup.info), unreadable objects.
+	// backups that never finished (no backup.info), unreadable objects
+	// (backup.info, gap records).
 	Skipped []string `json:"skipped,omitempty"`
 }
 
@@ -101,8 +102,9 @@ func (r *Repository) Rebuild(ctx context.Context) (RebuildReport, error) {
 			}
 			rep.Backups++
 		}
-		n, err = r.addGaps(ctx, srv, s.gaps)
+		n, skipped, err := r.addGaps(ctx, srv, s.gaps)
 		rep.Gaps += n
+		rep.Skipped = append(rep.Skipped, skipped...)
 		if err != nil {
 			return rep, fmt.Errorf("server %s: %w", name, err)
 		}

@@ -164,7 +164,9 @@ func (r *Repository) refreshServer(ctx context.Context, name string, s *scannedS
 			rep.BackupsRemoved++
 		}
 	}
-	n, err = r.addGaps(ctx, srv, s.gaps)
+	// A record it cannot read is left out, here as in Rebuild (which lists
+	// it): the next refresh tries it again.
+	n, _, err = r.addGaps(ctx, srv, s.gaps)
 	rep.GapsAdded += n
 	return err
 }

@@ -734,3 +734,55 @@ func TestPutFileWritesACompressedObjectInLargePieces(t *testing.T) {
 		t.Fatalf("stored segment does not give back its bytes: %v", err)
 	}
 }
+
+// A damaged gap record is left out of a rebuilt catalog and listed as
+// skipped; the gaps whose records read well are rebuilt, and a read-only
+// hub's refresh takes them too.
+func TestRebuildSkipsADamagedGapRecord(t *testing.T) {
+	repo, _, srv, dir := newRepo(t)
+	ctx := context.Background()
+	good := catalog.Gap{TimeLine: 1, StartLSN: walname.SegmentStart(2, segSize), EndLSN: walname.SegmentStart(4, segSize),
+		Reason: "requested WAL segment has already been removed", DetectedAt: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	if err := repo.RecordGap(ctx, srv, good); err != nil {
+		t.Fatal(err)
+	}
+	bad := storage.GapPath("main", 1, walname.SegmentStart(6, segSize), walname.SegmentStart(7, segSize))
+	w, _ := repo.Store.Create(ctx, bad, nil)
+	io.WriteString(w, "{not json")
+	if _, err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		run  func(*repository.Repository) (int, []string, error)
+	}{
+		{"rebuild", func(r *repository.Repository) (int, []string, error) {
+			rep, err := r.Rebuild(ctx)
+			return rep.Gaps, rep.Skipped, err
+		}},
+		{"refresh", func(r *repository.Repository) (int, []string, error) {
+			rep, err := r.Refresh(ctx)
+			return rep.GapsAdded, nil, err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fresh, err := catalog.Open(ctx, filepath.Join(dir, tt.name+".db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fresh.Close()
+			gaps, skipped, err := tt.run(repository.New(repo.Store, repo.Work, fresh))
+			if err != nil || gaps != 1 {
+				t.Fatalf("%d gaps, %v", gaps, err)
+			}
+			if tt.name == "rebuild" && (len(skipped) != 1 || !strings.HasPrefix(skipped[0], bad+": ")) {
+				t.Fatalf("skipped %q, want %s", skipped, bad)
+			}
+			followed, _ := fresh.ServerByName(ctx, "main")
+			got, err := fresh.Gaps(ctx, followed.ID)
+			if err != nil || len(got) != 1 || got[0].StartLSN != good.StartLSN || got[0].Reason != good.Reason || !got[0].DetectedAt.Equal(good.DetectedAt) {
+				t.Fatalf("gaps %+v, %v", got, err)
+			}
+		})
+	}
+}
