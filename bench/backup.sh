@@ -187,17 +187,9 @@ for _ in $(seq 100); do
 done
 grep -qs '"state": "streaming"' "$STATUS/bench/receiver.json" || { echo "walhub serve did not start:"; cat "$ROOT/serve.log"; exit 1; }
 
-# server_cpu: CPU seconds of the postmaster's exited (reaped) children so far.
-# It first waits (up to 5 s) until the backup's walsender has exited and been
-# reaped: only walhub serve's stays.
-server_cpu() {
-  local i
-  for i in $(seq 50); do
-    [ "$(pgrep -P "$PM_PID" -f walsender | wc -l)" -le 1 ] && break
-    sleep 0.1
-  done
-  reaped_cpu "$PM_PID"
-}
+# server_cpu: CPU seconds of the postmaster's exited children so far, once
+# the backup's walsender is gone (walhub serve's stays).
+server_cpu() { walsender_cpu "$PM_PID" 1; }
 # timed OUTFILE CMD...: runs CMD on the client's CPUs; OUTFILE gets its user+sys seconds.
 timed() { local out=$1; shift; "${ON_CLIENT[@]}" /usr/bin/time -f "%U %S" -o "$out" "$@"; }
 cpu_of() { awk '{ print $1 + $2 }' "$1"; }

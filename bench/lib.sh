@@ -13,10 +13,19 @@ lsn2num() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }
-# reaped_cpu PID: the CPU seconds (user + system) of PID's children that
-# have exited and been reaped, so far: for the postmaster, what its
-# walsenders used once they are gone.
-reaped_cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($16 + $17) / t }' "/proc/$1/stat"; }
+# walsender_cpu PM KEEP: the CPU seconds (user + system) of the postmaster
+# PM's children that have exited and been reaped so far: what its walsenders
+# used, once they are gone. It first waits (up to 5 s) until at most KEEP
+# walsenders are left (those of receivers still running), so that the one
+# of the run just ended is counted.
+walsender_cpu() {
+	local i
+	for i in $(seq 50); do
+		[ "$(pgrep -P "$1" -f walsender | wc -l)" -le "$2" ] && break
+		sleep 0.1
+	done
+	awk -v t="$(getconf CLK_TCK)" '{ print ($16 + $17) / t }' "/proc/$1/stat"
+}
 # kb FIELD PID: a /proc/PID/status figure in kB (VmHWM, VmRSS).
 kb() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$2/status"; }
 
@@ -49,12 +58,12 @@ retain_wal() {
 		psql_ "CREATE TABLE fill (x bigint, pad text); INSERT INTO fill SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, $((mb * 1000))) g" >/dev/null
 		;;
 	pgbench)
-		local pgb=("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres) until next_cp pos
-		until=$(($(lsn2num "$start") + mb * 1048576)) next_cp=$(($(lsn2num "$start") + (256 << 20)))
+		local pgb=("$PGBIN/pgbench" -h 127.0.0.1 -p "$port" -U postgres) stop_at next_cp pos
+		stop_at=$(($(lsn2num "$start") + mb * 1048576)) next_cp=$(($(lsn2num "$start") + (256 << 20)))
 		# Committing without waiting for the flush only makes the
 		# generation faster: the records written are the same.
 		PGOPTIONS="-c synchronous_commit=off" "${pgb[@]}" -i -s 10 -q postgres >/dev/null 2>&1
-		while pos=$(lsn2num "$(psql_ "SELECT pg_current_wal_lsn()")") && [ "$pos" -lt "$until" ]; do
+		while pos=$(lsn2num "$(psql_ "SELECT pg_current_wal_lsn()")") && [ "$pos" -lt "$stop_at" ]; do
 			if [ "$pos" -ge "$next_cp" ]; then
 				psql_ "CHECKPOINT" >/dev/null
 				next_cp=$((pos + (256 << 20)))

@@ -106,17 +106,9 @@ echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $las
 # cpu_secs PID: the CPU time (user + system) the process has used, in seconds.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
-# walsender_cpu: the CPU seconds of the walsenders that have exited so far.
-# It first waits (up to 5 s) until the last receiver's has exited: none
-# other runs.
-walsender_cpu() {
-	local i
-	for i in $(seq 50); do
-		pgrep -P "$pm" -f walsender >/dev/null || break
-		sleep 0.1
-	done
-	reaped_cpu "$pm"
-}
+# srv_cpu: the CPU seconds of the walsenders that have exited so far, once
+# the last receiver's is gone (no other runs).
+srv_cpu() { walsender_cpu "$pm" 0; }
 
 # settle_rm PATH...: removes what a run stored and syncs, so that writeback
 # a run leaves is done before the next one's clock starts. It does not take
@@ -129,8 +121,8 @@ settle_rm() { rm -rf "$@"; sync; }
 # seconds and its walsender's CPU seconds.
 run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
-	local t0 t1 s0
-	s0=$(walsender_cpu)
+	local t0 t1 s0 srv
+	s0=$(srv_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
 	rw_pid=$!
@@ -138,7 +130,7 @@ run_rw() {
 	t1=$(date +%s.%N)
 	cpu=$(cpu_secs "$rw_pid")
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
-	srv=$(calc "$(walsender_cpu) - $s0")
+	srv=$(calc "$(srv_cpu) - $s0")
 	settle_rm "$work/rw"
 	echo "$(echo "$t1 - $t0" | bc -l) $cpu $srv"
 }
@@ -166,8 +158,8 @@ slot = "bench_${1}_$2"
 create_slot = false
 compression = "$comp"
 TOML
-	local t0 t1 hwm cpu s0
-	s0=$(walsender_cpu)
+	local t0 t1 hwm cpu s0 srv
+	s0=$(srv_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
 	hub_pid=$!
@@ -176,7 +168,7 @@ TOML
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
 	cpu=$(cpu_secs "$hub_pid")
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
-	srv=$(calc "$(walsender_cpu) - $s0")
+	srv=$(calc "$(srv_cpu) - $s0")
 	stored_mb=$(du -sm "$stored_dir" | cut -f1)
 	settle_rm "$repo" "$work/s3/bench/recv-$1"
 	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu $srv"

@@ -514,8 +514,8 @@ func (s *Server) resolve(key string) error {
 	if s.CompressionLevel == 0 {
 		s.CompressionLevel = 1
 	}
-	if s.CompressionLevel < 1 || s.CompressionLevel > 4 {
-		return fmt.Errorf("%s: compression_level: %d is out of range 1..4", key, s.CompressionLevel)
+	if err := CheckCompressionLevel(s.CompressionLevel); err != nil {
+		return fmt.Errorf("%s: compression_level: %w", key, err)
 	}
 	if s.ApplicationName == "" {
 		s.ApplicationName = "walhub_" + s.Name
@@ -663,6 +663,14 @@ func (c *Config) Select(name string) ([]*Server, error) {
 		return nil, err
 	}
 	return []*Server{s}, nil
+}
+
+// CheckCompressionLevel says whether n is a compression_level (1..4).
+func CheckCompressionLevel(n int) error {
+	if n < 1 || n > 4 {
+		return fmt.Errorf("%d is out of range 1..4", n)
+	}
+	return nil
 }
 
 // ZstdLevel is the zstd level that compression_level n (1..4) stands for:

@@ -786,3 +786,17 @@ func TestRebuildSkipsADamagedGapRecord(t *testing.T) {
 		})
 	}
 }
+
+// A compression level outside 1..4 is refused when the storer is made,
+// not at the first segment.
+func TestSegmentStorerRefusesABadLevel(t *testing.T) {
+	repo, _, srv, _ := newRepo(t)
+	for _, level := range []int{0, 5} {
+		if _, err := repo.SegmentStorer(srv, "zstd", level); err == nil || !strings.Contains(err.Error(), "out of range 1..4") {
+			t.Errorf("level %d: %v, want out of range", level, err)
+		}
+	}
+	if _, err := repo.SegmentStorer(srv, "none", 0); err != nil {
+		t.Errorf("no compression, no level: %v", err)
+	}
+}

@@ -93,8 +93,8 @@ func (r *Repository) SegmentStorer(srv catalog.Server, compression string, level
 	switch compression {
 	case "zstd":
 		// Checked now, so that a bad level fails here rather than at the first segment.
-		if level < 1 || level > 4 {
-			return nil, fmt.Errorf("compression level %d is out of range 1..4", level)
+		if err := config.CheckCompressionLevel(level); err != nil {
+			return nil, fmt.Errorf("compression level: %w", err)
 		}
 	case "none":
 	default:
