@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	czstd "github.com/DataDog/zstd"
 	"github.com/walhub/walhub/catalog"
 	"github.com/walhub/walhub/checksum"
 	"github.com/walhub/walhub/repository"
@@ -131,8 +132,7 @@ func TestBackupIDsAreUniqueAcrossServersAndCommands(t *testing.T) {
 // nothing is left in the store; storing it again works. With zstd the
 // object's writes fail while the segment is being compressed (random bytes:
 // the frame is as large as the segment), or only when the encoder's last
-// output is written (a frame of a few bytes), and the error must come out of
-// the encoder's sink, which takes the rest without writing it.
+// output is written (a frame of a few bytes, written by the final flush).
 func TestSegmentIsDurableBeforeItsRow(t *testing.T) {
 	random := make([]byte, segSize)
 	r := rand.New(rand.NewPCG(5, 5))
@@ -798,5 +798,84 @@ func TestSegmentStorerRefusesABadLevel(t *testing.T) {
 	}
 	if _, err := repo.SegmentStorer(srv, "none", 0); err != nil {
 		t.Errorf("no compression, no level: %v", err)
+	}
+}
+
+// A compressed segment is a zstd frame for each MiB, each compressed on its
+// own, whether stored from a file (the receiver) or from memory (the test
+// feeder); read back through one stream, the frames are the segment again.
+func TestSegmentIsAFramePerMiB(t *testing.T) {
+	const big = 4 << 20
+	repo, _, _, dir := newRepo(t)
+	ctx := context.Background()
+	srv, err := repo.Catalog.EnsureServer(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Catalog.BindIdentity(ctx, srv.ID, "7300000000000000002", big); err != nil {
+		t.Fatal(err)
+	}
+	if srv, err = repo.Catalog.ServerByName(ctx, "big"); err != nil {
+		t.Fatal(err)
+	}
+	// Text and noise, so that each frame holds something different.
+	data := make([]byte, big)
+	r := rand.New(rand.NewPCG(7, 7))
+	for i := range data {
+		if i%4096 < 1024 {
+			data[i] = byte(r.Uint32())
+		} else {
+			data[i] = "pg_wal record "[i%14]
+		}
+	}
+	var want []byte
+	for off := 0; off < big; off += 1 << 20 {
+		frame, err := czstd.CompressLevel(nil, data[off:off+1<<20], 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, frame...)
+	}
+	for _, tt := range []struct {
+		name  string
+		segno walname.SegNo
+		store func(*repository.SegmentStorer, string) (catalog.Segment, error)
+	}{
+		{"from a file", 1, func(s *repository.SegmentStorer, name string) (catalog.Segment, error) {
+			src := filepath.Join(dir, "src")
+			if err := os.WriteFile(src, data, 0o600); err != nil {
+				return catalog.Segment{}, err
+			}
+			row, _, err := s.StoreFile(ctx, name, src)
+			return row, err
+		}},
+		{"from memory", 2, func(s *repository.SegmentStorer, name string) (catalog.Segment, error) {
+			return s.Store(ctx, name, data)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			storer, err := repo.SegmentStorer(srv, "zstd", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := walname.SegmentName(1, tt.segno, big)
+			row, err := tt.store(storer, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := repo.OpenSegment(ctx, row)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored, err := io.ReadAll(f)
+			f.Close()
+			if err != nil || !bytes.Equal(stored, want) || row.StoredSize != int64(len(want)) {
+				t.Fatalf("the object is %d bytes (row: %d), %v; want the 4 frames of %d bytes", len(stored), row.StoredSize, err, len(want))
+			}
+			var got bytes.Buffer
+			if err := repo.ReadSegment(ctx, row, &got); err != nil || !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("read back: %d bytes, %v", got.Len(), err)
+			}
+		})
 	}
 }
