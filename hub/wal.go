@@ -298,10 +298,11 @@ func acceptsZstd(r *http.Request) bool {
 	return false
 }
 
-// Decoders for identity-encoded segments. Each holds a zstd window (8 MiB for
-// the receiver's frames): at most maxDecoders decode at once, a request beyond
-// that waits up to decoderWait and then gets a 503, and only idleDecoders are
-// kept between requests, so a burst of such requests leaves no lasting heap.
+// Decoders for identity-encoded segments. Each holds a zstd window (1 MiB for
+// the receiver's frames, up to 8 MiB for older versions'): at most maxDecoders
+// decode at once, a request beyond that waits up to decoderWait and then gets
+// a 503, and only idleDecoders are kept between requests, so a burst of such
+// requests leaves no lasting heap.
 const (
 	maxDecoders  = 8
 	idleDecoders = 2
