@@ -12,8 +12,11 @@
 # (pg_receivewal: renamed from .partial; walhub: stored and cataloged).
 # Each runs TRIALS times from its own slot, interleaved, and the median counts:
 # on a shared machine single runs are noisy. Times include process start.
-# Each run also reports the CPU time (user + system) the receiving process
-# spent per MB of WAL, a figure less disturbed by the machine's load, and
+# Each run also reports the CPU time (user + system, then system alone: sys)
+# the receiving process spent per MB of WAL, a figure less disturbed by the
+# machine's load (but here, on a virtual machine, walhub with no compression,
+# which writes a new file per segment as pg_receivewal does, paid up to 1.1
+# ms/MB more system time whenever the last such run was pg_receivewal's), and
 # the CPU its walsender spent (srv): on 2 cores the two share the machine, and
 # a walsender near a core's worth of the run's time says the server, not the
 # receiver, set the pace.
@@ -103,8 +106,9 @@ done
 retain_wal "$WAL_MB" "${slots[@]}"
 echo "WAL to receive: $start .. $target ($((bytes >> 20)) MB), last segment $last; $TRIALS trials each, interleaved"
 
-# cpu_secs PID: the CPU time (user + system) the process has used, in seconds.
-cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+# cpu_secs PID: the CPU time (user + system) the process has used, then the
+# system part alone, in seconds.
+cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz, $15 / hz}' "/proc/$1/stat"; }
 
 # srv_cpu: the CPU seconds of the walsenders that have exited so far, once
 # the last receiver's is gone (no other runs).
@@ -118,25 +122,25 @@ srv_cpu() { walsender_cpu "$pm" 0; }
 settle_rm() { rm -rf "$@"; sync; }
 
 # run_rw TRIAL: pg_receivewal catches up from its slot; prints seconds, CPU
-# seconds and its walsender's CPU seconds.
+# seconds (all, then system), and its walsender's CPU seconds.
 run_rw() {
 	rm -rf "$work/rw" && mkdir "$work/rw"
-	local t0 t1 s0 srv
+	local t0 t1 s0 srv cpu sys
 	s0=$(srv_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$PGBIN/pg_receivewal" -D "$work/rw" -h 127.0.0.1 -p "$port" -U postgres -S "bench_rw_$1" --no-loop 2>"$work/rw.log" &
 	rw_pid=$!
 	until [ -f "$work/rw/$last" ]; do sleep 0.02; done
 	t1=$(date +%s.%N)
-	cpu=$(cpu_secs "$rw_pid")
+	read -r cpu sys <<<"$(cpu_secs "$rw_pid")"
 	kill -INT "$rw_pid"; wait "$rw_pid" 2>/dev/null || true; rw_pid=
 	srv=$(calc "$(srv_cpu) - $s0")
 	settle_rm "$work/rw"
-	echo "$(echo "$t1 - $t0" | bc -l) $cpu $srv"
+	echo "$(echo "$t1 - $t0" | bc -l) $cpu $sys $srv"
 }
 
 # run_hub VARIANT TRIAL: walhub serve catches up; prints seconds, peak RSS in
-# kB, stored MB, CPU seconds and its walsender's CPU seconds. VARIANT is a compression, or base (the
+# kB, stored MB, CPU seconds (all, then system) and its walsender's CPU seconds. VARIANT is a compression, or base (the
 # binary built from BASE_REV, with BASE_COMPRESSION).
 run_hub() {
 	local comp=$1 repo="$work/repo-$1" bin="$work/walhub" repo_toml stored_dir
@@ -158,7 +162,7 @@ slot = "bench_${1}_$2"
 create_slot = false
 compression = "$comp"
 TOML
-	local t0 t1 hwm cpu s0 srv
+	local t0 t1 hwm cpu sys s0 srv
 	s0=$(srv_cpu)
 	t0=$(date +%s.%N)
 	"${on_receiver_cpu[@]}" "$bin" serve --init --config "$work/walhub.toml" 2>"$work/hub.log" &
@@ -166,12 +170,12 @@ TOML
 	await_receiver "$repo" "\"last_segment\": \"$last\""
 	t1=$(date +%s.%N)
 	hwm=$(awk '/VmHWM/ {print $2}' "/proc/$hub_pid/status")
-	cpu=$(cpu_secs "$hub_pid")
+	read -r cpu sys <<<"$(cpu_secs "$hub_pid")"
 	kill -TERM "$hub_pid"; wait "$hub_pid" || true; hub_pid=
 	srv=$(calc "$(srv_cpu) - $s0")
 	stored_mb=$(du -sm "$stored_dir" | cut -f1)
 	settle_rm "$repo" "$work/s3/bench/recv-$1"
-	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu $srv"
+	echo "$(echo "$t1 - $t0" | bc -l) $hwm $stored_mb $cpu $sys $srv"
 }
 
 declare -A secs cpus srvs
@@ -192,17 +196,17 @@ for i in $(seq 1 "$TRIALS"); do
 	for ((k = 0; k < n; k++)); do
 		s=${order[$(( (k + i - 1) % n ))]}
 		if [ "$s" = rw ]; then
-			read -r t cpu srv <<<"$(run_rw "$i")"
+			read -r t cpu sys srv <<<"$(run_rw "$i")"
 			secs[rw]+="$t " cpus[rw]+="$cpu " srvs[rw]+="$srv "
-			printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB, srv %.2f)\n" "$i" "$t" \
-				"$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
+			printf "  trial %d  pg_receivewal %6.2f s  (CPU %.2f ms/MB, sys %.2f, srv %.2f)\n" "$i" "$t" \
+				"$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$sys * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
 			continue
 		fi
-		read -r t hwm stored cpu srv <<<"$(run_hub "$s" "$i")"
+		read -r t hwm stored cpu sys srv <<<"$(run_hub "$s" "$i")"
 		secs[$s]+="$t " cpus[$s]+="$cpu " srvs[$s]+="$srv "
 		[ "$hwm" -gt "$peak" ] && peak=$hwm
-		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB, srv %.2f)\n" "$i" "$s" "$t" \
-			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
+		printf "  trial %d  walhub %-4s   %6.2f s  (peak RSS %d MB, stored %d MB, CPU %.2f ms/MB, sys %.2f, srv %.2f)\n" "$i" "$s" "$t" \
+			$((hwm / 1024)) "$stored" "$(echo "$cpu * 1000 / $mb" | bc -l)" "$(echo "$sys * 1000 / $mb" | bc -l)" "$(echo "$srv * 1000 / $mb" | bc -l)"
 	done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
