@@ -513,3 +513,33 @@ func TestMetricsCountRequestsByRouteAndCode(t *testing.T) {
 		t.Errorf("healthz: %d", resp.StatusCode)
 	}
 }
+
+// A segment larger than a MiB is stored as several zstd frames: it reaches a
+// client whole both ways, compressed (walfetch's decoder reads the frames as
+// one stream) and identity-encoded (the hub's decoder does).
+func TestSegmentOfSeveralFramesServedWhole(t *testing.T) {
+	f := newFixture(t, "zstd", nil)
+	ctx := context.Background()
+	const big = 4 << 20
+	feeder, err := walfeed.New(ctx, f.repo, "big", "7300000000000000002", big, "zstd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	for i := range uint64(4) {
+		want = append(want, segment(100+i)...)
+	}
+	name := walname.SegmentName(1, 2, big)
+	if err := feeder.StoreSegment(ctx, name, want); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := f.client(t, "big", readToken).FetchWAL(ctx, name, &buf); err != nil || !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("FetchWAL: %v, %d bytes, equal %v", err, buf.Len(), bytes.Equal(buf.Bytes(), want))
+	}
+	resp := f.get(t, http.MethodGet, api.WALPath("big", name), readToken, http.Header{"Accept-Encoding": {"identity"}})
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "" || !bytes.Equal(body, want) {
+		t.Fatalf("identity: status %d, encoding %q, %d bytes, %v", resp.StatusCode, resp.Header.Get("Content-Encoding"), len(body), err)
+	}
+}
