@@ -140,8 +140,9 @@ run_rw() {
 }
 
 # run_hub VARIANT TRIAL: walhub serve catches up; prints seconds, peak RSS in
-# kB, stored MB, CPU seconds (all, then system) and its walsender's CPU seconds. VARIANT is a compression, or base (the
-# binary built from BASE_REV, with BASE_COMPRESSION).
+# kB, stored MB, CPU seconds (all, then system) and its walsender's CPU
+# seconds. VARIANT is a compression, or base (the binary built from BASE_REV,
+# with BASE_COMPRESSION).
 run_hub() {
 	local comp=$1 repo="$work/repo-$1" bin="$work/walhub" repo_toml stored_dir
 	if [ "$comp" = base ]; then comp=$BASE_COMPRESSION bin="$work/walhub-base"; fi
