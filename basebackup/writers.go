@@ -234,7 +234,7 @@ func (w *fileWriters) flusher() {
 	defer close(w.flushed)
 	for r := range w.writeback {
 		if w.ctx.Err() == nil {
-			_ = unix.SyncFileRange(r.fd, r.off, r.n, unix.SYNC_FILE_RANGE_WRITE)
+			storage.StartWriteback(r.fd, r.off, r.n)
 		}
 		unix.Close(r.fd)
 	}
