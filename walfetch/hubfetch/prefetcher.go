@@ -232,7 +232,7 @@ func oneProcessor() {
 // the plain copy reads 256 KiB at a time, reads that bypass a smaller buffer,
 // so it saves no system call, and the first window of downloads, all under
 // way at once, costs memory the process touches for the first time (16 x
-// 256 KiB with 1 MiB segments: about 20 ms of the prefetcher's start on the
+// 256 KiB with 1 MiB segments, when they were 16: about 20 ms of the prefetcher's start on the
 // 2-core VM of BenchmarkPrefetcherFollowsRecovery, with no change per segment).
 const prefetchReadBuffer = 32 << 10
 
@@ -357,14 +357,16 @@ func downloadSlots(parallel, window int, segSize uint64) int {
 	return max(parallel, min(parallel*int(settingsSegmentSize/segSize), window, maxAutoDownloads))
 }
 
-// maxAutoDownloads bounds what downloadSlots adds to --parallel: a quarter
-// of a hub's default max_client_connections (64 from one address), so that
-// two standbys behind one address, each prefetcher with a connection more for
-// its peeks, stay well within it. Once the window of small segments held 256
-// of them, 32 downloads at once bought nothing over 16 from a hub 100 ms away
-// (BENCH_DELAY=100ms BenchmarkReplay, 1001 x 1 MiB: 93.0 segments a second
-// with 32, 99.6 with 16).
-const maxAutoDownloads = 16
+// maxAutoDownloads bounds what downloadSlots adds to --parallel, so that two
+// standbys behind one address, each prefetcher with a connection more for its
+// peeks (and a walfetch-net of its own), stay within a hub's default
+// max_client_connections (64 from one address). From a hub a round trip RTT
+// away, n downloads at once bring at most n/RTT segments a second: 16 from
+// 100 ms away were the bound once replay of 1 MiB segments passed 140 a
+// second (BENCH_DELAY=100ms BenchmarkReplay, 501 x 1 MiB, A/B in 3 rounds:
+// 138.1 segments a second with 16, 144.4 with 24, 146.7 with 32, 163.8 on
+// loopback). When replay ran at 100 a second, 32 bought nothing over 16.
+const maxAutoDownloads = 24
 
 // maxDownloads is the most downloads s lets run at once, whatever the
 // segment size: the download workers and the hub connections to have.
