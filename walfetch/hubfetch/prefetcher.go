@@ -232,8 +232,9 @@ func oneProcessor() {
 // the plain copy reads 256 KiB at a time, reads that bypass a smaller buffer,
 // so it saves no system call, and the first window of downloads, all under
 // way at once, costs memory the process touches for the first time (16 x
-// 256 KiB with 1 MiB segments, when they were 16: about 20 ms of the prefetcher's start on the
-// 2-core VM of BenchmarkPrefetcherFollowsRecovery, with no change per segment).
+// 256 KiB with 1 MiB segments, when 16 ran at once: about 20 ms of the
+// prefetcher's start on the 2-core VM of BenchmarkPrefetcherFollowsRecovery,
+// with no change per segment).
 const prefetchReadBuffer = 32 << 10
 
 // prefetcherNice is the nice value the prefetcher runs at.
@@ -363,9 +364,10 @@ func downloadSlots(parallel, window int, segSize uint64) int {
 // max_client_connections (64 from one address). From a hub a round trip RTT
 // away, n downloads at once bring at most n/RTT segments a second: 16 from
 // 100 ms away were the bound once replay of 1 MiB segments passed 140 a
-// second (BENCH_DELAY=100ms BenchmarkReplay, 501 x 1 MiB, A/B in 3 rounds:
-// 138.1 segments a second with 16, 144.4 with 24, 146.7 with 32, 163.8 on
-// loopback). When replay ran at 100 a second, 32 bought nothing over 16.
+// second (BENCH_DELAY=100ms BenchmarkReplay, 501 x 1 MiB, two A/B runs of 3
+// rounds: 137.7 and 138.1 segments a second with 16, 146.7 with 32, 144.4
+// with 24; 164-167 on loopback). When replay ran at 100 a second, 32 bought
+// nothing over 16.
 const maxAutoDownloads = 24
 
 // maxDownloads is the most downloads s lets run at once, whatever the
