@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/walhub/walhub/storage"
 	"github.com/walhub/walhub/storage/s3store"
@@ -400,6 +401,14 @@ func TestRemoveTempAbortsDeadUploads(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Neither Commit nor Abort: the writer "died".
+	}
+	// A dead writer has no request in flight. These writers still send
+	// their first part in the background: an abort that overtook it left
+	// the upload pending in versitygw (the part arrived after the abort).
+	for deadline := time.Now().Add(10 * time.Second); srv.PartsUploaded() < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the writers' first parts did not arrive; pending uploads: %v", srv.PendingUploads())
+		}
 	}
 	if p := srv.PendingUploads(); len(p) != 2 {
 		t.Fatalf("pending uploads: %v", p)

@@ -267,6 +267,25 @@ func (s *Server) Objects(prefix string) []string {
 	return keys
 }
 
+// PartsUploaded counts the parts the server holds of the multipart uploads
+// begun and neither completed nor aborted.
+func (s *Server) PartsUploaded() int {
+	s.t.Helper()
+	out, err := s.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &s.Bucket})
+	if err != nil {
+		s.t.Fatalf("list multipart uploads: %v", err)
+	}
+	n := 0
+	for _, u := range out.Uploads {
+		parts, err := s.Client().ListParts(context.Background(), &s3.ListPartsInput{Bucket: &s.Bucket, Key: u.Key, UploadId: u.UploadId})
+		if err != nil {
+			s.t.Fatalf("list parts of %s: %v", aws.ToString(u.Key), err)
+		}
+		n += len(parts.Parts)
+	}
+	return n
+}
+
 // PendingUploads lists the keys of the multipart uploads begun and neither
 // completed nor aborted.
 func (s *Server) PendingUploads() []string {
