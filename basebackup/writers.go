@@ -224,12 +224,10 @@ func newFileWriters(ctx context.Context, writers int, owner *Owner) *fileWriters
 }
 
 // flusher starts the writeback of the ranges the writers ask for, one after
-// the other. sync_file_range(SYNC_FILE_RANGE_WRITE) returns without waiting
-// for the disk, but it does the file system's allocation work and waits
-// whenever the device's queue is full: on a writer, that stopped the writing
-// of the next file (starting a large file's writeback every few MiB on the
-// writer made restores slower on a busy machine). Here only the flusher
-// waits. Not every file system supports it; then the fsync does all the work.
+// the other (storage.StartWriteback). The hint may wait for the disk's queue:
+// on a writer, that stopped the writing of the next file (starting a large
+// file's writeback every few MiB on the writer made restores slower on a busy
+// machine). Here only the flusher waits.
 func (w *fileWriters) flusher() {
 	defer close(w.flushed)
 	for r := range w.writeback {

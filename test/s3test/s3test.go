@@ -22,6 +22,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/walhub/walhub/storage/s3store"
 	"github.com/walhub/walhub/test/pgtest"
 )
@@ -271,12 +272,8 @@ func (s *Server) Objects(prefix string) []string {
 // begun and neither completed nor aborted.
 func (s *Server) PartsUploaded() int {
 	s.t.Helper()
-	out, err := s.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &s.Bucket})
-	if err != nil {
-		s.t.Fatalf("list multipart uploads: %v", err)
-	}
 	n := 0
-	for _, u := range out.Uploads {
+	for _, u := range s.uploads() {
 		parts, err := s.Client().ListParts(context.Background(), &s3.ListPartsInput{Bucket: &s.Bucket, Key: u.Key, UploadId: u.UploadId})
 		if err != nil {
 			s.t.Fatalf("list parts of %s: %v", aws.ToString(u.Key), err)
@@ -290,13 +287,19 @@ func (s *Server) PartsUploaded() int {
 // completed nor aborted.
 func (s *Server) PendingUploads() []string {
 	s.t.Helper()
+	var keys []string
+	for _, u := range s.uploads() {
+		keys = append(keys, aws.ToString(u.Key))
+	}
+	return keys
+}
+
+// uploads lists the multipart uploads begun and neither completed nor aborted.
+func (s *Server) uploads() []types.MultipartUpload {
+	s.t.Helper()
 	out, err := s.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &s.Bucket})
 	if err != nil {
 		s.t.Fatalf("list multipart uploads: %v", err)
 	}
-	var keys []string
-	for _, u := range out.Uploads {
-		keys = append(keys, aws.ToString(u.Key))
-	}
-	return keys
+	return out.Uploads
 }

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/pgfile"
@@ -766,12 +768,14 @@ func (p *prefetcher) fetch(d download) {
 			info, err = p.c.FetchWAL(ctx, name, hw)
 		}
 		cancel()
+		// A descriptor kept past Close, for the writeback started once the
+		// file has its name (below); -1: none.
+		wb := -1
 		if err == nil {
-			// Nothing in the spool needs to be durable, but PostgreSQL
-			// fsyncs each file it restores (durable_rename, keeping it in
-			// pg_wal) on recovery's path: written back now, on this spare
-			// time, the file leaves that fsync nothing to wait for.
-			storage.StartWriteback(int(f.Fd()), 0, 0)
+			if d, derr := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0); derr == nil {
+				wb = d
+				defer unix.Close(wb)
+			}
 		}
 		written, serr := f.Stat()
 		if cerr := f.Close(); err == nil {
@@ -800,6 +804,15 @@ func (p *prefetcher) fetch(d download) {
 		}
 		if err := os.Rename(part, p.sp.Path(name)); err != nil {
 			return err
+		}
+		// Nothing in the spool needs to be durable, but PostgreSQL fsyncs
+		// each file it restores (durable_rename, keeping it in pg_wal) on
+		// recovery's path: written back now, on this spare time, the file
+		// leaves that fsync nothing to wait for. Started after the rename:
+		// the hint may wait for the disk's queue, and recovery may be
+		// waiting for this very segment.
+		if wb >= 0 {
+			storage.StartWriteback(wb, 0, 0)
 		}
 		p.inflightMu.Lock()
 		p.fetched[name] = true
