@@ -111,12 +111,16 @@ func printRestoreTimes(logFile string) {
 		t, err := time.Parse("2006-01-02 15:04:05.000", line[:23])
 		return t, err == nil
 	}
-	var calls, gaps []time.Duration
-	var execAt, restoredAt, first time.Time
+	var calls, gaps, failed []time.Duration
+	var failedNames []string
+	var execAt, restoredAt, first, logStart time.Time
 	for _, line := range strings.Split(string(data), "\n") {
 		t, ok := stamp(line)
 		if !ok {
 			continue
+		}
+		if logStart.IsZero() {
+			logStart = t
 		}
 		switch {
 		case strings.Contains(line, "executing restore command"):
@@ -131,6 +135,15 @@ func printRestoreTimes(logFile string) {
 		case strings.Contains(line, "restored log file") && !execAt.IsZero():
 			calls = append(calls, t.Sub(execAt))
 			restoredAt, execAt = t, time.Time{}
+		case strings.Contains(line, "could not restore file") && !execAt.IsZero():
+			// A file the archive does not have (a timeline history
+			// recovery looks for): recovery waits for this call too.
+			failed = append(failed, t.Sub(execAt))
+			if _, rest, ok := strings.Cut(line, "could not restore file \""); ok {
+				name, _, _ := strings.Cut(rest, "\"")
+				failedNames = append(failedNames, fmt.Sprintf("%s %.1f ms", name, float64(t.Sub(execAt))/float64(time.Millisecond)))
+			}
+			execAt = time.Time{}
 		}
 	}
 	if len(calls) == 0 {
@@ -155,6 +168,8 @@ func printRestoreTimes(logFile string) {
 	fmt.Printf("         restore_command as recovery waited for it: %d calls, %v in all (median %v, max %v; the first:%s ms); replay between calls %v\n",
 		len(calls), sum(calls).Round(time.Millisecond), sorted[len(sorted)/2].Round(100*time.Microsecond),
 		sorted[len(sorted)-1].Round(time.Millisecond), head, sum(gaps).Round(time.Millisecond))
+	fmt.Printf("         before the first call %v (from the log's first line); %d calls for files the archive lacks, %v in all (%s)\n",
+		first.Sub(logStart).Round(time.Millisecond), len(failed), sum(failed).Round(time.Millisecond), strings.Join(failedNames, ", "))
 }
 
 // startPerf records a system-wide profile (perf record -a -g) of one run into

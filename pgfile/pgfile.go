@@ -1,6 +1,6 @@
 // Package pgfile reads the PostgreSQL file formats walhub checks: the long
 // page header that opens every WAL segment, and the database system
-// identifier in global/pg_control. Every command that decodes one of them
+// identifier and WAL segment size in global/pg_control. Every command that decodes one of them
 // goes through here. Both are written by PostgreSQL in the machine's native
 // byte order (PostgreSQL 15 layouts: XLogLongPageHeaderData, ControlFileData).
 package pgfile
@@ -109,20 +109,63 @@ func CheckSegmentHeader(hdr []byte, name string, segSize uint64, systemID uint64
 // It uses plain system calls, not an os.File: walfetch calls it on every
 // spool hit, and the first os.File of a program sets up Go's I/O poller.
 func ControlSystemID(path string) (uint64, error) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer syscall.Close(fd)
 	var b [8]byte
-	n, err := syscall.Pread(fd, b[:], 0)
-	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", path, err)
-	}
-	if n < len(b) {
-		return 0, fmt.Errorf("read %s: %w", path, io.ErrUnexpectedEOF)
+	if err := readControl(path, b[:]); err != nil {
+		return 0, err
 	}
 	return binary.NativeEndian.Uint64(b[:]), nil
+}
+
+// Offsets in ControlFileData (pg_control.h) of the fields ControlSegmentSize
+// reads, in the layout of pg_control_version 1300 (PostgreSQL 13 to 16) on a
+// 64-bit build; checked against pg_controldata (TestReadsWhatInitdbWrites).
+const (
+	controlVersionOffset = 8   // pg_control_version
+	controlSegSizeOffset = 228 // xlog_seg_size
+	controlVersion       = 1300
+)
+
+// ControlSegmentSize reads the WAL segment size a cluster was initialised
+// with (xlog_seg_size) from its pg_control. A pg_control of another layout
+// than PostgreSQL 15's, or a size PostgreSQL does not allow, is an error.
+func ControlSegmentSize(path string) (uint64, error) {
+	var b [controlSegSizeOffset + 4]byte
+	if err := readControl(path, b[:]); err != nil {
+		return 0, err
+	}
+	if v := binary.NativeEndian.Uint32(b[controlVersionOffset:]); v != controlVersion {
+		return 0, fmt.Errorf("%s: pg_control version %d, walhub reads %d (PostgreSQL 13 to 16)", path, v, controlVersion)
+	}
+	size := uint64(binary.NativeEndian.Uint32(b[controlSegSizeOffset:]))
+	if err := walname.ValidSegmentSize(size); err != nil {
+		return 0, fmt.Errorf("%s: WAL segment size: %w", path, err)
+	}
+	return size, nil
+}
+
+// PutControlSegmentSize writes pg_control_version and size where pg_control
+// keeps them in b (for tests that make a data directory's pg_control).
+func PutControlSegmentSize(b []byte, size uint64) {
+	binary.NativeEndian.PutUint32(b[controlVersionOffset:], controlVersion)
+	binary.NativeEndian.PutUint32(b[controlSegSizeOffset:], uint32(size))
+}
+
+// readControl fills b from the start of the pg_control at path, with plain
+// system calls (see ControlSystemID).
+func readControl(path string, b []byte) error {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	n, err := syscall.Pread(fd, b, 0)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if n < len(b) {
+		return fmt.Errorf("read %s: %w", path, io.ErrUnexpectedEOF)
+	}
+	return nil
 }
 
 // PutControlSystemID writes systemID where pg_control keeps it, in the

@@ -34,6 +34,11 @@ func TestReadsWhatInitdbWrites(t *testing.T) {
 	if err != nil || got != want {
 		t.Fatalf("ControlSystemID = %d, %v; pg_controldata says %d", got, err, want)
 	}
+	if m := regexp.MustCompile(`Bytes per WAL segment:\s+(\d+)`).FindStringSubmatch(out); m == nil {
+		t.Errorf("no segment size in pg_controldata's output:\n%s", out)
+	} else if size, err := ControlSegmentSize(filepath.Join(data, "global", "pg_control")); err != nil || strconv.FormatUint(size, 10) != m[1] {
+		t.Errorf("ControlSegmentSize = %d, %v; pg_controldata says %s", size, err, m[1])
+	}
 	// The segment of the last checkpoint's redo point is in pg_wal, written.
 	m = regexp.MustCompile(`REDO WAL file:\s+([0-9A-F]{24})`).FindStringSubmatch(out)
 	if m == nil {
@@ -126,5 +131,36 @@ func TestControlSystemID(t *testing.T) {
 	}
 	if _, err := ControlSystemID(filepath.Join(t.TempDir(), "missing")); err == nil {
 		t.Error("a missing pg_control read")
+	}
+}
+
+func TestControlSegmentSize(t *testing.T) {
+	valid := func() []byte {
+		b := make([]byte, 8192)
+		PutControlSegmentSize(b, 16<<20)
+		return b
+	}
+	tests := []struct {
+		name  string
+		b     []byte
+		want  uint64
+		error string
+	}{
+		{"PostgreSQL 15's layout", valid(), 16 << 20, ""},
+		{"another layout", func() []byte { b := valid(); b[controlVersionOffset] = 0xa4; return b }(), 0, "pg_control version"},
+		{"a size PostgreSQL does not allow", func() []byte { b := valid(); b[controlSegSizeOffset] = 1; return b }(), 0, "segment size"},
+		{"too short", valid()[:100], 0, "unexpected EOF"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "pg_control")
+			if err := os.WriteFile(path, tt.b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ControlSegmentSize(path)
+			if got != tt.want || (tt.error == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.error)) {
+				t.Errorf("got %d, %v; want %d, an error about %q", got, err, tt.want, tt.error)
+			}
+		})
 	}
 }

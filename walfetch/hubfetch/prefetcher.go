@@ -69,6 +69,9 @@ type prefetcher struct {
 	peeking bool
 	// started says the first downloads were queued (firstDownloads).
 	started bool
+	// sizeHint is the segment size pg_control gives (0: none), which says
+	// how many first downloads to queue; the peek's is the one that counts.
+	sizeHint uint64
 	// inflightMu guards inflight and failed, shared with the download workers.
 	inflightMu sync.Mutex
 	inflight   map[string]bool
@@ -175,6 +178,8 @@ func RunPrefetcher() int {
 	}
 	p := newPrefetcher(cfg.Settings, sp, cfg.SystemID, c, log)
 	p.order = newWorkOrder()
+	// The working directory is the data directory, as for walfetch.
+	p.sizeHint, _ = pgfile.ControlSegmentSize("global/pg_control")
 	p.removeOtherSpools()
 	p.removeParts()
 	sock := walfetch.ShortPath(sp.SockPath())
@@ -551,12 +556,17 @@ func (p *prefetcher) plan(jobs chan<- download) {
 }
 
 // firstDownloads queues, when the prefetcher starts, the downloads of the
-// --parallel segments after the one recovery asked for (from next, the one
-// it will ask for first, when started by StartPrefetcherAt), before the first
-// peek, which is what tells the segment size and what the hub holds: with a
+// segments after the one recovery asked for (from next, the one it will ask
+// for first, when started by StartPrefetcherAt), before the first peek,
+// which is what tells the segment size and what the hub holds: with a
 // distant hub, they arrive a round trip after the prefetcher's start, as
 // soon as the segment walfetch downloads itself meanwhile, instead of two
 // (the peek's, then theirs), which recovery's next requests would wait for.
+// As many as the download slots for the segment size pg_control gives
+// (sizeHint); --parallel when it gives none. With 1 MiB segments that is
+// 24, not 4: recovery replayed the first 4 in some 30 ms and then waited
+// most of a round trip for the next (BENCH_DELAY=100ms BenchmarkReplay: a
+// wait of 80-94 ms at the fifth call).
 // Their names are the next ones in the current segment's log: what they are
 // with any segment size short of the log's end, where a name that does not
 // exist with the hub's segment size is refused. Each is verified as Serve
@@ -577,10 +587,14 @@ func (p *prefetcher) firstDownloads(jobs chan<- download) {
 	}
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
-	for ahead := 1; ahead <= min(p.s.Parallel, p.s.Prefetch); ahead++ {
+	count, perLog := min(p.s.Parallel, p.s.Prefetch), uint64(0x100000000/walname.MinSegmentSize)
+	if p.sizeHint != 0 {
+		count, perLog = downloadSlots(p.s.Parallel, window(p.s, p.sizeHint), p.sizeHint), 0x100000000/p.sizeHint
+	}
+	for ahead := 1; ahead <= count; ahead++ {
 		next := n
-		if uint64(n.Seg)+uint64(ahead-1+skip) >= 0x100000000/walname.MinSegmentSize {
-			break // the log's end with the smallest segments: what follows depends on the size
+		if uint64(n.Seg)+uint64(ahead-1+skip) >= perLog {
+			break // the log's end: what follows depends on the size
 		}
 		next.Seg += uint32(ahead - 1 + skip)
 		name := next.String()

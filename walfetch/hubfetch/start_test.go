@@ -182,6 +182,62 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 	}
 }
 
+// TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize: with the segment
+// size pg_control gives, the prefetcher's first downloads, before its first
+// peek, are as many as the download slots for that size (24 of 1 MiB), so
+// that with a distant hub (every response 500 ms late) the 24 segments after
+// the one recovery asks for first are in the spool one round trip after the
+// start. Before, only --parallel (4) were: recovery replayed those and then
+// waited for the peek's round trip and the downloads'. Without a size from
+// pg_control, the first downloads stay at --parallel: with 16 MiB segments
+// 24 would be 8 of 16 MiB beyond a window of 16 of them.
+func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	const delay = 500 * time.Millisecond
+	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
+	for _, tt := range []struct {
+		how      string
+		sizeHint uint64
+		want     int // segments after the first in the spool one round trip after the start
+	}{
+		{"pg_control gives 1 MiB", segSize, 24},
+		{"no size from pg_control", 0, 4},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
+			srv := hub.start(t)
+			// The default --prefetch and --parallel and a spool of 1 GiB: a
+			// window of 256 segments of 1 MiB, 24 downloads at once.
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+			p := newTestPrefetcher(t, s, srv.URL, systemID)
+			p.sizeHint = tt.sizeHint
+			p.begin("", name(11))
+			start := time.Now()
+			done := make(chan struct{})
+			go func() { p.loop(); close(done) }()
+			defer func() { <-done }()
+			inSpool := func() (n int) {
+				for segno := walname.SegNo(11); segno < 11+maxAutoDownloads; segno++ {
+					if _, err := os.Stat(p.sp.Path(name(segno))); err == nil {
+						n++
+					}
+				}
+				return n
+			}
+			// One round trip and the work of the downloads, which is less
+			// than half a round trip however loaded the machine; the next
+			// downloads wait for the peek's answer (a round trip) and then
+			// their own.
+			time.Sleep(delay + delay/2 - time.Since(start))
+			if got := inSpool(); got != tt.want {
+				t.Errorf("%d of %s to %s in the spool %v after the prefetcher started, want %d", got, name(11), name(11+maxAutoDownloads-1),
+					time.Since(start).Round(time.Millisecond), tt.want)
+			}
+		})
+	}
+}
+
 // TestFirstDownloadsAreVerified: a download queued before the first peek (no
 // segment size, no checksum listed) goes into the spool only when it passes
 // what walfetch checks of a segment it downloads itself, and only when it
