@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -67,8 +68,13 @@ type prefetcher struct {
 	peekShort bool
 	// peeking says a peek is under way: its answer comes through peeked.
 	peeking bool
-	// started says the first downloads were queued (firstDownloads).
-	started bool
+	// started says the first downloads were queued (firstDownloads), at
+	// startedAt; guessed is how many, from firstGuess, the segment recovery
+	// was to ask for next.
+	started    bool
+	startedAt  time.Time
+	guessed    int
+	firstGuess walname.Name
 	// sizeHint is the segment size pg_control gives (0: none), which says
 	// how many first downloads to queue; the peek's is the one that counts.
 	sizeHint uint64
@@ -529,8 +535,12 @@ func (p *prefetcher) plan(jobs chan<- download) {
 		return
 	}
 	if !p.started {
-		p.started = true
-		p.firstDownloads(jobs)
+		p.started, p.startedAt = true, time.Now()
+		p.firstDownloads(jobs, min(p.s.Parallel, p.s.Prefetch))
+		time.AfterFunc(moreGuessesAfter, p.wake)
+	}
+	if p.segSize == 0 && time.Since(p.startedAt) >= moreGuessesAfter {
+		p.firstDownloads(jobs, p.guessCount())
 	}
 	if p.needPeek() {
 		p.peek()
@@ -562,11 +572,7 @@ func (p *prefetcher) plan(jobs chan<- download) {
 // distant hub, they arrive a round trip after the prefetcher's start, as
 // soon as the segment walfetch downloads itself meanwhile, instead of two
 // (the peek's, then theirs), which recovery's next requests would wait for.
-// As many as the download slots for the segment size pg_control gives
-// (sizeHint); --parallel when it gives none. With 1 MiB segments that is
-// 24, not 4: recovery replayed the first 4 in some 30 ms and then waited
-// most of a round trip for the next (BENCH_DELAY=100ms BenchmarkReplay: a
-// wait of 80-94 ms at the fifth call).
+// It queues those up to count segments ahead not queued before.
 // Their names are the next ones in the current segment's log: what they are
 // with any segment size short of the log's end, where a name that does not
 // exist with the hub's segment size is refused. Each is verified as Serve
@@ -576,27 +582,34 @@ func (p *prefetcher) plan(jobs chan<- download) {
 // the peek decides what to download next. On a standby at the hub's end (a
 // live primary), this costs as many requests the hub answers "not found",
 // once per prefetcher.
-func (p *prefetcher) firstDownloads(jobs chan<- download) {
-	base, skip := p.current, 1 // the segment after the one recovery received
-	if base == "" {
-		base, skip = p.next, 0 // the one recovery will ask for first
+func (p *prefetcher) firstDownloads(jobs chan<- download, count int) {
+	if p.guessed == 0 {
+		base, skip := p.current, 1 // the segment after the one recovery received
+		if base == "" {
+			base, skip = p.next, 0 // the one recovery will ask for first
+		}
+		n, err := walname.Parse(base)
+		if err != nil || n.Kind != walname.KindSegment || (skip == 1 && n.Seg == math.MaxUint32) {
+			return
+		}
+		n.Seg += uint32(skip)
+		p.firstGuess = n
 	}
-	n, err := walname.Parse(base)
-	if err != nil || n.Kind != walname.KindSegment {
-		return
+	n := p.firstGuess
+	perLog := uint64(0x100000000 / walname.MinSegmentSize)
+	if p.sizeHint != 0 {
+		perLog = 0x100000000 / p.sizeHint
 	}
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
-	count, perLog := min(p.s.Parallel, p.s.Prefetch), uint64(0x100000000/walname.MinSegmentSize)
-	if p.sizeHint != 0 {
-		count, perLog = downloadSlots(p.s.Parallel, window(p.s, p.sizeHint), p.sizeHint), 0x100000000/p.sizeHint
-	}
-	for ahead := 1; ahead <= count; ahead++ {
+	from := p.guessed + 1
+	p.guessed = max(p.guessed, count)
+	for ahead := from; ahead <= count; ahead++ {
 		next := n
-		if uint64(n.Seg)+uint64(ahead-1+skip) >= perLog {
+		if uint64(n.Seg)+uint64(ahead-1) >= perLog {
 			break // the log's end: what follows depends on the size
 		}
-		next.Seg += uint32(ahead - 1 + skip)
+		next.Seg += uint32(ahead - 1)
 		name := next.String()
 		if p.inflight[name] || p.fetched[name] {
 			continue
@@ -606,6 +619,39 @@ func (p *prefetcher) firstDownloads(jobs chan<- download) {
 		}
 		p.inflight[name] = true
 		jobs <- download{seg: api.PeekSegment{Name: name}, ahead: ahead}
+	}
+}
+
+// guessCount is how many first downloads to queue in all: as many as the
+// download slots for the segment size pg_control gives (sizeHint), or
+// --parallel when it gives none. With 1 MiB segments that is 24, not 4:
+// with a distant hub, recovery replayed the first 4 in some 30 ms and then
+// waited most of a round trip for the next (BENCH_DELAY=100ms
+// BenchmarkReplay: a wait of 80-94 ms at the fifth call). Beyond --parallel
+// they are queued only moreGuessesAfter the start, when the peek has not
+// answered by then.
+func (p *prefetcher) guessCount() int {
+	if p.sizeHint == 0 {
+		return min(p.s.Parallel, p.s.Prefetch)
+	}
+	return downloadSlots(p.s.Parallel, window(p.s, p.sizeHint), p.sizeHint)
+}
+
+// moreGuessesAfter is how long after its start the prefetcher waits for its
+// first peek before it queues the first downloads beyond --parallel
+// (guessCount). A hub nearby answers a peek within a few milliseconds, and
+// the downloads then come from the peek, nearest first; 24 guesses queued at
+// once shared the hub with the one recovery asks for first, which then came
+// 15-40 ms later instead of 6-13 (BenchmarkReplay, 1 MiB segments, on
+// loopback and with 100 ms per hub response). For a distant hub, a round
+// trip later, 10 ms is little.
+const moreGuessesAfter = 10 * time.Millisecond
+
+// wake makes the loop plan again, from any goroutine.
+func (p *prefetcher) wake() {
+	select {
+	case p.finished <- struct{}{}:
+	default: // events wait already: the loop plans after them
 	}
 }
 
