@@ -75,6 +75,8 @@ type prefetcher struct {
 	startedAt  time.Time
 	guessed    int
 	firstGuess walname.Name
+	// moreGuessesAfter is the constant of that name (tests shorten it).
+	moreGuessesAfter time.Duration
 	// sizeHint is the segment size pg_control gives (0: none), which says
 	// how many first downloads to queue; the peek's is the one that counts.
 	sizeHint uint64
@@ -102,7 +104,7 @@ type peekAnswer struct {
 // is not started.
 func newPrefetcher(s walfetch.Settings, sp *walfetch.Spool, systemID string, c *client.Client, log *slog.Logger) *prefetcher {
 	return &prefetcher{s: s, sp: sp, systemID: systemID, c: c, log: log,
-		served: make(chan string, 64), finished: make(chan struct{}, 64), peeked: make(chan peekAnswer, 1),
+		served: make(chan string, 64), finished: make(chan struct{}, 64), peeked: make(chan peekAnswer, 1), moreGuessesAfter: moreGuessesAfter,
 		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 }
 
@@ -537,9 +539,9 @@ func (p *prefetcher) plan(jobs chan<- download) {
 	if !p.started {
 		p.started, p.startedAt = true, time.Now()
 		p.firstDownloads(jobs, min(p.s.Parallel, p.s.Prefetch))
-		time.AfterFunc(moreGuessesAfter, p.wake)
+		time.AfterFunc(p.moreGuessesAfter, p.wake)
 	}
-	if p.segSize == 0 && time.Since(p.startedAt) >= moreGuessesAfter {
+	if p.segSize == 0 && time.Since(p.startedAt) >= p.moreGuessesAfter {
 		p.firstDownloads(jobs, p.guessCount())
 	}
 	if p.needPeek() {

@@ -30,9 +30,12 @@ type segmentHub struct {
 	systemID    uint64 // what the segments' headers and the hub say
 	first, last walname.SegNo
 	delay       time.Duration
+	peekDelay   time.Duration // for peeks, when set, instead of delay
 
 	mu       sync.Mutex
-	requests []string // the paths asked for, in order
+	requests []string    // the paths asked for, in order
+	times    []time.Time // when each was asked for
+	answered time.Time   // when the first peek was answered
 }
 
 func (h *segmentHub) start(t *testing.T) *httptest.Server {
@@ -54,9 +57,14 @@ func (h *segmentHub) segment(name string) ([]byte, bool) {
 func (h *segmentHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	h.requests = append(h.requests, r.URL.Path)
+	h.times = append(h.times, time.Now())
 	h.mu.Unlock()
-	time.Sleep(h.delay)
 	parts := strings.Split(r.URL.Path, "/")
+	if parts[len(parts)-1] == "peek" && h.peekDelay != 0 {
+		time.Sleep(h.peekDelay)
+	} else {
+		time.Sleep(h.delay)
+	}
 	notFound := func() {
 		w.WriteHeader(http.StatusNotFound)
 		json.NewEncoder(w).Encode(api.ErrorBody{Code: api.CodeNotFound, Error: "not in the hub"})
@@ -76,6 +84,11 @@ func (h *segmentHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		json.NewEncoder(w).Encode(p)
+		h.mu.Lock()
+		if h.answered.IsZero() {
+			h.answered = time.Now()
+		}
+		h.mu.Unlock()
 		return
 	}
 	b, ok := h.segment(parts[len(parts)-1])
@@ -233,6 +246,49 @@ func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
 			if got := inSpool(); got != tt.want {
 				t.Errorf("%d of %s to %s in the spool %v after the prefetcher started, want %d", got, name(11), name(11+maxAutoDownloads-1),
 					time.Since(start).Round(time.Millisecond), tt.want)
+			}
+		})
+	}
+}
+
+// TestMoreGuessesWaitForTheFirstPeek: the first downloads beyond --parallel
+// are queued only when the first peek has not answered within
+// moreGuessesAfter (here 200 ms): from a hub that answers it sooner, every
+// download beyond the first --parallel comes from the peek, asked for after
+// its answer (before, all 24 guesses went out at once and shared the hub
+// with the segment recovery asked for first); from a hub that answers later,
+// they go out before the answer, a round trip sooner than the peek's
+// downloads would.
+func TestMoreGuessesWaitForTheFirstPeek(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
+	for _, tt := range []struct {
+		how          string
+		peekDelay    time.Duration
+		beforeAnswer int // downloads asked for before the peek's answer
+	}{
+		{"the peek answers within 200 ms", 50 * time.Millisecond, 4},
+		{"the peek answers after 200 ms", 600 * time.Millisecond, maxAutoDownloads},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: 20 * time.Millisecond, peekDelay: tt.peekDelay}
+			srv := hub.start(t)
+			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+			p := newTestPrefetcher(t, s, srv.URL, systemID)
+			p.sizeHint, p.moreGuessesAfter = segSize, 200*time.Millisecond
+			p.begin("", name(11))
+			p.loop()
+			hub.mu.Lock()
+			defer hub.mu.Unlock()
+			before := 0
+			for i, r := range hub.requests {
+				if !strings.HasSuffix(r, "/peek") && hub.times[i].Before(hub.answered) {
+					before++
+				}
+			}
+			if before != tt.beforeAnswer {
+				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", before, tt.beforeAnswer, hub.requests)
 			}
 		})
 	}
