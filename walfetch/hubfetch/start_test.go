@@ -134,16 +134,21 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 	for _, tt := range []struct {
 		how          string
 		served, next string
+		sizeHint     uint64 // from pg_control: the whole window guessed
 	}{
-		{"started on a miss of the segment before", name(10), ""},
-		{"started at the backup's first segment", "", name(11)},
+		{"started on a miss of the segment before", name(10), "", 0},
+		{"started at the backup's first segment", "", name(11), 0},
+		{"started on a miss, pg_control giving the segment size", name(10), "", segSize},
+		{"started at the backup's first segment, pg_control giving the segment size", "", name(11), segSize},
 	} {
 		t.Run(tt.how, func(t *testing.T) {
+			t.Parallel() // mostly waiting for the hub's delay
 			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: delay}
 			srv := hub.start(t)
 			// A window of 16 segments (--spool-max-mb 16 of 1 MiB).
 			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: 3 * time.Second}
 			p := newTestPrefetcher(t, s, srv.URL, systemID)
+			p.sizeHint = tt.sizeHint
 			p.begin(tt.served, tt.next)
 			start := time.Now()
 			done := make(chan struct{})
