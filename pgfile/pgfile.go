@@ -1,8 +1,9 @@
 // Package pgfile reads the PostgreSQL file formats walhub checks: the long
 // page header that opens every WAL segment, and the database system
-// identifier and WAL segment size in global/pg_control. Every command that decodes one of them
-// goes through here. Both are written by PostgreSQL in the machine's native
-// byte order (PostgreSQL 15 layouts: XLogLongPageHeaderData, ControlFileData).
+// identifier and WAL segment size in global/pg_control. Every command that
+// decodes one of them goes through here. Both are written by PostgreSQL in
+// the machine's native byte order (PostgreSQL 15 layouts:
+// XLogLongPageHeaderData, ControlFileData).
 package pgfile
 
 import (
@@ -143,9 +144,9 @@ func ControlSegmentSize(path string) (uint64, error) {
 	return size, nil
 }
 
-// PutControlSegmentSize writes pg_control_version and size where pg_control
-// keeps them in b (for tests that make a data directory's pg_control).
-func PutControlSegmentSize(b []byte, size uint64) {
+// putControlSegmentSize writes pg_control_version and size where pg_control
+// keeps them in b (for tests).
+func putControlSegmentSize(b []byte, size uint64) {
 	binary.NativeEndian.PutUint32(b[controlVersionOffset:], controlVersion)
 	binary.NativeEndian.PutUint32(b[controlSegSizeOffset:], uint32(size))
 }

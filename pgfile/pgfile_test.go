@@ -137,7 +137,7 @@ func TestControlSystemID(t *testing.T) {
 func TestControlSegmentSize(t *testing.T) {
 	valid := func() []byte {
 		b := make([]byte, 8192)
-		PutControlSegmentSize(b, 16<<20)
+		putControlSegmentSize(b, 16<<20)
 		return b
 	}
 	tests := []struct {
