@@ -260,7 +260,7 @@ func (w *WorkArea) Partials(server string, segSize uint64, from walname.SegNo) (
 	if err != nil {
 		return nil, fmt.Errorf("scan WAL directory: %w", err)
 	}
-	perLog := walname.SegNo(0x100000000 / segSize)
+	perLog := walname.SegNo(walname.SegmentsPerLog(segSize))
 	var out []Partial
 	for _, e := range entries {
 		dir := filepath.Join(walDir, e.Name())

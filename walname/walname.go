@@ -66,8 +66,9 @@ func ValidSegmentSize(size uint64) error {
 	return nil
 }
 
-// segmentsPerXLogID is how many segments make up one "log" (the middle 8 hex digits).
-func segmentsPerXLogID(segSize uint64) uint64 { return 0x100000000 / segSize }
+// SegmentsPerLog is how many segments of segSize make up one "log" (the
+// middle 8 hex digits of a segment name), the bound of its last 8.
+func SegmentsPerLog(segSize uint64) uint64 { return 0x100000000 / segSize }
 
 // SegmentOf returns the number of the segment that holds lsn.
 func SegmentOf(lsn LSN, segSize uint64) SegNo { return SegNo(uint64(lsn) / segSize) }
@@ -83,7 +84,7 @@ func AlignDown(lsn LSN, segSize uint64) LSN { return lsn - LSN(uint64(lsn)%segSi
 
 // SegmentName returns the 24-hex-digit file name of segment n on timeline tli.
 func SegmentName(tli TimeLine, n SegNo, segSize uint64) string {
-	per := segmentsPerXLogID(segSize)
+	per := SegmentsPerLog(segSize)
 	return fmt.Sprintf("%08X%08X%08X", uint32(tli), uint32(uint64(n)/per), uint32(uint64(n)%per))
 }
 
@@ -229,7 +230,7 @@ func (n Name) SegNo(segSize uint64) (SegNo, error) {
 	if n.Kind == KindHistory {
 		return 0, errors.New("a history file has no segment number")
 	}
-	per := segmentsPerXLogID(segSize)
+	per := SegmentsPerLog(segSize)
 	if uint64(n.Seg) >= per {
 		return 0, fmt.Errorf("%w: segment part %08X is out of range for %d-byte segments", ErrInvalidName, n.Seg, segSize)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,10 +67,9 @@ type prefetcher struct {
 	peekShort bool
 	// peeking says a peek is under way: its answer comes through peeked.
 	peeking bool
-	// started says the first downloads were queued (firstDownloads), at
-	// startedAt; guessed is how many, from firstGuess, the segment recovery
-	// was to ask for next.
-	started    bool
+	// startedAt is when the first downloads were queued (firstDownloads;
+	// zero: not yet); guessed is how many, from firstGuess, the segment
+	// recovery was to ask for next.
 	startedAt  time.Time
 	guessed    int
 	firstGuess walname.Name
@@ -536,9 +534,9 @@ func (p *prefetcher) plan(jobs chan<- download) {
 	if p.current == "" && p.next == "" {
 		return
 	}
-	if !p.started {
-		p.started, p.startedAt = true, time.Now()
-		p.firstDownloads(jobs, min(p.s.Parallel, p.s.Prefetch))
+	if p.startedAt.IsZero() {
+		p.startedAt = time.Now()
+		p.firstDownloads(jobs, min(p.guessCount(), p.s.Parallel))
 		time.AfterFunc(p.moreGuessesAfter, p.wake)
 	}
 	if p.segSize == 0 && time.Since(p.startedAt) >= p.moreGuessesAfter {
@@ -585,23 +583,21 @@ func (p *prefetcher) plan(jobs chan<- download) {
 // live primary), this costs as many requests the hub answers "not found",
 // once per prefetcher.
 func (p *prefetcher) firstDownloads(jobs chan<- download, count int) {
+	// The log's end: what follows depends on the size.
+	perLog := walname.SegmentsPerLog(cmp.Or(p.sizeHint, walname.MinSegmentSize))
 	if p.guessed == 0 {
 		base, skip := p.current, 1 // the segment after the one recovery received
 		if base == "" {
 			base, skip = p.next, 0 // the one recovery will ask for first
 		}
 		n, err := walname.Parse(base)
-		if err != nil || n.Kind != walname.KindSegment || (skip == 1 && n.Seg == math.MaxUint32) {
+		if err != nil || n.Kind != walname.KindSegment || uint64(n.Seg)+uint64(skip) >= perLog {
 			return
 		}
 		n.Seg += uint32(skip)
 		p.firstGuess = n
 	}
 	n := p.firstGuess
-	perLog := uint64(0x100000000 / walname.MinSegmentSize)
-	if p.sizeHint != 0 {
-		perLog = 0x100000000 / p.sizeHint
-	}
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
 	from := p.guessed + 1
@@ -609,7 +605,7 @@ func (p *prefetcher) firstDownloads(jobs chan<- download, count int) {
 	for ahead := from; ahead <= count; ahead++ {
 		next := n
 		if uint64(n.Seg)+uint64(ahead-1) >= perLog {
-			break // the log's end: what follows depends on the size
+			break
 		}
 		next.Seg += uint32(ahead - 1)
 		name := next.String()
@@ -625,18 +621,16 @@ func (p *prefetcher) firstDownloads(jobs chan<- download, count int) {
 }
 
 // guessCount is how many first downloads to queue in all: as many as the
-// download slots for the segment size pg_control gives (sizeHint), or
-// --parallel when it gives none. With 1 MiB segments that is 24, not 4:
-// with a distant hub, recovery replayed the first 4 in some 30 ms and then
-// waited most of a round trip for the next (BENCH_DELAY=100ms
-// BenchmarkReplay: a wait of 80-94 ms at the fifth call). Beyond --parallel
-// they are queued only moreGuessesAfter the start, when the peek has not
-// answered by then.
+// download slots for the segment size pg_control gives (sizeHint; without
+// one, --parallel), never more than the window for it. With 1 MiB segments
+// that is 24, not 4: with a distant hub, recovery replayed the first 4 in
+// some 30 ms and then waited most of a round trip for the next
+// (BENCH_DELAY=100ms BenchmarkReplay: a wait of 80-94 ms at the fifth call).
+// Beyond --parallel they are queued only moreGuessesAfter the start, when
+// the peek has not answered by then.
 func (p *prefetcher) guessCount() int {
-	if p.sizeHint == 0 {
-		return min(p.s.Parallel, p.s.Prefetch)
-	}
-	return downloadSlots(p.s.Parallel, window(p.s, p.sizeHint), p.sizeHint)
+	w := window(p.s, p.sizeHint)
+	return min(downloadSlots(p.s.Parallel, w, p.sizeHint), w)
 }
 
 // moreGuessesAfter is how long after its start the prefetcher waits for its

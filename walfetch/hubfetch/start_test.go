@@ -264,25 +264,30 @@ func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
 // with the segment recovery asked for first); from a hub that answers later,
 // they go out before the answer, a round trip sooner than the peek's
 // downloads would.
+//
+// Never more than the window, either: with 16 MiB segments and --prefetch 2
+// below --parallel 4, the guesses are the 2 segments of the window (the
+// download slots for that size are 4).
 func TestMoreGuessesWaitForTheFirstPeek(t *testing.T) {
 	const systemID = 7300000000000000042
-	const segSize = 1 << 20
-	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
 	for _, tt := range []struct {
 		how          string
+		segSize      uint64
+		prefetch     int
 		peekDelay    time.Duration
 		beforeAnswer int // downloads asked for before the peek's answer
 	}{
-		{"the peek answers within 200 ms", 50 * time.Millisecond, 4},
-		{"the peek answers after 200 ms", 600 * time.Millisecond, maxAutoDownloads},
+		{"the peek answers within 200 ms", 1 << 20, 16, 50 * time.Millisecond, 4},
+		{"the peek answers after 200 ms", 1 << 20, 16, 600 * time.Millisecond, maxAutoDownloads},
+		{"16 MiB segments, a window smaller than --parallel", 16 << 20, 2, 600 * time.Millisecond, 2},
 	} {
 		t.Run(tt.how, func(t *testing.T) {
-			hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 40, delay: 20 * time.Millisecond, peekDelay: tt.peekDelay}
+			hub := &segmentHub{segSize: tt.segSize, systemID: systemID, first: 1, last: 40, delay: 20 * time.Millisecond, peekDelay: tt.peekDelay}
 			srv := hub.start(t)
-			s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
+			s := walfetch.Settings{Prefetch: tt.prefetch, Parallel: 4, SpoolMax: 1024, Timeout: 30 * time.Second, IdleExit: time.Second}
 			p := newTestPrefetcher(t, s, srv.URL, systemID)
-			p.sizeHint, p.moreGuessesAfter = segSize, 200*time.Millisecond
-			p.begin("", name(11))
+			p.sizeHint, p.moreGuessesAfter = tt.segSize, 200*time.Millisecond
+			p.begin("", walname.SegmentName(1, 11, tt.segSize))
 			p.loop()
 			hub.mu.Lock()
 			defer hub.mu.Unlock()
