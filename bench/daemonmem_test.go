@@ -3,8 +3,9 @@
 // real PostgreSQL while its catalog holds each count of segments in
 // BENCH_CATALOG_SEGMENTS (default "10000 1000000"; a million 16 MiB
 // segments is 16 TiB of WAL), and is asked what an operator's tools ask all
-// day: /metrics scrapes, the status document, peeks and WAL lookups. Its
-// peak RSS (VmHWM) and the time of each request are printed per count.
+// day: /metrics scrapes, the status document, peeks and the backup list.
+// Its peak RSS (VmHWM) and the median time of each request are printed per
+// count.
 //
 //	go test -run XXX -bench DaemonMemory -benchtime 1x -timeout 30m ./bench
 //
@@ -154,7 +155,7 @@ conninfo = %q
 	}
 	metrics := timeOf("/metrics", scrapes)
 	statusTime := timeOf(api.StatusPath("main"), scrapes)
-	// Peeks and lookups across the whole catalog: the oldest, the middle, the newest.
+	// Peeks spread evenly over the whole catalog, from its oldest segment.
 	var peekTimes []time.Duration
 	for i := 0; i < 10*scrapes; i++ {
 		seg := walname.SegNo(i * n / (10 * scrapes))
