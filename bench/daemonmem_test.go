@@ -27,7 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,6 +80,9 @@ func daemonMemoryAt(b *testing.B, walhub string, n, scrapes int) string {
 	primary.Stop("fast")
 	pgtest.Run(b, pgtest.ServerCommand(b, "pg_resetwal", "-l", walname.SegmentName(1, walname.SegNo(n+16), segSize), primary.DataDir))
 	primary.Start()
+	// Stopped when this count is measured (after its daemon: defers run last
+	// first), so the next count's run has no other PostgreSQL beside it.
+	defer primary.Stop("fast")
 
 	dir := pgtest.TempDir(b, "daemon")
 	repo := filepath.Join(dir, "repo")
@@ -141,32 +144,32 @@ conninfo = %q
 		b.Fatalf("the status counts %d segments, not %d or more (%v)", doc.WAL.Segments, n, err)
 	}
 
-	timeOf := func(path string, times int) time.Duration {
+	// medianTime asks for each path in turn and returns the median answer time.
+	medianTime := func(paths ...string) time.Duration {
 		var ds []time.Duration
-		for i := 0; i < times; i++ {
+		for _, path := range paths {
 			t0 := time.Now()
 			if code := get(b, hubURL+path); code != http.StatusOK {
 				b.Fatalf("GET %s: HTTP %d", path, code)
 			}
 			ds = append(ds, time.Since(t0))
 		}
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		slices.Sort(ds)
 		return ds[len(ds)/2]
 	}
-	metrics := timeOf("/metrics", scrapes)
-	statusTime := timeOf(api.StatusPath("main"), scrapes)
+	metrics := medianTime(slices.Repeat([]string{"/metrics"}, scrapes)...)
+	statusTime := medianTime(slices.Repeat([]string{api.StatusPath("main")}, scrapes)...)
 	// Peeks spread evenly over the whole catalog, from its oldest segment.
-	var peekTimes []time.Duration
+	var peeks []string
 	for i := 0; i < 10*scrapes; i++ {
-		seg := walname.SegNo(i * n / (10 * scrapes))
-		peekTimes = append(peekTimes, timeOf(api.PeekPath("main", walname.SegmentName(1, seg, segSize), 16), 1))
+		peeks = append(peeks, api.PeekPath("main", walname.SegmentName(1, walname.SegNo(i*n/(10*scrapes)), segSize), 16))
 	}
-	sort.Slice(peekTimes, func(i, j int) bool { return peekTimes[i] < peekTimes[j] })
-	backups := timeOf(api.BackupsPath("main"), scrapes)
+	peek := medianTime(peeks...)
+	backups := medianTime(slices.Repeat([]string{api.BackupsPath("main")}, scrapes)...)
 	hwm := vmHWM(b, d.cmd.Process.Pid)
 	return fmt.Sprintf("  %9d segments: VmHWM %3d MB after start, %3d MB after the requests; /metrics %s, status %s, peek %s, backups %s",
 		n, hwmStart>>10, hwm>>10, metrics.Round(10*time.Microsecond), statusTime.Round(10*time.Microsecond),
-		peekTimes[len(peekTimes)/2].Round(10*time.Microsecond), backups.Round(10*time.Microsecond))
+		peek.Round(10*time.Microsecond), backups.Round(10*time.Microsecond))
 }
 
 // daemon is a running `walhub serve`.
