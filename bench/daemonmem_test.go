@@ -75,7 +75,6 @@ func daemonMemoryAt(b *testing.B, walhub string, n, scrapes int) string {
 	ctx := context.Background()
 	const segSize = 16 << 20
 	primary := pgtest.NewPrimary(b, fmt.Sprintf("primary%d", n), pgtest.Options{})
-	sysID := primary.Query("SELECT system_identifier FROM pg_control_system()")
 	// The primary's WAL starts past the n segments the catalog will hold.
 	primary.Stop("fast")
 	pgtest.Run(b, pgtest.ServerCommand(b, "pg_resetwal", "-l", walname.SegmentName(1, walname.SegNo(n+16), segSize), primary.DataDir))
@@ -110,11 +109,8 @@ conninfo = %q
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := cat.EnsureServer(ctx, "main")
+	srv, err := cat.EnsureServer(ctx, "main") // bound by the first start
 	if err != nil {
-		b.Fatal(err)
-	}
-	if err := cat.BindIdentity(ctx, srv.ID, sysID, segSize); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
