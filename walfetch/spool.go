@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -112,32 +113,103 @@ func ReadSmallFile(path string) ([]byte, error) {
 
 // WaitInProgress waits while the prefetcher is downloading name, and reports
 // whether the finished segment appeared. It gives up when the download stops
-// growing for stall, or after max; the caller then fetches it itself.
-func (sp *Spool) WaitInProgress(name string, stall, max time.Duration) bool {
-	part := sp.Path(name + ".part")
+// growing for stall, or after limit; the caller then fetches it itself.
+//
+// It sleeps until the spool's directory changes (inotify: the prefetcher
+// renames a finished segment into place, or removes an abandoned .part), so
+// that recovery gets the segment the moment it is there, and a wait costs the
+// standby's CPU nothing while the prefetcher, often on the same core, works.
+// Without inotify (its per-user limit reached) it polls every millisecond.
+func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
+	part, final := sp.Path(name+".part"), sp.Path(name)
 	fi, err := os.Stat(part)
 	if err != nil {
 		return false
 	}
+	// Watched before the next look, so that a rename in between wakes it.
+	w := newDirWatch(sp.Dir)
+	defer w.close()
 	lastSize, lastChange, start := fi.Size(), time.Now(), time.Now()
-	for sleep := 100 * time.Microsecond; time.Since(start) < max; sleep = min(sleep*2, time.Millisecond) {
-		time.Sleep(sleep)
-		if _, err := os.Stat(sp.Path(name)); err == nil {
+	for {
+		if _, err := os.Stat(final); err == nil {
 			return true
 		}
 		fi, err := os.Stat(part)
 		if err != nil {
 			// Finished between the two stats, or abandoned.
-			_, err := os.Stat(sp.Path(name))
+			_, err := os.Stat(final)
 			return err == nil
 		}
+		now := time.Now()
 		if fi.Size() != lastSize {
-			lastSize, lastChange = fi.Size(), time.Now()
-		} else if time.Since(lastChange) > stall {
+			lastSize, lastChange = fi.Size(), now
+		} else if now.Sub(lastChange) > stall {
 			return false
 		}
+		left := limit - now.Sub(start)
+		if left <= 0 {
+			return false
+		}
+		// The growth is looked at ten times per stall, whatever the events.
+		w.wait(min(left, max(stall/10, time.Millisecond)))
+		waitWakeups.Add(1)
 	}
-	return false
+}
+
+// waitWakeups counts WaitInProgress's looks at the spool (for its tests).
+var waitWakeups atomic.Int64
+
+// dirWatch is an inotify instance watching one directory for files renamed
+// into or out of it, or removed. Its zero value (no instance) polls.
+type dirWatch struct{ fd int }
+
+const watchEvents = syscall.IN_MOVED_TO | syscall.IN_MOVED_FROM | syscall.IN_DELETE
+
+// newDirWatch is watchDir; tests replace it to wait without inotify.
+var newDirWatch = watchDir
+
+// watchDir watches dir. When inotify is not to be had, the watch it returns
+// polls instead.
+func watchDir(dir string) dirWatch {
+	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
+	if err != nil {
+		return dirWatch{fd: -1}
+	}
+	// select(2) takes descriptors below FD_SETSIZE only.
+	if _, err := syscall.InotifyAddWatch(fd, dir, watchEvents); err != nil || fd >= 1024 {
+		syscall.Close(fd)
+		return dirWatch{fd: -1}
+	}
+	return dirWatch{fd: fd}
+}
+
+// wait returns when the directory changed, after d at most (1 ms when
+// polling), or on a signal.
+func (w dirWatch) wait(d time.Duration) {
+	if w.fd < 0 {
+		time.Sleep(min(d, time.Millisecond))
+		return
+	}
+	var set syscall.FdSet
+	set.Bits[w.fd/64] |= 1 << (uint(w.fd) % 64)
+	tv := syscall.NsecToTimeval(d.Nanoseconds())
+	if n, err := syscall.Select(w.fd+1, &set, nil, nil, &tv); err != nil || n == 0 {
+		return
+	}
+	// Which file changed is not needed: the caller looks again. The
+	// events are drained, so that the next wait sleeps.
+	var buf [4096]byte
+	for {
+		if n, err := syscall.Read(w.fd, buf[:]); n <= 0 || err != nil {
+			return
+		}
+	}
+}
+
+func (w dirWatch) close() {
+	if w.fd >= 0 {
+		syscall.Close(w.fd)
+	}
 }
 
 // Poke tells the running prefetcher that name was served; when none runs, it

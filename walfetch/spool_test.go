@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestReadSmallFile(t *testing.T) {
@@ -128,6 +129,89 @@ func TestNoSecondPrefetcherWhileOneStarts(t *testing.T) {
 			started := strings.Contains(stderr.String(), "prefetching disabled for this call: "+NetProgram+" must be installed")
 			if started != tc.wantStart {
 				t.Errorf("prefetcher start tried: %v, want %v (stderr %q)", started, tc.wantStart, stderr.String())
+			}
+		})
+	}
+}
+
+func TestWaitInProgress(t *testing.T) {
+	t.Run("inotify", func(t *testing.T) { testWaitInProgress(t, true) })
+	t.Run("polling", func(t *testing.T) {
+		// As when the user's inotify instances are used up.
+		newDirWatch = func(string) dirWatch { return dirWatch{fd: -1} }
+		defer func() { newDirWatch = watchDir }()
+		testWaitInProgress(t, false)
+	})
+}
+
+func testWaitInProgress(t *testing.T, inotify bool) {
+	const seg = "000000010000000000000003"
+	for _, tc := range []struct {
+		name string
+		// what another goroutine does to the .part after 300 ms; none: nothing
+		then       string
+		stall      time.Duration
+		limit      time.Duration
+		want       bool
+		minElapsed time.Duration // it must not give up sooner
+		maxElapsed time.Duration
+	}{
+		{"finished: renamed into place", "rename", 5 * time.Second, 30 * time.Second, true, 300 * time.Millisecond, 5 * time.Second},
+		{"abandoned: the .part removed", "remove", 5 * time.Second, 30 * time.Second, false, 300 * time.Millisecond, 5 * time.Second},
+		{"stalled: the .part stops growing", "none", 500 * time.Millisecond, 30 * time.Second, false, 500 * time.Millisecond, 5 * time.Second},
+		{"still growing at the limit", "grow", 5 * time.Second, 600 * time.Millisecond, false, 600 * time.Millisecond, 5 * time.Second},
+		{"no download in progress", "absent", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sp := &Spool{Dir: dir, Root: dir}
+			part := sp.Path(seg + ".part")
+			if tc.then != "absent" {
+				if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				switch tc.then {
+				case "rename":
+					time.Sleep(300 * time.Millisecond)
+					if err := os.Rename(part, sp.Path(seg)); err != nil {
+						t.Error(err)
+					}
+				case "remove":
+					time.Sleep(300 * time.Millisecond)
+					if err := os.Remove(part); err != nil {
+						t.Error(err)
+					}
+				case "grow":
+					for i := 0; i < 20; i++ {
+						time.Sleep(50 * time.Millisecond)
+						f, err := os.OpenFile(part, os.O_APPEND|os.O_WRONLY, 0)
+						if err != nil {
+							t.Error(err)
+							return
+						}
+						f.Write([]byte("x"))
+						f.Close()
+					}
+				}
+			}()
+			before, start := waitWakeups.Load(), time.Now()
+			got := sp.WaitInProgress(seg, tc.stall, tc.limit)
+			elapsed, wakeups := time.Since(start), waitWakeups.Load()-before
+			<-done
+			if got != tc.want {
+				t.Errorf("WaitInProgress = %v, want %v", got, tc.want)
+			}
+			if elapsed < tc.minElapsed || elapsed > tc.maxElapsed {
+				t.Errorf("returned after %v, want between %v and %v", elapsed, tc.minElapsed, tc.maxElapsed)
+			}
+			// It sleeps until the directory changes, looking at the .part's
+			// growth ten times per stall: not every millisecond.
+			if most := int64(elapsed/(tc.stall/10)) + 3; inotify && wakeups > most {
+				t.Errorf("looked at the spool %d times in %v, want at most %d (it polls)", wakeups, elapsed, most)
 			}
 		})
 	}
