@@ -160,8 +160,8 @@ func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
 var waitWakeups atomic.Int64
 
 // dirWatch is an inotify instance watching one directory for files renamed
-// into or out of it, or removed. Its zero value (no instance) polls.
-type dirWatch struct{ fd int }
+// into or out of it, or removed. Without one (f nil) it polls.
+type dirWatch struct{ f *os.File }
 
 const watchEvents = syscall.IN_MOVED_TO | syscall.IN_MOVED_FROM | syscall.IN_DELETE
 
@@ -173,42 +173,35 @@ var newDirWatch = watchDir
 func watchDir(dir string) dirWatch {
 	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
 	if err != nil {
-		return dirWatch{fd: -1}
+		return dirWatch{}
 	}
-	// select(2) takes descriptors below FD_SETSIZE only.
-	if _, err := syscall.InotifyAddWatch(fd, dir, watchEvents); err != nil || fd >= 1024 {
+	if _, err := syscall.InotifyAddWatch(fd, dir, watchEvents); err != nil {
 		syscall.Close(fd)
-		return dirWatch{fd: -1}
+		return dirWatch{}
 	}
-	return dirWatch{fd: fd}
+	// Non-blocking, so read through Go's poller: a wait parks the
+	// goroutine, not a thread in a system call.
+	return dirWatch{f: os.NewFile(uintptr(fd), "inotify")}
 }
 
-// wait returns when the directory changed, after d at most (1 ms when
-// polling), or on a signal.
+// wait returns when the directory changed, or after d at most (1 ms when
+// polling).
 func (w dirWatch) wait(d time.Duration) {
-	if w.fd < 0 {
+	if w.f == nil {
 		time.Sleep(min(d, time.Millisecond))
 		return
 	}
-	var set syscall.FdSet
-	set.Bits[w.fd/64] |= 1 << (uint(w.fd) % 64)
-	tv := syscall.NsecToTimeval(d.Nanoseconds())
-	if n, err := syscall.Select(w.fd+1, &set, nil, nil, &tv); err != nil || n == 0 {
-		return
-	}
-	// Which file changed is not needed: the caller looks again. The
-	// events are drained, so that the next wait sleeps.
+	// Which file changed is not needed: the caller looks again. Events
+	// left unread (more than fit) end the next wait at once.
 	var buf [4096]byte
-	for {
-		if n, err := syscall.Read(w.fd, buf[:]); n <= 0 || err != nil {
-			return
-		}
+	if w.f.SetReadDeadline(time.Now().Add(d)) == nil {
+		w.f.Read(buf[:])
 	}
 }
 
 func (w dirWatch) close() {
-	if w.fd >= 0 {
-		syscall.Close(w.fd)
+	if w.f != nil {
+		w.f.Close()
 	}
 }
 

@@ -138,7 +138,7 @@ func TestWaitInProgress(t *testing.T) {
 	t.Run("inotify", func(t *testing.T) { testWaitInProgress(t, true) })
 	t.Run("polling", func(t *testing.T) {
 		// As when the user's inotify instances are used up.
-		newDirWatch = func(string) dirWatch { return dirWatch{fd: -1} }
+		newDirWatch = func(string) dirWatch { return dirWatch{} }
 		defer func() { newDirWatch = watchDir }()
 		testWaitInProgress(t, false)
 	})
