@@ -187,16 +187,17 @@ func watchDir(dir string) dirWatch {
 // wait returns when the directory changed, or after d at most (1 ms when
 // polling).
 func (w dirWatch) wait(d time.Duration) {
-	if w.f == nil {
-		time.Sleep(min(d, time.Millisecond))
-		return
+	if w.f != nil && w.f.SetReadDeadline(time.Now().Add(d)) == nil {
+		// Which file changed is not needed: the caller looks again. Events
+		// left unread (more than fit) end the next wait at once.
+		var buf [4096]byte
+		_, err := w.f.Read(buf[:])
+		if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
 	}
-	// Which file changed is not needed: the caller looks again. Events
-	// left unread (more than fit) end the next wait at once.
-	var buf [4096]byte
-	if w.f.SetReadDeadline(time.Now().Add(d)) == nil {
-		w.f.Read(buf[:])
-	}
+	// No watch, or it failed: never a loop that does not sleep.
+	time.Sleep(min(d, time.Millisecond))
 }
 
 func (w dirWatch) close() {
