@@ -34,6 +34,15 @@ func BenchmarkSpoolWait(b *testing.B) {
 	const name = "000000010000000000000001"
 	part, final := sp.Path(name+".part"), sp.Path(name)
 	script := fmt.Sprintf("dd if=/dev/zero of=%s bs=64k count=%d status=none && mv %s %s", part, segMB*16, part, final)
+	// The prefetcher holds its lock while it runs: walfetch waits only then.
+	lock, err := os.OpenFile(sp.Path(walfetch.LockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		b.Fatal(err)
+	}
 
 	// pollEveryMillisecond is the wait walfetch made before it used inotify.
 	pollEveryMillisecond := func() bool {

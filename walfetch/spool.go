@@ -113,7 +113,9 @@ func ReadSmallFile(path string) ([]byte, error) {
 
 // WaitInProgress waits while the prefetcher is downloading name, and reports
 // whether the finished segment appeared. It gives up when the download stops
-// growing for stall, or after limit; the caller then fetches it itself.
+// growing for stall, or after limit, or at once when no prefetcher runs (a
+// .part that a dead one left, which the next removes); the caller then
+// fetches the segment itself.
 //
 // It sleeps until the spool's directory changes (inotify: the prefetcher
 // renames a finished segment into place, or removes an abandoned .part), so
@@ -135,8 +137,8 @@ func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
 			return true
 		}
 		fi, err := os.Stat(part)
-		if err != nil {
-			// Finished between the two stats, or abandoned.
+		if err != nil || !sp.lockHeld() {
+			// Finished between the looks, or abandoned.
 			_, err := os.Stat(final)
 			return err == nil
 		}

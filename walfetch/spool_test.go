@@ -161,11 +161,23 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 		{"stalled: the .part stops growing", "none", 500 * time.Millisecond, 30 * time.Second, false, 500 * time.Millisecond, 5 * time.Second},
 		{"still growing at the limit", "grow", 5 * time.Second, 600 * time.Millisecond, false, 600 * time.Millisecond, 5 * time.Second},
 		{"no download in progress", "absent", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
+		{"the prefetcher is gone: a .part it left", "dead", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			sp := &Spool{Dir: dir, Root: dir}
 			part := sp.Path(seg + ".part")
+			if tc.then != "dead" {
+				// The prefetcher holds its lock while it runs.
+				lock, err := os.OpenFile(sp.Path(LockName), os.O_CREATE|os.O_RDWR, 0o600)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer lock.Close()
+				if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if tc.then != "absent" {
 				if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
 					t.Fatal(err)

@@ -53,8 +53,9 @@ What it does:
   - A segment the prefetcher already downloaded and verified is moved from the
     spool into %p with a rename: no network on that path. One the prefetcher
     is still downloading is waited for, asleep until the spool changes (after
-    5 s without growth, or --timeout, walfetch fetches it itself). Otherwise
-    walfetch executes walfetch-net (which must be installed beside it: it holds all
+    5 s without growth, or --timeout, or at once when the prefetcher that
+    began it is gone, walfetch fetches it itself). Otherwise walfetch
+    executes walfetch-net (which must be installed beside it: it holds all
     that talks to the hub), and the file is
     downloaded from the hub into a temporary file beside %p, its size, checksum
     and page header verified, and renamed into %p. %p is never half-written,

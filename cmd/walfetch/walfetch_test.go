@@ -401,8 +401,11 @@ func TestStopSignalWhileWaitingForTheSpoolExitsOne(t *testing.T) {
 	h := newTestHub(t, 2)
 	dir := dataDir(t, "standby.signal", true)
 	name := walname.SegmentName(1, 1, testSegSize)
-	// A download under way that does not grow: walfetch waits up to 5 s for it.
-	if err := os.WriteFile(filepath.Join(spoolDir(t, h, dir), name+".part"), []byte("x"), 0o600); err != nil {
+	// A download under way that does not grow, by a prefetcher that runs
+	// (holds its lock): walfetch waits up to 5 s for it.
+	spool := spoolDir(t, h, dir)
+	holdPrefetcherLock(t, spool)
+	if err := os.WriteFile(filepath.Join(spool, name+".part"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
@@ -428,6 +431,46 @@ func TestStopSignalWhileWaitingForTheSpoolExitsOne(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err == nil {
 		t.Error("a file was handed over after SIGTERM")
+	}
+}
+
+// holdPrefetcherLock holds spool's prefetcher lock until the test ends, as a
+// running prefetcher does.
+func holdPrefetcherLock(t *testing.T, spool string) {
+	t.Helper()
+	lock, err := os.OpenFile(filepath.Join(spool, walfetch.LockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Close() })
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPartOfADeadPrefetcherIsNotWaitedFor: a .part that a prefetcher left
+// when it died (killed, out of memory) never grows. walfetch, then
+// walfetch-net, each waited 5 s for it to grow before going to the hub: 10 s
+// of recovery lost. No prefetcher holds the lock, so nobody writes it: the
+// segment comes from the hub at once.
+func TestPartOfADeadPrefetcherIsNotWaitedFor(t *testing.T) {
+	h := newTestHub(t, 2)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 1, testSegSize)
+	if err := os.WriteFile(filepath.Join(spoolDir(t, h, dir), name+".part"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
+	cmd.Dir = dir
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("walfetch: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("walfetch took %v: it waited for a download nobody makes", d)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil {
+		t.Errorf("the segment was not handed over: %v", err)
 	}
 }
 
