@@ -112,10 +112,10 @@ func ReadSmallFile(path string) ([]byte, error) {
 }
 
 // WaitInProgress waits while the prefetcher is downloading name, and reports
-// whether the finished segment appeared. It gives up when the download stops
-// growing for stall, or after limit, or at once when no prefetcher runs (a
-// .part that a dead one left, which the next removes); the caller then
-// fetches the segment itself.
+// whether the finished segment appeared. It gives up when the download has
+// not grown for stall (its .part's modification time), or after limit, or at
+// once when no prefetcher runs (a .part that a dead one left, which the next
+// removes); the caller then fetches the segment itself.
 //
 // It sleeps until the spool's directory changes (inotify: the prefetcher
 // renames a finished segment into place, or removes an abandoned .part), so
@@ -124,14 +124,13 @@ func ReadSmallFile(path string) ([]byte, error) {
 // Without inotify (its per-user limit reached) it polls every millisecond.
 func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
 	part, final := sp.Path(name+".part"), sp.Path(name)
-	fi, err := os.Stat(part)
-	if err != nil {
+	if _, err := os.Stat(part); err != nil {
 		return false
 	}
 	// Watched before the next look, so that a rename in between wakes it.
 	w := newDirWatch(sp.Dir)
 	defer w.close()
-	lastSize, lastChange, start := fi.Size(), time.Now(), time.Now()
+	start := time.Now()
 	for {
 		if _, err := os.Stat(final); err == nil {
 			return true
@@ -142,10 +141,10 @@ func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
 			_, err := os.Stat(final)
 			return err == nil
 		}
+		// Its last write, not the start of this wait: walfetch-net, after
+		// walfetch gave up on a stalled download, does not wait for it again.
 		now := time.Now()
-		if fi.Size() != lastSize {
-			lastSize, lastChange = fi.Size(), now
-		} else if now.Sub(lastChange) > stall {
+		if now.Sub(fi.ModTime()) > stall {
 			return false
 		}
 		left := limit - now.Sub(start)

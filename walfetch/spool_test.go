@@ -158,10 +158,12 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 	}{
 		{"finished: renamed into place", "rename", 5 * time.Second, 30 * time.Second, true, 300 * time.Millisecond, 5 * time.Second},
 		{"abandoned: the .part removed", "remove", 5 * time.Second, 30 * time.Second, false, 300 * time.Millisecond, 5 * time.Second},
-		{"stalled: the .part stops growing", "none", 500 * time.Millisecond, 30 * time.Second, false, 500 * time.Millisecond, 5 * time.Second},
+		// Counted from the .part's last write, just before the wait.
+		{"stalled: the .part stops growing", "none", 500 * time.Millisecond, 30 * time.Second, false, 400 * time.Millisecond, 5 * time.Second},
 		{"still growing at the limit", "grow", 5 * time.Second, 600 * time.Millisecond, false, 600 * time.Millisecond, 5 * time.Second},
 		{"no download in progress", "absent", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
 		{"the prefetcher is gone: a .part it left", "dead", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
+		{"stalled before the wait began", "old", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -180,6 +182,13 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 			}
 			if tc.then != "absent" {
 				if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.then == "old" {
+				// Last written longer than stall ago.
+				old := time.Now().Add(-2 * tc.stall)
+				if err := os.Chtimes(part, old, old); err != nil {
 					t.Fatal(err)
 				}
 			}

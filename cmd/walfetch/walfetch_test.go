@@ -474,6 +474,39 @@ func TestPartOfADeadPrefetcherIsNotWaitedFor(t *testing.T) {
 	}
 }
 
+// TestStalledDownloadIsWaitedForOnce: walfetch gave up on a download that had
+// not grown for 5 s, then walfetch-net, which it executes to fetch the
+// segment itself, waited another 5 s for the same .part. The time of the
+// .part's last write now counts, so the second wait ends at once.
+func TestStalledDownloadIsWaitedForOnce(t *testing.T) {
+	h := newTestHub(t, 2)
+	dir := dataDir(t, "standby.signal", true)
+	name := walname.SegmentName(1, 1, testSegSize)
+	spool := spoolDir(t, h, dir)
+	holdPrefetcherLock(t, spool)
+	part := filepath.Join(spool, name+".part")
+	if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Last written 4 s ago: walfetch waits about one more second.
+	written := time.Now().Add(-4 * time.Second)
+	if err := os.Chtimes(part, written, written); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
+	cmd.Dir = dir
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("walfetch: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("walfetch took %v: the stalled download was waited for twice", d)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil {
+		t.Errorf("the segment was not handed over: %v", err)
+	}
+}
+
 // TestNoPrefetcherOutlivesItsDataDir: the prefetcher a test's walfetch call
 // starts is gone when the test's data directory is removed. It used to live
 // on for its idle time, detached, and one still creating its spool made the
