@@ -151,7 +151,7 @@ func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
 		if left <= 0 {
 			return false
 		}
-		// The growth is looked at ten times per stall, whatever the events.
+		// A stall is looked for ten times per stall, whatever the events.
 		w.wait(min(left, max(stall/10, time.Millisecond)))
 		waitWakeups.Add(1)
 	}
