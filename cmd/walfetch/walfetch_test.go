@@ -448,62 +448,55 @@ func holdPrefetcherLock(t *testing.T, spool string) {
 	}
 }
 
-// TestPartOfADeadPrefetcherIsNotWaitedFor: a .part that a prefetcher left
-// when it died (killed, out of memory) never grows. walfetch, then
-// walfetch-net, each waited 5 s for it to grow before going to the hub: 10 s
-// of recovery lost. No prefetcher holds the lock, so nobody writes it: the
-// segment comes from the hub at once.
-func TestPartOfADeadPrefetcherIsNotWaitedFor(t *testing.T) {
-	h := newTestHub(t, 2)
-	dir := dataDir(t, "standby.signal", true)
-	name := walname.SegmentName(1, 1, testSegSize)
-	if err := os.WriteFile(filepath.Join(spoolDir(t, h, dir), name+".part"), []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
-	cmd.Dir = dir
-	start := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("walfetch: %v\n%s", err, out)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("walfetch took %v: it waited for a download nobody makes", d)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil {
-		t.Errorf("the segment was not handed over: %v", err)
-	}
-}
-
-// TestStalledDownloadIsWaitedForOnce: walfetch gave up on a download that had
-// not grown for 5 s, then walfetch-net, which it executes to fetch the
-// segment itself, waited another 5 s for the same .part. The time of the
-// .part's last write now counts, so the second wait ends at once.
-func TestStalledDownloadIsWaitedForOnce(t *testing.T) {
-	h := newTestHub(t, 2)
-	dir := dataDir(t, "standby.signal", true)
-	name := walname.SegmentName(1, 1, testSegSize)
-	spool := spoolDir(t, h, dir)
-	holdPrefetcherLock(t, spool)
-	part := filepath.Join(spool, name+".part")
-	if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// Last written 4 s ago: walfetch waits about one more second.
-	written := time.Now().Add(-4 * time.Second)
-	if err := os.Chtimes(part, written, written); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
-	cmd.Dir = dir
-	start := time.Now()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("walfetch: %v\n%s", err, out)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("walfetch took %v: the stalled download was waited for twice", d)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil {
-		t.Errorf("the segment was not handed over: %v", err)
+// TestDownloadNobodyMakesIsNotWaitedFor: walfetch waits for a segment the
+// prefetcher is downloading (its .part in the spool), and gives up on a
+// download that stopped, then fetches the segment from the hub itself. It
+// then executed walfetch-net, which waited as long again: 10 s of recovery
+// lost, in two cases.
+func TestDownloadNobodyMakesIsNotWaitedFor(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// the prefetcher runs (holds its lock)
+		prefetcherRuns bool
+		// when the .part was last written
+		writtenAgo time.Duration
+	}{
+		// It was killed (out of memory, kill -9) and left its .part:
+		// nobody writes a .part but a running prefetcher.
+		{"a .part a dead prefetcher left", false, 0},
+		// The stall counts from the last write, so walfetch waits one more
+		// second and walfetch-net not at all.
+		{"a download stalled 4 s ago", true, 4 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHub(t, 2)
+			dir := dataDir(t, "standby.signal", true)
+			name := walname.SegmentName(1, 1, testSegSize)
+			spool := spoolDir(t, h, dir)
+			if tc.prefetcherRuns {
+				holdPrefetcherLock(t, spool)
+			}
+			part := filepath.Join(spool, name+".part")
+			if err := os.WriteFile(part, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			written := time.Now().Add(-tc.writtenAgo)
+			if err := os.Chtimes(part, written, written); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(walfetchBin, hubArgs(h, name, "pg_wal/RECOVERYXLOG")...)
+			cmd.Dir = dir
+			start := time.Now()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("walfetch: %v\n%s", err, out)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("walfetch took %v: it waited for a download nobody makes", d)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil {
+				t.Errorf("the segment was not handed over: %v", err)
+			}
+		})
 	}
 }
 
