@@ -148,7 +148,10 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 	const seg = "000000010000000000000003"
 	for _, tc := range []struct {
 		name string
-		// what another goroutine does to the .part after 300 ms; none: nothing
+		// rename, remove: what is done to the .part after 300 ms; grow: it
+		// is appended to every 50 ms; none: nothing. absent: there is no
+		// .part; dead: no prefetcher holds the lock; old: the .part was last
+		// written two stall periods ago.
 		then       string
 		stall      time.Duration
 		limit      time.Duration
@@ -229,8 +232,8 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 			if elapsed < tc.minElapsed || elapsed > tc.maxElapsed {
 				t.Errorf("returned after %v, want between %v and %v", elapsed, tc.minElapsed, tc.maxElapsed)
 			}
-			// It sleeps until the directory changes, looking at the .part's
-			// growth ten times per stall: not every millisecond.
+			// It sleeps until the directory changes, looking at the .part
+			// ten times per stall period: not every millisecond.
 			if most := int64(elapsed/(tc.stall/10)) + 3; inotify && wakeups > most {
 				t.Errorf("looked at the spool %d times in %v, want at most %d (it polls)", wakeups, elapsed, most)
 			}
