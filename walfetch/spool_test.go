@@ -164,9 +164,9 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 		// Counted from the .part's last write, just before the wait.
 		{"stalled: the .part stops growing", "none", 500 * time.Millisecond, 30 * time.Second, false, 400 * time.Millisecond, 5 * time.Second},
 		{"still growing at the limit", "grow", 5 * time.Second, 600 * time.Millisecond, false, 600 * time.Millisecond, 5 * time.Second},
-		{"no download in progress", "absent", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
-		{"the prefetcher is gone: a .part it left", "dead", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
-		{"stalled before the wait began", "old", 5 * time.Second, 30 * time.Second, false, 0, 100 * time.Millisecond},
+		{"no download in progress", "absent", 5 * time.Second, 30 * time.Second, false, 0, time.Second},
+		{"the prefetcher is gone: a .part it left", "dead", 5 * time.Second, 30 * time.Second, false, 0, time.Second},
+		{"stalled before the wait began", "old", 5 * time.Second, 30 * time.Second, false, 0, time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -195,6 +195,9 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 					t.Fatal(err)
 				}
 			}
+			// Taken before the goroutine starts its 300 ms, so that a rename
+			// cannot come sooner after it.
+			before, start := waitWakeups.Load(), time.Now()
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
@@ -222,7 +225,6 @@ func testWaitInProgress(t *testing.T, inotify bool) {
 					}
 				}
 			}()
-			before, start := waitWakeups.Load(), time.Now()
 			got := sp.WaitInProgress(seg, tc.stall, tc.limit)
 			elapsed, wakeups := time.Since(start), waitWakeups.Load()-before
 			<-done
