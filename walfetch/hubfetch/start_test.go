@@ -47,18 +47,19 @@ func (h *segmentHub) start(t *testing.T) *httptest.Server {
 	return srv
 }
 
-// downloadsBeforeAnswer counts the downloads asked for before the first
-// peek was answered (all of them while none has been).
-func (h *segmentHub) downloadsBeforeAnswer() int {
+// downloadsBeforeAnswer are the names of the segments whose downloads were
+// asked for before the first peek was answered (all of them while none has
+// been), in order.
+func (h *segmentHub) downloadsBeforeAnswer() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	n := 0
+	var names []string
 	for i, r := range h.requests {
 		if !strings.HasSuffix(r, "/peek") && (h.answered.IsZero() || h.times[i].Before(h.answered)) {
-			n++
+			names = append(names, r[strings.LastIndex(r, "/")+1:])
 		}
 	}
-	return n
+	return names
 }
 
 // paths are the paths asked for so far, in order.
@@ -143,13 +144,14 @@ func newTestPrefetcher(t *testing.T, s walfetch.Settings, url string, systemID u
 }
 
 // TestPrefetcherStartDownloadsWithoutWaitingForItsPeek: with a distant hub
-// (every response 300 ms late), the segment recovery asks for next is in the
-// spool one round trip after the prefetcher starts, not two (its first
-// peek's, then the download's): recovery's next request, which comes about a
-// round trip later (walfetch's own download of the segment before, or the
-// history file recovery from a backup asks for first), finds it there. Then
-// the prefetcher goes on from the peek as ever: every segment of the window,
-// each downloaded once, and nothing before it.
+// (every response 300 ms late), the download of the segment recovery asks
+// for next is asked for before the prefetcher's first peek is answered, so
+// that it is in the spool one round trip after the prefetcher starts, not
+// two (its first peek's, then the download's): recovery's next request,
+// which comes about a round trip later (walfetch's own download of the
+// segment before, or the history file recovery from a backup asks for
+// first), finds it there. Then the prefetcher goes on from the peek as ever:
+// every segment of the window, each downloaded once, and nothing before it.
 func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 	const systemID = 7300000000000000042
 	const segSize = 1 << 20
@@ -174,20 +176,20 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 			p := newTestPrefetcher(t, s, srv.URL, systemID)
 			p.sizeHint = tt.sizeHint
 			p.begin(tt.served, tt.next)
-			start := time.Now()
 			done := make(chan struct{})
 			go func() { p.loop(); close(done) }()
-			var next time.Duration
-			for deadline := start.Add(10 * time.Second); next == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-				if _, err := os.Stat(p.sp.Path(name(11))); err == nil {
-					next = time.Since(start)
-				}
-			}
-			// One round trip and the work of one download, which is less
-			// than two round trips however loaded the machine: the peek's
-			// and then the download's.
-			if next == 0 || next >= 2*delay {
-				t.Errorf("%s in the spool %v after the prefetcher started, want within one round trip (%v) and a download", name(11), next, delay)
+			// What is counted is when the download was asked for, which is
+			// what the prefetcher decides, not when the segment reached the
+			// spool: in a CI run, on a machine busy with other packages'
+			// PostgreSQL clusters, it reached the spool 604 ms after the
+			// start (the test wanted under two round trips, 600 ms).
+			pgtest.WaitFor(t, 10*time.Second, "the first peek's answer", func() bool {
+				hub.mu.Lock()
+				defer hub.mu.Unlock()
+				return !hub.answered.IsZero()
+			})
+			if before := hub.downloadsBeforeAnswer(); !slices.Contains(before, name(11)) {
+				t.Errorf("downloads asked for before the first peek's answer: %v, want %s among them (requests: %v)", before, name(11), hub.paths())
 			}
 			missing := func() (n []string) {
 				for segno := walname.SegNo(11); segno <= 26; segno++ {
@@ -266,7 +268,7 @@ func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
 				defer hub.mu.Unlock()
 				return !hub.answered.IsZero()
 			})
-			if got := hub.downloadsBeforeAnswer(); got != tt.want {
+			if got := len(hub.downloadsBeforeAnswer()); got != tt.want {
 				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", got, tt.want, hub.paths())
 			}
 			// And each of them reaches the spool, verified.
@@ -315,7 +317,7 @@ func TestMoreGuessesWaitForTheFirstPeek(t *testing.T) {
 			p.sizeHint, p.moreGuessesAfter = tt.segSize, 200*time.Millisecond
 			p.begin("", walname.SegmentName(1, 11, tt.segSize))
 			p.loop()
-			if before := hub.downloadsBeforeAnswer(); before != tt.beforeAnswer {
+			if before := len(hub.downloadsBeforeAnswer()); before != tt.beforeAnswer {
 				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", before, tt.beforeAnswer, hub.paths())
 			}
 		})
