@@ -37,7 +37,8 @@ import (
 //	go test -run XXX -bench RestoreCommandCost -benchtime 1x ./bench
 //
 // BENCH_SEGMENT_MB (default 16), BENCH_CALLS (default 300);
-// BENCH_WALFETCH_BASELINE names another walfetch binary to time in the same
+// BENCH_WALFETCH_BASELINE names another walfetch binary (after environment
+// assignments, if any: "GOMAXPROCS=1 DIR/walfetch") to time in the same
 // rounds (e.g. one built from main before a change).
 func BenchmarkRestoreCommandCost(b *testing.B) {
 	const systemID = 7300000000000000042

@@ -10,7 +10,8 @@
 // (default 2) the rounds (each round runs every command once, interleaved; the
 // median and the best of the rounds are reported), BENCH_ONLY the runs to do,
 // separated by commas (a run's whole name, commas and all, or a part of the names). BENCH_WALFETCH_BASELINE names another
-// walfetch binary (e.g. built from main, with walfetch-net beside it) to run beside this one, on
+// walfetch binary (e.g. built from main, with walfetch-net beside it; after
+// environment assignments, if any: "GOMAXPROCS=1 DIR/walfetch") to run beside this one, on
 // loopback and with the delay, so that a change is measured against the same
 // noise. BENCH_S3=1
 // also feeds the backlog into a repository in an S3 bucket (versitygw on
@@ -212,7 +213,10 @@ func BenchmarkReplay(b *testing.B) {
 		// walfetch runs walfetch-net from its own directory for anything
 		// but a spool hit: without it every call fails, and recovery waits
 		// for the benchmark's timeout.
-		if _, err := os.Stat(filepath.Join(filepath.Dir(bin), "walfetch-net")); err != nil {
+		// It may follow environment assignments for the shell, as a
+		// restore_command may: "GOMAXPROCS=1 /path/walfetch".
+		words := strings.Fields(bin)
+		if _, err := os.Stat(filepath.Join(filepath.Dir(words[len(words)-1]), "walfetch-net")); err != nil {
 			b.Fatalf("BENCH_WALFETCH_BASELINE=%s: walfetch-net must be beside it (go build -o DIR/ ./cmd/walfetch ./cmd/walfetch-net): %v", bin, err)
 		}
 		runs = append(runs, struct{ name, command string }{baselineRun,
