@@ -62,6 +62,16 @@ func (h *segmentHub) downloadsBeforeAnswer() []string {
 	return names
 }
 
+// waitForFirstAnswer waits until the first peek has been answered.
+func (h *segmentHub) waitForFirstAnswer(t *testing.T) {
+	t.Helper()
+	pgtest.WaitFor(t, 30*time.Second, "the first peek's answer", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return !h.answered.IsZero()
+	})
+}
+
 // paths are the paths asked for so far, in order.
 func (h *segmentHub) paths() []string {
 	h.mu.Lock()
@@ -183,11 +193,7 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 			// spool: in a CI run, on a machine busy with other packages'
 			// PostgreSQL clusters, it reached the spool 604 ms after the
 			// start (the test wanted under two round trips, 600 ms).
-			pgtest.WaitFor(t, 10*time.Second, "the first peek's answer", func() bool {
-				hub.mu.Lock()
-				defer hub.mu.Unlock()
-				return !hub.answered.IsZero()
-			})
+			hub.waitForFirstAnswer(t)
 			if before := hub.downloadsBeforeAnswer(); !slices.Contains(before, name(11)) {
 				t.Errorf("downloads asked for before the first peek's answer: %v, want %s among them (requests: %v)", before, name(11), hub.paths())
 			}
@@ -263,11 +269,7 @@ func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
 			done := make(chan struct{})
 			go func() { p.loop(); close(done) }()
 			defer func() { <-done }()
-			pgtest.WaitFor(t, 30*time.Second, "the first peek's answer", func() bool {
-				hub.mu.Lock()
-				defer hub.mu.Unlock()
-				return !hub.answered.IsZero()
-			})
+			hub.waitForFirstAnswer(t)
 			if got := len(hub.downloadsBeforeAnswer()); got != tt.want {
 				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", got, tt.want, hub.paths())
 			}
