@@ -209,7 +209,7 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	const baselineRun = "walfetch baseline binary"
 	baselineDelayed := fmt.Sprintf("walfetch baseline binary, %s delay", delay)
-	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); bin != "" {
+	if bin := os.Getenv("BENCH_WALFETCH_BASELINE"); strings.TrimSpace(bin) != "" {
 		// walfetch runs walfetch-net from its own directory for anything
 		// but a spool hit: without it every call fails, and recovery waits
 		// for the benchmark's timeout.

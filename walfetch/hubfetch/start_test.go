@@ -47,17 +47,18 @@ func (h *segmentHub) start(t *testing.T) *httptest.Server {
 	return srv
 }
 
-// downloadsBeforeAnswer are the names of the segments whose downloads were
-// asked for before the first peek was answered (all of them while none has
-// been), in order.
-func (h *segmentHub) downloadsBeforeAnswer() []string {
+// downloads are the names of the segments whose downloads were asked for,
+// in order; with beforeAnswer, only those asked for before the first peek
+// was answered (all of them while none has been).
+func (h *segmentHub) downloads(beforeAnswer bool) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var names []string
 	for i, r := range h.requests {
-		if !strings.HasSuffix(r, "/peek") && (h.answered.IsZero() || h.times[i].Before(h.answered)) {
-			names = append(names, r[strings.LastIndex(r, "/")+1:])
+		if strings.HasSuffix(r, "/peek") || beforeAnswer && !h.answered.IsZero() && !h.times[i].Before(h.answered) {
+			continue
 		}
+		names = append(names, r[strings.LastIndex(r, "/")+1:])
 	}
 	return names
 }
@@ -194,7 +195,7 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 			// PostgreSQL clusters, it reached the spool 604 ms after the
 			// start (the test wanted under two round trips, 600 ms).
 			hub.waitForFirstAnswer(t)
-			if before := hub.downloadsBeforeAnswer(); !slices.Contains(before, name(11)) {
+			if before := hub.downloads(true); !slices.Contains(before, name(11)) {
 				t.Errorf("downloads asked for before the first peek's answer: %v, want %s among them (requests: %v)", before, name(11), hub.paths())
 			}
 			missing := func() (n []string) {
@@ -212,13 +213,9 @@ func TestPrefetcherStartDownloadsWithoutWaitingForItsPeek(t *testing.T) {
 				t.Errorf("in the window, not in the spool: %v", m)
 			}
 			<-done
-			hub.mu.Lock()
-			defer hub.mu.Unlock()
 			gets := map[string]int{}
-			for _, r := range hub.requests {
-				if !strings.HasSuffix(r, "/peek") {
-					gets[r[strings.LastIndex(r, "/")+1:]]++
-				}
+			for _, n := range hub.downloads(false) {
+				gets[n]++
 			}
 			if len(gets) != 16 {
 				t.Errorf("%d segments downloaded, want the 16 of the window: %v", len(gets), gets)
@@ -270,7 +267,7 @@ func TestFirstDownloadsFillTheSlotsForPgControlsSegmentSize(t *testing.T) {
 			go func() { p.loop(); close(done) }()
 			defer func() { <-done }()
 			hub.waitForFirstAnswer(t)
-			if got := len(hub.downloadsBeforeAnswer()); got != tt.want {
+			if got := len(hub.downloads(true)); got != tt.want {
 				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", got, tt.want, hub.paths())
 			}
 			// And each of them reaches the spool, verified.
@@ -319,7 +316,7 @@ func TestMoreGuessesWaitForTheFirstPeek(t *testing.T) {
 			p.sizeHint, p.moreGuessesAfter = tt.segSize, 200*time.Millisecond
 			p.begin("", walname.SegmentName(1, 11, tt.segSize))
 			p.loop()
-			if before := len(hub.downloadsBeforeAnswer()); before != tt.beforeAnswer {
+			if before := len(hub.downloads(true)); before != tt.beforeAnswer {
 				t.Errorf("%d downloads asked for before the first peek's answer, want %d (requests: %v)", before, tt.beforeAnswer, hub.paths())
 			}
 		})
