@@ -1,6 +1,8 @@
 package walfetch
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -172,17 +174,68 @@ var newDirWatch = watchDir
 // watchDir watches dir. When inotify is not to be had, the watch it returns
 // polls instead.
 func watchDir(dir string) dirWatch {
-	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
+	f, err := inotifyFile(dir, watchEvents)
 	if err != nil {
 		return dirWatch{}
 	}
-	if _, err := syscall.InotifyAddWatch(fd, dir, watchEvents); err != nil {
-		syscall.Close(fd)
-		return dirWatch{}
+	return dirWatch{f: f}
+}
+
+// inotifyFile is an inotify instance watching dir for events, non-blocking,
+// so read through Go's poller: a read parks the goroutine, not a thread in a
+// system call.
+func inotifyFile(dir string, events uint32) (*os.File, error) {
+	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
+	if err != nil {
+		return nil, os.NewSyscallError("inotify_init1", err)
 	}
-	// Non-blocking, so read through Go's poller: a wait parks the
-	// goroutine, not a thread in a system call.
-	return dirWatch{f: os.NewFile(uintptr(fd), "inotify")}
+	if _, err := syscall.InotifyAddWatch(fd, dir, events); err != nil {
+		syscall.Close(fd)
+		return nil, &os.PathError{Op: "inotify_add_watch", Path: dir, Err: err}
+	}
+	return os.NewFile(uintptr(fd), "inotify"), nil
+}
+
+// WatchTaken sends to taken the name of every file renamed out of the
+// spool's directory: a segment taken into %p, by walfetch or by the
+// restore_command's shell (ShellRestoreCommand), which tells the prefetcher
+// nothing else. The prefetcher's own renames (a .part into place) stay
+// within the directory and are sent too, under the .part's name. It stops
+// when stop is called.
+func (sp *Spool) WatchTaken(taken chan<- string) (stop func(), err error) {
+	f, err := inotifyFile(sp.Dir, syscall.IN_MOVED_FROM)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				return
+			}
+			// struct inotify_event: wd, mask, cookie, len (4 bytes each, in
+			// the machine's order), then len bytes of name padded with NULs.
+			for off := 0; off+syscall.SizeofInotifyEvent <= n; {
+				mask := binary.NativeEndian.Uint32(buf[off+4:])
+				nameLen := int(binary.NativeEndian.Uint32(buf[off+12:]))
+				start := off + syscall.SizeofInotifyEvent
+				off = start + nameLen
+				if mask&syscall.IN_MOVED_FROM == 0 || off > n {
+					continue
+				}
+				if name := string(bytes.TrimRight(buf[start:off], "\x00")); name != "" {
+					select {
+					case taken <- name:
+					case <-done:
+						return
+					}
+				}
+			}
+		}
+	}()
+	return func() { close(done); f.Close() }, nil
 }
 
 // wait returns when the directory changed, or after d at most (1 ms when
@@ -207,22 +260,32 @@ func (w dirWatch) close() {
 	}
 }
 
-// Poke tells the running prefetcher that name was served; when none runs, it
-// starts one. It never fails the caller: prefetching is an optimisation.
-func (sp *Spool) Poke(s Settings, name string, stderr io.Writer) {
-	if !sp.Tell(name) {
+// Poke tells the running prefetcher that name was served (taken: from the
+// spool; else it is about to be downloaded); when none runs, it starts one.
+// It never fails the caller: prefetching is an optimisation.
+func (sp *Spool) Poke(s Settings, name string, taken bool, stderr io.Writer) {
+	msg := name
+	if taken {
+		msg += TakenMark
+	}
+	if !sp.Tell(msg) {
 		sp.StartPrefetcher(s, name, stderr)
 	}
 }
 
-// Tell tells the running prefetcher that name was served, and reports
-// whether one runs.
-func (sp *Spool) Tell(name string) bool {
+// TakenMark ends what walfetch tells the prefetcher after taking a segment
+// from the spool. A prefetcher that watches its spool (WatchTaken) saw it go
+// already.
+const TakenMark = "+taken"
+
+// Tell tells the running prefetcher msg (a segment's name, with TakenMark
+// when walfetch took it from the spool), and reports whether one runs.
+func (sp *Spool) Tell(msg string) bool {
 	// One datagram, without the net package's machinery: this is on the path
 	// of every restore_command call.
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
 	if err == nil {
-		err = syscall.Sendto(fd, []byte(name), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: ShortPath(sp.SockPath())})
+		err = syscall.Sendto(fd, []byte(msg), syscall.MSG_DONTWAIT, &syscall.SockaddrUnix{Name: ShortPath(sp.SockPath())})
 		syscall.Close(fd)
 	}
 	return err == nil || errors.Is(err, syscall.EAGAIN) // delivered, or the prefetcher is alive and busy

@@ -125,7 +125,7 @@ func TestNoSecondPrefetcherWhileOneStarts(t *testing.T) {
 				}
 			}
 			var stderr bytes.Buffer
-			sp.Poke(Settings{URL: "http://hub:7480", Server: "main", Spool: "spool", Prefetch: 4}, "000000010000000000000003", &stderr)
+			sp.Poke(Settings{URL: "http://hub:7480", Server: "main", Spool: "spool", Prefetch: 4}, "000000010000000000000003", false, &stderr)
 			started := strings.Contains(stderr.String(), "prefetching disabled for this call: "+NetProgram+" must be installed")
 			if started != tc.wantStart {
 				t.Errorf("prefetcher start tried: %v, want %v (stderr %q)", started, tc.wantStart, stderr.String())

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -198,6 +199,72 @@ func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
 	standby.Start()
 	standby.WaitReplay(end, 300*time.Second)
 	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
+}
+
+// TestBacklogReplaysThroughTheShellsSpoolHits: a standby whose
+// restore_command is the line walfetch --print-restore-command prints
+// replays a backlog of 1 MiB segments to the end, with the primary's data.
+// Most segments are taken from the spool by the shell, no walfetch started
+// (walfetch here is a script that counts its calls, then runs walfetch), the
+// prefetcher following recovery by the renames out of its spool alone; and
+// the shell's link leaves with the prefetcher, which exits once recovery
+// stops asking.
+func TestBacklogReplaysThroughTheShellsSpoolHits(t *testing.T) {
+	t.Parallel()
+	e := newE2E(t, 1)
+	dir := pgtest.TempDir(t, "counted")
+	calls := filepath.Join(dir, "calls")
+	counted := filepath.Join(dir, "walfetch")
+	if err := os.WriteFile(counted, []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\nexec "+walfetchBin+" \"$@\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(calls, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Chown(t, dir)
+	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", e.url, "--server", "main",
+		"--token", testToken, "--idle-exit", "3s").Output()
+	if err != nil || !strings.HasPrefix(string(out), "restore_command = ") {
+		t.Fatalf("walfetch --print-restore-command: %q, %v", out, err)
+	}
+	line := strings.Replace(strings.TrimSpace(string(out)), walfetchBin, counted, 1)
+	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true, Conf: []string{line}})
+	from := e.primary.CurrentLSN()
+	e.primary.Query(`CREATE TABLE backlog (x int, pad text);
+		DO $$ BEGIN FOR i IN 1..120 LOOP
+			INSERT INTO backlog SELECT i, repeat('b', 500) FROM generate_series(1, 400);
+			PERFORM pg_switch_wal();
+		END LOOP; END $$`)
+	end := e.switchAndMark()
+	segments := int(walname.SegmentOf(end, 1<<20) - walname.SegmentOf(from, 1<<20))
+	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
+	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
+	standby.Start()
+	standby.WaitReplay(end, 300*time.Second)
+	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
+	b, _ := os.ReadFile(calls)
+	called := strings.Count(string(b), "\n")
+	t.Logf("%d segments replayed, walfetch called %d times", segments, called)
+	if called > segments/4 {
+		t.Errorf("walfetch called %d times for %d segments, want most taken by the shell:\n%s", called, segments, b)
+	}
+	spool := filepath.Join(standby.DataDir, "pg_wal", "walfetch-spool")
+	links := func() (n []string) {
+		entries, _ := os.ReadDir(spool)
+		for _, e := range entries {
+			if e.Type()&os.ModeSymlink != 0 {
+				n = append(n, e.Name())
+			}
+		}
+		return n
+	}
+	if l := links(); len(l) != 1 {
+		t.Errorf("links in the spool while the prefetcher runs: %v, want one", l)
+	}
+	// A standby asks for the next segment every few seconds, which keeps the
+	// prefetcher alive; stopped, it asks no more.
+	standby.Stop("fast")
+	pgtest.WaitFor(t, 60*time.Second, "the idle prefetcher to remove its link", func() bool { return len(links()) == 0 })
 }
 
 func TestStandbyRidesOutHubOutage(t *testing.T) {

@@ -17,8 +17,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,9 +34,20 @@ const usage = `walfetch fetches WAL from a walhub hub for PostgreSQL: a restore_
 
 Usage:
   restore_command = 'walfetch [flags] %f %p'
+  walfetch --print-restore-command [flags]
 
   %f is the file PostgreSQL wants, %p where to put it (relative to the data
   directory, which is walfetch's working directory).
+
+  --print-restore-command prints the restore_command line to put in
+  postgresql.conf: this walfetch (its absolute path) with the flags given,
+  behind a spool hit that the restore_command's shell makes itself: it reads
+  the boot id and postmaster.pid with its builtin read, and renames the
+  segment the prefetcher verified into %p with one mv. No walfetch starts for
+  such a segment, which costs less than a cp of it. walfetch runs for
+  everything else. Only the flags given are in the line: settings from the
+  environment are not (PostgreSQL's may differ); the config file is read
+  by walfetch as ever.
 
 Settings (flag, environment variable, key in the config file):
 OPTIONS
@@ -141,6 +154,9 @@ func usageText() string {
 // status for PostgreSQL), so that this program links no HTTP, TLS or zstd
 // and a spool hit costs little more than starting a Go program.
 func run(args []string) int {
+	if i := slices.Index(args, printArg); i >= 0 {
+		return printRestoreCommand(slices.Delete(slices.Clone(args), i, i+1), os.Stdout, os.Stderr)
+	}
 	m := walfetch.RecoveryMode()
 	s, pos, err := loadSettings(args, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -177,7 +193,7 @@ func run(args []string) int {
 				fmt.Fprintf(os.Stderr, "walfetch: %v\n", err)
 			}
 			if hit {
-				if !sp.Tell(name) {
+				if !sp.Tell(name + walfetch.TakenMark) {
 					sg.handle() // the prefetcher must not inherit ignored signals
 					sp.StartPrefetcher(s, name, os.Stderr)
 				}
@@ -202,6 +218,44 @@ func run(args []string) int {
 		append(os.Environ(), walfetch.SettingsEnv+"="+string(settings)))
 	fmt.Fprintf(os.Stderr, "walfetch: %s not restored: execute %s: %v\n", name, netBin, err)
 	return int(walfetch.Fail(m))
+}
+
+// printArg asks for the restore_command line instead of a file.
+const printArg = "--print-restore-command"
+
+// printRestoreCommand prints the restore_command line for postgresql.conf:
+// walfetch with args, behind the shell's own spool hit
+// (walfetch.ShellRestoreCommand) unless prefetching is off.
+func printRestoreCommand(args []string, stdout, stderr io.Writer) int {
+	s, pos, err := loadSettings(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage()
+		return 0
+	}
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("%s takes flags only, not %q: the line ends in %%f %%p", printArg, pos[0])
+	}
+	exe, exeErr := os.Executable()
+	if err == nil {
+		err = exeErr
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "walfetch: %v\n", err)
+		return 2
+	}
+	command := walfetch.ShellQuote(exe)
+	for _, a := range args {
+		command += " " + walfetch.ShellQuote(a)
+	}
+	line := command + " %f %p"
+	if s.Prefetch > 0 {
+		if line, err = walfetch.ShellRestoreCommand(s.Spool, command); err != nil {
+			fmt.Fprintf(stderr, "walfetch: %v\n", err)
+			return 2
+		}
+	}
+	fmt.Fprintf(stdout, "restore_command = '%s'\n", strings.ReplaceAll(line, "'", "''"))
+	return 0
 }
 
 // stopSignals are those PostgreSQL (its shutdowns signal the startup

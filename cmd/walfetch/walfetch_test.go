@@ -937,3 +937,47 @@ func TestHistoryRequestStartsThePrefetcherAtTheBackup(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintRestoreCommand: --print-restore-command prints the line for
+// postgresql.conf, quoted for it and for the shell, with this walfetch's
+// absolute path and the flags given; it refuses what would not work.
+func TestPrintRestoreCommand(t *testing.T) {
+	shellHit := `read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && mv -f pg_wal/walfetch-spool/"$b.$t.$p"/%f %p 2>/dev/null || `
+	for _, tt := range []struct {
+		how        string
+		args       []string
+		wantStatus int
+		want       string // the line, or what stderr says
+	}{
+		{"the shell's spool hit, then walfetch", []string{"--url", "http://hub:7480", "--server", "main"}, 0,
+			"restore_command = '" + shellHit + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"},
+		{"quoted for the shell, then for postgresql.conf", []string{"--url", "http://hub:7480", "--server", "it's"}, 0,
+			"restore_command = '" + shellHit + walfetchBin + ` --url http://hub:7480 --server ''it''\''''s'' %f %p'` + "\n"},
+		{"prefetching off: walfetch alone", []string{"--url", "http://hub:7480", "--server", "main", "--prefetch", "0"}, 0,
+			"restore_command = '" + walfetchBin + " --url http://hub:7480 --server main --prefetch 0 %f %p'\n"},
+		{"a spool outside pg_wal", []string{"--url", "http://hub:7480", "--server", "main", "--spool", "/var/spool/wf"}, 2, "is not in pg_wal"},
+		{"%f and %p given", []string{"--url", "http://hub:7480", "--server", "main", "%f", "%p"}, 2, "takes flags only"},
+		{"no hub", []string{"--server", "main"}, 2, "the hub URL and the server name are required"},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			status := printRestoreCommand(tt.args, &stdout, &stderr)
+			if exe, _ := os.Executable(); exe != "" {
+				// The test binary prints its own path: compare with walfetch's.
+				stdout = *bytes.NewBufferString(strings.ReplaceAll(stdout.String(), exe, walfetchBin))
+			}
+			got := stdout.String()
+			if tt.wantStatus != 0 {
+				got = stderr.String()
+			}
+			if status != tt.wantStatus || tt.wantStatus == 0 && got != tt.want || tt.wantStatus != 0 && !strings.Contains(got, tt.want) {
+				t.Errorf("status %d, printed %q (stderr %q); want %d, %q", status, stdout.String(), stderr.String(), tt.wantStatus, tt.want)
+			}
+		})
+	}
+	// The program itself, as a user runs it.
+	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", "http://hub:7480", "--server", "main").Output()
+	if want := "restore_command = '" + shellHit + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"; err != nil || string(out) != want {
+		t.Errorf("walfetch --print-restore-command: %q, %v; want %q", out, err, want)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/walhub/walhub/hub/client"
 	"github.com/walhub/walhub/replication"
 	"github.com/walhub/walhub/restore"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -270,18 +271,18 @@ func parseTablespaces(flags []string) (map[uint32]string, error) {
 }
 
 // restoreCommandLine builds restore_command for the restored server.
-func restoreCommandLine(walfetch, url, server, tokenFile string) string {
-	if walfetch == "" {
-		walfetch = "walfetch"
+func restoreCommandLine(bin, url, server, tokenFile string) string {
+	if bin == "" {
+		bin = "walfetch"
 		if exe, err := os.Executable(); err == nil {
 			if p := filepath.Join(filepath.Dir(exe), "walfetch"); fileExists(p) {
-				walfetch = p
+				bin = p
 			}
 		}
 	}
-	line := fmt.Sprintf("%s --url %s --server %s", shellQuote(walfetch), shellQuote(url), shellQuote(server))
+	line := fmt.Sprintf("%s --url %s --server %s", walfetch.ShellQuote(bin), walfetch.ShellQuote(url), walfetch.ShellQuote(server))
 	if tokenFile != "" {
-		line += " --token-file " + shellQuote(tokenFile)
+		line += " --token-file " + walfetch.ShellQuote(tokenFile)
 	}
 	return line + " %f %p"
 }
@@ -289,19 +290,4 @@ func restoreCommandLine(walfetch, url, server, tokenFile string) string {
 func fileExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && !fi.IsDir()
-}
-
-// shellQuote quotes s for /bin/sh when it holds anything but safe characters.
-func shellQuote(s string) string {
-	safe := true
-	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_./:=@,+", c)) {
-			safe = false
-			break
-		}
-	}
-	if safe && s != "" {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -29,8 +29,11 @@ import (
 
 // The prefetcher keeps the segments after the one recovery last asked for
 // downloaded in the spool, continuously: every time walfetch serves a segment
-// it says so through the socket, the window moves, and the free download
-// slots are refilled from what the hub's peek says exists. It never fetches
+// it says so through the socket, and every time a segment is renamed out of
+// the spool (by walfetch, or by the restore_command's shell, which says
+// nothing: walfetch.ShellRestoreCommand) inotify says so; the window moves,
+// and the free download slots are refilled from what the hub's peek says
+// exists. It never fetches
 // a .history or .partial file, and, but for its first downloads, nothing the
 // hub has not listed: when it starts, it downloads the segments recovery
 // will ask for next while its first peek is under way (see
@@ -44,7 +47,9 @@ type prefetcher struct {
 	log      *slog.Logger
 	order    *workOrder // nil: downloads unordered
 
-	served   chan string     // names walfetch served, from the socket
+	served   chan string     // what walfetch told, from the socket: names it served
+	taken    chan string     // names renamed out of the spool (Spool.WatchTaken)
+	watching bool            // taken is fed: walfetch's datagrams after a hit say nothing new
 	finished chan struct{}   // a download ended
 	peeked   chan peekAnswer // the answer of the peek under way
 
@@ -102,7 +107,7 @@ type peekAnswer struct {
 // is not started.
 func newPrefetcher(s walfetch.Settings, sp *walfetch.Spool, systemID string, c *client.Client, log *slog.Logger) *prefetcher {
 	return &prefetcher{s: s, sp: sp, systemID: systemID, c: c, log: log,
-		served: make(chan string, 64), finished: make(chan struct{}, 64), peeked: make(chan peekAnswer, 1), moreGuessesAfter: moreGuessesAfter,
+		served: make(chan string, 64), taken: make(chan string, 256), finished: make(chan struct{}, 64), peeked: make(chan peekAnswer, 1), moreGuessesAfter: moreGuessesAfter,
 		failed: map[string]time.Time{}, inflight: map[string]bool{}, fetched: map[string]bool{}, known: map[walname.SegNo]api.PeekSegment{}}
 }
 
@@ -198,6 +203,20 @@ func RunPrefetcher() int {
 	log.Info("prefetcher started", "spool", sp.Dir, "hub", cfg.Settings.URL, "server", cfg.Settings.Server,
 		"prefetch", cfg.Settings.Prefetch, "parallel", cfg.Settings.Parallel)
 	go p.listen(conn)
+	// The link that lets the restore_command's shell take segments from the
+	// spool is made only when the prefetcher can see them go: it would
+	// otherwise not know where recovery is.
+	link := ""
+	if stopWatch, err := sp.WatchTaken(p.taken); err != nil {
+		log.Warn("following recovery by walfetch's datagrams only: the restore_command's shell cannot take segments from the spool", "err", err)
+	} else {
+		defer stopWatch()
+		p.watching = true
+		if link, err = sp.PublishHitLink("."); err != nil {
+			log.Info("no link for the restore_command's shell: walfetch serves every segment", "err", err)
+		}
+		sp.RemoveStaleHitLinks(link)
+	}
 	p.begin(cfg.Served, cfg.Next)
 	p.loop()
 	conn.Close()
@@ -207,6 +226,9 @@ func RunPrefetcher() int {
 	// stopped): leave no segments behind. The lock file stays (deleting it
 	// could let two prefetchers hold locks on two files); a prefetcher
 	// started meanwhile finds it held and leaves, and the next call starts one.
+	if link != "" {
+		sp.WithdrawHitLink(link)
+	}
 	p.removeSegments()
 	return 0
 }
@@ -408,8 +430,10 @@ func (p *prefetcher) loop() {
 	for {
 		listSpool := false
 		select {
-		case name := <-p.served:
-			p.onServed(name)
+		case msg := <-p.served:
+			p.onTold(msg)
+		case name := <-p.taken:
+			p.onTaken(name)
 		case <-p.finished:
 		case a := <-p.peeked:
 			p.peekDone(a)
@@ -425,8 +449,10 @@ func (p *prefetcher) loop() {
 	drain:
 		for {
 			select {
-			case name := <-p.served:
-				p.onServed(name)
+			case msg := <-p.served:
+				p.onTold(msg)
+			case name := <-p.taken:
+				p.onTaken(name)
 			case <-p.finished:
 			case a := <-p.peeked:
 				p.peekDone(a)
@@ -450,13 +476,18 @@ func (p *prefetcher) inflightCount() int {
 	return len(p.inflight)
 }
 
-// onServed moves the window to the segment recovery just received.
+// onServed moves the window to the segment recovery just received. The same
+// segment told twice (renamed out of the spool by walfetch, which then sends
+// its datagram too) counts once.
 func (p *prefetcher) onServed(name string) {
 	n, err := walname.Parse(name)
 	if err != nil || n.Kind != walname.KindSegment {
 		return
 	}
 	p.lastPoke = time.Now()
+	if name == p.current {
+		return
+	}
 	p.current = name
 	p.servedCount++
 	p.inflightMu.Lock()
@@ -470,6 +501,34 @@ func (p *prefetcher) onServed(name string) {
 	if p.segSize != 0 {
 		p.setCurrent()
 	}
+}
+
+// onTold follows what walfetch told: the segment it is about to download
+// (recovery is there), or, marked walfetch.TakenMark, one it took from the
+// spool, which a watching prefetcher saw go already and takes only as a sign
+// of life: the datagram may reach it after the renames of later segments
+// that the shell took meanwhile, and would move the window back.
+func (p *prefetcher) onTold(msg string) {
+	if name, taken := strings.CutSuffix(msg, walfetch.TakenMark); taken {
+		if p.watching {
+			p.lastPoke = time.Now()
+			return
+		}
+		msg = name
+	}
+	p.onServed(msg)
+}
+
+// onTaken follows a file renamed out of the spool (Spool.WatchTaken): a
+// segment taken into %p by the restore_command's shell or by walfetch. One
+// at or before the segment recovery is known to be at tells nothing: a
+// datagram of walfetch's about a later one overtook it. (Segment names of one
+// timeline sort as the segments do.)
+func (p *prefetcher) onTaken(name string) {
+	if p.current != "" && len(name) == len(p.current) && name[:8] == p.current[:8] && name <= p.current {
+		return
+	}
+	p.onServed(name)
 }
 
 // setCurrent derives the window's position from the current name; a new

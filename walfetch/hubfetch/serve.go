@@ -43,7 +43,7 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 			fmt.Fprintf(stderr, "walfetch: %v\n", err)
 		}
 		if hit {
-			sp.Poke(s, name, stderr)
+			sp.Poke(s, name, true, stderr)
 			return walfetch.Served
 		}
 		// A miss: the prefetcher learns (or, when none runs, is started
@@ -51,7 +51,7 @@ func Serve(ctx context.Context, s walfetch.Settings, m walfetch.Mode, name, dst 
 		// after it, so that its start, its peek and its downloads of the
 		// next segments overlap this one: with a distant hub, a round trip
 		// or two less before recovery's next request finds the spool ready.
-		sp.Poke(s, name, stderr)
+		sp.Poke(s, name, false, stderr)
 	}
 
 	c, err := client.New(client.Options{URL: s.URL, Server: s.Server, Token: s.Token, CAFile: s.CAFile,

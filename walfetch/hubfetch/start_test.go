@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -399,5 +400,60 @@ func TestFirstDownloadsTakeTheirTurn(t *testing.T) {
 	}
 	if len(p.order.working) != 0 {
 		t.Errorf("left in the work order: %v", p.order.working)
+	}
+}
+
+// TestPrefetcherFollowsSegmentsTakenWithoutADatagram: the restore_command's
+// shell takes segments from the spool with mv and tells the prefetcher
+// nothing; the prefetcher sees them leave (inotify) and moves its window on,
+// so that every segment recovery asks for is in the spool in time, each
+// downloaded once. Segments walfetch takes, which it tells by datagram too,
+// count once.
+func TestPrefetcherFollowsSegmentsTakenWithoutADatagram(t *testing.T) {
+	const systemID = 7300000000000000042
+	const segSize = 1 << 20
+	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
+	hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 200}
+	srv := hub.start(t)
+	// A window of 16 segments (--spool-max-mb 16 of 1 MiB).
+	s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: time.Second}
+	p := newTestPrefetcher(t, s, srv.URL, systemID)
+	stop, err := p.sp.WatchTaken(p.taken)
+	if err != nil {
+		t.Skipf("no inotify: %v", err)
+	}
+	defer stop()
+	p.watching = true
+	p.begin(name(10), "")
+	done := make(chan struct{})
+	go func() { p.loop(); close(done) }()
+	restored := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+	const last = 80 // 70 segments: more than four windows
+	for segno := walname.SegNo(11); segno <= last; segno++ {
+		var hit bool
+		pgtest.WaitFor(t, 10*time.Second, name(segno)+" in the spool", func() bool {
+			hit, err = p.sp.Take(name(segno), restored)
+			return hit || err != nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if segno%10 == 0 {
+			// walfetch's hit: its datagram as well
+			p.served <- name(segno) + walfetch.TakenMark
+		}
+	}
+	<-done
+	gets := map[string]int{}
+	for _, n := range hub.downloads(false) {
+		gets[n]++
+	}
+	for segno := walname.SegNo(11); segno <= last; segno++ {
+		if gets[name(segno)] != 1 {
+			t.Errorf("%s downloaded %d times, want once", name(segno), gets[name(segno)])
+		}
+	}
+	if want := 1 + last - 10; p.servedCount != want {
+		t.Errorf("%d segments counted served, want %d (the first, and each taken once)", p.servedCount, want)
 	}
 }

@@ -1,0 +1,251 @@
+package walfetch
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hitDataDir is a data directory with a postmaster.pid (pid 4242, started at
+// 1764800000) and a spool holding segment seg: its Spool and the data
+// directory.
+func hitDataDir(t *testing.T, seg string) (*Spool, string) {
+	t.Helper()
+	data := t.TempDir()
+	root := filepath.Join(data, "pg_wal", "walfetch-spool")
+	sp := &Spool{Dir: filepath.Join(root, "0123456789abcdef"), Root: root}
+	if err := os.MkdirAll(sp.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pid := "4242\n" + data + "\n1764800000\n5432\n/run/postgresql\n*\n  1234567     65536\nready   \n"
+	if err := os.WriteFile(filepath.Join(data, "postmaster.pid"), []byte(pid), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sp.Path(seg), []byte("verified segment"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return sp, data
+}
+
+func TestHitLinkNameIsBootIDAndPostmaster(t *testing.T) {
+	boot, err := os.ReadFile(bootIDPath)
+	if err != nil {
+		t.Skipf("no boot id: %v", err)
+	}
+	for _, tt := range []struct {
+		how, pidFile, want string // want "": an error
+	}{
+		{"a running postmaster", "4242\n/data\n1764800000\n5432\n", strings.TrimSpace(string(boot)) + ".1764800000.4242"},
+		{"no postmaster.pid", "", ""},
+		{"cut short", "4242\n/data\n", ""},
+		{"no pid", "x\n/data\n1764800000\n5432\n", ""},
+		{"no start time", "4242\n/data\n\n5432\n", ""},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			dir := t.TempDir()
+			if tt.pidFile != "" {
+				if err := os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte(tt.pidFile), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := HitLinkName(dir)
+			if got != tt.want || (err == nil) != (tt.want != "") {
+				t.Errorf("HitLinkName = %q, %v; want %q", got, err, tt.want)
+			}
+			if err == nil && !IsHitLink(got) {
+				t.Errorf("IsHitLink(%q) = false", got)
+			}
+		})
+	}
+}
+
+func TestShellRestoreCommandWantsTheSpoolInPgWal(t *testing.T) {
+	for _, tt := range []struct {
+		spool string
+		ok    bool
+	}{
+		{"pg_wal/walfetch-spool", true},
+		{"pg_wal/spools/mine/", true},
+		{"/var/spool/walfetch", false},
+		{"pg_wal/../spool", false},
+		{"spool", false},
+		{"pg_wal", false},
+	} {
+		_, err := ShellRestoreCommand(tt.spool, "walfetch")
+		if (err == nil) != tt.ok {
+			t.Errorf("ShellRestoreCommand(%q): %v, want ok %v", tt.spool, err, tt.ok)
+		}
+	}
+}
+
+// TestShellTakesOnlyWhatItsPostmastersLinkHolds runs the restore_command
+// ShellRestoreCommand makes, with /bin/sh as PostgreSQL does, in a data
+// directory: a segment the spool holds, through the link made for the
+// running postmaster, is renamed into %p with no walfetch started; anything
+// else goes to walfetch (here a script that records its call and exits 1),
+// whose exit status is the command's. A link made for another postmaster
+// (one that ran before a crash, or another cluster's) is never followed.
+func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
+	if _, err := os.ReadFile(bootIDPath); err != nil {
+		t.Skipf("no boot id: %v", err)
+	}
+	const seg = "000000010000000000000007"
+	for _, tt := range []struct {
+		how      string
+		file     string // %f
+		prepare  func(t *testing.T, sp *Spool, data string)
+		wantTake bool
+	}{
+		{"a hit", seg, publish, true},
+		{"not prefetched", "000000010000000000000008", publish, false},
+		{"a history file", "00000002.history", publish, false},
+		{"no link", seg, func(*testing.T, *Spool, string) {}, false},
+		{"a link of the postmaster before", seg, func(t *testing.T, sp *Spool, data string) {
+			name, err := HitLinkName(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := strings.Replace(name, ".1764800000.", ".1764700000.", 1)
+			if err := os.Symlink(filepath.Base(sp.Dir), filepath.Join(sp.Root, old)); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"no postmaster.pid", seg, func(t *testing.T, sp *Spool, data string) {
+			publish(t, sp, data)
+			os.Remove(filepath.Join(data, "postmaster.pid"))
+		}, false},
+	} {
+		t.Run(tt.how, func(t *testing.T) {
+			t.Parallel()
+			sp, data := hitDataDir(t, seg)
+			tt.prepare(t, sp, data)
+			calls := filepath.Join(data, "walfetch-calls")
+			fake := filepath.Join(t.TempDir(), "walfetch")
+			if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\nexit 1\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			line, err := ShellRestoreCommand("pg_wal/walfetch-spool", ShellQuote(fake)+" --url http://hub")
+			if err != nil {
+				t.Fatal(err)
+			}
+			line = strings.NewReplacer("%f", tt.file, "%p", "pg_wal/RECOVERYXLOG").Replace(line)
+			cmd := exec.Command("/bin/sh", "-c", line)
+			cmd.Dir = data
+			out, err := cmd.CombinedOutput()
+			called, _ := os.ReadFile(calls)
+			got, readErr := os.ReadFile(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
+			_, spoolErr := os.Stat(sp.Path(seg))
+			if tt.wantTake {
+				if err != nil || readErr != nil || string(got) != "verified segment" || len(called) != 0 || spoolErr == nil {
+					t.Errorf("exit %v (%s), %%p %q (%v), walfetch called %q, still in the spool %v: want the segment taken by the shell",
+						err, out, got, readErr, called, spoolErr == nil)
+				}
+				return
+			}
+			if want := "--url http://hub " + tt.file + " pg_wal/RECOVERYXLOG\n"; string(called) != want {
+				t.Errorf("walfetch called with %q, want %q", called, want)
+			}
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Errorf("exit %v (%s), want walfetch's 1", err, out)
+			}
+			if readErr == nil || spoolErr != nil {
+				t.Errorf("%%p written (%q) or the spool's segment gone (%v): want neither", got, spoolErr)
+			}
+		})
+	}
+}
+
+func publish(t *testing.T, sp *Spool, data string) {
+	t.Helper()
+	if _, err := sp.PublishHitLink(data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStaleHitLinksAreRemoved: a prefetcher removes the links whose spool is
+// gone and those to its own spool made for another postmaster; the one it
+// keeps and those to another live spool stay.
+func TestStaleHitLinksAreRemoved(t *testing.T) {
+	if _, err := os.ReadFile(bootIDPath); err != nil {
+		t.Skipf("no boot id: %v", err)
+	}
+	sp, data := hitDataDir(t, "000000010000000000000007")
+	keep, err := sp.PublishHitLink(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(sp.Root, "fedcba9876543210")
+	if err := os.Mkdir(other, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const boot = "01234567-89ab-cdef-0123-456789abcdef"
+	links := map[string]string{ // name -> target
+		boot + ".1.100": filepath.Base(sp.Dir), // this spool, another postmaster: removed
+		boot + ".2.200": "aaaaaaaaaaaaaaaa",    // a spool gone: removed
+		boot + ".3.300": filepath.Base(other),  // another live spool: stays
+		"notalink":      filepath.Base(sp.Dir), // not of this form: stays
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(sp.Root, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp.RemoveStaleHitLinks(keep)
+	var left []string
+	entries, _ := os.ReadDir(sp.Root)
+	for _, e := range entries {
+		if e.Type()&os.ModeSymlink != 0 {
+			left = append(left, e.Name())
+		}
+	}
+	want := []string{filepath.Base(keep), boot + ".3.300", "notalink"}
+	slices.Sort(want)
+	if !slices.Equal(left, want) {
+		t.Errorf("links left: %v, want %v", left, want)
+	}
+	// Withdrawn only while it leads to this spool.
+	sp.WithdrawHitLink(keep)
+	if _, err := os.Lstat(keep); err == nil {
+		t.Errorf("%s not withdrawn", keep)
+	}
+}
+
+// TestWatchTakenSeesRenamesOutOfTheSpool: every file renamed out of the
+// spool's directory is reported by name, with the prefetcher's own renames
+// within it (under the .part's name); removals are not.
+func TestWatchTakenSeesRenamesOutOfTheSpool(t *testing.T) {
+	sp, data := hitDataDir(t, "000000010000000000000007")
+	taken := make(chan string, 16)
+	stop, err := sp.WatchTaken(taken)
+	if err != nil {
+		t.Skipf("no inotify: %v", err)
+	}
+	defer stop()
+	if err := os.WriteFile(sp.Path("000000010000000000000008.part"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Rename(sp.Path("000000010000000000000008.part"), sp.Path("000000010000000000000008"))
+	os.Remove(sp.Path("000000010000000000000008"))
+	os.Rename(sp.Path("000000010000000000000007"), filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
+	var got []string
+	for len(got) < 2 {
+		select {
+		case n := <-taken:
+			got = append(got, n)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("reported %v, want two renames", got)
+		}
+	}
+	if want := []string{"000000010000000000000008.part", "000000010000000000000007"}; !slices.Equal(got, want) {
+		t.Errorf("reported %v, want %v", got, want)
+	}
+	select {
+	case n := <-taken:
+		t.Errorf("also reported %q", n)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
