@@ -184,15 +184,31 @@ func BenchmarkReplay(b *testing.B) {
 	wf := func(u, extra string) string {
 		return fmt.Sprintf("%s --url %s --server main --idle-exit 10s %s %%f %%p", walfetch, u, extra)
 	}
+	// walfetch behind the shell's own spool hit: the line walfetch
+	// --print-restore-command prints.
+	shellHit := func(u string) string {
+		line, err := walfetchsettings.ShellRestoreCommand(walfetchsettings.DefaultSettings().Spool,
+			fmt.Sprintf("%s --url %s --server main --idle-exit 10s", walfetch, u))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return line
+	}
 	// The floor: no restore_command at all, the whole backlog already in pg_wal.
 	const inPGWAL = "WAL already in pg_wal (floor)"
+	const cpRun, wfRun, shellRun, noPrefetchRun = "cp from a local directory", "walfetch", "walfetch, shell spool hit", "walfetch --prefetch 0"
+	wfDelayed := fmt.Sprintf("walfetch, %s delay", delay)
+	shellDelayed := fmt.Sprintf("walfetch, shell spool hit, %s delay", delay)
+	noPrefetchDelayed := fmt.Sprintf("walfetch --prefetch 0, %s delay", delay)
 	runs := []struct{ name, command string }{
 		{inPGWAL, ""},
-		{"cp from a local directory", fmt.Sprintf("cp %s/%%f %%p", archive)},
-		{"walfetch", wf(hubURL, "")},
-		{"walfetch --prefetch 0", wf(hubURL, "--prefetch 0")},
-		{fmt.Sprintf("walfetch, %s delay", delay), wf(delayedURL, "")},
-		{fmt.Sprintf("walfetch --prefetch 0, %s delay", delay), wf(delayedURL, "--prefetch 0")},
+		{cpRun, fmt.Sprintf("cp %s/%%f %%p", archive)},
+		{wfRun, wf(hubURL, "")},
+		{shellRun, shellHit(hubURL)},
+		{noPrefetchRun, wf(hubURL, "--prefetch 0")},
+		{wfDelayed, wf(delayedURL, "")},
+		{shellDelayed, shellHit(delayedURL)},
+		{noPrefetchDelayed, wf(delayedURL, "--prefetch 0")},
 	}
 	const s3Run = "walfetch, S3-backed hub"
 	if s3HubURL != "" {
@@ -356,18 +372,21 @@ func BenchmarkReplay(b *testing.B) {
 			fmt.Printf("%-48s %.2fx\n", label+":", median[a]/median[b])
 		}
 	}
-	ratio("walfetch / cp (loopback)", runs[2].name, runs[1].name)
-	ratio("walfetch --prefetch 0 / cp (loopback)", runs[3].name, runs[1].name)
-	ratio("walfetch / WAL already in pg_wal", runs[2].name, runs[0].name)
-	ratio("cp / WAL already in pg_wal", runs[1].name, runs[0].name)
-	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), runs[4].name, runs[5].name)
-	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), runs[4].name, runs[2].name)
-	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, runs[2].name)
+	ratio("walfetch / cp (loopback)", wfRun, cpRun)
+	ratio("walfetch, shell spool hit / cp (loopback)", shellRun, cpRun)
+	ratio("walfetch --prefetch 0 / cp (loopback)", noPrefetchRun, cpRun)
+	ratio("walfetch / WAL already in pg_wal", wfRun, inPGWAL)
+	ratio("walfetch, shell spool hit / WAL already in pg_wal", shellRun, inPGWAL)
+	ratio("cp / WAL already in pg_wal", cpRun, inPGWAL)
+	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), wfDelayed, noPrefetchDelayed)
+	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), wfDelayed, wfRun)
+	ratio(fmt.Sprintf("shell spool hit %s delay / loopback", delay), shellDelayed, shellRun)
+	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, wfRun)
 	ratio(fmt.Sprintf("pgBackRest %s delay / pgBackRest loopback", delay), pgbrDelayed, pgbrLoopback)
-	ratio(fmt.Sprintf("walfetch / pgBackRest (%s delay)", delay), runs[4].name, pgbrDelayed)
-	ratio("walfetch / pgBackRest (loopback)", runs[2].name, pgbrLoopback)
-	ratio("walfetch / walfetch baseline binary", runs[2].name, baselineRun)
-	ratio("walfetch baseline binary / cp", baselineRun, runs[1].name)
+	ratio(fmt.Sprintf("walfetch / pgBackRest (%s delay)", delay), wfDelayed, pgbrDelayed)
+	ratio("walfetch / pgBackRest (loopback)", wfRun, pgbrLoopback)
+	ratio("walfetch / walfetch baseline binary", wfRun, baselineRun)
+	ratio("walfetch baseline binary / cp", baselineRun, cpRun)
 	ratio(fmt.Sprintf("walfetch baseline %s delay / baseline loopback", delay), baselineDelayed, baselineRun)
 }
 

@@ -75,7 +75,8 @@ What it does:
     and a segment that fails verification is never handed over: %p stays absent.
   - After serving a segment from the spool, or before downloading one itself,
     walfetch tells the prefetcher (starting it, detached, when none runs; one
-    per spool, guarded by a lock) which segment recovery is at. The
+    per spool, guarded by a lock) which segment recovery is at; the prefetcher
+    also sees every segment renamed out of its spool (inotify). The
     prefetcher keeps the next --prefetch segments that the hub holds
     downloaded, with --parallel connections (both more for segments smaller
     than 16 MiB: the same bytes ahead and in flight), while recovery proceeds, in the

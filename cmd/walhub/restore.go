@@ -36,6 +36,9 @@ func (a *app) restoreCommand() *cobra.Command {
 against the backup's manifest, relocates tablespaces, and writes the recovery settings:
 restore_command = 'walfetch ... %f %p' pointing at the hub, recovery.signal (or
 standby.signal with --standby) and the recovery target. Then start PostgreSQL on it.
+The restore_command is the line walfetch --print-restore-command prints: the shell
+takes a segment the prefetcher already downloaded and verified with one mv, walfetch
+serves the rest.
 
 The recovery settings are exactly those walhub prints: the ones that came with the
 backup (a standby's primary_conninfo, primary_slot_name, restore_command,
@@ -270,7 +273,10 @@ func parseTablespaces(flags []string) (map[uint32]string, error) {
 	return out, nil
 }
 
-// restoreCommandLine builds restore_command for the restored server.
+// restoreCommandLine builds restore_command for the restored server: the
+// line walfetch --print-restore-command prints, the shell taking a segment
+// the prefetcher holds in the default spool itself, walfetch serving the
+// rest.
 func restoreCommandLine(bin, url, server, tokenFile string) string {
 	if bin == "" {
 		bin = "walfetch"
@@ -284,7 +290,11 @@ func restoreCommandLine(bin, url, server, tokenFile string) string {
 	if tokenFile != "" {
 		line += " --token-file " + walfetch.ShellQuote(tokenFile)
 	}
-	return line + " %f %p"
+	shell, err := walfetch.ShellRestoreCommand(walfetch.DefaultSettings().Spool, line)
+	if err != nil { // the default spool is in pg_wal
+		return line + " %f %p"
+	}
+	return shell
 }
 
 func fileExists(p string) bool {
