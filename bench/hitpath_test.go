@@ -18,6 +18,7 @@ import (
 	"github.com/walhub/walhub/hub/api"
 	"github.com/walhub/walhub/pgfile"
 	"github.com/walhub/walhub/test/pgtest"
+	walfetchsettings "github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -29,7 +30,10 @@ import (
 // like walfetch), is the floor of any Go restore_command: what the Go runtime
 // costs to start and exit. A fourth, `mv` of a file from a directory beside
 // pg_wal, is the floor of any restore_command that runs a program for a
-// segment it has at hand: a rename in the shell, no Go at all. Each is reported by its median elapsed time and
+// segment it has at hand: a rename in the shell, no Go at all. A fifth is
+// the restore_command walfetch --print-restore-command prints, its shell
+// taking the segment from the spool through the prefetcher's link (walfetch
+// does not run: the benchmark stops if it would). Each is reported by its median elapsed time and
 // its median CPU time (user + system of sh and the command: on a loaded
 // machine the elapsed time is mostly waiting for a core, and grows with the
 // CPU time asked for). Run it with
@@ -57,6 +61,9 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	pgfile.PutControlSystemID(control[:], systemID)
 	os.WriteFile(filepath.Join(data, "global", "pg_control"), control[:], 0o600)
 	os.WriteFile(filepath.Join(data, "standby.signal"), nil, 0o600)
+	// What the prefetcher names the shell's link by: a postmaster's pid and
+	// start time (none runs; no process is signalled by that pid).
+	os.WriteFile(filepath.Join(data, "postmaster.pid"), []byte("4242\n"+data+"\n1764800000\n5432\n"), 0o600)
 
 	segment := func(segno walname.SegNo) []byte {
 		seg := make([]byte, segSize)
@@ -165,15 +172,28 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		}
 		return run("mv -f pg_wal/mv-spool/segment pg_wal/RECOVERYXLOG")
 	}
-	var cpCosts, hitCosts, floorCosts, mvCosts, baseCosts []cost
+	// The shell's spool hit: "false" stands for walfetch, which must not run.
+	shellLine, err := walfetchsettings.ShellRestoreCommand(walfetchsettings.DefaultSettings().Spool, "false")
+	if err != nil {
+		b.Fatal(err)
+	}
+	shellHit := func(segno walname.SegNo) cost {
+		name := walname.SegmentName(1, segno, uint64(segSize))
+		if err := os.Link(source, filepath.Join(spool, name)); err != nil {
+			b.Fatal(err)
+		}
+		return run(strings.NewReplacer("%f", name, "%p", "pg_wal/RECOVERYXLOG").Replace(shellLine))
+	}
+	var cpCosts, hitCosts, floorCosts, mvCosts, shellCosts, baseCosts []cost
 	b.ResetTimer()
 	for i := 0; i < calls; i++ {
 		cpCosts = append(cpCosts, run("cp archive/segment pg_wal/RECOVERYXLOG"))
-		hitCosts = append(hitCosts, hit(walfetch, spool, walname.SegNo(2*i+2)))
+		hitCosts = append(hitCosts, hit(walfetch, spool, walname.SegNo(3*i+2)))
 		floorCosts = append(floorCosts, run(goFloor+" %f %p"))
 		mvCosts = append(mvCosts, mv())
+		shellCosts = append(shellCosts, shellHit(walname.SegNo(3*i+3)))
 		if baseline != "" {
-			baseCosts = append(baseCosts, hit(baseline, baselineSpool, walname.SegNo(2*i+3)))
+			baseCosts = append(baseCosts, hit(baseline, baselineSpool, walname.SegNo(3*i+4)))
 		}
 	}
 	b.StopTimer()
@@ -197,6 +217,7 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	line("walfetch, spool hit", median(hitCosts))
 	line("empty Go program (floor)", median(floorCosts))
 	line("mv from a spool (shell)", median(mvCosts))
+	line("walfetch, shell spool hit", median(shellCosts))
 	if baseline != "" {
 		line("baseline walfetch, hit", median(baseCosts))
 	}
