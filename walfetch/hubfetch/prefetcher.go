@@ -476,18 +476,13 @@ func (p *prefetcher) inflightCount() int {
 	return len(p.inflight)
 }
 
-// onServed moves the window to the segment recovery just received. The same
-// segment told twice (renamed out of the spool by walfetch, which then sends
-// its datagram too) counts once.
+// onServed moves the window to the segment recovery just received.
 func (p *prefetcher) onServed(name string) {
 	n, err := walname.Parse(name)
 	if err != nil || n.Kind != walname.KindSegment {
 		return
 	}
 	p.lastPoke = time.Now()
-	if name == p.current {
-		return
-	}
 	p.current = name
 	p.servedCount++
 	p.inflightMu.Lock()
