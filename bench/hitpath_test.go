@@ -173,7 +173,8 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		return run("mv -f pg_wal/mv-spool/segment pg_wal/RECOVERYXLOG")
 	}
 	// The shell's spool hit: "false" stands for walfetch, which must not run.
-	shellLine, err := walfetchsettings.ShellRestoreCommand(walfetchsettings.DefaultSettings().Spool, "false")
+	shellLine, err := walfetchsettings.ShellRestoreCommand(
+		walfetchsettings.Settings{URL: hub.URL, Server: "main", Spool: walfetchsettings.DefaultSettings().Spool}, "false")
 	if err != nil {
 		b.Fatal(err)
 	}

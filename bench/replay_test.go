@@ -187,7 +187,8 @@ func BenchmarkReplay(b *testing.B) {
 	// walfetch behind the shell's own spool hit: the line walfetch
 	// --print-restore-command prints.
 	shellHit := func(u string) string {
-		line, err := walfetchsettings.ShellRestoreCommand(walfetchsettings.DefaultSettings().Spool,
+		line, err := walfetchsettings.ShellRestoreCommand(
+			walfetchsettings.Settings{URL: u, Server: "main", Spool: walfetchsettings.DefaultSettings().Spool},
 			fmt.Sprintf("%s --url %s --server main --idle-exit 10s", walfetch, u))
 		if err != nil {
 			b.Fatal(err)

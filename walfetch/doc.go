@@ -2,7 +2,9 @@
 // hub: its settings, the recovery mode and exit statuses (the contract with
 // PostgreSQL), and the spool of prefetched segments: finding it, taking a
 // segment from it by a rename (a spool hit), waiting for a download under
-// way, and telling the prefetcher (or starting it) which segment was served.
+// way, and telling the prefetcher (or starting it) which segment was served;
+// and the spool hit the restore_command's shell takes itself, through a link
+// the prefetcher makes (ShellRestoreCommand).
 // It links no HTTP, TLS or zstd: the walfetch program PostgreSQL starts for
 // every segment is made of it alone, so a hit costs little more than starting
 // a Go program. Everything that talks to the hub (downloads, verification,

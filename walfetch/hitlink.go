@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -22,23 +23,38 @@ import (
 // the system identifier and the boot id): the prefetcher gives it a name the
 // shell can read, a symbolic link beside the spool's directory,
 //
-//	<spool>/<boot id>.<postmaster start>.<postmaster pid> -> <key>
+//	<spool>/<boot id>.<postmaster start>.<postmaster pid>.<hub tag> -> <key>
 //
 // the kernel's boot id and the first and third lines of the data directory's
-// postmaster.pid (the postmaster's pid and the time it started, in seconds).
-// The prefetcher, which identified the cluster by its pg_control when it
-// started, makes it for the postmaster that runs it, and removes it when it
-// exits. A link made for another postmaster (one that ran before a crash of
-// the machine, whose spool files may be torn, or before the data directory
-// was replaced by another cluster's) has another name, which the shell never
-// reads; the next prefetcher removes it when its spool is gone.
+// postmaster.pid (the postmaster's pid and the time it started, in seconds),
+// which the shell reads, and a hash of the hub URL and the server name
+// (HubTag), written into the restore_command line itself. The prefetcher,
+// which identified the cluster by its pg_control when it started, makes it
+// for the postmaster that runs it, and removes it when it exits. A link made
+// for another postmaster (one that ran before a crash of the machine, whose
+// spool files may be torn, or before the data directory was replaced by
+// another cluster's) has another name, which the shell never reads; so has
+// the link of a prefetcher of another hub, when the restore_command was
+// changed to a new one: walfetch runs, and starts the new hub's prefetcher,
+// instead of the shell taking the old one's segments (which would keep it
+// alive). The next prefetcher removes a link whose spool is gone.
 
 // bootIDPath is the kernel's boot id, new at every boot.
 const bootIDPath = "/proc/sys/kernel/random/boot_id"
 
-// HitLinkName is the name of the spool's link for the postmaster that runs
-// the data directory dataDir now (from its postmaster.pid).
-func HitLinkName(dataDir string) (string, error) {
+// HubTag is the part of the spool's link names that says which hub and
+// server the spool is of: the FNV-1a hash of s's hub URL and server name, in
+// 16 hex digits.
+func HubTag(s Settings) string {
+	h := fnv.New64a()
+	h.Write([]byte(s.URL + "\n" + s.Server))
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// HitLinkName is the name of the link to the spool of settings s for the
+// postmaster that runs the data directory dataDir now (from its
+// postmaster.pid).
+func HitLinkName(dataDir string, s Settings) (string, error) {
 	boot, err := ReadSmallFile(bootIDPath)
 	if err != nil {
 		return "", err
@@ -59,18 +75,18 @@ func HitLinkName(dataDir string) (string, error) {
 	if _, err := strconv.ParseUint(start, 10, 64); err != nil {
 		return "", fmt.Errorf("%s: line 3 is not a start time: %q", pidFile, start)
 	}
-	id := string(bytes.TrimSpace(boot))
-	if !IsHitLink(id + "." + start + "." + pid) {
-		return "", fmt.Errorf("%s: not a boot id: %q", bootIDPath, id)
+	name := string(bytes.TrimSpace(boot)) + "." + start + "." + pid + "." + HubTag(s)
+	if !IsHitLink(name) {
+		return "", fmt.Errorf("%s: not a boot id: %q", bootIDPath, bytes.TrimSpace(boot))
 	}
-	return id + "." + start + "." + pid, nil
+	return name, nil
 }
 
 // IsHitLink tells whether name has the form of a spool's link: a boot id (a
-// UUID), then two numbers, separated by dots.
+// UUID), two numbers and a hub tag, separated by dots.
 func IsHitLink(name string) bool {
 	parts := strings.Split(name, ".")
-	if len(parts) != 3 || len(parts[0]) != 36 {
+	if len(parts) != 4 || len(parts[0]) != 36 || !IsSpoolKey(parts[3]) {
 		return false
 	}
 	for i, c := range parts[0] {
@@ -82,7 +98,7 @@ func IsHitLink(name string) bool {
 			return false
 		}
 	}
-	for _, n := range parts[1:] {
+	for _, n := range parts[1:3] {
 		if _, err := strconv.ParseUint(n, 10, 64); err != nil {
 			return false
 		}
@@ -91,25 +107,27 @@ func IsHitLink(name string) bool {
 }
 
 // ShellRestoreCommand is the restore_command that takes a prefetched segment
-// from spool in the shell, with builtins and one mv, and runs command (a
+// from the spool of settings s in the shell, with builtins and one mv, and
+// runs command (a
 // walfetch command line without %f %p, quoted for the shell) for anything
 // else: a segment not prefetched (yet), a history file, no link. The segment
 // taken is the one the prefetcher verified, renamed into %p (atomic: %p is
 // complete or absent); the prefetcher follows recovery by the renames out of
 // its spool (inotify), as it follows walfetch by its datagrams.
 //
-// spool must lie in pg_wal (the default, pg_wal/walfetch-spool): mv renames
-// only within a file system, and elsewhere it would copy, not atomically.
-func ShellRestoreCommand(spool, command string) (string, error) {
-	clean := filepath.Clean(spool)
+// The spool must lie in pg_wal (the default, pg_wal/walfetch-spool): mv
+// renames only within a file system, and elsewhere it would copy, not
+// atomically.
+func ShellRestoreCommand(s Settings, command string) (string, error) {
+	clean := filepath.Clean(s.Spool)
 	if filepath.IsAbs(clean) || !strings.HasPrefix(clean, "pg_wal/") {
-		return "", fmt.Errorf("the spool %s is not in pg_wal: the shell takes a segment from the spool with mv, which renames only within pg_wal's file system (keep the default, pg_wal/walfetch-spool)", spool)
+		return "", fmt.Errorf("the spool %s is not in pg_wal: the shell takes a segment from the spool with mv, which renames only within pg_wal's file system (keep the default, pg_wal/walfetch-spool)", s.Spool)
 	}
 	if command == "" {
 		return "", errors.New("no walfetch command")
 	}
 	return "read -r b <" + bootIDPath + " && { read -r p; read -r d; read -r t; } <postmaster.pid && " +
-		"mv -f " + ShellQuote(clean) + `/"$b.$t.$p"/%f %p 2>/dev/null || ` + command + " %f %p", nil
+		"mv -f " + ShellQuote(clean) + `/"$b.$t.$p".` + HubTag(s) + `/%f %p 2>/dev/null || ` + command + " %f %p", nil
 }
 
 // ShellQuote quotes s for /bin/sh when it holds anything but characters
@@ -128,12 +146,13 @@ func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// PublishHitLink makes the link to the spool sp for the postmaster running
-// dataDir (HitLinkName), replacing one of that name atomically, and returns
-// its path. It makes none when the spool is not on pg_wal's file system (mv
-// would copy) or there is no postmaster.pid to name it by.
-func (sp *Spool) PublishHitLink(dataDir string) (string, error) {
-	name, err := HitLinkName(dataDir)
+// PublishHitLink makes the link to the spool sp of settings s for the
+// postmaster running dataDir (HitLinkName), replacing one of that name
+// atomically, and returns its path. It makes none when the spool is not on
+// pg_wal's file system (mv would copy) or there is no postmaster.pid to name
+// it by.
+func (sp *Spool) PublishHitLink(dataDir string, s Settings) (string, error) {
+	name, err := HitLinkName(dataDir, s)
 	if err != nil {
 		return "", err
 	}

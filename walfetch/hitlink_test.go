@@ -31,15 +31,19 @@ func hitDataDir(t *testing.T, seg string) (*Spool, string) {
 	return sp, data
 }
 
+// hubSettings are the settings the spools of these tests are of.
+var hubSettings = Settings{URL: "http://hub", Server: "main", Spool: "pg_wal/walfetch-spool"}
+
 func TestHitLinkNameIsBootIDAndPostmaster(t *testing.T) {
 	boot, err := os.ReadFile(bootIDPath)
 	if err != nil {
 		t.Skipf("no boot id: %v", err)
 	}
+	tag := HubTag(hubSettings)
 	for _, tt := range []struct {
 		how, pidFile, want string // want "": an error
 	}{
-		{"a running postmaster", "4242\n/data\n1764800000\n5432\n", strings.TrimSpace(string(boot)) + ".1764800000.4242"},
+		{"a running postmaster", "4242\n/data\n1764800000\n5432\n", strings.TrimSpace(string(boot)) + ".1764800000.4242." + tag},
 		{"no postmaster.pid", "", ""},
 		{"cut short", "4242\n/data\n", ""},
 		{"no pid", "x\n/data\n1764800000\n5432\n", ""},
@@ -52,7 +56,7 @@ func TestHitLinkNameIsBootIDAndPostmaster(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := HitLinkName(dir)
+			got, err := HitLinkName(dir, hubSettings)
 			if got != tt.want || (err == nil) != (tt.want != "") {
 				t.Errorf("HitLinkName = %q, %v; want %q", got, err, tt.want)
 			}
@@ -75,7 +79,7 @@ func TestShellRestoreCommandWantsTheSpoolInPgWal(t *testing.T) {
 		{"spool", false},
 		{"pg_wal", false},
 	} {
-		_, err := ShellRestoreCommand(tt.spool, "walfetch")
+		_, err := ShellRestoreCommand(Settings{URL: "http://hub", Server: "main", Spool: tt.spool}, "walfetch")
 		if (err == nil) != tt.ok {
 			t.Errorf("ShellRestoreCommand(%q): %v, want ok %v", tt.spool, err, tt.ok)
 		}
@@ -88,7 +92,8 @@ func TestShellRestoreCommandWantsTheSpoolInPgWal(t *testing.T) {
 // running postmaster, is renamed into %p with no walfetch started; anything
 // else goes to walfetch (here a script that records its call and exits 1),
 // whose exit status is the command's. A link made for another postmaster
-// (one that ran before a crash, or another cluster's) is never followed.
+// (one that ran before a crash, or another cluster's), or by the prefetcher
+// of another hub (the restore_command changed since), is never followed.
 func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 	if _, err := os.ReadFile(bootIDPath); err != nil {
 		t.Skipf("no boot id: %v", err)
@@ -100,12 +105,15 @@ func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 		prepare  func(t *testing.T, sp *Spool, data string)
 		wantTake bool
 	}{
-		{"a hit", seg, publish, true},
-		{"not prefetched", "000000010000000000000008", publish, false},
-		{"a history file", "00000002.history", publish, false},
+		{"a hit", seg, func(t *testing.T, sp *Spool, data string) { publish(t, sp, data, hubSettings) }, true},
+		{"not prefetched", "000000010000000000000008", func(t *testing.T, sp *Spool, data string) { publish(t, sp, data, hubSettings) }, false},
+		{"a history file", "00000002.history", func(t *testing.T, sp *Spool, data string) { publish(t, sp, data, hubSettings) }, false},
+		{"the link of another hub's prefetcher", seg, func(t *testing.T, sp *Spool, data string) {
+			publish(t, sp, data, Settings{URL: "http://old-hub", Server: "main"})
+		}, false},
 		{"no link", seg, func(*testing.T, *Spool, string) {}, false},
 		{"a link of the postmaster before", seg, func(t *testing.T, sp *Spool, data string) {
-			name, err := HitLinkName(data)
+			name, err := HitLinkName(data, hubSettings)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -115,7 +123,7 @@ func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 			}
 		}, false},
 		{"no postmaster.pid", seg, func(t *testing.T, sp *Spool, data string) {
-			publish(t, sp, data)
+			publish(t, sp, data, hubSettings)
 			os.Remove(filepath.Join(data, "postmaster.pid"))
 		}, false},
 	} {
@@ -128,7 +136,7 @@ func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 			if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\nexit 1\n"), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			line, err := ShellRestoreCommand("pg_wal/walfetch-spool", ShellQuote(fake)+" --url http://hub")
+			line, err := ShellRestoreCommand(hubSettings, ShellQuote(fake)+" --url http://hub")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -159,9 +167,9 @@ func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 	}
 }
 
-func publish(t *testing.T, sp *Spool, data string) {
+func publish(t *testing.T, sp *Spool, data string, s Settings) {
 	t.Helper()
-	if _, err := sp.PublishHitLink(data); err != nil {
+	if _, err := sp.PublishHitLink(data, s); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -174,7 +182,7 @@ func TestStaleHitLinksAreRemoved(t *testing.T) {
 		t.Skipf("no boot id: %v", err)
 	}
 	sp, data := hitDataDir(t, "000000010000000000000007")
-	keep, err := sp.PublishHitLink(data)
+	keep, err := sp.PublishHitLink(data, hubSettings)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,12 +190,12 @@ func TestStaleHitLinksAreRemoved(t *testing.T) {
 	if err := os.Mkdir(other, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	const boot = "01234567-89ab-cdef-0123-456789abcdef"
+	const boot, tag = "01234567-89ab-cdef-0123-456789abcdef", ".0123456789abcdef"
 	links := map[string]string{ // name -> target
-		boot + ".1.100": filepath.Base(sp.Dir), // this spool, another postmaster: removed
-		boot + ".2.200": "aaaaaaaaaaaaaaaa",    // a spool gone: removed
-		boot + ".3.300": filepath.Base(other),  // another live spool: stays
-		"notalink":      filepath.Base(sp.Dir), // not of this form: stays
+		boot + ".1.100" + tag: filepath.Base(sp.Dir), // this spool, another postmaster: removed
+		boot + ".2.200" + tag: "aaaaaaaaaaaaaaaa",    // a spool gone: removed
+		boot + ".3.300" + tag: filepath.Base(other),  // another live spool: stays
+		"notalink":            filepath.Base(sp.Dir), // not of this form: stays
 	}
 	for name, target := range links {
 		if err := os.Symlink(target, filepath.Join(sp.Root, name)); err != nil {
@@ -202,7 +210,7 @@ func TestStaleHitLinksAreRemoved(t *testing.T) {
 			left = append(left, e.Name())
 		}
 	}
-	want := []string{filepath.Base(keep), boot + ".3.300", "notalink"}
+	want := []string{filepath.Base(keep), boot + ".3.300" + tag, "notalink"}
 	slices.Sort(want)
 	if !slices.Equal(left, want) {
 		t.Errorf("links left: %v, want %v", left, want)

@@ -250,7 +250,7 @@ func printRestoreCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	line := command + " %f %p"
 	if s.Prefetch > 0 {
-		if line, err = walfetch.ShellRestoreCommand(s.Spool, command); err != nil {
+		if line, err = walfetch.ShellRestoreCommand(s, command); err != nil {
 			fmt.Fprintf(stderr, "walfetch: %v\n", err)
 			return 2
 		}

@@ -942,7 +942,10 @@ func TestHistoryRequestStartsThePrefetcherAtTheBackup(t *testing.T) {
 // postgresql.conf, quoted for it and for the shell, with this walfetch's
 // absolute path and the flags given; it refuses what would not work.
 func TestPrintRestoreCommand(t *testing.T) {
-	shellHit := `read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && mv -f pg_wal/walfetch-spool/"$b.$t.$p"/%f %p 2>/dev/null || `
+	shellHit := func(server string) string {
+		return `read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && mv -f pg_wal/walfetch-spool/"$b.$t.$p".` +
+			walfetch.HubTag(walfetch.Settings{URL: "http://hub:7480", Server: server}) + `/%f %p 2>/dev/null || `
+	}
 	for _, tt := range []struct {
 		how        string
 		args       []string
@@ -950,9 +953,9 @@ func TestPrintRestoreCommand(t *testing.T) {
 		want       string // the line, or what stderr says
 	}{
 		{"the shell's spool hit, then walfetch", []string{"--url", "http://hub:7480", "--server", "main"}, 0,
-			"restore_command = '" + shellHit + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"},
+			"restore_command = '" + shellHit("main") + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"},
 		{"quoted for the shell, then for postgresql.conf", []string{"--url", "http://hub:7480", "--server", "it's"}, 0,
-			"restore_command = '" + shellHit + walfetchBin + ` --url http://hub:7480 --server ''it''\''''s'' %f %p'` + "\n"},
+			"restore_command = '" + shellHit("it's") + walfetchBin + ` --url http://hub:7480 --server ''it''\''''s'' %f %p'` + "\n"},
 		{"prefetching off: walfetch alone", []string{"--url", "http://hub:7480", "--server", "main", "--prefetch", "0"}, 0,
 			"restore_command = '" + walfetchBin + " --url http://hub:7480 --server main --prefetch 0 %f %p'\n"},
 		{"a spool outside pg_wal", []string{"--url", "http://hub:7480", "--server", "main", "--spool", "/var/spool/wf"}, 2, "is not in pg_wal"},
@@ -977,7 +980,7 @@ func TestPrintRestoreCommand(t *testing.T) {
 	}
 	// The program itself, as a user runs it.
 	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", "http://hub:7480", "--server", "main").Output()
-	if want := "restore_command = '" + shellHit + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"; err != nil || string(out) != want {
+	if want := "restore_command = '" + shellHit("main") + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"; err != nil || string(out) != want {
 		t.Errorf("walfetch --print-restore-command: %q, %v; want %q", out, err, want)
 	}
 }

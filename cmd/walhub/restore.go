@@ -290,7 +290,7 @@ func restoreCommandLine(bin, url, server, tokenFile string) string {
 	if tokenFile != "" {
 		line += " --token-file " + walfetch.ShellQuote(tokenFile)
 	}
-	shell, err := walfetch.ShellRestoreCommand(walfetch.DefaultSettings().Spool, line)
+	shell, err := walfetch.ShellRestoreCommand(walfetch.Settings{URL: url, Server: server, Spool: walfetch.DefaultSettings().Spool}, line)
 	if err != nil { // the default spool is in pg_wal
 		return line + " %f %p"
 	}

@@ -212,7 +212,7 @@ func RunPrefetcher() int {
 	} else {
 		defer stopWatch()
 		p.watching = true
-		if link, err = sp.PublishHitLink("."); err != nil {
+		if link, err = sp.PublishHitLink(".", cfg.Settings); err != nil {
 			log.Info("no link for the restore_command's shell: walfetch serves every segment", "err", err)
 		}
 		sp.RemoveStaleHitLinks(link)
