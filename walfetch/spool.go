@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,6 +33,9 @@ import (
 // left by an unrelated restore, or by the same one before a crash of the
 // machine (whose unsynced files may be torn), has another key, is never read,
 // and is removed by the next prefetcher. That is why spool files need no fsync.
+
+// PartSuffix ends the name of a segment being downloaded into the spool.
+const PartSuffix = ".part"
 
 // Spool is one spool, identified.
 type Spool struct {
@@ -125,7 +129,7 @@ func ReadSmallFile(path string) ([]byte, error) {
 // standby's CPU nothing while the prefetcher, often on the same core, works.
 // Without inotify (its per-user limit reached) it polls every millisecond.
 func (sp *Spool) WaitInProgress(name string, stall, limit time.Duration) bool {
-	part, final := sp.Path(name+".part"), sp.Path(name)
+	part, final := sp.Path(name+PartSuffix), sp.Path(name)
 	if _, err := os.Stat(part); err != nil {
 		return false
 	}
@@ -199,9 +203,9 @@ func inotifyFile(dir string, events uint32) (*os.File, error) {
 // WatchTaken sends to taken the name of every file renamed out of the
 // spool's directory: a segment taken into %p, by walfetch or by the
 // restore_command's shell (ShellRestoreCommand), which tells the prefetcher
-// nothing else. The prefetcher's own renames (a .part into place) stay
-// within the directory and are sent too, under the .part's name. It stops
-// when stop is called.
+// nothing else. The prefetcher's own renames (a .part into place) are not
+// sent: each would wake the prefetcher for nothing. It stops when stop is
+// called.
 func (sp *Spool) WatchTaken(taken chan<- string) (stop func(), err error) {
 	f, err := inotifyFile(sp.Dir, syscall.IN_MOVED_FROM)
 	if err != nil {
@@ -225,7 +229,7 @@ func (sp *Spool) WatchTaken(taken chan<- string) (stop func(), err error) {
 				if mask&syscall.IN_MOVED_FROM == 0 || off > n {
 					continue
 				}
-				if name := string(bytes.TrimRight(buf[start:off], "\x00")); name != "" {
+				if name := string(bytes.TrimRight(buf[start:off], "\x00")); name != "" && !strings.HasSuffix(name, PartSuffix) {
 					select {
 					case taken <- name:
 					case <-done:

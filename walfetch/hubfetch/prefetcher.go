@@ -335,7 +335,7 @@ func (p *prefetcher) removeOtherSpools() {
 func (p *prefetcher) removeParts() {
 	entries, _ := os.ReadDir(p.sp.Dir)
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".part") {
+		if strings.HasSuffix(e.Name(), walfetch.PartSuffix) {
 			os.Remove(p.sp.Path(e.Name()))
 		}
 	}
@@ -345,7 +345,7 @@ func (p *prefetcher) removeParts() {
 func (p *prefetcher) removeSegments() {
 	entries, _ := os.ReadDir(p.sp.Dir)
 	for _, e := range entries {
-		if _, err := walname.Parse(strings.TrimSuffix(e.Name(), ".part")); err == nil {
+		if _, err := walname.Parse(strings.TrimSuffix(e.Name(), walfetch.PartSuffix)); err == nil {
 			os.Remove(p.sp.Path(e.Name()))
 		}
 	}
@@ -569,7 +569,7 @@ func (p *prefetcher) trim() {
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
 	for _, e := range entries {
-		name := strings.TrimSuffix(e.Name(), ".part")
+		name := strings.TrimSuffix(e.Name(), walfetch.PartSuffix)
 		tli, segno, err := walname.ParseSegment(name, p.segSize)
 		if err != nil || p.inflight[name] {
 			continue
@@ -841,7 +841,7 @@ func (p *prefetcher) fetch(d download) {
 		p.inflightMu.Unlock()
 	}()
 	start := time.Now()
-	part := p.sp.Path(name + ".part")
+	part := p.sp.Path(name + walfetch.PartSuffix)
 	err := func() error {
 		// O_EXCL: this process is the only writer of the file it verifies.
 		f, err := os.OpenFile(part, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
