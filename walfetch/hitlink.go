@@ -45,9 +45,14 @@ const bootIDPath = "/proc/sys/kernel/random/boot_id"
 // HubTag is the part of the spool's link names that says which hub and
 // server the spool is of: the FNV-1a hash of s's hub URL and server name, in
 // 16 hex digits.
-func HubTag(s Settings) string {
+func HubTag(s Settings) string { return hashHex(s.URL, s.Server) }
+
+// hashHex is the FNV-1a hash of parts, each followed by a newline but the
+// last, in 16 hex digits: it tells spools apart, it guards against no
+// adversary, and it links no crypto package into the spool hit.
+func hashHex(parts ...string) string {
 	h := fnv.New64a()
-	h.Write([]byte(s.URL + "\n" + s.Server))
+	h.Write([]byte(strings.Join(parts, "\n")))
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
@@ -108,9 +113,8 @@ func IsHitLink(name string) bool {
 
 // ShellRestoreCommand is the restore_command that takes a prefetched segment
 // from the spool of settings s in the shell, with builtins and one mv, and
-// runs command (a
-// walfetch command line without %f %p, quoted for the shell) for anything
-// else: a segment not prefetched (yet), a history file, no link. The segment
+// runs command (a walfetch command line without %f %p, quoted for the shell)
+// for anything else: a segment not prefetched (yet), a history file, no link. The segment
 // taken is the one the prefetcher verified, renamed into %p (atomic: %p is
 // complete or absent); the prefetcher follows recovery by the renames out of
 // its spool (inotify), as it follows walfetch by its datagrams.

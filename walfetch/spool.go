@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os"
 	"path/filepath"
@@ -25,11 +24,12 @@ import (
 //	<spool>/<key>/<SEGMENT>.part   being downloaded (only the prefetcher writes these)
 //	<spool>/<key>/prefetcher.lock  held by the one running prefetcher (LockName)
 //	<spool>/<key>/prefetcher.sock  where walfetch tells it which segment was served
-//	<spool>/<key>/prefetcher.log   its log
+//	<spool>/prefetcher.log         the prefetchers' log
+//	<spool>/<boot id>.<postmaster start>.<postmaster pid>.<hub tag>
+//	                               a link to <key> for the restore_command's shell (hitlink.go)
 //
-// The key is a hash (FNV-1a, 64 bits: it tells restores apart, it guards
-// against no adversary, and it links no crypto package into the hit path) of the hub URL, the server name, the data directory's
-// system identifier (from global/pg_control) and the kernel's boot id: a spool
+// The key is a hash (hashHex) of the hub URL, the server name, the data
+// directory's system identifier (from global/pg_control) and the kernel's boot id: a spool
 // left by an unrelated restore, or by the same one before a crash of the
 // machine (whose unsynced files may be torn), has another key, is never read,
 // and is removed by the next prefetcher. That is why spool files need no fsync.
@@ -55,10 +55,8 @@ func OpenSpool(s Settings) *Spool {
 	if err != nil {
 		return nil
 	}
-	boot, _ := ReadSmallFile("/proc/sys/kernel/random/boot_id")
-	h := fnv.New64a()
-	h.Write([]byte(s.URL + "\n" + s.Server + "\n" + strconv.FormatUint(sysid, 10) + "\n" + string(boot)))
-	key := fmt.Sprintf("%016x", h.Sum64())
+	boot, _ := ReadSmallFile(bootIDPath)
+	key := hashHex(s.URL, s.Server, strconv.FormatUint(sysid, 10), string(boot))
 	return &Spool{Dir: filepath.Join(s.Spool, key), Root: s.Spool, SystemID: sysid}
 }
 
