@@ -134,6 +134,23 @@ func (e *e2e) restoreCommand(extra string) string {
 		walfetchBin, e.url, testToken, extra)
 }
 
+// backlog writes the table backlog in n steps of 1 MiB segments, a WAL
+// switch after each, and waits until the hub holds the last segment. It
+// returns how many segments the backlog spans, and an LSN in its last: a
+// standby that replayed up to it has the whole table.
+func (e *e2e) backlog(n int) (int, walname.LSN) {
+	from := e.primary.CurrentLSN()
+	e.primary.Query(fmt.Sprintf(`CREATE TABLE backlog (x int, pad text);
+		DO $$ BEGIN FOR i IN 1..%d LOOP
+			INSERT INTO backlog SELECT i, repeat('b', 500) FROM generate_series(1, 400);
+			PERFORM pg_switch_wal();
+		END LOOP; END $$`, n))
+	end := e.switchAndMark()
+	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
+	pgtest.WaitFor(e.t, 180*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
+	return int(walname.SegmentOf(end, 1<<20) - walname.SegmentOf(from, 1<<20)), end
+}
+
 // switchAndMark ends the current segment and returns an LSN inside it: once a
 // standby has replayed up to it, it has everything written before the call.
 func (e *e2e) switchAndMark() walname.LSN {
@@ -184,18 +201,10 @@ func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
 	e := newE2E(t, 1)
 	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true,
 		Conf: []string{e.restoreCommand("")}})
-	from := e.primary.CurrentLSN()
-	e.primary.Query(`CREATE TABLE backlog (x int, pad text);
-		DO $$ BEGIN FOR i IN 1..210 LOOP
-			INSERT INTO backlog SELECT i, repeat('b', 500) FROM generate_series(1, 400);
-			PERFORM pg_switch_wal();
-		END LOOP; END $$`)
-	end := e.switchAndMark()
-	if n := walname.SegmentOf(end, 1<<20) - walname.SegmentOf(from, 1<<20); n < 200 {
-		t.Fatalf("the backlog is only %d segments", n)
+	segments, end := e.backlog(210)
+	if segments < 200 {
+		t.Fatalf("the backlog is only %d segments", segments)
 	}
-	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
-	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
 	standby.Start()
 	standby.WaitReplay(end, 300*time.Second)
 	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
@@ -229,16 +238,7 @@ func TestBacklogReplaysThroughTheShellsSpoolHits(t *testing.T) {
 	}
 	line := strings.Replace(strings.TrimSpace(string(out)), walfetchBin, counted, 1)
 	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true, Conf: []string{line}})
-	from := e.primary.CurrentLSN()
-	e.primary.Query(`CREATE TABLE backlog (x int, pad text);
-		DO $$ BEGIN FOR i IN 1..120 LOOP
-			INSERT INTO backlog SELECT i, repeat('b', 500) FROM generate_series(1, 400);
-			PERFORM pg_switch_wal();
-		END LOOP; END $$`)
-	end := e.switchAndMark()
-	segments := int(walname.SegmentOf(end, 1<<20) - walname.SegmentOf(from, 1<<20))
-	last := walname.SegmentName(e.primary.TimeLine(), walname.SegmentOf(end, 1<<20), 1<<20)
-	pgtest.WaitFor(t, 180*time.Second, "the hub to hold "+last, func() bool { return e.holds(last) })
+	segments, end := e.backlog(120)
 	standby.Start()
 	standby.WaitReplay(end, 300*time.Second)
 	sameData(t, e.primary, standby, "SELECT count(*), sum(x) FROM backlog")
