@@ -44,7 +44,7 @@ Usage:
   behind a spool hit that the restore_command's shell makes itself: it reads
   the boot id and postmaster.pid with its builtin read, and renames the
   segment the prefetcher verified into %p with one mv. No walfetch starts for
-  such a segment, which costs less than a cp of it. walfetch runs for
+  such a segment, which costs no more than a cp of it. walfetch runs for
   everything else. Only the flags given are in the line: settings from the
   environment are not (PostgreSQL's may differ); the config file is read
   by walfetch as ever.
