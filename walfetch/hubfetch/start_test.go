@@ -415,8 +415,10 @@ func TestPrefetcherFollowsSegmentsTakenWithoutADatagram(t *testing.T) {
 	name := func(segno walname.SegNo) string { return walname.SegmentName(1, segno, segSize) }
 	hub := &segmentHub{segSize: segSize, systemID: systemID, first: 1, last: 200}
 	srv := hub.start(t)
-	// A window of 16 segments (--spool-max-mb 16 of 1 MiB).
-	s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: time.Second}
+	// A window of 16 segments (--spool-max-mb 16 of 1 MiB). The prefetcher
+	// exits once nothing was taken for IdleExit: long enough for a test
+	// starved of a core on a busy machine.
+	s := walfetch.Settings{Prefetch: 16, Parallel: 4, SpoolMax: 16, Timeout: 30 * time.Second, IdleExit: 3 * time.Second}
 	p := newTestPrefetcher(t, s, srv.URL, systemID)
 	stop, err := p.sp.WatchTaken(p.taken)
 	if err != nil {
