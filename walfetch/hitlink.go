@@ -173,7 +173,7 @@ func (sp *Spool) PublishHitLink(dataDir string, s Settings) (string, error) {
 		return "", fmt.Errorf("the spool %s is not on the file system of %s", sp.Dir, walDir)
 	}
 	link := filepath.Join(sp.Root, name)
-	tmp := filepath.Join(sp.Root, "."+name+".tmp")
+	tmp := filepath.Join(sp.Root, tmpLinkName(name))
 	os.Remove(tmp)
 	if err := os.Symlink(filepath.Base(sp.Dir), tmp); err != nil {
 		return "", err
@@ -185,6 +185,10 @@ func (sp *Spool) PublishHitLink(dataDir string, s Settings) (string, error) {
 	return link, nil
 }
 
+// tmpLinkName is where PublishHitLink makes the link name before renaming it
+// into place.
+func tmpLinkName(name string) string { return "." + name + ".tmp" }
+
 // WithdrawHitLink removes link when it still leads to the spool sp (a
 // prefetcher started since for another spool may have replaced it).
 func (sp *Spool) WithdrawHitLink(link string) {
@@ -195,7 +199,8 @@ func (sp *Spool) WithdrawHitLink(link string) {
 
 // RemoveStaleHitLinks removes the links in the spool's root whose spool is
 // gone, and those to this spool but keep (links made for a postmaster that
-// ran before).
+// ran before); so too such links that a prefetcher which died while making
+// them left under their temporary names.
 func (sp *Spool) RemoveStaleHitLinks(keep string) {
 	entries, err := os.ReadDir(sp.Root)
 	if err != nil {
@@ -203,7 +208,11 @@ func (sp *Spool) RemoveStaleHitLinks(keep string) {
 	}
 	for _, e := range entries {
 		link := filepath.Join(sp.Root, e.Name())
-		if e.Type()&os.ModeSymlink == 0 || !IsHitLink(e.Name()) || link == keep {
+		name := e.Name()
+		if n, ok := strings.CutPrefix(name, "."); ok && tmpLinkName(strings.TrimSuffix(n, ".tmp")) == name {
+			name = strings.TrimSuffix(n, ".tmp")
+		}
+		if e.Type()&os.ModeSymlink == 0 || !IsHitLink(name) || link == keep {
 			continue
 		}
 		target, err := os.Readlink(link)

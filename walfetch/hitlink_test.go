@@ -175,8 +175,9 @@ func publish(t *testing.T, sp *Spool, data string, s Settings) {
 }
 
 // TestStaleHitLinksAreRemoved: a prefetcher removes the links whose spool is
-// gone and those to its own spool made for another postmaster; the one it
-// keeps and those to another live spool stay.
+// gone and those to its own spool made for another postmaster, under their
+// names or the temporary ones a prefetcher that died while making them left;
+// the one it keeps and those to another live spool stay.
 func TestStaleHitLinksAreRemoved(t *testing.T) {
 	if _, err := os.ReadFile(bootIDPath); err != nil {
 		t.Skipf("no boot id: %v", err)
@@ -192,10 +193,12 @@ func TestStaleHitLinksAreRemoved(t *testing.T) {
 	}
 	const boot, tag = "01234567-89ab-cdef-0123-456789abcdef", ".0123456789abcdef"
 	links := map[string]string{ // name -> target
-		boot + ".1.100" + tag: filepath.Base(sp.Dir), // this spool, another postmaster: removed
-		boot + ".2.200" + tag: "aaaaaaaaaaaaaaaa",    // a spool gone: removed
-		boot + ".3.300" + tag: filepath.Base(other),  // another live spool: stays
-		"notalink":            filepath.Base(sp.Dir), // not of this form: stays
+		boot + ".1.100" + tag:                filepath.Base(sp.Dir), // this spool, another postmaster: removed
+		boot + ".2.200" + tag:                "aaaaaaaaaaaaaaaa",    // a spool gone: removed
+		boot + ".3.300" + tag:                filepath.Base(other),  // another live spool: stays
+		"." + boot + ".4.400" + tag + ".tmp": filepath.Base(sp.Dir), // left half made, to this spool: removed
+		"." + boot + ".5.500" + tag + ".tmp": filepath.Base(other),  // being made for another live spool: stays
+		"notalink":                           filepath.Base(sp.Dir), // not of this form: stays
 	}
 	for name, target := range links {
 		if err := os.Symlink(target, filepath.Join(sp.Root, name)); err != nil {
@@ -210,7 +213,7 @@ func TestStaleHitLinksAreRemoved(t *testing.T) {
 			left = append(left, e.Name())
 		}
 	}
-	want := []string{filepath.Base(keep), boot + ".3.300" + tag, "notalink"}
+	want := []string{"." + boot + ".5.500" + tag + ".tmp", filepath.Base(keep), boot + ".3.300" + tag, "notalink"}
 	slices.Sort(want)
 	if !slices.Equal(left, want) {
 		t.Errorf("links left: %v, want %v", left, want)
