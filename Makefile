@@ -1,7 +1,9 @@
 # The one command that runs every test: make test
 GO ?= go
 
-.PHONY: build test bench demo fmt vet
+.PHONY: build walfetch-take test bench demo fmt vet
+
+BIN ?= bin
 
 # --version of both programs: the release (git describe) and the commit.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
@@ -12,6 +14,13 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
 	# walfetch and walfetch-net without cgo: static binaries that start fast on any standby.
 	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/walfetch ./cmd/walfetch-net
+	$(MAKE) --no-print-directory walfetch-take
+
+# walfetch-take, the restore_command's spool hit beside walfetch, is C (see
+# its source for why): static, so that it starts with no dynamic linking.
+walfetch-take:
+	mkdir -p $(BIN)
+	$(CC) -O2 -Wall -Wextra -Werror -static -o $(BIN)/walfetch-take cmd/walfetch-take/walfetch-take.c
 
 # Builds once (cgo SQLite is the slow part), then runs every package's tests,
 # the end-to-end ones against real PostgreSQL 15 clusters included.

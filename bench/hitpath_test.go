@@ -172,29 +172,35 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 		}
 		return run("mv -f pg_wal/mv-spool/segment pg_wal/RECOVERYXLOG")
 	}
-	// The shell's spool hit: "false" stands for walfetch, which must not run.
-	shellLine, err := walfetchsettings.ShellRestoreCommand(
-		walfetchsettings.Settings{URL: hub.URL, Server: "main", Spool: walfetchsettings.DefaultSettings().Spool}, "false")
-	if err != nil {
-		b.Fatal(err)
-	}
-	shellHit := func(segno walname.SegNo) cost {
+	// The shell's spool hit, by mv (take "") or by walfetch-take: "false"
+	// stands for walfetch, which must not run.
+	shellHit := func(take string, segno walname.SegNo) cost {
+		line, err := walfetchsettings.ShellRestoreCommand(
+			walfetchsettings.Settings{URL: hub.URL, Server: "main", Spool: walfetchsettings.DefaultSettings().Spool}, "false", take)
+		if err != nil {
+			b.Fatal(err)
+		}
 		name := walname.SegmentName(1, segno, uint64(segSize))
 		if err := os.Link(source, filepath.Join(spool, name)); err != nil {
 			b.Fatal(err)
 		}
-		return run(strings.NewReplacer("%f", name, "%p", "pg_wal/RECOVERYXLOG").Replace(shellLine))
+		return run(strings.NewReplacer("%f", name, "%p", "pg_wal/RECOVERYXLOG").Replace(line))
 	}
-	var cpCosts, hitCosts, floorCosts, mvCosts, shellCosts, baseCosts []cost
+	take := walfetchsettings.TakeBinary(walfetch)
+	if take == "" {
+		b.Fatalf("no walfetch-take beside %s", walfetch)
+	}
+	var cpCosts, hitCosts, floorCosts, mvCosts, shellCosts, takeCosts, baseCosts []cost
 	b.ResetTimer()
 	for i := 0; i < calls; i++ {
 		cpCosts = append(cpCosts, run("cp archive/segment pg_wal/RECOVERYXLOG"))
-		hitCosts = append(hitCosts, hit(walfetch, spool, walname.SegNo(3*i+2)))
+		hitCosts = append(hitCosts, hit(walfetch, spool, walname.SegNo(4*i+2)))
 		floorCosts = append(floorCosts, run(goFloor+" %f %p"))
 		mvCosts = append(mvCosts, mv())
-		shellCosts = append(shellCosts, shellHit(walname.SegNo(3*i+3)))
+		shellCosts = append(shellCosts, shellHit("", walname.SegNo(4*i+3)))
+		takeCosts = append(takeCosts, shellHit(take, walname.SegNo(4*i+4)))
 		if baseline != "" {
-			baseCosts = append(baseCosts, hit(baseline, baselineSpool, walname.SegNo(3*i+4)))
+			baseCosts = append(baseCosts, hit(baseline, baselineSpool, walname.SegNo(4*i+5)))
 		}
 	}
 	b.StopTimer()
@@ -219,6 +225,7 @@ func BenchmarkRestoreCommandCost(b *testing.B) {
 	line("empty Go program (floor)", median(floorCosts))
 	line("mv from a spool (shell)", median(mvCosts))
 	line("walfetch, shell spool hit", median(shellCosts))
+	line("walfetch-take spool hit", median(takeCosts))
 	if baseline != "" {
 		line("baseline walfetch, hit", median(baseCosts))
 	}

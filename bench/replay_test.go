@@ -185,11 +185,12 @@ func BenchmarkReplay(b *testing.B) {
 		return fmt.Sprintf("%s --url %s --server main --idle-exit 10s %s %%f %%p", walfetch, u, extra)
 	}
 	// walfetch behind the shell's own spool hit: the line walfetch
-	// --print-restore-command prints.
-	shellHit := func(u string) string {
+	// --print-restore-command prints, with walfetch-take (take, beside
+	// walfetch) or mv (take "").
+	shellHit := func(u, take string) string {
 		line, err := walfetchsettings.ShellRestoreCommand(
 			walfetchsettings.Settings{URL: u, Server: "main", Spool: walfetchsettings.DefaultSettings().Spool},
-			fmt.Sprintf("%s --url %s --server main --idle-exit 10s", walfetch, u))
+			fmt.Sprintf("%s --url %s --server main --idle-exit 10s", walfetch, u), take)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -198,17 +199,25 @@ func BenchmarkReplay(b *testing.B) {
 	// The floor: no restore_command at all, the whole backlog already in pg_wal.
 	const inPGWAL = "WAL already in pg_wal (floor)"
 	const cpRun, wfRun, shellRun, noPrefetchRun = "cp from a local directory", "walfetch", "walfetch, shell spool hit", "walfetch --prefetch 0"
+	const takeRun = "walfetch, walfetch-take spool hit"
+	take := walfetchsettings.TakeBinary(walfetch)
+	if take == "" {
+		b.Fatalf("no walfetch-take beside %s", walfetch)
+	}
 	wfDelayed := fmt.Sprintf("walfetch, %s delay", delay)
 	shellDelayed := fmt.Sprintf("walfetch, shell spool hit, %s delay", delay)
+	takeDelayed := fmt.Sprintf("walfetch, walfetch-take spool hit, %s delay", delay)
 	noPrefetchDelayed := fmt.Sprintf("walfetch --prefetch 0, %s delay", delay)
 	runs := []struct{ name, command string }{
 		{inPGWAL, ""},
 		{cpRun, fmt.Sprintf("cp %s/%%f %%p", archive)},
 		{wfRun, wf(hubURL, "")},
-		{shellRun, shellHit(hubURL)},
+		{shellRun, shellHit(hubURL, "")},
+		{takeRun, shellHit(hubURL, take)},
 		{noPrefetchRun, wf(hubURL, "--prefetch 0")},
 		{wfDelayed, wf(delayedURL, "")},
-		{shellDelayed, shellHit(delayedURL)},
+		{shellDelayed, shellHit(delayedURL, "")},
+		{takeDelayed, shellHit(delayedURL, take)},
 		{noPrefetchDelayed, wf(delayedURL, "--prefetch 0")},
 	}
 	const s3Run = "walfetch, S3-backed hub"
@@ -375,13 +384,16 @@ func BenchmarkReplay(b *testing.B) {
 	}
 	ratio("walfetch / cp (loopback)", wfRun, cpRun)
 	ratio("walfetch, shell spool hit / cp (loopback)", shellRun, cpRun)
+	ratio("walfetch, walfetch-take spool hit / cp (loopback)", takeRun, cpRun)
 	ratio("walfetch --prefetch 0 / cp (loopback)", noPrefetchRun, cpRun)
 	ratio("walfetch / WAL already in pg_wal", wfRun, inPGWAL)
 	ratio("walfetch, shell spool hit / WAL already in pg_wal", shellRun, inPGWAL)
+	ratio("walfetch, walfetch-take spool hit / WAL already in pg_wal", takeRun, inPGWAL)
 	ratio("cp / WAL already in pg_wal", cpRun, inPGWAL)
 	ratio(fmt.Sprintf("walfetch / walfetch --prefetch 0 (%s delay)", delay), wfDelayed, noPrefetchDelayed)
 	ratio(fmt.Sprintf("walfetch %s delay / walfetch loopback", delay), wfDelayed, wfRun)
 	ratio(fmt.Sprintf("shell spool hit %s delay / loopback", delay), shellDelayed, shellRun)
+	ratio(fmt.Sprintf("walfetch-take spool hit %s delay / loopback", delay), takeDelayed, takeRun)
 	ratio("walfetch S3-backed hub / walfetch local hub", s3Run, wfRun)
 	ratio(fmt.Sprintf("pgBackRest %s delay / pgBackRest loopback", delay), pgbrDelayed, pgbrLoopback)
 	ratio(fmt.Sprintf("walfetch / pgBackRest (%s delay)", delay), wfDelayed, pgbrDelayed)

@@ -33,6 +33,7 @@ trap cleanup EXIT
 step "building walhub and walfetch"
 go build -o "$WORK/bin/" ./cmd/walhub
 CGO_ENABLED=0 go build -o "$WORK/bin/" ./cmd/walfetch ./cmd/walfetch-net   # static: start fast on every call
+make --no-print-directory -s walfetch-take BIN="$WORK/bin"                   # the spool hit beside walfetch (C)
 chmod 755 "$WORK/bin"
 WALHUB="$WORK/bin/walhub --config $WORK/walhub.toml"
 

@@ -14,8 +14,8 @@ import (
 
 // A spool hit without walfetch: the restore_command's own shell can take a
 // segment the prefetcher downloaded and verified, with its builtin read and
-// one mv, for no more than a cp costs (nothing is copied), instead of
-// starting walfetch (a Go program: on a virtual machine where its start is
+// one rename (by TakeProgram, for less than a cp costs, or by mv, for what
+// a cp costs: nothing is copied), instead of starting walfetch (a Go program: on a virtual machine where its start is
 // dear, a walfetch hit cost 1.4x a cp call, 93% of it the Go runtime's
 // start). walfetch runs only when the shell did not find the segment. See
 // ShellRestoreCommand.
@@ -112,27 +112,54 @@ func IsHitLink(name string) bool {
 	return true
 }
 
+// TakeProgram is the restore_command's spool hit in C (cmd/walfetch-take),
+// installed beside walfetch by make build: it renames the segment into %p,
+// or executes walfetch in its place. With it, the shell neither forks nor
+// starts mv (coreutils, with libselinux, libacl and libpcre2 to load), and a
+// hit costs less than a cp. See ShellRestoreCommand.
+const TakeProgram = "walfetch-take"
+
+// TakeBinary is the path of TakeProgram beside the walfetch at walfetchPath,
+// or "" when it is not installed there.
+func TakeBinary(walfetchPath string) string {
+	if !filepath.IsAbs(walfetchPath) {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(walfetchPath), TakeProgram)
+	if fi, err := os.Stat(p); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return ""
+	}
+	return p
+}
+
 // ShellRestoreCommand is the restore_command that takes a prefetched segment
-// from the spool of settings s in the shell, with builtins and one mv, and
-// runs command (a walfetch command line without %f %p, quoted for the shell)
-// for anything else: a segment not prefetched (yet), a history file, no link. The segment
-// taken is the one the prefetcher verified, renamed into %p (atomic: %p is
-// complete or absent); the prefetcher follows recovery by the renames out of
-// its spool (inotify), as it follows walfetch by its datagrams.
+// from the spool of settings s without starting walfetch, and runs command
+// (a walfetch command line without %f %p, quoted for the shell) for
+// anything else: a segment not prefetched (yet), a history file, no link.
+// The shell reads the link's name with its builtin read; take, when not "",
+// is TakeProgram (TakeBinary), which the shell executes in its own place,
+// and which executes walfetch in its own on a miss; without it, the shell
+// runs mv, then walfetch when mv fails. The segment taken is the one the
+// prefetcher verified, renamed into %p (atomic: %p is complete or absent);
+// the prefetcher follows recovery by the renames out of its spool
+// (inotify), as it follows walfetch by its datagrams.
 //
-// The spool must lie in pg_wal (the default, pg_wal/walfetch-spool): mv
-// renames only within a file system, and elsewhere it would copy, not
-// atomically.
-func ShellRestoreCommand(s Settings, command string) (string, error) {
+// The spool must lie in pg_wal (the default, pg_wal/walfetch-spool): a
+// rename works only within a file system (mv would copy, not atomically).
+func ShellRestoreCommand(s Settings, command, take string) (string, error) {
 	clean := filepath.Clean(s.Spool)
 	if filepath.IsAbs(clean) || !strings.HasPrefix(clean, "pg_wal/") {
-		return "", fmt.Errorf("the spool %s is not in pg_wal: the shell takes a segment from the spool with mv, which renames only within pg_wal's file system (keep the default, pg_wal/walfetch-spool)", s.Spool)
+		return "", fmt.Errorf("the spool %s is not in pg_wal: the restore_command takes a segment from the spool with a rename, which works only within pg_wal's file system (keep the default, pg_wal/walfetch-spool)", s.Spool)
 	}
 	if command == "" {
 		return "", errors.New("no walfetch command")
 	}
-	return "read -r b <" + bootIDPath + " && { read -r p; read -r d; read -r t; } <postmaster.pid && " +
-		"mv -f " + ShellQuote(clean) + `/"$b.$t.$p".` + HubTag(s) + `/%f %p 2>/dev/null || ` + command + " %f %p", nil
+	link := "read -r b <" + bootIDPath + " && { read -r p; read -r d; read -r t; } <postmaster.pid && "
+	segment := ShellQuote(clean) + `/"$b.$t.$p".` + HubTag(s) + `/%f`
+	if take != "" {
+		return link + "exec " + ShellQuote(take) + " " + segment + " %p " + command + " %f %p || exec " + command + " %f %p", nil
+	}
+	return link + "mv -f " + segment + " %p 2>/dev/null || " + command + " %f %p", nil
 }
 
 // ShellQuote quotes s for /bin/sh when it holds anything but characters

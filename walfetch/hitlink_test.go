@@ -5,9 +5,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walhub/walhub/test/pgtest"
 )
 
 // hitDataDir is a data directory with a postmaster.pid (pid 4242, started at
@@ -79,7 +82,7 @@ func TestShellRestoreCommandWantsTheSpoolInPgWal(t *testing.T) {
 		{"spool", false},
 		{"pg_wal", false},
 	} {
-		_, err := ShellRestoreCommand(Settings{URL: "http://hub", Server: "main", Spool: tt.spool}, "walfetch")
+		_, err := ShellRestoreCommand(Settings{URL: "http://hub", Server: "main", Spool: tt.spool}, "walfetch", "")
 		if (err == nil) != tt.ok {
 			t.Errorf("ShellRestoreCommand(%q): %v, want ok %v", tt.spool, err, tt.ok)
 		}
@@ -87,19 +90,24 @@ func TestShellRestoreCommandWantsTheSpoolInPgWal(t *testing.T) {
 }
 
 // TestShellTakesOnlyWhatItsPostmastersLinkHolds runs the restore_command
-// ShellRestoreCommand makes, with /bin/sh as PostgreSQL does, in a data
-// directory: a segment the spool holds, through the link made for the
-// running postmaster, is renamed into %p with no walfetch started; anything
-// else goes to walfetch (here a script that records its call and exits 1),
-// whose exit status is the command's. A link made for another postmaster
-// (one that ran before a crash, or another cluster's), or by the prefetcher
-// of another hub (the restore_command changed since), is never followed.
+// ShellRestoreCommand makes, in both its forms (with walfetch-take, and with
+// mv), with /bin/sh as PostgreSQL does, in a data directory: a segment the
+// spool holds, through the link made for the running postmaster, is renamed
+// into %p with no walfetch started; anything else goes to walfetch (here a
+// script that records its call and exits 1), whose exit status is the
+// command's. A link made for another postmaster (one that ran before a
+// crash, or another cluster's), or by the prefetcher of another hub (the
+// restore_command changed since), is never followed.
 func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 	if _, err := os.ReadFile(bootIDPath); err != nil {
 		t.Skipf("no boot id: %v", err)
 	}
 	const seg = "000000010000000000000007"
-	for _, tt := range []struct {
+	take, err := pgtest.BuildCommand(t.TempDir(), TakeProgram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
 		how      string
 		file     string // %f
 		prepare  func(t *testing.T, sp *Spool, data string)
@@ -126,42 +134,115 @@ func TestShellTakesOnlyWhatItsPostmastersLinkHolds(t *testing.T) {
 			publish(t, sp, data, hubSettings)
 			os.Remove(filepath.Join(data, "postmaster.pid"))
 		}, false},
+	}
+	for _, form := range []struct{ name, take string }{{TakeProgram, take}, {"mv", ""}} {
+		for _, tt := range cases {
+			t.Run(form.name+"/"+tt.how, func(t *testing.T) {
+				t.Parallel()
+				sp, data := hitDataDir(t, seg)
+				tt.prepare(t, sp, data)
+				calls := filepath.Join(data, "walfetch-calls")
+				fake := filepath.Join(t.TempDir(), "walfetch")
+				if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\nexit 1\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				line, err := ShellRestoreCommand(hubSettings, ShellQuote(fake)+" --url http://hub", form.take)
+				if err != nil {
+					t.Fatal(err)
+				}
+				line = strings.NewReplacer("%f", tt.file, "%p", "pg_wal/RECOVERYXLOG").Replace(line)
+				cmd := exec.Command("/bin/sh", "-c", line)
+				cmd.Dir = data
+				out, err := cmd.CombinedOutput()
+				called, _ := os.ReadFile(calls)
+				got, readErr := os.ReadFile(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
+				_, spoolErr := os.Stat(sp.Path(seg))
+				if tt.wantTake {
+					if err != nil || readErr != nil || string(got) != "verified segment" || len(called) != 0 || spoolErr == nil {
+						t.Errorf("exit %v (%s), %%p %q (%v), walfetch called %q, still in the spool %v: want the segment taken by the shell",
+							err, out, got, readErr, called, spoolErr == nil)
+					}
+					return
+				}
+				if want := "--url http://hub " + tt.file + " pg_wal/RECOVERYXLOG\n"; string(called) != want {
+					t.Errorf("walfetch called with %q, want %q", called, want)
+				}
+				if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+					t.Errorf("exit %v (%s), want walfetch's 1", err, out)
+				}
+				if readErr == nil || spoolErr != nil {
+					t.Errorf("%%p written (%q) or the spool's segment gone (%v): want neither", got, spoolErr)
+				}
+			})
+		}
+	}
+}
+
+// TestTakeExitStatus runs walfetch-take alone: its exit status is 0 for a
+// rename, else that of the walfetch it executes (given the same arguments,
+// with the stop signals it ignored around the rename no longer ignored, and
+// its fallback taken for any failed rename, not only a missing file), and
+// above 125 (FATAL for PostgreSQL, never "not available") when it cannot
+// execute walfetch or is called wrongly.
+func TestTakeExitStatus(t *testing.T) {
+	take, err := pgtest.BuildCommand(t.TempDir(), TakeProgram)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// The fallback prints its arguments and which of SIGHUP, SIGINT, SIGQUIT
+	// and SIGTERM it was started with ignored (bits 0-2 and 14 of SigIgn).
+	fallback := filepath.Join(dir, "walfetch")
+	script := "#!/bin/sh\necho \"$*\"\nsed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status\nexit 7\n"
+	if err := os.WriteFile(fallback, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "adir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		how      string
+		args     []string
+		spool    bool // a segment in the spool to take
+		wantExit int
+		wantOut  string // a prefix of the output
+	}{
+		{"a hit", []string{"spool", "p", fallback, "--x", "f", "p"}, true, 0, ""},
+		{"a miss", []string{"nothing", "p", fallback, "--x", "f", "p"}, false, 7, "--x f p\n"},
+		{"a rename that fails otherwise", []string{"spool", "adir", fallback, "f", "adir"}, true, 7, "f adir\n"},
+		{"no walfetch", []string{"nothing", "p", filepath.Join(dir, "gone"), "f", "p"}, false, 127, "walfetch-take: cannot execute"},
+		{"too few arguments", []string{"spool", "p"}, true, 255, "walfetch-take renames"},
 	} {
 		t.Run(tt.how, func(t *testing.T) {
-			t.Parallel()
-			sp, data := hitDataDir(t, seg)
-			tt.prepare(t, sp, data)
-			calls := filepath.Join(data, "walfetch-calls")
-			fake := filepath.Join(t.TempDir(), "walfetch")
-			if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$*\" >>"+calls+"\nexit 1\n"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			line, err := ShellRestoreCommand(hubSettings, ShellQuote(fake)+" --url http://hub")
-			if err != nil {
-				t.Fatal(err)
-			}
-			line = strings.NewReplacer("%f", tt.file, "%p", "pg_wal/RECOVERYXLOG").Replace(line)
-			cmd := exec.Command("/bin/sh", "-c", line)
-			cmd.Dir = data
-			out, err := cmd.CombinedOutput()
-			called, _ := os.ReadFile(calls)
-			got, readErr := os.ReadFile(filepath.Join(data, "pg_wal", "RECOVERYXLOG"))
-			_, spoolErr := os.Stat(sp.Path(seg))
-			if tt.wantTake {
-				if err != nil || readErr != nil || string(got) != "verified segment" || len(called) != 0 || spoolErr == nil {
-					t.Errorf("exit %v (%s), %%p %q (%v), walfetch called %q, still in the spool %v: want the segment taken by the shell",
-						err, out, got, readErr, called, spoolErr == nil)
+			os.Remove(filepath.Join(dir, "p"))
+			os.Remove(filepath.Join(dir, "spool"))
+			if tt.spool {
+				if err := os.WriteFile(filepath.Join(dir, "spool"), []byte("verified segment"), 0o600); err != nil {
+					t.Fatal(err)
 				}
-				return
 			}
-			if want := "--url http://hub " + tt.file + " pg_wal/RECOVERYXLOG\n"; string(called) != want {
-				t.Errorf("walfetch called with %q, want %q", called, want)
+			cmd := exec.Command(take, tt.args...)
+			cmd.Dir = dir
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
 			}
-			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
-				t.Errorf("exit %v (%s), want walfetch's 1", err, out)
+			if code != tt.wantExit || !strings.HasPrefix(string(out), tt.wantOut) {
+				t.Fatalf("exit %d, output %q; want %d, %q...", code, out, tt.wantExit, tt.wantOut)
 			}
-			if readErr == nil || spoolErr != nil {
-				t.Errorf("%%p written (%q) or the spool's segment gone (%v): want neither", got, spoolErr)
+			got, _ := os.ReadFile(filepath.Join(dir, "p"))
+			if (string(got) == "verified segment") != (tt.wantExit == 0) {
+				t.Errorf("%%p holds %q", got)
+			}
+			if tt.wantExit == 7 {
+				lines := strings.Split(string(out), "\n")
+				mask, err := strconv.ParseUint(lines[1], 16, 64)
+				if err != nil || mask&(1<<0|1<<1|1<<2|1<<14) != 0 {
+					t.Errorf("walfetch started with SigIgn %q (%v): want SIGHUP, SIGINT, SIGQUIT and SIGTERM not ignored", lines[1], err)
+				}
 			}
 		})
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/walhub/walhub/repository"
 	"github.com/walhub/walhub/stream"
 	"github.com/walhub/walhub/test/pgtest"
+	"github.com/walhub/walhub/walfetch"
 	"github.com/walhub/walhub/walname"
 )
 
@@ -212,14 +213,24 @@ func TestBacklogOf200SegmentsReplaysToTheEnd(t *testing.T) {
 
 // TestBacklogReplaysThroughTheShellsSpoolHits: a standby whose
 // restore_command is the line walfetch --print-restore-command prints
-// replays a backlog of 1 MiB segments to the end, with the primary's data.
-// Most segments are taken from the spool by the shell, no walfetch started
-// (walfetch here is a script that counts its calls, then runs walfetch), the
-// prefetcher following recovery by the renames out of its spool alone; and
-// the shell's link leaves with the prefetcher, which exits once recovery
-// stops asking.
+// (with walfetch-take, which lies beside walfetch here; and the line with mv
+// instead) replays a backlog of 1 MiB segments to the end, with the
+// primary's data. Most segments are taken from the spool in the shell's
+// process, no walfetch started (walfetch here is a script that counts its
+// calls, then runs walfetch), the prefetcher following recovery by the
+// renames out of its spool alone; and the shell's link leaves with the
+// prefetcher, which exits once recovery stops asking.
 func TestBacklogReplaysThroughTheShellsSpoolHits(t *testing.T) {
 	t.Parallel()
+	for _, form := range []string{walfetch.TakeProgram, "mv"} {
+		t.Run(form, func(t *testing.T) {
+			t.Parallel()
+			backlogThroughShellHits(t, form == "mv")
+		})
+	}
+}
+
+func backlogThroughShellHits(t *testing.T, mv bool) {
 	e := newE2E(t, 1)
 	dir := pgtest.TempDir(t, "counted")
 	calls := filepath.Join(dir, "calls")
@@ -231,12 +242,27 @@ func TestBacklogReplaysThroughTheShellsSpoolHits(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgtest.Chown(t, dir)
-	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", e.url, "--server", "main",
-		"--token", testToken, "--idle-exit", "3s").Output()
+	flags := []string{"--url", e.url, "--server", "main", "--token", testToken, "--idle-exit", "3s"}
+	out, err := exec.Command(walfetchBin, append([]string{"--print-restore-command"}, flags...)...).Output()
 	if err != nil || !strings.HasPrefix(string(out), "restore_command = ") {
 		t.Fatalf("walfetch --print-restore-command: %q, %v", out, err)
 	}
-	line := strings.Replace(strings.TrimSpace(string(out)), walfetchBin, counted, 1)
+	line := strings.TrimSpace(string(out))
+	if !strings.Contains(line, "exec "+filepath.Join(filepath.Dir(walfetchBin), walfetch.TakeProgram)+" ") {
+		t.Fatalf("walfetch --print-restore-command with walfetch-take beside it: %s", line)
+	}
+	if mv {
+		command := walfetchBin
+		for _, f := range flags {
+			command += " " + walfetch.ShellQuote(f)
+		}
+		shell, err := walfetch.ShellRestoreCommand(walfetch.Settings{URL: e.url, Server: "main", Spool: walfetch.DefaultSettings().Spool}, command, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		line = "restore_command = '" + strings.ReplaceAll(shell, "'", "''") + "'"
+	}
+	line = strings.ReplaceAll(line, walfetchBin+" ", counted+" ")
 	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true, Conf: []string{line}})
 	segments, end := e.backlog(120)
 	standby.Start()

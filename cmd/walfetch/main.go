@@ -43,8 +43,10 @@ Usage:
   postgresql.conf: this walfetch (its absolute path) with the flags given,
   behind a spool hit that the restore_command's shell makes itself: it reads
   the boot id and postmaster.pid with its builtin read, and renames the
-  segment the prefetcher verified into %p with one mv. No walfetch starts for
-  such a segment, which costs no more than a cp of it. walfetch runs for
+  segment the prefetcher verified into %p with walfetch-take (a small C
+  program, installed beside walfetch by make build), which costs less than a
+  cp of it; or, when walfetch-take is not there, with mv, which costs what a
+  cp does. No walfetch starts for such a segment. walfetch runs for
   everything else. Only the flags given are in the line: settings from the
   environment are not (PostgreSQL's may differ); the config file is read
   by walfetch as ever.
@@ -226,7 +228,8 @@ const printArg = "--print-restore-command"
 
 // printRestoreCommand prints the restore_command line for postgresql.conf:
 // walfetch with args, behind the shell's own spool hit
-// (walfetch.ShellRestoreCommand) unless prefetching is off.
+// (walfetch.ShellRestoreCommand, by walfetch-take when it is installed
+// beside walfetch) unless prefetching is off.
 func printRestoreCommand(args []string, stdout, stderr io.Writer) int {
 	s, pos, err := loadSettings(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -250,7 +253,7 @@ func printRestoreCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	line := command + " %f %p"
 	if s.Prefetch > 0 {
-		if line, err = walfetch.ShellRestoreCommand(s, command); err != nil {
+		if line, err = walfetch.ShellRestoreCommand(s, command, walfetch.TakeBinary(exe)); err != nil {
 			fmt.Fprintf(stderr, "walfetch: %v\n", err)
 			return 2
 		}

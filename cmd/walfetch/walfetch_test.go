@@ -940,7 +940,9 @@ func TestHistoryRequestStartsThePrefetcherAtTheBackup(t *testing.T) {
 
 // TestPrintRestoreCommand: --print-restore-command prints the line for
 // postgresql.conf, quoted for it and for the shell, with this walfetch's
-// absolute path and the flags given; it refuses what would not work.
+// absolute path and the flags given, and walfetch-take's when it lies beside
+// walfetch (else mv: the test binary has none beside it); it refuses what
+// would not work.
 func TestPrintRestoreCommand(t *testing.T) {
 	shellHit := func(server string) string {
 		return `read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && mv -f pg_wal/walfetch-spool/"$b.$t.$p".` +
@@ -978,9 +980,13 @@ func TestPrintRestoreCommand(t *testing.T) {
 			}
 		})
 	}
-	// The program itself, as a user runs it.
+	// The program itself, as a user runs it, walfetch-take beside it.
 	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", "http://hub:7480", "--server", "main").Output()
-	if want := "restore_command = '" + shellHit("main") + walfetchBin + " --url http://hub:7480 --server main %f %p'\n"; err != nil || string(out) != want {
+	command := walfetchBin + " --url http://hub:7480 --server main"
+	take := filepath.Join(filepath.Dir(walfetchBin), walfetch.TakeProgram)
+	if want := "restore_command = 'read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && exec " +
+		take + ` pg_wal/walfetch-spool/"$b.$t.$p".` + walfetch.HubTag(walfetch.Settings{URL: "http://hub:7480", Server: "main"}) +
+		"/%f %p " + command + " %f %p || exec " + command + " %f %p'\n"; err != nil || string(out) != want {
 		t.Errorf("walfetch --print-restore-command: %q, %v; want %q", out, err, want)
 	}
 }

@@ -275,8 +275,8 @@ func parseTablespaces(flags []string) (map[uint32]string, error) {
 
 // restoreCommandLine builds restore_command for the restored server: the
 // line walfetch --print-restore-command prints, the shell taking a segment
-// the prefetcher holds in the default spool itself, walfetch serving the
-// rest.
+// the prefetcher holds in the default spool itself (with walfetch-take when
+// it is installed beside walfetch), walfetch serving the rest.
 func restoreCommandLine(bin, url, server, tokenFile string) string {
 	if bin == "" {
 		bin = "walfetch"
@@ -290,7 +290,8 @@ func restoreCommandLine(bin, url, server, tokenFile string) string {
 	if tokenFile != "" {
 		line += " --token-file " + walfetch.ShellQuote(tokenFile)
 	}
-	shell, err := walfetch.ShellRestoreCommand(walfetch.Settings{URL: url, Server: server, Spool: walfetch.DefaultSettings().Spool}, line)
+	shell, err := walfetch.ShellRestoreCommand(walfetch.Settings{URL: url, Server: server, Spool: walfetch.DefaultSettings().Spool},
+		line, walfetch.TakeBinary(bin))
 	if err != nil { // the default spool is in pg_wal
 		return line + " %f %p"
 	}

@@ -694,13 +694,19 @@ func AdoptDataDir(t testing.TB, name, dataDir string) *Cluster {
 // BuildCommand builds walhub's program cmd/<name> into dir and returns its
 // path. It builds it as it ships: walfetch without cgo (a static binary that
 // starts fast), with walfetch-net beside it (the part that talks to the hub,
-// which walfetch executes). dir should be readable by the postgres user when
+// which walfetch executes) and walfetch-take (the restore_command's spool
+// hit, in C). dir should be readable by the postgres user when
 // PostgreSQL runs the program (walfetch as restore_command): use TempDir.
 func BuildCommand(dir, name string) (string, error) {
 	if name == "walfetch" {
-		if _, err := BuildCommand(dir, "walfetch-net"); err != nil {
-			return "", err
+		for _, n := range []string{"walfetch-net", "walfetch-take"} {
+			if _, err := BuildCommand(dir, n); err != nil {
+				return "", err
+			}
 		}
+	}
+	if name == "walfetch-take" {
+		return buildTake(dir)
 	}
 	bin := filepath.Join(dir, name)
 	// The commit goes in as `make build` puts it, for --version.
@@ -714,6 +720,21 @@ func BuildCommand(dir, name string) (string, error) {
 	}
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+	}
+	return bin, nil
+}
+
+// buildTake compiles cmd/walfetch-take into dir with make, as make build
+// does (the flags are the Makefile's).
+func buildTake(dir string) (string, error) {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(gomod)) == "" {
+		return "", fmt.Errorf("build walfetch-take: find the module's root: %v", err)
+	}
+	bin := filepath.Join(dir, "walfetch-take")
+	make := exec.Command("make", "--no-print-directory", "-C", filepath.Dir(strings.TrimSpace(string(gomod))), "walfetch-take", "BIN="+dir)
+	if out, err := make.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build walfetch-take: %v\n%s", err, out)
 	}
 	return bin, nil
 }
