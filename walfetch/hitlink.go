@@ -15,10 +15,10 @@ import (
 // A spool hit without walfetch: the restore_command's own shell can take a
 // segment the prefetcher downloaded and verified, with its builtin read and
 // one rename (by TakeProgram, for less than a cp costs, or by mv, for what
-// a cp costs: nothing is copied), instead of starting walfetch (a Go program: on a virtual machine where its start is
-// dear, a walfetch hit cost 1.4x a cp call, 93% of it the Go runtime's
-// start). walfetch runs only when the shell did not find the segment. See
-// ShellRestoreCommand.
+// a cp costs: nothing is copied), instead of starting walfetch (a Go
+// program: on a virtual machine where its start is dear, a walfetch hit
+// cost 1.4x a cp call, 93% of it the Go runtime's start). walfetch runs
+// only when the shell did not find the segment. See ShellRestoreCommand.
 //
 // The shell cannot name the spool by its key (a hash of the hub, the server,
 // the system identifier and the boot id): the prefetcher gives it a name the
