@@ -253,9 +253,14 @@ func printRestoreCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	line := command + " %f %p"
 	if s.Prefetch > 0 {
-		if line, err = walfetch.ShellRestoreCommand(s, command, walfetch.TakeBinary(exe)); err != nil {
+		take := walfetch.TakeBinary(exe)
+		if line, err = walfetch.ShellRestoreCommand(s, command, take); err != nil {
 			fmt.Fprintf(stderr, "walfetch: %v\n", err)
 			return 2
+		}
+		if take == "" {
+			fmt.Fprintf(stderr, "walfetch: no %s beside %s: the line takes a spool hit with mv, which costs what a cp does (make build puts %s in bin/)\n",
+				walfetch.TakeProgram, exe, walfetch.TakeProgram)
 		}
 	}
 	fmt.Fprintf(stdout, "restore_command = '%s'\n", strings.ReplaceAll(line, "'", "''"))

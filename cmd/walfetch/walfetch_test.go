@@ -978,10 +978,20 @@ func TestPrintRestoreCommand(t *testing.T) {
 			if status != tt.wantStatus || tt.wantStatus == 0 && got != tt.want || tt.wantStatus != 0 && !strings.Contains(got, tt.want) {
 				t.Errorf("status %d, printed %q (stderr %q); want %d, %q", status, stdout.String(), stderr.String(), tt.wantStatus, tt.want)
 			}
+			// No walfetch-take beside the test binary: said, when the line would use it.
+			if says := strings.Contains(stderr.String(), "no walfetch-take beside"); tt.wantStatus == 0 && says != strings.Contains(tt.want, "mv -f") {
+				t.Errorf("stderr %q: want the missing walfetch-take said exactly when the line has mv", stderr.String())
+			}
 		})
 	}
-	// The program itself, as a user runs it, walfetch-take beside it.
-	out, err := exec.Command(walfetchBin, "--print-restore-command", "--url", "http://hub:7480", "--server", "main").Output()
+	// The program itself, as a user runs it, walfetch-take beside it: nothing on stderr.
+	var progErr bytes.Buffer
+	prog := exec.Command(walfetchBin, "--print-restore-command", "--url", "http://hub:7480", "--server", "main")
+	prog.Stderr = &progErr
+	out, err := prog.Output()
+	if progErr.Len() > 0 {
+		t.Errorf("walfetch --print-restore-command said %q", progErr.String())
+	}
 	command := walfetchBin + " --url http://hub:7480 --server main"
 	take := filepath.Join(filepath.Dir(walfetchBin), walfetch.TakeProgram)
 	if want := "restore_command = 'read -r b </proc/sys/kernel/random/boot_id && { read -r p; read -r d; read -r t; } <postmaster.pid && exec " +
