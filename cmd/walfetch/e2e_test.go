@@ -242,27 +242,28 @@ func backlogThroughShellHits(t *testing.T, mv bool) {
 		t.Fatal(err)
 	}
 	pgtest.Chown(t, dir)
-	flags := []string{"--url", e.url, "--server", "main", "--token", testToken, "--idle-exit", "3s"}
-	out, err := exec.Command(walfetchBin, append([]string{"--print-restore-command"}, flags...)...).Output()
+	// The mv form is what a walfetch installed without walfetch-take prints:
+	// the same programs, linked into a directory without it.
+	bin := walfetchBin
+	if mv {
+		bare := pgtest.TempDir(t, "bare")
+		bin = filepath.Join(bare, "walfetch")
+		for _, n := range []string{"walfetch", walfetch.NetProgram} {
+			if err := os.Link(filepath.Join(filepath.Dir(walfetchBin), n), filepath.Join(bare, n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out, err := exec.Command(bin, "--print-restore-command", "--url", e.url, "--server", "main",
+		"--token", testToken, "--idle-exit", "3s").Output()
 	if err != nil || !strings.HasPrefix(string(out), "restore_command = ") {
 		t.Fatalf("walfetch --print-restore-command: %q, %v", out, err)
 	}
 	line := strings.TrimSpace(string(out))
-	if !strings.Contains(line, "exec "+filepath.Join(filepath.Dir(walfetchBin), walfetch.TakeProgram)+" ") {
-		t.Fatalf("walfetch --print-restore-command with walfetch-take beside it: %s", line)
+	if takes := strings.Contains(line, "exec "+filepath.Join(filepath.Dir(bin), walfetch.TakeProgram)+" "); takes == mv {
+		t.Fatalf("walfetch --print-restore-command (mv form %v): %s", mv, line)
 	}
-	if mv {
-		command := walfetchBin
-		for _, f := range flags {
-			command += " " + walfetch.ShellQuote(f)
-		}
-		shell, err := walfetch.ShellRestoreCommand(walfetch.Settings{URL: e.url, Server: "main", Spool: walfetch.DefaultSettings().Spool}, command, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		line = "restore_command = '" + strings.ReplaceAll(shell, "'", "''") + "'"
-	}
-	line = strings.ReplaceAll(line, walfetchBin+" ", counted+" ")
+	line = strings.ReplaceAll(line, bin+" ", counted+" ")
 	standby := e.primary.NewStandby("standby", pgtest.StandbyOptions{NoStream: true, NoStart: true, Conf: []string{line}})
 	segments, end := e.backlog(120)
 	standby.Start()

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/walhub/walhub/walfetch"
 )
 
 // TestRestoreCommandLine: walhub restore writes the shell's spool hit by
@@ -25,7 +27,7 @@ func TestRestoreCommandLine(t *testing.T) {
 			bin := filepath.Join(dir, "walfetch")
 			names := []string{"walfetch"}
 			if tt.take {
-				names = append(names, "walfetch-take")
+				names = append(names, walfetch.TakeProgram)
 			}
 			for _, n := range names {
 				if err := os.WriteFile(filepath.Join(dir, n), []byte("#!/bin/sh\n"), 0o755); err != nil {
